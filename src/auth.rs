@@ -1,0 +1,224 @@
+//! Client JWTs: connection tokens and subscription tokens, HS256 only.
+//!
+//! The algorithm is pinned: a token whose header names any other algorithm
+//! (including `none`) is invalid. `exp` is required; `nbf` and `iat` are
+//! checked when present. An expired token is told apart from an invalid one
+//! because the protocol answers them differently (error 109 lets the SDK
+//! refresh; an invalid token disconnects with 3500).
+//!
+//! Knows nothing of sessions or channels' rules: it verifies and mints.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// Seconds of clock skew tolerated on `exp`, `nbf` and `iat`.
+const LEEWAY_SECS: u64 = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token expired")]
+    Expired,
+    #[error("invalid token")]
+    Invalid,
+}
+
+/// Claims of a connection token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectClaims {
+    pub sub: String,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// Server-side subscriptions made at connect.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<String>,
+    /// Connection info attached to this client's publications.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<Box<RawValue>>,
+}
+
+/// Claims of a subscription token (private channels).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubscriptionClaims {
+    pub sub: String,
+    pub channel: String,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// Channel info attached to this client's publications in the channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<Box<RawValue>>,
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Verifies tokens signed with the configured secret.
+#[derive(Clone)]
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Verifier(HS256)")
+    }
+}
+
+impl Verifier {
+    pub fn new(secret: &str) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.algorithms = vec![Algorithm::HS256];
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.validate_aud = false;
+        validation.required_spec_claims = ["exp", "sub"].into_iter().map(String::from).collect();
+        Self {
+            key: DecodingKey::from_secret(secret.as_bytes()),
+            validation,
+        }
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(&self, token: &str) -> Result<T, TokenError> {
+        match jsonwebtoken::decode::<T>(token, &self.key, &self.validation) {
+            Ok(data) => Ok(data.claims),
+            Err(e) if matches!(e.kind(), ErrorKind::ExpiredSignature) => Err(TokenError::Expired),
+            Err(_) => Err(TokenError::Invalid),
+        }
+    }
+
+    pub fn connect(&self, token: &str) -> Result<ConnectClaims, TokenError> {
+        let claims: ConnectClaims = self.decode(token)?;
+        check_iat(claims.iat)?;
+        if claims.sub.is_empty() {
+            return Err(TokenError::Invalid);
+        }
+        Ok(claims)
+    }
+
+    /// Verifies a subscription token for `channel` presented by `user`.
+    pub fn subscription(&self, token: &str, user: &str, channel: &str) -> Result<SubscriptionClaims, TokenError> {
+        let claims: SubscriptionClaims = self.decode(token)?;
+        check_iat(claims.iat)?;
+        if claims.sub != user || claims.channel != channel {
+            return Err(TokenError::Invalid);
+        }
+        Ok(claims)
+    }
+}
+
+fn check_iat(iat: Option<u64>) -> Result<(), TokenError> {
+    match iat {
+        Some(iat) if iat > now_secs() + LEEWAY_SECS => Err(TokenError::Invalid),
+        _ => Ok(()),
+    }
+}
+
+/// Mints an HS256 token: a connection token, or a subscription token when
+/// `channel` is given. For `herald token` and tests.
+pub fn mint(secret: &str, user: &str, channel: Option<&str>, ttl: Duration) -> String {
+    let now = now_secs();
+    let exp = now + ttl.as_secs().max(1);
+    let key = EncodingKey::from_secret(secret.as_bytes());
+    let header = Header::new(Algorithm::HS256);
+    let result = match channel {
+        Some(channel) => jsonwebtoken::encode(
+            &header,
+            &SubscriptionClaims {
+                sub: user.into(),
+                channel: channel.into(),
+                exp,
+                iat: Some(now),
+                nbf: None,
+                info: None,
+            },
+            &key,
+        ),
+        None => jsonwebtoken::encode(
+            &header,
+            &ConnectClaims {
+                sub: user.into(),
+                exp,
+                iat: Some(now),
+                nbf: None,
+                channels: Vec::new(),
+                info: None,
+            },
+            &key,
+        ),
+    };
+    // HS256 signing with an in-memory key and plain claims cannot fail.
+    result.expect("HS256 encoding")
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    use super::*;
+
+    fn sign(secret: &str, alg: Algorithm, claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(&Header::new(alg), &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+    }
+
+    #[test]
+    fn round_trip() {
+        let v = Verifier::new("s3cret");
+        let t = mint("s3cret", "alice", None, Duration::from_secs(60));
+        assert_eq!(v.connect(&t).unwrap().sub, "alice");
+        let t = mint("s3cret", "alice", Some("$room"), Duration::from_secs(60));
+        assert_eq!(v.subscription(&t, "alice", "$room").unwrap().channel, "$room");
+        assert_eq!(v.subscription(&t, "bob", "$room").unwrap_err(), TokenError::Invalid);
+        assert_eq!(v.subscription(&t, "alice", "$other").unwrap_err(), TokenError::Invalid);
+    }
+
+    #[test]
+    fn expired_is_told_apart() {
+        let v = Verifier::new("k");
+        let t = sign("k", Algorithm::HS256, serde_json::json!({"sub": "a", "exp": now_secs() - 60}));
+        assert_eq!(v.connect(&t).unwrap_err(), TokenError::Expired);
+    }
+
+    #[test]
+    fn wrong_secret_missing_exp_and_future_nbf_are_invalid() {
+        let v = Verifier::new("k");
+        let exp = now_secs() + 60;
+        let t = sign("other", Algorithm::HS256, serde_json::json!({"sub": "a", "exp": exp}));
+        assert_eq!(v.connect(&t).unwrap_err(), TokenError::Invalid);
+        let t = sign("k", Algorithm::HS256, serde_json::json!({"sub": "a"}));
+        assert_eq!(v.connect(&t).unwrap_err(), TokenError::Invalid);
+        let t = sign("k", Algorithm::HS256, serde_json::json!({"sub": "a", "exp": exp, "nbf": exp}));
+        assert_eq!(v.connect(&t).unwrap_err(), TokenError::Invalid);
+        let t = sign("k", Algorithm::HS256, serde_json::json!({"sub": "a", "exp": exp, "iat": exp}));
+        assert_eq!(v.connect(&t).unwrap_err(), TokenError::Invalid);
+        let t = sign("k", Algorithm::HS256, serde_json::json!({"sub": "", "exp": exp}));
+        assert_eq!(v.connect(&t).unwrap_err(), TokenError::Invalid);
+    }
+
+    #[test]
+    fn other_algorithms_and_none_are_rejected() {
+        let v = Verifier::new("k");
+        let exp = now_secs() + 60;
+        let t = sign("k", Algorithm::HS512, serde_json::json!({"sub": "a", "exp": exp}));
+        assert_eq!(v.connect(&t).unwrap_err(), TokenError::Invalid);
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+        let body = URL_SAFE_NO_PAD.encode(format!(r#"{{"sub":"a","exp":{exp}}}"#));
+        assert_eq!(v.connect(&format!("{header}.{body}.")).unwrap_err(), TokenError::Invalid);
+        assert_eq!(v.connect("garbage").unwrap_err(), TokenError::Invalid);
+    }
+}

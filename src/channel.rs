@@ -1,0 +1,220 @@
+//! Channel names and who may do what with them.
+//!
+//! A name is UTF-8, 1–255 bytes, `namespace:rest` or just `rest` (default
+//! namespace). Inside a name:
+//! - `#alice` (no namespace, one user): alice's personal channel. Only alice
+//!   subscribes; no client publishes (the server API does).
+//! - `...#alice,bob`: user-limited; only the listed users subscribe and
+//!   publish. One-to-one and small group chats.
+//! - a leading `$` in the rest, or a namespace with `private = true`: subscribe
+//!   needs a subscription token for that channel.
+//!
+//! Pure logic: knows the namespace options, not sessions, tokens or NATS.
+
+use crate::config::{ChannelsConfig, NamespaceOptions};
+use crate::protocol::ProtocolError;
+
+pub const MAX_CHANNEL_BYTES: usize = 255;
+const NAMESPACE_SEPARATOR: char = ':';
+const USER_BOUNDARY: char = '#';
+const USER_SEPARATOR: char = ',';
+const PRIVATE_PREFIX: char = '$';
+
+/// Namespace names: 1–64 of `[A-Za-z0-9_-]`.
+pub fn validate_namespace_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err("namespace names are 1 to 64 characters".into());
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        return Err("namespace names use only letters, digits, `_` and `-`".into());
+    }
+    Ok(())
+}
+
+/// A validated channel name with what its syntax says about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Channel<'a> {
+    pub name: &'a str,
+    /// `None` for the default namespace.
+    pub namespace: Option<&'a str>,
+    pub options: NamespaceOptions,
+    /// Users allowed by a `#` boundary; empty when the channel has none.
+    pub allowed_users: Vec<&'a str>,
+    /// `#user` in the default namespace.
+    pub personal: bool,
+    pub private: bool,
+}
+
+impl<'a> Channel<'a> {
+    /// Validates `name` and resolves its namespace. Bad names are
+    /// `BadRequest`; an undefined namespace is `UnknownChannel`.
+    pub fn parse(name: &'a str, config: &ChannelsConfig) -> Result<Self, ProtocolError> {
+        if name.is_empty() || name.len() > MAX_CHANNEL_BYTES || name.chars().any(char::is_control) {
+            return Err(ProtocolError::BadRequest);
+        }
+        let (namespace, rest) = match name.split_once(NAMESPACE_SEPARATOR) {
+            Some((ns, rest)) => (Some(ns), rest),
+            None => (None, name),
+        };
+        let options = match namespace {
+            None => config.default.clone(),
+            Some(ns) => config
+                .namespaces
+                .get(ns)
+                .cloned()
+                .ok_or(ProtocolError::UnknownChannel)?,
+        };
+        if rest.is_empty() {
+            return Err(ProtocolError::BadRequest);
+        }
+        let allowed_users: Vec<&str> = match rest.rsplit_once(USER_BOUNDARY) {
+            Some((_, users)) => {
+                let users: Vec<&str> = users.split(USER_SEPARATOR).collect();
+                if users.iter().any(|u| u.is_empty()) {
+                    return Err(ProtocolError::BadRequest);
+                }
+                users
+            }
+            None => Vec::new(),
+        };
+        let personal = namespace.is_none() && rest.starts_with(USER_BOUNDARY) && allowed_users.len() == 1;
+        let private = options.private || rest.starts_with(PRIVATE_PREFIX);
+        Ok(Self {
+            name,
+            namespace,
+            options,
+            allowed_users,
+            personal,
+            private,
+        })
+    }
+
+    fn user_allowed(&self, user: &str) -> bool {
+        self.allowed_users.is_empty() || (!user.is_empty() && self.allowed_users.contains(&user))
+    }
+
+    /// May `user` subscribe? `has_subscription_token` says a valid
+    /// subscription token for this channel and user was presented.
+    pub fn check_subscribe(&self, user: &str, has_subscription_token: bool) -> Result<(), ProtocolError> {
+        if !self.user_allowed(user) {
+            return Err(ProtocolError::PermissionDenied);
+        }
+        if self.private && !has_subscription_token {
+            return Err(ProtocolError::PermissionDenied);
+        }
+        Ok(())
+    }
+
+    /// May `user` publish from a client connection? Never into a personal
+    /// channel; otherwise if the namespace allows client publishing and the
+    /// user may subscribe (private channels: only with a subscription, which
+    /// the caller checks by passing `subscribed`).
+    pub fn check_client_publish(&self, user: &str, subscribed: bool) -> Result<(), ProtocolError> {
+        if self.personal || !self.options.client_publish || !self.user_allowed(user) {
+            return Err(ProtocolError::PermissionDenied);
+        }
+        if self.private && !subscribed {
+            return Err(ProtocolError::PermissionDenied);
+        }
+        Ok(())
+    }
+
+    /// May `user` read history (client history command, sync HTTP)?
+    /// The same rule as subscribe; private channels need a subscription (or
+    /// subscription token) the caller vouches for.
+    pub fn check_history(&self, user: &str, authorized_private: bool) -> Result<(), ProtocolError> {
+        self.check_subscribe(user, authorized_private)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn config() -> ChannelsConfig {
+        let default = NamespaceOptions {
+            history: true,
+            client_publish: true,
+            private: false,
+            history_retention: None,
+        };
+        let mut namespaces = BTreeMap::new();
+        namespaces.insert("dm".to_string(), default.clone());
+        namespaces.insert(
+            "secret".to_string(),
+            NamespaceOptions {
+                private: true,
+                ..default.clone()
+            },
+        );
+        namespaces.insert(
+            "feed".to_string(),
+            NamespaceOptions {
+                client_publish: false,
+                history: false,
+                ..default.clone()
+            },
+        );
+        ChannelsConfig { default, namespaces }
+    }
+
+    #[test]
+    fn names_are_validated() {
+        let c = config();
+        assert_eq!(Channel::parse("", &c).unwrap_err(), ProtocolError::BadRequest);
+        assert_eq!(Channel::parse(&"x".repeat(256), &c).unwrap_err(), ProtocolError::BadRequest);
+        assert!(Channel::parse(&"x".repeat(255), &c).is_ok());
+        assert_eq!(Channel::parse("a\nb", &c).unwrap_err(), ProtocolError::BadRequest);
+        assert_eq!(Channel::parse("nope:x", &c).unwrap_err(), ProtocolError::UnknownChannel);
+        assert_eq!(Channel::parse("dm:", &c).unwrap_err(), ProtocolError::BadRequest);
+        assert_eq!(Channel::parse("dm:#alice,", &c).unwrap_err(), ProtocolError::BadRequest);
+        assert!(Channel::parse("news.sport *> ü", &c).is_ok());
+    }
+
+    #[test]
+    fn personal_channel() {
+        let c = config();
+        let ch = Channel::parse("#alice", &c).unwrap();
+        assert!(ch.personal);
+        assert!(ch.check_subscribe("alice", false).is_ok());
+        assert_eq!(ch.check_subscribe("bob", false).unwrap_err(), ProtocolError::PermissionDenied);
+        assert_eq!(ch.check_subscribe("", false).unwrap_err(), ProtocolError::PermissionDenied);
+        assert_eq!(ch.check_client_publish("alice", true).unwrap_err(), ProtocolError::PermissionDenied);
+    }
+
+    #[test]
+    fn user_limited_channel() {
+        let c = config();
+        let ch = Channel::parse("dm:#alice,bob", &c).unwrap();
+        assert!(!ch.personal);
+        assert!(ch.check_subscribe("alice", false).is_ok());
+        assert!(ch.check_subscribe("bob", false).is_ok());
+        assert!(ch.check_subscribe("eve", false).is_err());
+        assert!(ch.check_client_publish("bob", false).is_ok());
+        assert!(ch.check_client_publish("eve", false).is_err());
+    }
+
+    #[test]
+    fn private_channels_need_a_token() {
+        let c = config();
+        for name in ["$room", "secret:room"] {
+            let ch = Channel::parse(name, &c).unwrap();
+            assert!(ch.private);
+            assert!(ch.check_subscribe("alice", false).is_err());
+            assert!(ch.check_subscribe("alice", true).is_ok());
+            assert!(ch.check_client_publish("alice", false).is_err());
+            assert!(ch.check_client_publish("alice", true).is_ok());
+        }
+    }
+
+    #[test]
+    fn namespace_may_forbid_client_publish() {
+        let c = config();
+        let ch = Channel::parse("feed:x", &c).unwrap();
+        assert!(!ch.options.history);
+        assert!(ch.check_subscribe("a", false).is_ok());
+        assert!(ch.check_client_publish("a", true).is_err());
+    }
+}

@@ -1,0 +1,548 @@
+//! Configuration: every option, its `HERALD_*` name, default and meaning in one
+//! table ([`OPTIONS`]); layered TOML file < environment < flags; every bad value
+//! reported at once, before any port is bound (the binary exits 64).
+//!
+//! Knows nothing of how the roles use the values: it produces typed structs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// One documented option. `key` is its TOML name and, upper-cased with a
+/// `HERALD_` prefix, its environment name.
+pub struct OptionSpec {
+    pub key: &'static str,
+    pub default: &'static str,
+    pub doc: &'static str,
+}
+
+macro_rules! options {
+    ($($key:literal = $default:literal : $doc:literal;)*) => {
+        pub const OPTIONS: &[OptionSpec] = &[$(OptionSpec { key: $key, default: $default, doc: $doc }),*];
+    };
+}
+
+options! {
+    "listen" = "127.0.0.1:8000" : "Address of the public listener: client WebSocket, server API, sync HTTP, /health and /metrics.";
+    "internal_listen" = "" : "Optional second listener for /metrics and /health only; when set they leave the public listener.";
+    "data_dir" = "./data" : "Directory of the embedded store, the generated secret and an auto-started nats-server.";
+    "nats_url" = "nats://127.0.0.1:4222" : "NATS server (>= 2.10 with JetStream) to connect to.";
+    "nats_autostart" = "true" : "`serve` only: when no NATS answers at nats_url, start nats-server from PATH as a child process.";
+    "nats_server_bin" = "nats-server" : "The nats-server binary used by nats_autostart.";
+    "token_hmac_secret" = "" : "HS256 secret of client connection and subscription JWTs. `serve` generates one in data_dir when unset.";
+    "api_key" = "" : "Key of the server HTTP API (X-API-Key or `Authorization: apikey`). Empty disables the API (404).";
+    "log" = "info" : "Log filter (tracing EnvFilter syntax), e.g. `info,herald=debug`.";
+    "log_format" = "text" : "`text` for humans, `json` for machines.";
+    "client_message_size_limit" = "65536" : "Largest client frame in bytes; larger closes the connection with 3506.";
+    "client_queue_max_bytes" = "1048576" : "Bound of each connection's outbound queue in bytes; a client past it is disconnected with 3008 (slow).";
+    "client_channel_limit" = "128" : "Subscriptions per connection; one more is error 106 (limit exceeded).";
+    "client_ping_interval" = "25s" : "The server pings every client this often; announced in the connect reply.";
+    "client_pong_timeout" = "8s" : "A client not answering a ping within this is disconnected with 3012 (no pong).";
+    "client_stale_timeout" = "10s" : "A connection that sends no connect within this is closed with 3502 (stale).";
+    "client_recovery_limit" = "300" : "Most publications a recovering subscribe returns; more missed gives `recovered: false`.";
+    "client_publish_timeout" = "10s" : "How long a publish waits for the store commit before answering error 100 (temporary).";
+    "history_page_limit" = "1000" : "Largest history page (client history, server API history, sync HTTP).";
+    "ingest_partitions" = "16" : "Partitions of the HERALD_INGEST stream; fixed when the stream is created.";
+    "ingest_duplicate_window" = "2m" : "JetStream duplicate window of the ingest stream (short-term idempotency).";
+    "ingest_max_bytes" = "1073741824" : "Bound of the ingest stream; when full, publishes fail (backpressure) instead of dropping.";
+    "ingest_max_ack_pending" = "4096" : "Unacknowledged messages per partition consumer.";
+    "writer_batch_size" = "256" : "Most messages a writer commits in one store batch.";
+    "sync_timeout" = "5s" : "How long an edge waits for a sync reply (recovery, history).";
+    "idempotency_retention" = "24h" : "How long the store remembers idempotency keys (I3).";
+    "channel_history" = "true" : "Default namespace: channels keep durable history with offsets.";
+    "channel_client_publish" = "true" : "Default namespace: clients may publish into channels they may subscribe to.";
+    "channel_private" = "false" : "Default namespace: subscribing needs a subscription token.";
+    "channel_history_retention" = "0s" : "Default namespace: history older than this is not served (0s = forever).";
+}
+
+/// A string that never shows in logs or Debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub internal_listen: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub nats: NatsConfig,
+    pub token_hmac_secret: Option<Secret>,
+    pub api_key: Option<Secret>,
+    pub log: String,
+    pub log_format: LogFormat,
+    pub client: ClientConfig,
+    pub ingest: IngestConfig,
+    pub writer: WriterConfig,
+    pub sync: SyncConfig,
+    pub idempotency_retention: Duration,
+    pub channels: ChannelsConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    pub url: String,
+    pub autostart: bool,
+    pub server_bin: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub message_size_limit: usize,
+    pub queue_max_bytes: usize,
+    pub channel_limit: usize,
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    pub stale_timeout: Duration,
+    pub recovery_limit: usize,
+    pub publish_timeout: Duration,
+    pub history_page_limit: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    pub partitions: u32,
+    pub duplicate_window: Duration,
+    pub max_bytes: i64,
+    pub max_ack_pending: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    pub timeout: Duration,
+    pub page_limit: usize,
+}
+
+/// Per-namespace channel options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceOptions {
+    pub history: bool,
+    pub client_publish: bool,
+    pub private: bool,
+    /// `None` keeps history forever.
+    pub history_retention: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChannelsConfig {
+    pub default: NamespaceOptions,
+    pub namespaces: BTreeMap<String, NamespaceOptions>,
+}
+
+/// Every problem found while loading, each naming its option.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "config: {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The namespace table of the TOML file: `[namespaces.<name>]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NamespaceFile {
+    history: Option<bool>,
+    client_publish: Option<bool>,
+    private: Option<bool>,
+    history_retention: Option<String>,
+}
+
+/// Where the raw values come from, lowest precedence first.
+#[derive(Debug, Default)]
+pub struct Sources {
+    /// Contents of the `--config` file, if any, and its path for messages.
+    pub file: Option<(PathBuf, String)>,
+    /// Environment variables (all of them; only `HERALD_*` are read).
+    pub env: Vec<(String, String)>,
+    /// `key=value` pairs from flags.
+    pub flags: Vec<(String, String)>,
+}
+
+impl Sources {
+    /// Reads the file named by `--config` and the process environment.
+    pub fn from_process(config_file: Option<&Path>, flags: Vec<(String, String)>) -> Result<Self, ConfigErrors> {
+        let file = match config_file {
+            Some(p) => match std::fs::read_to_string(p) {
+                Ok(s) => Some((p.to_path_buf(), s)),
+                Err(e) => return Err(ConfigErrors(vec![format!("--config {}: {e}", p.display())])),
+            },
+            None => None,
+        };
+        Ok(Self {
+            file,
+            env: std::env::vars().collect(),
+            flags,
+        })
+    }
+}
+
+pub fn env_name(key: &str) -> String {
+    format!("HERALD_{}", key.to_ascii_uppercase())
+}
+
+fn spec(key: &str) -> Option<&'static OptionSpec> {
+    OPTIONS.iter().find(|o| o.key == key)
+}
+
+impl Config {
+    /// All defaults; what tests start from.
+    pub fn defaults() -> Self {
+        Self::load(&Sources::default()).expect("defaults are valid")
+    }
+
+    pub fn load(sources: &Sources) -> Result<Self, ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut raw: BTreeMap<&'static str, (String, String)> = BTreeMap::new();
+        let mut namespaces = BTreeMap::new();
+
+        if let Some((path, text)) = &sources.file {
+            let origin = path.display().to_string();
+            match text.parse::<toml::Table>() {
+                Err(e) => errors.push(format!("{origin}: {e}")),
+                Ok(table) => {
+                    for (k, v) in table {
+                        if k == "namespaces" {
+                            parse_namespaces(&origin, v, &mut namespaces, &mut errors);
+                            continue;
+                        }
+                        match spec(&k) {
+                            None => errors.push(format!("{origin}: unknown option `{k}`")),
+                            Some(s) => {
+                                let value = match v {
+                                    toml::Value::String(s) => s,
+                                    other => other.to_string(),
+                                };
+                                raw.insert(s.key, (value, format!("{origin}: {k}")));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (name, value) in &sources.env {
+            if let Some(s) = OPTIONS.iter().find(|o| env_name(o.key) == *name) {
+                raw.insert(s.key, (value.clone(), name.clone()));
+            }
+        }
+        for (k, v) in &sources.flags {
+            match spec(k) {
+                None => errors.push(format!("--set {k}: unknown option")),
+                Some(s) => {
+                    raw.insert(s.key, (v.clone(), format!("--{}", k.replace('_', "-"))));
+                }
+            }
+        }
+
+        let mut p = Parser {
+            raw: &raw,
+            errors: &mut errors,
+        };
+        let default_ns = NamespaceOptions {
+            history: p.parse("channel_history", parse_bool),
+            client_publish: p.parse("channel_client_publish", parse_bool),
+            private: p.parse("channel_private", parse_bool),
+            history_retention: p.parse("channel_history_retention", parse_retention),
+        };
+        let config = Config {
+            listen: p.parse("listen", |s| parse_addr(s).map(Some)).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8000))),
+            internal_listen: p.parse("internal_listen", |s| {
+                if s.is_empty() { Ok(None) } else { parse_addr(s).map(Some) }
+            }),
+            data_dir: PathBuf::from(p.string("data_dir")),
+            nats: NatsConfig {
+                url: p.parse("nats_url", parse_nonempty),
+                autostart: p.parse("nats_autostart", parse_bool),
+                server_bin: PathBuf::from(p.string("nats_server_bin")),
+            },
+            token_hmac_secret: p.optional_secret("token_hmac_secret"),
+            api_key: p.optional_secret("api_key"),
+            log: p.string("log"),
+            log_format: p.parse("log_format", |s| match s {
+                "text" => Ok(LogFormat::Text),
+                "json" => Ok(LogFormat::Json),
+                _ => Err("expected `text` or `json`".into()),
+            }),
+            client: ClientConfig {
+                message_size_limit: p.parse("client_message_size_limit", parse_positive),
+                queue_max_bytes: p.parse("client_queue_max_bytes", parse_positive),
+                channel_limit: p.parse("client_channel_limit", parse_positive),
+                ping_interval: p.parse("client_ping_interval", parse_duration_positive),
+                pong_timeout: p.parse("client_pong_timeout", parse_duration_positive),
+                stale_timeout: p.parse("client_stale_timeout", parse_duration_positive),
+                recovery_limit: p.parse("client_recovery_limit", parse_positive),
+                publish_timeout: p.parse("client_publish_timeout", parse_duration_positive),
+                history_page_limit: p.parse("history_page_limit", parse_positive),
+            },
+            ingest: IngestConfig {
+                partitions: p.parse("ingest_partitions", |s| {
+                    let n: u32 = s.parse().map_err(|_| "expected a whole number".to_string())?;
+                    if (1..=1024).contains(&n) { Ok(n) } else { Err("expected 1..=1024".into()) }
+                }),
+                duplicate_window: p.parse("ingest_duplicate_window", parse_duration_positive),
+                max_bytes: p.parse("ingest_max_bytes", |s| parse_positive(s).map(|n: usize| n as i64)),
+                max_ack_pending: p.parse("ingest_max_ack_pending", |s| parse_positive(s).map(|n: usize| n as i64)),
+            },
+            writer: WriterConfig {
+                batch_size: p.parse("writer_batch_size", parse_positive),
+            },
+            sync: SyncConfig {
+                timeout: p.parse("sync_timeout", parse_duration_positive),
+                page_limit: p.parse("history_page_limit", parse_positive),
+            },
+            idempotency_retention: p.parse("idempotency_retention", parse_duration_positive),
+            channels: ChannelsConfig {
+                namespaces: BTreeMap::new(),
+                default: default_ns.clone(),
+            },
+        };
+        let mut config = config;
+        for (name, f) in namespaces {
+            let history_retention = match f.history_retention.as_deref().map(parse_retention) {
+                None => default_ns.history_retention,
+                Some(Ok(r)) => r,
+                Some(Err(e)) => {
+                    errors.push(format!("namespaces.{name}.history_retention: {e}"));
+                    None
+                }
+            };
+            let o = NamespaceOptions {
+                history: f.history.unwrap_or(default_ns.history),
+                client_publish: f.client_publish.unwrap_or(default_ns.client_publish),
+                private: f.private.unwrap_or(default_ns.private),
+                history_retention,
+            };
+            config.channels.namespaces.insert(name, o);
+        }
+        if errors.is_empty() && config.client.pong_timeout >= config.client.ping_interval {
+            errors.push("client_pong_timeout: must be shorter than client_ping_interval".into());
+        }
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// Path of the secret `serve` generates when none is configured.
+    pub fn generated_secret_path(&self) -> PathBuf {
+        self.data_dir.join("token_hmac_secret")
+    }
+}
+
+fn parse_namespaces(
+    origin: &str,
+    v: toml::Value,
+    out: &mut BTreeMap<String, NamespaceFile>,
+    errors: &mut Vec<String>,
+) {
+    let toml::Value::Table(t) = v else {
+        errors.push(format!("{origin}: namespaces: expected a table of tables"));
+        return;
+    };
+    for (name, body) in t {
+        if let Err(e) = crate::channel::validate_namespace_name(&name) {
+            errors.push(format!("{origin}: namespaces.{name}: {e}"));
+            continue;
+        }
+        match body.try_into::<NamespaceFile>() {
+            Ok(ns) => {
+                out.insert(name, ns);
+            }
+            Err(e) => errors.push(format!("{origin}: namespaces.{name}: {e}")),
+        }
+    }
+}
+
+struct Parser<'a> {
+    raw: &'a BTreeMap<&'static str, (String, String)>,
+    errors: &'a mut Vec<String>,
+}
+
+impl Parser<'_> {
+    fn value(&self, key: &'static str) -> (String, String) {
+        match self.raw.get(key) {
+            Some((v, origin)) => (v.clone(), origin.clone()),
+            None => {
+                let s = spec(key).expect("option is in the table");
+                (s.default.to_string(), format!("{key} (default)"))
+            }
+        }
+    }
+
+    fn parse<T: Default>(&mut self, key: &'static str, f: impl FnOnce(&str) -> Result<T, String>) -> T {
+        let (v, origin) = self.value(key);
+        match f(v.trim()) {
+            Ok(t) => t,
+            Err(e) => {
+                self.errors.push(format!("{origin} ({}): invalid value {v:?}: {e}", env_name(key)));
+                T::default()
+            }
+        }
+    }
+
+    fn string(&mut self, key: &'static str) -> String {
+        self.value(key).0
+    }
+
+    fn optional_secret(&mut self, key: &'static str) -> Option<Secret> {
+        let v = self.value(key).0;
+        if v.is_empty() { None } else { Some(Secret(v)) }
+    }
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| "expected host:port, e.g. 127.0.0.1:8000".into())
+}
+
+fn parse_nonempty(s: &str) -> Result<String, String> {
+    if s.is_empty() { Err("must not be empty".into()) } else { Ok(s.to_string()) }
+}
+
+fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("expected a whole number above 0".into()),
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("expected a duration like 10s or 5m: {e}"))
+}
+
+fn parse_duration_positive(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("must be above zero".into()),
+        d => Ok(d),
+    }
+}
+
+fn parse_retention(s: &str) -> Result<Option<Duration>, String> {
+    let d = parse_duration(s)?;
+    Ok(if d.is_zero() { None } else { Some(d) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(file: Option<&str>, env: &[(&str, &str)], flags: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
+        Config::load(&Sources {
+            file: file.map(|f| (PathBuf::from("herald.toml"), f.to_string())),
+            env: env.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            flags: flags.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+        })
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let c = Config::defaults();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8000");
+        assert_eq!(c.client.message_size_limit, 65536);
+        assert_eq!(c.client.queue_max_bytes, 1 << 20);
+        assert_eq!(c.client.channel_limit, 128);
+        assert_eq!(c.client.ping_interval, Duration::from_secs(25));
+        assert_eq!(c.client.pong_timeout, Duration::from_secs(8));
+        assert_eq!(c.client.stale_timeout, Duration::from_secs(10));
+        assert_eq!(c.client.recovery_limit, 300);
+        assert_eq!(c.sync.page_limit, 1000);
+        assert!(c.token_hmac_secret.is_none());
+        assert!(c.channels.default.history);
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let c = load(
+            Some("listen = \"127.0.0.1:1\"\ndata_dir = \"/a\"\nclient_channel_limit = 5"),
+            &[("HERALD_LISTEN", "127.0.0.1:2"), ("HERALD_DATA_DIR", "/b")],
+            &[("listen", "127.0.0.1:3")],
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 3);
+        assert_eq!(c.data_dir, PathBuf::from("/b"));
+        assert_eq!(c.client.channel_limit, 5);
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_by_name() {
+        let e = load(
+            Some("bogus = 1\nclient_ping_interval = \"soon\""),
+            &[("HERALD_LISTEN", "nowhere")],
+            &[],
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("unknown option `bogus`"), "{text}");
+        assert!(text.contains("client_ping_interval"), "{text}");
+        assert!(text.contains("HERALD_LISTEN"), "{text}");
+        assert_eq!(e.0.len(), 3);
+    }
+
+    #[test]
+    fn namespaces_inherit_defaults() {
+        let c = load(
+            Some("channel_client_publish = false\n[namespaces.chat]\nprivate = true\n[namespaces.feed]\nhistory = false\nhistory_retention = \"7d\""),
+            &[],
+            &[],
+        )
+        .unwrap();
+        let chat = &c.channels.namespaces["chat"];
+        assert!(chat.private && chat.history && !chat.client_publish);
+        let feed = &c.channels.namespaces["feed"];
+        assert!(!feed.history);
+        assert_eq!(feed.history_retention, Some(Duration::from_secs(7 * 86400)));
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        let c = load(None, &[("HERALD_TOKEN_HMAC_SECRET", "hunter2")], &[]).unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert_eq!(c.token_hmac_secret.unwrap().expose(), "hunter2");
+    }
+}

@@ -1,0 +1,28 @@
+//! Herald: a real-time push and IM server speaking the Centrifugo client
+//! protocol v2, with durable, dense, gap-free per-channel history.
+//!
+//! Codemap (see ARCHITECTURE.md for the invariants):
+//! - [`config`]: every option, layered file < env < flags.
+//! - [`protocol`]: Centrifugo wire types and codec; no I/O.
+//! - [`auth`]: client JWTs (HS256). [`channel`]: names and permissions.
+//! - [`bus`]: NATS — subjects, ingest stream, publisher, child nats-server.
+//! - [`edge`]: WebSocket sessions, hub, per-channel NATS interest, outbox.
+//! - [`writer`]: assigns offsets, commits batches, publishes, acks.
+//! - [`sync`]: history reads over HTTP and NATS request/reply.
+//! - [`api`]: the server HTTP API.
+//! - [`store`]: the `Store` trait, its contract suite, the embedded backend.
+//! - [`roles`]: wires the roles of one process together.
+//! - [`metrics`]: metric names and the Prometheus recorder.
+
+pub mod api;
+pub mod auth;
+pub mod bus;
+pub mod channel;
+pub mod config;
+pub mod edge;
+pub mod metrics;
+pub mod protocol;
+pub mod roles;
+pub mod store;
+pub mod sync;
+pub mod writer;

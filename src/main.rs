@@ -1,0 +1,216 @@
+//! The `herald` binary: parse the command line, load the configuration (exit
+//! 64 on any bad value, before binding a port), set up logging and metrics,
+//! run a role until SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use herald::config::{Config, LogFormat, Sources};
+use herald::roles::{self, Role};
+
+/// Exit code for bad configuration (EX_CONFIG-like usage error, sysexits 64).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "herald", version, about = "Real-time push and IM server (Centrifugo client protocol v2, durable history)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run edge + writer + sync in one process (the default on one machine).
+    Serve(RunArgs),
+    /// Run only the edge: client WebSockets and the server API.
+    Edge(RunArgs),
+    /// Run only the writer: sequences and stores publications.
+    Writer(RunArgs),
+    /// Run only sync: serves history from the store.
+    Sync(RunArgs),
+    /// Mint an HS256 client token from the configured secret.
+    Token(TokenArgs),
+}
+
+#[derive(Args)]
+struct ConfigArgs {
+    /// TOML configuration file (lowest precedence; then HERALD_* env; then flags).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Set any option: `--set key=value` (see README for keys). Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Data directory (data_dir).
+    #[arg(long)]
+    data_dir: Option<String>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Public listener address (listen).
+    #[arg(long)]
+    listen: Option<String>,
+    /// NATS URL (nats_url).
+    #[arg(long)]
+    nats_url: Option<String>,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// The user id (`sub` claim).
+    #[arg(long)]
+    user: String,
+    /// Mint a subscription token for this channel instead of a connection token.
+    #[arg(long)]
+    channel: Option<String>,
+    /// Lifetime, e.g. 1h, 30m, 7d.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+}
+
+fn flags(args: &ConfigArgs, extra: &[(&str, &Option<String>)]) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for kv in &args.set {
+        let (k, v) = kv.split_once('=').ok_or_else(|| format!("--set {kv}: expected key=value"))?;
+        out.push((k.trim().to_string(), v.to_string()));
+    }
+    if let Some(d) = &args.data_dir {
+        out.push(("data_dir".into(), d.clone()));
+    }
+    for (k, v) in extra {
+        if let Some(v) = v {
+            out.push((k.to_string(), v.clone()));
+        }
+    }
+    Ok(out)
+}
+
+fn load(args: &ConfigArgs, extra: &[(&str, &Option<String>)]) -> Result<Config, ExitCode> {
+    let flags = flags(args, extra).map_err(|e| {
+        eprintln!("config: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })?;
+    Sources::from_process(args.config.as_deref(), flags)
+        .and_then(|s| Config::load(&s))
+        .map_err(|e| {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_CONFIG)
+        })
+}
+
+fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log).unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (role, args) = match cli.command {
+        Command::Token(t) => return token(t),
+        Command::Serve(a) => (Role::Serve, a),
+        Command::Edge(a) => (Role::Edge, a),
+        Command::Writer(a) => (Role::Writer, a),
+        Command::Sync(a) => (Role::Sync, a),
+    };
+    let config = match load(&args.config, &[("listen", &args.listen), ("nats_url", &args.nats_url)]) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    init_tracing(&config);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(role, config))
+}
+
+async fn run(role: Role, config: Config) -> ExitCode {
+    let data_dir = config.data_dir.clone();
+    let running = match roles::start(role, config).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("herald {}: {e:#}", role.name());
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(role = role.name(), addr = %running.addr, nats = %running.nats_url, "herald started");
+    if let Some(url) = &running.notes.started_nats {
+        eprintln!("started nats-server at {url} (store in {})", data_dir.join("nats").display());
+    }
+    if let Some(path) = &running.notes.generated_secret {
+        eprintln!(
+            "generated a client token secret in {} — mint a token with:\n  herald token --data-dir {} --user alice",
+            path.display(),
+            data_dir.display()
+        );
+    }
+    if matches!(role, Role::Serve | Role::Edge) {
+        eprintln!("client WebSocket: ws://{}/connection/websocket", running.addr);
+        if running.notes.api_enabled {
+            eprintln!("server API: http://{}/api/<method>", running.addr);
+        } else {
+            eprintln!("server API disabled: set HERALD_API_KEY to enable it");
+        }
+    }
+    let token = running.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received; shutting down");
+        token.cancel();
+    });
+    running.run_until_stopped().await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn token(t: TokenArgs) -> ExitCode {
+    let config = match load(&t.config, &[]) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let secret = match &config.token_hmac_secret {
+        Some(s) => s.expose().to_string(),
+        None => match std::fs::read_to_string(config.generated_secret_path()) {
+            Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
+            _ => {
+                eprintln!(
+                    "config: token_hmac_secret (HERALD_TOKEN_HMAC_SECRET) is not set and {} holds no generated secret; \
+                     run `herald serve` once or set the secret",
+                    config.generated_secret_path().display()
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+    };
+    println!("{}", herald::auth::mint(&secret, &t.user, t.channel.as_deref(), t.ttl));
+    ExitCode::SUCCESS
+}

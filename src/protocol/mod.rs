@@ -1,0 +1,163 @@
+//! Centrifugo bidirectional client protocol v2, JSON encoding.
+//!
+//! Owns the wire types (commands in, replies and pushes out), the frame codec
+//! (several newline-separated JSON objects per WebSocket frame) and the error,
+//! disconnect and unsubscribe codes of `codes.md`.
+//!
+//! Knows nothing of tokio, axum, NATS or the store: it turns bytes into typed
+//! commands and typed replies into bytes. Client `data` stays raw JSON
+//! (`RawValue`) end to end so a payload is never re-parsed.
+
+pub mod codes;
+mod wire;
+
+pub use codes::{Disconnect, ProtocolError, Unsubscribe};
+pub use wire::*;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// Why a frame could not be decoded. Each maps to disconnect 3501 (bad request).
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("frame is not valid UTF-8 JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("frame holds no command")]
+    Empty,
+}
+
+/// Decodes one WebSocket text frame into its commands. Blank lines are skipped.
+pub fn decode_commands(frame: &str) -> Result<Vec<Command>, DecodeError> {
+    let mut out = Vec::new();
+    for line in frame.split('\n') {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        out.push(serde_json::from_str::<Command>(line)?);
+    }
+    if out.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    Ok(out)
+}
+
+/// Encodes one reply as a single line (no trailing newline).
+pub fn encode_reply(reply: &Reply) -> Bytes {
+    // Serializing our own types into a Vec cannot fail: no maps with non-string
+    // keys, no floats, raw values were valid JSON when received.
+    Bytes::from(serde_json::to_vec(reply).unwrap_or_else(|_| b"{}".to_vec()))
+}
+
+/// Builds the push frame of a publication without re-encoding it:
+/// `{"push":{"channel":<channel>,"pub":<publication>}}`.
+///
+/// `publication` must already be the JSON object of a `Publication`; this is
+/// how an edge encodes a broadcast once and shares the bytes among subscribers.
+pub fn publication_push(channel: &str, publication: &[u8]) -> Bytes {
+    let channel = serde_json::to_string(channel).unwrap_or_else(|_| "\"\"".into());
+    let mut b = BytesMut::with_capacity(publication.len() + channel.len() + 32);
+    b.put_slice(br#"{"push":{"channel":"#);
+    b.put_slice(channel.as_bytes());
+    b.put_slice(br#","pub":"#);
+    b.put_slice(publication);
+    b.put_slice(b"}}");
+    b.freeze()
+}
+
+/// Encodes a protocol `Publication` object from raw parts without parsing
+/// them: `{"data":<data>,"info":<info>,"offset":<offset>}` (info and a zero
+/// offset omitted). `data` and `info` must be valid JSON.
+pub fn encode_publication(data: &[u8], info: Option<&[u8]>, offset: u64) -> Bytes {
+    let mut b = BytesMut::with_capacity(data.len() + info.map_or(0, |i| i.len()) + 40);
+    b.put_slice(br#"{"data":"#);
+    b.put_slice(data);
+    if let Some(info) = info {
+        b.put_slice(br#","info":"#);
+        b.put_slice(info);
+    }
+    if offset > 0 {
+        b.put_slice(br#","offset":"#);
+        b.put_slice(offset.to_string().as_bytes());
+    }
+    b.put_slice(b"}");
+    b.freeze()
+}
+
+/// The server's ping: an empty JSON object, answered by the client with `{}`.
+pub const PING_FRAME: &[u8] = b"{}";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_several_commands_per_frame() {
+        let frame = "{\"id\":1,\"connect\":{\"token\":\"t\"}}\n{\"id\":2,\"subscribe\":{\"channel\":\"news\"}}\n";
+        let mut cmds = decode_commands(frame).unwrap().into_iter();
+        let (a, b) = (cmds.next().unwrap(), cmds.next().unwrap());
+        assert!(cmds.next().is_none());
+        assert_eq!(a.id, 1);
+        assert!(matches!(a.method(), Ok(Method::Connect(c)) if c.token == "t"));
+        assert!(matches!(b.method(), Ok(Method::Subscribe(s)) if s.channel == "news"));
+    }
+
+    #[test]
+    fn empty_object_is_a_pong() {
+        let mut cmds = decode_commands("{}").unwrap();
+        assert!(matches!(cmds.remove(0).method(), Ok(Method::Pong)));
+    }
+
+    #[test]
+    fn malformed_json_is_an_error() {
+        assert!(decode_commands("{\"id\":1,").is_err());
+        assert!(decode_commands("   \n").is_err());
+        assert!(decode_commands("[1,2]").is_err());
+    }
+
+    #[test]
+    fn two_methods_in_one_command_is_bad_request() {
+        let mut cmds =
+            decode_commands(r#"{"id":1,"publish":{"channel":"a","data":1},"history":{"channel":"a"}}"#)
+                .unwrap();
+        assert!(cmds.remove(0).method().is_err());
+    }
+
+    #[test]
+    fn publish_data_stays_raw() {
+        let mut cmds = decode_commands(r#"{"id":3,"publish":{"channel":"a","data":{"x": 1.50}}}"#).unwrap();
+        let Ok(Method::Publish(p)) = cmds.remove(0).method() else {
+            panic!("not a publish")
+        };
+        assert_eq!(p.data.get(), r#"{"x": 1.50}"#);
+    }
+
+    #[test]
+    fn publication_push_wraps_bytes() {
+        let push = publication_push("a\"b", br#"{"data":1,"offset":7}"#);
+        let v: serde_json::Value = serde_json::from_slice(&push).unwrap();
+        assert_eq!(v["push"]["channel"], "a\"b");
+        assert_eq!(v["push"]["pub"]["offset"], 7);
+    }
+
+    #[test]
+    fn publication_encoding_is_valid_json() {
+        let p = encode_publication(br#"{"a":[1,2]}"#, Some(br#"{"user":"u","client":"c"}"#), 42);
+        let v: serde_json::Value = serde_json::from_slice(&p).unwrap();
+        assert_eq!(v["data"]["a"][1], 2);
+        assert_eq!(v["info"]["user"], "u");
+        assert_eq!(v["offset"], 42);
+        let p = encode_publication(b"\"x\"", None, 0);
+        assert_eq!(&p[..], br#"{"data":"x"}"#);
+    }
+
+    #[test]
+    fn reply_omits_empty_fields() {
+        let r = Reply::ok(5, ReplyResult::Publish(PublishResult::default()));
+        assert_eq!(&encode_reply(&r)[..], br#"{"id":5,"publish":{}}"#);
+        let e = Reply::error(6, codes::ProtocolError::PermissionDenied.into());
+        assert_eq!(
+            &encode_reply(&e)[..],
+            br#"{"id":6,"error":{"code":103,"message":"permission denied"}}"#
+        );
+    }
+}

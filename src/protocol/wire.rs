@@ -1,0 +1,415 @@
+//! The JSON shapes of protocol v2: `Command` in, `Reply` and push frames out.
+//! Field names follow centrifugal/protocol `client.proto` (snake_case JSON).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::codes::{Disconnect, ProtocolError, Unsubscribe};
+
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
+}
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
+}
+fn is_false(v: &bool) -> bool {
+    !*v
+}
+
+/// One client command. Exactly one method field is set, except for the pong
+/// (`{}`), which has none.
+#[derive(Debug, Default, Deserialize)]
+pub struct Command {
+    #[serde(default)]
+    pub id: u32,
+    connect: Option<ConnectRequest>,
+    subscribe: Option<SubscribeRequest>,
+    unsubscribe: Option<ChannelRequest>,
+    publish: Option<PublishRequest>,
+    presence: Option<ChannelRequest>,
+    presence_stats: Option<ChannelRequest>,
+    history: Option<HistoryRequest>,
+    ping: Option<serde::de::IgnoredAny>,
+    send: Option<serde::de::IgnoredAny>,
+    rpc: Option<serde::de::IgnoredAny>,
+    refresh: Option<RefreshRequest>,
+    sub_refresh: Option<SubRefreshRequest>,
+}
+
+/// The method a command carries, taken out of the command.
+#[derive(Debug)]
+pub enum Method {
+    Connect(ConnectRequest),
+    Subscribe(SubscribeRequest),
+    Unsubscribe(ChannelRequest),
+    Publish(PublishRequest),
+    Presence(ChannelRequest),
+    PresenceStats(ChannelRequest),
+    History(HistoryRequest),
+    Ping,
+    Send,
+    Rpc,
+    Refresh(RefreshRequest),
+    SubRefresh(SubRefreshRequest),
+    /// `{}`: the client's answer to a server ping.
+    Pong,
+}
+
+impl Method {
+    /// A short static name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Connect(_) => "connect",
+            Self::Subscribe(_) => "subscribe",
+            Self::Unsubscribe(_) => "unsubscribe",
+            Self::Publish(_) => "publish",
+            Self::Presence(_) => "presence",
+            Self::PresenceStats(_) => "presence_stats",
+            Self::History(_) => "history",
+            Self::Ping => "ping",
+            Self::Send => "send",
+            Self::Rpc => "rpc",
+            Self::Refresh(_) => "refresh",
+            Self::SubRefresh(_) => "sub_refresh",
+            Self::Pong => "pong",
+        }
+    }
+}
+
+impl Command {
+    /// Takes the single method out of the command. No method and no id is a
+    /// pong; no known method with an id is `MethodNotFound`; more than one
+    /// method is `BadRequest`.
+    pub fn method(self) -> Result<Method, ProtocolError> {
+        let mut found = Vec::with_capacity(1);
+        if let Some(v) = self.connect {
+            found.push(Method::Connect(v));
+        }
+        if let Some(v) = self.subscribe {
+            found.push(Method::Subscribe(v));
+        }
+        if let Some(v) = self.unsubscribe {
+            found.push(Method::Unsubscribe(v));
+        }
+        if let Some(v) = self.publish {
+            found.push(Method::Publish(v));
+        }
+        if let Some(v) = self.presence {
+            found.push(Method::Presence(v));
+        }
+        if let Some(v) = self.presence_stats {
+            found.push(Method::PresenceStats(v));
+        }
+        if let Some(v) = self.history {
+            found.push(Method::History(v));
+        }
+        if self.ping.is_some() {
+            found.push(Method::Ping);
+        }
+        if self.send.is_some() {
+            found.push(Method::Send);
+        }
+        if self.rpc.is_some() {
+            found.push(Method::Rpc);
+        }
+        if let Some(v) = self.refresh {
+            found.push(Method::Refresh(v));
+        }
+        if let Some(v) = self.sub_refresh {
+            found.push(Method::SubRefresh(v));
+        }
+        match (found.len(), self.id) {
+            (0, 0) => Ok(Method::Pong),
+            (0, _) => Err(ProtocolError::MethodNotFound),
+            (1, _) => Ok(found.pop().expect("one element")),
+            _ => Err(ProtocolError::BadRequest),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ConnectRequest {
+    pub token: String,
+    pub data: Option<Box<RawValue>>,
+    pub name: String,
+    pub version: String,
+    pub subs: BTreeMap<String, SubscribeRequest>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct SubscribeRequest {
+    pub channel: String,
+    pub token: String,
+    pub recover: bool,
+    pub epoch: String,
+    pub offset: u64,
+    pub data: Option<Box<RawValue>>,
+    pub positioned: bool,
+    pub recoverable: bool,
+    pub join_leave: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ChannelRequest {
+    pub channel: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PublishRequest {
+    #[serde(default)]
+    pub channel: String,
+    /// Raw JSON as the client sent it; `null` when absent.
+    #[serde(default = "json_null")]
+    pub data: Box<RawValue>,
+}
+
+pub fn json_null() -> Box<RawValue> {
+    RawValue::from_string("null".into()).expect("null is valid JSON")
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct StreamPosition {
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub offset: u64,
+    pub epoch: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct HistoryRequest {
+    pub channel: String,
+    /// 0: no publications, only the stream position; negative: as many as allowed.
+    pub limit: i32,
+    pub since: Option<StreamPosition>,
+    pub reverse: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RefreshRequest {
+    pub token: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct SubRefreshRequest {
+    pub channel: String,
+    pub token: String,
+}
+
+/// Who published: attached to publications made by clients.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ClientInfo {
+    pub user: String,
+    pub client: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub conn_info: Option<Box<RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub chan_info: Option<Box<RawValue>>,
+}
+
+/// A publication as clients see it. `data` and `info` are raw JSON.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Publication {
+    pub data: Box<RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub info: Option<Box<RawValue>>,
+    #[serde(skip_serializing_if = "is_zero_u64", default)]
+    pub offset: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    pub code: u32,
+    pub message: String,
+    #[serde(skip_serializing_if = "is_false")]
+    pub temporary: bool,
+}
+
+/// A reply to a command with an id.
+#[derive(Debug, Serialize)]
+pub struct Reply {
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub id: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub result: Option<ReplyResult>,
+}
+
+impl Reply {
+    pub fn ok(id: u32, result: ReplyResult) -> Self {
+        Self {
+            id,
+            error: None,
+            result: Some(result),
+        }
+    }
+
+    pub fn error(id: u32, error: ErrorBody) -> Self {
+        Self {
+            id,
+            error: Some(error),
+            result: None,
+        }
+    }
+
+    pub fn push(push: Push) -> Self {
+        Self {
+            id: 0,
+            error: None,
+            result: Some(ReplyResult::Push(push)),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyResult {
+    Connect(ConnectResult),
+    Subscribe(SubscribeResult),
+    Unsubscribe(Empty),
+    Publish(PublishResult),
+    History(HistoryResult),
+    Refresh(RefreshResult),
+    SubRefresh(SubRefreshResult),
+    Ping(Empty),
+    Push(Push),
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Empty {}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ConnectResult {
+    pub client: String,
+    pub version: String,
+    #[serde(skip_serializing_if = "is_false")]
+    pub expires: bool,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub ttl: u32,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub subs: BTreeMap<String, SubscribeResult>,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub ping: u32,
+    #[serde(skip_serializing_if = "is_false")]
+    pub pong: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct SubscribeResult {
+    #[serde(skip_serializing_if = "is_false")]
+    pub expires: bool,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub ttl: u32,
+    #[serde(skip_serializing_if = "is_false")]
+    pub recoverable: bool,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub epoch: String,
+    /// Raw `Publication` objects, in offset order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub publications: Vec<Box<RawValue>>,
+    #[serde(skip_serializing_if = "is_false")]
+    pub recovered: bool,
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub offset: u64,
+    #[serde(skip_serializing_if = "is_false")]
+    pub positioned: bool,
+    #[serde(skip_serializing_if = "is_false")]
+    pub was_recovering: bool,
+}
+
+/// Publish reply. `offset` and `epoch` are Herald's extension for history
+/// channels; SDKs ignore unknown fields.
+#[derive(Debug, Default, Serialize)]
+pub struct PublishResult {
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub offset: u64,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub epoch: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct HistoryResult {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub publications: Vec<Box<RawValue>>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub epoch: String,
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub offset: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct RefreshResult {
+    pub client: String,
+    pub version: String,
+    #[serde(skip_serializing_if = "is_false")]
+    pub expires: bool,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub ttl: u32,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct SubRefreshResult {
+    #[serde(skip_serializing_if = "is_false")]
+    pub expires: bool,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub ttl: u32,
+}
+
+/// Server-initiated message. Publications are built as bytes by
+/// [`super::publication_push`]; the other pushes go through this type.
+#[derive(Debug, Default, Serialize)]
+pub struct Push {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub channel: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unsubscribe: Option<UnsubscribePush>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscribe: Option<SubscribeResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disconnect: Option<DisconnectPush>,
+}
+
+impl Push {
+    pub fn unsubscribe(channel: &str, u: Unsubscribe) -> Self {
+        Self {
+            channel: channel.into(),
+            unsubscribe: Some(UnsubscribePush {
+                code: u.code,
+                reason: u.reason.into(),
+            }),
+            ..Self::default()
+        }
+    }
+
+    pub fn disconnect(d: Disconnect) -> Self {
+        Self {
+            disconnect: Some(DisconnectPush {
+                code: d.code as u32,
+                reason: d.reason.into(),
+                reconnect: d.reconnect(),
+            }),
+            ..Self::default()
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct UnsubscribePush {
+    pub code: u32,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DisconnectPush {
+    pub code: u32,
+    pub reason: String,
+    pub reconnect: bool,
+}

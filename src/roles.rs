@@ -1,0 +1,332 @@
+//! Wires the roles of one process: `serve` (edge + writer + sync), or one of
+//! `edge`, `writer`, `sync`. Owns startup order (secret, NATS, stream, store,
+//! tasks, listener) and shutdown order (stop accepting, close sessions, stop
+//! the writer after its batch in hand, stop sync, stop a child nats-server).
+//!
+//! Used by `main` and, in process, by the integration tests.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use axum::Router;
+use axum::routing::get;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Verifier;
+use crate::bus::{self, publisher::Publisher, server::NatsServer};
+use crate::config::{Config, Secret};
+use crate::edge::{Edge, EdgeSettings};
+use crate::protocol::Disconnect;
+use crate::store::{SharedStore, StoreOptions, embedded::EmbeddedStore};
+use crate::sync::{SyncService, client::SyncClient};
+use crate::writer::{self, WriterSettings};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Serve,
+    Edge,
+    Writer,
+    Sync,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Serve => "serve",
+            Self::Edge => "edge",
+            Self::Writer => "writer",
+            Self::Sync => "sync",
+        }
+    }
+    fn has_edge(self) -> bool {
+        matches!(self, Self::Serve | Self::Edge)
+    }
+    fn has_writer(self) -> bool {
+        matches!(self, Self::Serve | Self::Writer)
+    }
+    fn has_sync(self) -> bool {
+        matches!(self, Self::Serve | Self::Sync)
+    }
+}
+
+/// Things worth telling the operator at start.
+#[derive(Debug, Default)]
+pub struct StartNotes {
+    /// The secret was generated and stored at this path.
+    pub generated_secret: Option<std::path::PathBuf>,
+    /// A nats-server child was started at this URL.
+    pub started_nats: Option<String>,
+    pub api_enabled: bool,
+}
+
+/// A started process. Dropping it does not stop it: call [`Running::stop`].
+pub struct Running {
+    pub addr: SocketAddr,
+    pub internal_addr: Option<SocketAddr>,
+    pub notes: StartNotes,
+    /// The client token secret in use (generated or configured).
+    pub token_secret: Option<Secret>,
+    pub nats_url: String,
+    shutdown: CancellationToken,
+    edge: Option<Arc<Edge>>,
+    writer: Option<JoinHandle<()>>,
+    sync: Option<JoinHandle<()>>,
+    http: Vec<JoinHandle<()>>,
+    nats_child: Option<NatsServer>,
+    nats: async_nats::Client,
+}
+
+impl Running {
+    /// A token that fires when the process should stop (e.g. for signals).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Graceful stop: close client sessions (3001, they reconnect elsewhere),
+    /// stop listeners, let the writer finish its batch, stop sync, flush NATS.
+    pub async fn stop(mut self) {
+        if let Some(edge) = &self.edge {
+            edge.close_all(Disconnect::SHUTDOWN).await;
+        }
+        self.shutdown.cancel();
+        for h in self.http.drain(..) {
+            let _ = h.await;
+        }
+        if let Some(w) = self.writer.take() {
+            let _ = w.await;
+        }
+        if let Some(s) = self.sync.take() {
+            let _ = s.await;
+        }
+        let _ = self.nats.flush().await;
+        if let Some(child) = self.nats_child.take() {
+            child.stop().await;
+        }
+    }
+
+    /// Waits until the shutdown token fires, then stops gracefully.
+    pub async fn run_until_stopped(self) {
+        self.shutdown.cancelled().await;
+        self.stop().await;
+    }
+}
+
+/// Loads the secret from the data dir, or generates and stores one.
+fn ensure_secret(config: &Config) -> anyhow::Result<(Secret, bool)> {
+    let path = config.generated_secret_path();
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        let s = s.trim().to_string();
+        if !s.is_empty() {
+            return Ok((Secret::new(s), false));
+        }
+    }
+    let secret = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    write_private(&path, &secret).with_context(|| format!("storing the generated secret at {}", path.display()))?;
+    Ok((Secret::new(secret), true))
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts.open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
+}
+
+/// Starts `role` with `config`. Returns once every listener is bound.
+pub async fn start(role: Role, config: Config) -> anyhow::Result<Running> {
+    let metrics = crate::metrics::install();
+    let mut notes = StartNotes::default();
+    if role.has_writer() || role.has_sync() || role == Role::Serve {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+    }
+
+    // The token secret: required by roles that verify tokens.
+    let token_secret = match (&config.token_hmac_secret, role) {
+        (Some(s), _) => Some(s.clone()),
+        (None, Role::Serve) => {
+            let (s, generated) = ensure_secret(&config)?;
+            if generated {
+                notes.generated_secret = Some(config.generated_secret_path());
+            }
+            Some(s)
+        }
+        (None, Role::Edge | Role::Sync) => {
+            bail!("token_hmac_secret (HERALD_TOKEN_HMAC_SECRET) must be set for `herald {}`", role.name())
+        }
+        (None, Role::Writer) => None,
+    };
+
+    // NATS, with the zero-config child for `serve`.
+    let mut nats_child = None;
+    let name = format!("herald-{}", role.name());
+    let nats = match bus::connect(&config.nats.url, &name).await {
+        Ok(c) => c,
+        Err(bus::ConnectError::Unreachable { url, message }) if role == Role::Serve && config.nats.autostart => {
+            tracing::info!(%url, %message, "no NATS answers; starting nats-server as a child");
+            let child = NatsServer::start(&config.nats.server_bin, &config.data_dir.join("nats"))
+                .await
+                .context("starting nats-server (nats_autostart)")?;
+            let client = bus::connect(&child.url, &name).await?;
+            notes.started_nats = Some(child.url.clone());
+            nats_child = Some(child);
+            client
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let nats_url = nats_child.as_ref().map_or(config.nats.url.clone(), |c| c.url.clone());
+    let js = async_nats::jetstream::new(nats.clone());
+    bus::ingest::ensure_stream(&js, &config.ingest).await?;
+
+    let shutdown = CancellationToken::new();
+    let store: Option<SharedStore> = if role.has_writer() || role.has_sync() {
+        let dir = config.data_dir.join("store");
+        let store = EmbeddedStore::open(
+            &dir,
+            StoreOptions {
+                idempotency_retention: config.idempotency_retention,
+            },
+        )
+        .with_context(|| format!("opening the embedded store at {}", dir.display()))?;
+        Some(Arc::new(store))
+    } else {
+        None
+    };
+
+    let mut router = Router::new();
+    let mut sync_task = None;
+    if role.has_sync() {
+        let service = Arc::new(SyncService {
+            store: store.clone().expect("sync has a store"),
+            channels: config.channels.clone(),
+            page_limit: config.sync.page_limit,
+        });
+        let verifier = Verifier::new(token_secret.as_ref().expect("sync has a secret").expose());
+        router = router.merge(service.router(verifier));
+        let (client, token) = (nats.clone(), shutdown.clone());
+        let svc = service.clone();
+        sync_task = Some(tokio::spawn(async move {
+            if let Err(e) = svc.serve_nats(client, token).await {
+                tracing::error!(error = %e, "sync responder stopped");
+            }
+        }));
+    }
+
+    let mut writer_task = None;
+    if role.has_writer() {
+        let settings = WriterSettings {
+            partitions: config.ingest.partitions,
+            batch_size: config.writer.batch_size,
+            max_ack_pending: config.ingest.max_ack_pending,
+        };
+        let (client, store, token) = (nats.clone(), store.clone().expect("writer has a store"), shutdown.clone());
+        writer_task = Some(tokio::spawn(async move {
+            if let Err(e) = writer::run(client, store, settings, token.clone()).await {
+                tracing::error!(error = %e, "writer stopped");
+                token.cancel();
+            }
+        }));
+    }
+
+    let mut edge = None;
+    if role.has_edge() {
+        let sync_client = SyncClient::new(nats.clone(), config.sync.timeout);
+        let publisher = Publisher::start(
+            nats.clone(),
+            sync_client.clone(),
+            config.ingest.partitions,
+            config.ingest.max_ack_pending.max(1) as usize * config.ingest.partitions as usize,
+            config.client.publish_timeout,
+        )
+        .await?;
+        let verifier = Verifier::new(token_secret.as_ref().expect("edge has a secret").expose());
+        let e = Edge::new(
+            EdgeSettings {
+                client: config.client.clone(),
+                channels: config.channels.clone(),
+            },
+            nats.clone(),
+            publisher.clone(),
+            sync_client.clone(),
+            verifier,
+        );
+        router = router.merge(e.router());
+        notes.api_enabled = config.api_key.is_some();
+        if notes.api_enabled {
+            router = router.merge(crate::api::router(crate::api::ApiState {
+                key: config.api_key.clone(),
+                publisher,
+                sync: sync_client,
+                channels: config.channels.clone(),
+                history_page_limit: config.client.history_page_limit,
+                edge: e.clone(),
+            }));
+        }
+        edge = Some(e);
+    }
+
+    let ops = Router::new()
+        .route("/health", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .route("/metrics", get(move || std::future::ready(metrics.render())));
+    let mut http = Vec::new();
+    let internal_addr = match config.internal_listen {
+        Some(addr) => {
+            let (bound, task) = serve_http(addr, ops, shutdown.clone()).await?;
+            http.push(task);
+            Some(bound)
+        }
+        None => {
+            router = router.merge(ops);
+            None
+        }
+    };
+    let (addr, task) = serve_http(config.listen, router, shutdown.clone()).await?;
+    http.push(task);
+
+    Ok(Running {
+        addr,
+        internal_addr,
+        notes,
+        token_secret,
+        nats_url,
+        shutdown,
+        edge,
+        writer: writer_task,
+        sync: sync_task,
+        http,
+        nats_child,
+        nats,
+    })
+}
+
+async fn serve_http(
+    addr: SocketAddr,
+    router: Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let bound = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let serve = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move { shutdown.cancelled().await });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "http listener stopped");
+        }
+    });
+    Ok((bound, task))
+}

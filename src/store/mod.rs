@@ -1,0 +1,143 @@
+//! Durable history: the `Store` trait every backend implements, its types and
+//! error kinds, and the contract suite all backends must pass.
+//!
+//! The store does not assign offsets (the writer's sequencer does) and does not
+//! know NATS or the protocol. It keeps, per channel, publications keyed by a
+//! dense offset, the channel's head and epoch, and idempotency keys. It refuses
+//! a batch that would not continue a channel densely from its head, which makes
+//! a second writer (or a stale retry) fail loudly instead of corrupting I1.
+
+pub mod contract;
+pub mod embedded;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// A stored publication. `data` and `info` are raw JSON as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPublication {
+    pub offset: u64,
+    pub data: Bytes,
+    /// A `ClientInfo` JSON object, when a client published.
+    pub info: Option<Bytes>,
+    /// Milliseconds since the Unix epoch at which the writer sequenced it.
+    pub time_ms: u64,
+}
+
+/// The head (last offset, 0 when empty) and epoch of a channel.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Position {
+    pub head: u64,
+    pub epoch: String,
+}
+
+/// Everything one writer batch stores for one channel.
+#[derive(Debug, Clone)]
+pub struct ChannelAppend {
+    pub channel: String,
+    /// The channel's epoch; fixed by the writer when the first publication is
+    /// stored, and the same on every later append.
+    pub epoch: String,
+    /// Contiguous offsets, the first being the stored head + 1.
+    pub publications: Vec<StoredPublication>,
+    /// Idempotency keys of these publications, with the offset each got.
+    pub idempotency_keys: Vec<(String, u64)>,
+}
+
+/// Which part of a channel to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadRange {
+    /// Only offsets strictly greater than this (0 = from the start).
+    pub after: u64,
+    /// Only offsets strictly smaller than this (`None` = up to the head).
+    pub before: Option<u64>,
+    pub limit: usize,
+    /// `Forward` starts just after `after` going up; `Backward` starts just
+    /// below `before` (or at the head) going down.
+    pub direction: Direction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Forward,
+    Backward,
+}
+
+/// The kinds of store failure callers branch on: `Unavailable` and `Timeout`
+/// are worth retrying; `Conflict` means the batch does not continue the
+/// channel (another writer, or a stale head) and must not be retried as is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    Unavailable,
+    Timeout,
+    Conflict,
+    Corrupt,
+    Io,
+}
+
+impl StoreErrorKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Unavailable => "unavailable",
+            Self::Timeout => "timeout",
+            Self::Conflict => "conflict",
+            Self::Corrupt => "corrupt",
+            Self::Io => "io",
+        }
+    }
+
+    pub fn retryable(self) -> bool {
+        matches!(self, Self::Unavailable | Self::Timeout | Self::Io)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("store {}: {message}", kind.label())]
+pub struct StoreError {
+    pub kind: StoreErrorKind,
+    pub message: String,
+}
+
+impl StoreError {
+    pub fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a whole batch atomically and durably (fsync or the configured
+    /// consistency) before returning. Fails with `Conflict`, storing nothing,
+    /// if any channel's first offset is not its stored head + 1 or its epoch
+    /// differs from the stored one.
+    async fn append(&self, batch: &[ChannelAppend]) -> StoreResult<()>;
+
+    /// Reads publications of a channel in the given range and direction.
+    async fn read(&self, channel: &str, range: ReadRange) -> StoreResult<Vec<StoredPublication>>;
+
+    /// Head and epoch; `head == 0` and an empty epoch for an unknown channel.
+    async fn position(&self, channel: &str) -> StoreResult<Position>;
+
+    /// The offset stored under (channel, key), if the key is younger than the
+    /// retention.
+    async fn idempotent_offset(&self, channel: &str, key: &str) -> StoreResult<Option<u64>>;
+
+    /// Removes idempotency keys older than the retention. Called periodically.
+    async fn purge_expired_keys(&self) -> StoreResult<u64>;
+}
+
+pub type SharedStore = Arc<dyn Store>;
+
+/// Settings every backend shares.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub idempotency_retention: Duration,
+}

@@ -1,0 +1,89 @@
+//! The edge's (and publisher's) side of sync over NATS request/reply. Edges
+//! never open the store: every read goes through here.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::wire::{Page, SyncReply, SyncRequest};
+use crate::bus::subjects;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncClientError {
+    #[error("no sync instance answered")]
+    NoResponders,
+    #[error("sync request timed out")]
+    Timeout,
+    #[error("sync request failed: {0}")]
+    Request(String),
+    #[error("sync answered with an error ({kind}): {message}")]
+    Remote { kind: String, message: String },
+    #[error("sync reply could not be decoded: {0}")]
+    Decode(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct SyncClient {
+    client: async_nats::Client,
+    timeout: Duration,
+}
+
+impl SyncClient {
+    pub fn new(client: async_nats::Client, timeout: Duration) -> Self {
+        Self { client, timeout }
+    }
+
+    async fn call(&self, req: &SyncRequest) -> Result<SyncReply, SyncClientError> {
+        let body = Bytes::from(serde_json::to_vec(req).map_err(|e| SyncClientError::Decode(e.to_string()))?);
+        let request = async_nats::Request::new().payload(body).timeout(Some(self.timeout));
+        let msg = self
+            .client
+            .send_request(subjects::SYNC, request)
+            .await
+            .map_err(|e| match e.kind() {
+                async_nats::RequestErrorKind::NoResponders => SyncClientError::NoResponders,
+                async_nats::RequestErrorKind::TimedOut => SyncClientError::Timeout,
+                _ => SyncClientError::Request(e.to_string()),
+            })?;
+        let reply: SyncReply =
+            serde_json::from_slice(&msg.payload).map_err(|e| SyncClientError::Decode(e.to_string()))?;
+        match reply {
+            SyncReply::Error { kind, message } => Err(SyncClientError::Remote { kind, message }),
+            other => Ok(other),
+        }
+    }
+
+    /// Reads a page; `backward` pages down from `before` (or the head).
+    pub async fn read(
+        &self,
+        channel: &str,
+        after: u64,
+        before: Option<u64>,
+        limit: usize,
+        backward: bool,
+    ) -> Result<Page, SyncClientError> {
+        let req = SyncRequest::Read {
+            channel: channel.to_string(),
+            after,
+            before,
+            limit,
+            backward,
+        };
+        match self.call(&req).await? {
+            SyncReply::Page(p) => Ok(p),
+            _ => Err(SyncClientError::Decode("expected a page".into())),
+        }
+    }
+
+    /// The stored offset and the epoch of (channel, key), if stored.
+    pub async fn idempotent_offset(&self, channel: &str, key: &str) -> Result<Option<(u64, String)>, SyncClientError> {
+        let req = SyncRequest::Idempotency {
+            channel: channel.to_string(),
+            key: key.to_string(),
+        };
+        match self.call(&req).await? {
+            SyncReply::Idempotency { offset, epoch } => Ok(offset.map(|o| (o, epoch))),
+            _ => Err(SyncClientError::Decode("expected an idempotency answer".into())),
+        }
+    }
+}

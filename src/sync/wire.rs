@@ -1,0 +1,54 @@
+//! The request/reply format between edges (and publishers) and the sync role
+//! over NATS (`subjects::SYNC`, queue group `sync`).
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncRequest {
+    /// A page of a channel; see `store::ReadRange` for the meaning of the bounds.
+    Read {
+        channel: String,
+        after: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<u64>,
+        limit: usize,
+        #[serde(default)]
+        backward: bool,
+    },
+    /// The offset a (channel, idempotency key) was stored at, if any.
+    Idempotency { channel: String, key: String },
+}
+
+/// A page: publications as protocol `Publication` JSON objects (with
+/// `offset`), in the order asked, plus the channel's epoch and head at the
+/// time of the read.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Page {
+    pub publications: Vec<Box<RawValue>>,
+    pub epoch: String,
+    pub head: u64,
+    /// Lowest offset still served (history retention); 1 when all is kept.
+    #[serde(default = "one")]
+    pub first_available: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncReply {
+    Page(Page),
+    Idempotency {
+        offset: Option<u64>,
+        epoch: String,
+    },
+    Error {
+        /// A `StoreErrorKind` label, or `bad_request`.
+        kind: String,
+        message: String,
+    },
+}
