@@ -1,0 +1,67 @@
+//! Shared test harness: a real nats-server per test (free port, temp dir),
+//! Herald started in process, and a bounded `eventually` instead of sleeps.
+//!
+//! nats-server is found at `$HERALD_TEST_NATS_SERVER`, else the project's
+//! `.tools/py/bin/nats-server` (installed by scripts/install-tools.sh), else on
+//! PATH.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use herald::bus::server::NatsServer;
+
+pub fn nats_server_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("HERALD_TEST_NATS_SERVER") {
+        return PathBuf::from(p);
+    }
+    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/py/bin/nats-server");
+    if local.exists() {
+        return local;
+    }
+    PathBuf::from("nats-server")
+}
+
+/// A nats-server with JetStream in its own temp dir; killed on drop.
+pub struct TestNats {
+    pub server: NatsServer,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestNats {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let server = NatsServer::start(&nats_server_bin(), dir.path())
+            .await
+            .expect("start nats-server (run scripts/install-tools.sh)");
+        Self { server, dir }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.server.url
+    }
+
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(self.url()).await.expect("connect to test nats")
+    }
+}
+
+/// Polls `check` until it returns `Some`, at most `limit`; panics with `what`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("not within {limit:?}: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
