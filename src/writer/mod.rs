@@ -69,15 +69,25 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn new(client: async_nats::Client, store: SharedStore, settings: WriterSettings) -> Result<Self, WriterError> {
+    pub fn new(
+        client: async_nats::Client,
+        store: SharedStore,
+        settings: WriterSettings,
+    ) -> Result<Self, WriterError> {
         if settings.partitions == 0 {
-            return Err(WriterError::InvalidSettings("partitions must be at least 1"));
+            return Err(WriterError::InvalidSettings(
+                "partitions must be at least 1",
+            ));
         }
         if settings.batch_size == 0 {
-            return Err(WriterError::InvalidSettings("batch_size must be at least 1"));
+            return Err(WriterError::InvalidSettings(
+                "batch_size must be at least 1",
+            ));
         }
         if settings.max_ack_pending < 1 {
-            return Err(WriterError::InvalidSettings("max_ack_pending must be at least 1"));
+            return Err(WriterError::InvalidSettings(
+                "max_ack_pending must be at least 1",
+            ));
         }
         let js = async_nats::jetstream::new(client.clone());
         Ok(Self {
@@ -94,7 +104,11 @@ impl Writer {
     /// hand (commit, publish, reply, ack) and returns. Transient NATS and
     /// store errors are retried inside; the future does not end on them.
     /// Spawn it; stop it with its own token to hand the partition over.
-    pub fn partition(&self, partition: u32, stop: CancellationToken) -> impl Future<Output = ()> + Send + 'static {
+    pub fn partition(
+        &self,
+        partition: u32,
+        stop: CancellationToken,
+    ) -> impl Future<Output = ()> + Send + 'static {
         partition::run(self.shared.clone(), partition, stop)
     }
 }

@@ -145,12 +145,20 @@ impl Task {
             }
         }
         if handed_back > 0 {
-            tracing::debug!(partition = self.partition, handed_back, "prefetched messages handed back");
+            tracing::debug!(
+                partition = self.partition,
+                handed_back,
+                "prefetched messages handed back"
+            );
         }
     }
 
     async fn process(&mut self, batch: Vec<jetstream::Message>, stop: &CancellationToken) {
-        let span = tracing::debug_span!("writer_batch", partition = self.partition, size = batch.len());
+        let span = tracing::debug_span!(
+            "writer_batch",
+            partition = self.partition,
+            size = batch.len()
+        );
         self.process_inner(batch, stop).instrument(span).await;
     }
 
@@ -202,7 +210,12 @@ impl Task {
     /// (never redelivered) and its publisher, if waiting, told why.
     async fn reject(&self, msg: jetstream::Message, reason: &'static str) {
         let stream_seq = msg.info().map(|i| i.stream_sequence).ok();
-        tracing::warn!(partition = self.partition, ?stream_seq, reason, "invalid ingest message; terminated");
+        tracing::warn!(
+            partition = self.partition,
+            ?stream_seq,
+            reason,
+            "invalid ingest message; terminated"
+        );
         count_error("decode");
         if let Some(reply) = reply_subject(&msg) {
             let failed = WriterReply::Failed {
@@ -258,7 +271,10 @@ impl Task {
                 let _ = msg.ack_with(AckKind::Progress).await;
             }
             if !backoff.sleep(stop).await {
-                tracing::warn!(partition = self.partition, "stopping with an uncommitted batch; handing its messages back");
+                tracing::warn!(
+                    partition = self.partition,
+                    "stopping with an uncommitted batch; handing its messages back"
+                );
                 return None;
             }
         }
@@ -304,7 +320,12 @@ impl Task {
         }
         let stored = try_join_all(entries.iter().map(|e| {
             let store = &store;
-            async move { store.idempotent_offset(&e.channel, &e.key).await.map(|o| (e, o)) }
+            async move {
+                store
+                    .idempotent_offset(&e.channel, &e.key)
+                    .await
+                    .map(|o| (e, o))
+            }
         }))
         .await?;
         for (e, offset) in stored {
@@ -326,7 +347,8 @@ impl Task {
                 let mut headers = HeaderMap::new();
                 headers.insert(subjects::OFFSET_HEADER, p.offset.to_string().as_str());
                 headers.insert(subjects::EPOCH_HEADER, append.epoch.as_str());
-                let payload = crate::protocol::encode_publication(&p.data, p.info.as_deref(), p.offset);
+                let payload =
+                    crate::protocol::encode_publication(&p.data, p.info.as_deref(), p.offset);
                 if let Err(e) = self
                     .shared
                     .client
@@ -363,7 +385,12 @@ impl Task {
                 return;
             }
         };
-        if let Err(e) = self.shared.client.publish(subject.to_string(), payload).await {
+        if let Err(e) = self
+            .shared
+            .client
+            .publish(subject.to_string(), payload)
+            .await
+        {
             tracing::warn!(partition = self.partition, error = %e, "replying to a publisher failed");
             count_error("reply");
         }
@@ -381,7 +408,8 @@ fn reply_subject(msg: &jetstream::Message) -> Option<&str> {
 /// Decodes and checks one ingest message. `data` and `info` stay raw JSON:
 /// the decoded strings become `Bytes` without another copy.
 fn decode(payload: &[u8]) -> Result<Entry, &'static str> {
-    let msg: IngestMessage = serde_json::from_slice(payload).map_err(|_| "undecodable ingest message")?;
+    let msg: IngestMessage =
+        serde_json::from_slice(payload).map_err(|_| "undecodable ingest message")?;
     if msg.channel.is_empty() || msg.channel.len() > MAX_CHANNEL_BYTES {
         return Err("channel name empty or too long");
     }
@@ -437,7 +465,11 @@ struct Backoff {
 
 impl Backoff {
     fn new((min, max): (Duration, Duration)) -> Self {
-        Self { min, max, next: min }
+        Self {
+            min,
+            max,
+            next: min,
+        }
     }
 
     fn reset(&mut self) {
@@ -463,7 +495,8 @@ mod tests {
 
     #[test]
     fn decodes_raw_json_without_reshaping_it() {
-        let e = decode(br#"{"channel":"a.b","data":{"x": [1, 2]},"info":{"user":"u"},"key":"k"}"#).unwrap();
+        let e = decode(br#"{"channel":"a.b","data":{"x": [1, 2]},"info":{"user":"u"},"key":"k"}"#)
+            .unwrap();
         assert_eq!((e.channel.as_str(), e.key.as_str()), ("a.b", "k"));
         assert_eq!(&e.data[..], br#"{"x": [1, 2]}"#);
         assert_eq!(e.info.as_deref(), Some(&br#"{"user":"u"}"#[..]));
@@ -475,7 +508,9 @@ mod tests {
         assert!(decode(br#"{"channel":"","data":1,"key":"k"}"#).is_err());
         assert!(decode(br#"{"channel":"a","data":1,"key":""}"#).is_err());
         let long = "x".repeat(MAX_CHANNEL_BYTES + 1);
-        assert!(decode(format!(r#"{{"channel":"{long}","data":1,"key":"k"}}"#).as_bytes()).is_err());
+        assert!(
+            decode(format!(r#"{{"channel":"{long}","data":1,"key":"k"}}"#).as_bytes()).is_err()
+        );
     }
 
     #[test]

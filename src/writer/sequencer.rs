@@ -105,7 +105,12 @@ impl Plan {
 /// not continue its head, so a mistake here cannot break dense offsets.
 /// `new_epoch` is called once for each channel whose first publication this
 /// batch stores.
-pub fn sequence(entries: &[Entry], known: &Known, time_ms: u64, new_epoch: &mut dyn FnMut() -> String) -> Plan {
+pub fn sequence(
+    entries: &[Entry],
+    known: &Known,
+    time_ms: u64,
+    new_epoch: &mut dyn FnMut() -> String,
+) -> Plan {
     struct Cursor {
         head: u64,
         epoch: String,
@@ -260,12 +265,20 @@ mod tests {
     fn new_channel_starts_at_one_with_a_new_epoch() {
         let mut known = Known::default();
         known.set_position("a", Position::default());
-        let plan = sequence(&[entry("a", "k1"), entry("a", "k2")], &known, 7, &mut epochs());
+        let plan = sequence(
+            &[entry("a", "k1"), entry("a", "k2")],
+            &known,
+            7,
+            &mut epochs(),
+        );
         assert_eq!(plan.appends.len(), 1);
         let a = &plan.appends[0];
         assert_eq!((a.channel.as_str(), a.epoch.as_str()), ("a", "e1"));
         assert_eq!(offsets(a), [1, 2]);
-        assert_eq!(a.idempotency_keys, [("k1".to_string(), 1), ("k2".to_string(), 2)]);
+        assert_eq!(
+            a.idempotency_keys,
+            [("k1".to_string(), 1), ("k2".to_string(), 2)]
+        );
         assert!(a.publications.iter().all(|p| p.time_ms == 7));
         assert_eq!(
             plan.outcomes,
@@ -293,7 +306,9 @@ mod tests {
                 epoch: "old".into(),
             },
         );
-        let plan = sequence(&[entry("a", "x")], &known, 0, &mut || panic!("no new epoch"));
+        let plan = sequence(&[entry("a", "x")], &known, 0, &mut || {
+            panic!("no new epoch")
+        });
         assert_eq!(offsets(&plan.appends[0]), [42]);
         assert_eq!(plan.appends[0].epoch, "old");
         assert_eq!(plan.outcomes[0].epoch(), "old");
@@ -310,7 +325,12 @@ mod tests {
             },
         );
         known.set_stored_key("a", "k", 3);
-        let plan = sequence(&[entry("a", "k"), entry("a", "new")], &known, 0, &mut epochs());
+        let plan = sequence(
+            &[entry("a", "k"), entry("a", "new")],
+            &known,
+            0,
+            &mut epochs(),
+        );
         assert_eq!(
             plan.outcomes[0],
             Outcome::Duplicate {
@@ -344,9 +364,18 @@ mod tests {
 
     #[test]
     fn same_key_in_two_channels_is_two_publications() {
-        let plan = sequence(&[entry("a", "k"), entry("b", "k")], &Known::default(), 0, &mut epochs());
+        let plan = sequence(
+            &[entry("a", "k"), entry("b", "k")],
+            &Known::default(),
+            0,
+            &mut epochs(),
+        );
         assert_eq!(plan.appends.len(), 2);
-        assert!(plan.outcomes.iter().all(|o| matches!(o, Outcome::Sequenced { offset: 1, .. })));
+        assert!(
+            plan.outcomes
+                .iter()
+                .all(|o| matches!(o, Outcome::Sequenced { offset: 1, .. }))
+        );
         assert_ne!(plan.appends[0].epoch, plan.appends[1].epoch);
     }
 
@@ -364,13 +393,19 @@ mod tests {
             .map(|i| entry(["a", "b", "c"][i % 3], &format!("k{i}")))
             .collect();
         let plan = sequence(&entries, &known, 0, &mut epochs());
-        let by_channel: HashMap<&str, Vec<u64>> =
-            plan.appends.iter().map(|a| (a.channel.as_str(), offsets(a))).collect();
+        let by_channel: HashMap<&str, Vec<u64>> = plan
+            .appends
+            .iter()
+            .map(|a| (a.channel.as_str(), offsets(a)))
+            .collect();
         assert_eq!(by_channel["a"], (1..=10).collect::<Vec<_>>());
         assert_eq!(by_channel["b"], (11..=20).collect::<Vec<_>>());
         assert_eq!(by_channel["c"], (1..=10).collect::<Vec<_>>());
         assert_eq!(
-            plan.appends.iter().map(|a| a.channel.as_str()).collect::<Vec<_>>(),
+            plan.appends
+                .iter()
+                .map(|a| a.channel.as_str())
+                .collect::<Vec<_>>(),
             ["a", "b", "c"]
         );
         assert_eq!(plan.outcomes[4].offset(), 12);
@@ -395,7 +430,12 @@ mod tests {
     #[test]
     fn cache_applies_committed_heads_and_stays_bounded() {
         let mut cache = HeadCache::new(2);
-        let plan = sequence(&[entry("a", "1"), entry("a", "2")], &Known::default(), 0, &mut epochs());
+        let plan = sequence(
+            &[entry("a", "1"), entry("a", "2")],
+            &Known::default(),
+            0,
+            &mut epochs(),
+        );
         cache.apply(&plan);
         assert_eq!(
             cache.get("a"),
@@ -406,9 +446,15 @@ mod tests {
         );
         cache.insert("b", Position::default());
         cache.insert("a", Position::default());
-        assert!(cache.get("a").is_some() && cache.get("b").is_some(), "updating an entry never clears");
+        assert!(
+            cache.get("a").is_some() && cache.get("b").is_some(),
+            "updating an entry never clears"
+        );
         cache.insert("c", Position::default());
-        assert!(cache.get("c").is_some(), "over capacity: cleared, then inserted");
+        assert!(
+            cache.get("c").is_some(),
+            "over capacity: cleared, then inserted"
+        );
         assert!(cache.get("a").is_none() && cache.get("b").is_none());
         cache.clear();
         assert!(cache.get("c").is_none());
