@@ -128,7 +128,8 @@ fn ensure_secret(config: &Config) -> anyhow::Result<(Secret, bool)> {
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     );
-    write_private(&path, &secret).with_context(|| format!("storing the generated secret at {}", path.display()))?;
+    write_private(&path, &secret)
+        .with_context(|| format!("storing the generated secret at {}", path.display()))?;
     Ok((Secret::new(secret), true))
 }
 
@@ -165,7 +166,10 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<Running> {
             Some(s)
         }
         (None, Role::Edge | Role::Sync) => {
-            bail!("token_hmac_secret (HERALD_TOKEN_HMAC_SECRET) must be set for `herald {}`", role.name())
+            bail!(
+                "token_hmac_secret (HERALD_TOKEN_HMAC_SECRET) must be set for `herald {}`",
+                role.name()
+            )
         }
         (None, Role::Writer) => None,
     };
@@ -175,7 +179,9 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<Running> {
     let name = format!("herald-{}", role.name());
     let nats = match bus::connect(&config.nats.url, &name).await {
         Ok(c) => c,
-        Err(bus::ConnectError::Unreachable { url, message }) if role == Role::Serve && config.nats.autostart => {
+        Err(bus::ConnectError::Unreachable { url, message })
+            if role == Role::Serve && config.nats.autostart =>
+        {
             tracing::info!(%url, %message, "no NATS answers; starting nats-server as a child");
             let child = NatsServer::start(&config.nats.server_bin, &config.data_dir.join("nats"))
                 .await
@@ -187,7 +193,9 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<Running> {
         }
         Err(e) => return Err(e.into()),
     };
-    let nats_url = nats_child.as_ref().map_or(config.nats.url.clone(), |c| c.url.clone());
+    let nats_url = nats_child
+        .as_ref()
+        .map_or(config.nats.url.clone(), |c| c.url.clone());
     let js = async_nats::jetstream::new(nats.clone());
     bus::ingest::ensure_stream(&js, &config.ingest).await?;
 
@@ -234,7 +242,11 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<Running> {
             ack_wait: writer::DEFAULT_ACK_WAIT,
             head_cache_capacity: writer::DEFAULT_HEAD_CACHE_CAPACITY,
         };
-        let (client, store, token) = (nats.clone(), store.clone().expect("writer has a store"), shutdown.clone());
+        let (client, store, token) = (
+            nats.clone(),
+            store.clone().expect("writer has a store"),
+            shutdown.clone(),
+        );
         writer_task = Some(tokio::spawn(async move {
             if let Err(e) = writer::run(client, store, settings, token.clone()).await {
                 tracing::error!(error = %e, "writer stopped");
@@ -264,6 +276,7 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<Running> {
             publisher.clone(),
             sync_client.clone(),
             verifier,
+            config.sync.timeout,
         );
         router = router.merge(e.router());
         notes.api_enabled = config.api_key.is_some();
@@ -281,8 +294,14 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<Running> {
     }
 
     let ops = Router::new()
-        .route("/health", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
-        .route("/metrics", get(move || std::future::ready(metrics.render())));
+        .route(
+            "/health",
+            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route(
+            "/metrics",
+            get(move || std::future::ready(metrics.render())),
+        );
     let mut http = Vec::new();
     let internal_addr = match config.internal_listen {
         Some(addr) => {
@@ -324,8 +343,11 @@ async fn serve_http(
         .with_context(|| format!("binding {addr}"))?;
     let bound = listener.local_addr()?;
     let task = tokio::spawn(async move {
-        let serve = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move { shutdown.cancelled().await });
+        let serve = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { shutdown.cancelled().await });
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "http listener stopped");
         }

@@ -26,7 +26,11 @@ impl SyncService {
     }
 
     /// Answers `subjects::SYNC` requests (queue group `sync`) until `shutdown`.
-    pub async fn serve_nats(self: Arc<Self>, _client: async_nats::Client, shutdown: CancellationToken) -> Result<(), async_nats::SubscribeError> {
+    pub async fn serve_nats(
+        self: Arc<Self>,
+        _client: async_nats::Client,
+        shutdown: CancellationToken,
+    ) -> Result<(), async_nats::SubscribeError> {
         shutdown.cancelled().await;
         Ok(())
     }
