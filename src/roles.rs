@@ -21,7 +21,7 @@ use crate::config::{Config, Secret};
 use crate::edge::{Edge, EdgeSettings};
 use crate::protocol::Disconnect;
 use crate::store::{SharedStore, StoreOptions, embedded::EmbeddedStore};
-use crate::sync::{SyncService, client::SyncClient};
+use crate::sync::{SyncService, SyncSettings, client::SyncClient};
 use crate::writer::{self, WriterSettings};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,11 +217,11 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<Running> {
     let mut router = Router::new();
     let mut sync_task = None;
     if role.has_sync() {
-        let service = Arc::new(SyncService {
-            store: store.clone().expect("sync has a store"),
-            channels: config.channels.clone(),
-            page_limit: config.sync.page_limit,
-        });
+        let service = Arc::new(SyncService::new(
+            store.clone().expect("sync has a store"),
+            config.channels.clone(),
+            SyncSettings::from_config(&config.sync),
+        ));
         let verifier = Verifier::new(token_secret.as_ref().expect("sync has a secret").expose());
         router = router.merge(service.router(verifier));
         let (client, token) = (nats.clone(), shutdown.clone());

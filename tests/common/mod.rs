@@ -47,7 +47,9 @@ impl TestNats {
     }
 
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url()).await.expect("connect to test nats")
+        async_nats::connect(self.url())
+            .await
+            .expect("connect to test nats")
     }
 }
 
