@@ -59,6 +59,10 @@ options! {
     "channel_history_retention" = "0s" : "Default namespace: history older than this is not served (0s = forever).";
 }
 
+/// The namespace that exists without configuration, with the default
+/// namespace's options: direct messages between the users listed after `#`.
+pub const BUILTIN_DM_NAMESPACE: &str = "dm";
+
 /// A string that never shows in logs or Debug output.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -354,6 +358,12 @@ impl Config {
             },
         };
         let mut config = config;
+        // Built in, so one-to-one chats (`dm:#alice,bob`) work with no
+        // configuration; a `[namespaces.dm]` table overrides it.
+        config
+            .channels
+            .namespaces
+            .insert(BUILTIN_DM_NAMESPACE.to_string(), default_ns.clone());
         for (name, f) in namespaces {
             let history_retention = match f.history_retention.as_deref().map(parse_retention) {
                 None => default_ns.history_retention,
@@ -535,6 +545,7 @@ mod tests {
         assert_eq!(c.sync.page_limit, 1000);
         assert!(c.token_hmac_secret.is_none());
         assert!(c.channels.default.history);
+        assert_eq!(c.channels.namespaces[BUILTIN_DM_NAMESPACE], c.channels.default);
     }
 
     #[test]

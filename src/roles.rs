@@ -239,6 +239,8 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<Running> {
             partitions: config.ingest.partitions,
             batch_size: config.writer.batch_size,
             max_ack_pending: config.ingest.max_ack_pending,
+            ack_wait: writer::DEFAULT_ACK_WAIT,
+            head_cache_capacity: writer::DEFAULT_HEAD_CACHE_CAPACITY,
         };
         let (client, store, token) = (
             nats.clone(),

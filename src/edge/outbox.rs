@@ -109,6 +109,11 @@ impl Outbox {
         self.closing.cancelled().await
     }
 
+    /// Why the connection is closing, once it is.
+    pub fn close_reason(&self) -> Option<Disconnect> {
+        self.inner.lock().expect("outbox lock").close
+    }
+
     /// Bytes queued now.
     pub fn queued_bytes(&self) -> usize {
         self.inner.lock().expect("outbox lock").bytes

@@ -697,6 +697,11 @@ fn contiguous_last(publications: &[Box<RawValue>], after: u64) -> Option<u64> {
 /// Drains the outbox into the socket until the connection closes: one
 /// WebSocket frame per drain, then on close a `disconnect` push and the close
 /// frame carrying the code.
+///
+/// A write blocked by a client that stopped reading is abandoned as soon as
+/// the connection is closed as slow (3008): the socket is dropped, so a
+/// stalled peer holds neither memory nor a task. Other closes give a blocked
+/// write `CLOSE_WRITE_TIMEOUT` to finish.
 async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: Arc<Outbox>) {
     loop {
         let batch = outbox.next_batch().await;
@@ -707,7 +712,19 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: Arc<Outbox>
                 outbox.close(Disconnect::SERVER_ERROR);
                 continue;
             };
-            if sink.send(Message::Text(text)).await.is_err() {
+            let send = sink.send(Message::Text(text));
+            tokio::pin!(send);
+            let sent = tokio::select! {
+                r = &mut send => r.is_ok(),
+                _ = outbox.closing() => {
+                    if outbox.close_reason() == Some(Disconnect::SLOW) {
+                        metrics::counter!(m::DISCONNECTS_TOTAL, "code" => "3008").increment(1);
+                        return;
+                    }
+                    matches!(tokio::time::timeout(CLOSE_WRITE_TIMEOUT, &mut send).await, Ok(Ok(())))
+                }
+            };
+            if !sent {
                 outbox.close(Disconnect::WRITE_ERROR);
                 return;
             }
@@ -719,19 +736,13 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: Arc<Outbox>
             if d != CLIENT_CLOSED {
                 let push = protocol::encode_reply(&Reply::push(protocol::Push::disconnect(d)));
                 if let Ok(text) = Utf8Bytes::try_from(push) {
-                    let _ =
-                        tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.send(Message::Text(text)))
-                            .await;
+                    let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.send(Message::Text(text))).await;
                 }
                 let frame = CloseFrame {
                     code: d.code,
                     reason: d.reason.into(),
                 };
-                let _ = tokio::time::timeout(
-                    CLOSE_WRITE_TIMEOUT,
-                    sink.send(Message::Close(Some(frame))),
-                )
-                .await;
+                let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
             }
             let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.close()).await;
             return;

@@ -7,6 +7,9 @@
 
 #![allow(dead_code)]
 
+pub mod node;
+pub mod ws;
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
