@@ -113,7 +113,9 @@ struct NodeInfo {
 fn idempotency_key(key: Option<&str>) -> Result<Option<&str>, ProtocolError> {
     match key {
         None | Some("") => Ok(None),
-        Some(k) if k.len() <= MAX_IDEMPOTENCY_KEY_BYTES && !k.chars().any(char::is_control) => Ok(Some(k)),
+        Some(k) if k.len() <= MAX_IDEMPOTENCY_KEY_BYTES && !k.chars().any(char::is_control) => {
+            Ok(Some(k))
+        }
         Some(_) => Err(ProtocolError::BadRequest),
     }
 }
@@ -140,7 +142,10 @@ impl Api {
         Ok(self.publish_one(&req.channel, &data, key).await?)
     }
 
-    pub(super) async fn broadcast(&self, req: BroadcastRequest) -> Result<BroadcastResult, Failure> {
+    pub(super) async fn broadcast(
+        &self,
+        req: BroadcastRequest,
+    ) -> Result<BroadcastResult, Failure> {
         let data = req.data.ok_or(ProtocolError::BadRequest)?;
         if req.channels.is_empty() {
             return Err(ProtocolError::BadRequest.into());
@@ -159,7 +164,12 @@ impl Api {
 
     /// Validates the channel, then publishes with or without history as its
     /// namespace says. No user permission check: the API may publish anywhere.
-    async fn publish_one(&self, channel: &str, data: &RawValue, key: Option<&str>) -> Result<PublishResult, ProtocolError> {
+    async fn publish_one(
+        &self,
+        channel: &str,
+        data: &RawValue,
+        key: Option<&str>,
+    ) -> Result<PublishResult, ProtocolError> {
         let parsed = Channel::parse(channel, &self.state.channels)?;
         let published = self
             .state
@@ -246,7 +256,8 @@ mod tests {
 
     #[test]
     fn data_stays_raw() {
-        let r: PublishRequest = serde_json::from_str(r#"{"channel":"a","data":{"b": 1.50, "c":[ ]}}"#).unwrap();
+        let r: PublishRequest =
+            serde_json::from_str(r#"{"channel":"a","data":{"b": 1.50, "c":[ ]}}"#).unwrap();
         assert_eq!(r.data.unwrap().get(), r#"{"b": 1.50, "c":[ ]}"#);
     }
 
@@ -255,7 +266,10 @@ mod tests {
         assert_eq!(idempotency_key(None), Ok(None));
         assert_eq!(idempotency_key(Some("")), Ok(None));
         assert_eq!(idempotency_key(Some("k-1")), Ok(Some("k-1")));
-        assert_eq!(idempotency_key(Some("a\r\nb")), Err(ProtocolError::BadRequest));
+        assert_eq!(
+            idempotency_key(Some("a\r\nb")),
+            Err(ProtocolError::BadRequest)
+        );
         assert!(idempotency_key(Some(&"k".repeat(257))).is_err());
     }
 
@@ -265,6 +279,9 @@ mod tests {
             offset: 3,
             epoch: "e".into(),
         };
-        assert_eq!(serde_json::to_string(&r).unwrap(), r#"{"offset":3,"epoch":"e"}"#);
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"offset":3,"epoch":"e"}"#
+        );
     }
 }

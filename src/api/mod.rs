@@ -117,7 +117,9 @@ pub fn router(state: ApiState) -> Router {
             started: Instant::now(),
         },
     });
-    Router::new().route("/api/{method}", post(handle)).with_state(api)
+    Router::new()
+        .route("/api/{method}", post(handle))
+        .with_state(api)
 }
 
 /// The host name for `info`, or "herald" where the OS does not say.
@@ -209,17 +211,33 @@ impl<T> From<Result<T, ProtocolError>> for Outcome<T> {
     }
 }
 
-async fn handle(State(api): State<Arc<Api>>, Path(name): Path<String>, headers: HeaderMap, body: Body) -> Response {
+async fn handle(
+    State(api): State<Arc<Api>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let method = Method::from_name(&name);
     let label = Method::label(method);
     let outcome = api.dispatch(method, &headers, body).await;
     let (status, result, body) = match outcome {
         Ok(result) => (StatusCode::OK, "ok", json(&Outcome::Result(result))),
-        Err(Failure::Method(e)) => (StatusCode::OK, e.label(), json(&Outcome::<()>::Error(e.into()))),
-        Err(Failure::Transport(status, e)) => (status, e.label(), json(&Outcome::<()>::Error(e.into()))),
+        Err(Failure::Method(e)) => (
+            StatusCode::OK,
+            e.label(),
+            json(&Outcome::<()>::Error(e.into())),
+        ),
+        Err(Failure::Transport(status, e)) => {
+            (status, e.label(), json(&Outcome::<()>::Error(e.into())))
+        }
     };
     metrics::counter!(API_REQUESTS_TOTAL, "method" => label, "result" => result).increment(1);
-    tracing::debug!(method = label, result, status = status.as_u16(), "api request");
+    tracing::debug!(
+        method = label,
+        result,
+        status = status.as_u16(),
+        "api request"
+    );
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
@@ -232,17 +250,34 @@ fn json<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 impl Api {
-    async fn dispatch(&self, method: Option<Method>, headers: &HeaderMap, body: Body) -> Result<Box<RawValue>, Failure> {
+    async fn dispatch(
+        &self,
+        method: Option<Method>,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<Box<RawValue>, Failure> {
         if !self.authorized(headers) {
-            return Err(Failure::Transport(StatusCode::UNAUTHORIZED, ProtocolError::Unauthorized));
+            return Err(Failure::Transport(
+                StatusCode::UNAUTHORIZED,
+                ProtocolError::Unauthorized,
+            ));
         }
         let Some(method) = method else {
-            return Err(Failure::Transport(StatusCode::NOT_FOUND, ProtocolError::MethodNotFound));
+            return Err(Failure::Transport(
+                StatusCode::NOT_FOUND,
+                ProtocolError::MethodNotFound,
+            ));
         };
         let body = axum::body::to_bytes(body, MAX_BODY_BYTES)
             .await
-            .map_err(|_| Failure::Transport(StatusCode::PAYLOAD_TOO_LARGE, ProtocolError::BadRequest))?;
-        let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &body };
+            .map_err(|_| {
+                Failure::Transport(StatusCode::PAYLOAD_TOO_LARGE, ProtocolError::BadRequest)
+            })?;
+        let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &body
+        };
         match method {
             Method::Publish => raw(&self.publish(decode(body)?).await?),
             Method::Broadcast => raw(&self.broadcast(decode(body)?).await?),
@@ -271,12 +306,15 @@ fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
     }
     let auth = headers.get(header::AUTHORIZATION)?.as_bytes().trim_ascii();
     let (scheme, key) = auth.split_at(auth.iter().position(|b| *b == b' ')?);
-    scheme.eq_ignore_ascii_case(b"apikey").then(|| key.trim_ascii())
+    scheme
+        .eq_ignore_ascii_case(b"apikey")
+        .then(|| key.trim_ascii())
 }
 
 /// Decodes a request body; anything but JSON of the method's shape is 400.
 fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Failure> {
-    serde_json::from_slice(body).map_err(|_| Failure::Transport(StatusCode::BAD_REQUEST, ProtocolError::BadRequest))
+    serde_json::from_slice(body)
+        .map_err(|_| Failure::Transport(StatusCode::BAD_REQUEST, ProtocolError::BadRequest))
 }
 
 fn raw<T: Serialize>(value: &T) -> Result<Box<RawValue>, Failure> {
@@ -299,11 +337,26 @@ mod tests {
 
     #[test]
     fn key_from_either_header() {
-        assert_eq!(presented_key(&headers(&[("x-api-key", "k1")])), Some(&b"k1"[..]));
-        assert_eq!(presented_key(&headers(&[("authorization", "apikey k2")])), Some(&b"k2"[..]));
-        assert_eq!(presented_key(&headers(&[("authorization", "ApiKey  k3 ")])), Some(&b"k3"[..]));
-        assert_eq!(presented_key(&headers(&[("authorization", "Bearer k4")])), None);
-        assert_eq!(presented_key(&headers(&[("authorization", "apikey")])), None);
+        assert_eq!(
+            presented_key(&headers(&[("x-api-key", "k1")])),
+            Some(&b"k1"[..])
+        );
+        assert_eq!(
+            presented_key(&headers(&[("authorization", "apikey k2")])),
+            Some(&b"k2"[..])
+        );
+        assert_eq!(
+            presented_key(&headers(&[("authorization", "ApiKey  k3 ")])),
+            Some(&b"k3"[..])
+        );
+        assert_eq!(
+            presented_key(&headers(&[("authorization", "Bearer k4")])),
+            None
+        );
+        assert_eq!(
+            presented_key(&headers(&[("authorization", "apikey")])),
+            None
+        );
         assert_eq!(presented_key(&headers(&[])), None);
     }
 
