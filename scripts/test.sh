@@ -27,5 +27,5 @@ echo "test: cargo fmt --all -- --check"
 cargo fmt --all -- --check
 echo "test: cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
-echo "test: cargo test --all-targets"
-cargo test --all-targets
+echo "test: cargo test --all-targets --no-fail-fast"
+cargo test --all-targets --no-fail-fast
