@@ -111,7 +111,12 @@ impl Verifier {
     }
 
     /// Verifies a subscription token for `channel` presented by `user`.
-    pub fn subscription(&self, token: &str, user: &str, channel: &str) -> Result<SubscriptionClaims, TokenError> {
+    pub fn subscription(
+        &self,
+        token: &str,
+        user: &str,
+        channel: &str,
+    ) -> Result<SubscriptionClaims, TokenError> {
         let claims: SubscriptionClaims = self.decode(token)?;
         check_iat(claims.iat)?;
         if claims.sub != user || claims.channel != channel {
@@ -173,7 +178,12 @@ mod tests {
     use super::*;
 
     fn sign(secret: &str, alg: Algorithm, claims: serde_json::Value) -> String {
-        jsonwebtoken::encode(&Header::new(alg), &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+        jsonwebtoken::encode(
+            &Header::new(alg),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -182,15 +192,28 @@ mod tests {
         let t = mint("s3cret", "alice", None, Duration::from_secs(60));
         assert_eq!(v.connect(&t).unwrap().sub, "alice");
         let t = mint("s3cret", "alice", Some("$room"), Duration::from_secs(60));
-        assert_eq!(v.subscription(&t, "alice", "$room").unwrap().channel, "$room");
-        assert_eq!(v.subscription(&t, "bob", "$room").unwrap_err(), TokenError::Invalid);
-        assert_eq!(v.subscription(&t, "alice", "$other").unwrap_err(), TokenError::Invalid);
+        assert_eq!(
+            v.subscription(&t, "alice", "$room").unwrap().channel,
+            "$room"
+        );
+        assert_eq!(
+            v.subscription(&t, "bob", "$room").unwrap_err(),
+            TokenError::Invalid
+        );
+        assert_eq!(
+            v.subscription(&t, "alice", "$other").unwrap_err(),
+            TokenError::Invalid
+        );
     }
 
     #[test]
     fn expired_is_told_apart() {
         let v = Verifier::new("k");
-        let t = sign("k", Algorithm::HS256, serde_json::json!({"sub": "a", "exp": now_secs() - 60}));
+        let t = sign(
+            "k",
+            Algorithm::HS256,
+            serde_json::json!({"sub": "a", "exp": now_secs() - 60}),
+        );
         assert_eq!(v.connect(&t).unwrap_err(), TokenError::Expired);
     }
 
@@ -198,15 +221,31 @@ mod tests {
     fn wrong_secret_missing_exp_and_future_nbf_are_invalid() {
         let v = Verifier::new("k");
         let exp = now_secs() + 60;
-        let t = sign("other", Algorithm::HS256, serde_json::json!({"sub": "a", "exp": exp}));
+        let t = sign(
+            "other",
+            Algorithm::HS256,
+            serde_json::json!({"sub": "a", "exp": exp}),
+        );
         assert_eq!(v.connect(&t).unwrap_err(), TokenError::Invalid);
         let t = sign("k", Algorithm::HS256, serde_json::json!({"sub": "a"}));
         assert_eq!(v.connect(&t).unwrap_err(), TokenError::Invalid);
-        let t = sign("k", Algorithm::HS256, serde_json::json!({"sub": "a", "exp": exp, "nbf": exp}));
+        let t = sign(
+            "k",
+            Algorithm::HS256,
+            serde_json::json!({"sub": "a", "exp": exp, "nbf": exp}),
+        );
         assert_eq!(v.connect(&t).unwrap_err(), TokenError::Invalid);
-        let t = sign("k", Algorithm::HS256, serde_json::json!({"sub": "a", "exp": exp, "iat": exp}));
+        let t = sign(
+            "k",
+            Algorithm::HS256,
+            serde_json::json!({"sub": "a", "exp": exp, "iat": exp}),
+        );
         assert_eq!(v.connect(&t).unwrap_err(), TokenError::Invalid);
-        let t = sign("k", Algorithm::HS256, serde_json::json!({"sub": "", "exp": exp}));
+        let t = sign(
+            "k",
+            Algorithm::HS256,
+            serde_json::json!({"sub": "", "exp": exp}),
+        );
         assert_eq!(v.connect(&t).unwrap_err(), TokenError::Invalid);
     }
 
@@ -214,11 +253,18 @@ mod tests {
     fn other_algorithms_and_none_are_rejected() {
         let v = Verifier::new("k");
         let exp = now_secs() + 60;
-        let t = sign("k", Algorithm::HS512, serde_json::json!({"sub": "a", "exp": exp}));
+        let t = sign(
+            "k",
+            Algorithm::HS512,
+            serde_json::json!({"sub": "a", "exp": exp}),
+        );
         assert_eq!(v.connect(&t).unwrap_err(), TokenError::Invalid);
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
         let body = URL_SAFE_NO_PAD.encode(format!(r#"{{"sub":"a","exp":{exp}}}"#));
-        assert_eq!(v.connect(&format!("{header}.{body}.")).unwrap_err(), TokenError::Invalid);
+        assert_eq!(
+            v.connect(&format!("{header}.{body}.")).unwrap_err(),
+            TokenError::Invalid
+        );
         assert_eq!(v.connect("garbage").unwrap_err(), TokenError::Invalid);
     }
 }

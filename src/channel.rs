@@ -25,7 +25,10 @@ pub fn validate_namespace_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 64 {
         return Err("namespace names are 1 to 64 characters".into());
     }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
         return Err("namespace names use only letters, digits, `_` and `-`".into());
     }
     Ok(())
@@ -77,7 +80,8 @@ impl<'a> Channel<'a> {
             }
             None => Vec::new(),
         };
-        let personal = namespace.is_none() && rest.starts_with(USER_BOUNDARY) && allowed_users.len() == 1;
+        let personal =
+            namespace.is_none() && rest.starts_with(USER_BOUNDARY) && allowed_users.len() == 1;
         let private = options.private || rest.starts_with(PRIVATE_PREFIX);
         Ok(Self {
             name,
@@ -95,7 +99,11 @@ impl<'a> Channel<'a> {
 
     /// May `user` subscribe? `has_subscription_token` says a valid
     /// subscription token for this channel and user was presented.
-    pub fn check_subscribe(&self, user: &str, has_subscription_token: bool) -> Result<(), ProtocolError> {
+    pub fn check_subscribe(
+        &self,
+        user: &str,
+        has_subscription_token: bool,
+    ) -> Result<(), ProtocolError> {
         if !self.user_allowed(user) {
             return Err(ProtocolError::PermissionDenied);
         }
@@ -157,19 +165,40 @@ mod tests {
                 ..default.clone()
             },
         );
-        ChannelsConfig { default, namespaces }
+        ChannelsConfig {
+            default,
+            namespaces,
+        }
     }
 
     #[test]
     fn names_are_validated() {
         let c = config();
-        assert_eq!(Channel::parse("", &c).unwrap_err(), ProtocolError::BadRequest);
-        assert_eq!(Channel::parse(&"x".repeat(256), &c).unwrap_err(), ProtocolError::BadRequest);
+        assert_eq!(
+            Channel::parse("", &c).unwrap_err(),
+            ProtocolError::BadRequest
+        );
+        assert_eq!(
+            Channel::parse(&"x".repeat(256), &c).unwrap_err(),
+            ProtocolError::BadRequest
+        );
         assert!(Channel::parse(&"x".repeat(255), &c).is_ok());
-        assert_eq!(Channel::parse("a\nb", &c).unwrap_err(), ProtocolError::BadRequest);
-        assert_eq!(Channel::parse("nope:x", &c).unwrap_err(), ProtocolError::UnknownChannel);
-        assert_eq!(Channel::parse("dm:", &c).unwrap_err(), ProtocolError::BadRequest);
-        assert_eq!(Channel::parse("dm:#alice,", &c).unwrap_err(), ProtocolError::BadRequest);
+        assert_eq!(
+            Channel::parse("a\nb", &c).unwrap_err(),
+            ProtocolError::BadRequest
+        );
+        assert_eq!(
+            Channel::parse("nope:x", &c).unwrap_err(),
+            ProtocolError::UnknownChannel
+        );
+        assert_eq!(
+            Channel::parse("dm:", &c).unwrap_err(),
+            ProtocolError::BadRequest
+        );
+        assert_eq!(
+            Channel::parse("dm:#alice,", &c).unwrap_err(),
+            ProtocolError::BadRequest
+        );
         assert!(Channel::parse("news.sport *> ü", &c).is_ok());
     }
 
@@ -179,9 +208,18 @@ mod tests {
         let ch = Channel::parse("#alice", &c).unwrap();
         assert!(ch.personal);
         assert!(ch.check_subscribe("alice", false).is_ok());
-        assert_eq!(ch.check_subscribe("bob", false).unwrap_err(), ProtocolError::PermissionDenied);
-        assert_eq!(ch.check_subscribe("", false).unwrap_err(), ProtocolError::PermissionDenied);
-        assert_eq!(ch.check_client_publish("alice", true).unwrap_err(), ProtocolError::PermissionDenied);
+        assert_eq!(
+            ch.check_subscribe("bob", false).unwrap_err(),
+            ProtocolError::PermissionDenied
+        );
+        assert_eq!(
+            ch.check_subscribe("", false).unwrap_err(),
+            ProtocolError::PermissionDenied
+        );
+        assert_eq!(
+            ch.check_client_publish("alice", true).unwrap_err(),
+            ProtocolError::PermissionDenied
+        );
     }
 
     #[test]

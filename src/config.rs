@@ -59,6 +59,10 @@ options! {
     "channel_history_retention" = "0s" : "Default namespace: history older than this is not served (0s = forever).";
 }
 
+/// The namespace that exists without configuration, with the default
+/// namespace's options: direct messages between the users listed after `#`.
+pub const BUILTIN_DM_NAMESPACE: &str = "dm";
+
 /// A string that never shows in logs or Debug output.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -199,7 +203,10 @@ pub struct Sources {
 
 impl Sources {
     /// Reads the file named by `--config` and the process environment.
-    pub fn from_process(config_file: Option<&Path>, flags: Vec<(String, String)>) -> Result<Self, ConfigErrors> {
+    pub fn from_process(
+        config_file: Option<&Path>,
+        flags: Vec<(String, String)>,
+    ) -> Result<Self, ConfigErrors> {
         let file = match config_file {
             Some(p) => match std::fs::read_to_string(p) {
                 Ok(s) => Some((p.to_path_buf(), s)),
@@ -283,9 +290,15 @@ impl Config {
             history_retention: p.parse("channel_history_retention", parse_retention),
         };
         let config = Config {
-            listen: p.parse("listen", |s| parse_addr(s).map(Some)).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8000))),
+            listen: p
+                .parse("listen", |s| parse_addr(s).map(Some))
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8000))),
             internal_listen: p.parse("internal_listen", |s| {
-                if s.is_empty() { Ok(None) } else { parse_addr(s).map(Some) }
+                if s.is_empty() {
+                    Ok(None)
+                } else {
+                    parse_addr(s).map(Some)
+                }
             }),
             data_dir: PathBuf::from(p.string("data_dir")),
             nats: NatsConfig {
@@ -314,12 +327,22 @@ impl Config {
             },
             ingest: IngestConfig {
                 partitions: p.parse("ingest_partitions", |s| {
-                    let n: u32 = s.parse().map_err(|_| "expected a whole number".to_string())?;
-                    if (1..=1024).contains(&n) { Ok(n) } else { Err("expected 1..=1024".into()) }
+                    let n: u32 = s
+                        .parse()
+                        .map_err(|_| "expected a whole number".to_string())?;
+                    if (1..=1024).contains(&n) {
+                        Ok(n)
+                    } else {
+                        Err("expected 1..=1024".into())
+                    }
                 }),
                 duplicate_window: p.parse("ingest_duplicate_window", parse_duration_positive),
-                max_bytes: p.parse("ingest_max_bytes", |s| parse_positive(s).map(|n: usize| n as i64)),
-                max_ack_pending: p.parse("ingest_max_ack_pending", |s| parse_positive(s).map(|n: usize| n as i64)),
+                max_bytes: p.parse("ingest_max_bytes", |s| {
+                    parse_positive(s).map(|n: usize| n as i64)
+                }),
+                max_ack_pending: p.parse("ingest_max_ack_pending", |s| {
+                    parse_positive(s).map(|n: usize| n as i64)
+                }),
             },
             writer: WriterConfig {
                 batch_size: p.parse("writer_batch_size", parse_positive),
@@ -335,6 +358,12 @@ impl Config {
             },
         };
         let mut config = config;
+        // Built in, so one-to-one chats (`dm:#alice,bob`) work with no
+        // configuration; a `[namespaces.dm]` table overrides it.
+        config
+            .channels
+            .namespaces
+            .insert(BUILTIN_DM_NAMESPACE.to_string(), default_ns.clone());
         for (name, f) in namespaces {
             let history_retention = match f.history_retention.as_deref().map(parse_retention) {
                 None => default_ns.history_retention,
@@ -408,12 +437,19 @@ impl Parser<'_> {
         }
     }
 
-    fn parse<T: Default>(&mut self, key: &'static str, f: impl FnOnce(&str) -> Result<T, String>) -> T {
+    fn parse<T: Default>(
+        &mut self,
+        key: &'static str,
+        f: impl FnOnce(&str) -> Result<T, String>,
+    ) -> T {
         let (v, origin) = self.value(key);
         match f(v.trim()) {
             Ok(t) => t,
             Err(e) => {
-                self.errors.push(format!("{origin} ({}): invalid value {v:?}: {e}", env_name(key)));
+                self.errors.push(format!(
+                    "{origin} ({}): invalid value {v:?}: {e}",
+                    env_name(key)
+                ));
                 T::default()
             }
         }
@@ -438,11 +474,16 @@ fn parse_bool(s: &str) -> Result<bool, String> {
 }
 
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    s.parse().map_err(|_| "expected host:port, e.g. 127.0.0.1:8000".into())
+    s.parse()
+        .map_err(|_| "expected host:port, e.g. 127.0.0.1:8000".into())
 }
 
 fn parse_nonempty(s: &str) -> Result<String, String> {
-    if s.is_empty() { Err("must not be empty".into()) } else { Ok(s.to_string()) }
+    if s.is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(s.to_string())
+    }
 }
 
 fn parse_positive(s: &str) -> Result<usize, String> {
@@ -472,11 +513,21 @@ fn parse_retention(s: &str) -> Result<Option<Duration>, String> {
 mod tests {
     use super::*;
 
-    fn load(file: Option<&str>, env: &[(&str, &str)], flags: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
+    fn load(
+        file: Option<&str>,
+        env: &[(&str, &str)],
+        flags: &[(&str, &str)],
+    ) -> Result<Config, ConfigErrors> {
         Config::load(&Sources {
             file: file.map(|f| (PathBuf::from("herald.toml"), f.to_string())),
-            env: env.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
-            flags: flags.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+            flags: flags
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
         })
     }
 
@@ -494,6 +545,7 @@ mod tests {
         assert_eq!(c.sync.page_limit, 1000);
         assert!(c.token_hmac_secret.is_none());
         assert!(c.channels.default.history);
+        assert_eq!(c.channels.namespaces[BUILTIN_DM_NAMESPACE], c.channels.default);
     }
 
     #[test]

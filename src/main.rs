@@ -14,7 +14,11 @@ use herald::roles::{self, Role};
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "herald", version, about = "Real-time push and IM server (Centrifugo client protocol v2, durable history)")]
+#[command(
+    name = "herald",
+    version,
+    about = "Real-time push and IM server (Centrifugo client protocol v2, durable history)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -74,10 +78,15 @@ struct TokenArgs {
     ttl: Duration,
 }
 
-fn flags(args: &ConfigArgs, extra: &[(&str, &Option<String>)]) -> Result<Vec<(String, String)>, String> {
+fn flags(
+    args: &ConfigArgs,
+    extra: &[(&str, &Option<String>)],
+) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
     for kv in &args.set {
-        let (k, v) = kv.split_once('=').ok_or_else(|| format!("--set {kv}: expected key=value"))?;
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| format!("--set {kv}: expected key=value"))?;
         out.push((k.trim().to_string(), v.to_string()));
     }
     if let Some(d) = &args.data_dir {
@@ -105,8 +114,11 @@ fn load(args: &ConfigArgs, extra: &[(&str, &Option<String>)]) -> Result<Config, 
 }
 
 fn init_tracing(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log).unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&config.log).unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -122,7 +134,10 @@ fn main() -> ExitCode {
         Command::Writer(a) => (Role::Writer, a),
         Command::Sync(a) => (Role::Sync, a),
     };
-    let config = match load(&args.config, &[("listen", &args.listen), ("nats_url", &args.nats_url)]) {
+    let config = match load(
+        &args.config,
+        &[("listen", &args.listen), ("nats_url", &args.nats_url)],
+    ) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -148,7 +163,10 @@ async fn run(role: Role, config: Config) -> ExitCode {
     };
     tracing::info!(role = role.name(), addr = %running.addr, nats = %running.nats_url, "herald started");
     if let Some(url) = &running.notes.started_nats {
-        eprintln!("started nats-server at {url} (store in {})", data_dir.join("nats").display());
+        eprintln!(
+            "started nats-server at {url} (store in {})",
+            data_dir.join("nats").display()
+        );
     }
     if let Some(path) = &running.notes.generated_secret {
         eprintln!(
@@ -158,7 +176,10 @@ async fn run(role: Role, config: Config) -> ExitCode {
         );
     }
     if matches!(role, Role::Serve | Role::Edge) {
-        eprintln!("client WebSocket: ws://{}/connection/websocket", running.addr);
+        eprintln!(
+            "client WebSocket: ws://{}/connection/websocket",
+            running.addr
+        );
         if running.notes.api_enabled {
             eprintln!("server API: http://{}/api/<method>", running.addr);
         } else {
@@ -179,7 +200,10 @@ async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             let _ = tokio::signal::ctrl_c().await;
             return;
         };
@@ -211,6 +235,9 @@ fn token(t: TokenArgs) -> ExitCode {
             }
         },
     };
-    println!("{}", herald::auth::mint(&secret, &t.user, t.channel.as_deref(), t.ttl));
+    println!(
+        "{}",
+        herald::auth::mint(&secret, &t.user, t.channel.as_deref(), t.ttl)
+    );
     ExitCode::SUCCESS
 }

@@ -20,6 +20,7 @@ pub const MESSAGES_OUT_TOTAL: &str = "herald_edge_messages_out_total";
 pub const BYTES_OUT_TOTAL: &str = "herald_edge_bytes_out_total";
 pub const BYTES_IN_TOTAL: &str = "herald_edge_bytes_in_total";
 pub const CHANNELS: &str = "herald_edge_channels";
+pub const SLOW_DISCONNECTS_TOTAL: &str = "herald_edge_slow_disconnects_total";
 pub const GAPS_FILLED_TOTAL: &str = "herald_edge_gaps_filled_total";
 pub const PUBLISH_SECONDS: &str = "herald_edge_publish_seconds";
 
@@ -43,23 +44,57 @@ pub const HELP: &[(&str, &str)] = &[
     (CONNECTIONS, "Client connections open now."),
     (SUBSCRIPTIONS, "Client subscriptions open now."),
     (CONNECTS_TOTAL, "Client connections authenticated."),
-    (DISCONNECTS_TOTAL, "Client connections closed, by disconnect code."),
-    (COMMANDS_TOTAL, "Client commands handled, by method and result."),
+    (
+        DISCONNECTS_TOTAL,
+        "Client connections closed, by disconnect code.",
+    ),
+    (
+        COMMANDS_TOTAL,
+        "Client commands handled, by method and result.",
+    ),
     (MESSAGES_OUT_TOTAL, "Frames written to client sockets."),
     (BYTES_OUT_TOTAL, "Bytes written to client sockets."),
     (BYTES_IN_TOTAL, "Bytes read from client sockets."),
-    (CHANNELS, "Channels with at least one local subscriber (one NATS subscription each)."),
-    (GAPS_FILLED_TOTAL, "Offset gaps in a channel's live stream filled from sync, or failed."),
-    (PUBLISH_SECONDS, "Time from a publish received to its reply, by source."),
-    (WRITER_BATCHES_TOTAL, "Batches committed to the store by the writer."),
+    (
+        CHANNELS,
+        "Channels with at least one local subscriber (one NATS subscription each).",
+    ),
+    (
+        SLOW_DISCONNECTS_TOTAL,
+        "Connections closed with 3008 because their outbound queue passed its bound.",
+    ),
+    (
+        GAPS_FILLED_TOTAL,
+        "Offset gaps in a channel's live stream filled from sync, or failed.",
+    ),
+    (
+        PUBLISH_SECONDS,
+        "Time from a publish received to its reply, by source.",
+    ),
+    (
+        WRITER_BATCHES_TOTAL,
+        "Batches committed to the store by the writer.",
+    ),
     (WRITER_BATCH_SIZE, "Messages per writer batch."),
-    (WRITER_SEQUENCED_TOTAL, "Publications given an offset and stored."),
-    (WRITER_DUPLICATES_TOTAL, "Messages recognised by idempotency key and not stored again."),
-    (WRITER_COMMIT_SECONDS, "Store commit latency of a writer batch."),
+    (
+        WRITER_SEQUENCED_TOTAL,
+        "Publications given an offset and stored.",
+    ),
+    (
+        WRITER_DUPLICATES_TOTAL,
+        "Messages recognised by idempotency key and not stored again.",
+    ),
+    (
+        WRITER_COMMIT_SECONDS,
+        "Store commit latency of a writer batch.",
+    ),
     (WRITER_ERRORS_TOTAL, "Writer failures, by kind."),
     (SYNC_REQUESTS_TOTAL, "Sync requests, by source and result."),
     (SYNC_SECONDS, "Sync request latency, by source."),
-    (API_REQUESTS_TOTAL, "Server API requests, by method and result."),
+    (
+        API_REQUESTS_TOTAL,
+        "Server API requests, by method and result.",
+    ),
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -70,12 +105,17 @@ pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let latency = [
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0, 10.0,
             ];
-            let sizes = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+            let sizes = [
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+            ];
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(WRITER_BATCH_SIZE.into()), &sizes))
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(WRITER_BATCH_SIZE.into()), &sizes)
+                })
                 .expect("bucket lists are non-empty");
             let recorder = builder.build_recorder();
             let handle = recorder.handle();

@@ -21,7 +21,7 @@ use crate::config::{Config, Secret};
 use crate::edge::{Edge, EdgeSettings};
 use crate::protocol::Disconnect;
 use crate::store::{SharedStore, StoreOptions, embedded::EmbeddedStore};
-use crate::sync::{SyncService, client::SyncClient};
+use crate::sync::{SyncService, SyncSettings, client::SyncClient};
 use crate::writer::{self, WriterSettings};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,7 +128,8 @@ fn ensure_secret(config: &Config) -> anyhow::Result<(Secret, bool)> {
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     );
-    write_private(&path, &secret).with_context(|| format!("storing the generated secret at {}", path.display()))?;
+    write_private(&path, &secret)
+        .with_context(|| format!("storing the generated secret at {}", path.display()))?;
     Ok((Secret::new(secret), true))
 }
 
@@ -165,7 +166,10 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<Running> {
             Some(s)
         }
         (None, Role::Edge | Role::Sync) => {
-            bail!("token_hmac_secret (HERALD_TOKEN_HMAC_SECRET) must be set for `herald {}`", role.name())
+            bail!(
+                "token_hmac_secret (HERALD_TOKEN_HMAC_SECRET) must be set for `herald {}`",
+                role.name()
+            )
         }
         (None, Role::Writer) => None,
     };
@@ -175,7 +179,9 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<Running> {
     let name = format!("herald-{}", role.name());
     let nats = match bus::connect(&config.nats.url, &name).await {
         Ok(c) => c,
-        Err(bus::ConnectError::Unreachable { url, message }) if role == Role::Serve && config.nats.autostart => {
+        Err(bus::ConnectError::Unreachable { url, message })
+            if role == Role::Serve && config.nats.autostart =>
+        {
             tracing::info!(%url, %message, "no NATS answers; starting nats-server as a child");
             let child = NatsServer::start(&config.nats.server_bin, &config.data_dir.join("nats"))
                 .await
@@ -187,7 +193,9 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<Running> {
         }
         Err(e) => return Err(e.into()),
     };
-    let nats_url = nats_child.as_ref().map_or(config.nats.url.clone(), |c| c.url.clone());
+    let nats_url = nats_child
+        .as_ref()
+        .map_or(config.nats.url.clone(), |c| c.url.clone());
     let js = async_nats::jetstream::new(nats.clone());
     bus::ingest::ensure_stream(&js, &config.ingest).await?;
 
@@ -209,11 +217,11 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<Running> {
     let mut router = Router::new();
     let mut sync_task = None;
     if role.has_sync() {
-        let service = Arc::new(SyncService {
-            store: store.clone().expect("sync has a store"),
-            channels: config.channels.clone(),
-            page_limit: config.sync.page_limit,
-        });
+        let service = Arc::new(SyncService::new(
+            store.clone().expect("sync has a store"),
+            config.channels.clone(),
+            SyncSettings::from_config(&config.sync),
+        ));
         let verifier = Verifier::new(token_secret.as_ref().expect("sync has a secret").expose());
         router = router.merge(service.router(verifier));
         let (client, token) = (nats.clone(), shutdown.clone());
@@ -231,8 +239,14 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<Running> {
             partitions: config.ingest.partitions,
             batch_size: config.writer.batch_size,
             max_ack_pending: config.ingest.max_ack_pending,
+            ack_wait: writer::DEFAULT_ACK_WAIT,
+            head_cache_capacity: writer::DEFAULT_HEAD_CACHE_CAPACITY,
         };
-        let (client, store, token) = (nats.clone(), store.clone().expect("writer has a store"), shutdown.clone());
+        let (client, store, token) = (
+            nats.clone(),
+            store.clone().expect("writer has a store"),
+            shutdown.clone(),
+        );
         writer_task = Some(tokio::spawn(async move {
             if let Err(e) = writer::run(client, store, settings, token.clone()).await {
                 tracing::error!(error = %e, "writer stopped");
@@ -262,6 +276,7 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<Running> {
             publisher.clone(),
             sync_client.clone(),
             verifier,
+            config.sync.timeout,
         );
         router = router.merge(e.router());
         notes.api_enabled = config.api_key.is_some();
@@ -279,8 +294,14 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<Running> {
     }
 
     let ops = Router::new()
-        .route("/health", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
-        .route("/metrics", get(move || std::future::ready(metrics.render())));
+        .route(
+            "/health",
+            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route(
+            "/metrics",
+            get(move || std::future::ready(metrics.render())),
+        );
     let mut http = Vec::new();
     let internal_addr = match config.internal_listen {
         Some(addr) => {
@@ -322,8 +343,11 @@ async fn serve_http(
         .with_context(|| format!("binding {addr}"))?;
     let bound = listener.local_addr()?;
     let task = tokio::spawn(async move {
-        let serve = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move { shutdown.cancelled().await });
+        let serve = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { shutdown.cancelled().await });
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "http listener stopped");
         }

@@ -41,7 +41,11 @@ pub enum StreamSetupError {
         "stream {stream} was created with {found} partitions but ingest_partitions is {configured}; \
          the partition count is fixed when the stream is created"
     )]
-    PartitionMismatch { stream: &'static str, found: u32, configured: u32 },
+    PartitionMismatch {
+        stream: &'static str,
+        found: u32,
+        configured: u32,
+    },
 }
 
 /// Creates the ingest stream if missing, checks its partition count otherwise.
@@ -50,7 +54,10 @@ pub enum StreamSetupError {
 /// (after the store commit), so `max_bytes` bounds only what the writer has not
 /// yet stored, and `DiscardPolicy::New` turns a full stream into publish
 /// errors (backpressure) rather than silently dropping old messages.
-pub async fn ensure_stream(js: &jetstream::Context, cfg: &IngestConfig) -> Result<stream::Stream, StreamSetupError> {
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    cfg: &IngestConfig,
+) -> Result<stream::Stream, StreamSetupError> {
     let config = stream::Config {
         name: subjects::INGEST_STREAM.to_string(),
         subjects: vec![subjects::ingest_wildcard().to_string()],
@@ -59,9 +66,12 @@ pub async fn ensure_stream(js: &jetstream::Context, cfg: &IngestConfig) -> Resul
         discard: stream::DiscardPolicy::New,
         max_bytes: cfg.max_bytes,
         duplicate_window: cfg.duplicate_window,
-        metadata: [(subjects::PARTITIONS_METADATA_KEY.to_string(), cfg.partitions.to_string())]
-            .into_iter()
-            .collect(),
+        metadata: [(
+            subjects::PARTITIONS_METADATA_KEY.to_string(),
+            cfg.partitions.to_string(),
+        )]
+        .into_iter()
+        .collect(),
         description: Some("Herald ingest: publications waiting for the writer".into()),
         ..Default::default()
     };

@@ -71,7 +71,9 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, Connec
         }
     }
     if !info.jetstream {
-        return Err(ConnectError::NoJetStream { url: url.to_string() });
+        return Err(ConnectError::NoJetStream {
+            url: url.to_string(),
+        });
     }
     Ok(client)
 }

@@ -113,7 +113,12 @@ impl Publisher {
         let routes = pending.clone();
         tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
-                let Some(token) = msg.subject.rsplit('.').next().and_then(|t| t.parse::<u64>().ok()) else {
+                let Some(token) = msg
+                    .subject
+                    .rsplit('.')
+                    .next()
+                    .and_then(|t| t.parse::<u64>().ok())
+                else {
                     continue;
                 };
                 let Ok(reply) = serde_json::from_slice::<WriterReply>(&msg.payload) else {
@@ -143,10 +148,12 @@ impl Publisher {
         if !req.history {
             return self.publish_ephemeral(&req).await;
         }
-        let _permit = self
-            .inflight
-            .try_acquire()
-            .map_err(|_| PublishError::new(PublishErrorKind::Backpressure, "too many publishes in flight"))?;
+        let _permit = self.inflight.try_acquire().map_err(|_| {
+            PublishError::new(
+                PublishErrorKind::Backpressure,
+                "too many publishes in flight",
+            )
+        })?;
         let key = match req.idempotency_key {
             Some(k) => k.to_string(),
             None => uuid::Uuid::new_v4().simple().to_string(),
@@ -158,7 +165,8 @@ impl Publisher {
             key: key.clone(),
         };
         let payload = Bytes::from(
-            serde_json::to_vec(&body).map_err(|e| PublishError::new(PublishErrorKind::Rejected, e.to_string()))?,
+            serde_json::to_vec(&body)
+                .map_err(|e| PublishError::new(PublishErrorKind::Rejected, e.to_string()))?,
         );
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -169,9 +177,16 @@ impl Publisher {
         };
 
         let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", subjects::message_id(req.channel, &key).as_str());
-        headers.insert(subjects::REPLY_HEADER, format!("{}.{token}", self.reply_prefix).as_str());
-        let subject = subjects::ingest_subject(subjects::partition_of(req.channel, self.partitions));
+        headers.insert(
+            "Nats-Msg-Id",
+            subjects::message_id(req.channel, &key).as_str(),
+        );
+        headers.insert(
+            subjects::REPLY_HEADER,
+            format!("{}.{token}", self.reply_prefix).as_str(),
+        );
+        let subject =
+            subjects::ingest_subject(subjects::partition_of(req.channel, self.partitions));
 
         let outcome = tokio::time::timeout(self.timeout, async {
             let ack = self
@@ -196,8 +211,13 @@ impl Publisher {
             }
             match rx.await {
                 Ok(WriterReply::Stored { offset, epoch }) => Ok(Published { offset, epoch }),
-                Ok(WriterReply::Failed { message }) => Err(PublishError::new(PublishErrorKind::Rejected, message)),
-                Err(_) => Err(PublishError::new(PublishErrorKind::Unavailable, "reply route closed")),
+                Ok(WriterReply::Failed { message }) => {
+                    Err(PublishError::new(PublishErrorKind::Rejected, message))
+                }
+                Err(_) => Err(PublishError::new(
+                    PublishErrorKind::Unavailable,
+                    "reply route closed",
+                )),
             }
         })
         .await;
@@ -218,7 +238,12 @@ impl Publisher {
             match self.sync.idempotent_offset(channel, key).await {
                 Ok(Some((offset, epoch))) => return Ok(Published { offset, epoch }),
                 Ok(None) | Err(SyncClientError::Timeout) | Err(SyncClientError::NoResponders) => {}
-                Err(e) => return Err(PublishError::new(PublishErrorKind::Unavailable, e.to_string())),
+                Err(e) => {
+                    return Err(PublishError::new(
+                        PublishErrorKind::Unavailable,
+                        e.to_string(),
+                    ));
+                }
             }
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_millis(200));
@@ -226,7 +251,11 @@ impl Publisher {
     }
 
     async fn publish_ephemeral(&self, req: &PublishRequest<'_>) -> Result<Published, PublishError> {
-        let payload = crate::protocol::encode_publication(req.data.get().as_bytes(), req.info.map(|i| i.get().as_bytes()), 0);
+        let payload = crate::protocol::encode_publication(
+            req.data.get().as_bytes(),
+            req.info.map(|i| i.get().as_bytes()),
+            0,
+        );
         self.client
             .publish(subjects::channel_subject(req.channel), payload)
             .await

@@ -71,7 +71,10 @@ impl NatsServer {
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|source| SpawnError::Start { bin: bin_name, source })?;
+            .map_err(|source| SpawnError::Start {
+                bin: bin_name,
+                source,
+            })?;
 
         let limit = Duration::from_secs(10);
         let started = Instant::now();

@@ -80,7 +80,11 @@ mod tests {
         for ch in ["a.b", "x*y", "a > b", "ünï", "#alice,bob", "dm:#a"] {
             let t = channel_token(ch);
             assert!(!t.is_empty());
-            assert!(t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "{t}");
+            assert!(
+                t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+                "{t}"
+            );
         }
         assert_ne!(channel_token("a.b"), channel_token("a_b"));
     }

@@ -159,17 +159,12 @@ pub struct ChannelRequest {
     pub channel: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct PublishRequest {
-    #[serde(default)]
     pub channel: String,
-    /// Raw JSON as the client sent it; `null` when absent.
-    #[serde(default = "json_null")]
-    pub data: Box<RawValue>,
-}
-
-pub fn json_null() -> Box<RawValue> {
-    RawValue::from_string("null".into()).expect("null is valid JSON")
+    /// Raw JSON as the client sent it; required.
+    pub data: Option<Box<RawValue>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq, Eq)]

@@ -1,1 +1,822 @@
-//! The store contract suite: every backend must pass it. (Being written.)
+//! The store contract suite: what every `Store` backend must do, as async
+//! functions with real assertions (they panic on failure, like tests).
+//!
+//! Compiled into the library so each backend's integration test calls the same
+//! cases. A backend runs the suite with a factory that opens the *same*
+//! underlying storage on every call (same directory, same keyspace) with the
+//! options it is given; the suite drops every handle it holds before calling
+//! the factory again, so backends that lock their storage (the embedded one)
+//! can reopen it:
+//!
+//! ```ignore
+//! #[tokio::test(flavor = "multi_thread")]
+//! async fn contract() {
+//!     let dir = tempfile::tempdir().unwrap();
+//!     let path = dir.path().to_path_buf();
+//!     herald::store::contract::run_all(move |options| {
+//!         let path = path.clone();
+//!         async move { Arc::new(MyStore::open(&path, options).unwrap()) as SharedStore }
+//!     })
+//!     .await;
+//! }
+//! ```
+//!
+//! Every case uses channel names unique to the run, so the suite can run
+//! against storage that keeps data from earlier runs (a shared ScyllaDB
+//! keyspace). It does not know any backend.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::{
+    ChannelAppend, Direction, Position, ReadRange, SharedStore, StoreErrorKind, StoreOptions,
+    StoredPublication,
+};
+
+/// The retention most cases open the store with.
+pub const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+/// Publications in the dense-paging case: more than one 4096-offset bucket.
+pub const DENSE_COUNT: u64 = 5000;
+
+/// Runs every case in turn.
+pub async fn run_all<F, Fut>(open: F)
+where
+    F: Fn(StoreOptions) -> Fut,
+    Fut: Future<Output = SharedStore>,
+{
+    append_and_read_back(&open).await;
+    dense_offsets_and_paging(&open).await;
+    heads_and_epochs(&open).await;
+    conflicts_store_nothing(&open).await;
+    idempotency_lookup(&open).await;
+    idempotency_expiry(&open).await;
+    concurrent_appends(&open).await;
+    restart_keeps_everything(&open).await;
+    unknown_channel(&open).await;
+    bytes_round_trip(&open).await;
+}
+
+/// Appends two batches and reads them back, whole and in parts.
+pub async fn append_and_read_back<F, Fut>(open: &F)
+where
+    F: Fn(StoreOptions) -> Fut,
+    Fut: Future<Output = SharedStore>,
+{
+    let store = open(options(DAY)).await;
+    let ch = channel("read-back");
+    store
+        .append(&[append(&ch, "e1", 1..=3)])
+        .await
+        .expect("first append");
+    store
+        .append(&[append(&ch, "e1", 4..=5)])
+        .await
+        .expect("second append");
+
+    let all = store
+        .read(&ch, forward(0, None, 100))
+        .await
+        .expect("read forward");
+    assert_eq!(
+        all,
+        (1..=5).map(|o| publication(&ch, o)).collect::<Vec<_>>()
+    );
+    let back = store
+        .read(&ch, backward(0, None, 100))
+        .await
+        .expect("read backward");
+    assert_eq!(offsets(&back), vec![5, 4, 3, 2, 1]);
+
+    assert_eq!(
+        offsets(&store.read(&ch, forward(2, None, 2)).await.expect("read")),
+        vec![3, 4]
+    );
+    assert_eq!(
+        offsets(
+            &store
+                .read(&ch, forward(0, Some(3), 100))
+                .await
+                .expect("read")
+        ),
+        vec![1, 2]
+    );
+    assert_eq!(
+        offsets(&store.read(&ch, backward(0, None, 2)).await.expect("read")),
+        vec![5, 4]
+    );
+    assert_eq!(
+        offsets(
+            &store
+                .read(&ch, backward(1, Some(5), 100))
+                .await
+                .expect("read")
+        ),
+        vec![4, 3, 2]
+    );
+    assert!(
+        store
+            .read(&ch, forward(0, None, 0))
+            .await
+            .expect("read")
+            .is_empty(),
+        "limit 0"
+    );
+    assert!(
+        store
+            .read(&ch, forward(5, None, 10))
+            .await
+            .expect("read")
+            .is_empty(),
+        "after head"
+    );
+    assert!(
+        store
+            .read(&ch, forward(3, Some(4), 10))
+            .await
+            .expect("read")
+            .is_empty(),
+        "empty window"
+    );
+    assert!(
+        store
+            .read(&ch, backward(4, Some(2), 10))
+            .await
+            .expect("read")
+            .is_empty(),
+        "inverted window"
+    );
+}
+
+/// Thousands of publications in many batches, paged in both directions across
+/// what would be a 4096-offset bucket boundary, reproduce 1..n exactly.
+pub async fn dense_offsets_and_paging<F, Fut>(open: &F)
+where
+    F: Fn(StoreOptions) -> Fut,
+    Fut: Future<Output = SharedStore>,
+{
+    let store = open(options(DAY)).await;
+    let ch = channel("dense");
+    let mut next = 1u64;
+    let mut size = 1u64;
+    while next <= DENSE_COUNT {
+        let last = (next + size - 1).min(DENSE_COUNT);
+        store
+            .append(&[append(&ch, "e", next..=last)])
+            .await
+            .expect("append");
+        next = last + 1;
+        // Varying batch sizes, up to a few hundred.
+        size = size % 397 + 61;
+    }
+    let position = store.position(&ch).await.expect("position");
+    assert_eq!(position.head, DENSE_COUNT);
+
+    for limit in [333usize, 1000] {
+        let mut seen = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = store
+                .read(&ch, forward(after, None, limit))
+                .await
+                .expect("page forward");
+            assert!(page.len() <= limit, "forward page over its limit");
+            let Some(last) = page.last() else { break };
+            after = last.offset;
+            seen.extend(offsets(&page));
+        }
+        assert_eq!(
+            seen,
+            (1..=DENSE_COUNT).collect::<Vec<_>>(),
+            "forward paging, limit {limit}"
+        );
+
+        let mut seen = Vec::new();
+        let mut before = None;
+        loop {
+            let page = store
+                .read(&ch, backward(0, before, limit))
+                .await
+                .expect("page backward");
+            assert!(page.len() <= limit, "backward page over its limit");
+            let Some(last) = page.last() else { break };
+            before = Some(last.offset);
+            seen.extend(offsets(&page));
+        }
+        assert_eq!(
+            seen,
+            (1..=DENSE_COUNT).rev().collect::<Vec<_>>(),
+            "backward paging, limit {limit}"
+        );
+    }
+
+    let window = store
+        .read(&ch, forward(4090, Some(4100), 100))
+        .await
+        .expect("window");
+    assert_eq!(offsets(&window), (4091..4100).collect::<Vec<_>>());
+    let window = store
+        .read(&ch, backward(4090, Some(4100), 100))
+        .await
+        .expect("window");
+    assert_eq!(offsets(&window), (4091..4100).rev().collect::<Vec<_>>());
+    let window = store
+        .read(&ch, forward(4094, None, 4))
+        .await
+        .expect("window");
+    assert_eq!(offsets(&window), vec![4095, 4096, 4097, 4098]);
+    let window = store
+        .read(&ch, backward(0, Some(4098), 4))
+        .await
+        .expect("window");
+    assert_eq!(offsets(&window), vec![4097, 4096, 4095, 4094]);
+    let tail = store.read(&ch, backward(0, None, 3)).await.expect("tail");
+    assert_eq!(
+        offsets(&tail),
+        vec![DENSE_COUNT, DENSE_COUNT - 1, DENSE_COUNT - 2]
+    );
+    assert_eq!(tail[0], publication(&ch, DENSE_COUNT));
+}
+
+/// The epoch is fixed by the first append; the head follows each append.
+pub async fn heads_and_epochs<F, Fut>(open: &F)
+where
+    F: Fn(StoreOptions) -> Fut,
+    Fut: Future<Output = SharedStore>,
+{
+    let store = open(options(DAY)).await;
+    let ch = channel("epochs");
+    store
+        .append(&[append(&ch, "first", 1..=2)])
+        .await
+        .expect("append");
+    assert_eq!(
+        store.position(&ch).await.expect("position"),
+        position(2, "first")
+    );
+    store
+        .append(&[append(&ch, "first", 3..=3)])
+        .await
+        .expect("append");
+    assert_eq!(
+        store.position(&ch).await.expect("position"),
+        position(3, "first")
+    );
+
+    let err = store
+        .append(&[append(&ch, "second", 4..=4)])
+        .await
+        .expect_err("another epoch");
+    assert_eq!(err.kind, StoreErrorKind::Conflict, "{err}");
+    assert!(!err.kind.retryable());
+    assert_eq!(
+        store.position(&ch).await.expect("position"),
+        position(3, "first")
+    );
+    assert_eq!(
+        offsets(&store.read(&ch, forward(0, None, 10)).await.expect("read")),
+        vec![1, 2, 3]
+    );
+
+    // Channels keep their own epochs, also within one batch.
+    let other = channel("epochs-other");
+    store
+        .append(&[append(&ch, "first", 4..=4), append(&other, "other", 1..=1)])
+        .await
+        .expect("two channels");
+    assert_eq!(
+        store.position(&ch).await.expect("position"),
+        position(4, "first")
+    );
+    assert_eq!(
+        store.position(&other).await.expect("position"),
+        position(1, "other")
+    );
+}
+
+/// Batches that do not continue a channel densely are refused with
+/// `Conflict`, and nothing of a refused batch is stored, in any channel.
+pub async fn conflicts_store_nothing<F, Fut>(open: &F)
+where
+    F: Fn(StoreOptions) -> Fut,
+    Fut: Future<Output = SharedStore>,
+{
+    let store = open(options(DAY)).await;
+    let a = channel("conflict-a");
+    let b = channel("conflict-b");
+    let fresh = channel("conflict-fresh");
+    store
+        .append(&[append(&a, "e", 1..=3)])
+        .await
+        .expect("append a");
+    store
+        .append(&[append(&b, "e", 1..=3)])
+        .await
+        .expect("append b");
+
+    let mut non_contiguous = append(&a, "e", 4..=5);
+    non_contiguous.publications.push(publication(&a, 7));
+    let cases = [
+        ("gap", vec![append(&a, "e", 5..=6)]),
+        ("duplicate first offset", vec![append(&a, "e", 3..=4)]),
+        ("rewrite from 1", vec![append(&a, "e", 1..=4)]),
+        ("non-contiguous", vec![non_contiguous]),
+        ("new channel not at 1", vec![append(&fresh, "e", 2..=3)]),
+        (
+            "second channel conflicts",
+            vec![
+                with_key(append(&a, "e", 4..=5), "ka", 4),
+                append(&b, "e", 5..=5),
+            ],
+        ),
+        (
+            "first channel conflicts",
+            vec![
+                append(&b, "x", 4..=4),
+                with_key(append(&a, "e", 4..=4), "ka", 4),
+            ],
+        ),
+        (
+            "same channel twice, not continued",
+            vec![append(&a, "e", 4..=5), append(&a, "e", 7..=7)],
+        ),
+        (
+            "new channel with a conflicting one",
+            vec![append(&fresh, "e", 1..=2), append(&b, "e", 3..=3)],
+        ),
+    ];
+    for (name, batch) in cases {
+        let err = store.append(&batch).await.expect_err(name);
+        assert_eq!(err.kind, StoreErrorKind::Conflict, "{name}: {err}");
+        for ch in [&a, &b] {
+            assert_eq!(
+                store.position(ch).await.expect("position"),
+                position(3, "e"),
+                "{name}"
+            );
+            let stored = store.read(ch, forward(0, None, 100)).await.expect("read");
+            assert_eq!(
+                stored,
+                (1..=3).map(|o| publication(ch, o)).collect::<Vec<_>>(),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            store.position(&fresh).await.expect("position"),
+            Position::default(),
+            "{name}"
+        );
+        assert!(
+            store
+                .read(&fresh, forward(0, None, 10))
+                .await
+                .expect("read")
+                .is_empty(),
+            "{name}"
+        );
+        assert_eq!(
+            store.idempotent_offset(&a, "ka").await.expect("key"),
+            None,
+            "{name}"
+        );
+    }
+
+    // The same channel twice in one batch is fine when it continues itself.
+    store
+        .append(&[append(&a, "e", 4..=5), append(&a, "e", 6..=6)])
+        .await
+        .expect("same channel twice, continued");
+    assert_eq!(
+        store.position(&a).await.expect("position"),
+        position(6, "e")
+    );
+    assert_eq!(
+        offsets(&store.read(&a, forward(0, None, 100)).await.expect("read")),
+        (1..=6).collect::<Vec<_>>()
+    );
+}
+
+/// A stored key yields its offset, per channel.
+pub async fn idempotency_lookup<F, Fut>(open: &F)
+where
+    F: Fn(StoreOptions) -> Fut,
+    Fut: Future<Output = SharedStore>,
+{
+    let store = open(options(DAY)).await;
+    let ch = channel("keys");
+    let other = channel("keys-other");
+    let batch = with_key(with_key(append(&ch, "e", 1..=3), "k1", 1), "k3", 3);
+    store.append(&[batch]).await.expect("append");
+    store
+        .append(&[with_key(append(&ch, "e", 4..=4), "k4", 4)])
+        .await
+        .expect("append");
+
+    assert_eq!(
+        store.idempotent_offset(&ch, "k1").await.expect("key"),
+        Some(1)
+    );
+    assert_eq!(
+        store.idempotent_offset(&ch, "k3").await.expect("key"),
+        Some(3)
+    );
+    assert_eq!(
+        store.idempotent_offset(&ch, "k4").await.expect("key"),
+        Some(4)
+    );
+    assert_eq!(store.idempotent_offset(&ch, "k2").await.expect("key"), None);
+    assert_eq!(
+        store.idempotent_offset(&other, "k1").await.expect("key"),
+        None
+    );
+    // A key that extends another is a different key.
+    assert_eq!(store.idempotent_offset(&ch, "k").await.expect("key"), None);
+    assert_eq!(
+        store.idempotent_offset(&ch, "k11").await.expect("key"),
+        None
+    );
+
+    // Young keys survive a purge.
+    store.purge_expired_keys().await.expect("purge");
+    assert_eq!(
+        store.idempotent_offset(&ch, "k1").await.expect("key"),
+        Some(1)
+    );
+}
+
+/// Keys older than the retention are not returned and are purged; the
+/// publications they pointed at stay.
+pub async fn idempotency_expiry<F, Fut>(open: &F)
+where
+    F: Fn(StoreOptions) -> Fut,
+    Fut: Future<Output = SharedStore>,
+{
+    let ch = channel("expiry");
+    let store = open(options(DAY)).await;
+    store
+        .append(&[with_key(append(&ch, "e", 1..=1), "old", 1)])
+        .await
+        .expect("append");
+    store.purge_expired_keys().await.expect("purge");
+    assert_eq!(
+        store.idempotent_offset(&ch, "old").await.expect("key"),
+        Some(1)
+    );
+    drop(store);
+
+    let retention = Duration::from_secs(1);
+    let store = open(options(retention)).await;
+    let deadline = Instant::now() + retention + Duration::from_secs(10);
+    while store
+        .idempotent_offset(&ch, "old")
+        .await
+        .expect("key")
+        .is_some()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "key not expired 10 s after its retention"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let purged = store.purge_expired_keys().await.expect("purge");
+    assert!(purged >= 1, "purged {purged}");
+    assert_eq!(
+        store.idempotent_offset(&ch, "old").await.expect("key"),
+        None
+    );
+    drop(store);
+
+    // Purged for good: a long retention does not bring it back.
+    let store = open(options(DAY)).await;
+    assert_eq!(
+        store.idempotent_offset(&ch, "old").await.expect("key"),
+        None
+    );
+    assert_eq!(
+        store.position(&ch).await.expect("position"),
+        position(1, "e")
+    );
+    assert_eq!(
+        store.read(&ch, forward(0, None, 10)).await.expect("read"),
+        vec![publication(&ch, 1)]
+    );
+}
+
+/// Many tasks append to their own channels at once.
+pub async fn concurrent_appends<F, Fut>(open: &F)
+where
+    F: Fn(StoreOptions) -> Fut,
+    Fut: Future<Output = SharedStore>,
+{
+    const TASKS: usize = 16;
+    const BATCHES: u64 = 20;
+    const PER_BATCH: u64 = 5;
+    let store = open(options(DAY)).await;
+    let channels: Vec<String> = (0..TASKS)
+        .map(|i| channel(&format!("concurrent-{i}")))
+        .collect();
+    let tasks: Vec<_> = channels
+        .iter()
+        .cloned()
+        .map(|ch| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for b in 0..BATCHES {
+                    let first = b * PER_BATCH + 1;
+                    let batch = with_key(
+                        append(&ch, "e", first..=first + PER_BATCH - 1),
+                        &format!("k{b}"),
+                        first,
+                    );
+                    store.append(&[batch]).await.expect("concurrent append");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("append task");
+    }
+    let total = BATCHES * PER_BATCH;
+    for ch in &channels {
+        assert_eq!(
+            store.position(ch).await.expect("position"),
+            position(total, "e")
+        );
+        let stored = store.read(ch, forward(0, None, 1000)).await.expect("read");
+        assert_eq!(
+            stored,
+            (1..=total).map(|o| publication(ch, o)).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            store.idempotent_offset(ch, "k7").await.expect("key"),
+            Some(7 * PER_BATCH + 1)
+        );
+    }
+}
+
+/// Data, heads, epochs and keys survive closing and reopening the store, and
+/// appends continue from the stored head.
+pub async fn restart_keeps_everything<F, Fut>(open: &F)
+where
+    F: Fn(StoreOptions) -> Fut,
+    Fut: Future<Output = SharedStore>,
+{
+    let ch = channel("restart");
+    let store = open(options(DAY)).await;
+    store
+        .append(&[with_key(append(&ch, "before", 1..=10), "k5", 5)])
+        .await
+        .expect("append");
+    drop(store);
+
+    let store = open(options(DAY)).await;
+    assert_eq!(
+        store.position(&ch).await.expect("position"),
+        position(10, "before")
+    );
+    let stored = store.read(&ch, forward(0, None, 100)).await.expect("read");
+    assert_eq!(
+        stored,
+        (1..=10).map(|o| publication(&ch, o)).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        store.idempotent_offset(&ch, "k5").await.expect("key"),
+        Some(5)
+    );
+
+    let err = store
+        .append(&[append(&ch, "before", 1..=1)])
+        .await
+        .expect_err("rewrite after restart");
+    assert_eq!(err.kind, StoreErrorKind::Conflict, "{err}");
+    let err = store
+        .append(&[append(&ch, "after", 11..=11)])
+        .await
+        .expect_err("new epoch after restart");
+    assert_eq!(err.kind, StoreErrorKind::Conflict, "{err}");
+    store
+        .append(&[append(&ch, "before", 11..=12)])
+        .await
+        .expect("continue after restart");
+    drop(store);
+
+    let store = open(options(DAY)).await;
+    assert_eq!(
+        store.position(&ch).await.expect("position"),
+        position(12, "before")
+    );
+    assert_eq!(
+        offsets(&store.read(&ch, backward(0, None, 100)).await.expect("read")),
+        (1..=12).rev().collect::<Vec<_>>()
+    );
+}
+
+/// An unknown channel reads empty, has position (0, ""), and no keys.
+pub async fn unknown_channel<F, Fut>(open: &F)
+where
+    F: Fn(StoreOptions) -> Fut,
+    Fut: Future<Output = SharedStore>,
+{
+    let store = open(options(DAY)).await;
+    let ch = channel("unknown");
+    assert_eq!(
+        store.position(&ch).await.expect("position"),
+        Position::default()
+    );
+    assert_eq!(Position::default(), position(0, ""));
+    assert!(
+        store
+            .read(&ch, forward(0, None, 10))
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    assert!(
+        store
+            .read(&ch, backward(0, None, 10))
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    assert!(
+        store
+            .read(&ch, forward(5, Some(9), 10))
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    assert_eq!(store.idempotent_offset(&ch, "k").await.expect("key"), None);
+}
+
+/// Data and info bytes come back exactly as stored — raw JSON with its
+/// whitespace, unicode, 64 KiB — and channels whose names extend one another
+/// or hold unusual characters stay apart.
+pub async fn bytes_round_trip<F, Fut>(open: &F)
+where
+    F: Fn(StoreOptions) -> Fut,
+    Fut: Future<Output = SharedStore>,
+{
+    let store = open(options(DAY)).await;
+    let ch = channel("bytes");
+    let large = format!(
+        "\"{}{}\"",
+        "0123456789abcdef".repeat(64 * 1024 / 16 - 1),
+        "x".repeat(14)
+    );
+    assert_eq!(large.len(), 64 * 1024);
+    let stored = vec![
+        raw(
+            1,
+            r#"{ "a" : [1, 2.50, true] ,"b":null }"#,
+            Some(r#"{"user":"42","client":"c1"}"#),
+        ),
+        raw(2, r#""héllo ✓ 😀 \u00e9 \n""#, None),
+        raw(3, &large, Some(r#"{"user":"ü","conn_info":{"x":"😀"}}"#)),
+        raw(4, "[]", Some("{}")),
+        raw(5, "0", None),
+    ];
+    store
+        .append(&[ChannelAppend {
+            channel: ch.clone(),
+            epoch: "épоch-1".into(),
+            publications: stored.clone(),
+            idempotency_keys: vec![("ключ ✓".into(), 2)],
+        }])
+        .await
+        .expect("append");
+    assert_eq!(
+        store.read(&ch, forward(0, None, 10)).await.expect("read"),
+        stored
+    );
+    assert_eq!(
+        store.position(&ch).await.expect("position"),
+        position(5, "épоch-1")
+    );
+    assert_eq!(
+        store.idempotent_offset(&ch, "ключ ✓").await.expect("key"),
+        Some(2)
+    );
+
+    // Channel names that extend one another, or carry separators, spaces and
+    // NUL, are distinct channels whose offsets never mix.
+    let base = channel("p");
+    let names = [
+        base.clone(),
+        format!("{base}b"),
+        format!("{base}\0"),
+        format!("{base}\0b"),
+        format!("{base}.*> /ü"),
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let count = i as u64 + 1;
+        store
+            .append(&[append(name, "e", 1..=count)])
+            .await
+            .expect("append");
+    }
+    for (i, name) in names.iter().enumerate() {
+        let count = i as u64 + 1;
+        let forward_read = store.read(name, forward(0, None, 100)).await.expect("read");
+        assert_eq!(
+            forward_read,
+            (1..=count)
+                .map(|o| publication(name, o))
+                .collect::<Vec<_>>(),
+            "{name:?}"
+        );
+        let backward_read = store
+            .read(name, backward(0, None, 100))
+            .await
+            .expect("read");
+        assert_eq!(
+            offsets(&backward_read),
+            (1..=count).rev().collect::<Vec<_>>(),
+            "{name:?}"
+        );
+        assert_eq!(
+            store.position(name).await.expect("position"),
+            position(count, "e"),
+            "{name:?}"
+        );
+    }
+}
+
+/// A channel name unique to this run of the suite.
+fn channel(case: &str) -> String {
+    use std::sync::OnceLock;
+    static RUN: OnceLock<String> = OnceLock::new();
+    let run = RUN.get_or_init(|| uuid::Uuid::new_v4().simple().to_string());
+    format!("contract:{run}:{case}")
+}
+
+fn options(idempotency_retention: Duration) -> StoreOptions {
+    StoreOptions {
+        idempotency_retention,
+    }
+}
+
+fn position(head: u64, epoch: &str) -> Position {
+    Position {
+        head,
+        epoch: epoch.into(),
+    }
+}
+
+/// The publication the suite stores at `offset` of `channel`: its data names
+/// both, so a read from the wrong channel or offset cannot pass.
+fn publication(channel: &str, offset: u64) -> StoredPublication {
+    let data = serde_json::json!({ "channel": channel, "offset": offset }).to_string();
+    StoredPublication {
+        offset,
+        data: Bytes::from(data),
+        info: (offset % 2 == 0).then(|| Bytes::from(format!(r#"{{"user":"u{offset}"}}"#))),
+        time_ms: 1_700_000_000_000 + offset,
+    }
+}
+
+fn raw(offset: u64, data: &str, info: Option<&str>) -> StoredPublication {
+    StoredPublication {
+        offset,
+        data: Bytes::copy_from_slice(data.as_bytes()),
+        info: info.map(|i| Bytes::copy_from_slice(i.as_bytes())),
+        time_ms: 1_700_000_000_000 + offset,
+    }
+}
+
+fn append(channel: &str, epoch: &str, offsets: std::ops::RangeInclusive<u64>) -> ChannelAppend {
+    ChannelAppend {
+        channel: channel.into(),
+        epoch: epoch.into(),
+        publications: offsets.map(|o| publication(channel, o)).collect(),
+        idempotency_keys: Vec::new(),
+    }
+}
+
+fn with_key(mut append: ChannelAppend, key: &str, offset: u64) -> ChannelAppend {
+    append.idempotency_keys.push((key.into(), offset));
+    append
+}
+
+fn forward(after: u64, before: Option<u64>, limit: usize) -> ReadRange {
+    ReadRange {
+        after,
+        before,
+        limit,
+        direction: Direction::Forward,
+    }
+}
+
+fn backward(after: u64, before: Option<u64>, limit: usize) -> ReadRange {
+    ReadRange {
+        after,
+        before,
+        limit,
+        direction: Direction::Backward,
+    }
+}
+
+fn offsets(page: &[StoredPublication]) -> Vec<u64> {
+    page.iter().map(|p| p.offset).collect()
+}

@@ -1,34 +1,633 @@
-//! The embedded store: fjall (an LSM tree) in the data dir. (Being written.)
+//! The embedded store: fjall (an LSM tree) in one directory of the data dir.
+//! The key layout and the reasons for it are in `schema/README.md`.
+//!
+//! Owns the byte encoding of keys and values and the check that a batch
+//! continues each channel densely from its stored head (I1). Every `append` is
+//! one fjall write batch across all channels, fsynced before it returns (I2);
+//! the writer groups publications into batches, so this is one fsync per
+//! writer batch. Reads are snapshot range scans that stop after `limit` items.
+//!
+//! Does not know who assigns offsets, NATS or the protocol. fjall locks the
+//! directory, so a second process opening it fails with `Unavailable`.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 
-use super::*;
+use super::{
+    ChannelAppend, Direction, Position, ReadRange, Store, StoreError, StoreErrorKind, StoreOptions,
+    StoreResult, StoredPublication,
+};
 
-pub struct EmbeddedStore {}
+/// Version byte leading every value this module writes, so a later layout can
+/// be told apart from this one.
+const VALUE_V1: u8 = 1;
+/// Flag bit in a v1 publication value: an info length and info follow the time.
+const HAS_INFO: u8 = 1;
+/// Expired idempotency keys deleted per write batch by `purge_expired_keys`,
+/// so a purge never holds the write lock (and stalls appends) for long.
+const PURGE_CHUNK: usize = 1024;
+/// First allocation for a read; `limit` may be far larger than what is stored.
+const READ_PREALLOC: usize = 1024;
+
+const MESSAGES: &str = "messages";
+const CHANNELS: &str = "channels";
+const KEYS: &str = "idempotency";
+const KEYS_BY_TIME: &str = "idempotency_by_time";
+
+/// The fjall-backed `Store`. Cheap to share behind an `Arc`; dropping the
+/// last handle closes the database and releases the directory lock.
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    /// escaped channel ++ offset (u64 BE) -> publication.
+    messages: Keyspace,
+    /// channel (raw UTF-8) -> head and epoch.
+    channels: Keyspace,
+    /// escaped channel ++ key -> offset and stored-at time.
+    keys: Keyspace,
+    /// stored-at ms (u64 BE) ++ escaped channel ++ key -> empty; the purge index.
+    keys_by_time: Keyspace,
+    retention: Duration,
+    /// Held by `append` from reading the heads to the fsynced commit, and by
+    /// each purge chunk, so no write slips between a check and its commit.
+    /// Only taken inside `spawn_blocking`, never across an `.await`.
+    write_lock: Mutex<()>,
+}
 
 impl EmbeddedStore {
-    pub fn open(_dir: &Path, _options: StoreOptions) -> StoreResult<Self> {
-        Err(StoreError::new(StoreErrorKind::Unavailable, "not yet written"))
+    /// Opens (or creates) the store in `dir`. Blocks while fjall recovers its
+    /// journal; call it at startup.
+    pub fn open(dir: &Path, options: StoreOptions) -> StoreResult<Self> {
+        let db = Database::builder(dir).open().map_err(|e| match e {
+            fjall::Error::Locked => StoreError::new(
+                StoreErrorKind::Unavailable,
+                format!(
+                    "{} is locked: another Herald process holds this store",
+                    dir.display()
+                ),
+            ),
+            e => map_err(&format!("opening {}", dir.display()), e),
+        })?;
+        let open_keyspace = |name: &str| {
+            db.keyspace(name, KeyspaceCreateOptions::default)
+                .map_err(|e| map_err(&format!("opening keyspace {name} in {}", dir.display()), e))
+        };
+        let inner = Inner {
+            messages: open_keyspace(MESSAGES)?,
+            channels: open_keyspace(CHANNELS)?,
+            keys: open_keyspace(KEYS)?,
+            keys_by_time: open_keyspace(KEYS_BY_TIME)?,
+            db,
+            retention: options.idempotency_retention,
+            write_lock: Mutex::new(()),
+        };
+        tracing::info!(dir = %dir.display(), "embedded store open");
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Runs blocking fjall work off the async runtime.
+    async fn blocking<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> StoreResult<T> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| {
+                StoreError::new(
+                    StoreErrorKind::Unavailable,
+                    format!("store task failed: {e}"),
+                )
+            })?
     }
 }
 
 #[async_trait]
 impl Store for EmbeddedStore {
-    async fn append(&self, _batch: &[ChannelAppend]) -> StoreResult<()> {
-        Err(StoreError::new(StoreErrorKind::Unavailable, "not yet written"))
+    async fn append(&self, batch: &[ChannelAppend]) -> StoreResult<()> {
+        let prepared = prepare(batch)?;
+        if prepared.is_empty() {
+            return Ok(());
+        }
+        self.blocking(move |inner| inner.append(prepared)).await
     }
-    async fn read(&self, _channel: &str, _range: ReadRange) -> StoreResult<Vec<StoredPublication>> {
-        Err(StoreError::new(StoreErrorKind::Unavailable, "not yet written"))
+
+    async fn read(&self, channel: &str, range: ReadRange) -> StoreResult<Vec<StoredPublication>> {
+        let channel = channel.to_owned();
+        self.blocking(move |inner| inner.read(&channel, range))
+            .await
     }
-    async fn position(&self, _channel: &str) -> StoreResult<Position> {
-        Err(StoreError::new(StoreErrorKind::Unavailable, "not yet written"))
+
+    async fn position(&self, channel: &str) -> StoreResult<Position> {
+        let channel = channel.to_owned();
+        self.blocking(move |inner| {
+            let value = inner
+                .db
+                .snapshot()
+                .get(&inner.channels, channel.as_bytes())
+                .map_err(|e| map_err("reading a channel head", e))?;
+            match value {
+                Some(v) => decode_position(&v).ok_or_else(|| corrupt_position(&channel)),
+                None => Ok(Position::default()),
+            }
+        })
+        .await
     }
-    async fn idempotent_offset(&self, _channel: &str, _key: &str) -> StoreResult<Option<u64>> {
-        Err(StoreError::new(StoreErrorKind::Unavailable, "not yet written"))
+
+    async fn idempotent_offset(&self, channel: &str, key: &str) -> StoreResult<Option<u64>> {
+        let primary = key_key(channel, key);
+        let channel = channel.to_owned();
+        self.blocking(move |inner| {
+            let value = inner
+                .db
+                .snapshot()
+                .get(&inner.keys, &primary)
+                .map_err(|e| map_err("reading an idempotency key", e))?;
+            let Some(value) = value else { return Ok(None) };
+            let (offset, stored_at) = decode_key_value(&value).ok_or_else(|| {
+                StoreError::new(
+                    StoreErrorKind::Corrupt,
+                    format!("undecodable idempotency key of channel {channel:?}"),
+                )
+            })?;
+            let expired = stored_at <= expiry_cutoff(now_ms(), inner.retention);
+            Ok((!expired).then_some(offset))
+        })
+        .await
     }
+
     async fn purge_expired_keys(&self) -> StoreResult<u64> {
-        Err(StoreError::new(StoreErrorKind::Unavailable, "not yet written"))
+        let purged = self.blocking(Inner::purge_expired_keys).await?;
+        tracing::debug!(purged, "idempotency keys purged");
+        Ok(purged)
+    }
+}
+
+impl Inner {
+    fn append(&self, prepared: Vec<Prepared>) -> StoreResult<()> {
+        let _guard = self
+            .write_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+
+        // Heads as they will be after the entries of this batch seen so far,
+        // so a channel may appear more than once in one batch.
+        let mut heads: HashMap<&str, Position> = HashMap::new();
+        for p in &prepared {
+            let stored = match heads.get(p.channel.as_str()) {
+                Some(pos) => Some(pos.clone()),
+                None => self.stored_position(&p.channel)?,
+            };
+            match stored {
+                None if p.first != 1 => {
+                    return Err(conflict(format!(
+                        "channel {:?} is new but the batch starts at offset {}",
+                        p.channel, p.first
+                    )));
+                }
+                Some(pos) if pos.epoch != p.epoch => {
+                    return Err(conflict(format!(
+                        "channel {:?} has epoch {:?}, the batch has {:?}",
+                        p.channel, pos.epoch, p.epoch
+                    )));
+                }
+                Some(pos) if Some(p.first) != pos.head.checked_add(1) => {
+                    return Err(conflict(format!(
+                        "channel {:?} has head {}, the batch starts at offset {}",
+                        p.channel, pos.head, p.first
+                    )));
+                }
+                _ => {}
+            }
+            heads.insert(
+                &p.channel,
+                Position {
+                    head: p.last,
+                    epoch: p.epoch.clone(),
+                },
+            );
+        }
+
+        let stored_at = now_ms();
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
+        for p in &prepared {
+            for (key, value) in &p.rows {
+                batch.insert(&self.messages, key.as_slice(), value.as_slice());
+            }
+            for (primary, offset) in &p.keys {
+                batch.insert(
+                    &self.keys,
+                    primary.as_slice(),
+                    encode_key_value(*offset, stored_at),
+                );
+                batch.insert(
+                    &self.keys_by_time,
+                    key_time_key(stored_at, primary),
+                    Vec::new(),
+                );
+            }
+        }
+        for (channel, pos) in &heads {
+            batch.insert(&self.channels, channel.as_bytes(), encode_position(pos));
+        }
+        batch.commit().map_err(|e| map_err("committing a batch", e))
+    }
+
+    fn stored_position(&self, channel: &str) -> StoreResult<Option<Position>> {
+        let value = self
+            .channels
+            .get(channel.as_bytes())
+            .map_err(|e| map_err("reading a channel head", e))?;
+        value
+            .map(|v| decode_position(&v).ok_or_else(|| corrupt_position(channel)))
+            .transpose()
+    }
+
+    fn read(&self, channel: &str, range: ReadRange) -> StoreResult<Vec<StoredPublication>> {
+        let Some(low) = range.after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let high = match range.before {
+            Some(before) if before <= low => return Ok(Vec::new()),
+            Some(before) => before - 1,
+            None => u64::MAX,
+        };
+        if range.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let prefix = channel_prefix(channel);
+        let start = message_key(&prefix, low);
+        let end = message_key(&prefix, high);
+        let iter = self.db.snapshot().range(&self.messages, start..=end);
+        let iter: Box<dyn Iterator<Item = fjall::Guard>> = match range.direction {
+            Direction::Forward => Box::new(iter),
+            Direction::Backward => Box::new(iter.rev()),
+        };
+        let mut out = Vec::with_capacity(range.limit.min(READ_PREALLOC));
+        for guard in iter.take(range.limit) {
+            let (key, value) = guard
+                .into_inner()
+                .map_err(|e| map_err("reading publications", e))?;
+            let publication = key
+                .get(prefix.len()..)
+                .and_then(|suffix| <[u8; 8]>::try_from(suffix).ok())
+                .and_then(|offset| decode_publication(u64::from_be_bytes(offset), &value))
+                .ok_or_else(|| {
+                    StoreError::new(
+                        StoreErrorKind::Corrupt,
+                        format!("undecodable publication in channel {channel:?}"),
+                    )
+                })?;
+            out.push(publication);
+        }
+        Ok(out)
+    }
+
+    fn purge_expired_keys(&self) -> StoreResult<u64> {
+        let cutoff = expiry_cutoff(now_ms(), self.retention);
+        let end = cutoff.saturating_add(1).to_be_bytes();
+        let mut purged = 0u64;
+        loop {
+            let _guard = self
+                .write_lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let mut batch = self.db.batch();
+            let mut seen = 0usize;
+            for guard in self
+                .db
+                .snapshot()
+                .range(&self.keys_by_time, ..end.as_slice())
+                .take(PURGE_CHUNK)
+            {
+                seen += 1;
+                let time_key = guard
+                    .key()
+                    .map_err(|e| map_err("scanning idempotency keys", e))?;
+                let primary = time_key.get(8..).unwrap_or_default();
+                // The key may have been stored again later; only an entry at
+                // least as old as the cutoff goes.
+                let current = self
+                    .keys
+                    .get(primary)
+                    .map_err(|e| map_err("reading an idempotency key", e))?;
+                let expired = current.as_deref().is_some_and(|v| {
+                    decode_key_value(v).is_none_or(|(_, stored_at)| stored_at <= cutoff)
+                });
+                if expired {
+                    batch.remove(&self.keys, primary);
+                    purged += 1;
+                }
+                batch.remove(&self.keys_by_time, time_key);
+            }
+            batch
+                .commit()
+                .map_err(|e| map_err("purging idempotency keys", e))?;
+            if seen < PURGE_CHUNK {
+                return Ok(purged);
+            }
+        }
+    }
+}
+
+/// One channel of a batch, validated and encoded outside the write lock.
+struct Prepared {
+    channel: String,
+    epoch: String,
+    first: u64,
+    last: u64,
+    /// (message key, publication value)
+    rows: Vec<(Vec<u8>, Vec<u8>)>,
+    /// (idempotency key in the `idempotency` keyspace, offset)
+    keys: Vec<(Vec<u8>, u64)>,
+}
+
+/// Checks what can be checked without the stored heads — each channel's
+/// offsets are contiguous, its epoch is set, its keys point into the batch —
+/// and encodes the rows.
+fn prepare(batch: &[ChannelAppend]) -> StoreResult<Vec<Prepared>> {
+    batch
+        .iter()
+        .map(|append| {
+            let channel = &append.channel;
+            let (Some(first_pub), Some(last_pub)) = (append.publications.first(), append.publications.last()) else {
+                return Err(conflict(format!("channel {channel:?}: an append without publications")));
+            };
+            if append.epoch.is_empty() {
+                return Err(conflict(format!("channel {channel:?}: an append without an epoch")));
+            }
+            let (first, last) = (first_pub.offset, last_pub.offset);
+            let prefix = channel_prefix(channel);
+            let mut rows = Vec::with_capacity(append.publications.len());
+            for (i, publication) in append.publications.iter().enumerate() {
+                if u64::try_from(i).ok().and_then(|i| first.checked_add(i)) != Some(publication.offset) {
+                    return Err(conflict(format!(
+                        "channel {channel:?}: offsets not contiguous at {} (batch starts at {first})",
+                        publication.offset
+                    )));
+                }
+                rows.push((message_key(&prefix, publication.offset), encode_publication(publication)));
+            }
+            let keys = append
+                .idempotency_keys
+                .iter()
+                .map(|(key, offset)| {
+                    if (first..=last).contains(offset) {
+                        Ok((key_key(channel, key), *offset))
+                    } else {
+                        Err(conflict(format!(
+                            "channel {channel:?}: idempotency key for offset {offset} outside the batch {first}..={last}"
+                        )))
+                    }
+                })
+                .collect::<StoreResult<_>>()?;
+            Ok(Prepared {
+                channel: channel.clone(),
+                epoch: append.epoch.clone(),
+                first,
+                last,
+                rows,
+                keys,
+            })
+        })
+        .collect()
+}
+
+/// The channel as a key prefix that no other channel's prefix starts with and
+/// that keeps byte order: each 0x00 becomes 0x00 0xFF, then 0x00 0x00 ends it.
+fn channel_prefix(channel: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(channel.len() + 2);
+    for &b in channel.as_bytes() {
+        out.push(b);
+        if b == 0 {
+            out.push(0xFF);
+        }
+    }
+    out.extend_from_slice(&[0, 0]);
+    out
+}
+
+fn message_key(prefix: &[u8], offset: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(prefix.len() + 8);
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(&offset.to_be_bytes());
+    out
+}
+
+/// Key in the `idempotency` keyspace: the escaped channel, then the key as is
+/// (the last component needs no terminator).
+fn key_key(channel: &str, key: &str) -> Vec<u8> {
+    let mut out = channel_prefix(channel);
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+fn key_time_key(stored_at: u64, primary: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + primary.len());
+    out.extend_from_slice(&stored_at.to_be_bytes());
+    out.extend_from_slice(primary);
+    out
+}
+
+/// v1: version, flags, time_ms (u64 BE), [info length (u32 BE), info], data.
+fn encode_publication(p: &StoredPublication) -> Vec<u8> {
+    let info_len = p.info.as_ref().map_or(0, |i| 4 + i.len());
+    let mut out = Vec::with_capacity(10 + info_len + p.data.len());
+    out.push(VALUE_V1);
+    out.push(if p.info.is_some() { HAS_INFO } else { 0 });
+    out.extend_from_slice(&p.time_ms.to_be_bytes());
+    if let Some(info) = &p.info {
+        // Messages are bounded far below 4 GiB by the ingest size limit.
+        let len = u32::try_from(info.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(info);
+    }
+    out.extend_from_slice(&p.data);
+    out
+}
+
+fn decode_publication(offset: u64, value: &[u8]) -> Option<StoredPublication> {
+    let (&version, rest) = value.split_first()?;
+    if version != VALUE_V1 {
+        return None;
+    }
+    let (&flags, rest) = rest.split_first()?;
+    let (time, rest) = rest.split_first_chunk::<8>()?;
+    let (info, data) = if flags & HAS_INFO != 0 {
+        let (len, rest) = rest.split_first_chunk::<4>()?;
+        let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
+        let (info, data) = rest.split_at_checked(len)?;
+        (Some(Bytes::copy_from_slice(info)), data)
+    } else {
+        (None, rest)
+    };
+    Some(StoredPublication {
+        offset,
+        data: Bytes::copy_from_slice(data),
+        info,
+        time_ms: u64::from_be_bytes(*time),
+    })
+}
+
+/// v1: version, head (u64 BE), epoch (UTF-8, the rest).
+fn encode_position(pos: &Position) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + pos.epoch.len());
+    out.push(VALUE_V1);
+    out.extend_from_slice(&pos.head.to_be_bytes());
+    out.extend_from_slice(pos.epoch.as_bytes());
+    out
+}
+
+fn decode_position(value: &[u8]) -> Option<Position> {
+    let (&VALUE_V1, rest) = value.split_first()? else {
+        return None;
+    };
+    let (head, epoch) = rest.split_first_chunk::<8>()?;
+    Some(Position {
+        head: u64::from_be_bytes(*head),
+        epoch: String::from_utf8(epoch.to_vec()).ok()?,
+    })
+}
+
+/// v1: version, offset (u64 BE), stored-at ms (u64 BE).
+fn encode_key_value(offset: u64, stored_at: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(17);
+    out.push(VALUE_V1);
+    out.extend_from_slice(&offset.to_be_bytes());
+    out.extend_from_slice(&stored_at.to_be_bytes());
+    out
+}
+
+fn decode_key_value(value: &[u8]) -> Option<(u64, u64)> {
+    let (&VALUE_V1, rest) = value.split_first()? else {
+        return None;
+    };
+    let (offset, rest) = rest.split_first_chunk::<8>()?;
+    let stored_at = <[u8; 8]>::try_from(rest).ok()?;
+    Some((u64::from_be_bytes(*offset), u64::from_be_bytes(stored_at)))
+}
+
+/// Keys stored at or before this time (ms) are expired.
+fn expiry_cutoff(now_ms: u64, retention: Duration) -> u64 {
+    now_ms.saturating_sub(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn conflict(message: String) -> StoreError {
+    StoreError::new(StoreErrorKind::Conflict, message)
+}
+
+fn corrupt_position(channel: &str) -> StoreError {
+    StoreError::new(
+        StoreErrorKind::Corrupt,
+        format!("undecodable head of channel {channel:?}"),
+    )
+}
+
+fn map_err(context: &str, e: fjall::Error) -> StoreError {
+    let kind = match &e {
+        fjall::Error::Io(_) | fjall::Error::Storage(fjall::LsmError::Io(_)) => StoreErrorKind::Io,
+        // Poisoned: an earlier fsync failed and fjall refuses writes until
+        // the process restarts and recovers the journal.
+        fjall::Error::Locked | fjall::Error::Poisoned | fjall::Error::KeyspaceDeleted => {
+            StoreErrorKind::Unavailable
+        }
+        _ => StoreErrorKind::Corrupt,
+    };
+    StoreError::new(kind, format!("{context}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(channel: &str, offset: u64) -> Vec<u8> {
+        message_key(&channel_prefix(channel), offset)
+    }
+
+    #[test]
+    fn offsets_sort_numerically_within_a_channel() {
+        assert!(key("a", 255) < key("a", 256));
+        assert!(key("a", 1) < key("a", 2));
+        assert!(key("a", 4095) < key("a", 4096));
+        assert!(key("a", u64::MAX - 1) < key("a", u64::MAX));
+    }
+
+    #[test]
+    fn channels_that_prefix_each_other_do_not_interleave() {
+        // Every key of "a" sorts before every key of "ab" and of "a\0".
+        for other in ["ab", "a\0", "a\0b", "a\u{1}"] {
+            assert!(key("a", u64::MAX) < key(other, 0), "a vs {other:?}");
+            assert!(
+                !key(other, 7).starts_with(&channel_prefix("a")),
+                "a vs {other:?}"
+            );
+        }
+        assert!(key("a\0", u64::MAX) < key("a\0b", 0));
+        assert_ne!(channel_prefix("a\0"), channel_prefix("a"));
+    }
+
+    #[test]
+    fn values_round_trip() {
+        let with_info = StoredPublication {
+            offset: 9,
+            data: Bytes::from_static(br#"{"x": "\u00e9 \u2713"}"#),
+            info: Some(Bytes::from_static(br#"{"user":"42"}"#)),
+            time_ms: 1_700_000_000_123,
+        };
+        let without_info = StoredPublication {
+            info: None,
+            data: Bytes::new(),
+            ..with_info.clone()
+        };
+        for p in [with_info, without_info] {
+            assert_eq!(decode_publication(9, &encode_publication(&p)), Some(p));
+        }
+        let pos = Position {
+            head: 4097,
+            epoch: "ép".into(),
+        };
+        assert_eq!(decode_position(&encode_position(&pos)), Some(pos));
+        assert_eq!(decode_key_value(&encode_key_value(5, 77)), Some((5, 77)));
+        assert_eq!(decode_publication(1, &[2, 0, 0]), None);
+        assert_eq!(decode_key_value(&[1, 0]), None);
+    }
+
+    #[test]
+    fn prepare_refuses_non_contiguous_offsets() {
+        let publication = |offset| StoredPublication {
+            offset,
+            data: Bytes::from_static(b"1"),
+            info: None,
+            time_ms: 0,
+        };
+        let append = |offsets: &[u64]| ChannelAppend {
+            channel: "c".into(),
+            epoch: "e".into(),
+            publications: offsets.iter().copied().map(publication).collect(),
+            idempotency_keys: vec![],
+        };
+        assert!(prepare(&[append(&[3, 4, 5])]).is_ok());
+        let err = prepare(&[append(&[1, 2, 4])]).err().map(|e| e.kind);
+        assert_eq!(err, Some(StoreErrorKind::Conflict));
+        let err = prepare(&[append(&[])]).err().map(|e| e.kind);
+        assert_eq!(err, Some(StoreErrorKind::Conflict));
     }
 }

@@ -38,12 +38,15 @@ pub struct Position {
 #[derive(Debug, Clone)]
 pub struct ChannelAppend {
     pub channel: String,
-    /// The channel's epoch; fixed by the writer when the first publication is
-    /// stored, and the same on every later append.
+    /// The channel's epoch, never empty; fixed by the writer when the first
+    /// publication is stored, and the same on every later append.
     pub epoch: String,
-    /// Contiguous offsets, the first being the stored head + 1.
+    /// Contiguous offsets, the first being the stored head + 1. Never empty;
+    /// a channel may appear more than once in a batch if each entry continues
+    /// the one before it.
     pub publications: Vec<StoredPublication>,
-    /// Idempotency keys of these publications, with the offset each got.
+    /// Idempotency keys of these publications, with the offset each got
+    /// (an offset inside `publications`).
     pub idempotency_keys: Vec<(String, u64)>,
 }
 
@@ -120,7 +123,8 @@ pub trait Store: Send + Sync + 'static {
     /// differs from the stored one.
     async fn append(&self, batch: &[ChannelAppend]) -> StoreResult<()>;
 
-    /// Reads publications of a channel in the given range and direction.
+    /// Reads at most `range.limit` publications of a channel in the given
+    /// range and direction; an unknown channel reads empty.
     async fn read(&self, channel: &str, range: ReadRange) -> StoreResult<Vec<StoredPublication>>;
 
     /// Head and epoch; `head == 0` and an empty epoch for an unknown channel.

@@ -34,8 +34,12 @@ impl SyncClient {
     }
 
     async fn call(&self, req: &SyncRequest) -> Result<SyncReply, SyncClientError> {
-        let body = Bytes::from(serde_json::to_vec(req).map_err(|e| SyncClientError::Decode(e.to_string()))?);
-        let request = async_nats::Request::new().payload(body).timeout(Some(self.timeout));
+        let body = Bytes::from(
+            serde_json::to_vec(req).map_err(|e| SyncClientError::Decode(e.to_string()))?,
+        );
+        let request = async_nats::Request::new()
+            .payload(body)
+            .timeout(Some(self.timeout));
         let msg = self
             .client
             .send_request(subjects::SYNC, request)
@@ -45,8 +49,8 @@ impl SyncClient {
                 async_nats::RequestErrorKind::TimedOut => SyncClientError::Timeout,
                 _ => SyncClientError::Request(e.to_string()),
             })?;
-        let reply: SyncReply =
-            serde_json::from_slice(&msg.payload).map_err(|e| SyncClientError::Decode(e.to_string()))?;
+        let reply: SyncReply = serde_json::from_slice(&msg.payload)
+            .map_err(|e| SyncClientError::Decode(e.to_string()))?;
         match reply {
             SyncReply::Error { kind, message } => Err(SyncClientError::Remote { kind, message }),
             other => Ok(other),
@@ -76,14 +80,20 @@ impl SyncClient {
     }
 
     /// The stored offset and the epoch of (channel, key), if stored.
-    pub async fn idempotent_offset(&self, channel: &str, key: &str) -> Result<Option<(u64, String)>, SyncClientError> {
+    pub async fn idempotent_offset(
+        &self,
+        channel: &str,
+        key: &str,
+    ) -> Result<Option<(u64, String)>, SyncClientError> {
         let req = SyncRequest::Idempotency {
             channel: channel.to_string(),
             key: key.to_string(),
         };
         match self.call(&req).await? {
             SyncReply::Idempotency { offset, epoch } => Ok(offset.map(|o| (o, epoch))),
-            _ => Err(SyncClientError::Decode("expected an idempotency answer".into())),
+            _ => Err(SyncClientError::Decode(
+                "expected an idempotency answer".into(),
+            )),
         }
     }
 }

@@ -1,33 +1,179 @@
-//! The sync role: read-only history by offset cursor, over HTTP for clients and
-//! over NATS request/reply for edges. (Being written.)
+//! The sync role: read-only history by offset cursor, over HTTP for clients
+//! ([`SyncService::router`]) and over NATS request/reply for edges and
+//! publishers ([`SyncService::serve_nats`], the client side is [`client`]).
+//!
+//! Both transports go through [`SyncService::read`] and
+//! [`SyncService::idempotency`]: channel validation, the page-size cap,
+//! coalescing of identical concurrent reads (`coalesce`) and the store reads
+//! with their timeout and history retention (`reader`).
+//!
+//! Owns no state but the in-flight reads: it never writes the store and does
+//! not know how offsets are assigned.
 
 pub mod client;
+mod coalesce;
+mod http;
+mod reader;
+mod responder;
 pub mod wire;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Verifier;
-use crate::config::ChannelsConfig;
-use crate::store::SharedStore;
+use crate::channel::Channel;
+use crate::config::{ChannelsConfig, SyncConfig};
+use crate::protocol::ProtocolError;
+use crate::store::{Direction, ReadRange, SharedStore};
+use coalesce::Coalescer;
+use reader::Reader;
+pub use reader::{ReadError, ReadPage};
+
+/// NATS requests handled at once per instance; more wait for a slot.
+pub const DEFAULT_CONCURRENCY: usize = 256;
+/// Distinct reads coalesced at once; more run uncoalesced.
+pub const DEFAULT_COALESCE_CAPACITY: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub struct SyncSettings {
+    /// Largest page served; larger limits are capped to it.
+    pub page_limit: usize,
+    /// Bound of every store call. Shorter than the edges' `sync_timeout` so
+    /// a stuck store is answered with an error before the edge gives up.
+    pub store_timeout: Duration,
+    /// NATS requests handled concurrently.
+    pub concurrency: usize,
+    /// Keys the coalescing map holds at most.
+    pub coalesce_capacity: usize,
+}
+
+impl SyncSettings {
+    /// From the config: the store timeout is three quarters of `sync_timeout`.
+    pub fn from_config(config: &SyncConfig) -> Self {
+        Self {
+            page_limit: config.page_limit,
+            store_timeout: config.timeout * 3 / 4,
+            concurrency: DEFAULT_CONCURRENCY,
+            coalesce_capacity: DEFAULT_COALESCE_CAPACITY,
+        }
+    }
+}
+
+/// The identity of a read for coalescing: channel and range.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PageKey {
+    channel: String,
+    after: u64,
+    before: Option<u64>,
+    limit: usize,
+    backward: bool,
+}
+
+type PageResult = Result<Arc<ReadPage>, ReadError>;
 
 pub struct SyncService {
-    pub store: SharedStore,
-    pub channels: ChannelsConfig,
-    pub page_limit: usize,
+    channels: ChannelsConfig,
+    settings: SyncSettings,
+    reader: Arc<Reader>,
+    pages: Coalescer<PageKey, PageResult>,
 }
 
 impl SyncService {
-    /// HTTP routes: `GET /api/v1/channels/{channel}/publications`.
-    pub fn router(self: &Arc<Self>, _verifier: Verifier) -> Router {
-        Router::new()
+    pub fn new(store: SharedStore, channels: ChannelsConfig, settings: SyncSettings) -> Self {
+        Self {
+            channels,
+            reader: Arc::new(Reader::new(store, settings.store_timeout)),
+            pages: Coalescer::new(settings.coalesce_capacity),
+            settings,
+        }
     }
 
-    /// Answers `subjects::SYNC` requests (queue group `sync`) until `shutdown`.
-    pub async fn serve_nats(self: Arc<Self>, _client: async_nats::Client, shutdown: CancellationToken) -> Result<(), async_nats::SubscribeError> {
-        shutdown.cancelled().await;
-        Ok(())
+    pub fn settings(&self) -> &SyncSettings {
+        &self.settings
+    }
+
+    /// Store calls made so far (a page read is one or more; coalesced
+    /// readers share them).
+    pub fn store_calls(&self) -> u64 {
+        self.reader.store_calls()
+    }
+
+    /// Distinct reads running or waiting to run now (0 when idle).
+    pub fn reads_in_flight(&self) -> usize {
+        self.pages.in_flight()
+    }
+
+    fn channel<'a>(&self, name: &'a str) -> Result<Channel<'a>, ReadError> {
+        Channel::parse(name, &self.channels).map_err(|e| match e {
+            ProtocolError::UnknownChannel => ReadError::UnknownNamespace,
+            _ => ReadError::BadChannel,
+        })
+    }
+
+    /// A page of `channel`: `range.limit` is capped at the page limit (0
+    /// reads only the head, epoch and first available offset). Identical
+    /// concurrent reads share one execution that started after each of them
+    /// arrived.
+    pub async fn read(&self, channel: &str, range: ReadRange) -> PageResult {
+        let parsed = self.channel(channel)?;
+        if !parsed.options.history {
+            return Err(ReadError::NoHistory);
+        }
+        let retention = parsed.options.history_retention;
+        let range = ReadRange {
+            limit: range.limit.min(self.settings.page_limit),
+            ..range
+        };
+        let key = PageKey {
+            channel: channel.to_string(),
+            after: range.after,
+            before: range.before,
+            limit: range.limit,
+            backward: range.direction == Direction::Backward,
+        };
+        let reader = self.reader.clone();
+        let channel = key.channel.clone();
+        let work = move || async move {
+            match reader.page(&channel, retention, range).await {
+                Ok(page) => Ok(Arc::new(page)),
+                Err(e) => Err(ReadError::from(&e)),
+            }
+        };
+        self.pages
+            .run(key, work)
+            .await
+            .unwrap_or(Err(ReadError::Internal))
+    }
+
+    /// The offset stored under (channel, key), if any, and the channel's epoch.
+    pub async fn idempotency(
+        &self,
+        channel: &str,
+        key: &str,
+    ) -> Result<(Option<u64>, String), ReadError> {
+        self.channel(channel)?;
+        self.reader
+            .idempotency(channel, key)
+            .await
+            .map_err(|e| ReadError::from(&e))
+    }
+
+    /// HTTP routes: `GET /api/v1/channels/{channel}/publications` (see
+    /// `http` for the contract).
+    pub fn router(self: &Arc<Self>, verifier: Verifier) -> Router {
+        http::router(self.clone(), verifier)
+    }
+
+    /// Answers `subjects::SYNC` requests (queue group `sync`) until
+    /// `shutdown`, then finishes the requests in hand.
+    pub async fn serve_nats(
+        self: Arc<Self>,
+        client: async_nats::Client,
+        shutdown: CancellationToken,
+    ) -> Result<(), async_nats::SubscribeError> {
+        responder::serve(self, client, shutdown).await
     }
 }

@@ -7,6 +7,9 @@
 
 #![allow(dead_code)]
 
+pub mod node;
+pub mod ws;
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -44,7 +47,9 @@ impl TestNats {
     }
 
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url()).await.expect("connect to test nats")
+        async_nats::connect(self.url())
+            .await
+            .expect("connect to test nats")
     }
 }
 

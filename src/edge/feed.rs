@@ -1,0 +1,170 @@
+//! A channel's feed: the edge's one NATS subscription to a channel subject,
+//! alive while the channel has local subscribers (the hub starts and stops
+//! it).
+//!
+//! It encodes each publication into a push frame once and hands it to the
+//! hub. For history channels it keeps the channel's last offset: a duplicate
+//! is dropped, and a gap (offset n+2 right after n, e.g. a core NATS message
+//! lost in a reconnect or a slow subscription) is filled from sync before
+//! anything later is delivered; if it cannot be filled, every local
+//! subscription ends with "insufficient state" so the SDKs resubscribe and
+//! recover (I4).
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use serde::Deserialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::hub::{FeedStatus, Hub};
+use crate::bus::subjects;
+use crate::protocol;
+use crate::sync::client::SyncClient;
+
+/// What every feed needs; cloned into each.
+#[derive(Clone)]
+pub struct FeedDeps {
+    pub nats: async_nats::Client,
+    pub sync: SyncClient,
+    /// Largest gap a feed fills from sync; past it, subscribers recover themselves.
+    pub gap_fill_limit: usize,
+}
+
+#[derive(Deserialize)]
+struct OffsetOnly {
+    #[serde(default)]
+    offset: u64,
+}
+
+fn header_u64(msg: &async_nats::Message, name: &str) -> Option<u64> {
+    msg.headers.as_ref()?.get(name)?.as_str().parse().ok()
+}
+
+fn header_string(msg: &async_nats::Message, name: &str) -> Option<String> {
+    Some(msg.headers.as_ref()?.get(name)?.as_str().to_string())
+}
+
+pub async fn run(
+    hub: Arc<Hub>,
+    deps: FeedDeps,
+    channel: Arc<str>,
+    feed_id: u64,
+    history: bool,
+    status: watch::Sender<FeedStatus>,
+    stop: CancellationToken,
+) {
+    let mut sub = match deps
+        .nats
+        .subscribe(subjects::channel_subject(&channel))
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "channel subscribe failed");
+            let _ = status.send(FeedStatus::Failed);
+            return;
+        }
+    };
+    // The flush round trip guarantees the server has our SUB before any
+    // subscriber reads its starting position from sync.
+    if let Err(e) = deps.nats.flush().await {
+        tracing::warn!(error = %e, "channel subscribe not confirmed");
+        let _ = status.send(FeedStatus::Failed);
+        return;
+    }
+    let _ = status.send(FeedStatus::Ready);
+
+    let mut last: Option<u64> = None;
+    let mut epoch: Option<String> = None;
+    loop {
+        let msg = tokio::select! {
+            _ = stop.cancelled() => break,
+            m = sub.next() => m,
+        };
+        let Some(msg) = msg else {
+            // The NATS client is gone: nothing more will arrive.
+            hub.fail_all(&channel, feed_id);
+            break;
+        };
+        let offset = if history {
+            header_u64(&msg, subjects::OFFSET_HEADER)
+        } else {
+            None
+        };
+        let Some(offset) = offset else {
+            let frame = protocol::publication_push(&channel, &msg.payload);
+            hub.broadcast(&channel, feed_id, None, &frame);
+            continue;
+        };
+        let msg_epoch = header_string(&msg, subjects::EPOCH_HEADER);
+        if msg_epoch != epoch {
+            // First message, or the channel's history was reset.
+            epoch = msg_epoch;
+            last = None;
+        }
+        if let Some(l) = last {
+            if offset <= l {
+                continue;
+            }
+            if offset > l + 1 && !fill_gap(&hub, &deps, &channel, feed_id, l, offset).await {
+                metrics::counter!(crate::metrics::GAPS_FILLED_TOTAL, "result" => "failed")
+                    .increment(1);
+                hub.fail_all(&channel, feed_id);
+            }
+        }
+        last = Some(offset);
+        let frame = protocol::publication_push(&channel, &msg.payload);
+        hub.broadcast(&channel, feed_id, Some(offset), &frame);
+    }
+    let _ = sub.unsubscribe().await;
+}
+
+/// Fetches offsets `after+1 .. before-1` from sync and broadcasts them in
+/// order. False if they could not all be fetched.
+async fn fill_gap(
+    hub: &Hub,
+    deps: &FeedDeps,
+    channel: &str,
+    feed_id: u64,
+    after: u64,
+    before: u64,
+) -> bool {
+    let missing = (before - after - 1) as usize;
+    if missing > deps.gap_fill_limit {
+        return false;
+    }
+    let page = match deps
+        .sync
+        .read(channel, after, Some(before), missing, false)
+        .await
+    {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "gap fill read failed");
+            return false;
+        }
+    };
+    if page.publications.len() != missing {
+        return false;
+    }
+    let mut expected = after + 1;
+    let mut frames = Vec::with_capacity(missing);
+    for p in &page.publications {
+        match serde_json::from_str::<OffsetOnly>(p.get()) {
+            Ok(o) if o.offset == expected => {
+                frames.push((
+                    o.offset,
+                    protocol::publication_push(channel, p.get().as_bytes()),
+                ));
+                expected += 1;
+            }
+            _ => return false,
+        }
+    }
+    for (offset, frame) in frames {
+        hub.broadcast(channel, feed_id, Some(offset), &frame);
+    }
+    metrics::counter!(crate::metrics::GAPS_FILLED_TOTAL, "result" => "filled").increment(1);
+    true
+}

@@ -1,0 +1,203 @@
+//! A connection's outbound queue: frames waiting to be written to its socket.
+//!
+//! Bounded in bytes (`client_queue_max_bytes`). Overflow policy: the client is
+//! too slow, the queue is dropped and the connection closed with 3008 (I7).
+//! The writer task drains everything queued into one WebSocket frame
+//! (newline-separated, as the protocol allows), so a burst costs one write.
+//!
+//! Producers: the session (replies), the hub (publications), the edge (close).
+//! The only consumer is the connection's writer task. Knows nothing of the
+//! protocol beyond the close codes.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::Disconnect;
+
+/// Why a frame was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// The connection is closing; the frame is dropped.
+    Closed,
+    /// The queue would pass its bound: the connection is now closing with 3008.
+    Overflow,
+}
+
+/// What the writer takes out in one go.
+pub struct Batch {
+    /// Everything queued, joined with `\n`; empty when nothing was queued.
+    pub frame: Bytes,
+    pub frames: usize,
+    /// Set when the connection must close after writing `frame`.
+    pub close: Option<Disconnect>,
+}
+
+struct Inner {
+    queue: VecDeque<Bytes>,
+    bytes: usize,
+    close: Option<Disconnect>,
+}
+
+pub struct Outbox {
+    inner: Mutex<Inner>,
+    limit: usize,
+    /// Wakes the writer task; a permit is stored if it is not waiting.
+    wake: Notify,
+    /// Fires once the connection starts closing, for the session's read loop.
+    closing: CancellationToken,
+}
+
+impl Outbox {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                queue: VecDeque::new(),
+                bytes: 0,
+                close: None,
+            }),
+            limit,
+            wake: Notify::new(),
+            closing: CancellationToken::new(),
+        }
+    }
+
+    /// Queues one frame (one JSON object, no trailing newline).
+    pub fn push(&self, frame: Bytes) -> Result<(), PushError> {
+        let mut inner = self.inner.lock().expect("outbox lock");
+        if inner.close.is_some() {
+            return Err(PushError::Closed);
+        }
+        if inner.bytes + frame.len() > self.limit {
+            inner.queue.clear();
+            inner.bytes = 0;
+            inner.close = Some(Disconnect::SLOW);
+            drop(inner);
+            metrics::counter!(crate::metrics::SLOW_DISCONNECTS_TOTAL).increment(1);
+            self.closing.cancel();
+            self.wake.notify_one();
+            return Err(PushError::Overflow);
+        }
+        inner.bytes += frame.len();
+        inner.queue.push_back(frame);
+        drop(inner);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Asks the writer to close with `d` after writing what is queued. The
+    /// first close wins.
+    pub fn close(&self, d: Disconnect) {
+        let mut inner = self.inner.lock().expect("outbox lock");
+        if inner.close.is_none() {
+            inner.close = Some(d);
+        }
+        drop(inner);
+        self.closing.cancel();
+        self.wake.notify_one();
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.is_cancelled()
+    }
+
+    /// Resolves once the connection starts closing.
+    pub async fn closing(&self) {
+        self.closing.cancelled().await
+    }
+
+    /// Why the connection is closing, once it is.
+    pub fn close_reason(&self) -> Option<Disconnect> {
+        self.inner.lock().expect("outbox lock").close
+    }
+
+    /// Bytes queued now.
+    pub fn queued_bytes(&self) -> usize {
+        self.inner.lock().expect("outbox lock").bytes
+    }
+
+    /// Waits until something is queued or the connection closes, then takes
+    /// it all.
+    pub async fn next_batch(&self) -> Batch {
+        loop {
+            if let Some(batch) = self.take() {
+                return batch;
+            }
+            self.wake.notified().await;
+        }
+    }
+
+    fn take(&self) -> Option<Batch> {
+        let mut inner = self.inner.lock().expect("outbox lock");
+        if inner.queue.is_empty() && inner.close.is_none() {
+            return None;
+        }
+        let frames = inner.queue.len();
+        let frame = match frames {
+            0 => Bytes::new(),
+            1 => inner.queue.pop_front().unwrap_or_default(),
+            _ => {
+                let mut out = BytesMut::with_capacity(inner.bytes + frames);
+                for (i, f) in inner.queue.drain(..).enumerate() {
+                    if i > 0 {
+                        out.extend_from_slice(b"\n");
+                    }
+                    out.extend_from_slice(&f);
+                }
+                out.freeze()
+            }
+        };
+        inner.bytes = 0;
+        Some(Batch {
+            frame,
+            frames,
+            close: inner.close,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn coalesces_frames_with_newlines() {
+        let o = Outbox::new(1024);
+        o.push(Bytes::from_static(b"{\"a\":1}")).unwrap();
+        o.push(Bytes::from_static(b"{\"b\":2}")).unwrap();
+        let b = o.next_batch().await;
+        assert_eq!(&b.frame[..], b"{\"a\":1}\n{\"b\":2}");
+        assert_eq!(b.frames, 2);
+        assert!(b.close.is_none());
+        assert_eq!(o.queued_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn overflow_closes_slow() {
+        let o = Outbox::new(10);
+        o.push(Bytes::from_static(b"123456")).unwrap();
+        assert_eq!(
+            o.push(Bytes::from_static(b"123456")),
+            Err(PushError::Overflow)
+        );
+        assert!(o.is_closing());
+        let b = o.next_batch().await;
+        assert!(b.frame.is_empty(), "a slow client's queue is dropped");
+        assert_eq!(b.close, Some(Disconnect::SLOW));
+        assert_eq!(o.push(Bytes::from_static(b"1")), Err(PushError::Closed));
+    }
+
+    #[tokio::test]
+    async fn close_flushes_queued_first() {
+        let o = Outbox::new(100);
+        o.push(Bytes::from_static(b"x")).unwrap();
+        o.close(Disconnect::SHUTDOWN);
+        o.close(Disconnect::NO_PONG);
+        let b = o.next_batch().await;
+        assert_eq!(&b.frame[..], b"x");
+        assert_eq!(b.close, Some(Disconnect::SHUTDOWN));
+    }
+}

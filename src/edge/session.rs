@@ -1,0 +1,771 @@
+//! One client connection: the read loop (commands in order, timers) and the
+//! writer task (drains the outbox into the socket).
+//!
+//! Owns the connection's protocol state — authenticated user, subscriptions
+//! with their expiry, ping/pong — and turns each command into a reply or a
+//! disconnect. One connection's error never touches another: every failure
+//! ends in a reply error or a close code for this connection only.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use bytes::Bytes;
+use futures::stream::SplitSink;
+use futures::{SinkExt, StreamExt};
+use serde_json::value::RawValue;
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::Instrument;
+
+use super::Edge;
+use super::hub::{FeedStatus, GoLive, SessionId, Subscriber};
+use super::outbox::Outbox;
+use crate::auth::{TokenError, now_secs};
+use crate::bus::publisher::{PublishErrorKind, PublishRequest};
+use crate::channel::Channel;
+use crate::metrics as m;
+use crate::protocol::{
+    self, ClientInfo, Command, ConnectRequest, ConnectResult, Disconnect, Empty, ErrorBody,
+    HistoryRequest, HistoryResult, Method, ProtocolError, PublishResult, RefreshRequest,
+    RefreshResult, Reply, ReplyResult, SubRefreshRequest, SubRefreshResult, SubscribeRequest,
+    SubscribeResult, Unsubscribe,
+};
+
+/// Closing because the client closed (never sent to it).
+const CLIENT_CLOSED: Disconnect = Disconnect::new(3000, "connection closed");
+/// WebSocket "message too big" for a frame over `client_message_size_limit`.
+pub const MESSAGE_TOO_BIG: Disconnect = Disconnect::new(1009, "message too big");
+/// How long the writer spends on the last frames of a closing connection.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How a command fails: a reply error, or the end of the connection.
+enum Fail {
+    Error(ProtocolError),
+    Close(Disconnect),
+}
+
+impl From<ProtocolError> for Fail {
+    fn from(e: ProtocolError) -> Self {
+        Self::Error(e)
+    }
+}
+
+struct Authed {
+    user: String,
+    /// `ClientInfo` of this connection without channel info, for publications.
+    conn_info: Option<Box<RawValue>>,
+    expires_at: Option<Instant>,
+}
+
+struct Sub {
+    subscriber: Arc<Subscriber>,
+    expires_at: Option<Instant>,
+    chan_info: Option<Box<RawValue>>,
+    /// Subscribed to a private channel (token checked).
+    private: bool,
+}
+
+/// A subscription registered in the hub and positioned, reply not yet sent.
+struct Prepared {
+    subscriber: Arc<Subscriber>,
+    result: SubscribeResult,
+    position: u64,
+}
+
+struct Session {
+    edge: Arc<Edge>,
+    id: SessionId,
+    client_id: String,
+    outbox: Arc<Outbox>,
+    authed: Option<Authed>,
+    subs: HashMap<String, Sub>,
+    opened: Instant,
+    pong_deadline: Option<Instant>,
+}
+
+fn expiry_instant(exp: u64) -> Instant {
+    Instant::now() + Duration::from_secs(exp.saturating_sub(now_secs()))
+}
+
+fn ttl(exp: u64) -> u32 {
+    exp.saturating_sub(now_secs()).min(u64::from(u32::MAX)) as u32
+}
+
+pub(super) async fn run(edge: Arc<Edge>, socket: WebSocket, id: SessionId) {
+    let (sink, mut stream) = socket.split();
+    let outbox = Arc::new(Outbox::new(edge.settings.client.queue_max_bytes));
+    tokio::spawn(write_loop(sink, outbox.clone()));
+    edge.register(id, outbox.clone());
+    metrics::gauge!(m::CONNECTIONS).increment(1.0);
+
+    let ping_every = edge.settings.client.ping_interval;
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut s = Session {
+        edge: edge.clone(),
+        id,
+        client_id: uuid::Uuid::new_v4().to_string(),
+        outbox: outbox.clone(),
+        authed: None,
+        subs: HashMap::new(),
+        opened: Instant::now(),
+        pong_deadline: None,
+    };
+    let reason = async {
+        loop {
+            let deadline = s.next_deadline();
+            let authed = s.authed.is_some();
+            let step = tokio::select! {
+                _ = outbox.closing() => break None,
+                msg = stream.next() => match msg {
+                    Some(Ok(Message::Text(text))) => {
+                        metrics::counter!(m::BYTES_IN_TOTAL).increment(text.len() as u64);
+                        s.handle_frame(text.as_str()).await
+                    }
+                    Some(Ok(Message::Binary(_))) => Err(Disconnect::BAD_REQUEST),
+                    Some(Ok(Message::Close(_))) | None => break Some(CLIENT_CLOSED),
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "read failed");
+                        break Some(CLIENT_CLOSED);
+                    }
+                    Some(Ok(_)) => Ok(()),
+                },
+                _ = ping.tick(), if authed => {
+                    s.send_ping();
+                    Ok(())
+                }
+                _ = tokio::time::sleep_until(deadline) => s.on_deadline(),
+            };
+            if let Err(d) = step {
+                break Some(d);
+            }
+        }
+    }
+    .instrument(tracing::debug_span!("session", id))
+    .await;
+    if let Some(d) = reason {
+        outbox.close(d);
+    }
+    s.cleanup();
+}
+
+impl Session {
+    fn next_deadline(&self) -> Instant {
+        let far = Instant::now() + Duration::from_secs(3600);
+        let mut next = far;
+        match &self.authed {
+            None => next = next.min(self.opened + self.edge.settings.client.stale_timeout),
+            Some(a) => {
+                if let Some(e) = a.expires_at {
+                    next = next.min(e);
+                }
+            }
+        }
+        if let Some(p) = self.pong_deadline {
+            next = next.min(p);
+        }
+        for sub in self.subs.values() {
+            if let Some(e) = sub.expires_at {
+                next = next.min(e);
+            }
+        }
+        next
+    }
+
+    fn on_deadline(&mut self) -> Result<(), Disconnect> {
+        let now = Instant::now();
+        let Some(authed) = &self.authed else {
+            return if now >= self.opened + self.edge.settings.client.stale_timeout {
+                Err(Disconnect::STALE)
+            } else {
+                Ok(())
+            };
+        };
+        if authed.expires_at.is_some_and(|e| now >= e) {
+            return Err(Disconnect::EXPIRED);
+        }
+        if self.pong_deadline.is_some_and(|p| now >= p) {
+            return Err(Disconnect::NO_PONG);
+        }
+        let expired: Vec<String> = self
+            .subs
+            .iter()
+            .filter(|(_, s)| s.expires_at.is_some_and(|e| now >= e))
+            .map(|(c, _)| c.clone())
+            .collect();
+        for channel in expired {
+            if let Some(sub) = self.subs.remove(&channel) {
+                sub.subscriber.end(Unsubscribe::EXPIRED);
+                self.edge.hub.remove(&sub.subscriber);
+                metrics::gauge!(m::SUBSCRIPTIONS).decrement(1.0);
+            }
+        }
+        Ok(())
+    }
+
+    fn send_ping(&mut self) {
+        let _ = self.outbox.push(Bytes::from_static(protocol::PING_FRAME));
+        if self.pong_deadline.is_none() {
+            self.pong_deadline = Some(Instant::now() + self.edge.settings.client.pong_timeout);
+        }
+    }
+
+    fn cleanup(&mut self) {
+        for (_, sub) in self.subs.drain() {
+            self.edge.hub.remove(&sub.subscriber);
+            metrics::gauge!(m::SUBSCRIPTIONS).decrement(1.0);
+        }
+        self.edge.unregister(self.id);
+        metrics::gauge!(m::CONNECTIONS).decrement(1.0);
+    }
+
+    fn reply(&self, reply: &Reply) {
+        let _ = self.outbox.push(protocol::encode_reply(reply));
+    }
+
+    async fn handle_frame(&mut self, text: &str) -> Result<(), Disconnect> {
+        if text.len() > self.edge.settings.client.message_size_limit {
+            return Err(MESSAGE_TOO_BIG);
+        }
+        let commands = protocol::decode_commands(text).map_err(|_| Disconnect::BAD_REQUEST)?;
+        for cmd in commands {
+            self.handle_command(cmd).await?;
+            if self.outbox.is_closing() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_command(&mut self, cmd: Command) -> Result<(), Disconnect> {
+        let id = cmd.id;
+        let method = match cmd.method() {
+            Ok(m) => m,
+            Err(e) if id == 0 => {
+                tracing::debug!(error = e.label(), "command without id");
+                return Err(Disconnect::BAD_REQUEST);
+            }
+            Err(e) => {
+                metrics::counter!(m::COMMANDS_TOTAL, "method" => "unknown", "result" => e.label())
+                    .increment(1);
+                self.reply(&Reply::error(id, e.into()));
+                return Ok(());
+            }
+        };
+        let name = method.name();
+        if matches!(method, Method::Pong) {
+            self.pong_deadline = None;
+            return Ok(());
+        }
+        if self.authed.is_none() && !matches!(method, Method::Connect(_)) {
+            return Err(Disconnect::BAD_REQUEST);
+        }
+        let started = std::time::Instant::now();
+        let outcome = match method {
+            Method::Connect(req) => self.connect(id, req).await,
+            Method::Subscribe(req) => self.subscribe(id, req).await,
+            Method::Unsubscribe(req) => {
+                if let Some(sub) = self.subs.remove(&req.channel) {
+                    self.edge.hub.remove(&sub.subscriber);
+                    metrics::gauge!(m::SUBSCRIPTIONS).decrement(1.0);
+                }
+                Ok(Some(ReplyResult::Unsubscribe(Empty {})))
+            }
+            Method::Publish(req) => self.publish(req.channel, req.data).await,
+            Method::History(req) => self.history(req).await,
+            Method::Refresh(req) => self.refresh(req),
+            Method::SubRefresh(req) => self.sub_refresh(req),
+            Method::Ping => Ok(Some(ReplyResult::Ping(Empty {}))),
+            Method::Presence(_) | Method::PresenceStats(_) | Method::Rpc => {
+                Err(Fail::Error(ProtocolError::NotAvailable))
+            }
+            Method::Send => Ok(None),
+            Method::Pong => Ok(None),
+        };
+        if name == "publish" {
+            metrics::histogram!(m::PUBLISH_SECONDS, "source" => "client")
+                .record(started.elapsed().as_secs_f64());
+        }
+        match outcome {
+            Ok(result) => {
+                metrics::counter!(m::COMMANDS_TOTAL, "method" => name, "result" => "ok")
+                    .increment(1);
+                if let Some(result) = result
+                    && id != 0
+                {
+                    self.reply(&Reply::ok(id, result));
+                }
+                Ok(())
+            }
+            Err(Fail::Error(e)) => {
+                metrics::counter!(m::COMMANDS_TOTAL, "method" => name, "result" => e.label())
+                    .increment(1);
+                if id != 0 {
+                    self.reply(&Reply::error(id, ErrorBody::from(e)));
+                }
+                Ok(())
+            }
+            Err(Fail::Close(d)) => {
+                metrics::counter!(m::COMMANDS_TOTAL, "method" => name, "result" => "disconnect")
+                    .increment(1);
+                Err(d)
+            }
+        }
+    }
+
+    fn user(&self) -> &str {
+        self.authed.as_ref().map_or("", |a| a.user.as_str())
+    }
+
+    async fn connect(&mut self, id: u32, req: ConnectRequest) -> Result<Option<ReplyResult>, Fail> {
+        if self.authed.is_some() {
+            return Err(Fail::Close(Disconnect::BAD_REQUEST));
+        }
+        if req.token.is_empty() {
+            return Err(Fail::Close(Disconnect::INVALID_TOKEN));
+        }
+        let claims = match self.edge.verifier.connect(&req.token) {
+            Ok(c) => c,
+            Err(TokenError::Expired) => return Err(Fail::Error(ProtocolError::TokenExpired)),
+            Err(TokenError::Invalid) => return Err(Fail::Close(Disconnect::INVALID_TOKEN)),
+        };
+        self.authed = Some(Authed {
+            user: claims.sub.clone(),
+            conn_info: claims.info.clone(),
+            expires_at: Some(expiry_instant(claims.exp)),
+        });
+        self.edge.set_user(self.id, &claims.sub);
+        metrics::counter!(m::CONNECTS_TOTAL).increment(1);
+
+        // Server-side subscriptions from the token's `channels` claim: the
+        // token already authorizes them.
+        let mut prepared = Vec::new();
+        let mut subs = std::collections::BTreeMap::new();
+        for name in &claims.channels {
+            let Ok(channel) = Channel::parse(name, &self.edge.settings.channels) else {
+                tracing::warn!("invalid channel in token channels claim");
+                continue;
+            };
+            if self.subs.contains_key(name)
+                || self.subs.len() >= self.edge.settings.client.channel_limit
+            {
+                continue;
+            }
+            let recover = req
+                .subs
+                .get(name)
+                .filter(|r| r.recover)
+                .map(|r| (r.offset, r.epoch.clone()));
+            match self.prepare(&channel, recover).await {
+                Ok(p) => prepared.push((name.clone(), p)),
+                Err(e) => {
+                    for (_, p) in prepared {
+                        self.edge.hub.remove(&p.subscriber);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        for (name, p) in &mut prepared {
+            subs.insert(name.clone(), std::mem::take(&mut p.result));
+        }
+        let result = ConnectResult {
+            client: self.client_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            expires: true,
+            ttl: ttl(claims.exp),
+            subs,
+            ping: self.edge.settings.client.ping_interval.as_secs().max(1) as u32,
+            pong: true,
+        };
+        let reply = protocol::encode_reply(&Reply::ok(id, ReplyResult::Connect(result)));
+        let _ = self.outbox.push(reply);
+        for (name, p) in prepared {
+            if p.subscriber.go_live(None, p.position) == GoLive::Gap {
+                p.subscriber.end(Unsubscribe::INSUFFICIENT_STATE);
+            }
+            metrics::gauge!(m::SUBSCRIPTIONS).increment(1.0);
+            self.subs.insert(
+                name,
+                Sub {
+                    subscriber: p.subscriber,
+                    expires_at: None,
+                    chan_info: None,
+                    private: false,
+                },
+            );
+        }
+        // The reply was queued above, before the publications.
+        Ok(None)
+    }
+
+    /// Registers a subscriber in the hub (buffering), waits for the channel
+    /// feed, reads the position (and missed publications when recovering)
+    /// from sync. On error the subscriber is removed again.
+    async fn prepare(
+        &self,
+        channel: &Channel<'_>,
+        recover: Option<(u64, String)>,
+    ) -> Result<Prepared, Fail> {
+        let client = &self.edge.settings.client;
+        let history = channel.options.history;
+        let subscriber = Subscriber::new(
+            self.id,
+            channel.name,
+            self.outbox.clone(),
+            client.queue_max_bytes,
+        );
+        let mut status = self.edge.hub.add(subscriber.clone(), history);
+        let ready = tokio::time::timeout(self.edge.sync_timeout, async {
+            status
+                .wait_for(|s| *s != FeedStatus::Starting)
+                .await
+                .map(|s| *s)
+        })
+        .await;
+        if !matches!(ready, Ok(Ok(FeedStatus::Ready))) {
+            self.edge.hub.remove(&subscriber);
+            return Err(Fail::Error(ProtocolError::Internal));
+        }
+        if !history {
+            return Ok(Prepared {
+                subscriber,
+                result: SubscribeResult::default(),
+                position: 0,
+            });
+        }
+        let (after, limit) = match &recover {
+            Some((offset, _)) => (*offset, client.recovery_limit + 1),
+            None => (0, 0),
+        };
+        let page = match self
+            .edge
+            .sync
+            .read(channel.name, after, None, limit, false)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "subscribe position read failed");
+                self.edge.hub.remove(&subscriber);
+                return Err(Fail::Error(ProtocolError::Internal));
+            }
+        };
+        let mut result = SubscribeResult {
+            recoverable: true,
+            epoch: page.epoch.clone(),
+            offset: page.head,
+            was_recovering: recover.is_some(),
+            ..SubscribeResult::default()
+        };
+        let mut position = page.head;
+        if let Some((offset, epoch)) = recover {
+            let epoch_ok = epoch.is_empty() || epoch == page.epoch;
+            let last = contiguous_last(&page.publications, offset);
+            if let Some(last) = last
+                && epoch_ok
+                && page.publications.len() <= client.recovery_limit
+                && last >= page.head
+                && offset + 1 >= page.first_available
+            {
+                result.recovered = true;
+                result.offset = last;
+                position = last;
+                result.publications = page.publications;
+            }
+        }
+        Ok(Prepared {
+            subscriber,
+            result,
+            position,
+        })
+    }
+
+    async fn subscribe(
+        &mut self,
+        id: u32,
+        req: SubscribeRequest,
+    ) -> Result<Option<ReplyResult>, Fail> {
+        let channels = self.edge.settings.channels.clone();
+        let channel = Channel::parse(&req.channel, &channels)?;
+        if let Some(existing) = self.subs.get(&req.channel) {
+            if !existing.subscriber.is_dead() {
+                return Err(Fail::Error(ProtocolError::AlreadySubscribed));
+            }
+            if let Some(old) = self.subs.remove(&req.channel) {
+                self.edge.hub.remove(&old.subscriber);
+                metrics::gauge!(m::SUBSCRIPTIONS).decrement(1.0);
+            }
+        }
+        if self.subs.len() >= self.edge.settings.client.channel_limit {
+            return Err(Fail::Error(ProtocolError::LimitExceeded));
+        }
+        let user = self.user().to_string();
+        let mut token_claims = None;
+        if !req.token.is_empty() {
+            match self
+                .edge
+                .verifier
+                .subscription(&req.token, &user, &req.channel)
+            {
+                Ok(c) => token_claims = Some(c),
+                Err(TokenError::Expired) => return Err(Fail::Error(ProtocolError::TokenExpired)),
+                Err(TokenError::Invalid) => {
+                    return Err(Fail::Error(ProtocolError::PermissionDenied));
+                }
+            }
+        }
+        channel.check_subscribe(&user, token_claims.is_some())?;
+        let recover = req.recover.then(|| (req.offset, req.epoch.clone()));
+        let mut p = self.prepare(&channel, recover).await?;
+        if let Some(c) = &token_claims {
+            p.result.expires = true;
+            p.result.ttl = ttl(c.exp);
+        }
+        let reply = protocol::encode_reply(&Reply::ok(id, ReplyResult::Subscribe(p.result)));
+        if p.subscriber.go_live(Some(reply), p.position) == GoLive::Gap {
+            p.subscriber.end(Unsubscribe::INSUFFICIENT_STATE);
+        }
+        metrics::gauge!(m::SUBSCRIPTIONS).increment(1.0);
+        let private = channel.private;
+        self.subs.insert(
+            req.channel.clone(),
+            Sub {
+                subscriber: p.subscriber,
+                expires_at: token_claims.as_ref().map(|c| expiry_instant(c.exp)),
+                chan_info: token_claims.and_then(|c| c.info),
+                private,
+            },
+        );
+        // The reply went out with go_live, ahead of any publication.
+        Ok(None)
+    }
+
+    async fn publish(
+        &mut self,
+        channel_name: String,
+        data: Option<Box<RawValue>>,
+    ) -> Result<Option<ReplyResult>, Fail> {
+        let data = data.ok_or(ProtocolError::BadRequest)?;
+        let channel = Channel::parse(&channel_name, &self.edge.settings.channels)?;
+        let sub = self
+            .subs
+            .get(&channel_name)
+            .filter(|s| !s.subscriber.is_dead());
+        let authorized_private = sub.is_some_and(|s| s.private);
+        channel.check_client_publish(self.user(), authorized_private)?;
+        let authed = self.authed.as_ref().ok_or(ProtocolError::Unauthorized)?;
+        let info = ClientInfo {
+            user: authed.user.clone(),
+            client: self.client_id.clone(),
+            conn_info: authed.conn_info.clone(),
+            chan_info: sub.and_then(|s| s.chan_info.clone()),
+        };
+        let info = serde_json::value::to_raw_value(&info).map_err(|_| ProtocolError::Internal)?;
+        let published = self
+            .edge
+            .publisher
+            .publish(PublishRequest {
+                channel: &channel_name,
+                data: &data,
+                info: Some(&info),
+                idempotency_key: None,
+                history: channel.options.history,
+            })
+            .await
+            .map_err(|e| {
+                tracing::debug!(error = %e, "client publish failed");
+                match e.kind {
+                    PublishErrorKind::Backpressure => ProtocolError::TooManyRequests,
+                    PublishErrorKind::Timeout
+                    | PublishErrorKind::Unavailable
+                    | PublishErrorKind::Rejected => ProtocolError::Internal,
+                }
+            })?;
+        Ok(Some(ReplyResult::Publish(PublishResult {
+            offset: published.offset,
+            epoch: published.epoch,
+        })))
+    }
+
+    async fn history(&mut self, req: HistoryRequest) -> Result<Option<ReplyResult>, Fail> {
+        let channel = Channel::parse(&req.channel, &self.edge.settings.channels)?;
+        if !channel.options.history {
+            return Err(Fail::Error(ProtocolError::NotAvailable));
+        }
+        let authorized_private = self
+            .subs
+            .get(&req.channel)
+            .is_some_and(|s| s.private && !s.subscriber.is_dead());
+        channel.check_history(self.user(), authorized_private)?;
+        let page_limit = self.edge.settings.client.history_page_limit;
+        let limit = match req.limit {
+            0 => 0,
+            n if n < 0 => page_limit,
+            n => (n as usize).min(page_limit),
+        };
+        let since = req.since.as_ref();
+        let (after, before) = match (since, req.reverse) {
+            (Some(s), false) => (s.offset, None),
+            (Some(s), true) => (0, Some(s.offset)),
+            (None, _) => (0, None),
+        };
+        let page = self
+            .edge
+            .sync
+            .read(&req.channel, after, before, limit, req.reverse)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "history read failed");
+                ProtocolError::Internal
+            })?;
+        if let Some(s) = since
+            && !s.epoch.is_empty()
+            && s.epoch != page.epoch
+        {
+            return Err(Fail::Error(ProtocolError::UnrecoverablePosition));
+        }
+        Ok(Some(ReplyResult::History(HistoryResult {
+            publications: page.publications,
+            epoch: page.epoch,
+            offset: page.head,
+        })))
+    }
+
+    fn refresh(&mut self, req: RefreshRequest) -> Result<Option<ReplyResult>, Fail> {
+        let claims = match self.edge.verifier.connect(&req.token) {
+            Ok(c) => c,
+            Err(TokenError::Expired) => return Err(Fail::Error(ProtocolError::TokenExpired)),
+            Err(TokenError::Invalid) => return Err(Fail::Close(Disconnect::INVALID_TOKEN)),
+        };
+        let authed = self.authed.as_mut().ok_or(ProtocolError::Unauthorized)?;
+        if claims.sub != authed.user {
+            return Err(Fail::Close(Disconnect::INVALID_TOKEN));
+        }
+        authed.expires_at = Some(expiry_instant(claims.exp));
+        Ok(Some(ReplyResult::Refresh(RefreshResult {
+            client: self.client_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            expires: true,
+            ttl: ttl(claims.exp),
+        })))
+    }
+
+    fn sub_refresh(&mut self, req: SubRefreshRequest) -> Result<Option<ReplyResult>, Fail> {
+        let user = self.user().to_string();
+        let claims = match self
+            .edge
+            .verifier
+            .subscription(&req.token, &user, &req.channel)
+        {
+            Ok(c) => c,
+            Err(TokenError::Expired) => return Err(Fail::Error(ProtocolError::TokenExpired)),
+            Err(TokenError::Invalid) => return Err(Fail::Error(ProtocolError::PermissionDenied)),
+        };
+        let sub = self
+            .subs
+            .get_mut(&req.channel)
+            .filter(|s| !s.subscriber.is_dead())
+            .ok_or(ProtocolError::PermissionDenied)?;
+        sub.expires_at = Some(expiry_instant(claims.exp));
+        Ok(Some(ReplyResult::SubRefresh(SubRefreshResult {
+            expires: true,
+            ttl: ttl(claims.exp),
+        })))
+    }
+}
+
+/// The last offset of `publications` if they run contiguously from
+/// `after + 1` (`after` itself when there are none); `None` otherwise.
+fn contiguous_last(publications: &[Box<RawValue>], after: u64) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct OffsetOnly {
+        offset: u64,
+    }
+    let mut expected = after + 1;
+    for p in publications {
+        let o: OffsetOnly = serde_json::from_str(p.get()).ok()?;
+        if o.offset != expected {
+            return None;
+        }
+        expected += 1;
+    }
+    Some(expected - 1)
+}
+
+/// Drains the outbox into the socket until the connection closes: one
+/// WebSocket frame per drain, then on close a `disconnect` push and the close
+/// frame carrying the code.
+///
+/// A write blocked by a client that stopped reading is abandoned as soon as
+/// the connection is closed as slow (3008): the socket is dropped, so a
+/// stalled peer holds neither memory nor a task. Other closes give a blocked
+/// write `CLOSE_WRITE_TIMEOUT` to finish.
+async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: Arc<Outbox>) {
+    loop {
+        let batch = outbox.next_batch().await;
+        if !batch.frame.is_empty() {
+            let len = batch.frame.len() as u64;
+            let Ok(text) = Utf8Bytes::try_from(batch.frame) else {
+                tracing::error!("outbound frame is not UTF-8");
+                outbox.close(Disconnect::SERVER_ERROR);
+                continue;
+            };
+            let send = sink.send(Message::Text(text));
+            tokio::pin!(send);
+            let sent = tokio::select! {
+                r = &mut send => r.is_ok(),
+                _ = outbox.closing() => {
+                    if outbox.close_reason() == Some(Disconnect::SLOW) {
+                        metrics::counter!(m::DISCONNECTS_TOTAL, "code" => "3008").increment(1);
+                        return;
+                    }
+                    matches!(tokio::time::timeout(CLOSE_WRITE_TIMEOUT, &mut send).await, Ok(Ok(())))
+                }
+            };
+            if !sent {
+                outbox.close(Disconnect::WRITE_ERROR);
+                return;
+            }
+            metrics::counter!(m::MESSAGES_OUT_TOTAL).increment(batch.frames as u64);
+            metrics::counter!(m::BYTES_OUT_TOTAL).increment(len);
+        }
+        if let Some(d) = batch.close {
+            metrics::counter!(m::DISCONNECTS_TOTAL, "code" => d.code.to_string()).increment(1);
+            if d != CLIENT_CLOSED {
+                let push = protocol::encode_reply(&Reply::push(protocol::Push::disconnect(d)));
+                if let Ok(text) = Utf8Bytes::try_from(push) {
+                    let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.send(Message::Text(text))).await;
+                }
+                let frame = CloseFrame {
+                    code: d.code,
+                    reason: d.reason.into(),
+                };
+                let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+            }
+            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.close()).await;
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pubs(offsets: &[u64]) -> Vec<Box<RawValue>> {
+        offsets
+            .iter()
+            .map(|o| RawValue::from_string(format!(r#"{{"data":1,"offset":{o}}}"#)).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn contiguity() {
+        assert_eq!(contiguous_last(&pubs(&[]), 5), Some(5));
+        assert_eq!(contiguous_last(&pubs(&[6, 7, 8]), 5), Some(8));
+        assert_eq!(contiguous_last(&pubs(&[6, 8]), 5), None);
+        assert_eq!(contiguous_last(&pubs(&[7]), 5), None);
+    }
+}

@@ -1,0 +1,528 @@
+//! One partition's loop: pull what is available (up to a batch), decode,
+//! sequence and commit in one store append (retrying until it succeeds), then
+//! publish the new publications on their channel subjects, reply to the
+//! publishers and ack JetStream — in exactly that order, so nothing is
+//! visible or acknowledged before it is durable (I2).
+//!
+//! Owns the partition's head cache. Knows nothing of who owns the partition:
+//! it runs until its stop token fires.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::{self, AckKind};
+use async_nats::{HeaderMap, Subject};
+use bytes::Bytes;
+use futures::future::try_join_all;
+use futures::{FutureExt, StreamExt};
+use serde_json::value::RawValue;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::Shared;
+use super::consumer;
+use super::sequencer::{self, Entry, HeadCache, Known, Plan};
+use crate::bus::ingest::{IngestMessage, WriterReply};
+use crate::bus::subjects;
+use crate::channel::MAX_CHANNEL_BYTES;
+use crate::metrics as m;
+use crate::store::{StoreErrorKind, StoreResult};
+
+/// Retry pacing when pulling fails (NATS down, consumer being recreated).
+const PULL_BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(5));
+/// Retry pacing of a failed store commit.
+const COMMIT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(2));
+
+/// Runs one partition until `stop` fires.
+pub(super) async fn run(shared: Arc<Shared>, partition: u32, stop: CancellationToken) {
+    let mut task = Task {
+        cache: HeadCache::new(shared.settings.head_cache_capacity),
+        shared,
+        partition,
+    };
+    let batch_size = task.shared.settings.batch_size;
+    let mut backoff = Backoff::new(PULL_BACKOFF);
+    tracing::debug!(partition, "writer partition started");
+    'open: loop {
+        let opened = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break 'open,
+            opened = consumer::open(&task.shared.js, partition, &task.shared.settings) => opened,
+        };
+        let messages = match opened {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(partition, error = %e, "cannot pull the ingest partition; retrying");
+                count_error("consume");
+                if !backoff.sleep(&stop).await {
+                    break 'open;
+                }
+                continue;
+            }
+        };
+        // Takes whatever is already delivered, up to a batch, without waiting
+        // for more: low traffic flows at once, high traffic batches itself
+        // while the previous commit runs.
+        let mut chunks = messages.ready_chunks(batch_size);
+        loop {
+            let chunk = tokio::select! {
+                biased;
+                _ = stop.cancelled() => {
+                    task.finish(&mut chunks, &stop).await;
+                    break 'open;
+                }
+                chunk = chunks.next() => chunk,
+            };
+            let Some(chunk) = chunk else {
+                tracing::warn!(partition, "pull stream ended; reopening the consumer");
+                break;
+            };
+            let batch = task.take_messages(chunk);
+            if batch.is_empty() {
+                if !backoff.sleep(&stop).await {
+                    break 'open;
+                }
+                continue;
+            }
+            backoff.reset();
+            task.process(batch, &stop).await;
+        }
+        if !backoff.sleep(&stop).await {
+            break 'open;
+        }
+    }
+    tracing::debug!(partition, "writer partition stopped");
+}
+
+struct Task {
+    shared: Arc<Shared>,
+    partition: u32,
+    cache: HeadCache,
+}
+
+type Pulled = Result<jetstream::Message, jetstream::consumer::pull::MessagesError>;
+
+impl Task {
+    /// Keeps the messages of a pulled chunk; logs and counts pull errors
+    /// (missed heartbeats during a NATS outage, failed pull requests).
+    fn take_messages(&self, chunk: Vec<Pulled>) -> Vec<jetstream::Message> {
+        let mut batch = Vec::with_capacity(chunk.len());
+        for item in chunk {
+            match item {
+                Ok(msg) => batch.push(msg),
+                Err(e) => {
+                    tracing::warn!(partition = self.partition, error = %e, "pulling the ingest partition failed");
+                    count_error("consume");
+                }
+            }
+        }
+        batch
+    }
+
+    /// On stop: handles what is already delivered as the last batch, and
+    /// hands back (naks) anything delivered beyond it so another writer gets
+    /// it at once instead of after `ack_wait`.
+    async fn finish<S>(&mut self, chunks: &mut S, stop: &CancellationToken)
+    where
+        S: futures::Stream<Item = Vec<Pulled>> + Unpin,
+    {
+        if let Some(Some(chunk)) = chunks.next().now_or_never() {
+            let batch = self.take_messages(chunk);
+            if !batch.is_empty() {
+                self.process(batch, stop).await;
+            }
+        }
+        let mut handed_back = 0usize;
+        let bound = usize::try_from(self.shared.settings.max_ack_pending).unwrap_or(usize::MAX);
+        while handed_back < bound {
+            let Some(Some(chunk)) = chunks.next().now_or_never() else {
+                break;
+            };
+            for msg in self.take_messages(chunk) {
+                nak(&msg).await;
+                handed_back += 1;
+            }
+        }
+        if handed_back > 0 {
+            tracing::debug!(
+                partition = self.partition,
+                handed_back,
+                "prefetched messages handed back"
+            );
+        }
+    }
+
+    async fn process(&mut self, batch: Vec<jetstream::Message>, stop: &CancellationToken) {
+        let span = tracing::debug_span!(
+            "writer_batch",
+            partition = self.partition,
+            size = batch.len()
+        );
+        self.process_inner(batch, stop).instrument(span).await;
+    }
+
+    async fn process_inner(&mut self, batch: Vec<jetstream::Message>, stop: &CancellationToken) {
+        metrics::histogram!(m::WRITER_BATCH_SIZE).record(batch.len() as f64);
+        let mut accepted = Vec::with_capacity(batch.len());
+        let mut entries = Vec::with_capacity(batch.len());
+        for msg in batch {
+            match decode(&msg.payload) {
+                Ok(entry) => {
+                    accepted.push(msg);
+                    entries.push(entry);
+                }
+                Err(reason) => self.reject(msg, reason).await,
+            }
+        }
+        if entries.is_empty() {
+            return;
+        }
+        let Some(plan) = self.commit(&entries, &accepted, stop).await else {
+            for msg in &accepted {
+                nak(msg).await;
+            }
+            return;
+        };
+        self.publish(&plan).await;
+        self.reply(&accepted, &plan).await;
+        // `ack` only queues a publish on the connection (no round trip), so
+        // these are pipelined behind the replies, in order.
+        for msg in &accepted {
+            if let Err(e) = msg.ack().await {
+                tracing::warn!(partition = self.partition, error = %e, "ack failed; the message will be redelivered");
+                count_error("ack");
+            }
+        }
+        if !plan.appends.is_empty() {
+            metrics::counter!(m::WRITER_BATCHES_TOTAL).increment(1);
+        }
+        metrics::counter!(m::WRITER_SEQUENCED_TOTAL).increment(plan.sequenced() as u64);
+        metrics::counter!(m::WRITER_DUPLICATES_TOTAL).increment(plan.duplicates() as u64);
+        tracing::debug!(
+            sequenced = plan.sequenced(),
+            duplicates = plan.duplicates(),
+            "writer batch done"
+        );
+    }
+
+    /// An invalid message must not block the partition: it is terminated
+    /// (never redelivered) and its publisher, if waiting, told why.
+    async fn reject(&self, msg: jetstream::Message, reason: &'static str) {
+        let stream_seq = msg.info().map(|i| i.stream_sequence).ok();
+        tracing::warn!(
+            partition = self.partition,
+            ?stream_seq,
+            reason,
+            "invalid ingest message; terminated"
+        );
+        count_error("decode");
+        if let Some(reply) = reply_subject(&msg) {
+            let failed = WriterReply::Failed {
+                message: reason.to_string(),
+            };
+            self.send_reply(reply, &failed).await;
+        }
+        if let Err(e) = msg.ack_with(AckKind::Term).await {
+            tracing::warn!(partition = self.partition, error = %e, "terminating an invalid message failed");
+            count_error("ack");
+        }
+    }
+
+    /// Sequences and commits until the store accepts the batch. Returns
+    /// `None` only when `stop` fires while the store keeps failing; the
+    /// messages are then not acked.
+    ///
+    /// On `Conflict` (a head moved under us: another writer, or an earlier
+    /// commit whose success we did not see) the cache is dropped and the batch
+    /// re-sequenced from the store; the idempotency keys turn anything already
+    /// stored into duplicates, so no offset is ever assigned twice. Other
+    /// errors are retried with backoff, even non-retryable ones: dropping the
+    /// batch would lose acknowledged-to-nobody but accepted publications, and
+    /// a stuck partition is visible in `herald_writer_errors_total`.
+    async fn commit(
+        &mut self,
+        entries: &[Entry],
+        msgs: &[jetstream::Message],
+        stop: &CancellationToken,
+    ) -> Option<Plan> {
+        let mut backoff = Backoff::new(COMMIT_BACKOFF);
+        let mut conflicts = 0u32;
+        loop {
+            let e = match self.try_commit(entries).await {
+                Ok(plan) => return Some(plan),
+                Err(e) => e,
+            };
+            count_error(store_error_label(e.kind));
+            if e.kind == StoreErrorKind::Conflict {
+                self.cache.clear();
+                conflicts += 1;
+                tracing::warn!(partition = self.partition, conflicts, error = %e, "a channel head moved under the writer; re-sequencing");
+                if conflicts == 1 {
+                    continue;
+                }
+            } else if e.kind.retryable() {
+                tracing::warn!(partition = self.partition, error = %e, "store commit failed; retrying");
+            } else {
+                tracing::error!(partition = self.partition, error = %e, "store commit failed; retrying, the store needs attention");
+            }
+            // Keep JetStream from redelivering the batch while we wait.
+            for msg in msgs {
+                let _ = msg.ack_with(AckKind::Progress).await;
+            }
+            if !backoff.sleep(stop).await {
+                tracing::warn!(
+                    partition = self.partition,
+                    "stopping with an uncommitted batch; handing its messages back"
+                );
+                return None;
+            }
+        }
+    }
+
+    async fn try_commit(&mut self, entries: &[Entry]) -> StoreResult<Plan> {
+        let known = self.load(entries).await?;
+        let plan = sequencer::sequence(entries, &known, now_ms(), &mut sequencer::new_epoch);
+        if !plan.appends.is_empty() {
+            let started = Instant::now();
+            self.shared.store.append(&plan.appends).await?;
+            metrics::histogram!(m::WRITER_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+            self.cache.apply(&plan);
+        }
+        Ok(plan)
+    }
+
+    /// What the store knows about the batch: each channel's position (from
+    /// the cache, else one read) and which keys are already stored.
+    async fn load(&mut self, entries: &[Entry]) -> StoreResult<Known> {
+        let store = self.shared.store.clone();
+        let mut known = Known::default();
+        let mut missing = HashSet::new();
+        for e in entries {
+            if known.has_position(&e.channel) {
+                continue;
+            }
+            match self.cache.get(&e.channel) {
+                Some(p) => known.set_position(&e.channel, p.clone()),
+                None => {
+                    missing.insert(e.channel.as_str());
+                }
+            }
+        }
+        let loaded = try_join_all(missing.into_iter().map(|channel| {
+            let store = &store;
+            async move { store.position(channel).await.map(|p| (channel, p)) }
+        }))
+        .await?;
+        for (channel, position) in loaded {
+            self.cache.insert(channel, position.clone());
+            known.set_position(channel, position);
+        }
+        let stored = try_join_all(entries.iter().map(|e| {
+            let store = &store;
+            async move {
+                store
+                    .idempotent_offset(&e.channel, &e.key)
+                    .await
+                    .map(|o| (e, o))
+            }
+        }))
+        .await?;
+        for (e, offset) in stored {
+            if let Some(offset) = offset {
+                known.set_stored_key(&e.channel, &e.key, offset);
+            }
+        }
+        Ok(known)
+    }
+
+    /// Publishes the new publications, each channel's in offset order (one
+    /// connection keeps publish order). Duplicates are not re-published:
+    /// subscribers already got them. A failed publish loses nothing: the
+    /// publication is stored and edges fill gaps from sync (I4).
+    async fn publish(&self, plan: &Plan) {
+        for append in &plan.appends {
+            let subject = Subject::from(subjects::channel_subject(&append.channel));
+            for p in &append.publications {
+                let mut headers = HeaderMap::new();
+                headers.insert(subjects::OFFSET_HEADER, p.offset.to_string().as_str());
+                headers.insert(subjects::EPOCH_HEADER, append.epoch.as_str());
+                let payload =
+                    crate::protocol::encode_publication(&p.data, p.info.as_deref(), p.offset);
+                if let Err(e) = self
+                    .shared
+                    .client
+                    .publish_with_headers(subject.clone(), headers, payload)
+                    .await
+                {
+                    tracing::warn!(partition = self.partition, error = %e, "publishing a sequenced publication failed");
+                    count_error("publish");
+                }
+            }
+        }
+    }
+
+    /// Answers every publisher waiting on a reply subject; duplicates get the
+    /// offset and epoch first given.
+    async fn reply(&self, msgs: &[jetstream::Message], plan: &Plan) {
+        for (msg, outcome) in msgs.iter().zip(&plan.outcomes) {
+            if let Some(subject) = reply_subject(msg) {
+                let stored = WriterReply::Stored {
+                    offset: outcome.offset(),
+                    epoch: outcome.epoch().to_string(),
+                };
+                self.send_reply(subject, &stored).await;
+            }
+        }
+    }
+
+    async fn send_reply(&self, subject: &str, reply: &WriterReply) {
+        let payload = match serde_json::to_vec(reply) {
+            Ok(p) => Bytes::from(p),
+            Err(e) => {
+                tracing::warn!(partition = self.partition, error = %e, "encoding a writer reply failed");
+                count_error("reply");
+                return;
+            }
+        };
+        if let Err(e) = self
+            .shared
+            .client
+            .publish(subject.to_string(), payload)
+            .await
+        {
+            tracing::warn!(partition = self.partition, error = %e, "replying to a publisher failed");
+            count_error("reply");
+        }
+    }
+}
+
+fn reply_subject(msg: &jetstream::Message) -> Option<&str> {
+    msg.headers
+        .as_ref()
+        .and_then(|h| h.get(subjects::REPLY_HEADER))
+        .map(|v| v.as_str())
+        .filter(|s| !s.is_empty())
+}
+
+/// Decodes and checks one ingest message. `data` and `info` stay raw JSON:
+/// the decoded strings become `Bytes` without another copy.
+fn decode(payload: &[u8]) -> Result<Entry, &'static str> {
+    let msg: IngestMessage =
+        serde_json::from_slice(payload).map_err(|_| "undecodable ingest message")?;
+    if msg.channel.is_empty() || msg.channel.len() > MAX_CHANNEL_BYTES {
+        return Err("channel name empty or too long");
+    }
+    if msg.key.is_empty() {
+        return Err("empty idempotency key");
+    }
+    Ok(Entry {
+        channel: msg.channel,
+        key: msg.key,
+        data: raw_bytes(msg.data),
+        info: msg.info.map(raw_bytes),
+    })
+}
+
+fn raw_bytes(raw: Box<RawValue>) -> Bytes {
+    Bytes::from(String::from(Box::<str>::from(raw)))
+}
+
+async fn nak(msg: &jetstream::Message) {
+    if let Err(e) = msg.ack_with(AckKind::Nak(None)).await {
+        tracing::debug!(error = %e, "nak failed; the message is redelivered after ack_wait");
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn count_error(kind: &'static str) {
+    metrics::counter!(m::WRITER_ERRORS_TOTAL, "kind" => kind).increment(1);
+}
+
+/// `kind` label of a store failure (a closed set).
+fn store_error_label(kind: StoreErrorKind) -> &'static str {
+    match kind {
+        StoreErrorKind::Unavailable => "store_unavailable",
+        StoreErrorKind::Timeout => "store_timeout",
+        StoreErrorKind::Conflict => "store_conflict",
+        StoreErrorKind::Corrupt => "store_corrupt",
+        StoreErrorKind::Io => "store_io",
+    }
+}
+
+/// Exponential backoff between `min` and `max` that gives up when a stop
+/// token fires.
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new((min, max): (Duration, Duration)) -> Self {
+        Self {
+            min,
+            max,
+            next: min,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = self.min;
+    }
+
+    /// Sleeps the current delay (doubling the next one); `false` if `stop`
+    /// fired first.
+    async fn sleep(&mut self, stop: &CancellationToken) -> bool {
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => false,
+            _ = tokio::time::sleep(delay) => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_raw_json_without_reshaping_it() {
+        let e = decode(br#"{"channel":"a.b","data":{"x": [1, 2]},"info":{"user":"u"},"key":"k"}"#)
+            .unwrap();
+        assert_eq!((e.channel.as_str(), e.key.as_str()), ("a.b", "k"));
+        assert_eq!(&e.data[..], br#"{"x": [1, 2]}"#);
+        assert_eq!(e.info.as_deref(), Some(&br#"{"user":"u"}"#[..]));
+    }
+
+    #[test]
+    fn refuses_invalid_messages() {
+        assert!(decode(b"not json").is_err());
+        assert!(decode(br#"{"channel":"","data":1,"key":"k"}"#).is_err());
+        assert!(decode(br#"{"channel":"a","data":1,"key":""}"#).is_err());
+        let long = "x".repeat(MAX_CHANNEL_BYTES + 1);
+        assert!(
+            decode(format!(r#"{{"channel":"{long}","data":1,"key":"k"}}"#).as_bytes()).is_err()
+        );
+    }
+
+    #[test]
+    fn store_errors_have_distinct_labels() {
+        let kinds = [
+            StoreErrorKind::Unavailable,
+            StoreErrorKind::Timeout,
+            StoreErrorKind::Conflict,
+            StoreErrorKind::Corrupt,
+            StoreErrorKind::Io,
+        ];
+        let labels: HashSet<_> = kinds.iter().map(|k| store_error_label(*k)).collect();
+        assert_eq!(labels.len(), kinds.len());
+    }
+}

@@ -1,0 +1,680 @@
+//! The writer role, black-box: a real nats-server, the real embedded store in a
+//! temp dir, ingest messages published straight into JetStream (as the
+//! publisher does: `Nats-Msg-Id` and `Herald-Reply` headers), replies and
+//! channel publications read from NATS, history read from the store.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer::AckPolicy, consumer::pull};
+use bytes::Bytes;
+use common::{TestNats, eventually};
+use futures::StreamExt;
+use herald::bus::ingest::{WriterReply, ensure_stream};
+use herald::bus::subjects;
+use herald::config::IngestConfig;
+use herald::store::embedded::EmbeddedStore;
+use herald::store::{
+    ChannelAppend, Direction, Position, ReadRange, SharedStore, StoreOptions, StoredPublication,
+};
+use herald::writer::{self, WriterError, WriterSettings};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn settings(partitions: u32) -> WriterSettings {
+    WriterSettings {
+        partitions,
+        batch_size: 64,
+        max_ack_pending: 1024,
+        ack_wait: Duration::from_secs(30),
+        head_cache_capacity: 1000,
+    }
+}
+
+async fn stream(client: &async_nats::Client, partitions: u32) -> jetstream::Context {
+    let js = jetstream::new(client.clone());
+    ensure_stream(
+        &js,
+        &IngestConfig {
+            partitions,
+            duplicate_window: Duration::from_secs(120),
+            max_bytes: 64 << 20,
+            max_ack_pending: 1024,
+        },
+    )
+    .await
+    .expect("ingest stream");
+    js
+}
+
+fn open_store(dir: &Path) -> SharedStore {
+    Arc::new(
+        EmbeddedStore::open(
+            dir,
+            StoreOptions {
+                idempotency_retention: Duration::from_secs(24 * 3600),
+            },
+        )
+        .expect("open the embedded store"),
+    )
+}
+
+struct Running {
+    stop: CancellationToken,
+    task: JoinHandle<Result<(), WriterError>>,
+}
+
+impl Running {
+    fn start(client: &async_nats::Client, store: &SharedStore, settings: WriterSettings) -> Self {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(writer::run(
+            client.clone(),
+            store.clone(),
+            settings,
+            stop.clone(),
+        ));
+        Self { stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        let result = tokio::time::timeout(LIMIT, self.task)
+            .await
+            .expect("writer stops in time")
+            .expect("writer task");
+        assert!(result.is_ok(), "writer returned {result:?}");
+    }
+}
+
+/// Publishes one ingest message the way the publisher does; `msg_id`
+/// overrides the `Nats-Msg-Id` derived from (channel, key).
+async fn publish(
+    js: &jetstream::Context,
+    partitions: u32,
+    channel: &str,
+    key: &str,
+    data: Value,
+    reply: &str,
+    msg_id: Option<&str>,
+) -> jetstream::context::PublishAckFuture {
+    let body = json!({"channel": channel, "data": data, "key": key});
+    publish_raw(
+        js,
+        partitions,
+        channel,
+        Bytes::from(body.to_string()),
+        reply,
+        msg_id.map_or_else(|| subjects::message_id(channel, key), str::to_string),
+    )
+    .await
+}
+
+async fn publish_raw(
+    js: &jetstream::Context,
+    partitions: u32,
+    channel: &str,
+    payload: Bytes,
+    reply: &str,
+    msg_id: String,
+) -> jetstream::context::PublishAckFuture {
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", msg_id.as_str());
+    headers.insert(subjects::REPLY_HEADER, reply);
+    let subject = subjects::ingest_subject(subjects::partition_of(channel, partitions));
+    js.publish_with_headers(subject, headers, payload)
+        .await
+        .expect("jetstream publish")
+}
+
+/// Collects writer replies by reply subject.
+#[derive(Clone, Default)]
+struct Replies(Arc<Mutex<HashMap<String, WriterReply>>>);
+
+impl Replies {
+    async fn listen(client: &async_nats::Client, prefix: &str) -> Self {
+        let replies = Self::default();
+        let mut sub = client
+            .subscribe(format!("{prefix}.>"))
+            .await
+            .expect("subscribe replies");
+        let map = replies.0.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                let reply: WriterReply =
+                    serde_json::from_slice(&msg.payload).expect("writer reply JSON");
+                map.lock().unwrap().insert(msg.subject.to_string(), reply);
+            }
+        });
+        replies
+    }
+
+    async fn wait_for(&self, n: usize) -> HashMap<String, WriterReply> {
+        let map = self.0.clone();
+        eventually(&format!("{n} writer replies"), LIMIT, || {
+            let map = map.clone();
+            async move {
+                let m = map.lock().unwrap();
+                (m.len() >= n).then(|| m.clone())
+            }
+        })
+        .await
+    }
+
+    async fn stored(&self, subject: &str) -> (u64, String) {
+        let map = self.0.clone();
+        let reply = eventually(&format!("a reply on {subject}"), LIMIT, || {
+            let map = map.clone();
+            let subject = subject.to_string();
+            async move { map.lock().unwrap().get(&subject).cloned() }
+        })
+        .await;
+        match reply {
+            WriterReply::Stored { offset, epoch } => (offset, epoch),
+            other => panic!("expected Stored on {subject}, got {other:?}"),
+        }
+    }
+}
+
+async fn history(store: &SharedStore, channel: &str) -> Vec<StoredPublication> {
+    store
+        .read(
+            channel,
+            ReadRange {
+                after: 0,
+                before: None,
+                limit: 100_000,
+                direction: Direction::Forward,
+            },
+        )
+        .await
+        .expect("read history")
+}
+
+fn data_of(p: &StoredPublication) -> Value {
+    serde_json::from_slice(&p.data).expect("stored data is JSON")
+}
+
+fn offsets(pubs: &[StoredPublication]) -> Vec<u64> {
+    pubs.iter().map(|p| p.offset).collect()
+}
+
+#[tokio::test]
+async fn concurrent_publishers_get_dense_offsets_naming_their_data() {
+    let nats = TestNats::start().await;
+    let client = nats.client().await;
+    stream(&client, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let replies = Replies::listen(&client, "rep").await;
+    let writer = Running::start(&client, &store, settings(1));
+
+    let mut publishers = Vec::new();
+    for p in 0..4u32 {
+        let client = client.clone();
+        publishers.push(tokio::spawn(async move {
+            let js = jetstream::new(client);
+            let mut acks = Vec::new();
+            for s in 0..500u32 {
+                let reply = format!("rep.{p}.{s}");
+                acks.push(
+                    publish(
+                        &js,
+                        1,
+                        "chat",
+                        &format!("p{p}-{s}"),
+                        json!({"p": p, "s": s}),
+                        &reply,
+                        None,
+                    )
+                    .await,
+                );
+            }
+            for ack in acks {
+                assert!(!ack.await.expect("stream ack").duplicate);
+            }
+        }));
+    }
+    for p in publishers {
+        p.await.unwrap();
+    }
+    let all = replies.wait_for(2000).await;
+
+    let stored = history(&store, "chat").await;
+    assert_eq!(offsets(&stored), (1..=2000).collect::<Vec<_>>());
+    let epoch = store.position("chat").await.unwrap().epoch;
+    assert!(!epoch.is_empty());
+    for p in 0..4u32 {
+        let mut last = 0;
+        for s in 0..500u32 {
+            let (offset, e) = match &all[&format!("rep.{p}.{s}")] {
+                WriterReply::Stored { offset, epoch } => (*offset, epoch.clone()),
+                other => panic!("publisher {p} seq {s}: {other:?}"),
+            };
+            assert_eq!(e, epoch);
+            assert_eq!(
+                data_of(&stored[offset as usize - 1]),
+                json!({"p": p, "s": s})
+            );
+            assert!(offset > last, "one publisher's messages keep their order");
+            last = offset;
+        }
+    }
+    writer.stop().await;
+}
+
+#[tokio::test]
+async fn sequenced_publications_reach_the_channel_subject_in_offset_order() {
+    let nats = TestNats::start().await;
+    let client = nats.client().await;
+    let js = stream(&client, 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let mut live = client
+        .subscribe(subjects::channel_subject("news.a b"))
+        .await
+        .unwrap();
+    let writer = Running::start(&client, &store, settings(2));
+
+    for i in 0..50 {
+        publish(
+            &js,
+            2,
+            "news.a b",
+            &format!("k{i}"),
+            json!({"i": i}),
+            &format!("rep.{i}"),
+            None,
+        )
+        .await
+        .await
+        .unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < 50 {
+        let msg = tokio::time::timeout(LIMIT, live.next())
+            .await
+            .expect("channel publication in time")
+            .expect("subscription open");
+        got.push(msg);
+    }
+    let epoch = store.position("news.a b").await.unwrap().epoch;
+    for (i, msg) in got.iter().enumerate() {
+        let n = i as u64 + 1;
+        let headers = msg.headers.as_ref().expect("headers");
+        assert_eq!(
+            headers.get(subjects::OFFSET_HEADER).unwrap().as_str(),
+            n.to_string()
+        );
+        assert_eq!(headers.get(subjects::EPOCH_HEADER).unwrap().as_str(), epoch);
+        let body: Value = serde_json::from_slice(&msg.payload).unwrap();
+        assert_eq!(body, json!({"data": {"i": i}, "offset": n}));
+    }
+    writer.stop().await;
+}
+
+#[tokio::test]
+async fn a_stored_key_published_again_keeps_its_offset_and_is_stored_once() {
+    let nats = TestNats::start().await;
+    let client = nats.client().await;
+    let js = stream(&client, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let replies = Replies::listen(&client, "rep").await;
+    let mut live = client
+        .subscribe(subjects::channel_subject("c"))
+        .await
+        .unwrap();
+    let writer = Running::start(&client, &store, settings(1));
+
+    publish(&js, 1, "c", "K", json!("first"), "rep.1", None)
+        .await
+        .await
+        .unwrap();
+    let (offset, epoch) = replies.stored("rep.1").await;
+    assert_eq!(offset, 1);
+
+    // A retry past JetStream's duplicate window: another message id, same key.
+    let ack = publish(
+        &js,
+        1,
+        "c",
+        "K",
+        json!("retry"),
+        "rep.2",
+        Some("another-id"),
+    )
+    .await
+    .await
+    .unwrap();
+    assert!(
+        !ack.duplicate,
+        "JetStream must not have caught it: the writer has to"
+    );
+    assert_eq!(replies.stored("rep.2").await, (1, epoch.clone()));
+    assert_eq!(
+        store.position("c").await.unwrap(),
+        Position {
+            head: 1,
+            epoch: epoch.clone()
+        }
+    );
+
+    // The next new key continues after it.
+    publish(&js, 1, "c", "K2", json!("second"), "rep.3", None)
+        .await
+        .await
+        .unwrap();
+    assert_eq!(replies.stored("rep.3").await, (2, epoch.clone()));
+    let stored = history(&store, "c").await;
+    assert_eq!(offsets(&stored), [1, 2]);
+    assert_eq!(data_of(&stored[0]), json!("first"));
+
+    // The duplicate was not published again on the channel.
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let msg = tokio::time::timeout(LIMIT, live.next())
+            .await
+            .unwrap()
+            .unwrap();
+        seen.push(
+            msg.headers
+                .unwrap()
+                .get(subjects::OFFSET_HEADER)
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(seen, ["1", "2"]);
+    writer.stop().await;
+}
+
+#[tokio::test]
+async fn a_restarted_writer_continues_the_offsets() {
+    let nats = TestNats::start().await;
+    let client = nats.client().await;
+    let js = stream(&client, 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let replies = Replies::listen(&client, "rep").await;
+
+    let store = open_store(dir.path());
+    let writer = Running::start(&client, &store, settings(2));
+    for i in 0..10 {
+        publish(
+            &js,
+            2,
+            "r",
+            &format!("a{i}"),
+            json!(i),
+            &format!("rep.a{i}"),
+            None,
+        )
+        .await;
+    }
+    assert_eq!(replies.stored("rep.a9").await.0, 10);
+    let epoch = store.position("r").await.unwrap().epoch;
+    writer.stop().await;
+    drop(store);
+
+    let store = open_store(dir.path());
+    let writer = Running::start(&client, &store, settings(2));
+    for i in 0..10 {
+        publish(
+            &js,
+            2,
+            "r",
+            &format!("b{i}"),
+            json!(10 + i),
+            &format!("rep.b{i}"),
+            None,
+        )
+        .await;
+    }
+    for i in 0..10u64 {
+        assert_eq!(
+            replies.stored(&format!("rep.b{i}")).await,
+            (11 + i, epoch.clone())
+        );
+    }
+    let stored = history(&store, "r").await;
+    assert_eq!(offsets(&stored), (1..=20).collect::<Vec<_>>());
+    assert!(
+        stored
+            .iter()
+            .enumerate()
+            .all(|(i, p)| data_of(p) == json!(i))
+    );
+    writer.stop().await;
+}
+
+#[tokio::test]
+async fn many_channels_across_partitions_in_shared_batches_are_each_dense() {
+    let nats = TestNats::start().await;
+    let client = nats.client().await;
+    let js = stream(&client, 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let replies = Replies::listen(&client, "rep").await;
+    let channels: Vec<String> = (0..8).map(|c| format!("room:{c}")).collect();
+
+    // Everything waits in the stream before the writer starts, so batches mix
+    // channels.
+    let mut acks = Vec::new();
+    for i in 0..25 {
+        for (c, ch) in channels.iter().enumerate() {
+            acks.push(
+                publish(
+                    &js,
+                    4,
+                    ch,
+                    &format!("k{i}"),
+                    json!({"c": c, "i": i}),
+                    &format!("rep.{c}.{i}"),
+                    None,
+                )
+                .await,
+            );
+        }
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    // A head cache smaller than the channel count: evictions must not matter.
+    let writer = Running::start(
+        &client,
+        &store,
+        WriterSettings {
+            head_cache_capacity: 3,
+            ..settings(4)
+        },
+    );
+    let all = replies.wait_for(200).await;
+
+    for (c, ch) in channels.iter().enumerate() {
+        let stored = history(&store, ch).await;
+        assert_eq!(
+            offsets(&stored),
+            (1..=25).collect::<Vec<_>>(),
+            "channel {ch}"
+        );
+        for i in 0..25 {
+            let WriterReply::Stored { offset, .. } = &all[&format!("rep.{c}.{i}")] else {
+                panic!("not stored");
+            };
+            assert_eq!(
+                data_of(&stored[*offset as usize - 1]),
+                json!({"c": c, "i": i})
+            );
+        }
+    }
+    writer.stop().await;
+}
+
+/// Two writers on one partition (what ownership will prevent, and what a
+/// failover overlap can still cause): the store refuses the loser's append
+/// (`Conflict`), it re-sequences from the store, and no offset is given twice.
+#[tokio::test]
+async fn two_writers_racing_on_a_partition_never_assign_an_offset_twice() {
+    let nats = TestNats::start().await;
+    let client = nats.client().await;
+    let js = stream(&client, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let replies = Replies::listen(&client, "rep").await;
+    let small = WriterSettings {
+        batch_size: 8,
+        ..settings(1)
+    };
+    let first = Running::start(&client, &store, small.clone());
+    let second = Running::start(&nats.client().await, &store, small);
+
+    let mut acks = Vec::new();
+    for i in 0..400 {
+        acks.push(
+            publish(
+                &js,
+                1,
+                "race",
+                &format!("k{i}"),
+                json!(i),
+                &format!("rep.{i}"),
+                None,
+            )
+            .await,
+        );
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    let all = replies.wait_for(400).await;
+    let stored = history(&store, "race").await;
+    assert_eq!(offsets(&stored), (1..=400).collect::<Vec<_>>());
+    for i in 0..400 {
+        let WriterReply::Stored { offset, .. } = &all[&format!("rep.{i}")] else {
+            panic!("not stored");
+        };
+        assert_eq!(data_of(&stored[*offset as usize - 1]), json!(i));
+    }
+    first.stop().await;
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn an_invalid_message_is_refused_without_blocking_the_partition() {
+    let nats = TestNats::start().await;
+    let client = nats.client().await;
+    let js = stream(&client, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let replies = Replies::listen(&client, "rep").await;
+    let writer = Running::start(&client, &store, settings(1));
+
+    publish_raw(
+        &js,
+        1,
+        "x",
+        Bytes::from_static(b"{not json"),
+        "rep.bad",
+        "bad".into(),
+    )
+    .await
+    .await
+    .unwrap();
+    publish(&js, 1, "x", "k", json!(1), "rep.good", None)
+        .await
+        .await
+        .unwrap();
+    assert_eq!(replies.stored("rep.good").await.0, 1);
+    let all = replies.wait_for(2).await;
+    assert!(matches!(all["rep.bad"], WriterReply::Failed { .. }));
+    assert_eq!(offsets(&history(&store, "x").await), [1]);
+    writer.stop().await;
+}
+
+/// A writer that committed a message and died before acking it: JetStream
+/// redelivers the message to the next writer, which must find its key stored
+/// and answer with the original offset instead of storing it again.
+#[tokio::test]
+async fn a_message_committed_but_not_acked_is_not_stored_twice() {
+    let nats = TestNats::start().await;
+    let client = nats.client().await;
+    let js = stream(&client, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let replies = Replies::listen(&client, "rep").await;
+    let ack_wait = Duration::from_secs(1);
+
+    // The dead writer: it pulled the message through the partition's durable
+    // consumer and committed it, but never acked.
+    let ingest = js.get_stream(subjects::INGEST_STREAM).await.unwrap();
+    let consumer = ingest
+        .create_consumer(pull::Config {
+            durable_name: Some(subjects::writer_consumer(0)),
+            filter_subject: subjects::ingest_subject(0),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait,
+            max_ack_pending: 1024,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    publish(&js, 1, "crash", "K", json!("once"), "rep.1", None)
+        .await
+        .await
+        .unwrap();
+    let mut fetched = consumer.fetch().max_messages(1).messages().await.unwrap();
+    let msg = fetched.next().await.expect("a message").unwrap();
+    let body: Value = serde_json::from_slice(&msg.payload).unwrap();
+    assert_eq!(body["key"], "K");
+    store
+        .append(&[ChannelAppend {
+            channel: "crash".into(),
+            epoch: "dead0001".into(),
+            publications: vec![StoredPublication {
+                offset: 1,
+                data: Bytes::from(body["data"].to_string()),
+                info: None,
+                time_ms: 1,
+            }],
+            idempotency_keys: vec![("K".into(), 1)],
+        }])
+        .await
+        .unwrap();
+    drop((msg, fetched, consumer));
+
+    let writer = Running::start(
+        &client,
+        &store,
+        WriterSettings {
+            ack_wait,
+            ..settings(1)
+        },
+    );
+    assert_eq!(replies.stored("rep.1").await, (1, "dead0001".to_string()));
+    publish(&js, 1, "crash", "K2", json!("next"), "rep.2", None)
+        .await
+        .await
+        .unwrap();
+    assert_eq!(replies.stored("rep.2").await, (2, "dead0001".to_string()));
+    let stored = history(&store, "crash").await;
+    assert_eq!(offsets(&stored), [1, 2]);
+    assert_eq!(data_of(&stored[0]), json!("once"));
+    writer.stop().await;
+
+    // Everything was acked: nothing is left in the work queue.
+    eventually("an empty work queue", LIMIT, || {
+        let js = js.clone();
+        async move {
+            let mut ingest = js.get_stream(subjects::INGEST_STREAM).await.ok()?;
+            (ingest.info().await.ok()?.state.messages == 0).then_some(())
+        }
+    })
+    .await;
+}
