@@ -37,6 +37,12 @@ fn the_example_file_loads_and_holds_the_defaults() {
         chat.history_retention,
         Some(Duration::from_secs(30 * 86_400))
     );
+    let dm = config
+        .channels
+        .namespaces
+        .remove(herald::config::BUILTIN_DM_NAMESPACE)
+        .expect("the built-in dm namespace");
+    assert_eq!(dm, config.channels.default);
     assert!(
         config.channels.namespaces.is_empty(),
         "{:?}",
