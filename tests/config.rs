@@ -214,3 +214,12 @@ fn token_without_any_secret_exits_64_with_a_message() {
 fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+#[test]
+fn the_readme_documents_every_option() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md");
+    for spec in herald::config::OPTIONS {
+        let row = format!("| `{}` | `{}` |", spec.key, herald::config::env_name(spec.key));
+        assert!(readme.contains(&row), "README.md lacks the row of {}", spec.key);
+    }
+}
