@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::TestNats;
 use common::node::{SECRET, TestHerald, test_config};
 use common::ws::WsClient;
+use common::{TestNats, eventually};
 use serde_json::json;
 
 struct Fixture {
@@ -311,6 +311,8 @@ async fn slow_client_is_disconnected_with_3008() {
         .call("subscribe", json!({"channel": "live:firehose"}))
         .await;
     // The healthy client reads all along and checks order and completeness.
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen_by_reader = seen.clone();
     let reader = tokio::spawn(async move {
         let mut next = 0u64;
         loop {
@@ -320,13 +322,16 @@ async fn slow_client_is_disconnected_with_3008() {
             }
             assert_eq!(p["data"]["i"], next, "in order, nothing missing");
             next += 1;
+            seen_by_reader.store(next, std::sync::atomic::Ordering::SeqCst);
         }
     });
+    // Bursts smaller than the queue bound, each waiting for the healthy
+    // client to catch up: only a client that stopped reading can overflow.
     let pad = "y".repeat(8 * 1024);
     let mut sent = 0u64;
     let mut stalled_gone = false;
     while sent < 20_000 && !stalled_gone {
-        for _ in 0..100 {
+        for _ in 0..20 {
             let r = h
                 .api(
                     "publish",
@@ -336,6 +341,11 @@ async fn slow_client_is_disconnected_with_3008() {
             assert_eq!(r["result"], json!({}), "{r}");
             sent += 1;
         }
+        eventually("the healthy client catches up", Duration::from_secs(30), || {
+            let seen = seen.clone();
+            async move { (seen.load(std::sync::atomic::Ordering::SeqCst) == sent).then_some(()) }
+        })
+        .await;
         let info = h.api("info", json!({})).await;
         stalled_gone = info["result"]["nodes"][0]["num_clients"] == 1;
     }

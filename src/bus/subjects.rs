@@ -14,6 +14,10 @@ pub const SYNC: &str = "herald.sync.v1";
 /// Queue group every sync instance joins.
 pub const SYNC_QUEUE: &str = "sync";
 
+/// A subject nobody answers: a request to it comes back "no responders" only
+/// after the server processed everything the connection sent before it.
+pub const INTEREST_PROBE: &str = "herald.probe";
+
 /// Header carrying the subject the writer answers a publish on.
 pub const REPLY_HEADER: &str = "Herald-Reply";
 /// Headers of a sequenced publication on a channel subject.

@@ -66,12 +66,22 @@ pub async fn run(
             return;
         }
     };
-    // The flush round trip guarantees the server has our SUB before any
-    // subscriber reads its starting position from sync.
-    if let Err(e) = deps.nats.flush().await {
-        tracing::warn!(error = %e, "channel subscribe not confirmed");
-        let _ = status.send(FeedStatus::Failed);
-        return;
+    // `flush` only empties the client's buffer. The server handles a
+    // connection's messages in order, so once it has answered a request sent
+    // after our SUB (with "no responders"), the subscription is active: any
+    // publication committed after a subscriber then reads its position from
+    // sync reaches this feed.
+    match deps
+        .nats
+        .request(subjects::INTEREST_PROBE, bytes::Bytes::new())
+        .await
+    {
+        Err(e) if !matches!(e.kind(), async_nats::RequestErrorKind::NoResponders) => {
+            tracing::warn!(error = %e, "channel subscribe not confirmed");
+            let _ = status.send(FeedStatus::Failed);
+            return;
+        }
+        _ => {}
     }
     let _ = status.send(FeedStatus::Ready);
 
