@@ -545,7 +545,10 @@ mod tests {
         assert_eq!(c.sync.page_limit, 1000);
         assert!(c.token_hmac_secret.is_none());
         assert!(c.channels.default.history);
-        assert_eq!(c.channels.namespaces[BUILTIN_DM_NAMESPACE], c.channels.default);
+        assert_eq!(
+            c.channels.namespaces[BUILTIN_DM_NAMESPACE],
+            c.channels.default
+        );
     }
 
     #[test]

@@ -30,8 +30,12 @@ async fn fixture() -> Fixture {
     config.client.message_size_limit = 1024;
     let h = TestHerald::start(config).await;
     let (mut bystander, _) = WsClient::connect(h.addr, &h.token("bystander")).await;
-    bystander.call("subscribe", json!({"channel": "watch"})).await;
-    let r = h.api("publish", json!({"channel": "watch", "data": "before"})).await;
+    bystander
+        .call("subscribe", json!({"channel": "watch"}))
+        .await;
+    let r = h
+        .api("publish", json!({"channel": "watch", "data": "before"}))
+        .await;
     assert_eq!(r["result"]["offset"], 1);
     assert_eq!(bystander.publication("watch").await["data"], "before");
     Fixture {
@@ -49,12 +53,24 @@ impl Fixture {
             .bystander
             .call("publish", json!({"channel": "watch", "data": "after"}))
             .await;
-        let offset = r["publish"]["offset"].as_u64().expect("bystander can publish");
+        let offset = r["publish"]["offset"]
+            .as_u64()
+            .expect("bystander can publish");
         let p = self.bystander.publication("watch").await;
         assert_eq!(p["offset"], offset);
-        let hist = self.h.api("history", json!({"channel": "watch", "limit": 100})).await;
-        let pubs = hist["result"]["publications"].as_array().expect("history").clone();
-        assert_eq!(pubs.len() as u64, offset, "history is dense and nothing was added by bad input");
+        let hist = self
+            .h
+            .api("history", json!({"channel": "watch", "limit": 100}))
+            .await;
+        let pubs = hist["result"]["publications"]
+            .as_array()
+            .expect("history")
+            .clone();
+        assert_eq!(
+            pubs.len() as u64,
+            offset,
+            "history is dense and nothing was added by bad input"
+        );
         assert_eq!(pubs[0]["data"], "before");
     }
 }
@@ -119,7 +135,8 @@ async fn frame_over_the_size_limit_closes() {
     let mut f = fixture().await;
     let (mut c, _) = WsClient::connect(f.h.addr, &f.h.token("x")).await;
     let big = "x".repeat(2000);
-    c.send("publish", json!({"channel": "watch", "data": big})).await;
+    c.send("publish", json!({"channel": "watch", "data": big}))
+        .await;
     assert_eq!(c.closed().await.code, 1009);
     f.unharmed().await;
 }
@@ -130,7 +147,10 @@ async fn invalid_tokens_are_refused() {
     let exp = herald::auth::now_secs() + 600;
     let cases = [
         ("garbage", "not.a.jwt".to_string()),
-        ("wrong secret", token_with(json!({"sub": "x", "exp": exp}), "other-secret")),
+        (
+            "wrong secret",
+            token_with(json!({"sub": "x", "exp": exp}), "other-secret"),
+        ),
         ("no exp", token_with(json!({"sub": "x"}), SECRET)),
         ("empty", String::new()),
         (
@@ -162,7 +182,10 @@ async fn invalid_tokens_are_refused() {
 #[tokio::test]
 async fn expired_token_is_error_109() {
     let mut f = fixture().await;
-    let token = token_with(json!({"sub": "x", "exp": herald::auth::now_secs() - 60}), SECRET);
+    let token = token_with(
+        json!({"sub": "x", "exp": herald::auth::now_secs() - 60}),
+        SECRET,
+    );
     let mut c = WsClient::open(f.h.addr).await;
     let r = c.call("connect", json!({"token": token})).await;
     assert_eq!(r["error"]["code"], 109, "{r}");
@@ -180,9 +203,13 @@ async fn forbidden_and_invalid_channels() {
         let r = c.call("subscribe", json!({"channel": ch})).await;
         assert_eq!(r["error"]["code"], 103, "{ch}: {r}");
     }
-    let r = c.call("publish", json!({"channel": "#bystander", "data": 1})).await;
+    let r = c
+        .call("publish", json!({"channel": "#bystander", "data": 1}))
+        .await;
     assert_eq!(r["error"]["code"], 103, "{r}");
-    let r = c.call("history", json!({"channel": "#bystander", "limit": 10})).await;
+    let r = c
+        .call("history", json!({"channel": "#bystander", "limit": 10}))
+        .await;
     assert_eq!(r["error"]["code"], 103, "{r}");
     let long = "x".repeat(256);
     for ch in ["", long.as_str(), "a\u{0}b", "dm:"] {
@@ -199,7 +226,9 @@ async fn subscription_limit_and_double_subscribe() {
     let mut f = fixture().await;
     let (mut c, _) = WsClient::connect(f.h.addr, &f.h.token("x")).await;
     for i in 0..3 {
-        let r = c.call("subscribe", json!({"channel": format!("c{i}")})).await;
+        let r = c
+            .call("subscribe", json!({"channel": format!("c{i}")}))
+            .await;
         assert!(r.get("subscribe").is_some(), "{r}");
     }
     let r = c.call("subscribe", json!({"channel": "c0"})).await;
@@ -208,7 +237,10 @@ async fn subscription_limit_and_double_subscribe() {
     assert_eq!(r["error"]["code"], 106, "{r}");
     c.call("unsubscribe", json!({"channel": "c0"})).await;
     let r = c.call("subscribe", json!({"channel": "c3"})).await;
-    assert!(r.get("subscribe").is_some(), "room again after unsubscribe: {r}");
+    assert!(
+        r.get("subscribe").is_some(),
+        "room again after unsubscribe: {r}"
+    );
     f.unharmed().await;
 }
 
@@ -242,12 +274,19 @@ async fn missing_pong_disconnects_with_3012() {
     let (mut quiet, _) = WsClient::connect(h.addr, &h.token("quiet")).await;
     quiet.auto_pong = false;
     let (mut polite, _) = WsClient::connect(h.addr, &h.token("polite")).await;
+    // The client that answers pings stays connected through several pings.
+    let polite = tokio::spawn(async move {
+        let quiet_period = polite.nothing_for(Duration::from_millis(1500)).await;
+        (quiet_period, polite)
+    });
     assert_eq!(quiet.closed().await.code, 3012);
     assert!(quiet.pings_seen >= 1);
-    // The client that answers pings stays connected through several pings.
-    assert!(polite.nothing_for(Duration::from_millis(1200)).await);
+    let (quiet_period, mut polite) = polite.await.expect("polite task");
+    assert!(quiet_period, "the polite client was not disconnected");
     assert!(polite.pings_seen >= 2, "saw {} pings", polite.pings_seen);
-    let r = polite.call("subscribe", json!({"channel": "still-here"})).await;
+    let r = polite
+        .call("subscribe", json!({"channel": "still-here"}))
+        .await;
     assert!(r.get("subscribe").is_some());
 }
 
@@ -256,7 +295,7 @@ async fn slow_client_is_disconnected_with_3008() {
     let nats = TestNats::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = test_config(&nats, dir.path().join("data"));
-    config.client.queue_max_bytes = 64 * 1024;
+    config.client.queue_max_bytes = 256 * 1024;
     let mut live = config.channels.default.clone();
     live.history = false;
     config.channels.namespaces.insert("live".into(), live);
@@ -264,36 +303,76 @@ async fn slow_client_is_disconnected_with_3008() {
     // Subscribes, then never reads again: the kernel buffers fill, then the
     // server's outbound queue passes its bound.
     let (mut stalled, _) = WsClient::connect(h.addr, &h.token("stalled")).await;
-    stalled.call("subscribe", json!({"channel": "live:firehose"})).await;
+    stalled
+        .call("subscribe", json!({"channel": "live:firehose"}))
+        .await;
     let (mut healthy, _) = WsClient::connect(h.addr, &h.token("healthy")).await;
-    healthy.call("subscribe", json!({"channel": "live:firehose"})).await;
-    let pad = "y".repeat(16 * 1024);
+    healthy
+        .call("subscribe", json!({"channel": "live:firehose"}))
+        .await;
+    // The healthy client reads all along and checks order and completeness.
+    let reader = tokio::spawn(async move {
+        let mut next = 0u64;
+        loop {
+            let p = healthy.publication("live:firehose").await;
+            if p["data"] == "end" {
+                return (next, healthy);
+            }
+            assert_eq!(p["data"]["i"], next, "in order, nothing missing");
+            next += 1;
+        }
+    });
+    let pad = "y".repeat(8 * 1024);
     let mut sent = 0u64;
-    let mut received = 0u64;
     let mut stalled_gone = false;
     while sent < 20_000 && !stalled_gone {
-        for _ in 0..50 {
-            let r = h.api("publish", json!({"channel": "live:firehose", "data": {"i": sent, "pad": pad}})).await;
+        for _ in 0..100 {
+            let r = h
+                .api(
+                    "publish",
+                    json!({"channel": "live:firehose", "data": {"i": sent, "pad": pad}}),
+                )
+                .await;
             assert_eq!(r["result"], json!({}), "{r}");
             sent += 1;
-        }
-        // The healthy client keeps up, in order, with nothing missing.
-        while received < sent {
-            let p = healthy.publication("live:firehose").await;
-            assert_eq!(p["data"]["i"], received);
-            received += 1;
         }
         let info = h.api("info", json!({})).await;
         stalled_gone = info["result"]["nodes"][0]["num_clients"] == 1;
     }
-    assert!(stalled_gone, "the stalled client was not disconnected after {sent} messages");
-    let metrics = reqwest::get(h.url("/metrics")).await.expect("metrics").text().await.expect("text");
     assert!(
-        metrics.lines().any(|l| l.starts_with("herald_edge_disconnects_total{code=\"3008\"}")),
+        stalled_gone,
+        "the stalled client was not disconnected after {sent} messages"
+    );
+    h.api(
+        "publish",
+        json!({"channel": "live:firehose", "data": "end"}),
+    )
+    .await;
+    let (received, mut healthy) = reader.await.expect("healthy reader");
+    assert_eq!(received, sent, "the healthy client got every message");
+    let metrics = reqwest::get(h.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("herald_edge_disconnects_total{code=\"3008\"}")),
         "3008 recorded"
     );
-    assert!(metrics.lines().any(|l| l.starts_with("herald_edge_slow_disconnects_total")));
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("herald_edge_slow_disconnects_total"))
+    );
     drop(stalled);
-    let r = healthy.call("publish", json!({"channel": "live:firehose", "data": "still fine"})).await;
+    let r = healthy
+        .call(
+            "publish",
+            json!({"channel": "live:firehose", "data": "still fine"}),
+        )
+        .await;
     assert_eq!(r["publish"], json!({}));
 }

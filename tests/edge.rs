@@ -20,8 +20,13 @@ async fn node() -> (TestNats, tempfile::TempDir, TestHerald) {
 
 /// Every stored publication of a channel, read through the server API.
 async fn stored(h: &TestHerald, channel: &str, limit: usize) -> Vec<Value> {
-    let r = h.api("history", json!({"channel": channel, "limit": limit})).await;
-    r["result"]["publications"].as_array().cloned().unwrap_or_default()
+    let r = h
+        .api("history", json!({"channel": channel, "limit": limit}))
+        .await;
+    r["result"]["publications"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -38,10 +43,17 @@ async fn two_users_chat_in_a_user_limited_channel() {
     }
     let denied = eve.call("subscribe", json!({"channel": ch})).await;
     assert_eq!(denied["error"]["code"], 103, "{denied}");
-    let denied = eve.call("publish", json!({"channel": ch, "data": {"text": "hi"}})).await;
+    let denied = eve
+        .call("publish", json!({"channel": ch, "data": {"text": "hi"}}))
+        .await;
     assert_eq!(denied["error"]["code"], 103, "{denied}");
 
-    let r = alice.call("publish", json!({"channel": ch, "data": {"text": "hi bob"}})).await;
+    let r = alice
+        .call(
+            "publish",
+            json!({"channel": ch, "data": {"text": "hi bob"}}),
+        )
+        .await;
     assert_eq!(r["publish"]["offset"], 1, "{r}");
     let epoch = r["publish"]["epoch"].as_str().expect("epoch").to_string();
     assert!(!epoch.is_empty());
@@ -52,15 +64,25 @@ async fn two_users_chat_in_a_user_limited_channel() {
     let p = alice.publication(ch).await;
     assert_eq!(p["offset"], 1, "the publisher receives its own message too");
 
-    let r = bob.call("publish", json!({"channel": ch, "data": {"text": "hi alice"}})).await;
+    let r = bob
+        .call(
+            "publish",
+            json!({"channel": ch, "data": {"text": "hi alice"}}),
+        )
+        .await;
     assert_eq!(r["publish"]["offset"], 2);
     assert_eq!(r["publish"]["epoch"], epoch.as_str());
     let p = alice.publication(ch).await;
     assert_eq!(p["data"]["text"], "hi alice");
     assert_eq!(p["info"]["user"], "bob");
-    assert!(eve.nothing_for(Duration::from_millis(200)).await, "eve got nothing");
+    assert!(
+        eve.nothing_for(Duration::from_millis(200)).await,
+        "eve got nothing"
+    );
 
-    let history = alice.call("history", json!({"channel": ch, "limit": 10})).await;
+    let history = alice
+        .call("history", json!({"channel": ch, "limit": 10}))
+        .await;
     let pubs = history["history"]["publications"].as_array().expect("pubs");
     assert_eq!(pubs.len(), 2);
     assert_eq!(history["history"]["offset"], 2);
@@ -78,7 +100,12 @@ async fn concurrent_publishers_get_dense_offsets() {
         tasks.push(tokio::spawn(async move {
             let mut offsets = Vec::new();
             for i in 0..500 {
-                let r = c.call("publish", json!({"channel": ch, "data": {"p": publisher, "i": i}})).await;
+                let r = c
+                    .call(
+                        "publish",
+                        json!({"channel": ch, "data": {"p": publisher, "i": i}}),
+                    )
+                    .await;
                 offsets.push((r["publish"]["offset"].as_u64().expect("offset"), i));
             }
             offsets
@@ -95,7 +122,10 @@ async fn concurrent_publishers_get_dense_offsets() {
     assert_eq!(all, (1..=2000).collect::<BTreeSet<u64>>());
     let pubs = stored(&h, &ch, 1000).await;
     let mut more = h
-        .api("history", json!({"channel": ch, "limit": 1000, "since": {"offset": 1000}}))
+        .api(
+            "history",
+            json!({"channel": ch, "limit": 1000, "since": {"offset": 1000}}),
+        )
         .await["result"]["publications"]
         .as_array()
         .cloned()
@@ -104,11 +134,18 @@ async fn concurrent_publishers_get_dense_offsets() {
     pubs.append(&mut more);
     assert_eq!(pubs.len(), 2000);
     for (n, p) in pubs.iter().enumerate() {
-        assert_eq!(p["offset"], n as u64 + 1, "stored offsets are exactly 1..2000");
+        assert_eq!(
+            p["offset"],
+            n as u64 + 1,
+            "stored offsets are exactly 1..2000"
+        );
     }
     for (offset, publisher, i) in replies {
         let p = &pubs[offset as usize - 1];
-        assert_eq!(p["data"]["p"], publisher, "reply offset {offset} names the stored message");
+        assert_eq!(
+            p["data"]["p"], publisher,
+            "reply offset {offset} names the stored message"
+        );
         assert_eq!(p["data"]["i"], i);
     }
 }
@@ -121,7 +158,8 @@ async fn reconnecting_client_recovers_exactly_what_it_missed() {
     let r = c.call("subscribe", json!({"channel": ch})).await;
     assert_eq!(r["subscribe"]["recoverable"], true);
     for i in 0..3 {
-        h.api("publish", json!({"channel": ch, "data": {"i": i}})).await;
+        h.api("publish", json!({"channel": ch, "data": {"i": i}}))
+            .await;
     }
     let mut last = Value::Null;
     for _ in 0..3 {
@@ -136,26 +174,34 @@ async fn reconnecting_client_recovers_exactly_what_it_missed() {
     c.close().await;
 
     for i in 0..50 {
-        let r = h.api("publish", json!({"channel": ch, "data": {"missed": i}})).await;
+        let r = h
+            .api("publish", json!({"channel": ch, "data": {"missed": i}}))
+            .await;
         assert_eq!(r["result"]["offset"], 4 + i);
     }
 
     let (mut c, _) = WsClient::connect(h.addr, &h.token("alice")).await;
     let r = c
-        .call("subscribe", json!({"channel": ch, "recover": true, "offset": offset, "epoch": epoch}))
+        .call(
+            "subscribe",
+            json!({"channel": ch, "recover": true, "offset": offset, "epoch": epoch}),
+        )
         .await;
     let s = &r["subscribe"];
     assert_eq!(s["recovered"], true, "{r}");
     assert_eq!(s["was_recovering"], true);
     assert_eq!(s["offset"], 53);
-    let pubs = s["publications"].as_array().expect("recovered publications");
+    let pubs = s["publications"]
+        .as_array()
+        .expect("recovered publications");
     assert_eq!(pubs.len(), 50);
     for (i, p) in pubs.iter().enumerate() {
         assert_eq!(p["offset"], 4 + i as u64);
         assert_eq!(p["data"]["missed"], i as u64);
     }
     // Live delivery continues right after the recovered ones.
-    h.api("publish", json!({"channel": ch, "data": "after"})).await;
+    h.api("publish", json!({"channel": ch, "data": "after"}))
+        .await;
     let p = c.publication(ch).await;
     assert_eq!(p["offset"], 54);
     assert_eq!(p["data"], "after");
@@ -172,26 +218,46 @@ async fn recovery_past_the_limit_is_not_recovered() {
         h.api("publish", json!({"channel": "c", "data": i})).await;
     }
     let (mut c, _) = WsClient::connect(h.addr, &h.token("u")).await;
-    let r = c.call("subscribe", json!({"channel": "c", "recover": true, "offset": 2})).await;
+    let r = c
+        .call(
+            "subscribe",
+            json!({"channel": "c", "recover": true, "offset": 2}),
+        )
+        .await;
     assert_eq!(r["subscribe"]["recovered"], serde_json::Value::Null, "{r}");
     assert_eq!(r["subscribe"]["offset"], 10);
     assert!(r["subscribe"].get("publications").is_none());
     c.call("unsubscribe", json!({"channel": "c"})).await;
-    let r = c.call("subscribe", json!({"channel": "c", "recover": true, "offset": 6})).await;
+    let r = c
+        .call(
+            "subscribe",
+            json!({"channel": "c", "recover": true, "offset": 6}),
+        )
+        .await;
     assert_eq!(r["subscribe"]["recovered"], true, "{r}");
-    assert_eq!(r["subscribe"]["publications"].as_array().map(Vec::len), Some(4));
+    assert_eq!(
+        r["subscribe"]["publications"].as_array().map(Vec::len),
+        Some(4)
+    );
 }
 
 #[tokio::test]
 async fn restart_keeps_history_and_offsets_continue() {
     let (_nats, _dir, mut h) = node().await;
     for i in 0..5 {
-        let r = h.api("publish", json!({"channel": "keep", "data": i})).await;
+        let r = h
+            .api("publish", json!({"channel": "keep", "data": i}))
+            .await;
         assert_eq!(r["result"]["offset"], i + 1);
     }
-    let epoch = h.api("history", json!({"channel": "keep", "limit": 0})).await["result"]["epoch"].clone();
+    let epoch = h
+        .api("history", json!({"channel": "keep", "limit": 0}))
+        .await["result"]["epoch"]
+        .clone();
     h.restart().await;
-    let r = h.api("publish", json!({"channel": "keep", "data": 5})).await;
+    let r = h
+        .api("publish", json!({"channel": "keep", "data": 5}))
+        .await;
     assert_eq!(r["result"]["offset"], 6, "{r}");
     assert_eq!(r["result"]["epoch"], epoch);
     let pubs = stored(&h, "keep", 100).await;
@@ -213,10 +279,20 @@ async fn api_publish_to_personal_channel_reaches_every_device() {
     }
     let r = bob.call("subscribe", json!({"channel": "#alice"})).await;
     assert_eq!(r["error"]["code"], 103);
-    let r = phone.call("publish", json!({"channel": "#alice", "data": 1})).await;
-    assert_eq!(r["error"]["code"], 103, "clients may not publish into a personal channel");
+    let r = phone
+        .call("publish", json!({"channel": "#alice", "data": 1}))
+        .await;
+    assert_eq!(
+        r["error"]["code"], 103,
+        "clients may not publish into a personal channel"
+    );
 
-    let r = h.api("publish", json!({"channel": "#alice", "data": {"notify": "ping"}})).await;
+    let r = h
+        .api(
+            "publish",
+            json!({"channel": "#alice", "data": {"notify": "ping"}}),
+        )
+        .await;
     assert_eq!(r["result"]["offset"], 1, "{r}");
     for c in [&mut phone, &mut laptop] {
         let p = c.publication("#alice").await;
@@ -239,7 +315,8 @@ async fn token_channels_claim_makes_server_side_subscriptions() {
     let subs = &reply["connect"]["subs"];
     assert_eq!(subs["#carol"]["recoverable"], true, "{reply}");
     assert_eq!(subs["alerts"]["recoverable"], true, "{reply}");
-    h.api("publish", json!({"channel": "alerts", "data": "fire"})).await;
+    h.api("publish", json!({"channel": "alerts", "data": "fire"}))
+        .await;
     let p = c.publication("alerts").await;
     assert_eq!(p["data"], "fire");
 }
@@ -251,19 +328,30 @@ async fn private_channel_needs_a_subscription_token() {
     let r = c.call("subscribe", json!({"channel": "$board"})).await;
     assert_eq!(r["error"]["code"], 103);
     let r = c
-        .call("subscribe", json!({"channel": "$board", "token": h.sub_token("someone-else", "$board")}))
+        .call(
+            "subscribe",
+            json!({"channel": "$board", "token": h.sub_token("someone-else", "$board")}),
+        )
         .await;
     assert_eq!(r["error"]["code"], 103);
     let r = c
-        .call("subscribe", json!({"channel": "$board", "token": h.sub_token("dave", "$board")}))
+        .call(
+            "subscribe",
+            json!({"channel": "$board", "token": h.sub_token("dave", "$board")}),
+        )
         .await;
     assert_eq!(r["subscribe"]["expires"], true, "{r}");
     assert!(r["subscribe"]["ttl"].as_u64().expect("ttl") > 3000);
     let r = c
-        .call("sub_refresh", json!({"channel": "$board", "token": h.sub_token("dave", "$board")}))
+        .call(
+            "sub_refresh",
+            json!({"channel": "$board", "token": h.sub_token("dave", "$board")}),
+        )
         .await;
     assert_eq!(r["sub_refresh"]["expires"], true, "{r}");
-    let r = c.call("publish", json!({"channel": "$board", "data": "x"})).await;
+    let r = c
+        .call("publish", json!({"channel": "$board", "data": "x"}))
+        .await;
     assert_eq!(r["publish"]["offset"], 1, "{r}");
 }
 
@@ -280,7 +368,12 @@ async fn ephemeral_namespace_delivers_without_offsets() {
     let (mut b, _) = WsClient::connect(h.addr, &h.token("b")).await;
     let r = a.call("subscribe", json!({"channel": "live:scores"})).await;
     assert!(r["subscribe"].get("recoverable").is_none(), "{r}");
-    let r = b.call("publish", json!({"channel": "live:scores", "data": {"goal": 1}})).await;
+    let r = b
+        .call(
+            "publish",
+            json!({"channel": "live:scores", "data": {"goal": 1}}),
+        )
+        .await;
     assert_eq!(r["publish"], json!({}), "{r}");
     let p = a.publication("live:scores").await;
     assert_eq!(p["data"]["goal"], 1);
@@ -299,7 +392,8 @@ async fn refresh_extends_the_connection() {
     let r = c.call("refresh", json!({"token": h.token("erin")})).await;
     assert_eq!(r["refresh"]["expires"], true, "{r}");
     // A token of another user on refresh ends the connection.
-    c.send("refresh", json!({"token": h.token("mallory")})).await;
+    c.send("refresh", json!({"token": h.token("mallory")}))
+        .await;
     let closed = c.closed().await;
     assert_eq!(closed.code, 3500);
 }
@@ -307,13 +401,27 @@ async fn refresh_extends_the_connection() {
 #[tokio::test]
 async fn health_and_metrics_answer() {
     let (_nats, _dir, h) = node().await;
-    let health: Value = reqwest::get(h.url("/health")).await.expect("health").json().await.expect("json");
+    let health: Value = reqwest::get(h.url("/health"))
+        .await
+        .expect("health")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(health["status"], "ok");
     let (_c, _) = WsClient::connect(h.addr, &h.token("m")).await;
-    let text = eventually("metrics show the connection", Duration::from_secs(5), || async {
-        let t = reqwest::get(h.url("/metrics")).await.ok()?.text().await.ok()?;
-        t.contains("herald_edge_connects_total").then_some(t)
-    })
+    let text = eventually(
+        "metrics show the connection",
+        Duration::from_secs(5),
+        || async {
+            let t = reqwest::get(h.url("/metrics"))
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            t.contains("herald_edge_connects_total").then_some(t)
+        },
+    )
     .await;
     assert!(text.contains("herald_edge_connections"));
 }

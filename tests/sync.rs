@@ -364,6 +364,7 @@ async fn http_limit_is_capped_at_the_page_limit() {
 
 #[tokio::test]
 async fn http_authorization_and_errors() {
+    let metrics = herald::metrics::install();
     let fx = Fixture::new(1000);
     seed(&fx.store, "dm:#alice,bob", 3).await;
     seed(&fx.store, "dm:a/b c#alice", 2).await;
@@ -426,6 +427,19 @@ async fn http_authorization_and_errors() {
         let (status, body) = api.get("secret%3Aroom", "", &headers).await;
         assert_error(status, &body, 403);
     }
+    let expired_sub = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": "alice", "channel": "secret:room", "exp": herald::auth::now_secs() - 120}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("x-herald-subscription-token", expired_sub.as_str()),
+    ];
+    let (status, body) = api.get("secret%3Aroom", "", &headers).await;
+    assert_error(status, &body, 401);
+    assert_eq!(body["error"]["message"], "token expired");
     let sub = mint(
         SECRET,
         "alice",
@@ -439,6 +453,13 @@ async fn http_authorization_and_errors() {
     let (status, body) = api.get("secret%3Aroom", "", &headers).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(offsets(&body), vec![1, 2]);
+    // Public channels ignore the header.
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("x-herald-subscription-token", "junk"),
+    ];
+    let (status, body) = api.get("dm%3A%23alice%2Cbob", "", &headers).await;
+    assert_eq!(status, 200, "{body}");
 
     // 400: bad queries and bad channel names.
     for query in [
@@ -462,7 +483,7 @@ async fn http_authorization_and_errors() {
     let (status, body) = api.get_as("alice", "live%3Aroom", "").await;
     assert_error(status, &body, 404);
 
-    let rendered = herald::metrics::install().render();
+    let rendered = metrics.render();
     assert!(
         rendered
             .lines()

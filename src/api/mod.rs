@@ -1,26 +1,382 @@
-//! The server HTTP API for application backends (Centrifugo-shaped). (Being written.)
+//! The server HTTP API for application backends, shaped like Centrifugo's
+//! (centrifugal.dev `docs/server/server_api.md`), so its SDKs (`cent`, …) work.
+//!
+//! `POST /api/<method>` with a JSON body and the key in `X-API-Key: <key>` or
+//! `Authorization: apikey <key>` (compared in constant time; only the key's
+//! length can show in timing). A success is `{"result": …}`, a failure
+//! `{"error": {"code", "message"}}` with the server API error codes
+//! (100 internal, 102 unknown channel, 104 method not found, 107 bad request,
+//! 108 not available, 112 unrecoverable position, …).
+//!
+//! HTTP status: as in Centrifugo, a method's own failure (bad channel name,
+//! unknown namespace, publish not confirmed) is HTTP 200 with an error object.
+//! Only transport-level problems get a 4xx, always with a JSON error body:
+//! 401 missing or wrong key (checked first, so an unknown method without a
+//! key is 401 too), 404 unknown method, 400 a body that is not JSON of the
+//! method's shape (an empty body counts as `{}`), 413 a body over
+//! [`MAX_BODY_BYTES`]. Without a configured key every request is 401 (there is
+//! no insecure mode); `roles` does not mount this router at all then.
+//!
+//! Methods:
+//! - `publish {channel, data, idempotency_key?}` → `{"offset", "epoch"}` for a
+//!   channel of a namespace with `history = true` (sequenced and stored by the
+//!   writer before the reply, I2), `{}` for one without history (a core NATS
+//!   publish). The same (channel, `idempotency_key`) answers the same offset
+//!   (I3). `skip_history` is ignored: a history channel's publications are
+//!   all sequenced, because recovery and gap detection rely on dense offsets
+//!   (I1, I4). `tags` and `b64data` are ignored (JSON data only).
+//! - `broadcast {channels, data, idempotency_key?}` → `{"responses": [...]}`,
+//!   one publish response per channel in request order, published
+//!   concurrently, at most [`BROADCAST_CONCURRENCY`] at a time.
+//! - `history {channel, limit?, since?, reverse?}` → `{"publications",
+//!   "epoch", "offset"}` (offset = the channel's head), read through sync.
+//!   No `limit` (or 0) returns only the position; a negative limit or one
+//!   above `history_page_limit` reads `history_page_limit`. Forward without
+//!   `since` starts at the oldest publication, reverse at the newest; `since`
+//!   reads after (forward) or before (reverse) its offset, and a `since`
+//!   whose epoch is not the channel's is error 112. A namespace without
+//!   history is error 108.
+//! - `info` → this node only (Herald nodes do not know each other): counts
+//!   from the edge, uid (random per process), name (host name), version,
+//!   uptime in seconds.
+//!
+//! Publish failures map to error 100 "internal server error" whatever their
+//! kind (timeout, backpressure, NATS or writer unavailable, writer refusal):
+//! the caller retries with the same idempotency key, which is safe (I3).
+//!
+//! No user permission checks: the key holder may publish into any valid
+//! channel, personal `#user` channels included. Channel names are validated
+//! and their namespace resolved by [`crate::channel::Channel::parse`].
+//!
+//! Publication data stays raw JSON (`RawValue`) end to end: never re-parsed.
+//!
+//! Knows nothing of sessions, NATS subjects or the store: it publishes through
+//! [`Publisher`], reads through [`SyncClient`], and asks the [`Edge`] for counts.
+
+mod methods;
+
+use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use subtle::ConstantTimeEq;
 
 use crate::bus::publisher::Publisher;
-use std::sync::Arc;
-
 use crate::config::{ChannelsConfig, Secret};
 use crate::edge::Edge;
+use crate::metrics::API_REQUESTS_TOTAL;
+use crate::protocol::ProtocolError;
 use crate::sync::client::SyncClient;
+
+/// Largest request body; a larger one is answered 413 without being read further.
+pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+/// Publishes of one `broadcast` in flight at once.
+pub const BROADCAST_CONCURRENCY: usize = 32;
 
 #[derive(Clone)]
 pub struct ApiState {
+    /// The API key; `None` refuses every request.
     pub key: Option<Secret>,
     pub publisher: Publisher,
     pub sync: SyncClient,
     pub channels: ChannelsConfig,
+    /// Largest `history` page.
     pub history_page_limit: usize,
     /// For `info`.
     pub edge: Arc<Edge>,
 }
 
+/// What `info` says about this node besides the edge's counts; fixed when
+/// the router is built (at process start).
+struct Node {
+    uid: String,
+    name: String,
+    started: Instant,
+}
+
+struct Api {
+    state: ApiState,
+    node: Node,
+}
+
 /// `POST /api/<method>`.
-pub fn router(_state: ApiState) -> Router {
+pub fn router(state: ApiState) -> Router {
+    let api = Arc::new(Api {
+        state,
+        node: Node {
+            uid: uuid::Uuid::new_v4().to_string(),
+            name: host_name(),
+            started: Instant::now(),
+        },
+    });
     Router::new()
+        .route("/api/{method}", post(handle))
+        .with_state(api)
+}
+
+/// The host name for `info`, or "herald" where the OS does not say.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "herald".to_string())
+}
+
+/// The methods served; anything else is 404.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Publish,
+    Broadcast,
+    History,
+    Info,
+}
+
+impl Method {
+    fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "publish" => Some(Self::Publish),
+            "broadcast" => Some(Self::Broadcast),
+            "history" => Some(Self::History),
+            "info" => Some(Self::Info),
+            _ => None,
+        }
+    }
+
+    /// The metrics label; `unknown` for an unknown method (closed label set).
+    fn label(method: Option<Self>) -> &'static str {
+        match method {
+            Some(Self::Publish) => "publish",
+            Some(Self::Broadcast) => "broadcast",
+            Some(Self::History) => "history",
+            Some(Self::Info) => "info",
+            None => "unknown",
+        }
+    }
+}
+
+/// Why a request got no method result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// A transport-level problem: this HTTP status with this error object.
+    Transport(StatusCode, ProtocolError),
+    /// The method failed: HTTP 200 with this error object.
+    Method(ProtocolError),
+}
+
+impl From<ProtocolError> for Failure {
+    fn from(e: ProtocolError) -> Self {
+        Self::Method(e)
+    }
+}
+
+/// The server API error object: `{"code", "message"}`.
+#[derive(Debug, Serialize)]
+struct ErrorObject {
+    code: u32,
+    message: &'static str,
+}
+
+impl From<ProtocolError> for ErrorObject {
+    fn from(e: ProtocolError) -> Self {
+        Self {
+            code: e.code(),
+            message: e.message(),
+        }
+    }
+}
+
+/// A whole reply body, or one entry of `broadcast`'s `responses`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Outcome<T> {
+    Result(T),
+    Error(ErrorObject),
+}
+
+impl<T> From<Result<T, ProtocolError>> for Outcome<T> {
+    fn from(r: Result<T, ProtocolError>) -> Self {
+        match r {
+            Ok(t) => Self::Result(t),
+            Err(e) => Self::Error(e.into()),
+        }
+    }
+}
+
+async fn handle(
+    State(api): State<Arc<Api>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let method = Method::from_name(&name);
+    let label = Method::label(method);
+    let outcome = api.dispatch(method, &headers, body).await;
+    let (status, result, body) = match outcome {
+        Ok(result) => (StatusCode::OK, "ok", json(&Outcome::Result(result))),
+        Err(Failure::Method(e)) => (
+            StatusCode::OK,
+            e.label(),
+            json(&Outcome::<()>::Error(e.into())),
+        ),
+        Err(Failure::Transport(status, e)) => {
+            (status, e.label(), json(&Outcome::<()>::Error(e.into())))
+        }
+    };
+    metrics::counter!(API_REQUESTS_TOTAL, "method" => label, "result" => result).increment(1);
+    tracing::debug!(
+        method = label,
+        result,
+        status = status.as_u16(),
+        "api request"
+    );
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Serializes a reply. Our reply types hold only strings, integers and raw
+/// JSON that was valid when received, so this cannot fail; the fallback keeps
+/// the reply valid JSON regardless.
+fn json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value)
+        .unwrap_or_else(|_| br#"{"error":{"code":100,"message":"internal server error"}}"#.to_vec())
+}
+
+impl Api {
+    async fn dispatch(
+        &self,
+        method: Option<Method>,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<Box<RawValue>, Failure> {
+        if !self.authorized(headers) {
+            return Err(Failure::Transport(
+                StatusCode::UNAUTHORIZED,
+                ProtocolError::Unauthorized,
+            ));
+        }
+        let Some(method) = method else {
+            return Err(Failure::Transport(
+                StatusCode::NOT_FOUND,
+                ProtocolError::MethodNotFound,
+            ));
+        };
+        let body = axum::body::to_bytes(body, MAX_BODY_BYTES)
+            .await
+            .map_err(|_| {
+                Failure::Transport(StatusCode::PAYLOAD_TOO_LARGE, ProtocolError::BadRequest)
+            })?;
+        let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &body
+        };
+        match method {
+            Method::Publish => raw(&self.publish(decode(body)?).await?),
+            Method::Broadcast => raw(&self.broadcast(decode(body)?).await?),
+            Method::History => raw(&self.history(decode(body)?).await?),
+            Method::Info => {
+                decode::<methods::InfoRequest>(body)?;
+                raw(&self.info())
+            }
+        }
+    }
+
+    /// Does the request carry the configured key?
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let (Some(expected), Some(given)) = (&self.state.key, presented_key(headers)) else {
+            return false;
+        };
+        given.ct_eq(expected.expose().as_bytes()).into()
+    }
+}
+
+/// The key from `X-API-Key`, else from `Authorization: apikey <key>` (scheme
+/// case-insensitive).
+fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
+    if let Some(v) = headers.get("x-api-key") {
+        return Some(v.as_bytes().trim_ascii());
+    }
+    let auth = headers.get(header::AUTHORIZATION)?.as_bytes().trim_ascii();
+    let (scheme, key) = auth.split_at(auth.iter().position(|b| *b == b' ')?);
+    scheme
+        .eq_ignore_ascii_case(b"apikey")
+        .then(|| key.trim_ascii())
+}
+
+/// Decodes a request body; anything but JSON of the method's shape is 400.
+fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Failure> {
+    serde_json::from_slice(body)
+        .map_err(|_| Failure::Transport(StatusCode::BAD_REQUEST, ProtocolError::BadRequest))
+}
+
+fn raw<T: Serialize>(value: &T) -> Result<Box<RawValue>, Failure> {
+    serde_json::value::to_raw_value(value).map_err(|_| Failure::Method(ProtocolError::Internal))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn key_from_either_header() {
+        assert_eq!(
+            presented_key(&headers(&[("x-api-key", "k1")])),
+            Some(&b"k1"[..])
+        );
+        assert_eq!(
+            presented_key(&headers(&[("authorization", "apikey k2")])),
+            Some(&b"k2"[..])
+        );
+        assert_eq!(
+            presented_key(&headers(&[("authorization", "ApiKey  k3 ")])),
+            Some(&b"k3"[..])
+        );
+        assert_eq!(
+            presented_key(&headers(&[("authorization", "Bearer k4")])),
+            None
+        );
+        assert_eq!(
+            presented_key(&headers(&[("authorization", "apikey")])),
+            None
+        );
+        assert_eq!(presented_key(&headers(&[])), None);
+    }
+
+    #[test]
+    fn replies_have_the_centrifugo_shape() {
+        let ok: Outcome<methods::PublishResult> = Ok(methods::PublishResult::default()).into();
+        assert_eq!(String::from_utf8(json(&ok)).unwrap(), r#"{"result":{}}"#);
+        let err: Outcome<()> = Err(ProtocolError::UnknownChannel).into();
+        assert_eq!(
+            String::from_utf8(json(&err)).unwrap(),
+            r#"{"error":{"code":102,"message":"unknown channel"}}"#
+        );
+    }
+
+    #[test]
+    fn method_names() {
+        for name in ["publish", "broadcast", "history", "info"] {
+            assert_eq!(Method::label(Method::from_name(name)), name);
+        }
+        assert_eq!(Method::from_name("presence"), None);
+        assert_eq!(Method::label(None), "unknown");
+    }
 }

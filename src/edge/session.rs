@@ -744,13 +744,19 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: Arc<Outbox>
             if d != CLIENT_CLOSED {
                 let push = protocol::encode_reply(&Reply::push(protocol::Push::disconnect(d)));
                 if let Ok(text) = Utf8Bytes::try_from(push) {
-                    let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.send(Message::Text(text))).await;
+                    let _ =
+                        tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.send(Message::Text(text)))
+                            .await;
                 }
                 let frame = CloseFrame {
                     code: d.code,
                     reason: d.reason.into(),
                 };
-                let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+                let _ = tokio::time::timeout(
+                    CLOSE_WRITE_TIMEOUT,
+                    sink.send(Message::Close(Some(frame))),
+                )
+                .await;
             }
             let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.close()).await;
             return;

@@ -27,10 +27,12 @@
 //! bound is carried along.
 //!
 //! Errors: `{"error":{"code":<status>,"message":".."}}` — 401 no, bad or
-//! expired token ("token expired"); 403 not allowed, or a bad subscription
-//! token; 400 bad channel name or query; 404 unknown namespace or a namespace
-//! without history; 503 store unavailable or timed out; 500 other store
-//! failures.
+//! expired token, connection or subscription ("token expired"); 403 not
+//! allowed, or a bad subscription token; 400 bad channel name or query; 404
+//! unknown namespace or a namespace without history; 503 store unavailable,
+//! timed out or failing I/O (retry); 500 other store failures. Checked in
+//! that order: token, channel, permission, query, read. 401 answers carry
+//! `WWW-Authenticate: Bearer`.
 //!
 //! Knows tokens and HTTP; reads through `SyncService::read`.
 
@@ -46,6 +48,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use tracing::Instrument;
 
 use super::{ReadError, SyncService};
 use crate::auth::{TokenError, Verifier};
@@ -189,14 +192,17 @@ fn authenticate(verifier: &Verifier, headers: &HeaderMap) -> Result<String, Http
 }
 
 /// May `user` read `channel`? Private channels need a valid subscription
-/// token in `X-Herald-Subscription-Token`.
+/// token in `X-Herald-Subscription-Token`; other channels ignore the header.
 fn authorize(
     verifier: &Verifier,
     headers: &HeaderMap,
     user: &str,
     channel: &Channel<'_>,
 ) -> Result<(), HttpError> {
-    let authorized_private = match headers.get(SUBSCRIPTION_TOKEN_HEADER) {
+    let presented = headers
+        .get(SUBSCRIPTION_TOKEN_HEADER)
+        .filter(|_| channel.private);
+    let authorized_private = match presented {
         None => false,
         Some(value) => {
             let token = value
@@ -302,7 +308,9 @@ async fn publications(
     headers: HeaderMap,
 ) -> Response {
     let started = Instant::now();
-    let (response, result) = match page(&state, path, query, &headers).await {
+    let span = tracing::debug_span!("sync_request", source = SOURCE);
+    let answer = page(&state, path, query, &headers).instrument(span).await;
+    let (response, result) = match answer {
         Ok(response) => (response, "ok"),
         Err(e) => {
             let result = e.result;
@@ -368,6 +376,35 @@ mod tests {
         assert_eq!(
             range_of(&q, 1000).unwrap_err().status,
             StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[test]
+    fn read_errors_map_to_statuses() {
+        use crate::store::StoreErrorKind;
+        let status = |e: ReadError| HttpError::from(e).status;
+        let store = |kind| ReadError::Store {
+            kind,
+            message: "m".into(),
+        };
+        assert_eq!(status(ReadError::BadChannel), StatusCode::BAD_REQUEST);
+        assert_eq!(status(ReadError::UnknownNamespace), StatusCode::NOT_FOUND);
+        assert_eq!(status(ReadError::NoHistory), StatusCode::NOT_FOUND);
+        assert_eq!(
+            status(store(StoreErrorKind::Unavailable)),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(store(StoreErrorKind::Timeout)),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(store(StoreErrorKind::Corrupt)),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert_eq!(
+            status(ReadError::Internal),
+            StatusCode::INTERNAL_SERVER_ERROR
         );
     }
 

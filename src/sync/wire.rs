@@ -7,7 +7,9 @@ use serde_json::value::RawValue;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum SyncRequest {
-    /// A page of a channel; see `store::ReadRange` for the meaning of the bounds.
+    /// A page of a channel; see `store::ReadRange` for the meaning of the
+    /// bounds. `limit` is capped at the page limit; 0 reads only the head,
+    /// epoch and first available offset.
     Read {
         channel: String,
         after: u64,
@@ -23,7 +25,8 @@ pub enum SyncRequest {
 
 /// A page: publications as protocol `Publication` JSON objects (with
 /// `offset`), in the order asked, plus the channel's epoch and head at the
-/// time of the read.
+/// time of the read. The page never holds an offset above `head`, nor below
+/// `first_available`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Page {
     pub publications: Vec<Box<RawValue>>,
@@ -47,7 +50,10 @@ pub enum SyncReply {
         epoch: String,
     },
     Error {
-        /// A `StoreErrorKind` label, or `bad_request`.
+        /// `bad_request` (bad channel name, undecodable request),
+        /// `unknown_channel` (no such namespace), `not_available` (the
+        /// namespace keeps no history), `internal`, or a `StoreErrorKind`
+        /// label (`unavailable`, `timeout` and `io` are worth retrying).
         kind: String,
         message: String,
     },

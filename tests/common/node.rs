@@ -36,7 +36,9 @@ pub fn test_config(nats: &TestNats, data_dir: PathBuf) -> Config {
 
 impl TestHerald {
     pub async fn start(config: Config) -> Self {
-        let running = roles::start(Role::Serve, config.clone()).await.expect("herald starts");
+        let running = roles::start(Role::Serve, config.clone())
+            .await
+            .expect("herald starts");
         Self {
             addr: running.addr,
             data_dir: config.data_dir.clone(),
@@ -55,7 +57,9 @@ impl TestHerald {
     /// new port).
     pub async fn restart(&mut self) {
         self.stop().await;
-        let running = roles::start(Role::Serve, self.config.clone()).await.expect("herald restarts");
+        let running = roles::start(Role::Serve, self.config.clone())
+            .await
+            .expect("herald restarts");
         self.addr = running.addr;
         self.running = Some(running);
     }

