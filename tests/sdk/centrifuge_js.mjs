@@ -7,13 +7,16 @@
 //   HERALD_TOKEN_SHORT     alice's first connection token, valid a few seconds
 //   HERALD_TOKEN           alice's token returned by getToken (refresh)
 //   HERALD_TOKEN_PUBLISHER bob's token (the other client publishing)
+//   HERALD_API             http://host:port/api (the server API)
+//   HERALD_API_KEY         its key
 //   HERALD_CHANNEL         a history channel, empty at start
 //   HERALD_MISSED          how many publications alice misses while offline
 //   HERALD_SDK_DEBUG=1     the SDK's debug log on stderr
 //
 // Alice connects through a TCP relay in this process so the script can cut
 // her network (both sockets destroyed, no WebSocket close frame) and keep it
-// down while bob publishes; the SDK notices and reconnects by itself.
+// down while the backend publishes through the server API; the SDK notices
+// and reconnects by itself.
 //
 // Prints one JSON line on stdout: {"ok":true,...} and exits 0, or
 // {"ok":false,"error":...} and exits 1.
@@ -115,6 +118,18 @@ class Network {
     this.drop();
     this.server.close();
   }
+}
+
+/** Publishes through the server API; returns the offset it answers. */
+async function apiPublish(data) {
+  const resp = await fetch(`${env('HERALD_API')}/publish`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', 'X-API-Key': env('HERALD_API_KEY') },
+    body: JSON.stringify({ channel: CHANNEL, data }),
+  });
+  const body = await resp.json();
+  check(resp.ok && body.result, 'server API publish', { status: resp.status, body });
+  return body.result.offset;
 }
 
 function plainPub(ctx) {
@@ -223,13 +238,14 @@ async function main() {
     eq(afterRefresh.offset, 4, 'connection works after the refresh');
     eq(connecting.map((c) => c.code), [0], 'no reconnect so far (only the initial connect)');
 
-    // 5. Cut alice's network; bob publishes while she is away; the SDK
-    // reconnects on its own and recovers exactly what she missed.
+    // 5. Cut alice's network; the backend publishes through the server API
+    // while she is away; the SDK reconnects on its own and recovers exactly
+    // what she missed.
     const before_drop = pubs.length;
     network.drop();
     await until('alice notices the drop', () => connecting.length >= 2 && sub.state === 'subscribing');
     for (let i = 0; i < MISSED; i++) {
-      await bob.publish(CHANNEL, { missed: i });
+      eq(await apiPublish({ missed: i }), 5 + i, 'server API publish offset');
     }
     eq(pubs.length, before_drop, 'nothing reaches alice while her network is down');
     network.restore();
@@ -242,15 +258,17 @@ async function main() {
 
     // Then live ones again.
     await bob.publish(CHANNEL, { live: 0 });
-    await bob.publish(CHANNEL, { live: 1 });
+    eq(await apiPublish({ live: 1 }), 6 + MISSED, 'server API publish offset');
     await until('2 live publications after recovery', () => pubs.length >= 6 + MISSED);
     await new Promise((r) => setTimeout(r, 100));
 
     const missed = pubs.slice(4, 4 + MISSED);
     eq(missed.map((p) => p.offset), Array.from({ length: MISSED }, (_, i) => 5 + i), 'recovered offsets');
-    eq(missed.map((p) => p.data), Array.from({ length: MISSED }, (_, i) => ({ missed: i })), 'recovered data');
-    eq(pubs.slice(4 + MISSED).map((p) => [p.offset, p.data]),
-      [[5 + MISSED, { live: 0 }], [6 + MISSED, { live: 1 }]], 'live after recovery');
+    eq(missed.map((p) => [p.data, p.user]), Array.from({ length: MISSED }, (_, i) => [{ missed: i }, undefined]),
+      'recovered data (server API publications carry no client info)');
+    eq(pubs.slice(4 + MISSED),
+      [{ offset: 5 + MISSED, data: { live: 0 }, user: 'bob' }, { offset: 6 + MISSED, data: { live: 1 }, user: undefined }],
+      'live after recovery');
     eq(pubs.map((p) => p.offset), Array.from({ length: 6 + MISSED }, (_, i) => i + 1),
       'every offset once, in order');
     eq(connecting.map((c) => c.code), [0, 1], 'connecting events: initial connect, then transport closed');

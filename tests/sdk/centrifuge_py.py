@@ -7,6 +7,8 @@ Run by tests/sdk.rs, which starts Herald and passes, in the environment:
   HERALD_TOKEN_SHORT     alice's first connection token, valid a few seconds
   HERALD_TOKEN           alice's token returned by get_token (refresh)
   HERALD_TOKEN_PUBLISHER bob's token (the other client publishing)
+  HERALD_API             http://host:port/api (the server API)
+  HERALD_API_KEY         its key
   HERALD_CHANNEL         a history channel, empty at start
   HERALD_MISSED          how many publications alice misses while offline
   HERALD_SDK_DEBUG=1     the SDK's debug log (every frame) on stderr
@@ -14,7 +16,8 @@ and PYTHONPATH holding the `centrifuge` package.
 
 Alice connects through a TCP relay in this process so the script can cut her
 network (both sockets closed, no WebSocket close frame) and keep it down while
-bob publishes; the SDK notices and reconnects by itself.
+the backend publishes through the server API; the SDK notices and reconnects by
+itself.
 
 Prints one JSON line on stdout: {"ok": true, ...} and exits 0, or
 {"ok": false, "error": ...} and exits 1.
@@ -26,6 +29,7 @@ import logging
 import os
 import sys
 import time
+import urllib.request
 from urllib.parse import urlparse
 
 from centrifuge import (
@@ -67,6 +71,25 @@ async def until(what, cond):
         if time.monotonic() > deadline:
             raise Failure(f"timed out waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+def api_publish_blocking(channel, data):
+    req = urllib.request.Request(
+        env("HERALD_API") + "/publish",
+        data=json.dumps({"channel": channel, "data": data}).encode(),
+        headers={"Content-Type": "application/json", "X-API-Key": env("HERALD_API_KEY")},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=STEP_TIMEOUT) as resp:
+        body = json.load(resp)
+    check("result" in body, "server API publish", body)
+    return body["result"]["offset"]
+
+
+async def api_publish(channel, data):
+    """Publishes through the server API (off the event loop, which runs the
+    SDK); returns the offset it answers."""
+    return await asyncio.to_thread(api_publish_blocking, channel, data)
 
 
 class Network:
@@ -254,15 +277,16 @@ async def scenario():
         eq([c["code"] for c in alice_events.connecting], [0],
            "no reconnect so far (only the initial connect)")
 
-        # 5. Cut alice's network; bob publishes while she is away; the SDK
-        # reconnects on its own and recovers exactly what she missed.
+        # 5. Cut alice's network; the backend publishes through the server API
+        # while she is away; the SDK reconnects on its own and recovers exactly
+        # what she missed.
         before_drop = len(pubs)
         network.drop()
         await until("alice notices the drop",
                     lambda: len(alice_events.connecting) >= 2
                     and sub.state == SubscriptionState.SUBSCRIBING)
         for i in range(missed_n):
-            await bob.publish(channel, {"missed": i})
+            eq(await api_publish(channel, {"missed": i}), 5 + i, "server API publish offset")
         eq(len(pubs), before_drop, "nothing reaches alice while her network is down")
         network.restore()
         await until("resubscribed", lambda: len(subscribed) >= 2)
@@ -275,16 +299,17 @@ async def scenario():
 
         # Then live ones again.
         await bob.publish(channel, {"live": 0})
-        await bob.publish(channel, {"live": 1})
+        eq(await api_publish(channel, {"live": 1}), 6 + missed_n, "server API publish offset")
         await until("2 live publications after recovery", lambda: len(pubs) >= 6 + missed_n)
         await asyncio.sleep(0.1)
 
         missed = pubs[4:4 + missed_n]
         eq([p["offset"] for p in missed], list(range(5, 5 + missed_n)), "recovered offsets")
-        eq([p["data"] for p in missed], [{"missed": i} for i in range(missed_n)],
-           "recovered data")
-        eq([[p["offset"], p["data"]] for p in pubs[4 + missed_n:]],
-           [[5 + missed_n, {"live": 0}], [6 + missed_n, {"live": 1}]], "live after recovery")
+        eq([[p["data"], p["user"]] for p in missed], [[{"missed": i}, None] for i in range(missed_n)],
+           "recovered data (server API publications carry no client info)")
+        eq(pubs[4 + missed_n:],
+           [{"offset": 5 + missed_n, "data": {"live": 0}, "user": "bob"},
+            {"offset": 6 + missed_n, "data": {"live": 1}, "user": None}], "live after recovery")
         eq([p["offset"] for p in pubs], list(range(1, 7 + missed_n)),
            "every offset once, in order")
         eq([c["code"] for c in alice_events.connecting], [0, 1],
