@@ -1,0 +1,311 @@
+// Drives Herald with the unmodified official JavaScript SDK (npm `centrifuge`
+// 5.x) on Node, the way an application would, and checks what the SDK reports.
+//
+// Run by tests/sdk.rs, which starts Herald and passes, in the environment:
+//   HERALD_WS              ws://host:port/connection/websocket
+//   HERALD_NODE_MODULES    the node_modules holding `centrifuge` and `ws`
+//   HERALD_TOKEN_SHORT     alice's first connection token, valid a few seconds
+//   HERALD_TOKEN           alice's token returned by getToken (refresh)
+//   HERALD_TOKEN_PUBLISHER bob's token (the other client publishing)
+//   HERALD_API             http://host:port/api (the server API)
+//   HERALD_API_KEY         its key
+//   HERALD_CHANNEL         a history channel, empty at start
+//   HERALD_MISSED          how many publications alice misses while offline
+//   HERALD_SDK_DEBUG=1     the SDK's debug log on stderr
+//
+// Alice connects through a TCP relay in this process so the script can cut
+// her network (both sockets destroyed, no WebSocket close frame) and keep it
+// down while the backend publishes through the server API; the SDK notices
+// and reconnects by itself.
+//
+// Prints one JSON line on stdout: {"ok":true,...} and exits 0, or
+// {"ok":false,"error":...} and exits 1.
+
+import net from 'node:net';
+import path from 'node:path';
+import { createRequire } from 'node:module';
+
+const env = (name) => {
+  const v = process.env[name];
+  if (!v) throw new Error(`missing environment variable ${name}`);
+  return v;
+};
+
+const require = createRequire(path.join(env('HERALD_NODE_MODULES'), 'noop.js'));
+const { Centrifuge } = require('centrifuge');
+const WebSocket = require('ws');
+
+const WS = env('HERALD_WS');
+const CHANNEL = env('HERALD_CHANNEL');
+const MISSED = Number(env('HERALD_MISSED'));
+const DEBUG = process.env.HERALD_SDK_DEBUG === '1';
+const STEP_TIMEOUT_MS = 8000;
+
+class Failure extends Error {}
+
+function check(cond, what, details) {
+  if (!cond) {
+    throw new Failure(`${what}${details === undefined ? '' : ': ' + JSON.stringify(details)}`);
+  }
+}
+
+function eq(actual, expected, what) {
+  const a = JSON.stringify(actual);
+  const e = JSON.stringify(expected);
+  check(a === e, what, { expected, actual });
+}
+
+/** Resolves when `cond()` holds; polls, bounded by STEP_TIMEOUT_MS. */
+async function until(what, cond) {
+  const deadline = Date.now() + STEP_TIMEOUT_MS;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Failure(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/** A TCP relay standing for alice's network: `drop()` cuts every connection
+ * and refuses new ones until `restore()`. */
+class Network {
+  constructor(target) {
+    this.target = target;
+    this.up = true;
+    this.pairs = new Set();
+    this.server = net.createServer((client) => this.accept(client));
+  }
+
+  listen() {
+    return new Promise((resolve) => {
+      this.server.listen(0, '127.0.0.1', () => resolve(this.server.address().port));
+    });
+  }
+
+  accept(client) {
+    if (!this.up) {
+      client.destroy();
+      return;
+    }
+    const upstream = net.connect(this.target.port, this.target.hostname);
+    const pair = [client, upstream];
+    this.pairs.add(pair);
+    const end = () => {
+      client.destroy();
+      upstream.destroy();
+      this.pairs.delete(pair);
+    };
+    for (const s of pair) {
+      s.on('error', end);
+      s.on('close', end);
+    }
+    client.pipe(upstream);
+    upstream.pipe(client);
+  }
+
+  drop() {
+    this.up = false;
+    for (const [client, upstream] of this.pairs) {
+      client.destroy();
+      upstream.destroy();
+    }
+    this.pairs.clear();
+  }
+
+  restore() {
+    this.up = true;
+  }
+
+  close() {
+    this.drop();
+    this.server.close();
+  }
+}
+
+/** Publishes through the server API; returns the offset it answers. */
+async function apiPublish(data) {
+  const resp = await fetch(`${env('HERALD_API')}/publish`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', 'X-API-Key': env('HERALD_API_KEY') },
+    body: JSON.stringify({ channel: CHANNEL, data }),
+  });
+  const body = await resp.json();
+  check(resp.ok && body.result, 'server API publish', { status: resp.status, body });
+  return body.result.offset;
+}
+
+function plainPub(ctx) {
+  return {
+    offset: ctx.offset,
+    data: ctx.data,
+    user: ctx.info ? ctx.info.user : undefined,
+  };
+}
+
+async function main() {
+  const target = new URL(WS);
+  const network = new Network(target);
+  const relayPort = await network.listen();
+  const viaRelay = `ws://127.0.0.1:${relayPort}${target.pathname}`;
+
+  let getTokenCalls = 0;
+  const alice = new Centrifuge(viaRelay, {
+    websocket: WebSocket,
+    token: env('HERALD_TOKEN_SHORT'),
+    getToken: async () => {
+      getTokenCalls += 1;
+      return env('HERALD_TOKEN');
+    },
+    minReconnectDelay: 100,
+    maxReconnectDelay: 400,
+    timeout: 5000,
+    debug: DEBUG,
+  });
+  const bob = new Centrifuge(WS, {
+    websocket: WebSocket,
+    token: env('HERALD_TOKEN_PUBLISHER'),
+    debug: DEBUG,
+  });
+
+  const connecting = [];
+  const errors = [];
+  const subscribed = [];
+  const pubs = [];
+  alice.on('connecting', (ctx) => connecting.push({ code: ctx.code, reason: ctx.reason }));
+  alice.on('error', (ctx) => errors.push({ type: ctx.type, error: ctx.error }));
+  alice.on('disconnected', (ctx) => errors.push({ type: 'disconnected', error: ctx }));
+
+  const sub = alice.newSubscription(CHANNEL);
+  sub.on('subscribed', (ctx) => subscribed.push(ctx));
+  sub.on('publication', (ctx) => pubs.push(plainPub(ctx)));
+  sub.on('error', (ctx) => errors.push({ type: `sub:${ctx.type}`, error: ctx.error }));
+  sub.on('unsubscribed', (ctx) => errors.push({ type: 'unsubscribed', error: ctx }));
+
+  try {
+    // 1–2. Connect with a token and subscribe to a history channel.
+    alice.connect();
+    bob.connect();
+    sub.subscribe();
+    await sub.ready(STEP_TIMEOUT_MS);
+    await bob.ready(STEP_TIMEOUT_MS);
+    eq(subscribed.length, 1, 'one subscribed event');
+    const first = subscribed[0];
+    eq(first.recoverable, true, 'history channel is recoverable');
+    eq(first.wasRecovering, false, 'first subscribe is not a recovery');
+    check(first.streamPosition !== undefined, 'subscribed carries a stream position', first);
+    eq(first.streamPosition.offset, 0, 'empty channel starts at offset 0');
+
+    // 3. Publications by someone else arrive with offsets 1, 2, 3.
+    for (let i = 0; i < 3; i++) {
+      await bob.publish(CHANNEL, { from: 'bob', i });
+    }
+    await until('3 publications from bob', () => pubs.length >= 3);
+    eq(pubs.slice(0, 3), [1, 2, 3].map((offset, i) => ({ offset, data: { from: 'bob', i }, user: 'bob' })),
+      'bob\'s publications as alice sees them');
+
+    // 4. Publish from the SDK; history by limit, since and reverse.
+    const published = await sub.publish({ from: 'alice' });
+    check(published !== null && typeof published === 'object', 'publish resolves', published);
+    await until('alice\'s own publication', () => pubs.length >= 4);
+    eq(pubs[3], { offset: 4, data: { from: 'alice' }, user: 'alice' }, 'alice\'s own publication');
+
+    const all = await sub.history({ limit: 10 });
+    eq(all.publications.map((p) => p.offset), [1, 2, 3, 4], 'history limit 10');
+    eq(all.publications.map((p) => p.data), [0, 1, 2].map((i) => ({ from: 'bob', i })).concat([{ from: 'alice' }]),
+      'history data');
+    eq(all.publications[0].info && all.publications[0].info.user, 'bob', 'history carries publisher info');
+    eq(all.offset, 4, 'history stream top');
+    check(typeof all.epoch === 'string' && all.epoch.length > 0, 'history epoch', all.epoch);
+    const epoch = all.epoch;
+    const top = await sub.history({ limit: 0 });
+    eq([top.publications.length, top.offset, top.epoch], [0, 4, epoch], 'history limit 0: position only');
+    const since = await sub.history({ limit: 2, since: { offset: 1, epoch } });
+    eq(since.publications.map((p) => p.offset), [2, 3], 'history since offset 1, limit 2');
+    const newest = await sub.history({ limit: 2, reverse: true });
+    eq(newest.publications.map((p) => p.offset), [4, 3], 'history reverse, limit 2');
+    const before = await sub.history({ limit: 2, since: { offset: 4, epoch }, reverse: true });
+    eq(before.publications.map((p) => p.offset), [3, 2], 'history reverse since offset 4, limit 2');
+    let wrongEpoch = null;
+    try {
+      await sub.history({ limit: 2, since: { offset: 1, epoch: 'not-' + epoch } });
+    } catch (e) {
+      wrongEpoch = e;
+    }
+    eq(wrongEpoch && wrongEpoch.code, 112, 'history since a position of another epoch is unrecoverable');
+
+    // 1 (refresh). The first token is short-lived: the SDK asks getToken for a
+    // new one and refreshes the connection without reconnecting.
+    await until('getToken called for a refresh', () => getTokenCalls >= 1);
+    const afterRefresh = await sub.history({ limit: 0 });
+    eq(afterRefresh.offset, 4, 'connection works after the refresh');
+    eq(connecting.map((c) => c.code), [0], 'no reconnect so far (only the initial connect)');
+
+    // 5. Cut alice's network; the backend publishes through the server API
+    // while she is away; the SDK reconnects on its own and recovers exactly
+    // what she missed.
+    const before_drop = pubs.length;
+    network.drop();
+    await until('alice notices the drop', () => connecting.length >= 2 && sub.state === 'subscribing');
+    for (let i = 0; i < MISSED; i++) {
+      eq(await apiPublish({ missed: i }), 5 + i, 'server API publish offset');
+    }
+    eq(pubs.length, before_drop, 'nothing reaches alice while her network is down');
+    network.restore();
+    await until('resubscribed', () => subscribed.length >= 2);
+    const rec = subscribed[1];
+    eq([rec.wasRecovering, rec.recovered, rec.hasRecoveredPublications], [true, true, true],
+      'resubscribe recovered the missed publications');
+    eq(rec.streamPosition, { offset: 4 + MISSED, epoch }, 'position after recovery');
+    await until(`${MISSED} recovered publications`, () => pubs.length >= 4 + MISSED);
+
+    // Then live ones again.
+    await bob.publish(CHANNEL, { live: 0 });
+    eq(await apiPublish({ live: 1 }), 6 + MISSED, 'server API publish offset');
+    await until('2 live publications after recovery', () => pubs.length >= 6 + MISSED);
+    await new Promise((r) => setTimeout(r, 100));
+
+    const missed = pubs.slice(4, 4 + MISSED);
+    eq(missed.map((p) => p.offset), Array.from({ length: MISSED }, (_, i) => 5 + i), 'recovered offsets');
+    eq(missed.map((p) => [p.data, p.user]), Array.from({ length: MISSED }, (_, i) => [{ missed: i }, undefined]),
+      'recovered data (server API publications carry no client info)');
+    eq(pubs.slice(4 + MISSED),
+      [{ offset: 5 + MISSED, data: { live: 0 }, user: 'bob' }, { offset: 6 + MISSED, data: { live: 1 }, user: undefined }],
+      'live after recovery');
+    eq(pubs.map((p) => p.offset), Array.from({ length: 6 + MISSED }, (_, i) => i + 1),
+      'every offset once, in order');
+    eq(connecting.map((c) => c.code), [0, 1], 'connecting events: initial connect, then transport closed');
+    eq(errors.filter((e) => e.type !== 'transport'), [], 'no errors but the transport ones of the drop');
+
+    return {
+      ok: true,
+      offsets: pubs.map((p) => p.offset),
+      epoch,
+      get_token_calls: getTokenCalls,
+      first_position: first.streamPosition,
+      connecting,
+      recovery: {
+        was_recovering: rec.wasRecovering,
+        recovered: rec.recovered,
+        has_recovered_publications: rec.hasRecoveredPublications,
+        offset: rec.streamPosition.offset,
+      },
+    };
+  } finally {
+    alice.disconnect();
+    bob.disconnect();
+    network.close();
+  }
+}
+
+const guard = setTimeout(() => {
+  process.stdout.write(JSON.stringify({ ok: false, error: 'script timed out' }) + '\n');
+  process.exit(1);
+}, 25000);
+
+try {
+  const report = await main();
+  process.stdout.write(JSON.stringify(report) + '\n');
+  clearTimeout(guard);
+  process.exit(0);
+} catch (e) {
+  process.stdout.write(JSON.stringify({ ok: false, error: e instanceof Failure ? e.message : String(e && e.stack || e) }) + '\n');
+  process.exit(1);
+}
