@@ -43,6 +43,7 @@ options! {
     "client_ping_interval" = "25s" : "The server pings every client this often; announced in the connect reply.";
     "client_pong_timeout" = "8s" : "A client not answering a ping within this is disconnected with 3012 (no pong).";
     "client_stale_timeout" = "10s" : "A connection that sends no connect within this is closed with 3502 (stale).";
+    "client_expired_close_delay" = "25s" : "Grace after a connection or subscription token's exp for the client to refresh before it is closed (3005) or unsubscribed.";
     "client_recovery_limit" = "300" : "Most publications a recovering subscribe returns; more missed gives `recovered: false`.";
     "client_publish_timeout" = "10s" : "How long a publish waits for the store commit before answering error 100 (temporary).";
     "history_page_limit" = "1000" : "Largest history page (client history, server API history, sync HTTP).";
@@ -122,6 +123,7 @@ pub struct ClientConfig {
     pub ping_interval: Duration,
     pub pong_timeout: Duration,
     pub stale_timeout: Duration,
+    pub expired_close_delay: Duration,
     pub recovery_limit: usize,
     pub publish_timeout: Duration,
     pub history_page_limit: usize,
@@ -321,6 +323,7 @@ impl Config {
                 ping_interval: p.parse("client_ping_interval", parse_duration_positive),
                 pong_timeout: p.parse("client_pong_timeout", parse_duration_positive),
                 stale_timeout: p.parse("client_stale_timeout", parse_duration_positive),
+                expired_close_delay: p.parse("client_expired_close_delay", parse_duration),
                 recovery_limit: p.parse("client_recovery_limit", parse_positive),
                 publish_timeout: p.parse("client_publish_timeout", parse_duration_positive),
                 history_page_limit: p.parse("history_page_limit", parse_positive),

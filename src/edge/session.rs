@@ -38,12 +38,6 @@ const CLIENT_CLOSED: Disconnect = Disconnect::new(3000, "connection closed");
 pub const MESSAGE_TOO_BIG: Disconnect = Disconnect::new(1009, "message too big");
 /// How long the writer spends on the last frames of a closing connection.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
-/// Time a client keeps its connection or subscription after the token's
-/// expiry, to send `refresh` / `sub_refresh`. The SDKs refresh exactly `ttl`
-/// seconds after the reply, so a deadline at the expiry itself always fires
-/// first and ends every refreshing connection with 3005. Centrifugo's default
-/// (`client_expired_close_delay`, `expired_sub_close_delay`) is the same.
-const EXPIRED_CLOSE_DELAY: Duration = Duration::from_secs(25);
 
 /// How a command fails: a reply error, or the end of the connection.
 enum Fail {
@@ -92,8 +86,12 @@ struct Session {
 
 /// When a connection or subscription whose token expires at `exp` is closed
 /// unless refreshed.
-fn close_deadline(exp: u64) -> Instant {
-    Instant::now() + Duration::from_secs(exp.saturating_sub(now_secs())) + EXPIRED_CLOSE_DELAY
+///
+/// The grace (`client_expired_close_delay`) exists because the SDKs refresh
+/// exactly `ttl` seconds after the reply: a deadline at the expiry itself
+/// would always fire first and end every refreshing connection with 3005.
+fn close_deadline(exp: u64, grace: Duration) -> Instant {
+    Instant::now() + Duration::from_secs(exp.saturating_sub(now_secs())) + grace
 }
 
 fn ttl(exp: u64) -> u32 {
@@ -341,7 +339,10 @@ impl Session {
         self.authed = Some(Authed {
             user: claims.sub.clone(),
             conn_info: claims.info.clone(),
-            expires_at: Some(close_deadline(claims.exp)),
+            expires_at: Some(close_deadline(
+                claims.exp,
+                self.edge.settings.client.expired_close_delay,
+            )),
         });
         self.edge.set_user(self.id, &claims.sub);
         metrics::counter!(m::CONNECTS_TOTAL).increment(1);
@@ -541,7 +542,9 @@ impl Session {
             req.channel.clone(),
             Sub {
                 subscriber: p.subscriber,
-                expires_at: token_claims.as_ref().map(|c| close_deadline(c.exp)),
+                expires_at: token_claims
+                    .as_ref()
+                    .map(|c| close_deadline(c.exp, self.edge.settings.client.expired_close_delay)),
                 chan_info: token_claims.and_then(|c| c.info),
                 private,
             },
@@ -651,7 +654,10 @@ impl Session {
         if claims.sub != authed.user {
             return Err(Fail::Close(Disconnect::INVALID_TOKEN));
         }
-        authed.expires_at = Some(close_deadline(claims.exp));
+        authed.expires_at = Some(close_deadline(
+            claims.exp,
+            self.edge.settings.client.expired_close_delay,
+        ));
         Ok(Some(ReplyResult::Refresh(RefreshResult {
             client: self.client_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -676,7 +682,10 @@ impl Session {
             .get_mut(&req.channel)
             .filter(|s| !s.subscriber.is_dead())
             .ok_or(ProtocolError::PermissionDenied)?;
-        sub.expires_at = Some(close_deadline(claims.exp));
+        sub.expires_at = Some(close_deadline(
+            claims.exp,
+            self.edge.settings.client.expired_close_delay,
+        ));
         Ok(Some(ReplyResult::SubRefresh(SubRefreshResult {
             expires: true,
             ttl: ttl(claims.exp),
