@@ -35,7 +35,7 @@ options! {
     "nats_server_bin" = "nats-server" : "The nats-server binary used by nats_autostart.";
     "token_hmac_secret" = "" : "HS256 secret of client connection and subscription JWTs. `serve` generates one in data_dir when unset.";
     "api_key" = "" : "Key of the server HTTP API (X-API-Key or `Authorization: apikey`). Empty disables the API (404).";
-    "log" = "info" : "Log filter (tracing EnvFilter syntax), e.g. `info,herald=debug`.";
+    "log" = "info,lsm_tree=warn,fjall=warn" : "Log filter (tracing EnvFilter syntax), e.g. `info,herald=debug`.";
     "log_format" = "text" : "`text` for humans, `json` for machines.";
     "client_message_size_limit" = "65536" : "Largest client frame in bytes; larger closes the connection with 3506.";
     "client_queue_max_bytes" = "1048576" : "Bound of each connection's outbound queue in bytes; a client past it is disconnected with 3008 (slow).";
