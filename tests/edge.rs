@@ -425,3 +425,18 @@ async fn health_and_metrics_answer() {
     .await;
     assert!(text.contains("herald_edge_connections"));
 }
+
+#[tokio::test]
+async fn graceful_stop_closes_clients_with_shutdown_3001() {
+    let (_nats, _dir, mut h) = node().await;
+    let (mut c, _) = WsClient::connect(h.addr, &h.token("zed")).await;
+    c.call("subscribe", json!({"channel": "bye"})).await;
+    let stopping = tokio::spawn(async move {
+        h.stop().await;
+        h
+    });
+    let closed = c.closed().await;
+    assert_eq!(closed.code, 3001, "{closed:?}");
+    assert_eq!(closed.reason, "shutdown");
+    stopping.await.expect("stop finished");
+}
