@@ -1,7 +1,9 @@
 //! A nats-server child process: the zero-config start of `herald serve`, and
 //! the tests' own server. JetStream on, store in a given directory, loopback
 //! only, a free port chosen by the server and read back from its ports file.
-//! The child is killed when the handle drops.
+//! The child is killed when the handle drops, and on Linux also when this
+//! process dies without dropping it (SIGKILL): it gets `PR_SET_PDEATHSIG`, so
+//! an orphan never keeps holding the JetStream store of the data dir.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -60,7 +62,22 @@ impl NatsServer {
         for entry in std::fs::read_dir(&ports)? {
             let _ = std::fs::remove_file(entry?.path());
         }
-        let child = Command::new(bin)
+        let mut command = Command::new(bin);
+        #[cfg(target_os = "linux")]
+        // SAFETY: prctl is async-signal-safe and touches no memory of the
+        // parent; it only asks the kernel to SIGTERM the child when the
+        // spawning thread (a runtime worker, alive as long as the runtime)
+        // exits.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let child = command
             .args(["-js", "-a", "127.0.0.1", "-p", "-1", "--http_port", "0"])
             .arg("-sd")
             .arg(&store)
