@@ -52,6 +52,9 @@ options! {
     "ingest_max_bytes" = "1073741824" : "Bound of the ingest stream; when full, publishes fail (backpressure) instead of dropping.";
     "ingest_max_ack_pending" = "4096" : "Unacknowledged messages per partition consumer.";
     "writer_batch_size" = "256" : "Most messages a writer commits in one store batch.";
+    "writer_failover_timeout" = "10s" : "A writer that stops renewing its partition leases loses them after this; another writer takes the partitions over within it, and messages it held are redelivered after it.";
+    "store_wait_for_lock" = "false" : "`serve`/`writer`/`sync`: when another process holds the embedded store, wait for it (a standby that takes over when the active one dies) instead of exiting.";
+    "shutdown_drain" = "5s" : "On SIGTERM, edges close client connections with 3001 spread over this period, so reconnects do not arrive all at once.";
     "sync_timeout" = "5s" : "How long an edge waits for a sync reply (recovery, history).";
     "idempotency_retention" = "24h" : "How long the store remembers idempotency keys (I3).";
     "channel_history" = "true" : "Default namespace: channels keep durable history with offsets.";
@@ -105,6 +108,8 @@ pub struct Config {
     pub writer: WriterConfig,
     pub sync: SyncConfig,
     pub idempotency_retention: Duration,
+    pub store_wait_for_lock: bool,
+    pub shutdown_drain: Duration,
     pub channels: ChannelsConfig,
 }
 
@@ -140,6 +145,7 @@ pub struct IngestConfig {
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
     pub batch_size: usize,
+    pub failover_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -349,12 +355,15 @@ impl Config {
             },
             writer: WriterConfig {
                 batch_size: p.parse("writer_batch_size", parse_positive),
+                failover_timeout: p.parse("writer_failover_timeout", parse_duration_positive),
             },
             sync: SyncConfig {
                 timeout: p.parse("sync_timeout", parse_duration_positive),
                 page_limit: p.parse("history_page_limit", parse_positive),
             },
             idempotency_retention: p.parse("idempotency_retention", parse_duration_positive),
+            store_wait_for_lock: p.parse("store_wait_for_lock", parse_bool),
+            shutdown_drain: p.parse("shutdown_drain", parse_duration),
             channels: ChannelsConfig {
                 namespaces: BTreeMap::new(),
                 default: default_ns.clone(),

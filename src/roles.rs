@@ -239,7 +239,7 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<Running> {
             partitions: config.ingest.partitions,
             batch_size: config.writer.batch_size,
             max_ack_pending: config.ingest.max_ack_pending,
-            ack_wait: writer::DEFAULT_ACK_WAIT,
+            ack_wait: config.writer.failover_timeout,
             head_cache_capacity: writer::DEFAULT_HEAD_CACHE_CAPACITY,
         };
         let (client, store, token) = (
