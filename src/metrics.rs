@@ -23,6 +23,7 @@ pub const CHANNELS: &str = "herald_edge_channels";
 pub const SLOW_DISCONNECTS_TOTAL: &str = "herald_edge_slow_disconnects_total";
 pub const GAPS_FILLED_TOTAL: &str = "herald_edge_gaps_filled_total";
 pub const PUBLISH_SECONDS: &str = "herald_edge_publish_seconds";
+pub const CONTROL_TOTAL: &str = "herald_edge_control_total";
 
 // Writer.
 pub const WRITER_BATCHES_TOTAL: &str = "herald_writer_batches_total";
@@ -70,6 +71,10 @@ pub const HELP: &[(&str, &str)] = &[
     (
         PUBLISH_SECONDS,
         "Time from a publish received to its reply, by source.",
+    ),
+    (
+        CONTROL_TOTAL,
+        "Per-user control messages (server API disconnect, subscribe, unsubscribe, refresh) received by this edge, by op and result (local: some local session matched; none; invalid).",
     ),
     (
         WRITER_BATCHES_TOTAL,

@@ -39,6 +39,11 @@ pub fn user_subject(user: &str) -> String {
     format!("herald.user.{}", channel_token(user))
 }
 
+/// Every per-user control subject: what each edge subscribes to.
+pub fn user_wildcard() -> &'static str {
+    "herald.user.*"
+}
+
 /// The ingest subject of one partition.
 pub fn ingest_subject(partition: u32) -> String {
     format!("herald.in.{partition}")
@@ -91,6 +96,16 @@ mod tests {
             );
         }
         assert_ne!(channel_token("a.b"), channel_token("a_b"));
+    }
+
+    #[test]
+    fn user_subjects_match_the_wildcard() {
+        let prefix = user_wildcard().trim_end_matches('*');
+        for user in ["alice", "a.b", "x y", "ünï"] {
+            let s = user_subject(user);
+            let token = s.strip_prefix(prefix).expect("under the wildcard");
+            assert!(!token.is_empty() && !token.contains('.'), "{s}");
+        }
     }
 
     #[test]
