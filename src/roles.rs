@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use axum::Router;
@@ -72,6 +73,10 @@ pub struct Running {
     pub nats_url: String,
     shutdown: CancellationToken,
     edge: Option<Arc<Edge>>,
+    /// The edge's control subscription (server API per-user commands).
+    control: Option<JoinHandle<()>>,
+    /// How long `stop` spreads closing client sessions over.
+    shutdown_drain: Duration,
     writer: Option<JoinHandle<()>>,
     sync: Option<JoinHandle<()>>,
     http: Vec<JoinHandle<()>>,
@@ -85,13 +90,18 @@ impl Running {
         self.shutdown.clone()
     }
 
-    /// Graceful stop: close client sessions (3001, they reconnect elsewhere),
-    /// stop listeners, let the writer finish its batch, stop sync, flush NATS.
+    /// Graceful stop: close client sessions (3001, they reconnect elsewhere)
+    /// spread over `shutdown_drain`, stop listeners, let the writer finish
+    /// its batch, stop sync, flush NATS.
     pub async fn stop(mut self) {
         if let Some(edge) = &self.edge {
-            edge.close_all(Disconnect::SHUTDOWN).await;
+            edge.close_all(Disconnect::SHUTDOWN, self.shutdown_drain)
+                .await;
         }
         self.shutdown.cancel();
+        if let Some(c) = self.control.take() {
+            let _ = c.await;
+        }
         for h in self.http.drain(..) {
             let _ = h.await;
         }
@@ -256,6 +266,7 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<Running> {
     }
 
     let mut edge = None;
+    let mut control_task = None;
     if role.has_edge() {
         let sync_client = SyncClient::new(nats.clone(), config.sync.timeout);
         let publisher = Publisher::start(
@@ -277,6 +288,11 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<Running> {
             sync_client.clone(),
             verifier,
             config.sync.timeout,
+        );
+        control_task = Some(
+            e.serve_control(shutdown.clone())
+                .await
+                .context("subscribing to the per-user control subjects")?,
         );
         router = router.merge(e.router());
         notes.api_enabled = config.api_key.is_some();
@@ -325,6 +341,8 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<Running> {
         nats_url,
         shutdown,
         edge,
+        control: control_task,
+        shutdown_drain: config.shutdown_drain,
         writer: writer_task,
         sync: sync_task,
         http,

@@ -5,10 +5,11 @@ use futures::StreamExt;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
-use super::{Api, BROADCAST_CONCURRENCY, Failure, Outcome};
+use super::{Api, BROADCAST_CONCURRENCY, Failure, MAX_DISCONNECT_REASON_BYTES, Outcome};
 use crate::bus::publisher::{PublishError, PublishRequest as BusPublish};
 use crate::channel::Channel;
-use crate::protocol::ProtocolError;
+use crate::edge::control::{self, ControlMessage, ControlOp};
+use crate::protocol::{Disconnect, ProtocolError};
 use crate::sync::client::SyncClientError;
 
 /// Longest idempotency key; it travels in a NATS header.
@@ -58,6 +59,67 @@ struct StreamPosition {
     #[serde(default)]
     epoch: String,
 }
+
+/// Which connections of a user a control method targets.
+#[derive(Debug, Deserialize)]
+pub(super) struct Target {
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    client: String,
+    #[serde(default)]
+    session: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct DisconnectRequest {
+    #[serde(flatten)]
+    target: Target,
+    #[serde(default)]
+    whitelist: Vec<String>,
+    #[serde(default)]
+    disconnect: Option<DisconnectObject>,
+}
+
+#[derive(Debug, Deserialize)]
+struct DisconnectObject {
+    #[serde(default)]
+    code: u32,
+    #[serde(default)]
+    reason: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct SubscribeRequest {
+    #[serde(flatten)]
+    target: Target,
+    #[serde(default)]
+    channel: String,
+    #[serde(default)]
+    recover_since: Option<StreamPosition>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct UnsubscribeRequest {
+    #[serde(flatten)]
+    target: Target,
+    #[serde(default)]
+    channel: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RefreshRequest {
+    #[serde(flatten)]
+    target: Target,
+    #[serde(default)]
+    expired: bool,
+    #[serde(default)]
+    expire_at: Option<u64>,
+}
+
+/// The result of the control methods: `{}`, meaning "sent".
+#[derive(Debug, Serialize)]
+pub(super) struct Sent {}
 
 /// `info` takes no parameters; any JSON object is accepted.
 #[derive(Debug, Deserialize)]
@@ -123,6 +185,20 @@ fn idempotency_key(key: Option<&str>) -> Result<Option<&str>, ProtocolError> {
 fn publish_failed(e: PublishError) -> ProtocolError {
     tracing::warn!(kind = ?e.kind, error = %e.message, "api publish failed");
     ProtocolError::Internal
+}
+
+/// The custom close of a `disconnect`, or the default 3503.
+fn disconnect_close(d: Option<DisconnectObject>) -> Result<(u16, String), ProtocolError> {
+    let Some(d) = d else {
+        let f = Disconnect::FORCE_NO_RECONNECT;
+        return Ok((f.code, f.reason.to_string()));
+    };
+    match u16::try_from(d.code) {
+        Ok(code @ 3000..=4999) if d.reason.len() <= MAX_DISCONNECT_REASON_BYTES => {
+            Ok((code, d.reason))
+        }
+        _ => Err(ProtocolError::BadRequest),
+    }
 }
 
 fn sync_failed(e: SyncClientError) -> ProtocolError {
@@ -225,6 +301,65 @@ impl Api {
         })
     }
 
+    /// Hands a control message for `target` to the edge to publish. A
+    /// `session` filter matches nothing here (see the module doc).
+    async fn control(&self, target: Target, op: ControlOp) -> Result<Sent, Failure> {
+        if target.user.is_empty() {
+            return Err(ProtocolError::BadRequest.into());
+        }
+        if !target.session.is_empty() {
+            return Ok(Sent {});
+        }
+        let msg = ControlMessage {
+            user: target.user,
+            client: (!target.client.is_empty()).then_some(target.client),
+            op,
+        };
+        self.state.edge.send_control(&msg).await.map_err(|e| {
+            tracing::warn!(error = %e, "api control message not sent");
+            ProtocolError::Internal
+        })?;
+        Ok(Sent {})
+    }
+
+    pub(super) async fn disconnect(&self, req: DisconnectRequest) -> Result<Sent, Failure> {
+        let (code, reason) = disconnect_close(req.disconnect)?;
+        let op = ControlOp::Disconnect {
+            code,
+            reason,
+            whitelist: req.whitelist,
+        };
+        self.control(req.target, op).await
+    }
+
+    pub(super) async fn subscribe(&self, req: SubscribeRequest) -> Result<Sent, Failure> {
+        Channel::parse(&req.channel, &self.state.channels)?;
+        let op = ControlOp::Subscribe {
+            channel: req.channel,
+            recover_since: req.recover_since.map(|p| control::StreamPosition {
+                offset: p.offset,
+                epoch: p.epoch,
+            }),
+        };
+        self.control(req.target, op).await
+    }
+
+    pub(super) async fn unsubscribe(&self, req: UnsubscribeRequest) -> Result<Sent, Failure> {
+        Channel::parse(&req.channel, &self.state.channels)?;
+        let op = ControlOp::Unsubscribe {
+            channel: req.channel,
+        };
+        self.control(req.target, op).await
+    }
+
+    pub(super) async fn refresh(&self, req: RefreshRequest) -> Result<Sent, Failure> {
+        let op = ControlOp::Refresh {
+            expired: req.expired,
+            expire_at: req.expire_at,
+        };
+        self.control(req.target, op).await
+    }
+
     pub(super) fn info(&self) -> InfoResult {
         let stats = self.state.edge.stats();
         InfoResult {
@@ -271,6 +406,26 @@ mod tests {
             Err(ProtocolError::BadRequest)
         );
         assert!(idempotency_key(Some(&"k".repeat(257))).is_err());
+    }
+
+    #[test]
+    fn disconnect_codes() {
+        assert_eq!(
+            disconnect_close(None),
+            Ok((3503, "force disconnect".into()))
+        );
+        let d = |code, reason: &str| {
+            disconnect_close(Some(DisconnectObject {
+                code,
+                reason: reason.into(),
+            }))
+        };
+        assert_eq!(d(4500, "banned"), Ok((4500, "banned".into())));
+        assert_eq!(d(1000, "x"), Err(ProtocolError::BadRequest));
+        assert_eq!(d(5000, "x"), Err(ProtocolError::BadRequest));
+        assert_eq!(d(70000, "x"), Err(ProtocolError::BadRequest));
+        assert!(d(4000, &"r".repeat(123)).is_ok());
+        assert_eq!(d(4000, &"r".repeat(124)), Err(ProtocolError::BadRequest));
     }
 
     #[test]

@@ -39,6 +39,38 @@
 //! - `info` → this node only (Herald nodes do not know each other): counts
 //!   from the edge, uid (random per process), name (host name), version,
 //!   uptime in seconds.
+//! - Per-user control, applied on every edge where the user is connected
+//!   (`crate::edge::control`). Each answers `{}` once the command is handed
+//!   to NATS: fire-and-forget across nodes, as in Centrifugo — `{}` does not
+//!   say a connection was found or acted on, and a user connected nowhere is
+//!   no error. `user` is required (107 if empty). `client` narrows to one
+//!   connection (the `client` of its connect reply). `session` is accepted
+//!   for compatibility, but Herald connections have no session id besides
+//!   the client id, so a non-empty `session` matches no connection and
+//!   nothing is sent.
+//!   - `disconnect {user, client?, session?, whitelist?, disconnect?: {code,
+//!     reason}}` closes the connections, except those whose client id is in
+//!     `whitelist`, with the given code and reason (`disconnect` push and
+//!     WebSocket close frame). Default 3503 "force disconnect" (terminal: the
+//!     SDKs do not reconnect). `code` must be 3000–4999 and `reason` at most
+//!     [`MAX_DISCONNECT_REASON_BYTES`] (it travels in the close frame), else
+//!     107. Codes 3500–3999 and 4500–4999 are terminal, others reconnect.
+//!   - `subscribe {user, channel, client?, session?, recover_since?: {offset,
+//!     epoch}}` subscribes the connections to the channel without a
+//!     permission check (the backend decides), within the per-connection
+//!     channel limit (a connection at the limit, or already subscribed, is
+//!     skipped). Each gets a `subscribe` push with the subscribe result, then
+//!     (when recovering) the recovered publications as publication pushes,
+//!     then live publications. Channel name errors are 102/107 here. `info`,
+//!     `data`, `override` are ignored.
+//!   - `unsubscribe {user, channel, client?, session?}`: the connections
+//!     leave the channel and get an `unsubscribe` push, code 2000 "server
+//!     unsubscribe".
+//!   - `refresh {user, client?, session?, expired?, expire_at?}`: `expired:
+//!     true` closes with 3005 (connection expired). Otherwise the connection
+//!     now expires at `expire_at` (unix seconds), closed 3005
+//!     `client_expired_close_delay` after it unless the client refreshes its
+//!     token; without `expire_at` it no longer expires (as in Centrifugo).
 //!
 //! Publish failures map to error 100 "internal server error" whatever their
 //! kind (timeout, backpressure, NATS or writer unavailable, writer refusal):
@@ -51,7 +83,8 @@
 //! Publication data stays raw JSON (`RawValue`) end to end: never re-parsed.
 //!
 //! Knows nothing of sessions, NATS subjects or the store: it publishes through
-//! [`Publisher`], reads through [`SyncClient`], and asks the [`Edge`] for counts.
+//! [`Publisher`], reads through [`SyncClient`], asks the [`Edge`] for counts
+//! and hands it control messages to send.
 
 mod methods;
 
@@ -81,6 +114,10 @@ pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 /// Publishes of one `broadcast` in flight at once.
 pub const BROADCAST_CONCURRENCY: usize = 32;
 
+/// Longest `disconnect` reason: a WebSocket close frame holds 123 bytes of
+/// reason after the code.
+pub const MAX_DISCONNECT_REASON_BYTES: usize = 123;
+
 #[derive(Clone)]
 pub struct ApiState {
     /// The API key; `None` refuses every request.
@@ -90,7 +127,7 @@ pub struct ApiState {
     pub channels: ChannelsConfig,
     /// Largest `history` page.
     pub history_page_limit: usize,
-    /// For `info`.
+    /// For `info`, and to send per-user control messages.
     pub edge: Arc<Edge>,
 }
 
@@ -138,6 +175,10 @@ enum Method {
     Broadcast,
     History,
     Info,
+    Disconnect,
+    Subscribe,
+    Unsubscribe,
+    Refresh,
 }
 
 impl Method {
@@ -147,6 +188,10 @@ impl Method {
             "broadcast" => Some(Self::Broadcast),
             "history" => Some(Self::History),
             "info" => Some(Self::Info),
+            "disconnect" => Some(Self::Disconnect),
+            "subscribe" => Some(Self::Subscribe),
+            "unsubscribe" => Some(Self::Unsubscribe),
+            "refresh" => Some(Self::Refresh),
             _ => None,
         }
     }
@@ -158,6 +203,10 @@ impl Method {
             Some(Self::Broadcast) => "broadcast",
             Some(Self::History) => "history",
             Some(Self::Info) => "info",
+            Some(Self::Disconnect) => "disconnect",
+            Some(Self::Subscribe) => "subscribe",
+            Some(Self::Unsubscribe) => "unsubscribe",
+            Some(Self::Refresh) => "refresh",
             None => "unknown",
         }
     }
@@ -286,6 +335,10 @@ impl Api {
                 decode::<methods::InfoRequest>(body)?;
                 raw(&self.info())
             }
+            Method::Disconnect => raw(&self.disconnect(decode(body)?).await?),
+            Method::Subscribe => raw(&self.subscribe(decode(body)?).await?),
+            Method::Unsubscribe => raw(&self.unsubscribe(decode(body)?).await?),
+            Method::Refresh => raw(&self.refresh(decode(body)?).await?),
         }
     }
 
@@ -373,7 +426,16 @@ mod tests {
 
     #[test]
     fn method_names() {
-        for name in ["publish", "broadcast", "history", "info"] {
+        for name in [
+            "publish",
+            "broadcast",
+            "history",
+            "info",
+            "disconnect",
+            "subscribe",
+            "unsubscribe",
+            "refresh",
+        ] {
             assert_eq!(Method::label(Method::from_name(name)), name);
         }
         assert_eq!(Method::from_name("presence"), None);

@@ -91,21 +91,22 @@ impl Subscriber {
         matches!(*self.state.lock().expect("sub lock"), SubState::Dead)
     }
 
-    /// Queues `reply` (the subscribe reply; `None` when it went out already,
+    /// Queues `head` (the subscribe reply, or a server-side subscribe push and
+    /// its recovered publications; nothing when the reply went out already,
     /// inside a connect reply) and then whatever was buffered after
     /// `position`, atomically with respect to deliveries, and goes live.
-    pub fn go_live(&self, reply: Option<Bytes>, position: u64) -> GoLive {
+    pub fn go_live(&self, head: impl IntoIterator<Item = Bytes>, position: u64) -> GoLive {
         let mut state = self.state.lock().expect("sub lock");
         let SubState::Buffering { pending, .. } =
             std::mem::replace(&mut *state, SubState::Live { last: position })
         else {
             return GoLive::Ok;
         };
-        if let Some(reply) = reply
-            && self.outbox.push(reply).is_err()
-        {
-            *state = SubState::Dead;
-            return GoLive::Ok;
+        for frame in head {
+            if self.outbox.push(frame).is_err() {
+                *state = SubState::Dead;
+                return GoLive::Ok;
+            }
         }
         let mut last = position;
         for (offset, frame) in pending {

@@ -1,18 +1,24 @@
 //! The edge role: terminates client WebSockets (`GET /connection/websocket`),
 //! speaks the Centrifugo protocol ([`session`]), keeps the hub of local
 //! subscribers ([`hub`]) with one NATS subscription per channel ([`feed`]),
-//! and bounds every connection's outbound queue ([`outbox`]).
+//! bounds every connection's outbound queue ([`outbox`]), and applies the
+//! server API's per-user commands arriving over NATS ([`control`]).
 //!
 //! Thin (I6): it holds connection state only. Publishes go through the
 //! [`Publisher`]; every read (positions, recovery, history, gap fills) goes
 //! to sync over NATS. It never opens the store.
+//!
+//! Graceful stop ([`Edge::close_all`]) refuses new WebSocket upgrades (503)
+//! and closes the sessions evenly over `shutdown_drain`, so their reconnects
+//! reach the other nodes spread out rather than all at once.
 
+pub mod control;
 mod feed;
 pub mod hub;
 pub mod outbox;
 mod session;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,7 +29,9 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use tokio::sync::mpsc;
 
+use self::control::SessionCommand;
 use self::feed::FeedDeps;
 use self::hub::{Hub, SessionId};
 use self::outbox::Outbox;
@@ -36,8 +44,10 @@ use crate::sync::client::SyncClient;
 /// The WebSocket read buffer per connection. tungstenite's default is
 /// 128 KiB; a few KiB keeps idle connections cheap.
 const READ_BUFFER_BYTES: usize = 4 * 1024;
-/// How long `close_all` waits for sessions to finish closing.
+/// How long `close_all` waits, after the drain, for sessions to finish closing.
 const CLOSE_ALL_WAIT: Duration = Duration::from_secs(5);
+/// How often a drain closes the next slice of sessions.
+const DRAIN_TICK: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone)]
 pub struct EdgeSettings {
@@ -56,19 +66,31 @@ pub struct EdgeStats {
 
 struct SessionEntry {
     outbox: Arc<Outbox>,
+    client_id: String,
     user: Option<String>,
+    /// The session's control queue; its read loop holds the receiver.
+    control: mpsc::Sender<SessionCommand>,
+}
+
+/// Live sessions, and the authenticated ones by user (for control messages).
+#[derive(Default)]
+struct Sessions {
+    by_id: HashMap<SessionId, SessionEntry>,
+    by_user: HashMap<String, HashSet<SessionId>>,
 }
 
 pub struct Edge {
     settings: EdgeSettings,
+    nats: async_nats::Client,
     publisher: Publisher,
     sync: SyncClient,
     sync_timeout: Duration,
     verifier: Verifier,
     hub: Arc<Hub>,
     /// Live sessions: added when a WebSocket is upgraded, removed by the
-    /// session when it ends. Used for `info` and graceful shutdown.
-    sessions: Mutex<HashMap<SessionId, SessionEntry>>,
+    /// session when it ends. Used for `info`, control messages and graceful
+    /// shutdown.
+    sessions: Mutex<Sessions>,
     next_session: AtomicU64,
     /// Set by `close_all`: new upgrades are refused with 503.
     closing: AtomicBool,
@@ -84,18 +106,19 @@ impl Edge {
         sync_timeout: Duration,
     ) -> Arc<Self> {
         let hub = Hub::new(FeedDeps {
-            nats,
+            nats: nats.clone(),
             sync: sync.clone(),
             gap_fill_limit: settings.client.recovery_limit,
         });
         Arc::new(Self {
             settings,
+            nats,
             publisher,
             sync,
             sync_timeout,
             verifier,
             hub,
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(Sessions::default()),
             next_session: AtomicU64::new(1),
             closing: AtomicBool::new(false),
         })
@@ -111,11 +134,7 @@ impl Edge {
     pub fn stats(&self) -> EdgeStats {
         let (num_clients, num_users) = {
             let sessions = self.sessions.lock().expect("sessions lock");
-            let users: std::collections::HashSet<&str> = sessions
-                .values()
-                .filter_map(|s| s.user.as_deref())
-                .collect();
-            (sessions.len() as u64, users.len() as u64)
+            (sessions.by_id.len() as u64, sessions.by_user.len() as u64)
         };
         let (num_channels, num_subs) = self.hub.counts();
         EdgeStats {
@@ -126,45 +145,106 @@ impl Edge {
         }
     }
 
-    /// Refuses new connections and closes every session with `d` (e.g. 3001
-    /// shutdown, so SDKs reconnect elsewhere); waits a bounded time for them
-    /// to finish.
-    pub async fn close_all(&self, d: Disconnect) {
+    /// Refuses new connections (503) and closes every session with `d` (e.g.
+    /// 3001 shutdown, so SDKs reconnect elsewhere), spread evenly over
+    /// `drain`: the i-th of n sessions at `drain * i / n`, a slice every
+    /// [`DRAIN_TICK`]. A zero drain closes them all at once. Then waits a
+    /// bounded time for them to finish.
+    pub async fn close_all(&self, d: Disconnect, drain: Duration) {
         self.closing.store(true, Ordering::SeqCst);
-        let outboxes: Vec<Arc<Outbox>> = self
+        let outboxes = self.outboxes();
+        let started = Instant::now();
+        let mut tick = tokio::time::interval(DRAIN_TICK);
+        let mut closed = 0;
+        while closed < outboxes.len() {
+            tick.tick().await;
+            let due = due_by(outboxes.len(), drain, started.elapsed());
+            for o in &outboxes[closed..due] {
+                o.close(d);
+            }
+            closed = due;
+        }
+        // Sessions whose upgrade was accepted just before `closing` was set.
+        for o in self.outboxes() {
+            o.close(d);
+        }
+        let waiting = Instant::now();
+        while !self
             .sessions
             .lock()
             .expect("sessions lock")
-            .values()
-            .map(|s| s.outbox.clone())
-            .collect();
-        for o in outboxes {
-            o.close(d);
-        }
-        let started = Instant::now();
-        while !self.sessions.lock().expect("sessions lock").is_empty()
-            && started.elapsed() < CLOSE_ALL_WAIT
+            .by_id
+            .is_empty()
+            && waiting.elapsed() < CLOSE_ALL_WAIT
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
-    fn register(&self, id: SessionId, outbox: Arc<Outbox>) {
+    fn outboxes(&self) -> Vec<Arc<Outbox>> {
         self.sessions
             .lock()
             .expect("sessions lock")
-            .insert(id, SessionEntry { outbox, user: None });
+            .by_id
+            .values()
+            .map(|s| s.outbox.clone())
+            .collect()
+    }
+
+    fn register(
+        &self,
+        id: SessionId,
+        client_id: &str,
+        outbox: Arc<Outbox>,
+        control: mpsc::Sender<SessionCommand>,
+    ) {
+        self.sessions.lock().expect("sessions lock").by_id.insert(
+            id,
+            SessionEntry {
+                outbox,
+                client_id: client_id.to_string(),
+                user: None,
+                control,
+            },
+        );
     }
 
     fn set_user(&self, id: SessionId, user: &str) {
-        if let Some(s) = self.sessions.lock().expect("sessions lock").get_mut(&id) {
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        if let Some(s) = sessions.by_id.get_mut(&id) {
             s.user = Some(user.to_string());
+            sessions
+                .by_user
+                .entry(user.to_string())
+                .or_default()
+                .insert(id);
         }
     }
 
     fn unregister(&self, id: SessionId) {
-        self.sessions.lock().expect("sessions lock").remove(&id);
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        let Some(entry) = sessions.by_id.remove(&id) else {
+            return;
+        };
+        if let Some(user) = entry.user
+            && let Some(ids) = sessions.by_user.get_mut(&user)
+        {
+            ids.remove(&id);
+            if ids.is_empty() {
+                sessions.by_user.remove(&user);
+            }
+        }
     }
+}
+
+/// How many of `n` sessions closed evenly over `drain` are due `elapsed`
+/// into it: the i-th (from 0) at `drain * i / n`.
+fn due_by(n: usize, drain: Duration, elapsed: Duration) -> usize {
+    if drain.is_zero() || elapsed >= drain {
+        return n;
+    }
+    let past = elapsed.as_nanos() * n as u128 / drain.as_nanos();
+    usize::try_from(past).map_or(n, |p| p.saturating_add(1).min(n))
 }
 
 async fn upgrade(State(edge): State<Arc<Edge>>, ws: WebSocketUpgrade) -> Response {
@@ -187,4 +267,24 @@ async fn upgrade(State(edge): State<Arc<Edge>>, ws: WebSocketUpgrade) -> Respons
         .max_message_size(limit.saturating_mul(2))
         .max_frame_size(limit.saturating_mul(2))
         .on_upgrade(move |socket| session::run(edge, socket, id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drain_spreads_closes_evenly() {
+        let drain = Duration::from_secs(1);
+        let ms = Duration::from_millis;
+        assert_eq!(due_by(20, drain, ms(0)), 1);
+        assert_eq!(due_by(20, drain, ms(49)), 1);
+        assert_eq!(due_by(20, drain, ms(50)), 2);
+        assert_eq!(due_by(20, drain, ms(500)), 11);
+        assert_eq!(due_by(20, drain, ms(950)), 20);
+        assert_eq!(due_by(20, drain, ms(2000)), 20);
+        assert_eq!(due_by(1, drain, ms(0)), 1);
+        assert_eq!(due_by(0, drain, ms(0)), 0);
+        assert_eq!(due_by(1000, Duration::ZERO, ms(0)), 1000);
+    }
 }

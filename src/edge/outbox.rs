@@ -5,9 +5,9 @@
 //! The writer task drains everything queued into one WebSocket frame
 //! (newline-separated, as the protocol allows), so a burst costs one write.
 //!
-//! Producers: the session (replies), the hub (publications), the edge (close).
-//! The only consumer is the connection's writer task. Knows nothing of the
-//! protocol beyond the close codes.
+//! Producers: the session (replies), the hub (publications), the edge (close,
+//! also on a server API `disconnect`). The only consumer is the connection's
+//! writer task. Knows nothing of the protocol beyond the close codes.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -27,19 +27,58 @@ pub enum PushError {
     Overflow,
 }
 
+/// Why a connection closes: one of the protocol's named codes, or a code and
+/// reason the backend chose through the server API `disconnect`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Close {
+    Named(Disconnect),
+    Custom { code: u16, reason: Box<str> },
+}
+
+impl From<Disconnect> for Close {
+    fn from(d: Disconnect) -> Self {
+        Self::Named(d)
+    }
+}
+
+impl Close {
+    pub fn code(&self) -> u16 {
+        match self {
+            Self::Named(d) => d.code,
+            Self::Custom { code, .. } => *code,
+        }
+    }
+
+    pub fn reason(&self) -> &str {
+        match self {
+            Self::Named(d) => d.reason,
+            Self::Custom { reason, .. } => reason,
+        }
+    }
+
+    /// Whether the SDK should reconnect: the protocol's rule applies to
+    /// custom codes too (3500–3999 and 4500–4999 are terminal).
+    pub fn reconnect(&self) -> bool {
+        match self {
+            Self::Named(d) => d.reconnect(),
+            Self::Custom { code, .. } => Disconnect::new(*code, "").reconnect(),
+        }
+    }
+}
+
 /// What the writer takes out in one go.
 pub struct Batch {
     /// Everything queued, joined with `\n`; empty when nothing was queued.
     pub frame: Bytes,
     pub frames: usize,
     /// Set when the connection must close after writing `frame`.
-    pub close: Option<Disconnect>,
+    pub close: Option<Close>,
 }
 
 struct Inner {
     queue: VecDeque<Bytes>,
     bytes: usize,
-    close: Option<Disconnect>,
+    close: Option<Close>,
 }
 
 pub struct Outbox {
@@ -74,7 +113,7 @@ impl Outbox {
         if inner.bytes + frame.len() > self.limit {
             inner.queue.clear();
             inner.bytes = 0;
-            inner.close = Some(Disconnect::SLOW);
+            inner.close = Some(Disconnect::SLOW.into());
             drop(inner);
             metrics::counter!(crate::metrics::SLOW_DISCONNECTS_TOTAL).increment(1);
             self.closing.cancel();
@@ -90,10 +129,10 @@ impl Outbox {
 
     /// Asks the writer to close with `d` after writing what is queued. The
     /// first close wins.
-    pub fn close(&self, d: Disconnect) {
+    pub fn close(&self, d: impl Into<Close>) {
         let mut inner = self.inner.lock().expect("outbox lock");
         if inner.close.is_none() {
-            inner.close = Some(d);
+            inner.close = Some(d.into());
         }
         drop(inner);
         self.closing.cancel();
@@ -110,8 +149,8 @@ impl Outbox {
     }
 
     /// Why the connection is closing, once it is.
-    pub fn close_reason(&self) -> Option<Disconnect> {
-        self.inner.lock().expect("outbox lock").close
+    pub fn close_reason(&self) -> Option<Close> {
+        self.inner.lock().expect("outbox lock").close.clone()
     }
 
     /// Bytes queued now.
@@ -154,7 +193,7 @@ impl Outbox {
         Some(Batch {
             frame,
             frames,
-            close: inner.close,
+            close: inner.close.clone(),
         })
     }
 }
@@ -186,7 +225,7 @@ mod tests {
         assert!(o.is_closing());
         let b = o.next_batch().await;
         assert!(b.frame.is_empty(), "a slow client's queue is dropped");
-        assert_eq!(b.close, Some(Disconnect::SLOW));
+        assert_eq!(b.close, Some(Disconnect::SLOW.into()));
         assert_eq!(o.push(Bytes::from_static(b"1")), Err(PushError::Closed));
     }
 
@@ -198,6 +237,19 @@ mod tests {
         o.close(Disconnect::NO_PONG);
         let b = o.next_batch().await;
         assert_eq!(&b.frame[..], b"x");
-        assert_eq!(b.close, Some(Disconnect::SHUTDOWN));
+        assert_eq!(b.close, Some(Disconnect::SHUTDOWN.into()));
+    }
+
+    #[test]
+    fn custom_close_follows_the_reconnect_rule() {
+        let c = |code| Close::Custom {
+            code,
+            reason: "r".into(),
+        };
+        assert!(c(4000).reconnect());
+        assert!(!c(4500).reconnect());
+        assert!(!c(3503).reconnect());
+        assert_eq!(c(4500).reason(), "r");
+        assert_eq!(Close::from(Disconnect::SHUTDOWN).code(), 3001);
     }
 }

@@ -3,8 +3,11 @@
 //!
 //! Owns the connection's protocol state — authenticated user, subscriptions
 //! with their expiry, ping/pong — and turns each command into a reply or a
-//! disconnect. One connection's error never touches another: every failure
-//! ends in a reply error or a close code for this connection only.
+//! disconnect. Server API control commands (server-side subscribe and
+//! unsubscribe, a new expiry) arrive on the session's control queue and are
+//! handled by the same loop, between client commands. One connection's error
+//! never touches another: every failure ends in a reply error or a close code
+//! for this connection only.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,21 +18,23 @@ use bytes::Bytes;
 use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
 use serde_json::value::RawValue;
+use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
 use super::Edge;
+use super::control::{SESSION_CONTROL_QUEUE, SessionCommand};
 use super::hub::{FeedStatus, GoLive, SessionId, Subscriber};
-use super::outbox::Outbox;
+use super::outbox::{Close, Outbox};
 use crate::auth::{TokenError, now_secs};
 use crate::bus::publisher::{PublishErrorKind, PublishRequest};
 use crate::channel::Channel;
 use crate::metrics as m;
 use crate::protocol::{
-    self, ClientInfo, Command, ConnectRequest, ConnectResult, Disconnect, Empty, ErrorBody,
-    HistoryRequest, HistoryResult, Method, ProtocolError, PublishResult, RefreshRequest,
-    RefreshResult, Reply, ReplyResult, SubRefreshRequest, SubRefreshResult, SubscribeRequest,
-    SubscribeResult, Unsubscribe,
+    self, ClientInfo, Command, ConnectRequest, ConnectResult, Disconnect, DisconnectPush, Empty,
+    ErrorBody, HistoryRequest, HistoryResult, Method, ProtocolError, PublishResult, Push,
+    RefreshRequest, RefreshResult, Reply, ReplyResult, SubRefreshRequest, SubRefreshResult,
+    SubscribeRequest, SubscribeResult, Unsubscribe,
 };
 
 /// Closing because the client closed (never sent to it).
@@ -102,7 +107,9 @@ pub(super) async fn run(edge: Arc<Edge>, socket: WebSocket, id: SessionId) {
     let (sink, mut stream) = socket.split();
     let outbox = Arc::new(Outbox::new(edge.settings.client.queue_max_bytes));
     tokio::spawn(write_loop(sink, outbox.clone()));
-    edge.register(id, outbox.clone());
+    let client_id = uuid::Uuid::new_v4().to_string();
+    let (control_tx, mut control) = mpsc::channel(SESSION_CONTROL_QUEUE);
+    edge.register(id, &client_id, outbox.clone(), control_tx);
     metrics::gauge!(m::CONNECTIONS).increment(1.0);
 
     let ping_every = edge.settings.client.ping_interval;
@@ -111,7 +118,7 @@ pub(super) async fn run(edge: Arc<Edge>, socket: WebSocket, id: SessionId) {
     let mut s = Session {
         edge: edge.clone(),
         id,
-        client_id: uuid::Uuid::new_v4().to_string(),
+        client_id,
         outbox: outbox.clone(),
         authed: None,
         subs: HashMap::new(),
@@ -137,6 +144,10 @@ pub(super) async fn run(edge: Arc<Edge>, socket: WebSocket, id: SessionId) {
                     }
                     Some(Ok(_)) => Ok(()),
                 },
+                Some(cmd) = control.recv() => {
+                    s.handle_control(cmd).await;
+                    Ok(())
+                }
                 _ = ping.tick(), if authed => {
                     s.send_ping();
                     Ok(())
@@ -391,7 +402,7 @@ impl Session {
         let reply = protocol::encode_reply(&Reply::ok(id, ReplyResult::Connect(result)));
         let _ = self.outbox.push(reply);
         for (name, p) in prepared {
-            if p.subscriber.go_live(None, p.position) == GoLive::Gap {
+            if p.subscriber.go_live([], p.position) == GoLive::Gap {
                 p.subscriber.end(Unsubscribe::INSUFFICIENT_STATE);
             }
             metrics::gauge!(m::SUBSCRIPTIONS).increment(1.0);
@@ -533,7 +544,7 @@ impl Session {
             p.result.ttl = ttl(c.exp);
         }
         let reply = protocol::encode_reply(&Reply::ok(id, ReplyResult::Subscribe(p.result)));
-        if p.subscriber.go_live(Some(reply), p.position) == GoLive::Gap {
+        if p.subscriber.go_live([reply], p.position) == GoLive::Gap {
             p.subscriber.end(Unsubscribe::INSUFFICIENT_STATE);
         }
         metrics::gauge!(m::SUBSCRIPTIONS).increment(1.0);
@@ -693,6 +704,101 @@ impl Session {
     }
 }
 
+impl Session {
+    /// One command of the server API (see `control`). Nothing is answered:
+    /// the API's caller already has its `{}`, so what cannot be done is
+    /// logged and skipped.
+    async fn handle_control(&mut self, cmd: SessionCommand) {
+        match cmd {
+            SessionCommand::Subscribe { channel, recover } => {
+                self.server_subscribe(channel, recover).await;
+            }
+            SessionCommand::Unsubscribe { channel } => self.server_unsubscribe(&channel),
+            SessionCommand::ExpireAt(at) => {
+                let grace = self.edge.settings.client.expired_close_delay;
+                if let Some(authed) = self.authed.as_mut() {
+                    authed.expires_at = at.map(|exp| close_deadline(exp, grace));
+                }
+            }
+        }
+    }
+
+    /// Server-side subscribe: no permission check (the backend decided). The
+    /// client gets a `subscribe` push, then the recovered publications as
+    /// publication pushes (the SDKs take publications of a server-side
+    /// subscription only from pushes), then live ones.
+    async fn server_subscribe(&mut self, name: String, recover: Option<(u64, String)>) {
+        let channels = self.edge.settings.channels.clone();
+        let Ok(channel) = Channel::parse(&name, &channels) else {
+            tracing::debug!("server subscribe to an invalid channel");
+            return;
+        };
+        if let Some(existing) = self.subs.get(&name) {
+            if !existing.subscriber.is_dead() {
+                return;
+            }
+            if let Some(old) = self.subs.remove(&name) {
+                self.edge.hub.remove(&old.subscriber);
+                metrics::gauge!(m::SUBSCRIPTIONS).decrement(1.0);
+            }
+        }
+        if self.subs.len() >= self.edge.settings.client.channel_limit {
+            tracing::debug!("server subscribe over the channel limit");
+            return;
+        }
+        let mut p = match self.prepare(&channel, recover).await {
+            Ok(p) => p,
+            Err(_) => {
+                tracing::warn!("server subscribe failed");
+                return;
+            }
+        };
+        let recovered = std::mem::take(&mut p.result.publications);
+        let mut head = Vec::with_capacity(recovered.len() + 1);
+        head.push(protocol::encode_reply(&Reply::push(Push {
+            channel: name.clone(),
+            subscribe: Some(p.result),
+            ..Push::default()
+        })));
+        head.extend(
+            recovered
+                .iter()
+                .map(|publication| protocol::publication_push(&name, publication.get().as_bytes())),
+        );
+        if p.subscriber.go_live(head, p.position) == GoLive::Gap {
+            p.subscriber.end(Unsubscribe::INSUFFICIENT_STATE);
+        }
+        metrics::gauge!(m::SUBSCRIPTIONS).increment(1.0);
+        self.subs.insert(
+            name,
+            Sub {
+                subscriber: p.subscriber,
+                expires_at: None,
+                chan_info: None,
+                private: false,
+            },
+        );
+    }
+
+    /// Server-side unsubscribe: the `unsubscribe` push (2000) goes out even
+    /// when the session is not subscribed, as in Centrifugo; SDKs ignore it
+    /// for a channel they do not know.
+    fn server_unsubscribe(&mut self, channel: &str) {
+        match self.subs.remove(channel) {
+            Some(sub) => {
+                // Ends delivery before the push, so no publication follows it.
+                sub.subscriber.end(Unsubscribe::SERVER);
+                self.edge.hub.remove(&sub.subscriber);
+                metrics::gauge!(m::SUBSCRIPTIONS).decrement(1.0);
+            }
+            None => self.reply(&Reply::push(Push::unsubscribe(
+                channel,
+                Unsubscribe::SERVER,
+            ))),
+        }
+    }
+}
+
 /// The last offset of `publications` if they run contiguously from
 /// `after + 1` (`after` itself when there are none); `None` otherwise.
 fn contiguous_last(publications: &[Box<RawValue>], after: u64) -> Option<u64> {
@@ -734,7 +840,7 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: Arc<Outbox>
             let sent = tokio::select! {
                 r = &mut send => r.is_ok(),
                 _ = outbox.closing() => {
-                    if outbox.close_reason() == Some(Disconnect::SLOW) {
+                    if outbox.close_reason() == Some(Close::Named(Disconnect::SLOW)) {
                         metrics::counter!(m::DISCONNECTS_TOTAL, "code" => "3008").increment(1);
                         return;
                     }
@@ -749,17 +855,29 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: Arc<Outbox>
             metrics::counter!(m::BYTES_OUT_TOTAL).increment(len);
         }
         if let Some(d) = batch.close {
-            metrics::counter!(m::DISCONNECTS_TOTAL, "code" => d.code.to_string()).increment(1);
-            if d != CLIENT_CLOSED {
-                let push = protocol::encode_reply(&Reply::push(protocol::Push::disconnect(d)));
+            // Custom codes come from the backend: one label keeps the set closed.
+            let label = match &d {
+                Close::Named(n) => n.code.to_string(),
+                Close::Custom { .. } => "custom".to_string(),
+            };
+            metrics::counter!(m::DISCONNECTS_TOTAL, "code" => label).increment(1);
+            if d != Close::Named(CLIENT_CLOSED) {
+                let push = protocol::encode_reply(&Reply::push(Push {
+                    disconnect: Some(DisconnectPush {
+                        code: u32::from(d.code()),
+                        reason: d.reason().to_string(),
+                        reconnect: d.reconnect(),
+                    }),
+                    ..Push::default()
+                }));
                 if let Ok(text) = Utf8Bytes::try_from(push) {
                     let _ =
                         tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.send(Message::Text(text)))
                             .await;
                 }
                 let frame = CloseFrame {
-                    code: d.code,
-                    reason: d.reason.into(),
+                    code: d.code(),
+                    reason: d.reason().into(),
                 };
                 let _ = tokio::time::timeout(
                     CLOSE_WRITE_TIMEOUT,
