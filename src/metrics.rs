@@ -31,6 +31,9 @@ pub const WRITER_SEQUENCED_TOTAL: &str = "herald_writer_sequenced_total";
 pub const WRITER_DUPLICATES_TOTAL: &str = "herald_writer_duplicates_total";
 pub const WRITER_COMMIT_SECONDS: &str = "herald_writer_commit_seconds";
 pub const WRITER_ERRORS_TOTAL: &str = "herald_writer_errors_total";
+pub const WRITER_PARTITIONS_OWNED: &str = "herald_writer_partitions_owned";
+pub const WRITER_LEASE_EVENTS_TOTAL: &str = "herald_writer_lease_events_total";
+pub const WRITER_FAILOVERS_TOTAL: &str = "herald_writer_failovers_total";
 
 // Sync.
 pub const SYNC_REQUESTS_TOTAL: &str = "herald_sync_requests_total";
@@ -89,6 +92,18 @@ pub const HELP: &[(&str, &str)] = &[
         "Store commit latency of a writer batch.",
     ),
     (WRITER_ERRORS_TOTAL, "Writer failures, by kind."),
+    (
+        WRITER_PARTITIONS_OWNED,
+        "Ingest partitions this process's writers run a task for.",
+    ),
+    (
+        WRITER_LEASE_EVENTS_TOTAL,
+        "Partition leases acquired, lost (renewal refused or expired) and released, by event.",
+    ),
+    (
+        WRITER_FAILOVERS_TOTAL,
+        "Partitions taken over from a writer that let its lease expire without releasing it.",
+    ),
     (SYNC_REQUESTS_TOTAL, "Sync requests, by source and result."),
     (SYNC_SECONDS, "Sync request latency, by source."),
     (
