@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod ingest;
 pub mod node;
 pub mod ws;
 
