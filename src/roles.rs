@@ -241,6 +241,7 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<Running> {
             max_ack_pending: config.ingest.max_ack_pending,
             ack_wait: config.writer.failover_timeout,
             head_cache_capacity: writer::DEFAULT_HEAD_CACHE_CAPACITY,
+            failover_timeout: config.writer.failover_timeout,
         };
         let (client, store, token) = (
             nats.clone(),
