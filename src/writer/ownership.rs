@@ -480,6 +480,25 @@ impl Ownership {
             let start = (rank * self.partitions as usize / count.max(1)) as u32;
             self.acquire(share - held, start, &view.leases).await;
         }
+        // Leases naming us that we neither track nor took back (a write whose
+        // ack was lost): give them back rather than let them block others.
+        let orphans: Vec<(u32, u64)> = view
+            .leases
+            .iter()
+            .filter_map(|(p, l)| match l {
+                Listed::Held { holder, revision }
+                    if *holder == *self.id
+                        && !self.leases.contains_key(p)
+                        && !self.running.contains(p) =>
+                {
+                    Some((*p, *revision))
+                }
+                _ => None,
+            })
+            .collect();
+        for (p, revision) in orphans {
+            self.release(p, revision).await;
+        }
         self.others = view
             .leases
             .into_iter()
