@@ -54,7 +54,8 @@ impl Cluster {
     async fn publish(&self, channel: &str, n: u64) -> u64 {
         let r = self
             .serve
-            .api_ok(
+            .api()
+            .ok(
                 "publish",
                 &json!({"channel": channel, "data": {"n": n}}),
                 Duration::from_secs(10),
@@ -157,11 +158,7 @@ async fn gap_past_the_fill_limit_makes_clients_recover() {
          recovered:false then paged {}, client {tally:?}, failed fills {failed}",
         f.unsubscribe_codes, f.resubscribes, f.unrecovered
     );
-    assert_eq!(
-        f.unsubscribe_codes,
-        vec![2500],
-        "insufficient state, once"
-    );
+    assert_eq!(f.unsubscribe_codes, vec![2500], "insufficient state, once");
     assert_eq!(tally.missed, 0, "{tally:?}");
     assert_eq!(tally.duplicated, 0, "{tally:?}");
     assert_eq!(tally.out_of_order, 0, "{tally:?}");

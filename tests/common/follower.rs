@@ -54,6 +54,32 @@ impl Conn {
             .await
             .map_err(|_| "handshake timed out".to_string())?
             .map_err(|e| e.to_string())?;
+        Self::connect(ws, token).await
+    }
+
+    /// Like [`Conn::open`] with a socket receive buffer of `bytes`: a client
+    /// that stops reading then stalls the server's writes sooner.
+    pub async fn open_with_recv_buffer(
+        addr: SocketAddr,
+        token: &str,
+        bytes: u32,
+    ) -> Result<Self, String> {
+        let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+        socket
+            .set_recv_buffer_size(bytes)
+            .map_err(|e| e.to_string())?;
+        let tcp = socket.connect(addr).await.map_err(|e| e.to_string())?;
+        let url = format!("ws://{addr}/connection/websocket");
+        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp))
+            .await
+            .map_err(|e| e.to_string())?;
+        Self::connect(ws, token).await
+    }
+
+    async fn connect(
+        ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+        token: &str,
+    ) -> Result<Self, String> {
         let mut c = Self {
             ws,
             next_id: 1,
@@ -384,11 +410,5 @@ impl Follower {
             .filter(|o| !seen.contains(o))
             .count();
         t
-    }
-
-    pub async fn close(mut self) {
-        if let Some(c) = self.conn.take() {
-            c.close().await;
-        }
     }
 }

@@ -73,7 +73,12 @@ impl TestNats {
         eventually(
             "the killed nats-server's port refuses connections",
             Duration::from_secs(10),
-            || async move { tokio::net::TcpStream::connect(addr).await.is_err().then_some(()) },
+            || async move {
+                tokio::net::TcpStream::connect(addr)
+                    .await
+                    .is_err()
+                    .then_some(())
+            },
         )
         .await;
     }

@@ -116,6 +116,50 @@ impl Spec {
     }
 }
 
+/// The server API of one process, cheap to clone into publisher tasks.
+#[derive(Clone)]
+pub struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            base: format!("http://{addr}"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .build()
+                .expect("http client"),
+        }
+    }
+
+    /// Calls `method`. Err when the request itself fails (the process is
+    /// down or restarting); the JSON body otherwise, `{"error": …}` included.
+    pub async fn call(&self, method: &str, body: &Value) -> Result<Value, String> {
+        let resp = self
+            .http
+            .post(format!("{}/api/{method}", self.base))
+            .header("X-API-Key", API_KEY)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        resp.json().await.map_err(|e| e.to_string())
+    }
+
+    /// Calls `method` until it answers `{"result": …}`, at most `limit`.
+    pub async fn ok(&self, method: &str, body: &Value, limit: Duration) -> Value {
+        eventually(&format!("{method} succeeds"), limit, || async {
+            match self.call(method, body).await {
+                Ok(v) if v.get("result").is_some() => Some(v["result"].clone()),
+                _ => None,
+            }
+        })
+        .await
+    }
+}
+
 /// A running (or exited) `herald` child process.
 pub struct HeraldProcess {
     pub spec: Spec,
@@ -147,6 +191,7 @@ impl HeraldProcess {
                 command.env_remove(name);
             }
         }
+        command.env("NO_COLOR", "1");
         for (k, v) in &spec.options {
             command.env(format!("HERALD_{}", k.to_ascii_uppercase()), v);
         }
@@ -272,15 +317,16 @@ impl HeraldProcess {
         }
     }
 
-    /// Resident memory of the process in KiB (`VmRSS` of /proc/<pid>/status).
-    pub fn rss_kib(&self) -> u64 {
+    /// A memory figure of the process in KiB from /proc/<pid>/status:
+    /// `VmRSS` (resident now) or `VmHWM` (resident peak).
+    pub fn memory_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
             .expect("read /proc/<pid>/status");
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc/<pid>/status")
+            .unwrap_or_else(|| panic!("{field} in /proc/<pid>/status"))
     }
 
     /// The Prometheus text of `/metrics`.
@@ -300,29 +346,9 @@ impl HeraldProcess {
         metric_value(&self.metrics().await, name, labels).unwrap_or(0.0)
     }
 
-    /// Calls the server API. Err when the request itself fails (the process
-    /// is down or restarting); the JSON body otherwise, `{"error": …}` included.
-    pub async fn api(&self, method: &str, body: &Value) -> Result<Value, String> {
-        let resp = self
-            .http
-            .post(self.url(&format!("/api/{method}")))
-            .header("X-API-Key", API_KEY)
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        resp.json().await.map_err(|e| e.to_string())
-    }
-
-    /// Calls the server API until it answers `{"result": …}`, at most `limit`.
-    pub async fn api_ok(&self, method: &str, body: &Value, limit: Duration) -> Value {
-        eventually(&format!("{method} succeeds"), limit, || async {
-            match self.api(method, body).await {
-                Ok(v) if v.get("result").is_some() => Some(v["result"].clone()),
-                _ => None,
-            }
-        })
-        .await
+    /// The server API of this process.
+    pub fn api(&self) -> Api {
+        Api::new(self.addr())
     }
 }
 
@@ -357,9 +383,11 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
         if series_name != name {
             continue;
         }
-        let all = labels
-            .iter()
-            .all(|(k, v)| series_labels.split(',').any(|l| l == format!("{k}=\"{v}\"")));
+        let all = labels.iter().all(|(k, v)| {
+            series_labels
+                .split(',')
+                .any(|l| l == format!("{k}=\"{v}\""))
+        });
         if let (true, Ok(v)) = (all, value.parse::<f64>()) {
             found = Some(found.unwrap_or(0.0) + v);
         }
