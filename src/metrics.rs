@@ -35,6 +35,7 @@ pub const WRITER_ERRORS_TOTAL: &str = "herald_writer_errors_total";
 // Sync.
 pub const SYNC_REQUESTS_TOTAL: &str = "herald_sync_requests_total";
 pub const SYNC_SECONDS: &str = "herald_sync_request_seconds";
+pub const SYNC_RETRIES_TOTAL: &str = "herald_sync_client_retries_total";
 
 // Server API.
 pub const API_REQUESTS_TOTAL: &str = "herald_api_requests_total";
@@ -90,6 +91,10 @@ pub const HELP: &[(&str, &str)] = &[
     ),
     (WRITER_ERRORS_TOTAL, "Writer failures, by kind."),
     (SYNC_REQUESTS_TOTAL, "Sync requests, by source and result."),
+    (
+        SYNC_RETRIES_TOTAL,
+        "Sync requests an edge or publisher sent again (no instance answered, or a retryable store error).",
+    ),
     (SYNC_SECONDS, "Sync request latency, by source."),
     (
         API_REQUESTS_TOTAL,
