@@ -73,6 +73,10 @@ impl StoreHolder {
     /// Stops the active process with `stop` and returns its exit status once
     /// the successor answers `/health`.
     async fn fail_over(&mut self, stop: Stop) -> std::process::ExitStatus {
+        if let Some(standby) = self.standby.as_mut() {
+            assert!(standby.try_status().is_none(), "the standby is waiting");
+            assert!(!standby.healthy().await, "the standby does not serve yet");
+        }
         let status = match stop {
             Stop::Kill9 => self.active.kill9().await,
             Stop::Sigterm => self.active.sigterm().await,
@@ -990,6 +994,19 @@ async fn sigterm_stops_the_writer_and_sync_roles_with_exit_0() {
             .await;
         acked.push(r["offset"].as_u64().expect("offset"));
     }
+    // A standby waiting for the store lock stops cleanly too.
+    let mut standby = HeraldProcess::spawn(
+        Spec::serve("standby", nats.url(), &data).set("store_wait_for_lock", true),
+    );
+    eventually(
+        "the standby waits for the store lock",
+        Duration::from_secs(10),
+        || async { standby.log().contains("waiting as a standby").then_some(()) },
+    )
+    .await;
+    let status = standby.sigterm().await;
+    assert_eq!(status.code(), Some(0), "waiting standby: {status}");
+
     let status = writer.sigterm().await;
     assert_eq!(status.code(), Some(0), "writer: {status}");
 
@@ -1005,7 +1022,7 @@ async fn sigterm_stops_the_writer_and_sync_roles_with_exit_0() {
     let status = sync.sigterm().await;
     assert_eq!(status.code(), Some(0), "sync: {status}");
     println!(
-        "writer and sync roles: SIGTERM -> exit 0; {} acknowledged, all served",
+        "writer, sync and a waiting standby: SIGTERM -> exit 0; {} acknowledged, all served",
         acked.len()
     );
 }
