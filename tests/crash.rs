@@ -70,17 +70,19 @@ impl StoreHolder {
         }
     }
 
-    /// Stops the active process with `stop` and returns its exit status once
-    /// the successor answers `/health`.
-    async fn fail_over(&mut self, stop: Stop) -> std::process::ExitStatus {
+    /// Stops the active process with `stop`; returns once the successor
+    /// answers `/health`.
+    async fn fail_over(&mut self, stop: Stop) -> Outage {
         if let Some(standby) = self.standby.as_mut() {
             assert!(standby.try_status().is_none(), "the standby is waiting");
             assert!(!standby.healthy().await, "the standby does not serve yet");
         }
+        let signalled = Instant::now();
         let status = match stop {
             Stop::Kill9 => self.active.kill9().await,
             Stop::Sigterm => self.active.sigterm().await,
         };
+        let gone = Instant::now();
         let successor = match self.takeover {
             Takeover::Restart => {
                 let mut spec = self.active.spec.clone();
@@ -95,8 +97,24 @@ impl StoreHolder {
         };
         self.stopped
             .push(std::mem::replace(&mut self.active, successor));
-        status
+        Outage {
+            status,
+            stopping: gone - signalled,
+            gone,
+            successor_healthy: gone.elapsed(),
+        }
     }
+}
+
+/// How a stop went.
+struct Outage {
+    status: std::process::ExitStatus,
+    /// From the signal to the process's exit.
+    stopping: Duration,
+    /// When the process had exited: failover is measured from here.
+    gone: Instant,
+    /// From `gone` to the successor answering `/health`.
+    successor_healthy: Duration,
 }
 
 fn micros_now() -> u64 {
@@ -299,9 +317,8 @@ async fn writer_stopped_under_load(stop: Stop, takeover: Takeover, load: Load) {
     )
     .await;
     let acked_before = acked.load(Ordering::SeqCst);
-    let stopped_at = Instant::now();
-    let status = store.fail_over(stop).await;
-    let back_at = stopped_at.elapsed();
+    let outage = store.fail_over(stop).await;
+    let (status, gone) = (outage.status, outage.gone);
     match stop {
         Stop::Kill9 => assert_eq!(status.signal(), Some(9), "{status}"),
         Stop::Sigterm => assert_eq!(status.code(), Some(0), "graceful exit: {status}"),
@@ -310,8 +327,8 @@ async fn writer_stopped_under_load(stop: Stop, takeover: Takeover, load: Load) {
     let load_time = started.elapsed();
     let failover = acks
         .iter()
-        .filter(|a| a.sent >= stopped_at)
-        .map(|a| a.acked - stopped_at)
+        .filter(|a| a.sent >= gone)
+        .map(|a| a.acked - gone)
         .min();
     let retried = acks.iter().filter(|a| a.attempts > 1).count();
     let slowest = acks.iter().map(|a| a.acked - a.sent).max();
@@ -321,14 +338,16 @@ async fn writer_stopped_under_load(stop: Stop, takeover: Takeover, load: Load) {
         "writer {stop:?} + {takeover:?} under load: {load:?}; {} messages in {load_time:.1?} \
          ({acked_before} acknowledged before the stop); acknowledged {}, stored {}, lost {}, \
          duplicated {}, channels not dense {}; publishes retried {retried}, slowest successful \
-         attempt {slowest:.2?}; successor healthy after {back_at:.2?}; failover (stop -> first \
-         success of a publish sent after it) {failover:.2?}",
+         attempt {slowest:.2?}; exit {:.2?} after the signal, successor healthy {:.2?} later; \
+         failover (exit -> first success of a publish sent after it) {failover:.2?}",
         load.total(),
         v.acked,
         v.stored,
         v.lost,
         v.duplicated,
-        v.not_dense
+        v.not_dense,
+        outage.stopping,
+        outage.successor_healthy
     );
     assert_eq!(v.acked, load.total());
     assert_eq!(v.lost, 0, "{v:?}");
@@ -549,7 +568,7 @@ async fn nats_restart_every_role_reconnects_and_nothing_acknowledged_is_lost() {
     }
     println!(
         "nats kill -9 + restart (down {DOWN:?}): acknowledged {}, stored {}, lost {}, duplicated {}, \
-         not dense {}; acknowledged while down {acked_while_down} (replies already on their way), \
+         not dense {}; acknowledged while down {acked_while_down}, \
          publishes retried {retried}; both nodes publish again {reconnected_after:.2?} after the \
          restart; first success of a publish sent after the kill {first_after:.2?}; gaps filled \
          by edge/serve {filled:?}",
@@ -685,10 +704,9 @@ async fn sync_killed(takeover: Takeover) {
         (ok.load(Ordering::SeqCst) >= 20).then_some(())
     })
     .await;
-    let killed_at = Instant::now();
-    let status = store.fail_over(Stop::Kill9).await;
-    assert_eq!(status.signal(), Some(9));
-    let healthy_after = killed_at.elapsed();
+    let outage = store.fail_over(Stop::Kill9).await;
+    assert_eq!(outage.status.signal(), Some(9));
+    let (killed_at, healthy_after) = (outage.gone, outage.successor_healthy);
     let before = ok.load(Ordering::SeqCst);
     eventually(
         "reads succeed again after the takeover",
