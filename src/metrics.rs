@@ -38,6 +38,7 @@ pub const WRITER_FAILOVERS_TOTAL: &str = "herald_writer_failovers_total";
 // Sync.
 pub const SYNC_REQUESTS_TOTAL: &str = "herald_sync_requests_total";
 pub const SYNC_SECONDS: &str = "herald_sync_request_seconds";
+pub const SYNC_RETRIES_TOTAL: &str = "herald_sync_client_retries_total";
 
 // Server API.
 pub const API_REQUESTS_TOTAL: &str = "herald_api_requests_total";
@@ -105,6 +106,10 @@ pub const HELP: &[(&str, &str)] = &[
         "Partitions taken over from a writer that let its lease expire without releasing it.",
     ),
     (SYNC_REQUESTS_TOTAL, "Sync requests, by source and result."),
+    (
+        SYNC_RETRIES_TOTAL,
+        "Sync requests an edge or publisher sent again (no instance answered, or a retryable store error).",
+    ),
     (SYNC_SECONDS, "Sync request latency, by source."),
     (
         API_REQUESTS_TOTAL,

@@ -555,7 +555,13 @@ async fn a_message_committed_but_not_acked_is_not_stored_twice() {
         .await
         .await
         .unwrap();
-    let mut fetched = consumer.fetch().max_messages(1).messages().await.unwrap();
+    let mut fetched = consumer
+        .batch()
+        .max_messages(1)
+        .expires(Duration::from_secs(10))
+        .messages()
+        .await
+        .unwrap();
     let msg = fetched.next().await.expect("a message").unwrap();
     let body: Value = serde_json::from_slice(&msg.payload).unwrap();
     assert_eq!(body["key"], "K");

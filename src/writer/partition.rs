@@ -473,6 +473,7 @@ fn store_error_label(kind: StoreErrorKind) -> &'static str {
         StoreErrorKind::Conflict => "store_conflict",
         StoreErrorKind::Corrupt => "store_corrupt",
         StoreErrorKind::Io => "store_io",
+        StoreErrorKind::Locked => "store_locked",
     }
 }
 
