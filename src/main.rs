@@ -154,8 +154,21 @@ fn main() -> ExitCode {
 
 async fn run(role: Role, config: Config) -> ExitCode {
     let data_dir = config.data_dir.clone();
-    let running = match roles::start(role, config).await {
+    // Signals are watched from the start, so a standby waiting for the store
+    // lock stops cleanly too.
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received; shutting down");
+        token.cancel();
+    });
+    let running = match roles::start_with_shutdown(role, config, shutdown).await {
         Ok(r) => r,
+        Err(e) if e.is::<roles::StoppedWhileWaiting>() => {
+            tracing::info!("stopped while waiting for the store lock");
+            return ExitCode::SUCCESS;
+        }
         Err(e) => {
             eprintln!("herald {}: {e:#}", role.name());
             return ExitCode::FAILURE;
@@ -186,12 +199,6 @@ async fn run(role: Role, config: Config) -> ExitCode {
             eprintln!("server API disabled: set HERALD_API_KEY to enable it");
         }
     }
-    let token = running.shutdown_token();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("signal received; shutting down");
-        token.cancel();
-    });
     running.run_until_stopped().await;
     ExitCode::SUCCESS
 }

@@ -32,10 +32,14 @@ pub const WRITER_SEQUENCED_TOTAL: &str = "herald_writer_sequenced_total";
 pub const WRITER_DUPLICATES_TOTAL: &str = "herald_writer_duplicates_total";
 pub const WRITER_COMMIT_SECONDS: &str = "herald_writer_commit_seconds";
 pub const WRITER_ERRORS_TOTAL: &str = "herald_writer_errors_total";
+pub const WRITER_PARTITIONS_OWNED: &str = "herald_writer_partitions_owned";
+pub const WRITER_LEASE_EVENTS_TOTAL: &str = "herald_writer_lease_events_total";
+pub const WRITER_FAILOVERS_TOTAL: &str = "herald_writer_failovers_total";
 
 // Sync.
 pub const SYNC_REQUESTS_TOTAL: &str = "herald_sync_requests_total";
 pub const SYNC_SECONDS: &str = "herald_sync_request_seconds";
+pub const SYNC_RETRIES_TOTAL: &str = "herald_sync_client_retries_total";
 
 // Server API.
 pub const API_REQUESTS_TOTAL: &str = "herald_api_requests_total";
@@ -94,7 +98,23 @@ pub const HELP: &[(&str, &str)] = &[
         "Store commit latency of a writer batch.",
     ),
     (WRITER_ERRORS_TOTAL, "Writer failures, by kind."),
+    (
+        WRITER_PARTITIONS_OWNED,
+        "Ingest partitions this process's writers run a task for.",
+    ),
+    (
+        WRITER_LEASE_EVENTS_TOTAL,
+        "Partition leases acquired, lost (renewal refused or expired) and released, by event.",
+    ),
+    (
+        WRITER_FAILOVERS_TOTAL,
+        "Partitions taken over from a writer that let its lease expire without releasing it.",
+    ),
     (SYNC_REQUESTS_TOTAL, "Sync requests, by source and result."),
+    (
+        SYNC_RETRIES_TOTAL,
+        "Sync requests an edge or publisher sent again (no instance answered, or a retryable store error).",
+    ),
     (SYNC_SECONDS, "Sync request latency, by source."),
     (
         API_REQUESTS_TOTAL,

@@ -21,7 +21,7 @@ use crate::bus::{self, publisher::Publisher, server::NatsServer};
 use crate::config::{Config, Secret};
 use crate::edge::{Edge, EdgeSettings};
 use crate::protocol::Disconnect;
-use crate::store::{SharedStore, StoreOptions, embedded::EmbeddedStore};
+use crate::store::{SharedStore, StoreErrorKind, StoreOptions, embedded::EmbeddedStore};
 use crate::sync::{SyncService, SyncSettings, client::SyncClient};
 use crate::writer::{self, WriterSettings};
 
@@ -158,6 +158,68 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 
 /// Starts `role` with `config`. Returns once every listener is bound.
 pub async fn start(role: Role, config: Config) -> anyhow::Result<Running> {
+    start_with_shutdown(role, config, CancellationToken::new()).await
+}
+
+/// Why `start` returned without a running process.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped while waiting for the store lock")]
+pub struct StoppedWhileWaiting;
+
+/// How often a standby retries the store lock.
+const LOCK_RETRY: Duration = Duration::from_millis(250);
+
+/// Opens the embedded store; with `store_wait_for_lock`, waits (a standby)
+/// while another process holds it, until it can take over or `shutdown`
+/// fires.
+async fn open_store(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<SharedStore> {
+    let dir = config.data_dir.join("store");
+    let options = StoreOptions {
+        idempotency_retention: config.idempotency_retention,
+    };
+    let mut announced = false;
+    loop {
+        let (d, o) = (dir.clone(), options.clone());
+        let opened = tokio::task::spawn_blocking(move || EmbeddedStore::open(&d, o))
+            .await
+            .context("store open task")?;
+        match opened {
+            Ok(store) => {
+                tracing::info!(dir = %dir.display(), backend = "embedded", "store open");
+                return Ok(Arc::new(store));
+            }
+            Err(e) if e.kind == StoreErrorKind::Locked && config.store_wait_for_lock => {
+                if !announced {
+                    tracing::info!(dir = %dir.display(), "store locked by another process; waiting as a standby");
+                    announced = true;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Err(StoppedWhileWaiting.into()),
+                    _ = tokio::time::sleep(LOCK_RETRY) => {}
+                }
+            }
+            Err(e) if e.kind == StoreErrorKind::Locked => {
+                bail!(
+                    "{e}. Only one process may open an embedded store: run one `herald serve` per data dir \
+                     (plus any number of `herald edge`), or set store_wait_for_lock=true \
+                     (HERALD_STORE_WAIT_FOR_LOCK) to wait as a standby"
+                )
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("opening the embedded store at {}", dir.display())));
+            }
+        }
+    }
+}
+
+/// [`start`] with a shutdown token the caller owns (signals), so a standby
+/// waiting for the store lock can be stopped.
+pub async fn start_with_shutdown(
+    role: Role,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
     let metrics = crate::metrics::install();
     let mut notes = StartNotes::default();
     if role.has_writer() || role.has_sync() || role == Role::Serve {
@@ -184,6 +246,14 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<Running> {
         (None, Role::Writer) => None,
     };
 
+    // The store first: a standby must not touch the zero-config nats-server
+    // of the data dir before it holds the store.
+    let store: Option<SharedStore> = if role.has_writer() || role.has_sync() {
+        Some(open_store(&config, &shutdown).await?)
+    } else {
+        None
+    };
+
     // NATS, with the zero-config child for `serve`.
     let mut nats_child = None;
     let name = format!("herald-{}", role.name());
@@ -208,24 +278,25 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<Running> {
         .map_or(config.nats.url.clone(), |c| c.url.clone());
     let js = async_nats::jetstream::new(nats.clone());
     bus::ingest::ensure_stream(&js, &config.ingest).await?;
-
-    let shutdown = CancellationToken::new();
-    let store: Option<SharedStore> = if role.has_writer() || role.has_sync() {
-        let dir = config.data_dir.join("store");
-        let store = EmbeddedStore::open(
-            &dir,
-            StoreOptions {
-                idempotency_retention: config.idempotency_retention,
-            },
-        )
-        .with_context(|| format!("opening the embedded store at {}", dir.display()))?;
-        Some(Arc::new(store))
-    } else {
-        None
-    };
+    let info = nats.server_info();
+    tracing::info!(
+        url = %nats_url,
+        version = %info.version,
+        server = %info.server_name,
+        "nats connected"
+    );
+    tracing::info!(
+        stream = bus::subjects::INGEST_STREAM,
+        subjects = bus::subjects::ingest_wildcard(),
+        partitions = config.ingest.partitions,
+        duplicate_window = ?config.ingest.duplicate_window,
+        max_bytes = config.ingest.max_bytes,
+        "ingest stream ready"
+    );
 
     let mut router = Router::new();
     let mut sync_task = None;
+    let mut sync_service = None;
     if role.has_sync() {
         let service = Arc::new(SyncService::new(
             store.clone().expect("sync has a store"),
@@ -236,6 +307,7 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<Running> {
         router = router.merge(service.router(verifier));
         let (client, token) = (nats.clone(), shutdown.clone());
         let svc = service.clone();
+        sync_service = Some(service.clone());
         sync_task = Some(tokio::spawn(async move {
             if let Err(e) = svc.serve_nats(client, token).await {
                 tracing::error!(error = %e, "sync responder stopped");
@@ -251,6 +323,7 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<Running> {
             max_ack_pending: config.ingest.max_ack_pending,
             ack_wait: config.writer.failover_timeout,
             head_cache_capacity: writer::DEFAULT_HEAD_CACHE_CAPACITY,
+            failover_timeout: config.writer.failover_timeout,
         };
         let (client, store, token) = (
             nats.clone(),
@@ -309,10 +382,15 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<Running> {
         edge = Some(e);
     }
 
+    let readiness = Readiness {
+        role,
+        nats: nats.clone(),
+        sync: sync_service,
+    };
     let ops = Router::new()
         .route(
             "/health",
-            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+            get(move || std::future::ready(readiness.check())),
         )
         .route(
             "/metrics",
@@ -332,6 +410,7 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<Running> {
     };
     let (addr, task) = serve_http(config.listen, router, shutdown.clone()).await?;
     http.push(task);
+    tracing::info!(role = role.name(), %addr, internal = ?internal_addr, "listening");
 
     Ok(Running {
         addr,
@@ -349,6 +428,40 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<Running> {
         nats_child,
         nats,
     })
+}
+
+/// What `/health` checks: NATS connected, and each component's NATS
+/// subscriptions in place. 200 `{"status":"ok"}` when ready, otherwise 503
+/// with the reason, so a load balancer or orchestrator stops sending traffic.
+#[derive(Clone)]
+struct Readiness {
+    role: Role,
+    nats: async_nats::Client,
+    sync: Option<Arc<SyncService>>,
+}
+
+impl Readiness {
+    fn check(&self) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        let mut problems = Vec::new();
+        if self.nats.connection_state() != async_nats::connection::State::Connected {
+            problems.push("nats disconnected");
+        }
+        if self.sync.as_ref().is_some_and(|s| !s.is_ready()) {
+            problems.push("sync responder not subscribed");
+        }
+        let body = if problems.is_empty() {
+            serde_json::json!({"status": "ok", "role": self.role.name()})
+        } else {
+            serde_json::json!({"status": "unavailable", "role": self.role.name(), "problems": problems})
+        };
+        let status = if problems.is_empty() {
+            axum::http::StatusCode::OK
+        } else {
+            axum::http::StatusCode::SERVICE_UNAVAILABLE
+        };
+        (status, axum::Json(body)).into_response()
+    }
 }
 
 async fn serve_http(

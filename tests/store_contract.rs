@@ -35,7 +35,7 @@ async fn a_second_open_of_the_same_dir_is_refused() {
     let err = EmbeddedStore::open(&path, options.clone())
         .err()
         .expect("a second open while the first is held");
-    assert_eq!(err.kind, StoreErrorKind::Unavailable, "{err}");
+    assert_eq!(err.kind, StoreErrorKind::Locked, "{err}");
     assert!(err.message.contains(&path.display().to_string()), "{err}");
     assert!(err.message.contains("another Herald process"), "{err}");
 

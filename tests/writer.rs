@@ -5,26 +5,23 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer::AckPolicy, consumer::pull};
 use bytes::Bytes;
+use common::ingest::{
+    Replies, data_of, history, offsets, open_store, publish, publish_raw, stream,
+};
 use common::{TestNats, eventually};
 use futures::StreamExt;
-use herald::bus::ingest::{WriterReply, ensure_stream};
+use herald::bus::ingest::WriterReply;
 use herald::bus::subjects;
-use herald::config::IngestConfig;
-use herald::store::embedded::EmbeddedStore;
-use herald::store::{
-    ChannelAppend, Direction, Position, ReadRange, SharedStore, StoreOptions, StoredPublication,
-};
-use herald::writer::{self, WriterError, WriterSettings};
+use herald::store::{ChannelAppend, Position, SharedStore, StoredPublication};
+use herald::writer::{self, Fence, Writer, WriterError, WriterSettings};
 use serde_json::{Value, json};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -36,35 +33,8 @@ fn settings(partitions: u32) -> WriterSettings {
         max_ack_pending: 1024,
         ack_wait: Duration::from_secs(30),
         head_cache_capacity: 1000,
+        failover_timeout: Duration::from_secs(10),
     }
-}
-
-async fn stream(client: &async_nats::Client, partitions: u32) -> jetstream::Context {
-    let js = jetstream::new(client.clone());
-    ensure_stream(
-        &js,
-        &IngestConfig {
-            partitions,
-            duplicate_window: Duration::from_secs(120),
-            max_bytes: 64 << 20,
-            max_ack_pending: 1024,
-        },
-    )
-    .await
-    .expect("ingest stream");
-    js
-}
-
-fn open_store(dir: &Path) -> SharedStore {
-    Arc::new(
-        EmbeddedStore::open(
-            dir,
-            StoreOptions {
-                idempotency_retention: Duration::from_secs(24 * 3600),
-            },
-        )
-        .expect("open the embedded store"),
-    )
 }
 
 struct Running {
@@ -92,118 +62,6 @@ impl Running {
             .expect("writer task");
         assert!(result.is_ok(), "writer returned {result:?}");
     }
-}
-
-/// Publishes one ingest message the way the publisher does; `msg_id`
-/// overrides the `Nats-Msg-Id` derived from (channel, key).
-async fn publish(
-    js: &jetstream::Context,
-    partitions: u32,
-    channel: &str,
-    key: &str,
-    data: Value,
-    reply: &str,
-    msg_id: Option<&str>,
-) -> jetstream::context::PublishAckFuture {
-    let body = json!({"channel": channel, "data": data, "key": key});
-    publish_raw(
-        js,
-        partitions,
-        channel,
-        Bytes::from(body.to_string()),
-        reply,
-        msg_id.map_or_else(|| subjects::message_id(channel, key), str::to_string),
-    )
-    .await
-}
-
-async fn publish_raw(
-    js: &jetstream::Context,
-    partitions: u32,
-    channel: &str,
-    payload: Bytes,
-    reply: &str,
-    msg_id: String,
-) -> jetstream::context::PublishAckFuture {
-    let mut headers = HeaderMap::new();
-    headers.insert("Nats-Msg-Id", msg_id.as_str());
-    headers.insert(subjects::REPLY_HEADER, reply);
-    let subject = subjects::ingest_subject(subjects::partition_of(channel, partitions));
-    js.publish_with_headers(subject, headers, payload)
-        .await
-        .expect("jetstream publish")
-}
-
-/// Collects writer replies by reply subject.
-#[derive(Clone, Default)]
-struct Replies(Arc<Mutex<HashMap<String, WriterReply>>>);
-
-impl Replies {
-    async fn listen(client: &async_nats::Client, prefix: &str) -> Self {
-        let replies = Self::default();
-        let mut sub = client
-            .subscribe(format!("{prefix}.>"))
-            .await
-            .expect("subscribe replies");
-        let map = replies.0.clone();
-        tokio::spawn(async move {
-            while let Some(msg) = sub.next().await {
-                let reply: WriterReply =
-                    serde_json::from_slice(&msg.payload).expect("writer reply JSON");
-                map.lock().unwrap().insert(msg.subject.to_string(), reply);
-            }
-        });
-        replies
-    }
-
-    async fn wait_for(&self, n: usize) -> HashMap<String, WriterReply> {
-        let map = self.0.clone();
-        eventually(&format!("{n} writer replies"), LIMIT, || {
-            let map = map.clone();
-            async move {
-                let m = map.lock().unwrap();
-                (m.len() >= n).then(|| m.clone())
-            }
-        })
-        .await
-    }
-
-    async fn stored(&self, subject: &str) -> (u64, String) {
-        let map = self.0.clone();
-        let reply = eventually(&format!("a reply on {subject}"), LIMIT, || {
-            let map = map.clone();
-            let subject = subject.to_string();
-            async move { map.lock().unwrap().get(&subject).cloned() }
-        })
-        .await;
-        match reply {
-            WriterReply::Stored { offset, epoch } => (offset, epoch),
-            other => panic!("expected Stored on {subject}, got {other:?}"),
-        }
-    }
-}
-
-async fn history(store: &SharedStore, channel: &str) -> Vec<StoredPublication> {
-    store
-        .read(
-            channel,
-            ReadRange {
-                after: 0,
-                before: None,
-                limit: 100_000,
-                direction: Direction::Forward,
-            },
-        )
-        .await
-        .expect("read history")
-}
-
-fn data_of(p: &StoredPublication) -> Value {
-    serde_json::from_slice(&p.data).expect("stored data is JSON")
-}
-
-fn offsets(pubs: &[StoredPublication]) -> Vec<u64> {
-    pubs.iter().map(|p| p.offset).collect()
 }
 
 #[tokio::test]
@@ -517,8 +375,8 @@ async fn many_channels_across_partitions_in_shared_batches_are_each_dense() {
     writer.stop().await;
 }
 
-/// Two writers on one partition (what ownership will prevent, and what a
-/// failover overlap can still cause): the store refuses the loser's append
+/// Two writers running the same partition (what ownership prevents, and what
+/// a failover overlap can still cause): the store refuses the loser's append
 /// (`Conflict`), it re-sequences from the store, and no offset is given twice.
 #[tokio::test]
 async fn two_writers_racing_on_a_partition_never_assign_an_offset_twice() {
@@ -532,8 +390,18 @@ async fn two_writers_racing_on_a_partition_never_assign_an_offset_twice() {
         batch_size: 8,
         ..settings(1)
     };
-    let first = Running::start(&client, &store, small.clone());
-    let second = Running::start(&nats.client().await, &store, small);
+    // Both behind fences that stay open: no lease decides between them.
+    let (_open, expiry) = watch::channel(Instant::now() + Duration::from_secs(3600));
+    let stop = CancellationToken::new();
+    let mut racers = Vec::new();
+    for client in [client.clone(), nats.client().await] {
+        let writer = Writer::new(client, store.clone(), small.clone()).unwrap();
+        racers.push(tokio::spawn(writer.partition(
+            0,
+            stop.clone(),
+            Fence::new(expiry.clone()),
+        )));
+    }
 
     let mut acks = Vec::new();
     for i in 0..400 {
@@ -562,8 +430,66 @@ async fn two_writers_racing_on_a_partition_never_assign_an_offset_twice() {
         };
         assert_eq!(data_of(&stored[*offset as usize - 1]), json!(i));
     }
-    first.stop().await;
-    second.stop().await;
+    assert!(
+        replies.mismatches().is_empty(),
+        "{:?}",
+        replies.mismatches()
+    );
+    stop.cancel();
+    for racer in racers {
+        tokio::time::timeout(LIMIT, racer).await.unwrap().unwrap();
+    }
+}
+
+/// A partition task whose fence is closed commits nothing: it hands its
+/// messages back, and they are stored once a task with an open fence runs.
+#[tokio::test]
+async fn a_closed_fence_stops_commits() {
+    let nats = TestNats::start().await;
+    let client = nats.client().await;
+    let js = stream(&client, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let replies = Replies::listen(&client, "rep").await;
+    // A message in flight to the stopped task is redelivered after ack_wait.
+    let quick = WriterSettings {
+        ack_wait: Duration::from_secs(1),
+        ..settings(1)
+    };
+    let writer = Writer::new(client.clone(), store.clone(), quick).unwrap();
+
+    let (_closed, expired) = watch::channel(Instant::now());
+    let stop = CancellationToken::new();
+    let fenced = tokio::spawn(writer.partition(0, stop.clone(), Fence::new(expired)));
+    publish(&js, 1, "f", "k1", json!(1), "rep.1", None)
+        .await
+        .await
+        .unwrap();
+    // Delivered to the fenced task, handed back, redelivered, handed back...
+    eventually("the message delivered more than once", LIMIT, || {
+        let js = js.clone();
+        async move {
+            let mut consumer: jetstream::consumer::PullConsumer = js
+                .get_consumer_from_stream(subjects::writer_consumer(0), subjects::INGEST_STREAM)
+                .await
+                .ok()?;
+            let info = consumer.info().await.ok()?;
+            (info.num_redelivered > 0).then_some(())
+        }
+    })
+    .await;
+    assert!(history(&store, "f").await.is_empty());
+    assert!(replies.get("rep.1").is_none());
+    stop.cancel();
+    tokio::time::timeout(LIMIT, fenced).await.unwrap().unwrap();
+
+    let (_open, expiry) = watch::channel(Instant::now() + Duration::from_secs(3600));
+    let stop = CancellationToken::new();
+    let open = tokio::spawn(writer.partition(0, stop.clone(), Fence::new(expiry)));
+    assert_eq!(replies.stored("rep.1").await.0, 1);
+    assert_eq!(offsets(&history(&store, "f").await), [1]);
+    stop.cancel();
+    tokio::time::timeout(LIMIT, open).await.unwrap().unwrap();
 }
 
 #[tokio::test]
@@ -629,7 +555,13 @@ async fn a_message_committed_but_not_acked_is_not_stored_twice() {
         .await
         .await
         .unwrap();
-    let mut fetched = consumer.fetch().max_messages(1).messages().await.unwrap();
+    let mut fetched = consumer
+        .batch()
+        .max_messages(1)
+        .expires(Duration::from_secs(10))
+        .messages()
+        .await
+        .unwrap();
     let msg = fetched.next().await.expect("a message").unwrap();
     let body: Value = serde_json::from_slice(&msg.payload).unwrap();
     assert_eq!(body["key"], "K");

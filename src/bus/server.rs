@@ -37,6 +37,16 @@ impl NatsServer {
     /// Starts `bin` with JetStream storing under `dir`, on 127.0.0.1 and a
     /// free port. Returns once the server listens.
     pub async fn start(bin: &Path, dir: &Path) -> Result<Self, SpawnError> {
+        Self::spawn(bin, dir, None).await
+    }
+
+    /// Like [`NatsServer::start`] on a given port: a server restarted on the
+    /// port and store of one that died, so its clients reconnect to it.
+    pub async fn start_on_port(bin: &Path, dir: &Path, port: u16) -> Result<Self, SpawnError> {
+        Self::spawn(bin, dir, Some(port)).await
+    }
+
+    async fn spawn(bin: &Path, dir: &Path, port: Option<u16>) -> Result<Self, SpawnError> {
         let bin_name = bin.display().to_string();
         let version = Command::new(bin)
             .arg("--version")
@@ -77,8 +87,9 @@ impl NatsServer {
                 }
             });
         }
+        let port = port.map_or_else(|| "-1".to_string(), |p| p.to_string());
         let child = command
-            .args(["-js", "-a", "127.0.0.1", "-p", "-1", "--http_port", "0"])
+            .args(["-js", "-a", "127.0.0.1", "-p", &port, "--http_port", "0"])
             .arg("-sd")
             .arg(&store)
             .arg("--ports_file_dir")

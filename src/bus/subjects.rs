@@ -1,5 +1,5 @@
-//! Every NATS subject and stream name Herald uses is built here and nowhere
-//! else. A channel name may hold `.`, `*`, `>` and spaces, so it is encoded
+//! Every NATS subject, stream, bucket and key name Herald uses is built here
+//! and nowhere else. A channel name may hold `.`, `*`, `>` and spaces, so it is encoded
 //! into one subject token (base64url, no padding).
 
 use base64::Engine;
@@ -13,6 +13,11 @@ pub const PARTITIONS_METADATA_KEY: &str = "herald.partitions";
 pub const SYNC: &str = "herald.sync.v1";
 /// Queue group every sync instance joins.
 pub const SYNC_QUEUE: &str = "sync";
+
+/// The KV bucket of writer membership and partition leases.
+pub const WRITERS_BUCKET: &str = "herald_writers";
+const MEMBER_KEY_PREFIX: &str = "member.";
+const LEASE_KEY_PREFIX: &str = "lease.";
 
 /// A subject nobody answers: a request to it comes back "no responders" only
 /// after the server processed everything the connection sent before it.
@@ -57,6 +62,35 @@ pub fn ingest_wildcard() -> &'static str {
 /// Durable consumer name of one partition.
 pub fn writer_consumer(partition: u32) -> String {
     format!("herald-writer-{partition}")
+}
+
+/// The heartbeat key of a live writer instance in [`WRITERS_BUCKET`].
+pub fn writer_member_key(writer_id: &str) -> String {
+    format!("{MEMBER_KEY_PREFIX}{writer_id}")
+}
+
+/// The lease key of a partition in [`WRITERS_BUCKET`]; its value is the id of
+/// the writer holding it.
+pub fn partition_lease_key(partition: u32) -> String {
+    format!("{LEASE_KEY_PREFIX}{partition}")
+}
+
+/// A key of [`WRITERS_BUCKET`], parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WritersKey<'a> {
+    Member(&'a str),
+    Lease(u32),
+}
+
+/// Parses a key of [`WRITERS_BUCKET`]; `None` for anything else.
+pub fn parse_writers_key(key: &str) -> Option<WritersKey<'_>> {
+    if let Some(id) = key.strip_prefix(MEMBER_KEY_PREFIX) {
+        return (!id.is_empty()).then_some(WritersKey::Member(id));
+    }
+    key.strip_prefix(LEASE_KEY_PREFIX)?
+        .parse()
+        .ok()
+        .map(WritersKey::Lease)
 }
 
 /// The JetStream message id of a (channel, idempotency key): unique per channel.
@@ -105,6 +139,21 @@ mod tests {
             let s = user_subject(user);
             let token = s.strip_prefix(prefix).expect("under the wildcard");
             assert!(!token.is_empty() && !token.contains('.'), "{s}");
+        }
+    }
+
+    #[test]
+    fn writers_keys_round_trip() {
+        assert_eq!(
+            parse_writers_key(&writer_member_key("ab12")),
+            Some(WritersKey::Member("ab12"))
+        );
+        assert_eq!(
+            parse_writers_key(&partition_lease_key(7)),
+            Some(WritersKey::Lease(7))
+        );
+        for other in ["member.", "lease.x", "lease.-1", "other.1", ""] {
+            assert_eq!(parse_writers_key(other), None, "{other}");
         }
     }
 

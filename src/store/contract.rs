@@ -8,7 +8,7 @@
 //! the factory again, so backends that lock their storage (the embedded one)
 //! can reopen it:
 //!
-//! ```ignore
+//! ```text
 //! #[tokio::test(flavor = "multi_thread")]
 //! async fn contract() {
 //!     let dir = tempfile::tempdir().unwrap();

@@ -69,7 +69,7 @@ impl EmbeddedStore {
     pub fn open(dir: &Path, options: StoreOptions) -> StoreResult<Self> {
         let db = Database::builder(dir).open().map_err(|e| match e {
             fjall::Error::Locked => StoreError::new(
-                StoreErrorKind::Unavailable,
+                StoreErrorKind::Locked,
                 format!(
                     "{} is locked: another Herald process holds this store",
                     dir.display()

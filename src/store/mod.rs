@@ -79,6 +79,8 @@ pub enum StoreErrorKind {
     Conflict,
     Corrupt,
     Io,
+    /// Another process holds the store (embedded store: its directory lock).
+    Locked,
 }
 
 impl StoreErrorKind {
@@ -89,6 +91,7 @@ impl StoreErrorKind {
             Self::Conflict => "conflict",
             Self::Corrupt => "corrupt",
             Self::Io => "io",
+            Self::Locked => "locked",
         }
     }
 

@@ -8,6 +8,9 @@ use bytes::Bytes;
 use super::wire::{Page, SyncReply, SyncRequest};
 use crate::bus::subjects;
 
+/// Shortest time one attempt of a sync request waits for its answer.
+const MIN_ATTEMPT: Duration = Duration::from_millis(500);
+
 #[derive(Debug, thiserror::Error)]
 pub enum SyncClientError {
     #[error("no sync instance answered")]
@@ -33,13 +36,44 @@ impl SyncClient {
         Self { client, timeout }
     }
 
+    /// One request, retried within the overall timeout when no instance
+    /// answered (none alive, or the one asked died mid-request): the queue
+    /// group sends the next attempt to a live instance. Each attempt gets a
+    /// third of the timeout (at least `MIN_ATTEMPT`), so a dead instance costs
+    /// one attempt, not the whole budget. Store errors reported by a live
+    /// instance whose kind is retryable (`unavailable`, `timeout`) are retried
+    /// the same way.
     async fn call(&self, req: &SyncRequest) -> Result<SyncReply, SyncClientError> {
         let body = Bytes::from(
             serde_json::to_vec(req).map_err(|e| SyncClientError::Decode(e.to_string()))?,
         );
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let per_attempt = (self.timeout / 3).max(MIN_ATTEMPT);
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let result = self.attempt(body.clone(), per_attempt.min(remaining)).await;
+            let retry = match &result {
+                Err(SyncClientError::NoResponders | SyncClientError::Timeout) => true,
+                Err(SyncClientError::Remote { kind, .. }) => {
+                    kind == "unavailable" || kind == "timeout"
+                }
+                _ => false,
+            };
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if !retry || remaining <= backoff {
+                return result;
+            }
+            metrics::counter!(crate::metrics::SYNC_RETRIES_TOTAL).increment(1);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    async fn attempt(&self, body: Bytes, timeout: Duration) -> Result<SyncReply, SyncClientError> {
         let request = async_nats::Request::new()
             .payload(body)
-            .timeout(Some(self.timeout));
+            .timeout(Some(timeout));
         let msg = self
             .client
             .send_request(subjects::SYNC, request)

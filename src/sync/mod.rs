@@ -79,6 +79,9 @@ pub struct SyncService {
     settings: SyncSettings,
     reader: Arc<Reader>,
     pages: Coalescer<PageKey, PageResult>,
+    /// True while the NATS responder's queue subscription is in place
+    /// (readiness of the sync role).
+    ready: std::sync::atomic::AtomicBool,
 }
 
 impl SyncService {
@@ -88,7 +91,17 @@ impl SyncService {
             reader: Arc::new(Reader::new(store, settings.store_timeout)),
             pages: Coalescer::new(settings.coalesce_capacity),
             settings,
+            ready: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether this instance answers NATS requests (for `/health`).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn settings(&self) -> &SyncSettings {

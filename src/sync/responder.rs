@@ -131,6 +131,7 @@ pub(super) async fn serve(
     let mut requests = client
         .queue_subscribe(subjects::SYNC, subjects::SYNC_QUEUE.to_string())
         .await?;
+    service.set_ready(true);
     tracing::info!(
         subject = subjects::SYNC,
         queue = subjects::SYNC_QUEUE,
@@ -144,6 +145,7 @@ pub(super) async fn serve(
         tokio::select! {
             _ = shutdown.cancelled(), if !draining => {
                 draining = true;
+                service.set_ready(false);
                 if let Err(e) = requests.drain().await {
                     tracing::warn!(error = %e, "sync subscription not drained; stopping");
                     break;
@@ -165,6 +167,7 @@ pub(super) async fn serve(
             }
         }
     }
+    service.set_ready(false);
     while tasks.join_next().await.is_some() {}
     let _ = client.flush().await;
     tracing::info!("sync responder stopped");

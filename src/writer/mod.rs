@@ -6,19 +6,27 @@
 //! publishes the new publications on their channel subjects (in offset order
 //! per channel), replies to the publishers and acks JetStream ([`partition`]).
 //!
+//! Which partitions an instance runs is decided by [`ownership`]: leases in
+//! a NATS KV bucket split the partitions evenly among the live instances
+//! (I8). [`run`] is the role's entry point; [`Writer::partition`] runs one
+//! partition behind a [`Fence`] (the store's head check, not the lease, is
+//! what keeps I1 when two tasks overlap).
+//!
 //! Knows nothing of sessions, HTTP or the client protocol beyond encoding a
-//! publication. Which partitions this process owns is decided by the caller:
-//! [`run`] takes them all; [`Writer::partition`] runs one.
+//! publication.
 
 mod consumer;
+mod ownership;
 mod partition;
 pub mod sequencer;
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::JoinSet;
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::SharedStore;
@@ -29,6 +37,9 @@ use crate::store::SharedStore;
 pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
 /// Default bound on the channel heads one partition task keeps cached.
 pub const DEFAULT_HEAD_CACHE_CAPACITY: usize = 100_000;
+/// Shortest `failover_timeout` accepted: leases are renewed every third of
+/// it, and each renewal is a JetStream round trip.
+pub const MIN_FAILOVER_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct WriterSettings {
@@ -44,6 +55,10 @@ pub struct WriterSettings {
     /// Channel heads cached per partition task; over it, the cache is cleared
     /// (see [`DEFAULT_HEAD_CACHE_CAPACITY`]).
     pub head_cache_capacity: usize,
+    /// Lease time of a partition: a writer that stops renewing (crash,
+    /// network loss) loses its partitions after this, and another writer
+    /// takes them over (see [`ownership`]).
+    pub failover_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +67,23 @@ pub enum WriterError {
     InvalidSettings(&'static str),
     #[error("writer task of partition {partition} panicked")]
     PartitionPanicked { partition: u32 },
+}
+
+/// Until when a partition task may commit: the local expiry of its lease,
+/// moved forward by each renewal and to "now" when the lease is lost. The
+/// task checks it right before every store append.
+#[derive(Debug, Clone)]
+pub struct Fence(watch::Receiver<Instant>);
+
+impl Fence {
+    /// A fence open until the instant last sent on `expiry`.
+    pub fn new(expiry: watch::Receiver<Instant>) -> Self {
+        Self(expiry)
+    }
+
+    pub fn is_open(&self) -> bool {
+        Instant::now() < *self.0.borrow()
+    }
 }
 
 /// What every partition task of one writer shares.
@@ -89,6 +121,11 @@ impl Writer {
                 "max_ack_pending must be at least 1",
             ));
         }
+        if settings.failover_timeout < MIN_FAILOVER_TIMEOUT {
+            return Err(WriterError::InvalidSettings(
+                "failover_timeout must be at least 1s",
+            ));
+        }
         let js = async_nats::jetstream::new(client.clone());
         Ok(Self {
             shared: Arc::new(Shared {
@@ -101,49 +138,92 @@ impl Writer {
     }
 
     /// Consumes `partition` until `stop` fires, then finishes the batch in
-    /// hand (commit, publish, reply, ack) and returns. Transient NATS and
-    /// store errors are retried inside; the future does not end on them.
-    /// Spawn it; stop it with its own token to hand the partition over.
+    /// hand (commit, publish, reply, ack) and returns. Commits only while
+    /// `fence` is open; a batch meeting a closed fence is handed back (naked).
+    /// Transient NATS and store errors are retried inside; the future does
+    /// not end on them. Spawn it; stop it with its own token to hand the
+    /// partition over.
     pub fn partition(
         &self,
         partition: u32,
         stop: CancellationToken,
+        fence: Fence,
     ) -> impl Future<Output = ()> + Send + 'static {
-        partition::run(self.shared.clone(), partition, stop)
+        partition::run(self.shared.clone(), partition, stop, fence)
     }
 }
 
-/// Consumes every partition of the ingest stream until `shutdown` fires.
-/// Returns `Ok` once every partition task has finished its batch in hand.
+/// A read-only view of one writer instance (tests, diagnostics).
+#[derive(Debug, Clone)]
+pub struct WriterHandle {
+    id: Arc<str>,
+    owned: watch::Receiver<BTreeSet<u32>>,
+}
+
+impl WriterHandle {
+    /// The instance's id: its member key and the value of its leases.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The partitions the instance runs a task for now: from acquiring a
+    /// partition's lease until its task has ended after the lease was lost or
+    /// released (a releasing task finishes its batch in hand first).
+    pub fn owned(&self) -> BTreeSet<u32> {
+        self.owned.borrow().clone()
+    }
+}
+
+/// One writer instance: takes part in partition ownership and consumes the
+/// partitions it holds leases on.
+pub struct WriterInstance {
+    writer: Writer,
+    id: Arc<str>,
+    /// Published after every change of the running partition tasks; the
+    /// receivers are [`WriterHandle`]s.
+    owned: watch::Sender<BTreeSet<u32>>,
+}
+
+impl WriterInstance {
+    pub fn new(
+        client: async_nats::Client,
+        store: SharedStore,
+        settings: WriterSettings,
+    ) -> Result<Self, WriterError> {
+        Ok(Self {
+            writer: Writer::new(client, store, settings)?,
+            id: Arc::from(uuid::Uuid::new_v4().simple().to_string()),
+            owned: watch::Sender::new(BTreeSet::new()),
+        })
+    }
+
+    pub fn handle(&self) -> WriterHandle {
+        WriterHandle {
+            id: self.id.clone(),
+            owned: self.owned.subscribe(),
+        }
+    }
+
+    /// Runs until `shutdown` fires: joins the writers' group, holds leases on
+    /// a fair share of the partitions and consumes them. On shutdown, stops
+    /// every partition (each finishes its batch in hand), releases the leases
+    /// and leaves the group, then returns `Ok`. Transient NATS errors never
+    /// end it; a panicking partition task does (after the same cleanup), so
+    /// the role fails loudly rather than silently leaving a partition
+    /// unconsumed.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), WriterError> {
+        ownership::run(self.writer, self.id, self.owned, shutdown).await
+    }
+}
+
+/// The writer role: one [`WriterInstance`] until `shutdown` fires.
 pub async fn run(
     client: async_nats::Client,
     store: SharedStore,
     settings: WriterSettings,
     shutdown: CancellationToken,
 ) -> Result<(), WriterError> {
-    let partitions = settings.partitions;
-    let writer = Writer::new(client, store, settings)?;
-    // A panicking partition task stops the others too: the role fails loudly
-    // rather than silently leaving a partition unconsumed.
-    let stop = shutdown.child_token();
-    let mut tasks = JoinSet::new();
-    let mut ids = std::collections::HashMap::new();
-    for p in 0..partitions {
-        let handle = tasks.spawn(writer.partition(p, stop.clone()));
-        ids.insert(handle.id(), p);
-    }
-    tracing::info!(partitions, "writer started");
-    let mut result = Ok(());
-    while let Some(done) = tasks.join_next().await {
-        if let Err(e) = done {
-            let partition = ids.get(&e.id()).copied().unwrap_or(u32::MAX);
-            tracing::error!(partition, error = %e, "writer partition task failed");
-            stop.cancel();
-            if result.is_ok() {
-                result = Err(WriterError::PartitionPanicked { partition });
-            }
-        }
-    }
-    tracing::info!("writer stopped");
-    result
+    WriterInstance::new(client, store, settings)?
+        .run(shutdown)
+        .await
 }

@@ -5,7 +5,8 @@
 //! visible or acknowledged before it is durable (I2).
 //!
 //! Owns the partition's head cache. Knows nothing of who owns the partition:
-//! it runs until its stop token fires.
+//! it runs until its stop token fires, and commits only while its [`Fence`]
+//! is open.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -20,9 +21,9 @@ use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::Shared;
 use super::consumer;
 use super::sequencer::{self, Entry, HeadCache, Known, Plan};
+use super::{Fence, Shared};
 use crate::bus::ingest::{IngestMessage, WriterReply};
 use crate::bus::subjects;
 use crate::channel::MAX_CHANNEL_BYTES;
@@ -35,11 +36,17 @@ const PULL_BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration:
 const COMMIT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(2));
 
 /// Runs one partition until `stop` fires.
-pub(super) async fn run(shared: Arc<Shared>, partition: u32, stop: CancellationToken) {
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    partition: u32,
+    stop: CancellationToken,
+    fence: Fence,
+) {
     let mut task = Task {
         cache: HeadCache::new(shared.settings.head_cache_capacity),
         shared,
         partition,
+        fence,
     };
     let batch_size = task.shared.settings.batch_size;
     let mut backoff = Backoff::new(PULL_BACKOFF);
@@ -99,6 +106,7 @@ struct Task {
     shared: Arc<Shared>,
     partition: u32,
     cache: HeadCache,
+    fence: Fence,
 }
 
 type Pulled = Result<jetstream::Message, jetstream::consumer::pull::MessagesError>;
@@ -230,8 +238,9 @@ impl Task {
     }
 
     /// Sequences and commits until the store accepts the batch. Returns
-    /// `None` only when `stop` fires while the store keeps failing; the
-    /// messages are then not acked.
+    /// `None` when `stop` fires while the store keeps failing, or when the
+    /// fence closed (the partition's lease expired or was lost); the messages
+    /// are then not acked.
     ///
     /// On `Conflict` (a head moved under us: another writer, or an earlier
     /// commit whose success we did not see) the cache is dropped and the batch
@@ -250,7 +259,14 @@ impl Task {
         let mut conflicts = 0u32;
         loop {
             let e = match self.try_commit(entries).await {
-                Ok(plan) => return Some(plan),
+                Ok(Some(plan)) => return Some(plan),
+                Ok(None) => {
+                    tracing::warn!(
+                        partition = self.partition,
+                        "partition lease expired or lost before the commit; handing the batch back"
+                    );
+                    return None;
+                }
                 Err(e) => e,
             };
             count_error(store_error_label(e.kind));
@@ -280,16 +296,21 @@ impl Task {
         }
     }
 
-    async fn try_commit(&mut self, entries: &[Entry]) -> StoreResult<Plan> {
+    /// One sequencing and commit attempt; `None` (nothing written) when the
+    /// fence is closed at the moment of the append.
+    async fn try_commit(&mut self, entries: &[Entry]) -> StoreResult<Option<Plan>> {
         let known = self.load(entries).await?;
         let plan = sequencer::sequence(entries, &known, now_ms(), &mut sequencer::new_epoch);
         if !plan.appends.is_empty() {
+            if !self.fence.is_open() {
+                return Ok(None);
+            }
             let started = Instant::now();
             self.shared.store.append(&plan.appends).await?;
             metrics::histogram!(m::WRITER_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
             self.cache.apply(&plan);
         }
-        Ok(plan)
+        Ok(Some(plan))
     }
 
     /// What the store knows about the batch: each channel's position (from
@@ -452,6 +473,7 @@ fn store_error_label(kind: StoreErrorKind) -> &'static str {
         StoreErrorKind::Conflict => "store_conflict",
         StoreErrorKind::Corrupt => "store_corrupt",
         StoreErrorKind::Io => "store_io",
+        StoreErrorKind::Locked => "store_locked",
     }
 }
 

@@ -7,7 +7,11 @@
 
 #![allow(dead_code)]
 
+pub mod follower;
+pub mod ingest;
 pub mod node;
+pub mod process;
+pub mod proxy;
 pub mod ws;
 
 use std::future::Future;
@@ -50,6 +54,48 @@ impl TestNats {
         async_nats::connect(self.url())
             .await
             .expect("connect to test nats")
+    }
+
+    /// The port clients connect to; kept across [`TestNats::restart`].
+    pub fn port(&self) -> u16 {
+        self.url()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("nats url ends with a port")
+    }
+
+    /// Kills the server with SIGKILL (no goodbye to its clients) and waits
+    /// until its port refuses connections. Its store stays in `dir`.
+    pub async fn kill(&mut self) {
+        let pid = self.server.pid().expect("nats-server is running");
+        process::signal(pid, "KILL");
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port()));
+        eventually(
+            "the killed nats-server's port refuses connections",
+            Duration::from_secs(10),
+            || async move {
+                tokio::net::TcpStream::connect(addr)
+                    .await
+                    .is_err()
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// Starts the server again on the same port and store (after
+    /// [`TestNats::kill`]); its clients reconnect by themselves.
+    pub async fn start_again(&mut self) {
+        self.server = NatsServer::start_on_port(&nats_server_bin(), self.dir.path(), self.port())
+            .await
+            .expect("restart nats-server on its port");
+    }
+
+    /// Kill and start again on the same port and store.
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        self.start_again().await;
     }
 }
 

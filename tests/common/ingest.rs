@@ -1,0 +1,185 @@
+//! The writer's side of the data path, driven by hand: the ingest stream,
+//! raw ingest messages published the way the publisher does (`Nats-Msg-Id`
+//! and `Herald-Reply` headers), the writer's replies collected from NATS, and
+//! the embedded store read back.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use bytes::Bytes;
+use futures::StreamExt;
+use herald::bus::ingest::{WriterReply, ensure_stream};
+use herald::bus::subjects;
+use herald::config::IngestConfig;
+use herald::store::embedded::EmbeddedStore;
+use herald::store::{Direction, ReadRange, SharedStore, StoreOptions, StoredPublication};
+use serde_json::{Value, json};
+
+use super::eventually;
+
+/// How long a test waits for writer replies.
+pub const REPLY_LIMIT: Duration = Duration::from_secs(20);
+
+/// Creates the ingest stream with `partitions` partitions.
+pub async fn stream(client: &async_nats::Client, partitions: u32) -> jetstream::Context {
+    let js = jetstream::new(client.clone());
+    ensure_stream(
+        &js,
+        &IngestConfig {
+            partitions,
+            duplicate_window: Duration::from_secs(120),
+            max_bytes: 64 << 20,
+            max_ack_pending: 1024,
+        },
+    )
+    .await
+    .expect("ingest stream");
+    js
+}
+
+pub fn open_store(dir: &Path) -> SharedStore {
+    Arc::new(
+        EmbeddedStore::open(
+            dir,
+            StoreOptions {
+                idempotency_retention: Duration::from_secs(24 * 3600),
+            },
+        )
+        .expect("open the embedded store"),
+    )
+}
+
+/// Publishes one ingest message the way the publisher does; `msg_id`
+/// overrides the `Nats-Msg-Id` derived from (channel, key).
+pub async fn publish(
+    js: &jetstream::Context,
+    partitions: u32,
+    channel: &str,
+    key: &str,
+    data: Value,
+    reply: &str,
+    msg_id: Option<&str>,
+) -> jetstream::context::PublishAckFuture {
+    let body = json!({"channel": channel, "data": data, "key": key});
+    publish_raw(
+        js,
+        partitions,
+        channel,
+        Bytes::from(body.to_string()),
+        reply,
+        msg_id.map_or_else(|| subjects::message_id(channel, key), str::to_string),
+    )
+    .await
+}
+
+pub async fn publish_raw(
+    js: &jetstream::Context,
+    partitions: u32,
+    channel: &str,
+    payload: Bytes,
+    reply: &str,
+    msg_id: String,
+) -> jetstream::context::PublishAckFuture {
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", msg_id.as_str());
+    headers.insert(subjects::REPLY_HEADER, reply);
+    let subject = subjects::ingest_subject(subjects::partition_of(channel, partitions));
+    js.publish_with_headers(subject, headers, payload)
+        .await
+        .expect("jetstream publish")
+}
+
+/// Collects writer replies by reply subject. A subject answered twice with
+/// different replies is recorded as a mismatch.
+#[derive(Clone, Default)]
+pub struct Replies {
+    map: Arc<Mutex<HashMap<String, WriterReply>>>,
+    mismatches: Arc<Mutex<Vec<(String, WriterReply, WriterReply)>>>,
+}
+
+impl Replies {
+    pub async fn listen(client: &async_nats::Client, prefix: &str) -> Self {
+        let replies = Self::default();
+        let mut sub = client
+            .subscribe(format!("{prefix}.>"))
+            .await
+            .expect("subscribe replies");
+        let (map, mismatches) = (replies.map.clone(), replies.mismatches.clone());
+        tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                let reply: WriterReply =
+                    serde_json::from_slice(&msg.payload).expect("writer reply JSON");
+                let subject = msg.subject.to_string();
+                let previous = map.lock().unwrap().insert(subject.clone(), reply.clone());
+                if let Some(previous) = previous.filter(|p| *p != reply) {
+                    mismatches.lock().unwrap().push((subject, previous, reply));
+                }
+            }
+        });
+        replies
+    }
+
+    pub fn get(&self, subject: &str) -> Option<WriterReply> {
+        self.map.lock().unwrap().get(subject).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().unwrap().len()
+    }
+
+    pub fn mismatches(&self) -> Vec<(String, WriterReply, WriterReply)> {
+        self.mismatches.lock().unwrap().clone()
+    }
+
+    pub async fn wait_for(&self, n: usize) -> HashMap<String, WriterReply> {
+        let map = self.map.clone();
+        eventually(&format!("{n} writer replies"), REPLY_LIMIT, || {
+            let map = map.clone();
+            async move {
+                let m = map.lock().unwrap();
+                (m.len() >= n).then(|| m.clone())
+            }
+        })
+        .await
+    }
+
+    pub async fn stored(&self, subject: &str) -> (u64, String) {
+        let reply = eventually(&format!("a reply on {subject}"), REPLY_LIMIT, || {
+            let reply = self.get(subject);
+            async move { reply }
+        })
+        .await;
+        match reply {
+            WriterReply::Stored { offset, epoch } => (offset, epoch),
+            other => panic!("expected Stored on {subject}, got {other:?}"),
+        }
+    }
+}
+
+/// A channel's whole history, in offset order.
+pub async fn history(store: &SharedStore, channel: &str) -> Vec<StoredPublication> {
+    store
+        .read(
+            channel,
+            ReadRange {
+                after: 0,
+                before: None,
+                limit: 100_000,
+                direction: Direction::Forward,
+            },
+        )
+        .await
+        .expect("read history")
+}
+
+pub fn data_of(p: &StoredPublication) -> Value {
+    serde_json::from_slice(&p.data).expect("stored data is JSON")
+}
+
+pub fn offsets(pubs: &[StoredPublication]) -> Vec<u64> {
+    pubs.iter().map(|p| p.offset).collect()
+}

@@ -1,0 +1,171 @@
+//! Gaps at the edge (I4), with real processes: a `herald edge` whose NATS
+//! connection goes through a proxy the test cuts, and a `herald serve`
+//! (writer + sync + edge) connected directly that keeps publishing. Core NATS
+//! does not buffer for a disconnected client, so the edge misses what is
+//! published during the cut; after async-nats reconnects and resubscribes,
+//! the next publication shows the gap. The edge fills it from sync before
+//! delivering further, or, past its fill limit, ends the subscriptions with
+//! `unsubscribe` 2500 so clients resubscribe and recover.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestNats;
+use common::follower::Follower;
+use common::process::{HeraldProcess, Spec};
+use common::proxy::Proxy;
+use serde_json::json;
+
+struct Cluster {
+    nats: TestNats,
+    _dir: tempfile::TempDir,
+    serve: HeraldProcess,
+    proxy: Proxy,
+    edge: HeraldProcess,
+}
+
+/// `serve` on NATS directly; `edge` through the proxy, with `recovery_limit`
+/// (also the largest gap it fills from sync).
+async fn cluster(recovery_limit: usize) -> Cluster {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let serve =
+        HeraldProcess::start(Spec::serve("serve", nats.url(), &dir.path().join("data"))).await;
+    let target = format!("127.0.0.1:{}", nats.port())
+        .parse()
+        .expect("nats addr");
+    let proxy = Proxy::start(target).await;
+    let edge = HeraldProcess::start(
+        Spec::edge("edge (proxied)", &proxy.url()).set("client_recovery_limit", recovery_limit),
+    )
+    .await;
+    Cluster {
+        nats,
+        _dir: dir,
+        serve,
+        proxy,
+        edge,
+    }
+}
+
+impl Cluster {
+    /// Publishes through the serve's API; returns the offset.
+    async fn publish(&self, channel: &str, n: u64) -> u64 {
+        let r = self
+            .serve
+            .api()
+            .ok(
+                "publish",
+                &json!({"channel": channel, "data": {"n": n}}),
+                Duration::from_secs(10),
+            )
+            .await;
+        r["offset"].as_u64().expect("offset")
+    }
+
+    /// After `restore`: publishes one more at a time until the follower's
+    /// position reaches the newest (the edge reconnected and resubscribed;
+    /// async-nats backs off at most 4 s between attempts). Returns the head.
+    async fn publish_until_delivered(&self, f: &mut Follower, channel: &str) -> u64 {
+        let started = tokio::time::Instant::now();
+        loop {
+            let head = self.publish(channel, 0).await;
+            let wait = tokio::time::Instant::now() + Duration::from_millis(400);
+            while f.last < head && tokio::time::Instant::now() < wait {
+                f.step(Duration::from_millis(50)).await;
+            }
+            if f.last >= head {
+                return head;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the proxied edge never delivered again (position {}, head {head})",
+                f.last
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn edge_fills_a_gap_after_losing_nats() {
+    let c = cluster(300).await;
+    let ch = "gap-fill";
+    let mut f = Follower::subscribe(c.edge.addr(), "gap-user", ch).await;
+    for n in 1..=5 {
+        c.publish(ch, n).await;
+    }
+    f.follow_until(5, &[c.edge.addr()], Duration::from_secs(10))
+        .await;
+
+    c.proxy.cut();
+    for n in 6..=15 {
+        assert_eq!(c.publish(ch, n).await, n, "serve keeps publishing");
+    }
+    c.proxy.restore();
+    let head = c.publish_until_delivered(&mut f, ch).await;
+
+    let tally = f.tally(head);
+    let filled = c
+        .edge
+        .metric("herald_edge_gaps_filled_total", &[("result", "filled")])
+        .await;
+    println!(
+        "gap fill: head {head}, missed during the cut 10 (+{} while reconnecting), client {tally:?}, \
+         gaps filled {filled}, resubscribes {}",
+        head - 16,
+        f.resubscribes
+    );
+    assert_eq!(tally.missed, 0, "{tally:?}");
+    assert_eq!(tally.duplicated, 0, "{tally:?}");
+    assert_eq!(tally.out_of_order, 0, "{tally:?}");
+    assert_eq!(tally.received as u64, head);
+    assert_eq!(f.resubscribes, 0, "the edge filled the gap itself");
+    assert!(filled >= 1.0, "the edge counted a filled gap");
+    // Later publications keep flowing.
+    let next = c.publish(ch, 99).await;
+    f.follow_until(next, &[c.edge.addr()], Duration::from_secs(10))
+        .await;
+    assert_eq!(f.got.last().map(|r| r.offset), Some(next));
+    drop(c.nats);
+}
+
+#[tokio::test]
+async fn gap_past_the_fill_limit_makes_clients_recover() {
+    let c = cluster(5).await;
+    let ch = "gap-big";
+    let mut f = Follower::subscribe(c.edge.addr(), "gap-user", ch).await;
+    for n in 1..=3 {
+        c.publish(ch, n).await;
+    }
+    f.follow_until(3, &[c.edge.addr()], Duration::from_secs(10))
+        .await;
+
+    c.proxy.cut();
+    for n in 4..=13 {
+        c.publish(ch, n).await;
+    }
+    c.proxy.restore();
+    let head = c.publish_until_delivered(&mut f, ch).await;
+
+    let tally = f.tally(head);
+    let failed = c
+        .edge
+        .metric("herald_edge_gaps_filled_total", &[("result", "failed")])
+        .await;
+    println!(
+        "gap past the limit (5): head {head}, unsubscribe codes {:?}, resubscribes {}, \
+         recovered:false then paged {}, client {tally:?}, failed fills {failed}",
+        f.unsubscribe_codes, f.resubscribes, f.unrecovered
+    );
+    assert_eq!(f.unsubscribe_codes, vec![2500], "insufficient state, once");
+    assert_eq!(tally.missed, 0, "{tally:?}");
+    assert_eq!(tally.duplicated, 0, "{tally:?}");
+    assert_eq!(tally.out_of_order, 0, "{tally:?}");
+    assert!(failed >= 1.0, "the edge counted a gap it did not fill");
+    let next = c.publish(ch, 99).await;
+    f.follow_until(next, &[c.edge.addr()], Duration::from_secs(10))
+        .await;
+    assert_eq!(f.tally(next).missed, 0);
+    drop(c.nats);
+}
