@@ -307,7 +307,7 @@ async fn token_channels_claim_makes_server_side_subscriptions() {
     let exp = herald::auth::now_secs() + 600;
     let token = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &json!({"sub": "carol", "exp": exp, "channels": ["#carol", "alerts"]}),
+        &json!({"sub": "carol", "exp": exp, "channels": ["#carol", "alerts", "$vip"]}),
         &jsonwebtoken::EncodingKey::from_secret(common::node::SECRET.as_bytes()),
     )
     .expect("token");

@@ -378,16 +378,16 @@ impl Session {
                 .filter(|r| r.recover)
                 .map(|r| (r.offset, r.epoch.clone()));
             match self.prepare(&channel, recover).await {
-                Ok(p) => prepared.push((name.clone(), p)),
+                Ok(p) => prepared.push((name.clone(), p, channel.private)),
                 Err(e) => {
-                    for (_, p) in prepared {
+                    for (_, p, _) in prepared {
                         self.edge.hub.remove(&p.subscriber);
                     }
                     return Err(e);
                 }
             }
         }
-        for (name, p) in &mut prepared {
+        for (name, p, _) in &mut prepared {
             subs.insert(name.clone(), std::mem::take(&mut p.result));
         }
         let result = ConnectResult {
@@ -401,7 +401,8 @@ impl Session {
         };
         let reply = protocol::encode_reply(&Reply::ok(id, ReplyResult::Connect(result)));
         let _ = self.outbox.push(reply);
-        for (name, p) in prepared {
+        // The token authorized these, private channels included.
+        for (name, p, private) in prepared {
             if p.subscriber.go_live([], p.position) == GoLive::Gap {
                 p.subscriber.end(Unsubscribe::INSUFFICIENT_STATE);
             }
@@ -412,7 +413,7 @@ impl Session {
                     subscriber: p.subscriber,
                     expires_at: None,
                     chan_info: None,
-                    private: false,
+                    private,
                 },
             );
         }
@@ -733,6 +734,7 @@ impl Session {
             tracing::debug!("server subscribe to an invalid channel");
             return;
         };
+        let private = channel.private;
         if let Some(existing) = self.subs.get(&name) {
             if !existing.subscriber.is_dead() {
                 return;
@@ -769,13 +771,14 @@ impl Session {
             p.subscriber.end(Unsubscribe::INSUFFICIENT_STATE);
         }
         metrics::gauge!(m::SUBSCRIPTIONS).increment(1.0);
+        // The backend authorized it, private channels included.
         self.subs.insert(
             name,
             Sub {
                 subscriber: p.subscriber,
                 expires_at: None,
                 chan_info: None,
-                private: false,
+                private,
             },
         );
     }

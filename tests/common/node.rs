@@ -31,6 +31,7 @@ pub fn test_config(nats: &TestNats, data_dir: PathBuf) -> Config {
     c.api_key = Some(Secret::new(API_KEY));
     c.ingest.partitions = 4;
     c.sync.timeout = Duration::from_secs(5);
+    c.shutdown_drain = Duration::from_millis(100);
     c
 }
 

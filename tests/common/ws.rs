@@ -78,6 +78,9 @@ impl WsClient {
             if let Some(r) = self.replies.remove(&id) {
                 return r;
             }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("no reply to command {id} within {WAIT:?}");
+            }
             match self.read_until(deadline).await {
                 Ok(()) => {}
                 Err(closed) => panic!("connection closed waiting for reply {id}: {closed:?}"),
@@ -91,6 +94,9 @@ impl WsClient {
         loop {
             if let Some(p) = self.pushes.pop_front() {
                 return p;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("no push within {WAIT:?}");
             }
             if let Err(closed) = self.read_until(deadline).await {
                 panic!("connection closed waiting for a push: {closed:?}");
@@ -114,6 +120,9 @@ impl WsClient {
         loop {
             if let Err(c) = self.read_until(deadline).await {
                 return c;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("the server did not close the connection within 30s");
             }
         }
     }
