@@ -52,7 +52,7 @@ options! {
     "ingest_max_bytes" = "1073741824" : "Bound of the ingest stream; when full, publishes fail (backpressure) instead of dropping.";
     "ingest_max_ack_pending" = "4096" : "Unacknowledged messages per partition consumer.";
     "writer_batch_size" = "256" : "Most messages a writer commits in one store batch.";
-    "writer_failover_timeout" = "10s" : "A writer that stops renewing its partition leases loses them after this (at least 1s); another writer takes the partitions over within about 1.4 times it, and messages the lost writer held are redelivered after it.";
+    "writer_failover_timeout" = "10s" : "Bound on taking over a dead writer's partitions (at least 1s): leases last two thirds of it, so another writer owns them within it; messages the dead writer held are redelivered after it.";
     "store_wait_for_lock" = "false" : "`serve`/`writer`/`sync`: when another process holds the embedded store, wait for it (a standby that takes over when the active one dies) instead of exiting.";
     "shutdown_drain" = "5s" : "On SIGTERM, edges close client connections with 3001 spread over this period, so reconnects do not arrive all at once.";
     "sync_timeout" = "5s" : "How long an edge waits for a sync reply (recovery, history).";

@@ -6,8 +6,9 @@
 //! start time); `lease.<partition>` holds the id of the instance allowed to
 //! consume the partition. The bucket's `max_age` is the lease time: a key
 //! not rewritten within it disappears, so a dead instance's membership and
-//! leases end by themselves. Each instance sets `max_age` to its
-//! `failover_timeout` when it starts and follows the bucket's current value.
+//! leases end by themselves. Each instance sets `max_age` to two thirds of its
+//! `failover_timeout` (so lease expiry plus a survivor's next look fit inside
+//! it) when it starts and follows the bucket's current value.
 //!
 //! Every period (a third of the lease time, jittered), and soon after the
 //! watch on the bucket shows a member joining or leaving or a lease freed, an
@@ -131,7 +132,11 @@ pub(super) async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), WriterError> {
     let settings = &writer.shared.settings;
-    let (partitions, failover_timeout) = (settings.partitions, settings.failover_timeout);
+    let partitions = settings.partitions;
+    // Below, "failover_timeout" is the lease target: two thirds of the
+    // configured bound, so expiry plus the survivor's next look (≤ 1.1·lease/3)
+    // still fits inside the bound (≈ 0.91·bound).
+    let failover_timeout = lease_target(settings.failover_timeout);
     let js = writer.shared.js.clone();
     let Some(kv) = open_bucket(&js, failover_timeout, &shutdown).await else {
         return Ok(());
@@ -809,6 +814,14 @@ fn fair_share(partitions: u32, members: &BTreeSet<String>, id: &str) -> usize {
     p / n + usize::from(rank < p % n)
 }
 
+/// The lease time that keeps a takeover within `failover_timeout`: a lease
+/// expires at most its length after the last renewal and a survivor notices
+/// within one loop period (a third of it, +10 % jitter), so the lease is two
+/// thirds of the bound.
+fn lease_target(failover_timeout: Duration) -> Duration {
+    failover_timeout.mul_f64(2.0 / 3.0)
+}
+
 /// The lease time a writer counts with: never longer than the bucket's
 /// `max_age`, after which the server forgets the lease.
 fn effective_lease_time(failover_timeout: Duration, max_age: Duration) -> Duration {
@@ -845,6 +858,17 @@ fn count_error() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn takeover_fits_the_configured_bound() {
+        for secs in [1u64, 2, 10, 60] {
+            let bound = Duration::from_secs(secs);
+            let lease = lease_target(bound);
+            // Expiry after the last renewal, plus the longest loop period.
+            let worst = lease + (lease / 3).mul_f64(1.1);
+            assert!(worst < bound, "{worst:?} >= {bound:?}");
+        }
+    }
 
     fn ids(n: usize) -> BTreeSet<String> {
         (0..n).map(|i| format!("w{i}")).collect()
