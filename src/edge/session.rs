@@ -71,6 +71,25 @@ struct Sub {
     private: bool,
 }
 
+/// What a new subscription records besides its subscriber.
+struct SubOptions {
+    expires_at: Option<Instant>,
+    chan_info: Option<Box<RawValue>>,
+    private: bool,
+}
+
+impl SubOptions {
+    /// Granted by the token's `channels` claim or the server API: no expiry,
+    /// no channel info; private channels count as authorized.
+    fn granted(private: bool) -> Self {
+        Self {
+            expires_at: None,
+            chan_info: None,
+            private,
+        }
+    }
+}
+
 /// A subscription registered in the hub and positioned, reply not yet sent.
 struct Prepared {
     subscriber: Arc<Subscriber>,
@@ -403,19 +422,7 @@ impl Session {
         let _ = self.outbox.push(reply);
         // The token authorized these, private channels included.
         for (name, p, private) in prepared {
-            if p.subscriber.go_live([], p.position) == GoLive::Gap {
-                p.subscriber.end(Unsubscribe::INSUFFICIENT_STATE);
-            }
-            metrics::gauge!(m::SUBSCRIPTIONS).increment(1.0);
-            self.subs.insert(
-                name,
-                Sub {
-                    subscriber: p.subscriber,
-                    expires_at: None,
-                    chan_info: None,
-                    private,
-                },
-            );
+            self.go_live(name, p, Vec::new(), SubOptions::granted(private));
         }
         // The reply was queued above, before the publications.
         Ok(None)
@@ -544,23 +551,18 @@ impl Session {
             p.result.expires = true;
             p.result.ttl = ttl(c.exp);
         }
-        let reply = protocol::encode_reply(&Reply::ok(id, ReplyResult::Subscribe(p.result)));
-        if p.subscriber.go_live([reply], p.position) == GoLive::Gap {
-            p.subscriber.end(Unsubscribe::INSUFFICIENT_STATE);
-        }
-        metrics::gauge!(m::SUBSCRIPTIONS).increment(1.0);
-        let private = channel.private;
-        self.subs.insert(
-            req.channel.clone(),
-            Sub {
-                subscriber: p.subscriber,
-                expires_at: token_claims
-                    .as_ref()
-                    .map(|c| close_deadline(c.exp, self.edge.settings.client.expired_close_delay)),
-                chan_info: token_claims.and_then(|c| c.info),
-                private,
-            },
-        );
+        let reply = protocol::encode_reply(&Reply::ok(
+            id,
+            ReplyResult::Subscribe(std::mem::take(&mut p.result)),
+        ));
+        let sub = SubOptions {
+            expires_at: token_claims
+                .as_ref()
+                .map(|c| close_deadline(c.exp, self.edge.settings.client.expired_close_delay)),
+            chan_info: token_claims.and_then(|c| c.info),
+            private: channel.private,
+        };
+        self.go_live(req.channel.clone(), p, vec![reply], sub);
         // The reply went out with go_live, ahead of any publication.
         Ok(None)
     }
@@ -759,7 +761,7 @@ impl Session {
         let mut head = Vec::with_capacity(recovered.len() + 1);
         head.push(protocol::encode_reply(&Reply::push(Push {
             channel: name.clone(),
-            subscribe: Some(p.result),
+            subscribe: Some(std::mem::take(&mut p.result)),
             ..Push::default()
         })));
         head.extend(
@@ -767,18 +769,24 @@ impl Session {
                 .iter()
                 .map(|publication| protocol::publication_push(&name, publication.get().as_bytes())),
         );
+        // The backend authorized it, private channels included.
+        self.go_live(name, p, head, SubOptions::granted(private));
+    }
+
+    /// Sends `head` (the reply or push announcing the subscription), then what
+    /// was buffered past the position, and records the subscription.
+    fn go_live(&mut self, name: String, p: Prepared, head: Vec<Bytes>, sub: SubOptions) {
         if p.subscriber.go_live(head, p.position) == GoLive::Gap {
             p.subscriber.end(Unsubscribe::INSUFFICIENT_STATE);
         }
         metrics::gauge!(m::SUBSCRIPTIONS).increment(1.0);
-        // The backend authorized it, private channels included.
         self.subs.insert(
             name,
             Sub {
                 subscriber: p.subscriber,
-                expires_at: None,
-                chan_info: None,
-                private,
+                expires_at: sub.expires_at,
+                chan_info: sub.chan_info,
+                private: sub.private,
             },
         );
     }
