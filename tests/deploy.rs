@@ -347,23 +347,66 @@ fn kubernetes_deployments_probe_health_and_drain_within_the_grace_period() {
     );
 }
 
+/// One instruction of `deploy/Dockerfile` as Docker's own parser (PyPI
+/// `dockerfile`) reads it.
+#[derive(Debug, serde::Deserialize)]
+struct Instruction {
+    cmd: String,
+    flags: Vec<String>,
+    value: Vec<String>,
+    json: bool,
+}
+
+fn dockerfile() -> Vec<Instruction> {
+    let out = run(Command::new("python3")
+        .env("PYTHONPATH", tool("py"))
+        .args([
+            "-c",
+            "import json, sys, dockerfile; json.dump([{'cmd': c.cmd, 'flags': c.flags, 'value': c.value, 'json': c.json} for c in dockerfile.parse_file(sys.argv[1])], sys.stdout)",
+        ])
+        .arg(root().join("deploy/Dockerfile")));
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
 #[test]
-fn the_image_runs_herald_unprivileged_on_port_8000() {
-    let dockerfile = read("deploy/Dockerfile");
-    for needle in [
-        "cargo build --release --locked",
-        "FROM debian:bookworm-slim",
-        "USER herald",
-        "EXPOSE 8000",
-        "ENTRYPOINT [\"herald\"]",
-        "CMD [\"serve\"]",
-        " curl",
-    ] {
-        assert!(
-            dockerfile.contains(needle),
-            "deploy/Dockerfile lacks {needle:?}"
-        );
-    }
+fn the_image_builds_locked_and_runs_herald_unprivileged_on_port_8000() {
+    let instructions = dockerfile();
+    let stages: Vec<usize> = instructions
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| i.cmd == "FROM")
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(stages.len(), 2, "a build and a runtime stage");
+    let (build, runtime) = instructions.split_at(stages[1]);
+
+    // The build stage: an official Rust image at least as new as rust-version.
+    let image = &build[0].value[0];
+    let version = image
+        .strip_prefix("rust:")
+        .and_then(|tag| tag.split('-').next())
+        .unwrap_or_else(|| panic!("build stage image {image} is not rust:<version>-…"));
+    let manifest: toml::Table = read("Cargo.toml").parse().expect("Cargo.toml");
+    let required = manifest["package"]["rust-version"]
+        .as_str()
+        .expect("rust-version");
+    let minor = |v: &str| -> u32 {
+        v.split('.')
+            .nth(1)
+            .and_then(|m| m.parse().ok())
+            .unwrap_or_else(|| panic!("version {v}"))
+    };
+    assert!(
+        minor(version) >= minor(required),
+        "{image} is older than rust-version {required}"
+    );
+    assert!(
+        build
+            .iter()
+            .any(|i| i.cmd == "RUN" && i.value[0].contains("cargo build --release --locked")),
+        "the build is not --release --locked"
+    );
+    // What the build copies exists and is not left out of the context.
     let ignored: BTreeSet<String> = read(".dockerignore")
         .lines()
         .map(str::trim)
@@ -373,4 +416,57 @@ fn the_image_runs_herald_unprivileged_on_port_8000() {
     for dir in ["target", ".tools", "data"] {
         assert!(ignored.contains(dir), ".dockerignore lacks {dir}");
     }
+    for copy in build.iter().filter(|i| i.cmd == "COPY") {
+        let (destination, sources) = copy.value.split_last().expect("COPY arguments");
+        assert!(!destination.is_empty());
+        for source in sources {
+            assert!(
+                root().join(source).exists(),
+                "COPY {source}: not in the repository"
+            );
+            assert!(
+                !ignored.contains(source),
+                "COPY {source}: excluded by .dockerignore"
+            );
+        }
+    }
+
+    // The runtime stage.
+    assert_eq!(runtime[0].value[0], "debian:bookworm-slim");
+    let last = |cmd: &str| {
+        runtime
+            .iter()
+            .rev()
+            .find(|i| i.cmd == cmd)
+            .unwrap_or_else(|| panic!("the runtime stage has no {cmd}"))
+    };
+    assert!(
+        last("COPY").flags.iter().any(|f| f == "--from=build"),
+        "the binary comes from the build stage"
+    );
+    let run_steps = &last("RUN").value[0];
+    assert!(
+        run_steps.contains("ca-certificates") && run_steps.contains(" curl"),
+        "{run_steps}"
+    );
+    let user = &last("USER").value[0];
+    assert!(
+        !user.starts_with("root") && !user.starts_with('0'),
+        "runs as {user}"
+    );
+    assert_eq!(last("EXPOSE").value, ["8000"]);
+    let entrypoint = last("ENTRYPOINT");
+    assert!(
+        entrypoint.json && entrypoint.value == ["herald"],
+        "{entrypoint:?}"
+    );
+    let cmd = last("CMD");
+    assert!(cmd.json && cmd.value == ["serve"], "{cmd:?}");
+    let env = &last("ENV").value;
+    let listen = env
+        .iter()
+        .position(|v| v == "HERALD_LISTEN")
+        .expect("ENV HERALD_LISTEN");
+    assert_eq!(env[listen + 1], "0.0.0.0:8000");
+    assert_known_env(env.iter().step_by(2).cloned(), "deploy/Dockerfile");
 }
