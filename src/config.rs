@@ -491,9 +491,7 @@ impl Config {
             );
         }
         if config.scylla.password.is_some() && config.scylla.username.is_none() {
-            errors.push(
-                "scylla_password (HERALD_SCYLLA_PASSWORD): set scylla_username too".into(),
-            );
+            errors.push("scylla_password (HERALD_SCYLLA_PASSWORD): set scylla_username too".into());
         }
         if errors.is_empty() && config.client.pong_timeout >= config.client.ping_interval {
             errors.push("client_pong_timeout: must be shorter than client_ping_interval".into());
