@@ -182,7 +182,7 @@ async fn open_store(config: &Config, shutdown: &CancellationToken) -> anyhow::Re
     };
     match config.store {
         StoreBackend::Embedded => open_embedded(config, options, shutdown).await,
-        StoreBackend::Scylla => open_scylla(config, options, shutdown).await,
+        StoreBackend::Scylla => Box::pin(open_scylla(config, options, shutdown)).await,
     }
 }
 
@@ -198,7 +198,10 @@ async fn open_scylla(
     loop {
         let attempt = tokio::select! {
             _ = shutdown.cancelled() => return Err(StoppedWhileWaiting.into()),
-            r = ScyllaStore::connect(&settings, options.clone()) => r,
+            // Boxed: the driver's connect future is deeply nested, and
+            // inlining it in this one overflows the layout depth of the
+            // crates that embed `start`.
+            r = Box::pin(ScyllaStore::connect(&settings, options.clone())) => r,
         };
         match attempt {
             Ok(store) => {

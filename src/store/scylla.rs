@@ -601,6 +601,9 @@ async fn prepare(session: &Session, cql: String) -> StoreResult<PreparedStatemen
 #[async_trait]
 impl Store for ScyllaStore {
     async fn append(&self, batch: &[ChannelAppend]) -> StoreResult<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
         // Each entry contiguous, and the batch's channels in first-seen order.
         let mut order: Vec<&str> = Vec::new();
         for entry in batch {
