@@ -34,6 +34,8 @@
 //! shortening the retention takes effect at once. `purge_expired_keys` has
 //! nothing to scan: it reports the keys such lookups deleted since its last
 //! call.
+//! A lookup ignores a key above the channel's head (keys are written before
+//! the head, so such a key belongs to an append that never completed).
 //!
 //! Does not know NATS, the writer or the protocol.
 
@@ -763,7 +765,11 @@ impl Store for ScyllaStore {
         };
         let age_ms = now_ms_i64().saturating_sub(stored_at_ms).max(0) as u128;
         if age_ms < self.options.idempotency_retention.as_millis() {
-            return Ok(Some(from_i64(offset)?));
+            // Keys are written before the head: a key above the head belongs
+            // to an append that never completed, and does not count.
+            let offset = from_i64(offset)?;
+            let head = self.head(channel).await?.map_or(0, |(head, _)| head);
+            return Ok((offset <= head).then_some(offset));
         }
         // Older than the current retention: delete it, but only the write we
         // read (a delete at that timestamp does not shadow a later store).
