@@ -27,5 +27,10 @@ echo "test: cargo fmt --all -- --check"
 cargo fmt --all -- --check
 echo "test: cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
+if [ -z "${HERALD_SCYLLA_NODES:-}" ]; then
+  echo "note: ScyllaDB contract suite skipped (HERALD_SCYLLA_NODES not set)"
+else
+  echo "test: ScyllaDB contract suite against $HERALD_SCYLLA_NODES"
+fi
 echo "test: cargo test --all-targets --no-fail-fast"
 cargo test --all-targets --no-fail-fast

@@ -53,6 +53,16 @@ options! {
     "ingest_max_ack_pending" = "4096" : "Unacknowledged messages per partition consumer.";
     "writer_batch_size" = "256" : "Most messages a writer commits in one store batch.";
     "writer_failover_timeout" = "10s" : "Bound on taking over a dead writer's partitions (at least 1s): leases last two thirds of it, so another writer owns them within it; messages the dead writer held are redelivered after it.";
+    "store" = "embedded" : "History store: `embedded` (fjall in data_dir, one process) or `scylla` (a ScyllaDB cluster shared by any number of writer and sync processes).";
+    "scylla_nodes" = "" : "`store = scylla`: contact points, a comma-separated list of host:port (e.g. `10.0.0.1:9042,10.0.0.2:9042`).";
+    "scylla_keyspace" = "herald" : "`store = scylla`: the keyspace `herald migrate` creates and every process uses.";
+    "scylla_local_dc" = "" : "`store = scylla`: the preferred (local) datacenter for token- and DC-aware load balancing; empty = no preference.";
+    "scylla_consistency" = "local_quorum" : "`store = scylla`: consistency of every read and write: `local_quorum`, `quorum`, `one`, `local_one` or `all`.";
+    "scylla_username" = "" : "`store = scylla`: user name for password authentication; empty = no authentication.";
+    "scylla_password" = "" : "`store = scylla`: password for scylla_username.";
+    "scylla_tls" = "false" : "`store = scylla`: connect with TLS (rustls, server verified against the system's root certificates).";
+    "scylla_replication" = "{'class': 'SimpleStrategy', 'replication_factor': 1}" : "`herald migrate`: replication of the keyspace it creates; the default suits one laptop node, production wants e.g. {'class': 'NetworkTopologyStrategy', 'replication_factor': 3}.";
+    "scylla_request_timeout" = "5s" : "`store = scylla`: client-side timeout of each request (a timed-out write is retried by the writer, a timed-out read answers 503).";
     "store_wait_for_lock" = "false" : "`serve`/`writer`/`sync`: when another process holds the embedded store, wait for it (a standby that takes over when the active one dies) instead of exiting.";
     "shutdown_drain" = "5s" : "On SIGTERM, edges close client connections with 3001 spread over this period, so reconnects do not arrive all at once.";
     "sync_timeout" = "5s" : "How long an edge waits for a sync reply (recovery, history).";
@@ -108,6 +118,8 @@ pub struct Config {
     pub writer: WriterConfig,
     pub sync: SyncConfig,
     pub idempotency_retention: Duration,
+    pub store: StoreBackend,
+    pub scylla: ScyllaConfig,
     pub store_wait_for_lock: bool,
     pub shutdown_drain: Duration,
     pub channels: ChannelsConfig,
@@ -152,6 +164,54 @@ pub struct WriterConfig {
 pub struct SyncConfig {
     pub timeout: Duration,
     pub page_limit: usize,
+}
+
+/// Which `Store` backend the writer and sync use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StoreBackend {
+    #[default]
+    Embedded,
+    Scylla,
+}
+
+/// The consistency level of every ScyllaDB read and write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ScyllaConsistency {
+    #[default]
+    LocalQuorum,
+    Quorum,
+    One,
+    LocalOne,
+    All,
+}
+
+impl ScyllaConsistency {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "local_quorum" => Ok(Self::LocalQuorum),
+            "quorum" => Ok(Self::Quorum),
+            "one" => Ok(Self::One),
+            "local_one" => Ok(Self::LocalOne),
+            "all" => Ok(Self::All),
+            _ => Err("expected local_quorum, quorum, one, local_one or all".into()),
+        }
+    }
+}
+
+/// Connection settings of the ScyllaDB store (`store = scylla`).
+#[derive(Debug, Clone, Default)]
+pub struct ScyllaConfig {
+    /// Contact points, host:port each.
+    pub nodes: Vec<String>,
+    pub keyspace: String,
+    pub local_dc: Option<String>,
+    pub consistency: ScyllaConsistency,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub tls: bool,
+    /// The CQL replication map `herald migrate` creates the keyspace with.
+    pub replication: String,
+    pub request_timeout: Duration,
 }
 
 /// Per-namespace channel options.
@@ -367,6 +427,32 @@ impl Config {
                 page_limit: p.parse("history_page_limit", parse_positive),
             },
             idempotency_retention: p.parse("idempotency_retention", parse_duration_positive),
+            store: p.parse("store", |s| match s {
+                "embedded" => Ok(StoreBackend::Embedded),
+                "scylla" => Ok(StoreBackend::Scylla),
+                _ => Err("expected `embedded` or `scylla`".into()),
+            }),
+            scylla: ScyllaConfig {
+                nodes: p.parse("scylla_nodes", parse_nodes),
+                keyspace: p.parse("scylla_keyspace", parse_keyspace),
+                local_dc: p.parse("scylla_local_dc", |s| {
+                    Ok((!s.is_empty()).then(|| s.to_string()))
+                }),
+                consistency: p.parse("scylla_consistency", ScyllaConsistency::parse),
+                username: p.parse("scylla_username", |s| {
+                    Ok((!s.is_empty()).then(|| s.to_string()))
+                }),
+                password: p.optional_secret("scylla_password"),
+                tls: p.parse("scylla_tls", parse_bool),
+                replication: p.parse("scylla_replication", |s| {
+                    if s.starts_with('{') && s.ends_with('}') && s.contains("'class'") {
+                        Ok(s.to_string())
+                    } else {
+                        Err("expected a CQL replication map like {'class': 'NetworkTopologyStrategy', 'replication_factor': 3}".into())
+                    }
+                }),
+                request_timeout: p.parse("scylla_request_timeout", parse_duration_positive),
+            },
             store_wait_for_lock: p.parse("store_wait_for_lock", parse_bool),
             shutdown_drain: p.parse("shutdown_drain", parse_duration),
             channels: ChannelsConfig {
@@ -397,6 +483,15 @@ impl Config {
                 history_retention,
             };
             config.channels.namespaces.insert(name, o);
+        }
+        if config.store == StoreBackend::Scylla && config.scylla.nodes.is_empty() {
+            errors.push(
+                "scylla_nodes (HERALD_SCYLLA_NODES): must list at least one host:port when store = scylla"
+                    .into(),
+            );
+        }
+        if config.scylla.password.is_some() && config.scylla.username.is_none() {
+            errors.push("scylla_password (HERALD_SCYLLA_PASSWORD): set scylla_username too".into());
         }
         if errors.is_empty() && config.client.pong_timeout >= config.client.ping_interval {
             errors.push("client_pong_timeout: must be shorter than client_ping_interval".into());
@@ -510,6 +605,33 @@ fn parse_positive(s: &str) -> Result<usize, String> {
     }
 }
 
+/// A comma-separated list of host:port; empty is an empty list.
+fn parse_nodes(s: &str) -> Result<Vec<String>, String> {
+    let mut nodes = Vec::new();
+    for node in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        match node.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                nodes.push(node.to_string())
+            }
+            _ => return Err(format!("`{node}` is not host:port, e.g. 127.0.0.1:9042")),
+        }
+    }
+    Ok(nodes)
+}
+
+/// A CQL identifier Herald can use unquoted: letters, digits and `_`,
+/// starting with a letter, at most 48 characters.
+fn parse_keyspace(s: &str) -> Result<String, String> {
+    let ok = (1..=48).contains(&s.len())
+        && s.starts_with(|c: char| c.is_ascii_alphabetic())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err("expected 1 to 48 letters, digits and `_`, starting with a letter".into())
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("expected a duration like 10s or 5m: {e}"))
 }
@@ -609,6 +731,50 @@ mod tests {
         let feed = &c.channels.namespaces["feed"];
         assert!(!feed.history);
         assert_eq!(feed.history_retention, Some(Duration::from_secs(7 * 86400)));
+    }
+
+    #[test]
+    fn scylla_options_parse_and_validate_by_name() {
+        let c = load(
+            None,
+            &[
+                ("HERALD_STORE", "scylla"),
+                ("HERALD_SCYLLA_NODES", "10.0.0.1:9042, db.local:19042"),
+                ("HERALD_SCYLLA_CONSISTENCY", "QUORUM"),
+                ("HERALD_SCYLLA_LOCAL_DC", "dc1"),
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.store, StoreBackend::Scylla);
+        assert_eq!(c.scylla.nodes, vec!["10.0.0.1:9042", "db.local:19042"]);
+        assert_eq!(c.scylla.consistency, ScyllaConsistency::Quorum);
+        assert_eq!(c.scylla.local_dc.as_deref(), Some("dc1"));
+        assert_eq!(c.scylla.keyspace, "herald");
+        assert_eq!(c.scylla.request_timeout, Duration::from_secs(5));
+
+        let e = load(None, &[("HERALD_STORE", "scylla")], &[]).unwrap_err();
+        assert!(e.to_string().contains("scylla_nodes"), "{e}");
+        let e = load(
+            None,
+            &[
+                ("HERALD_SCYLLA_NODES", "nohost"),
+                ("HERALD_SCYLLA_CONSISTENCY", "two"),
+                ("HERALD_SCYLLA_KEYSPACE", "a-b"),
+                ("HERALD_STORE", "cassandra"),
+            ],
+            &[],
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        for name in [
+            "HERALD_SCYLLA_NODES",
+            "HERALD_SCYLLA_CONSISTENCY",
+            "HERALD_SCYLLA_KEYSPACE",
+            "HERALD_STORE",
+        ] {
+            assert!(text.contains(name), "{name} in {text}");
+        }
     }
 
     #[test]

@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use herald::config::{Config, LogFormat, Sources};
+use herald::config::{Config, LogFormat, Sources, StoreBackend};
 use herald::roles::{self, Role};
+use herald::store::scylla::{self, ScyllaSettings};
 
 /// Exit code for bad configuration (EX_CONFIG-like usage error, sysexits 64).
 const EXIT_CONFIG: u8 = 64;
@@ -36,6 +37,8 @@ enum Command {
     Sync(RunArgs),
     /// Mint an HS256 client token from the configured secret.
     Token(TokenArgs),
+    /// Create or update the ScyllaDB schema (store = scylla); idempotent.
+    Migrate(ConfigArgs),
 }
 
 #[derive(Args)]
@@ -129,6 +132,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let (role, args) = match cli.command {
         Command::Token(t) => return token(t),
+        Command::Migrate(a) => return migrate(a),
         Command::Serve(a) => (Role::Serve, a),
         Command::Edge(a) => (Role::Edge, a),
         Command::Writer(a) => (Role::Writer, a),
@@ -166,7 +170,7 @@ async fn run(role: Role, config: Config) -> ExitCode {
     let running = match roles::start_with_shutdown(role, config, shutdown).await {
         Ok(r) => r,
         Err(e) if e.is::<roles::StoppedWhileWaiting>() => {
-            tracing::info!("stopped while waiting for the store lock");
+            tracing::info!("stopped while waiting for the store");
             return ExitCode::SUCCESS;
         }
         Err(e) => {
@@ -221,6 +225,42 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+fn migrate(args: ConfigArgs) -> ExitCode {
+    let config = match load(&args, &[]) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if config.store == StoreBackend::Embedded {
+        eprintln!(
+            "store = embedded: nothing to migrate (the embedded store lays itself out when it opens); \
+             set store = scylla (HERALD_STORE) to migrate a ScyllaDB keyspace"
+        );
+        return ExitCode::SUCCESS;
+    }
+    init_tracing(&config);
+    let settings = ScyllaSettings::from_config(&config.scylla);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(scylla::migrate(&settings)) {
+        Ok(report) => {
+            eprintln!(
+                "keyspace {}: applied schema versions {:?}, already present {:?}",
+                settings.keyspace, report.applied, report.already
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("herald migrate: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn token(t: TokenArgs) -> ExitCode {

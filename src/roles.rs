@@ -18,9 +18,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Verifier;
 use crate::bus::{self, publisher::Publisher, server::NatsServer};
-use crate::config::{Config, Secret};
+use crate::config::{Config, Secret, StoreBackend};
 use crate::edge::{Edge, EdgeSettings};
 use crate::protocol::Disconnect;
+use crate::store::scylla::{ScyllaSettings, ScyllaStore};
 use crate::store::{SharedStore, StoreErrorKind, StoreOptions, embedded::EmbeddedStore};
 use crate::sync::{SyncService, SyncSettings, client::SyncClient};
 use crate::writer::{self, WriterSettings};
@@ -163,20 +164,78 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<Running> {
 
 /// Why `start` returned without a running process.
 #[derive(Debug, thiserror::Error)]
-#[error("stopped while waiting for the store lock")]
+#[error("stopped while waiting for the store")]
 pub struct StoppedWhileWaiting;
 
 /// How often a standby retries the store lock.
 const LOCK_RETRY: Duration = Duration::from_millis(250);
 
-/// Opens the embedded store; with `store_wait_for_lock`, waits (a standby)
-/// while another process holds it, until it can take over or `shutdown`
-/// fires.
+/// How long a process keeps retrying an unreachable ScyllaDB at start.
+const SCYLLA_CONNECT_PATIENCE: Duration = Duration::from_secs(60);
+/// The pause between two ScyllaDB connection attempts at start.
+const SCYLLA_RETRY: Duration = Duration::from_secs(2);
+
+/// Opens the configured store backend.
 async fn open_store(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<SharedStore> {
-    let dir = config.data_dir.join("store");
     let options = StoreOptions {
         idempotency_retention: config.idempotency_retention,
     };
+    match config.store {
+        StoreBackend::Embedded => open_embedded(config, options, shutdown).await,
+        StoreBackend::Scylla => Box::pin(open_scylla(config, options, shutdown)).await,
+    }
+}
+
+/// Connects to ScyllaDB, retrying retryable failures (the cluster still
+/// starting) for [`SCYLLA_CONNECT_PATIENCE`], until `shutdown` fires.
+async fn open_scylla(
+    config: &Config,
+    options: StoreOptions,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<SharedStore> {
+    let settings = ScyllaSettings::from_config(&config.scylla);
+    let deadline = tokio::time::Instant::now() + SCYLLA_CONNECT_PATIENCE;
+    loop {
+        let attempt = tokio::select! {
+            _ = shutdown.cancelled() => return Err(StoppedWhileWaiting.into()),
+            // Boxed: the driver's connect future is deeply nested, and
+            // inlining it in this one overflows the layout depth of the
+            // crates that embed `start`.
+            r = Box::pin(ScyllaStore::connect(&settings, options.clone())) => r,
+        };
+        match attempt {
+            Ok(store) => {
+                tracing::info!(keyspace = %settings.keyspace, backend = "scylla", "store open");
+                return Ok(Arc::new(store));
+            }
+            Err(e) if e.kind.retryable() && tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "scylla store not ready; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Err(StoppedWhileWaiting.into()),
+                    _ = tokio::time::sleep(SCYLLA_RETRY) => {}
+                }
+            }
+            Err(e) => {
+                bail!(
+                    "{e}. Check scylla_nodes (HERALD_SCYLLA_NODES = {}) and that `herald migrate` \
+                     has created keyspace {}",
+                    settings.nodes.join(","),
+                    settings.keyspace
+                )
+            }
+        }
+    }
+}
+
+/// Opens the embedded store; with `store_wait_for_lock`, waits (a standby)
+/// while another process holds it, until it can take over or `shutdown`
+/// fires.
+async fn open_embedded(
+    config: &Config,
+    options: StoreOptions,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<SharedStore> {
+    let dir = config.data_dir.join("store");
     let mut announced = false;
     loop {
         let (d, o) = (dir.clone(), options.clone());

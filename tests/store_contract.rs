@@ -1,11 +1,16 @@
 //! The store contract suite against the embedded (fjall) backend in a temp
-//! dir, plus what only the embedded backend promises: its directory lock.
+//! dir, plus what only the embedded backend promises: its directory lock; and
+//! against ScyllaDB when `HERALD_SCYLLA_NODES` names a cluster (a fresh
+//! keyspace per run, small buckets so the suite crosses bucket boundaries).
 
+use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use herald::config::{ScyllaConsistency, Secret};
 use herald::store::embedded::EmbeddedStore;
+use herald::store::scylla::{self, ScyllaSettings, ScyllaStore};
 use herald::store::{SharedStore, StoreErrorKind, StoreOptions, contract};
 
 fn open(dir: &Path, options: StoreOptions) -> SharedStore {
@@ -42,4 +47,73 @@ async fn a_second_open_of_the_same_dir_is_refused() {
     drop(first);
     let again = open(&path, options);
     assert_eq!(again.position("c").await.expect("position").head, 0);
+}
+
+/// Settings for a fresh keyspace on the cluster named by
+/// `HERALD_SCYLLA_NODES`; `None` (after saying so on the real stderr, which
+/// `cargo test` shows even for passing tests) when it is not set.
+fn scylla_settings(prefix: &str) -> Option<ScyllaSettings> {
+    let nodes = match std::env::var("HERALD_SCYLLA_NODES") {
+        Ok(n) if !n.trim().is_empty() => n,
+        _ => {
+            let _ = writeln!(std::io::stderr(), "skipped: HERALD_SCYLLA_NODES not set");
+            return None;
+        }
+    };
+    Some(ScyllaSettings {
+        nodes: nodes.split(',').map(|n| n.trim().to_string()).collect(),
+        keyspace: format!("{prefix}_{}", uuid::Uuid::new_v4().simple()),
+        local_dc: None,
+        consistency: ScyllaConsistency::LocalQuorum,
+        username: std::env::var("HERALD_SCYLLA_USERNAME").ok(),
+        password: std::env::var("HERALD_SCYLLA_PASSWORD")
+            .ok()
+            .map(Secret::new),
+        tls: false,
+        replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".into(),
+        request_timeout: Duration::from_secs(10),
+        // 8 offsets per partition: the 5000-publication case crosses hundreds
+        // of bucket boundaries.
+        bucket_bits: 3,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scylla_passes_the_contract() {
+    let Some(settings) = scylla_settings("herald_test") else {
+        return;
+    };
+    let first = scylla::migrate(&settings).await.expect("migrate");
+    assert_eq!(first.applied, vec![1], "{first:?}");
+    let again = scylla::migrate(&settings).await.expect("migrate again");
+    assert!(again.applied.is_empty(), "{again:?}");
+    assert_eq!(again.already, vec![1]);
+
+    contract::run_all(|options| {
+        let settings = settings.clone();
+        async move {
+            Arc::new(
+                ScyllaStore::connect(&settings, options)
+                    .await
+                    .expect("connect to ScyllaDB"),
+            ) as SharedStore
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn scylla_without_the_schema_says_run_migrate() {
+    let Some(settings) = scylla_settings("herald_absent") else {
+        return;
+    };
+    let options = StoreOptions {
+        idempotency_retention: Duration::from_secs(60),
+    };
+    let err = ScyllaStore::connect(&settings, options)
+        .await
+        .err()
+        .expect("connecting to a keyspace without the schema fails");
+    assert_eq!(err.kind, StoreErrorKind::Unavailable, "{err}");
+    assert!(err.message.contains("herald migrate"), "{err}");
 }
