@@ -17,16 +17,6 @@ use serde_json::Value;
 /// The Kubernetes version the manifests are checked against.
 const KUBERNETES_VERSION: &str = "1.30.0";
 
-/// Store options the ScyllaDB store brings (its own issue); accepted here
-/// alongside the options `herald::config::OPTIONS` lists.
-const STORE_OPTIONS: &[&str] = &[
-    "HERALD_STORE",
-    "HERALD_SCYLLA_NODES",
-    "HERALD_SCYLLA_KEYSPACE",
-    "HERALD_SCYLLA_LOCAL_DC",
-    "HERALD_SCYLLA_CONSISTENCY",
-];
-
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -63,11 +53,7 @@ fn read(relative: &str) -> String {
 
 /// Every HERALD_* name Herald knows.
 fn known_env_names() -> BTreeSet<String> {
-    OPTIONS
-        .iter()
-        .map(|o| env_name(o.key))
-        .chain(STORE_OPTIONS.iter().map(|s| s.to_string()))
-        .collect()
+    OPTIONS.iter().map(|o| env_name(o.key)).collect()
 }
 
 fn assert_known_env(names: impl IntoIterator<Item = String>, file: &str) {
