@@ -252,7 +252,7 @@ fn migrate(args: ConfigArgs) -> ExitCode {
         Ok(report) => {
             eprintln!(
                 "keyspace {}: applied schema versions {:?}, already present {:?}",
-                settings.keyspace, report.applied, report.already
+                settings.cluster.keyspace, report.applied, report.already
             );
             ExitCode::SUCCESS
         }

@@ -205,7 +205,7 @@ async fn open_scylla(
         };
         match attempt {
             Ok(store) => {
-                tracing::info!(keyspace = %settings.keyspace, backend = "scylla", "store open");
+                tracing::info!(keyspace = %settings.cluster.keyspace, backend = "scylla", "store open");
                 return Ok(Arc::new(store));
             }
             Err(e) if e.kind.retryable() && tokio::time::Instant::now() < deadline => {
@@ -219,8 +219,8 @@ async fn open_scylla(
                 bail!(
                     "{e}. Check scylla_nodes (HERALD_SCYLLA_NODES = {}) and that `herald migrate` \
                      has created keyspace {}",
-                    settings.nodes.join(","),
-                    settings.keyspace
+                    settings.cluster.nodes.join(","),
+                    settings.cluster.keyspace
                 )
             }
         }

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald::config::{ScyllaConsistency, Secret};
+use herald::config::{ScyllaConfig, ScyllaConsistency, Secret};
 use herald::store::embedded::EmbeddedStore;
 use herald::store::scylla::{self, ScyllaSettings, ScyllaStore};
 use herald::store::{SharedStore, StoreErrorKind, StoreOptions, contract};
@@ -61,17 +61,19 @@ fn scylla_settings(prefix: &str) -> Option<ScyllaSettings> {
         }
     };
     Some(ScyllaSettings {
-        nodes: nodes.split(',').map(|n| n.trim().to_string()).collect(),
-        keyspace: format!("{prefix}_{}", uuid::Uuid::new_v4().simple()),
-        local_dc: None,
-        consistency: ScyllaConsistency::LocalQuorum,
-        username: std::env::var("HERALD_SCYLLA_USERNAME").ok(),
-        password: std::env::var("HERALD_SCYLLA_PASSWORD")
-            .ok()
-            .map(Secret::new),
-        tls: false,
-        replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".into(),
-        request_timeout: Duration::from_secs(10),
+        cluster: ScyllaConfig {
+            nodes: nodes.split(',').map(|n| n.trim().to_string()).collect(),
+            keyspace: format!("{prefix}_{}", uuid::Uuid::new_v4().simple()),
+            local_dc: None,
+            consistency: ScyllaConsistency::LocalQuorum,
+            username: std::env::var("HERALD_SCYLLA_USERNAME").ok(),
+            password: std::env::var("HERALD_SCYLLA_PASSWORD")
+                .ok()
+                .map(Secret::new),
+            tls: false,
+            replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".into(),
+            request_timeout: Duration::from_secs(10),
+        },
         // 8 offsets per partition: the 5000-publication case crosses hundreds
         // of bucket boundaries.
         bucket_bits: 3,

@@ -42,7 +42,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -62,7 +62,7 @@ use super::{
     ChannelAppend, Direction, Position, ReadRange, Store, StoreError, StoreErrorKind, StoreOptions,
     StoreResult, StoredPublication,
 };
-use crate::config::{ScyllaConfig, ScyllaConsistency, Secret};
+use crate::config::{ScyllaConfig, ScyllaConsistency};
 
 /// Offsets per `messages` partition: 2^12.
 pub const BUCKET_BITS: u32 = 12;
@@ -91,19 +91,11 @@ const BATCH_MAX_BYTES: usize = 128 * 1024;
 /// The longest TTL CQL accepts (20 years).
 const MAX_TTL_SECS: u64 = 630_720_000;
 
-/// How to reach the cluster; built from the configuration, or by tests.
+/// How to reach the cluster (the configured options) and the partition
+/// size; built from the configuration, or by tests.
 #[derive(Debug, Clone)]
 pub struct ScyllaSettings {
-    pub nodes: Vec<String>,
-    pub keyspace: String,
-    pub local_dc: Option<String>,
-    pub consistency: ScyllaConsistency,
-    pub username: Option<String>,
-    pub password: Option<Secret>,
-    pub tls: bool,
-    /// The CQL replication map `migrate` creates the keyspace with.
-    pub replication: String,
-    pub request_timeout: Duration,
+    pub cluster: ScyllaConfig,
     /// log2 of the offsets per partition. [`BUCKET_BITS`] in production;
     /// tests use a small value to cross bucket boundaries. Every process using
     /// a keyspace must use the same value.
@@ -113,15 +105,7 @@ pub struct ScyllaSettings {
 impl ScyllaSettings {
     pub fn from_config(config: &ScyllaConfig) -> Self {
         Self {
-            nodes: config.nodes.clone(),
-            keyspace: config.keyspace.clone(),
-            local_dc: config.local_dc.clone(),
-            consistency: config.consistency,
-            username: config.username.clone(),
-            password: config.password.clone(),
-            tls: config.tls,
-            replication: config.replication.clone(),
-            request_timeout: config.request_timeout,
+            cluster: config.clone(),
             bucket_bits: BUCKET_BITS,
         }
     }
@@ -141,27 +125,28 @@ fn consistency(c: ScyllaConsistency) -> Consistency {
 /// consistency, timeout and a token-aware, DC-aware policy.
 async fn session(settings: &ScyllaSettings) -> StoreResult<Session> {
     let mut policy = DefaultPolicy::builder().token_aware(true);
-    if let Some(dc) = &settings.local_dc {
+    if let Some(dc) = &settings.cluster.local_dc {
         policy = policy.prefer_datacenter(dc.clone());
     }
     let profile = ExecutionProfile::builder()
-        .consistency(consistency(settings.consistency))
-        .request_timeout(Some(settings.request_timeout))
+        .consistency(consistency(settings.cluster.consistency))
+        .request_timeout(Some(settings.cluster.request_timeout))
         .load_balancing_policy(policy.build())
         .build();
     let mut builder = SessionBuilder::new()
-        .known_nodes(&settings.nodes)
-        .connection_timeout(settings.request_timeout)
+        .known_nodes(&settings.cluster.nodes)
+        .connection_timeout(settings.cluster.request_timeout)
         .default_execution_profile_handle(profile.into_handle());
-    if let Some(user) = &settings.username {
+    if let Some(user) = &settings.cluster.username {
         let password = settings
+            .cluster
             .password
             .as_ref()
             .map(|p| p.expose().to_string())
             .unwrap_or_default();
         builder = builder.user(user.clone(), password);
     }
-    if settings.tls {
+    if settings.cluster.tls {
         builder = builder.tls_context(Some(tls_config()?));
     }
     builder.build().await.map_err(|e| {
@@ -169,7 +154,7 @@ async fn session(settings: &ScyllaSettings) -> StoreResult<Session> {
             StoreErrorKind::Unavailable,
             format!(
                 "cannot connect to ScyllaDB at {}: {e}",
-                settings.nodes.join(",")
+                settings.cluster.nodes.join(",")
             ),
         )
     })
@@ -207,18 +192,18 @@ pub struct MigrateReport {
     pub already: Vec<i32>,
 }
 
-/// Creates the keyspace (with `settings.replication`) and the
+/// Creates the keyspace (with `settings.cluster.replication`) and the
 /// `schema_version` table, then applies each schema file not yet recorded
 /// there and records it. Every statement is `IF NOT EXISTS` and the session
 /// waits for schema agreement after each, so running it twice, or from several
 /// processes at once, is safe.
 pub async fn migrate(settings: &ScyllaSettings) -> StoreResult<MigrateReport> {
     let session = session(settings).await?;
-    let ks = &settings.keyspace;
+    let ks = &settings.cluster.keyspace;
     let bootstrap = [
         format!(
             "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {}",
-            settings.replication
+            settings.cluster.replication
         ),
         format!(
             "CREATE TABLE IF NOT EXISTS {ks}.schema_version \
@@ -374,7 +359,7 @@ impl ScyllaStore {
     /// (else: run `herald migrate`), and prepares every statement.
     pub async fn connect(settings: &ScyllaSettings, options: StoreOptions) -> StoreResult<Self> {
         let session = session(settings).await?;
-        let ks = &settings.keyspace;
+        let ks = &settings.cluster.keyspace;
         let needed = MIGRATIONS.last().map_or(0, |m| m.version);
         let select = prepare(&session, format!("SELECT version FROM {ks}.schema_version"))
             .await
@@ -433,7 +418,7 @@ impl ScyllaStore {
             )
             .await?,
         };
-        tracing::info!(keyspace = %ks, nodes = %settings.nodes.join(","), "scylla store connected");
+        tracing::info!(keyspace = %ks, nodes = %settings.cluster.nodes.join(","), "scylla store connected");
         Ok(Self {
             session,
             statements,
