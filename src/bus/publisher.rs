@@ -10,6 +10,9 @@
 //!
 //! Channel without history: a core NATS publish to the channel subject.
 //!
+//! Both carry the current span's trace context (`traceparent`) when traces
+//! are exported, so the writer and the edges continue the caller's trace.
+//!
 //! Knows nothing of sessions, HTTP or the store.
 
 use std::collections::HashMap;
@@ -27,6 +30,7 @@ use tokio::sync::{Semaphore, oneshot};
 use super::ingest::{IngestMessage, WriterReply};
 use super::subjects;
 use crate::sync::client::{SyncClient, SyncClientError};
+use crate::telemetry;
 
 /// What a successful publish returns. For channels without history `offset`
 /// is 0 and `epoch` empty.
@@ -185,6 +189,7 @@ impl Publisher {
             subjects::REPLY_HEADER,
             format!("{}.{token}", self.reply_prefix).as_str(),
         );
+        telemetry::inject_current_nats(&mut headers);
         let subject =
             subjects::ingest_subject(subjects::partition_of(req.channel, self.partitions));
 
@@ -256,8 +261,10 @@ impl Publisher {
             req.info.map(|i| i.get().as_bytes()),
             0,
         );
+        let mut headers = HeaderMap::new();
+        telemetry::inject_current_nats(&mut headers);
         self.client
-            .publish(subjects::channel_subject(req.channel), payload)
+            .publish_with_headers(subjects::channel_subject(req.channel), headers, payload)
             .await
             .map_err(|e| PublishError::new(PublishErrorKind::Unavailable, e.to_string()))?;
         Ok(Published::default())

@@ -21,6 +21,7 @@ use super::hub::{FeedStatus, Hub};
 use crate::bus::subjects;
 use crate::protocol;
 use crate::sync::client::SyncClient;
+use crate::telemetry;
 
 /// What every feed needs; cloned into each.
 #[derive(Clone)]
@@ -103,8 +104,7 @@ pub async fn run(
             None
         };
         let Some(offset) = offset else {
-            let frame = protocol::publication_push(&channel, &msg.payload);
-            hub.broadcast(&channel, feed_id, None, &frame);
+            deliver(&hub, &channel, feed_id, None, &msg);
             continue;
         };
         let msg_epoch = header_string(&msg, subjects::EPOCH_HEADER);
@@ -124,10 +124,30 @@ pub async fn run(
             }
         }
         last = Some(offset);
-        let frame = protocol::publication_push(&channel, &msg.payload);
-        hub.broadcast(&channel, feed_id, Some(offset), &frame);
+        deliver(&hub, &channel, feed_id, Some(offset), &msg);
     }
     let _ = sub.unsubscribe().await;
+}
+
+/// Encodes one publication and queues it to every local subscriber. When
+/// traces are exported and the publication carries trace context, this
+/// happens in an `edge_delivery` span, a child of the writer's (or the
+/// publisher's, without history) span; the socket writes follow in each
+/// connection's writer task.
+fn deliver(hub: &Hub, channel: &str, feed_id: u64, offset: Option<u64>, msg: &async_nats::Message) {
+    let span = telemetry::nats_child(msg.headers.as_ref(), || {
+        tracing::info_span!(
+            parent: None,
+            "edge_delivery",
+            otel.kind = "consumer",
+            offset,
+            subscribers = tracing::field::Empty
+        )
+    });
+    let _entered = span.enter();
+    let frame = protocol::publication_push(channel, &msg.payload);
+    let subscribers = hub.broadcast(channel, feed_id, offset, &frame);
+    span.record("subscribers", subscribers);
 }
 
 /// Fetches offsets `after+1 .. before-1` from sync and broadcasts them in

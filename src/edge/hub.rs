@@ -278,14 +278,22 @@ impl Hub {
 
     /// Delivers one publication frame (encoded once) to every subscriber of
     /// the feed's channel. A subscriber that finds a gap is ended with
-    /// "insufficient state".
-    pub fn broadcast(&self, channel: &str, feed_id: u64, offset: Option<u64>, frame: &Bytes) {
-        for sub in self.subscribers(channel, feed_id) {
+    /// "insufficient state". Returns how many subscribers it was handed to.
+    pub fn broadcast(
+        &self,
+        channel: &str,
+        feed_id: u64,
+        offset: Option<u64>,
+        frame: &Bytes,
+    ) -> usize {
+        let subscribers = self.subscribers(channel, feed_id);
+        for sub in &subscribers {
             if !sub.deliver(offset, frame) {
                 sub.end(Unsubscribe::INSUFFICIENT_STATE);
-                self.remove(&sub);
+                self.remove(sub);
             }
         }
+        subscribers.len()
     }
 
     /// Ends every subscription of a channel with "insufficient state" (the
