@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::hub::{FeedStatus, Hub};
 use crate::bus::subjects;
+use crate::metrics::GaugeHold;
 use crate::protocol;
 use crate::sync::client::SyncClient;
 use crate::telemetry;
@@ -67,6 +68,7 @@ pub async fn run(
             return;
         }
     };
+    let _held = GaugeHold::new(metrics::gauge!(crate::metrics::NATS_SUBSCRIPTIONS));
     // `flush` only empties the client's buffer. The server handles a
     // connection's messages in order, so once it has answered a request sent
     // after our SUB (with "no responders"), the subscription is active: any
@@ -103,8 +105,9 @@ pub async fn run(
         } else {
             None
         };
+        let committed_us = header_u64(&msg, subjects::COMMITTED_HEADER);
         let Some(offset) = offset else {
-            deliver(&hub, &channel, feed_id, None, &msg);
+            deliver(&hub, &channel, feed_id, None, committed_us, &msg);
             continue;
         };
         let msg_epoch = header_string(&msg, subjects::EPOCH_HEADER);
@@ -124,7 +127,7 @@ pub async fn run(
             }
         }
         last = Some(offset);
-        deliver(&hub, &channel, feed_id, Some(offset), &msg);
+        deliver(&hub, &channel, feed_id, Some(offset), committed_us, &msg);
     }
     let _ = sub.unsubscribe().await;
 }
@@ -134,7 +137,14 @@ pub async fn run(
 /// happens in an `edge_delivery` span, a child of the writer's (or the
 /// publisher's, without history) span; the socket writes follow in each
 /// connection's writer task.
-fn deliver(hub: &Hub, channel: &str, feed_id: u64, offset: Option<u64>, msg: &async_nats::Message) {
+fn deliver(
+    hub: &Hub,
+    channel: &str,
+    feed_id: u64,
+    offset: Option<u64>,
+    committed_us: Option<u64>,
+    msg: &async_nats::Message,
+) {
     let span = telemetry::nats_child(msg.headers.as_ref(), || {
         tracing::info_span!(
             parent: None,
@@ -146,7 +156,7 @@ fn deliver(hub: &Hub, channel: &str, feed_id: u64, offset: Option<u64>, msg: &as
     });
     let _entered = span.enter();
     let frame = protocol::publication_push(channel, &msg.payload);
-    let subscribers = hub.broadcast(channel, feed_id, offset, &frame);
+    let subscribers = hub.broadcast(channel, feed_id, offset, &frame, committed_us);
     span.record("subscribers", subscribers);
 }
 
@@ -193,7 +203,7 @@ async fn fill_gap(
         }
     }
     for (offset, frame) in frames {
-        hub.broadcast(channel, feed_id, Some(offset), &frame);
+        hub.broadcast(channel, feed_id, Some(offset), &frame, None);
     }
     metrics::counter!(crate::metrics::GAPS_FILLED_TOTAL, "result" => "filled").increment(1);
     true
