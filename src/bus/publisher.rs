@@ -11,6 +11,9 @@
 //! Channel without history: a core NATS publish to the channel subject, with
 //! its publish time in `Herald-Committed` (the edges' delivery latency).
 //!
+//! Both carry the current span's trace context (`traceparent`) when traces
+//! are exported, so the writer and the edges continue the caller's trace.
+//!
 //! Knows nothing of sessions, HTTP or the store.
 
 use std::collections::HashMap;
@@ -28,6 +31,7 @@ use tokio::sync::{Semaphore, oneshot};
 use super::ingest::{IngestMessage, WriterReply};
 use super::subjects;
 use crate::sync::client::{SyncClient, SyncClientError};
+use crate::telemetry;
 
 /// What a successful publish returns. For channels without history `offset`
 /// is 0 and `epoch` empty.
@@ -186,6 +190,7 @@ impl Publisher {
             subjects::REPLY_HEADER,
             format!("{}.{token}", self.reply_prefix).as_str(),
         );
+        telemetry::inject_current_nats(&mut headers);
         let subject =
             subjects::ingest_subject(subjects::partition_of(req.channel, self.partitions));
 
@@ -267,6 +272,7 @@ impl Publisher {
             subjects::COMMITTED_HEADER,
             crate::metrics::unix_micros().to_string().as_str(),
         );
+        telemetry::inject_current_nats(&mut headers);
         self.client
             .publish_with_headers(subjects::channel_subject(req.channel), headers, payload)
             .await

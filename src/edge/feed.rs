@@ -22,6 +22,7 @@ use crate::bus::subjects;
 use crate::metrics::GaugeHold;
 use crate::protocol;
 use crate::sync::client::SyncClient;
+use crate::telemetry;
 
 /// What every feed needs; cloned into each.
 #[derive(Clone)]
@@ -106,8 +107,7 @@ pub async fn run(
         };
         let committed_us = header_u64(&msg, subjects::COMMITTED_HEADER);
         let Some(offset) = offset else {
-            let frame = protocol::publication_push(&channel, &msg.payload);
-            hub.broadcast(&channel, feed_id, None, &frame, committed_us);
+            deliver(&hub, &channel, feed_id, None, committed_us, &msg);
             continue;
         };
         let msg_epoch = header_string(&msg, subjects::EPOCH_HEADER);
@@ -127,10 +127,37 @@ pub async fn run(
             }
         }
         last = Some(offset);
-        let frame = protocol::publication_push(&channel, &msg.payload);
-        hub.broadcast(&channel, feed_id, Some(offset), &frame, committed_us);
+        deliver(&hub, &channel, feed_id, Some(offset), committed_us, &msg);
     }
     let _ = sub.unsubscribe().await;
+}
+
+/// Encodes one publication and queues it to every local subscriber. When
+/// traces are exported and the publication carries trace context, this
+/// happens in an `edge_delivery` span, a child of the writer's (or the
+/// publisher's, without history) span; the socket writes follow in each
+/// connection's writer task.
+fn deliver(
+    hub: &Hub,
+    channel: &str,
+    feed_id: u64,
+    offset: Option<u64>,
+    committed_us: Option<u64>,
+    msg: &async_nats::Message,
+) {
+    let span = telemetry::nats_child(msg.headers.as_ref(), || {
+        tracing::info_span!(
+            parent: None,
+            "edge_delivery",
+            otel.kind = "consumer",
+            offset,
+            subscribers = tracing::field::Empty
+        )
+    });
+    let _entered = span.enter();
+    let frame = protocol::publication_push(channel, &msg.payload);
+    let subscribers = hub.broadcast(channel, feed_id, offset, &frame, committed_us);
+    span.record("subscribers", subscribers);
 }
 
 /// Fetches offsets `after+1 .. before-1` from sync and broadcasts them in

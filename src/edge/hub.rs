@@ -282,7 +282,8 @@ impl Hub {
     /// Delivers one publication frame (encoded once) to every subscriber of
     /// the feed's channel. A subscriber that finds a gap is ended with
     /// "insufficient state". `committed_us`: when the publication became
-    /// deliverable, for the delivery latency.
+    /// deliverable, for the delivery latency. Returns how many subscribers it
+    /// was handed to.
     pub fn broadcast(
         &self,
         channel: &str,
@@ -290,13 +291,15 @@ impl Hub {
         offset: Option<u64>,
         frame: &Bytes,
         committed_us: Option<u64>,
-    ) {
-        for sub in self.subscribers(channel, feed_id) {
+    ) -> usize {
+        let subscribers = self.subscribers(channel, feed_id);
+        for sub in &subscribers {
             if !sub.deliver(offset, frame, committed_us) {
                 sub.end(Unsubscribe::INSUFFICIENT_STATE);
-                self.remove(&sub);
+                self.remove(sub);
             }
         }
+        subscribers.len()
     }
 
     /// Ends every subscription of a channel with "insufficient state" (the

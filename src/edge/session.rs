@@ -36,6 +36,7 @@ use crate::protocol::{
     RefreshRequest, RefreshResult, Reply, ReplyResult, SubRefreshRequest, SubRefreshResult,
     SubscribeRequest, SubscribeResult, Unsubscribe,
 };
+use crate::telemetry;
 
 /// Closing because the client closed (never sent to it).
 const CLIENT_CLOSED: Disconnect = Disconnect::new(3000, "connection closed");
@@ -144,6 +145,12 @@ pub(super) async fn run(edge: Arc<Edge>, socket: WebSocket, id: SessionId) {
         opened: Instant::now(),
         pong_deadline: None,
     };
+    let span = tracing::debug_span!(
+        "session",
+        id,
+        client = %s.client_id,
+        user = tracing::field::Empty
+    );
     let reason = async {
         loop {
             let deadline = s.next_deadline();
@@ -180,7 +187,7 @@ pub(super) async fn run(edge: Arc<Edge>, socket: WebSocket, id: SessionId) {
             }
         }
     }
-    .instrument(tracing::debug_span!("session", id))
+    .instrument(span)
     .await;
     if let Some(d) = reason {
         outbox.close(d);
@@ -368,6 +375,7 @@ impl Session {
             Err(TokenError::Expired) => return Err(Fail::Error(ProtocolError::TokenExpired)),
             Err(TokenError::Invalid) => return Err(Fail::Close(Disconnect::INVALID_TOKEN)),
         };
+        tracing::Span::current().record("user", claims.sub.as_str());
         self.authed = Some(Authed {
             user: claims.sub.clone(),
             conn_info: claims.info.clone(),
@@ -590,6 +598,12 @@ impl Session {
             chan_info: sub.and_then(|s| s.chan_info.clone()),
         };
         let info = serde_json::value::to_raw_value(&info).map_err(|_| ProtocolError::Internal)?;
+        // A client publish starts its own trace (not one per connection).
+        let span = if telemetry::enabled() {
+            tracing::info_span!(parent: None, "client_publish", otel.kind = "server")
+        } else {
+            tracing::Span::none()
+        };
         let published = self
             .edge
             .publisher
@@ -600,6 +614,7 @@ impl Session {
                 idempotency_key: None,
                 history: channel.options.history,
             })
+            .instrument(span)
             .await
             .map_err(|e| {
                 tracing::debug!(error = %e, "client publish failed");
