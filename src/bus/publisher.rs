@@ -8,7 +8,8 @@
 //! JetStream says the message is a duplicate, the original is (or will soon
 //! be) stored: its offset is looked up through sync (I3).
 //!
-//! Channel without history: a core NATS publish to the channel subject.
+//! Channel without history: a core NATS publish to the channel subject, with
+//! its publish time in `Herald-Committed` (the edges' delivery latency).
 //!
 //! Knows nothing of sessions, HTTP or the store.
 
@@ -193,9 +194,13 @@ impl Publisher {
                 .js
                 .publish_with_headers(subject, headers, payload)
                 .await
-                .map_err(|e| PublishError::new(PublishErrorKind::Unavailable, e.to_string()))?
+                .map_err(|e| {
+                    count_publish_error("ingest");
+                    PublishError::new(PublishErrorKind::Unavailable, e.to_string())
+                })?
                 .await
                 .map_err(|e| {
+                    count_publish_error("ingest");
                     let text = e.to_string();
                     // A full work-queue stream with DiscardPolicy::New answers
                     // "maximum bytes exceeded" / "maximum messages exceeded".
@@ -256,12 +261,25 @@ impl Publisher {
             req.info.map(|i| i.get().as_bytes()),
             0,
         );
+        // No commit to wait for: deliverable from now.
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            subjects::COMMITTED_HEADER,
+            crate::metrics::unix_micros().to_string().as_str(),
+        );
         self.client
-            .publish(subjects::channel_subject(req.channel), payload)
+            .publish_with_headers(subjects::channel_subject(req.channel), headers, payload)
             .await
-            .map_err(|e| PublishError::new(PublishErrorKind::Unavailable, e.to_string()))?;
+            .map_err(|e| {
+                count_publish_error("channel");
+                PublishError::new(PublishErrorKind::Unavailable, e.to_string())
+            })?;
         Ok(Published::default())
     }
+}
+
+fn count_publish_error(kind: &'static str) {
+    metrics::counter!(crate::metrics::NATS_PUBLISH_ERRORS_TOTAL, "kind" => kind).increment(1);
 }
 
 /// Removes a pending entry however the publish ends (reply, error, timeout,

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::hub::{FeedStatus, Hub};
 use crate::bus::subjects;
+use crate::metrics::GaugeHold;
 use crate::protocol;
 use crate::sync::client::SyncClient;
 
@@ -66,6 +67,7 @@ pub async fn run(
             return;
         }
     };
+    let _held = GaugeHold::new(metrics::gauge!(crate::metrics::NATS_SUBSCRIPTIONS));
     // `flush` only empties the client's buffer. The server handles a
     // connection's messages in order, so once it has answered a request sent
     // after our SUB (with "no responders"), the subscription is active: any
@@ -102,9 +104,10 @@ pub async fn run(
         } else {
             None
         };
+        let committed_us = header_u64(&msg, subjects::COMMITTED_HEADER);
         let Some(offset) = offset else {
             let frame = protocol::publication_push(&channel, &msg.payload);
-            hub.broadcast(&channel, feed_id, None, &frame);
+            hub.broadcast(&channel, feed_id, None, &frame, committed_us);
             continue;
         };
         let msg_epoch = header_string(&msg, subjects::EPOCH_HEADER);
@@ -125,7 +128,7 @@ pub async fn run(
         }
         last = Some(offset);
         let frame = protocol::publication_push(&channel, &msg.payload);
-        hub.broadcast(&channel, feed_id, Some(offset), &frame);
+        hub.broadcast(&channel, feed_id, Some(offset), &frame, committed_us);
     }
     let _ = sub.unsubscribe().await;
 }
@@ -173,7 +176,7 @@ async fn fill_gap(
         }
     }
     for (offset, frame) in frames {
-        hub.broadcast(channel, feed_id, Some(offset), &frame);
+        hub.broadcast(channel, feed_id, Some(offset), &frame, None);
     }
     metrics::counter!(crate::metrics::GAPS_FILLED_TOTAL, "result" => "filled").increment(1);
     true

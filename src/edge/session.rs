@@ -152,7 +152,9 @@ pub(super) async fn run(edge: Arc<Edge>, socket: WebSocket, id: SessionId) {
                 _ = outbox.closing() => break None,
                 msg = stream.next() => match msg {
                     Some(Ok(Message::Text(text))) => {
-                        metrics::counter!(m::BYTES_IN_TOTAL).increment(text.len() as u64);
+                        let io = m::edge_io();
+                        io.messages_in.increment(1);
+                        io.bytes_in.increment(text.len() as u64);
                         s.handle_frame(text.as_str()).await
                     }
                     Some(Ok(Message::Binary(_))) => Err(Disconnect::BAD_REQUEST),
@@ -830,7 +832,8 @@ fn contiguous_last(publications: &[Box<RawValue>], after: u64) -> Option<u64> {
 
 /// Drains the outbox into the socket until the connection closes: one
 /// WebSocket frame per drain, then on close a `disconnect` push and the close
-/// frame carrying the code.
+/// frame carrying the code. Each write records its frames, bytes and the
+/// delivery latency of its oldest publication.
 ///
 /// A write blocked by a client that stopped reading is abandoned as soon as
 /// the connection is closed as slow (3008): the socket is dropped, so a
@@ -862,8 +865,12 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: Arc<Outbox>
                 outbox.close(Disconnect::WRITE_ERROR);
                 return;
             }
-            metrics::counter!(m::MESSAGES_OUT_TOTAL).increment(batch.frames as u64);
-            metrics::counter!(m::BYTES_OUT_TOTAL).increment(len);
+            let io = m::edge_io();
+            io.messages_out.increment(batch.frames as u64);
+            io.bytes_out.increment(len);
+            if let Some(committed_us) = batch.committed_us {
+                io.delivery.record(m::seconds_since(committed_us));
+            }
         }
         if let Some(d) = batch.close {
             // Custom codes come from the backend: one label keeps the set closed.

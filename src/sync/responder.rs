@@ -115,6 +115,7 @@ async fn handle(
     };
     let (body, result) = answer(&service, &message.payload).await;
     if let Err(e) = client.publish(reply_to, body).await {
+        ::metrics::counter!(metrics::NATS_PUBLISH_ERRORS_TOTAL, "kind" => "reply").increment(1);
         tracing::warn!(error = %e, "sync reply not sent");
     }
     ::metrics::counter!(metrics::SYNC_REQUESTS_TOTAL, "source" => SOURCE, "result" => result)

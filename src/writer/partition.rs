@@ -21,9 +21,9 @@ use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::consumer;
 use super::sequencer::{self, Entry, HeadCache, Known, Plan};
 use super::{Fence, Shared};
+use super::{consumer, pending};
 use crate::bus::ingest::{IngestMessage, WriterReply};
 use crate::bus::subjects;
 use crate::channel::MAX_CHANNEL_BYTES;
@@ -50,6 +50,7 @@ pub(super) async fn run(
     };
     let batch_size = task.shared.settings.batch_size;
     let mut backoff = Backoff::new(PULL_BACKOFF);
+    let _pending = pending::Poll::start(task.shared.js.clone(), partition);
     tracing::debug!(partition, "writer partition started");
     'open: loop {
         let opened = tokio::select! {
@@ -172,6 +173,7 @@ impl Task {
 
     async fn process_inner(&mut self, batch: Vec<jetstream::Message>, stop: &CancellationToken) {
         metrics::histogram!(m::WRITER_BATCH_SIZE).record(batch.len() as f64);
+        count_redeliveries(&batch);
         let mut accepted = Vec::with_capacity(batch.len());
         let mut entries = Vec::with_capacity(batch.len());
         for msg in batch {
@@ -192,16 +194,20 @@ impl Task {
             }
             return;
         };
-        self.publish(&plan).await;
+        let committed_us = m::unix_micros();
+        record_ingest_lag(&accepted, committed_us);
+        self.publish(&plan, committed_us).await;
         self.reply(&accepted, &plan).await;
         // `ack` only queues a publish on the connection (no round trip), so
         // these are pipelined behind the replies, in order.
+        let acking = Instant::now();
         for msg in &accepted {
             if let Err(e) = msg.ack().await {
                 tracing::warn!(partition = self.partition, error = %e, "ack failed; the message will be redelivered");
                 count_error("ack");
             }
         }
+        metrics::histogram!(m::WRITER_ACK_SECONDS).record(acking.elapsed().as_secs_f64());
         if !plan.appends.is_empty() {
             metrics::counter!(m::WRITER_BATCHES_TOTAL).increment(1);
         }
@@ -360,14 +366,17 @@ impl Task {
     /// Publishes the new publications, each channel's in offset order (one
     /// connection keeps publish order). Duplicates are not re-published:
     /// subscribers already got them. A failed publish loses nothing: the
-    /// publication is stored and edges fill gaps from sync (I4).
-    async fn publish(&self, plan: &Plan) {
+    /// publication is stored and edges fill gaps from sync (I4). Each carries
+    /// the commit time (`committed_us`) for the edges' delivery latency.
+    async fn publish(&self, plan: &Plan, committed_us: u64) {
+        let committed = committed_us.to_string();
         for append in &plan.appends {
             let subject = Subject::from(subjects::channel_subject(&append.channel));
             for p in &append.publications {
                 let mut headers = HeaderMap::new();
                 headers.insert(subjects::OFFSET_HEADER, p.offset.to_string().as_str());
                 headers.insert(subjects::EPOCH_HEADER, append.epoch.as_str());
+                headers.insert(subjects::COMMITTED_HEADER, committed.as_str());
                 let payload =
                     crate::protocol::encode_publication(&p.data, p.info.as_deref(), p.offset);
                 if let Err(e) = self
@@ -378,6 +387,7 @@ impl Task {
                 {
                     tracing::warn!(partition = self.partition, error = %e, "publishing a sequenced publication failed");
                     count_error("publish");
+                    count_publish_error("channel");
                 }
             }
         }
@@ -414,6 +424,7 @@ impl Task {
         {
             tracing::warn!(partition = self.partition, error = %e, "replying to a publisher failed");
             count_error("reply");
+            count_publish_error("reply");
         }
     }
 }
@@ -463,6 +474,35 @@ fn now_ms() -> u64 {
 
 fn count_error(kind: &'static str) {
     metrics::counter!(m::WRITER_ERRORS_TOTAL, "kind" => kind).increment(1);
+}
+
+fn count_publish_error(kind: &'static str) {
+    metrics::counter!(m::NATS_PUBLISH_ERRORS_TOTAL, "kind" => kind).increment(1);
+}
+
+/// Counts the messages JetStream delivered more than once (an ack that did
+/// not arrive in time, a writer that stopped without acking).
+fn count_redeliveries(batch: &[jetstream::Message]) {
+    let again = batch
+        .iter()
+        .filter(|msg| msg.info().is_ok_and(|i| i.delivered > 1))
+        .count();
+    if again > 0 {
+        metrics::counter!(m::WRITER_REDELIVERIES_TOTAL).increment(again as u64);
+    }
+}
+
+/// Records how long each message waited between the ingest stream storing
+/// it (the server's clock) and its commit (ours).
+fn record_ingest_lag(msgs: &[jetstream::Message], committed_us: u64) {
+    let lag = metrics::histogram!(m::WRITER_INGEST_LAG_SECONDS);
+    for msg in msgs {
+        if let Ok(info) = msg.info() {
+            let stored_us =
+                u64::try_from(info.published.unix_timestamp_nanos() / 1000).unwrap_or(0);
+            lag.record(committed_us.saturating_sub(stored_us) as f64 / 1e6);
+        }
+    }
 }
 
 /// `kind` label of a store failure (a closed set).
