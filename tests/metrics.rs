@@ -10,7 +10,10 @@
 //!   the `role` label;
 //! - show values that follow from the load.
 //!
-//! And README's `### Metrics` table must list exactly the catalogue.
+//! After a NATS restart the connection metrics show the reconnect.
+//!
+//! The metered store wrapper keeps the store contract and labels what it
+//! measures; README's `### Metrics` table lists exactly the catalogue.
 
 mod common;
 
@@ -29,6 +32,8 @@ use common::process::{HeraldProcess, Spec, metric_value};
 use common::ws::WsClient;
 use common::{TestNats, eventually};
 use herald::metrics::HELP;
+use herald::store::embedded::EmbeddedStore;
+use herald::store::metered;
 
 const CHANNEL: &str = "room";
 /// Where the background load publishes: no subscriber, so the idle test
@@ -59,7 +64,7 @@ fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scrape_under_load_is_valid_complete_and_follows_the_load() {
     let promtool = promtool();
-    let nats = TestNats::start().await;
+    let mut nats = TestNats::start().await;
     let data = tempfile::tempdir().expect("temp dir");
     let herald = HeraldProcess::start(Spec::serve("serve", nats.url(), data.path())).await;
     let addr = herald.addr();
@@ -311,6 +316,65 @@ async fn a_scrape_under_load_is_valid_complete_and_follows_the_load() {
     assert!(v("herald_tokio_workers", &[]) >= 1.0);
     assert!(v("herald_tokio_alive_tasks", &[]) >= 1.0);
     assert!(v("herald_tokio_busy_seconds_total", &[]) > 0.0);
+
+    // NATS goes away and comes back: one reconnect, connected again.
+    nats.restart().await;
+    eventually(
+        "herald reconnects to NATS",
+        Duration::from_secs(20),
+        || async {
+            let t = herald.metrics().await;
+            (value(&t, "herald_nats_reconnects_total", &[]) == 1.0
+                && value(&t, "herald_nats_connected", &[]) == 1.0)
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// The metered wrapper is a transparent `Store` (the whole contract suite
+/// passes through it) that measures every call, and labels failures with
+/// their kind (the suite provokes conflicts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metered_store_keeps_the_contract_and_measures_it() {
+    let metrics = herald::metrics::install(herald::roles::Role::Writer);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("store");
+    herald::store::contract::run_all(|options| {
+        let path = path.clone();
+        async move {
+            let store = EmbeddedStore::open(&path, options).expect("open the embedded store");
+            metered::wrap(Arc::new(store), "embedded")
+        }
+    })
+    .await;
+    let text = metrics.render();
+    for op in herald::metrics::labels::STORE_OPS {
+        assert!(
+            value(
+                &text,
+                "herald_store_operation_seconds_count",
+                &[("op", op), ("backend", "embedded")]
+            ) >= 1.0,
+            "{op} measured"
+        );
+    }
+    assert!(
+        value(
+            &text,
+            "herald_store_errors_total",
+            &[
+                ("op", "append"),
+                ("backend", "embedded"),
+                ("kind", "conflict")
+            ]
+        ) >= 1.0,
+        "conflicts counted"
+    );
+    assert_eq!(
+        value(&text, "herald_store_errors_total", &[("op", "read")]),
+        0.0
+    );
 }
 
 /// What may follow a metric's name in a sample line: nothing, or a
