@@ -464,11 +464,14 @@ impl Drop for Prometheus {
     }
 }
 
-/// Why an answer shows no data, or `None` when it does: status success and
-/// at least one sample that is a number (not NaN).
+/// Why an answer shows no data, or `None` when it does: status success, an
+/// instant vector, and at least one sample that is a number (not NaN).
 fn no_data(answer: &Value) -> Option<String> {
     if answer["status"] != "success" {
         return Some(format!("status {}: {}", answer["status"], answer["error"]));
+    }
+    if answer["data"]["resultType"] != "vector" {
+        return Some(format!("not an instant vector: {}", answer["data"]));
     }
     let result = answer["data"]["result"].as_array()?;
     if result.is_empty() {
