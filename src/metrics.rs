@@ -56,6 +56,7 @@ pub const WRITER_CONSUMER_PENDING: &str = "herald_writer_consumer_pending_messag
 pub const WRITER_CONSUMER_ACK_PENDING: &str = "herald_writer_consumer_ack_pending_messages";
 pub const WRITER_ERRORS_TOTAL: &str = "herald_writer_errors_total";
 pub const WRITER_PARTITIONS_OWNED: &str = "herald_writer_partitions_owned";
+pub const WRITER_PARTITIONS: &str = "herald_writer_partitions";
 pub const WRITER_LEASE_EVENTS_TOTAL: &str = "herald_writer_lease_events_total";
 pub const WRITER_FAILOVERS_TOTAL: &str = "herald_writer_failovers_total";
 
@@ -179,6 +180,10 @@ pub const HELP: &[(&str, &str)] = &[
         "Ingest messages delivered to this process's writers and not yet acknowledged, by partition (polled from JetStream).",
     ),
     (WRITER_ERRORS_TOTAL, "Writer failures, by kind."),
+    (
+        WRITER_PARTITIONS,
+        "Partitions of the ingest stream (ingest_partitions) as this writer knows them; the owned partitions of all writers should add up to it.",
+    ),
     (
         WRITER_PARTITIONS_OWNED,
         "Ingest partitions this process's writers run a task for.",
@@ -546,6 +551,7 @@ fn register(role: Role) {
             counter(name);
         }
         gauge(WRITER_PARTITIONS_OWNED);
+        gauge(WRITER_PARTITIONS);
         for kind in WRITER_ERROR_KINDS {
             metrics::counter!(WRITER_ERRORS_TOTAL, "kind" => *kind).increment(0);
         }

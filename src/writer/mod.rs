@@ -130,6 +130,7 @@ impl Writer {
                 "failover_timeout must be at least 1s",
             ));
         }
+        metrics::gauge!(crate::metrics::WRITER_PARTITIONS).set(settings.partitions);
         let js = async_nats::jetstream::new(client.clone());
         Ok(Self {
             shared: Arc::new(Shared {
