@@ -25,6 +25,8 @@ use crate::client::{Client, ClientError, ClientOptions};
 const READ_BUFFER: usize = 4096;
 /// How long memory is left to settle before and after connecting.
 const SETTLE: Duration = Duration::from_secs(2);
+/// Herald's default pong timeout, kept unless the ping interval is shorter.
+const PONG_TIMEOUT: Duration = Duration::from_secs(8);
 
 #[derive(Args, Clone, Debug)]
 pub struct ConnectionsArgs {
@@ -88,14 +90,40 @@ pub async fn run(args: ConnectionsArgs) -> Result<Report, BenchError> {
     })
 }
 
-/// The figures of the connect phase: connect rate and the server's memory
-/// per connection, after letting it settle.
-async fn memory(
+/// The connected clients, each read by its own task from the moment it
+/// connected (so it answers pings however long the others take).
+struct Readers {
+    tasks: Vec<tokio::task::JoinHandle<super::stats::Order>>,
+    shared: Arc<Deliveries>,
+    stop: CancellationToken,
+}
+
+/// Starts reading `sub` at once.
+fn read<S: Subscriber>(
+    i: usize,
+    sub: S,
+    shared: &Arc<Deliveries>,
+    stop: &CancellationToken,
+) -> tokio::task::JoinHandle<super::stats::Order> {
+    tokio::spawn(subscriber_loop(i, sub, 1, shared.clone(), stop.clone()))
+}
+
+/// Measures a target whose clients just connected: lets the server settle,
+/// takes its memory per connection, then its CPU over the idle period.
+async fn measure(
+    label: &str,
+    args: &ConnectionsArgs,
     pid: u32,
     rss_before_kib: u64,
-    n: usize,
+    readers: Readers,
     connect_per_sec: f64,
 ) -> Result<Measured, BenchError> {
+    let Readers {
+        tasks: readers,
+        shared,
+        stop,
+    } = readers;
+    let n = readers.len();
     tokio::time::sleep(SETTLE).await;
     let rss_after =
         rss_kib(pid).ok_or_else(|| BenchError::Server("the server has exited".into()))?;
@@ -108,30 +136,16 @@ async fn memory(
         "rss_per_connection_kib",
         rss_after.saturating_sub(rss_before_kib) as f64 / n as f64,
     );
-    Ok(m)
-}
 
-/// Keeps the clients reading (answering pings) for the idle period and
-/// measures the server's CPU meanwhile.
-async fn idle<S: Subscriber>(
-    label: &str,
-    args: &ConnectionsArgs,
-    pid: u32,
-    clients: Vec<S>,
-    m: &mut Measured,
-) {
-    let shared = Arc::new(Deliveries::default());
-    let stop = CancellationToken::new();
-    let readers: Vec<_> = clients
-        .into_iter()
-        .enumerate()
-        .map(|(i, c)| tokio::spawn(subscriber_loop(i, c, 1, shared.clone(), stop.clone())))
-        .collect();
     let cpu_before = cpu_seconds(pid).unwrap_or(0.0);
     let progress = {
         let shared = shared.clone();
         Progress::start(format!("{label} idle"), args.common.quiet, move || {
-            format!("disconnected {}", shared.disconnected.get())
+            format!(
+                "pings answered {}, disconnected {}",
+                shared.pings.get(),
+                shared.disconnected.get()
+            )
         })
     };
     tokio::time::sleep(args.idle).await;
@@ -148,6 +162,7 @@ async fn idle<S: Subscriber>(
     m.set("pings", shared.pings.get() as f64);
     m.check("disconnected", shared.disconnected.get());
     m.check("unexpected_deliveries", shared.delivered.get());
+    Ok(m)
 }
 
 async fn herald_run(args: &ConnectionsArgs, sources: &Sources) -> Result<Measured, BenchError> {
@@ -156,10 +171,20 @@ async fn herald_run(args: &ConnectionsArgs, sources: &Sources) -> Result<Measure
     let mut herald = Herald::start(
         &args.common.nats_bin(),
         &HeraldOptions {
-            options: vec![(
-                "client_ping_interval",
-                format!("{}ms", args.ping_interval.as_millis()),
-            )],
+            options: vec![
+                (
+                    "client_ping_interval",
+                    format!("{}ms", args.ping_interval.as_millis()),
+                ),
+                // Herald requires the pong timeout below the ping interval.
+                (
+                    "client_pong_timeout",
+                    format!(
+                        "{}ms",
+                        (args.ping_interval / 2).min(PONG_TIMEOUT).as_millis()
+                    ),
+                ),
+            ],
             toml: String::new(),
         },
     )
@@ -176,10 +201,14 @@ async fn herald_run(args: &ConnectionsArgs, sources: &Sources) -> Result<Measure
     );
     let opened = Arc::new(Count::default());
     let n = args.connections;
+    let (shared, stop) = (Arc::new(Deliveries::default()), CancellationToken::new());
+    let _stop_guard = stop.clone().drop_guard();
     let progress = progress("herald", quiet, opened.clone(), n);
     let connected = {
         let sources = sources.clone();
+        let (shared, stop) = (shared.clone(), stop.clone());
         open_all(n, args.common.connect_concurrency, opened, move |i| {
+            let (shared, stop) = (shared.clone(), stop.clone());
             let opts = ClientOptions {
                 source: Some(sources.pick(i)),
                 read_buffer: READ_BUFFER,
@@ -197,24 +226,37 @@ async fn herald_run(args: &ConnectionsArgs, sources: &Sources) -> Result<Measure
                 if reply.get("subscribe").is_none() {
                     return Err(ClientError::BadFrame(format!("subscribe failed: {reply}")));
                 }
-                Ok(HeraldSub {
+                let sub = HeraldSub {
                     client,
                     by_offset: false,
-                })
+                };
+                Ok(read(i, sub, &shared, &stop))
             }
         })
         .await
     };
     progress.finish().await;
-    let (clients, took) = match connected {
+    let (tasks, took) = match connected {
         Ok(c) => c,
         Err(e) => {
             herald.check_alive()?;
             return Err(e);
         }
     };
-    let mut m = memory(pid, rss_before, n, n as f64 / took.as_secs_f64()).await?;
-    idle("herald", args, pid, clients, &mut m).await;
+    let readers = Readers {
+        tasks,
+        shared,
+        stop,
+    };
+    let m = measure(
+        "herald",
+        args,
+        pid,
+        rss_before,
+        readers,
+        n as f64 / took.as_secs_f64(),
+    )
+    .await?;
     herald.check_alive()?;
     Ok(m)
 }
@@ -236,23 +278,39 @@ async fn peer_run(args: &ConnectionsArgs, sources: &Sources) -> Result<Measured,
     let room_size = args.room_size;
     let opened = Arc::new(Count::default());
     let n = args.connections;
+    let (shared, stop) = (Arc::new(Deliveries::default()), CancellationToken::new());
+    let _stop_guard = stop.clone().drop_guard();
     let progress = progress("nats-server ws", quiet, opened.clone(), n);
     let connected = {
         let sources = sources.clone();
+        let (shared, stop) = (shared.clone(), stop.clone());
         open_all(n, args.common.connect_concurrency, opened, move |i| {
             let source = sources.pick(i);
+            let (shared, stop) = (shared.clone(), stop.clone());
             async move {
                 let mut c = NatsWs::connect(addr, Some(source), READ_BUFFER).await?;
                 c.subscribe(&format!("idle.{}", i / room_size), 1).await?;
-                Ok(NatsSub(c))
+                Ok(read(i, NatsSub(c), &shared, &stop))
             }
         })
         .await
     };
     progress.finish().await;
-    let (clients, took) = connected?;
-    let mut m = memory(pid, rss_before, n, n as f64 / took.as_secs_f64()).await?;
-    idle("nats-server ws", args, pid, clients, &mut m).await;
+    let (tasks, took) = connected?;
+    let readers = Readers {
+        tasks,
+        shared,
+        stop,
+    };
+    let m = measure(
+        "nats-server ws",
+        args,
+        pid,
+        rss_before,
+        readers,
+        n as f64 / took.as_secs_f64(),
+    )
+    .await?;
     Ok(m)
 }
 

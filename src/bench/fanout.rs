@@ -189,9 +189,14 @@ async fn herald_run(args: &FanoutArgs, sources: &Sources) -> Result<Measured, Be
 
     let opened = Arc::new(Count::default());
     let n = args.connections();
+    let shared = Arc::new(Deliveries::default());
+    let stop = CancellationToken::new();
+    // Subscribers left behind by a failed run stop with it.
+    let _stop_guard = stop.clone().drop_guard();
     let progress = connect_progress("herald", quiet, opened.clone(), n);
-    let (subs, took) = {
+    let (readers, took) = {
         let (sources, tokens) = (sources.clone(), tokens.clone());
+        let (shared, stop) = (shared.clone(), stop.clone());
         open_all(
             n,
             args.common.connect_concurrency,
@@ -199,6 +204,7 @@ async fn herald_run(args: &FanoutArgs, sources: &Sources) -> Result<Measured, Be
             move |i| {
                 let opts = options(sources.pick(i));
                 let token = tokens[i].clone();
+                let (shared, stop) = (shared.clone(), stop.clone());
                 async move {
                     let room = i % rooms;
                     let (mut client, _) = Client::connect_with(addr, &token, &opts).await?;
@@ -208,8 +214,18 @@ async fn herald_run(args: &FanoutArgs, sources: &Sources) -> Result<Measured, Be
                     let Some(sub) = reply.get("subscribe") else {
                         return Err(ClientError::BadFrame(format!("subscribe failed: {reply}")));
                     };
-                    let offset = sub["offset"].as_u64().unwrap_or(0);
-                    Ok((client, room, offset))
+                    let by_offset = mode == Mode::History;
+                    let first = if by_offset {
+                        sub["offset"].as_u64().unwrap_or(0) + 1
+                    } else {
+                        1
+                    };
+                    // Read at once: the client answers pings from now on.
+                    let sub = HeraldSub { client, by_offset };
+                    Ok((
+                        room,
+                        tokio::spawn(subscriber_loop(i, sub, first, shared, stop)),
+                    ))
                 }
             },
         )
@@ -217,19 +233,6 @@ async fn herald_run(args: &FanoutArgs, sources: &Sources) -> Result<Measured, Be
         .map_err(|e| with_server_state(e, &mut herald))?
     };
     progress.finish().await;
-
-    let shared = Arc::new(Deliveries::default());
-    let stop = CancellationToken::new();
-    let mut readers = Vec::with_capacity(n);
-    for (i, (client, room, offset)) in subs.into_iter().enumerate() {
-        let by_offset = mode == Mode::History;
-        let first = if by_offset { offset + 1 } else { 1 };
-        let sub = HeraldSub { client, by_offset };
-        readers.push((
-            room,
-            tokio::spawn(subscriber_loop(i, sub, first, shared.clone(), stop.clone())),
-        ));
-    }
 
     let publishers = {
         let (sources, tokens) = (sources.clone(), tokens.clone());
@@ -276,44 +279,34 @@ async fn peer_run(args: &FanoutArgs, sources: &Sources) -> Result<Measured, Benc
     let rooms = args.rooms;
     let n = args.connections();
     let opened = Arc::new(Count::default());
+    let shared = Arc::new(Deliveries::default());
+    let stop = CancellationToken::new();
+    let _stop_guard = stop.clone().drop_guard();
     let progress = connect_progress("nats-server ws", quiet, opened.clone(), n);
-    let (subs, took) = {
+    let (readers, took) = {
         let sources = sources.clone();
+        let (shared, stop) = (shared.clone(), stop.clone());
         open_all(
             n,
             args.common.connect_concurrency,
             opened.clone(),
             move |i| {
                 let source = sources.pick(i);
+                let (shared, stop) = (shared.clone(), stop.clone());
                 async move {
                     let room = i % rooms;
                     let mut c = NatsWs::connect(addr, Some(source), READ_BUFFER).await?;
                     c.subscribe(&subject(room), 1).await?;
-                    Ok((c, room))
+                    Ok((
+                        room,
+                        tokio::spawn(subscriber_loop(i, NatsSub(c), 1, shared, stop)),
+                    ))
                 }
             },
         )
         .await?
     };
     progress.finish().await;
-    let shared = Arc::new(Deliveries::default());
-    let stop = CancellationToken::new();
-    let readers = subs
-        .into_iter()
-        .enumerate()
-        .map(|(i, (c, room))| {
-            (
-                room,
-                tokio::spawn(subscriber_loop(
-                    i,
-                    NatsSub(c),
-                    1,
-                    shared.clone(),
-                    stop.clone(),
-                )),
-            )
-        })
-        .collect();
     let publishers = {
         let sources = sources.clone();
         open_all(
