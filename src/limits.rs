@@ -90,4 +90,17 @@ mod tests {
         let again = raise_fd_limit_to(after.soft).unwrap();
         assert_eq!(again, after);
     }
+
+    #[test]
+    fn asking_past_the_hard_limit_never_lowers_it() {
+        // Passing the hard limit needs CAP_SYS_RESOURCE (root in a container
+        // may lack it): either the limit rises, or soft stays at hard.
+        let before = raise_fd_limit().unwrap();
+        let wanted = before.hard + 1000;
+        let after = raise_fd_limit_to(wanted).unwrap();
+        assert!(
+            after.soft >= wanted || after == before,
+            "{before:?} → {after:?}"
+        );
+    }
 }

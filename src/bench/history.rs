@@ -275,7 +275,7 @@ async fn read(
             args.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            let mut rng = Xorshift(0x9E37_79B9_7F4A_7C15 ^ (w as u64 + 1) * 0x2545_F491);
+            let mut rng = Xorshift(0x9E37_79B9_7F4A_7C15 ^ ((w as u64 + 1) * 0x2545_F491));
             let mut next_at = tokio::time::Instant::now();
             let mine = (w as u64..args.pages).step_by(args.concurrency).count();
             for _ in 0..mine {

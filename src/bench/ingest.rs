@@ -59,6 +59,10 @@ pub struct IngestArgs {
     pub via: Via,
 }
 
+/// What one publisher task returns: (channel, offset) of each acknowledged
+/// publish, and how many were refused.
+type PublisherDone = (Vec<(usize, u64)>, u64);
+
 /// What one publisher path produced.
 struct PathResult {
     acked: u64,
@@ -285,7 +289,7 @@ async fn client_path(
 }
 
 async fn collect(
-    tasks: Vec<tokio::task::JoinHandle<Result<(Vec<(usize, u64)>, u64), ClientError>>>,
+    tasks: Vec<tokio::task::JoinHandle<Result<PublisherDone, ClientError>>>,
     acked: &Count,
     started: Instant,
     latency: Arc<Latencies>,

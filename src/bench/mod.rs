@@ -144,15 +144,20 @@ impl Common {
     /// Raises the open-file limit for `connections` sockets of this process
     /// and of the server child (which inherits it); says so when it cannot.
     fn raise_fd_limit(&self, connections: usize) -> Result<(), BenchError> {
-        let wanted = connections as u64 + 1024;
+        let wanted = connections as u64 + FD_MARGIN;
         let got = crate::limits::raise_fd_limit_to(wanted)
             .map_err(|e| BenchError::Internal(e.to_string()))?;
         if got.soft < wanted {
             return Err(BenchError::Limit(format!(
                 "file descriptors: {connections} connections need about {wanted} descriptors in this \
                  process and in the server, but RLIMIT_NOFILE is soft {} / hard {} and cannot be raised \
-                 (not root); raise it with `ulimit -Hn` or LimitNOFILE=",
-                got.soft, got.hard
+                 further (only a process with CAP_SYS_RESOURCE may pass the hard limit, and none fs.nr_open = {}); \
+                 raise it with `ulimit -Hn`, LimitNOFILE=, docker --ulimit nofile= or sysctl fs.nr_open",
+                got.soft,
+                got.hard,
+                std::fs::read_to_string("/proc/sys/fs/nr_open")
+                    .map(|s| s.trim().to_string())
+                    .unwrap_or_else(|_| "?".into())
             )));
         }
         stats::note(
@@ -165,6 +170,9 @@ impl Common {
         Ok(())
     }
 }
+
+/// Descriptors beyond one per connection: NATS, HTTP, files, the runtime.
+const FD_MARGIN: u64 = 512;
 
 /// A rate: `max` or messages per second.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -64,7 +64,7 @@ pub fn explain_os_error(code: i32, opened: usize) -> Option<String> {
     let text = match code {
         libc::EMFILE => format!(
             "file descriptors: this process hit RLIMIT_NOFILE ({fds}) after {opened} connections; \
-             raise the hard limit (`ulimit -Hn`, LimitNOFILE=) or run as root so the bench can raise it"
+             raise the hard limit (`ulimit -Hn`, LimitNOFILE=, docker --ulimit nofile=) or give the bench CAP_SYS_RESOURCE so it raises it itself"
         ),
         libc::ENFILE => format!(
             "file descriptors: the system-wide table (fs.file-max) is full after {opened} connections"

@@ -146,7 +146,7 @@ fn draw(
             .draw_series(LineSeries::new(pts, color.stroke_width(2)))
             .map_err(draw_err)?;
     }
-    text(root, left as i32, 12, title, BLACK, 2);
+    text(root, left, 12, title, BLACK, 2);
     text(
         root,
         (WIDTH / 2) as i32 - 80,
@@ -155,11 +155,11 @@ fn draw(
         axis,
         1,
     );
-    text(root, 8, upper as i32 - 18, "latency (ms)", axis, 1);
+    text(root, 8, upper - 18, "latency (ms)", axis, 1);
     for (i, (name, h)) in curves.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
-        let y = upper as i32 + 12 + i as i32 * 16;
-        let x = left as i32 + 16;
+        let y = upper + 12 + i as i32 * 16;
+        let x = left + 16;
         root.draw(&PathElement::new(
             vec![(x, y + 4), (x + 24, y + 4)],
             color.stroke_width(3),
