@@ -151,7 +151,7 @@ impl Common {
             return Err(BenchError::Limit(format!(
                 "file descriptors: {connections} connections need about {wanted} descriptors in this \
                  process and in the server, but RLIMIT_NOFILE is soft {} / hard {} and cannot be raised \
-                 further (only a process with CAP_SYS_RESOURCE may pass the hard limit, and none fs.nr_open = {}); \
+                 further (only a process with CAP_SYS_RESOURCE may pass the hard limit, and no process fs.nr_open = {}); \
                  raise it with `ulimit -Hn`, LimitNOFILE=, docker --ulimit nofile= or sysctl fs.nr_open",
                 got.soft,
                 got.hard,
