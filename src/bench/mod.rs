@@ -112,7 +112,7 @@ pub struct Common {
     pub plot: Option<PathBuf>,
     /// The nats-server binary (Herald's bus and the peers); default
     /// `.tools/py/bin/nats-server` when present, else `nats-server` on PATH.
-    #[arg(long, env = "HERALD_BENCH_NATS_SERVER", value_name = "PATH")]
+    #[arg(long, env = "HERALD_TEST_NATS_SERVER", value_name = "PATH")]
     pub nats_server: Option<PathBuf>,
     /// Measure Herald only, not the peer.
     #[arg(long)]
