@@ -67,6 +67,10 @@ options! {
     "shutdown_drain" = "5s" : "On SIGTERM, edges close client connections with 3001 spread over this period, so reconnects do not arrive all at once.";
     "sync_timeout" = "5s" : "How long an edge waits for a sync reply (recovery, history).";
     "idempotency_retention" = "24h" : "How long the store remembers idempotency keys (I3).";
+    "otlp_endpoint" = "" : "Base URL of an OpenTelemetry OTLP/HTTP receiver (plain http, e.g. `http://127.0.0.1:4318`); spans are sent as protobuf to its `/v1/traces`. Empty = no trace export.";
+    "otlp_service_name" = "" : "`service.name` of exported spans; empty = `herald-<role>` (herald-serve, herald-edge, herald-writer, herald-sync).";
+    "otlp_sample_ratio" = "1.0" : "Share of new traces (API requests and client publishes without a sampled caller trace) that are exported, 0.0 to 1.0; a caller's `traceparent` decision is always followed.";
+    "otlp_queue_size" = "2048" : "Bound of the finished spans waiting for export (sent in batches of up to 512 every 5s); past it new spans are dropped.";
     "channel_history" = "true" : "Default namespace: channels keep durable history with offsets.";
     "channel_client_publish" = "true" : "Default namespace: clients may publish into channels they may subscribe to.";
     "channel_private" = "false" : "Default namespace: subscribing needs a subscription token.";
@@ -122,7 +126,19 @@ pub struct Config {
     pub scylla: ScyllaConfig,
     pub store_wait_for_lock: bool,
     pub shutdown_drain: Duration,
+    pub otlp: OtlpConfig,
     pub channels: ChannelsConfig,
+}
+
+/// OpenTelemetry trace export (`otlp_*` options).
+#[derive(Debug, Clone, Default)]
+pub struct OtlpConfig {
+    /// Base URL of the OTLP/HTTP receiver; `None` = no export.
+    pub endpoint: Option<String>,
+    /// `None` = `herald-<role>`.
+    pub service_name: Option<String>,
+    pub sample_ratio: f64,
+    pub queue_size: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -455,6 +471,17 @@ impl Config {
             },
             store_wait_for_lock: p.parse("store_wait_for_lock", parse_bool),
             shutdown_drain: p.parse("shutdown_drain", parse_duration),
+            otlp: OtlpConfig {
+                endpoint: p.parse("otlp_endpoint", parse_otlp_endpoint),
+                service_name: p.parse("otlp_service_name", |s| {
+                    Ok((!s.is_empty()).then(|| s.to_string()))
+                }),
+                sample_ratio: p.parse("otlp_sample_ratio", |s| match s.parse::<f64>() {
+                    Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+                    _ => Err("expected a number from 0.0 to 1.0".into()),
+                }),
+                queue_size: p.parse("otlp_queue_size", parse_positive),
+            },
             channels: ChannelsConfig {
                 namespaces: BTreeMap::new(),
                 default: default_ns.clone(),
@@ -619,6 +646,21 @@ fn parse_nodes(s: &str) -> Result<Vec<String>, String> {
     Ok(nodes)
 }
 
+/// An `http://host:port[/path]` URL, or empty (no export). No https: the
+/// exporter speaks plain HTTP to a collector or agent nearby.
+fn parse_otlp_endpoint(s: &str) -> Result<Option<String>, String> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let rest = s
+        .strip_prefix("http://")
+        .ok_or("expected an http:// URL such as http://127.0.0.1:4318 (https is not supported: export to a collector nearby)")?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err("the URL has no host".into());
+    }
+    Ok(Some(s.trim_end_matches('/').to_string()))
+}
+
 /// A CQL identifier Herald can use unquoted: letters, digits and `_`,
 /// starting with a letter, at most 48 characters.
 fn parse_keyspace(s: &str) -> Result<String, String> {
@@ -688,6 +730,30 @@ mod tests {
             c.channels.namespaces[BUILTIN_DM_NAMESPACE],
             c.channels.default
         );
+    }
+
+    #[test]
+    fn trace_export_is_off_unless_an_http_endpoint_is_given() {
+        let c = Config::defaults();
+        assert_eq!(c.otlp.endpoint, None);
+        assert_eq!((c.otlp.sample_ratio, c.otlp.queue_size), (1.0, 2048));
+        let c = load(
+            None,
+            &[("HERALD_OTLP_ENDPOINT", "http://collector:4318/")],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.otlp.endpoint.as_deref(), Some("http://collector:4318"));
+        let e = load(
+            None,
+            &[
+                ("HERALD_OTLP_ENDPOINT", "https://collector:4318"),
+                ("HERALD_OTLP_SAMPLE_RATIO", "2"),
+            ],
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.0.len(), 2, "{e}");
     }
 
     #[test]

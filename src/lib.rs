@@ -13,6 +13,7 @@
 //! - [`store`]: the `Store` trait, its contract suite, the embedded backend.
 //! - [`roles`]: wires the roles of one process together.
 //! - [`metrics`]: metric names and the Prometheus recorder.
+//! - [`telemetry`]: the tracing subscriber, OTLP span export, trace context in headers.
 //! - [`limits`]: the open-file limit, raised at start.
 //! - [`client`]: a protocol v2 WebSocket client (tests and the bench tool).
 //! - [`bench`]: `herald bench`, the load generator and its peers.
@@ -31,4 +32,5 @@ pub mod protocol;
 pub mod roles;
 pub mod store;
 pub mod sync;
+pub mod telemetry;
 pub mod writer;

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use herald::config::{Config, LogFormat, Sources, StoreBackend};
 use herald::roles::{self, Role};
 use herald::store::scylla::{self, ScyllaSettings};
+use herald::telemetry;
 
 /// Exit code for bad configuration (EX_CONFIG-like usage error, sysexits 64).
 const EXIT_CONFIG: u8 = 64;
@@ -118,18 +119,6 @@ fn load(args: &ConfigArgs, extra: &[(&str, &Option<String>)]) -> Result<Config, 
         })
 }
 
-fn init_tracing(config: &Config) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(&config.log).unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match config.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (role, args) = match cli.command {
@@ -148,12 +137,6 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    init_tracing(&config);
-    // Every client connection is a descriptor: never stop at a soft 1024.
-    match herald::limits::raise_fd_limit() {
-        Ok(l) => tracing::info!(soft = l.soft, hard = l.hard, "open file limit"),
-        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
-    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -161,11 +144,27 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(role, config))
+    let telemetry = match telemetry::init(&config, role.name(), runtime.handle()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("herald {}: {e}", role.name());
+            return ExitCode::FAILURE;
+        }
+    };
+    // Every client connection is a descriptor: never stop at a soft 1024.
+    match herald::limits::raise_fd_limit() {
+        Ok(l) => tracing::info!(soft = l.soft, hard = l.hard, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+    }
+    let code = runtime.block_on(run(role, config));
+    // Exports run on the runtime: flush before it is dropped.
+    telemetry.shutdown();
+    code
 }
 
 async fn run(role: Role, config: Config) -> ExitCode {
     let data_dir = config.data_dir.clone();
+    let human = config.log_format == LogFormat::Text;
     // Signals are watched from the start, so a standby waiting for the store
     // lock stops cleanly too.
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -182,11 +181,36 @@ async fn run(role: Role, config: Config) -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            eprintln!("herald {}: {e:#}", role.name());
+            if human {
+                eprintln!("herald {}: {e:#}", role.name());
+            } else {
+                tracing::error!(
+                    role = role.name(),
+                    error = format!("{e:#}"),
+                    "herald failed to start"
+                );
+            }
             return ExitCode::FAILURE;
         }
     };
     tracing::info!(role = role.name(), addr = %running.addr, nats = %running.nats_url, "herald started");
+    if human {
+        announce(role, &running, &data_dir);
+    } else {
+        // JSON logs: every stderr line is a JSON object, so the hints become events.
+        if let Some(url) = &running.notes.started_nats {
+            tracing::info!(url = %url, data_dir = %data_dir.display(), "started nats-server");
+        }
+        if let Some(path) = &running.notes.generated_secret {
+            tracing::info!(path = %path.display(), "generated a client token secret");
+        }
+    }
+    running.run_until_stopped().await;
+    ExitCode::SUCCESS
+}
+
+/// What a person starting Herald by hand wants to know (text logs only).
+fn announce(role: Role, running: &roles::Running, data_dir: &std::path::Path) {
     if let Some(url) = &running.notes.started_nats {
         eprintln!(
             "started nats-server at {url} (store in {})",
@@ -211,8 +235,6 @@ async fn run(role: Role, config: Config) -> ExitCode {
             eprintln!("server API disabled: set HERALD_API_KEY to enable it");
         }
     }
-    running.run_until_stopped().await;
-    ExitCode::SUCCESS
 }
 
 async fn wait_for_signal() {
@@ -247,7 +269,13 @@ fn migrate(args: ConfigArgs) -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    init_tracing(&config);
+    let telemetry = match telemetry::init_logs(&config) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("herald migrate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let settings = ScyllaSettings::from_config(&config.scylla);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -256,7 +284,9 @@ fn migrate(args: ConfigArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(scylla::migrate(&settings)) {
+    let outcome = runtime.block_on(scylla::migrate(&settings));
+    telemetry.shutdown();
+    match outcome {
         Ok(report) => {
             eprintln!(
                 "keyspace {}: applied schema versions {:?}, already present {:?}",

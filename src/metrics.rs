@@ -1,14 +1,28 @@
-//! Metric names (the only place they are spelled), their help texts, and the
-//! Prometheus recorder. Names: `herald_` prefix, base units, `_total`,
-//! `_seconds`, `_bytes` suffixes. Labels take values from closed sets only
-//! (method, result, code, reason, kind) — never a user, client or channel.
+//! Metric names (the only place they are spelled), their help texts, the
+//! closed label sets, and the Prometheus recorder. Names: `herald_` prefix,
+//! base units, `_total`, `_seconds`, `_bytes` suffixes. Labels take values
+//! from closed sets only ([`labels`]: method, result, code, kind, …) — never a
+//! user, client or channel.
 //!
-//! Knows nothing of the roles: they record through the `metrics` macros with
-//! these names.
+//! [`install`] sets up the recorder once per process: the global label `role`,
+//! `herald_build_info`, every help text, every series of the role's closed
+//! label sets registered at zero (so `rate()` of a counter that never moved is
+//! 0, not nothing), and an upkeep thread that folds histogram samples into
+//! their buckets even when nobody scrapes. [`Metrics::render`] adds the
+//! process and tokio runtime figures, read at scrape time.
+//!
+//! Knows nothing of what the roles do: they record through the `metrics`
+//! macros with these names, or through the handles cached here for the
+//! per-frame paths ([`edge_io`]).
 
+use std::fmt::Write as _;
 use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::roles::Role;
 
 // Edge.
 pub const CONNECTIONS: &str = "herald_edge_connections";
@@ -249,35 +263,547 @@ pub const HELP: &[(&str, &str)] = &[
     ),
 ];
 
-static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+/// Every value a labelled series can take. [`install`] registers each
+/// combination a role can produce at zero; the recording sites use only
+/// these values.
+pub mod labels {
+    /// `code` of [`super::DISCONNECTS_TOTAL`]: the protocol's disconnect codes,
+    /// 3000 (the client closed), 1009 (frame too big), and `custom` for any
+    /// code a backend chose through the server API.
+    pub const DISCONNECT_CODES: &[&str] = &[
+        "1009", "3000", "3001", "3004", "3005", "3006", "3008", "3009", "3010", "3011", "3012",
+        "3500", "3501", "3502", "3503", "3504", "3505", "3506", "custom",
+    ];
+    /// `method` of [`super::COMMANDS_TOTAL`] (a pong is not counted).
+    pub const COMMAND_METHODS: &[&str] = &[
+        "connect",
+        "subscribe",
+        "unsubscribe",
+        "publish",
+        "presence",
+        "presence_stats",
+        "history",
+        "ping",
+        "send",
+        "rpc",
+        "refresh",
+        "sub_refresh",
+    ];
+    /// The method of a command that names none, or several.
+    pub const UNKNOWN_METHOD: &str = "unknown";
+    /// The labels of the client protocol's errors (`ProtocolError::label`).
+    pub const PROTOCOL_ERRORS: &[&str] = &[
+        "internal",
+        "unauthorized",
+        "unknown_channel",
+        "permission_denied",
+        "method_not_found",
+        "already_subscribed",
+        "limit_exceeded",
+        "bad_request",
+        "not_available",
+        "token_expired",
+        "expired",
+        "too_many_requests",
+        "unrecoverable_position",
+    ];
+    /// `result` of [`super::COMMANDS_TOTAL`] besides [`PROTOCOL_ERRORS`].
+    pub const COMMAND_OUTCOMES: &[&str] = &["ok", "disconnect"];
+    /// What a command without a known method can fail with.
+    pub const UNKNOWN_METHOD_ERRORS: &[&str] = &["method_not_found", "bad_request"];
+    /// `result` of [`super::GAPS_FILLED_TOTAL`].
+    pub const GAP_RESULTS: &[&str] = &["filled", "failed"];
+    /// `op` of [`super::CONTROL_TOTAL`]; an undecodable message counts as
+    /// `unknown`/`invalid`.
+    pub const CONTROL_OPS: &[&str] = &["disconnect", "subscribe", "unsubscribe", "refresh"];
+    pub const CONTROL_RESULTS: &[&str] = &["local", "none"];
+    /// `source` of [`super::PUBLISH_SECONDS`].
+    pub const PUBLISH_SOURCES: &[&str] = &["client", "api"];
+    /// `kind` of [`super::WRITER_ERRORS_TOTAL`].
+    pub const WRITER_ERROR_KINDS: &[&str] = &[
+        "consume",
+        "decode",
+        "ack",
+        "publish",
+        "reply",
+        "lease",
+        "store_unavailable",
+        "store_timeout",
+        "store_conflict",
+        "store_corrupt",
+        "store_io",
+        "store_locked",
+    ];
+    /// `event` of [`super::WRITER_LEASE_EVENTS_TOTAL`].
+    pub const LEASE_EVENTS: &[&str] = &["acquired", "lost", "released"];
+    /// `source` of the sync request metrics.
+    pub const SYNC_SOURCES: &[&str] = &["http", "nats"];
+    /// `result` of [`super::SYNC_REQUESTS_TOTAL`] (`unauthorized` and
+    /// `forbidden` only over HTTP).
+    pub const SYNC_RESULTS: &[&str] = &[
+        "ok",
+        "bad_request",
+        "not_found",
+        "unavailable",
+        "internal",
+        "unauthorized",
+        "forbidden",
+    ];
+    /// `op` of the store metrics: the methods of the `Store` trait.
+    pub const STORE_OPS: &[&str] = &[
+        "append",
+        "read",
+        "position",
+        "idempotent_offset",
+        "purge_expired_keys",
+    ];
+    /// `kind` of [`super::STORE_ERRORS_TOTAL`] (`StoreErrorKind::label`).
+    pub const STORE_ERROR_KINDS: &[&str] = &[
+        "unavailable",
+        "timeout",
+        "conflict",
+        "corrupt",
+        "io",
+        "locked",
+    ];
+    /// `method` of [`super::API_REQUESTS_TOTAL`]; `unknown` for any other name.
+    pub const API_METHODS: &[&str] = &[
+        "publish",
+        "broadcast",
+        "history",
+        "info",
+        "disconnect",
+        "subscribe",
+        "unsubscribe",
+        "refresh",
+    ];
+    /// What a request for an unknown method can get.
+    pub const API_UNKNOWN_RESULTS: &[&str] = &["unauthorized", "method_not_found"];
+    /// `kind` of [`super::NATS_PUBLISH_ERRORS_TOTAL`]: what was being
+    /// published — a publication into the ingest stream, a publication on a
+    /// channel subject (the writer's, or one without history), a reply (the
+    /// writer's to a publisher, sync's to a request), a per-user control
+    /// message.
+    pub const NATS_PUBLISH_KINDS: &[&str] = &["ingest", "channel", "reply", "control"];
+}
+
+/// Latency buckets (seconds): 100 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+/// Lag buckets (seconds): like latency, extended to 2 minutes for the
+/// metrics that include queueing (a backlog in front of the writer).
+const LAG_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0, 120.0,
+];
+/// Batch size buckets (messages).
+const SIZE_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+/// How often the upkeep thread folds histogram samples into buckets.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The installed recorder's renderer: what `/metrics` answers.
+#[derive(Clone)]
+pub struct Metrics {
+    handle: PrometheusHandle,
+    /// The global `role` label (of the first role installed in the process).
+    role: &'static str,
+}
+
+static INSTALLED: OnceLock<Metrics> = OnceLock::new();
 
 /// Installs the global recorder once per process (tests start many roles in
-/// one process) and returns the handle `/metrics` renders from.
-pub fn install() -> PrometheusHandle {
-    HANDLE
-        .get_or_init(|| {
-            let latency = [
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                1.0, 2.5, 5.0, 10.0,
-            ];
-            let sizes = [
-                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
-            ];
-            let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)
-                .and_then(|b| {
-                    b.set_buckets_for_metric(Matcher::Full(WRITER_BATCH_SIZE.into()), &sizes)
-                })
-                .expect("bucket lists are non-empty");
-            let recorder = builder.build_recorder();
-            let handle = recorder.handle();
-            // Another recorder may already be installed (e.g. by an embedding
-            // application); then ours only renders what it is given.
-            let _ = metrics::set_global_recorder(recorder);
-            for (name, help) in HELP {
-                metrics::describe_counter!(*name, *help);
-            }
-            handle
+/// one process; the first one names the `role` label) and registers the
+/// series `role` can produce. Returns the renderer `/metrics` uses.
+pub fn install(role: Role) -> Metrics {
+    let metrics = INSTALLED.get_or_init(|| build(role.name())).clone();
+    register(role);
+    metrics
+}
+
+fn build(role: &'static str) -> Metrics {
+    let recorder = PrometheusBuilder::new()
+        .add_global_label("role", role)
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(WRITER_INGEST_LAG_SECONDS.into()), LAG_BUCKETS)
         })
-        .clone()
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(DELIVERY_SECONDS.into()), LAG_BUCKETS))
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(WRITER_BATCH_SIZE.into()), SIZE_BUCKETS)
+        })
+        .expect("bucket lists are non-empty")
+        .build_recorder();
+    let handle = recorder.handle();
+    // Another recorder may already be installed (e.g. by an embedding
+    // application); then ours only renders what it is given.
+    let _ = metrics::set_global_recorder(recorder);
+    for (name, help) in HELP {
+        metrics::describe_counter!(*name, *help);
+    }
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    // Without a scrape, histogram samples pile up until the next render:
+    // fold them into their buckets regularly instead.
+    let upkeep = handle.clone();
+    let spawned = std::thread::Builder::new()
+        .name("herald-metrics".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                upkeep.run_upkeep();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "metrics upkeep thread not started; histograms fold only when scraped");
+    }
+    Metrics { handle, role }
+}
+
+/// Registers at zero every series with a closed label set that `role` can
+/// produce. Idempotent: counters and gauges move by 0, and a histogram is
+/// registered by looking its handle up (`let _ =`).
+fn register(role: Role) {
+    use labels::*;
+    let counter = |name: &'static str| metrics::counter!(name).increment(0);
+    let gauge = |name: &'static str| metrics::gauge!(name).increment(0.0);
+
+    gauge(NATS_CONNECTED);
+    counter(NATS_RECONNECTS_TOTAL);
+    for kind in NATS_PUBLISH_KINDS {
+        metrics::counter!(NATS_PUBLISH_ERRORS_TOTAL, "kind" => *kind).increment(0);
+    }
+
+    if role.has_edge() {
+        for name in [
+            CONNECTIONS,
+            SUBSCRIPTIONS,
+            CHANNELS,
+            NATS_SUBSCRIPTIONS,
+            OUTBOUND_QUEUED_BYTES,
+        ] {
+            gauge(name);
+        }
+        for name in [
+            CONNECTS_TOTAL,
+            MESSAGES_IN_TOTAL,
+            MESSAGES_OUT_TOTAL,
+            BYTES_IN_TOTAL,
+            BYTES_OUT_TOTAL,
+            SLOW_DISCONNECTS_TOTAL,
+            SYNC_RETRIES_TOTAL,
+        ] {
+            counter(name);
+        }
+        for code in DISCONNECT_CODES {
+            metrics::counter!(DISCONNECTS_TOTAL, "code" => *code).increment(0);
+        }
+        for method in COMMAND_METHODS {
+            for result in COMMAND_OUTCOMES.iter().chain(PROTOCOL_ERRORS) {
+                metrics::counter!(COMMANDS_TOTAL, "method" => *method, "result" => *result)
+                    .increment(0);
+            }
+        }
+        for result in UNKNOWN_METHOD_ERRORS {
+            metrics::counter!(COMMANDS_TOTAL, "method" => UNKNOWN_METHOD, "result" => *result)
+                .increment(0);
+        }
+        for result in GAP_RESULTS {
+            metrics::counter!(GAPS_FILLED_TOTAL, "result" => *result).increment(0);
+        }
+        for op in CONTROL_OPS {
+            for result in CONTROL_RESULTS {
+                metrics::counter!(CONTROL_TOTAL, "op" => *op, "result" => *result).increment(0);
+            }
+        }
+        metrics::counter!(CONTROL_TOTAL, "op" => "unknown", "result" => "invalid").increment(0);
+        for source in PUBLISH_SOURCES {
+            let _ = metrics::histogram!(PUBLISH_SECONDS, "source" => *source);
+        }
+        let _ = metrics::histogram!(DELIVERY_SECONDS);
+        for method in API_METHODS {
+            for result in std::iter::once(&"ok").chain(PROTOCOL_ERRORS) {
+                metrics::counter!(API_REQUESTS_TOTAL, "method" => *method, "result" => *result)
+                    .increment(0);
+            }
+        }
+        for result in API_UNKNOWN_RESULTS {
+            metrics::counter!(API_REQUESTS_TOTAL, "method" => "unknown", "result" => *result)
+                .increment(0);
+        }
+    }
+
+    if role.has_writer() {
+        for name in [
+            WRITER_BATCHES_TOTAL,
+            WRITER_SEQUENCED_TOTAL,
+            WRITER_DUPLICATES_TOTAL,
+            WRITER_REDELIVERIES_TOTAL,
+            WRITER_FAILOVERS_TOTAL,
+        ] {
+            counter(name);
+        }
+        gauge(WRITER_PARTITIONS_OWNED);
+        for kind in WRITER_ERROR_KINDS {
+            metrics::counter!(WRITER_ERRORS_TOTAL, "kind" => *kind).increment(0);
+        }
+        for event in LEASE_EVENTS {
+            metrics::counter!(WRITER_LEASE_EVENTS_TOTAL, "event" => *event).increment(0);
+        }
+        for name in [
+            WRITER_BATCH_SIZE,
+            WRITER_COMMIT_SECONDS,
+            WRITER_ACK_SECONDS,
+            WRITER_INGEST_LAG_SECONDS,
+        ] {
+            let _ = metrics::histogram!(name);
+        }
+    }
+
+    if role.has_sync() {
+        counter(SYNC_ROWS_READ_TOTAL);
+        counter(SYNC_COALESCED_TOTAL);
+        for source in SYNC_SOURCES {
+            let _ = metrics::histogram!(SYNC_SECONDS, "source" => *source);
+            for result in SYNC_RESULTS {
+                metrics::counter!(SYNC_REQUESTS_TOTAL, "source" => *source, "result" => *result)
+                    .increment(0);
+            }
+        }
+    }
+}
+
+/// Registers the store series of `backend` at zero; the metered store
+/// wrapper calls it when it wraps a backend.
+pub fn register_store(backend: &'static str) {
+    for op in labels::STORE_OPS {
+        let _ = metrics::histogram!(STORE_OPERATION_SECONDS, "op" => *op, "backend" => backend);
+        for kind in labels::STORE_ERROR_KINDS {
+            metrics::counter!(STORE_ERRORS_TOTAL, "op" => *op, "backend" => backend, "kind" => *kind)
+                .increment(0);
+        }
+    }
+}
+
+/// Cached handles of the edge's per-frame metrics: looked up in the registry
+/// once, then each use is one atomic operation.
+pub struct EdgeIo {
+    pub messages_in: Counter,
+    pub bytes_in: Counter,
+    pub messages_out: Counter,
+    pub bytes_out: Counter,
+    /// Moved up on every frame queued and down when it is written (or
+    /// dropped), by every connection.
+    pub queued_bytes: Gauge,
+    pub delivery: Histogram,
+}
+
+/// The edge's per-frame handles. Resolved on first use, so the recorder
+/// must be installed before the first connection (roles install it first).
+pub fn edge_io() -> &'static EdgeIo {
+    static IO: OnceLock<EdgeIo> = OnceLock::new();
+    IO.get_or_init(|| EdgeIo {
+        messages_in: metrics::counter!(MESSAGES_IN_TOTAL),
+        bytes_in: metrics::counter!(BYTES_IN_TOTAL),
+        messages_out: metrics::counter!(MESSAGES_OUT_TOTAL),
+        bytes_out: metrics::counter!(BYTES_OUT_TOTAL),
+        queued_bytes: metrics::gauge!(OUTBOUND_QUEUED_BYTES),
+        delivery: metrics::histogram!(DELIVERY_SECONDS),
+    })
+}
+
+/// One unit of a gauge for as long as it lives (e.g. a NATS subscription
+/// held): up when made, down when dropped, on every path.
+pub struct GaugeHold(Gauge);
+
+impl GaugeHold {
+    pub fn new(gauge: Gauge) -> Self {
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for GaugeHold {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// Microseconds since the Unix epoch: the clock of the `Herald-Committed`
+/// header (0 if the clock is before 1970).
+pub fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// Seconds from `since_micros` (see [`unix_micros`]) to now; 0 when
+/// `since_micros` is ahead (clock skew between hosts).
+pub fn seconds_since(since_micros: u64) -> f64 {
+    unix_micros().saturating_sub(since_micros) as f64 / 1e6
+}
+
+impl Metrics {
+    /// The Prometheus text: every recorded series, then the process and
+    /// tokio runtime figures read now.
+    pub fn render(&self) -> String {
+        let mut out = self.handle.render();
+        self.render_process(&mut out);
+        self.render_runtime(&mut out);
+        out
+    }
+
+    /// Process figures (`metrics-process` reads them from the OS). Written
+    /// here rather than recorded: `process_cpu_seconds_total` is fractional,
+    /// which a `metrics` counter (an integer) cannot hold.
+    fn render_process(&self, out: &mut String) {
+        let p = metrics_process::collector::collect();
+        let figures = [
+            (PROCESS_CPU_SECONDS_TOTAL, "counter", p.cpu_seconds_total),
+            (
+                PROCESS_RESIDENT_MEMORY_BYTES,
+                "gauge",
+                p.resident_memory_bytes.map(|v| v as f64),
+            ),
+            (
+                PROCESS_VIRTUAL_MEMORY_BYTES,
+                "gauge",
+                p.virtual_memory_bytes.map(|v| v as f64),
+            ),
+            (PROCESS_OPEN_FDS, "gauge", p.open_fds.map(|v| v as f64)),
+            (PROCESS_MAX_FDS, "gauge", p.max_fds.map(|v| v as f64)),
+            (
+                PROCESS_START_TIME_SECONDS,
+                "gauge",
+                p.start_time_seconds.map(|v| v as f64),
+            ),
+        ];
+        for (name, kind, value) in figures {
+            if let Some(value) = value {
+                self.write_one(out, name, kind, value);
+            }
+        }
+    }
+
+    /// The tokio runtime serving this scrape: its stable metrics.
+    fn render_runtime(&self, out: &mut String) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let m = runtime.metrics();
+        let busy: Duration = (0..m.num_workers())
+            .map(|w| m.worker_total_busy_duration(w))
+            .sum();
+        self.write_one(out, TOKIO_WORKERS, "gauge", m.num_workers() as f64);
+        self.write_one(out, TOKIO_ALIVE_TASKS, "gauge", m.num_alive_tasks() as f64);
+        self.write_one(
+            out,
+            TOKIO_GLOBAL_QUEUE_DEPTH,
+            "gauge",
+            m.global_queue_depth() as f64,
+        );
+        self.write_one(out, TOKIO_BUSY_SECONDS_TOTAL, "counter", busy.as_secs_f64());
+    }
+
+    /// One unlabelled series (plus `role`) with its HELP and TYPE lines.
+    fn write_one(&self, out: &mut String, name: &str, kind: &str, value: f64) {
+        let help = HELP
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or("", |(_, h)| *h);
+        // Writing to a String cannot fail.
+        let _ = write!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{role=\"{}\"}} {value}\n\n",
+            self.role
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::protocol::{Disconnect, ProtocolError};
+    use crate::store::StoreErrorKind;
+
+    #[test]
+    fn names_are_unique_and_conventional() {
+        let names: HashSet<_> = HELP.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names.len(), HELP.len(), "a name is listed twice");
+        for (name, help) in HELP {
+            assert!(
+                name.starts_with("herald_") || name.starts_with("process_"),
+                "{name}"
+            );
+            assert!(!help.is_empty() && !help.contains('\n'), "{name}");
+        }
+    }
+
+    #[test]
+    fn label_sets_cover_what_the_code_produces() {
+        let errors = [
+            ProtocolError::Internal,
+            ProtocolError::Unauthorized,
+            ProtocolError::UnknownChannel,
+            ProtocolError::PermissionDenied,
+            ProtocolError::MethodNotFound,
+            ProtocolError::AlreadySubscribed,
+            ProtocolError::LimitExceeded,
+            ProtocolError::BadRequest,
+            ProtocolError::NotAvailable,
+            ProtocolError::TokenExpired,
+            ProtocolError::Expired,
+            ProtocolError::TooManyRequests,
+            ProtocolError::UnrecoverablePosition,
+        ];
+        let labels: Vec<_> = errors.iter().map(|e| e.label()).collect();
+        assert_eq!(labels, labels::PROTOCOL_ERRORS);
+
+        let kinds = [
+            StoreErrorKind::Unavailable,
+            StoreErrorKind::Timeout,
+            StoreErrorKind::Conflict,
+            StoreErrorKind::Corrupt,
+            StoreErrorKind::Io,
+            StoreErrorKind::Locked,
+        ];
+        let labels: Vec<_> = kinds.iter().map(|k| k.label()).collect();
+        assert_eq!(labels, labels::STORE_ERROR_KINDS);
+        for kind in labels::STORE_ERROR_KINDS {
+            assert!(labels::WRITER_ERROR_KINDS.contains(&format!("store_{kind}").as_str()));
+        }
+
+        for d in [
+            Disconnect::SHUTDOWN,
+            Disconnect::SERVER_ERROR,
+            Disconnect::EXPIRED,
+            Disconnect::SUB_EXPIRED,
+            Disconnect::SLOW,
+            Disconnect::WRITE_ERROR,
+            Disconnect::INSUFFICIENT_STATE,
+            Disconnect::FORCE_RECONNECT,
+            Disconnect::NO_PONG,
+            Disconnect::INVALID_TOKEN,
+            Disconnect::BAD_REQUEST,
+            Disconnect::STALE,
+            Disconnect::FORCE_NO_RECONNECT,
+            Disconnect::CONNECTION_LIMIT,
+            Disconnect::CHANNEL_LIMIT,
+            Disconnect::MESSAGE_SIZE_LIMIT,
+        ] {
+            let code = d.code.to_string();
+            assert!(labels::DISCONNECT_CODES.contains(&code.as_str()), "{code}");
+        }
+    }
+
+    #[test]
+    fn ages_never_go_negative() {
+        assert_eq!(seconds_since(u64::MAX), 0.0);
+        let age = seconds_since(unix_micros() - 2_000_000);
+        assert!((2.0..3.0).contains(&age), "{age}");
+    }
 }

@@ -43,13 +43,13 @@ impl Role {
             Self::Sync => "sync",
         }
     }
-    fn has_edge(self) -> bool {
+    pub fn has_edge(self) -> bool {
         matches!(self, Self::Serve | Self::Edge)
     }
-    fn has_writer(self) -> bool {
+    pub fn has_writer(self) -> bool {
         matches!(self, Self::Serve | Self::Writer)
     }
-    fn has_sync(self) -> bool {
+    pub fn has_sync(self) -> bool {
         matches!(self, Self::Serve | Self::Sync)
     }
 }
@@ -175,15 +175,19 @@ const SCYLLA_CONNECT_PATIENCE: Duration = Duration::from_secs(60);
 /// The pause between two ScyllaDB connection attempts at start.
 const SCYLLA_RETRY: Duration = Duration::from_secs(2);
 
-/// Opens the configured store backend.
+/// Opens the configured store backend, measured (`store::metered`).
 async fn open_store(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<SharedStore> {
     let options = StoreOptions {
         idempotency_retention: config.idempotency_retention,
     };
-    match config.store {
-        StoreBackend::Embedded => open_embedded(config, options, shutdown).await,
-        StoreBackend::Scylla => Box::pin(open_scylla(config, options, shutdown)).await,
-    }
+    let (store, backend) = match config.store {
+        StoreBackend::Embedded => (open_embedded(config, options, shutdown).await?, "embedded"),
+        StoreBackend::Scylla => (
+            Box::pin(open_scylla(config, options, shutdown)).await?,
+            "scylla",
+        ),
+    };
+    Ok(crate::store::metered::wrap(store, backend))
 }
 
 /// Connects to ScyllaDB, retrying retryable failures (the cluster still
@@ -279,7 +283,7 @@ pub async fn start_with_shutdown(
     config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
-    let metrics = crate::metrics::install();
+    let metrics = crate::metrics::install(role);
     let mut notes = StartNotes::default();
     if role.has_writer() || role.has_sync() || role == Role::Serve {
         std::fs::create_dir_all(&config.data_dir)

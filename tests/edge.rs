@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::node::{TestHerald, test_config};
+use common::process::metric_value;
 use common::ws::WsClient;
 use common::{TestNats, eventually};
 use serde_json::{Value, json};
@@ -419,11 +420,18 @@ async fn health_and_metrics_answer() {
                 .text()
                 .await
                 .ok()?;
-            t.contains("herald_edge_connects_total").then_some(t)
+            // Every series exists from startup at zero: wait for the
+            // connection to be counted, not for the name to show.
+            let connects = metric_value(&t, "herald_edge_connects_total", &[])?;
+            (connects >= 1.0).then_some(t)
         },
     )
     .await;
-    assert!(text.contains("herald_edge_connections"));
+    let open = metric_value(&text, "herald_edge_connections", &[]).expect("connections gauge");
+    assert!(
+        open >= 1.0,
+        "connections gauge {open} with a client connected"
+    );
 }
 
 #[tokio::test]

@@ -364,7 +364,7 @@ async fn http_limit_is_capped_at_the_page_limit() {
 
 #[tokio::test]
 async fn http_authorization_and_errors() {
-    let metrics = herald::metrics::install();
+    let metrics = herald::metrics::install(herald::roles::Role::Sync);
     let fx = Fixture::new(1000);
     seed(&fx.store, "dm:#alice,bob", 3).await;
     seed(&fx.store, "dm:a/b c#alice", 2).await;

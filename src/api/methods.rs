@@ -247,6 +247,7 @@ impl Api {
         key: Option<&str>,
     ) -> Result<PublishResult, ProtocolError> {
         let parsed = Channel::parse(channel, &self.state.channels)?;
+        let started = std::time::Instant::now();
         let published = self
             .state
             .publisher
@@ -257,8 +258,10 @@ impl Api {
                 idempotency_key: key,
                 history: parsed.options.history,
             })
-            .await
-            .map_err(publish_failed)?;
+            .await;
+        metrics::histogram!(crate::metrics::PUBLISH_SECONDS, "source" => "api")
+            .record(started.elapsed().as_secs_f64());
+        let published = published.map_err(publish_failed)?;
         Ok(PublishResult {
             offset: published.offset,
             epoch: published.epoch,

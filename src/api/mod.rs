@@ -100,6 +100,7 @@ use axum::routing::post;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use subtle::ConstantTimeEq;
+use tracing::Instrument;
 
 use crate::bus::publisher::Publisher;
 use crate::config::{ChannelsConfig, Secret};
@@ -107,6 +108,7 @@ use crate::edge::Edge;
 use crate::metrics::API_REQUESTS_TOTAL;
 use crate::protocol::ProtocolError;
 use crate::sync::client::SyncClient;
+use crate::telemetry;
 
 /// Largest request body; a larger one is answered 413 without being read further.
 pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
@@ -268,7 +270,17 @@ async fn handle(
 ) -> Response {
     let method = Method::from_name(&name);
     let label = Method::label(method);
-    let outcome = api.dispatch(method, &headers, body).await;
+    let span = tracing::info_span!(
+        "api_request",
+        otel.kind = "server",
+        method = label,
+        result = tracing::field::Empty
+    );
+    telemetry::continue_http(&span, &headers);
+    let outcome = api
+        .dispatch(method, &headers, body)
+        .instrument(span.clone())
+        .await;
     let (status, result, body) = match outcome {
         Ok(result) => (StatusCode::OK, "ok", json(&Outcome::Result(result))),
         Err(Failure::Method(e)) => (
@@ -280,6 +292,7 @@ async fn handle(
             (status, e.label(), json(&Outcome::<()>::Error(e.into())))
         }
     };
+    span.record("result", result);
     metrics::counter!(API_REQUESTS_TOTAL, "method" => label, "result" => result).increment(1);
     tracing::debug!(
         method = label,

@@ -11,7 +11,11 @@ pub mod publisher;
 pub mod server;
 pub mod subjects;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use crate::metrics as m;
 
 /// Oldest nats-server Herald accepts (JetStream features it relies on).
 pub const MIN_NATS_VERSION: (u64, u64) = (2, 10);
@@ -41,17 +45,32 @@ pub fn parse_version(v: &str) -> Option<(u64, u64)> {
 
 /// Connects once (no retry on the first attempt, so a zero-config start can
 /// tell "nothing there"), then reconnects forever. Refuses old or
-/// JetStream-less servers.
+/// JetStream-less servers. The connection's state is in
+/// `herald_nats_connected`, each connect after the first counts in
+/// `herald_nats_reconnects_total`.
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, ConnectError> {
+    let connected_before = Arc::new(AtomicBool::new(false));
     let client = async_nats::ConnectOptions::new()
         .name(name)
         .connection_timeout(Duration::from_secs(3))
         .max_reconnects(None)
-        .event_callback(|event| async move {
-            match event {
-                async_nats::Event::Disconnected => tracing::warn!("nats disconnected"),
-                async_nats::Event::Connected => tracing::info!("nats connected"),
-                other => tracing::debug!(event = %other, "nats event"),
+        .event_callback(move |event| {
+            let connected_before = connected_before.clone();
+            async move {
+                match event {
+                    async_nats::Event::Disconnected => {
+                        metrics::gauge!(m::NATS_CONNECTED).set(0.0);
+                        tracing::warn!("nats disconnected");
+                    }
+                    async_nats::Event::Connected => {
+                        metrics::gauge!(m::NATS_CONNECTED).set(1.0);
+                        if connected_before.swap(true, Ordering::Relaxed) {
+                            metrics::counter!(m::NATS_RECONNECTS_TOTAL).increment(1);
+                        }
+                        tracing::info!("nats connected");
+                    }
+                    other => tracing::debug!(event = %other, "nats event"),
+                }
             }
         })
         .connect(url)

@@ -8,7 +8,11 @@
 //! JetStream says the message is a duplicate, the original is (or will soon
 //! be) stored: its offset is looked up through sync (I3).
 //!
-//! Channel without history: a core NATS publish to the channel subject.
+//! Channel without history: a core NATS publish to the channel subject, with
+//! its publish time in `Herald-Committed` (the edges' delivery latency).
+//!
+//! Both carry the current span's trace context (`traceparent`) when traces
+//! are exported, so the writer and the edges continue the caller's trace.
 //!
 //! Knows nothing of sessions, HTTP or the store.
 
@@ -27,6 +31,7 @@ use tokio::sync::{Semaphore, oneshot};
 use super::ingest::{IngestMessage, WriterReply};
 use super::subjects;
 use crate::sync::client::{SyncClient, SyncClientError};
+use crate::telemetry;
 
 /// What a successful publish returns. For channels without history `offset`
 /// is 0 and `epoch` empty.
@@ -185,6 +190,7 @@ impl Publisher {
             subjects::REPLY_HEADER,
             format!("{}.{token}", self.reply_prefix).as_str(),
         );
+        telemetry::inject_current_nats(&mut headers);
         let subject =
             subjects::ingest_subject(subjects::partition_of(req.channel, self.partitions));
 
@@ -193,9 +199,13 @@ impl Publisher {
                 .js
                 .publish_with_headers(subject, headers, payload)
                 .await
-                .map_err(|e| PublishError::new(PublishErrorKind::Unavailable, e.to_string()))?
+                .map_err(|e| {
+                    count_publish_error("ingest");
+                    PublishError::new(PublishErrorKind::Unavailable, e.to_string())
+                })?
                 .await
                 .map_err(|e| {
+                    count_publish_error("ingest");
                     let text = e.to_string();
                     // A full work-queue stream with DiscardPolicy::New answers
                     // "maximum bytes exceeded" / "maximum messages exceeded".
@@ -256,12 +266,26 @@ impl Publisher {
             req.info.map(|i| i.get().as_bytes()),
             0,
         );
+        // No commit to wait for: deliverable from now.
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            subjects::COMMITTED_HEADER,
+            crate::metrics::unix_micros().to_string().as_str(),
+        );
+        telemetry::inject_current_nats(&mut headers);
         self.client
-            .publish(subjects::channel_subject(req.channel), payload)
+            .publish_with_headers(subjects::channel_subject(req.channel), headers, payload)
             .await
-            .map_err(|e| PublishError::new(PublishErrorKind::Unavailable, e.to_string()))?;
+            .map_err(|e| {
+                count_publish_error("channel");
+                PublishError::new(PublishErrorKind::Unavailable, e.to_string())
+            })?;
         Ok(Published::default())
     }
+}
+
+fn count_publish_error(kind: &'static str) {
+    metrics::counter!(crate::metrics::NATS_PUBLISH_ERRORS_TOTAL, "kind" => kind).increment(1);
 }
 
 /// Removes a pending entry however the publish ends (reply, error, timeout,

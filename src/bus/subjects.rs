@@ -28,6 +28,11 @@ pub const REPLY_HEADER: &str = "Herald-Reply";
 /// Headers of a sequenced publication on a channel subject.
 pub const OFFSET_HEADER: &str = "Herald-Offset";
 pub const EPOCH_HEADER: &str = "Herald-Epoch";
+/// Header of every publication on a channel subject: when it became
+/// deliverable, in microseconds since the Unix epoch — the writer's store
+/// commit, or the publish of a channel without history. Edges measure
+/// delivery latency from it.
+pub const COMMITTED_HEADER: &str = "Herald-Committed";
 
 /// One subject token for any channel name.
 pub fn channel_token(channel: &str) -> String {

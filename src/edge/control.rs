@@ -153,10 +153,10 @@ impl Edge {
         let body = serde_json::to_vec(msg).map_err(|e| ControlError::Publish(e.to_string()))?;
         let subject = subjects::user_subject(&msg.user);
         let send = async {
-            self.nats
-                .publish(subject, body.into())
-                .await
-                .map_err(|e| ControlError::Publish(e.to_string()))?;
+            self.nats.publish(subject, body.into()).await.map_err(|e| {
+                metrics::counter!(m::NATS_PUBLISH_ERRORS_TOTAL, "kind" => "control").increment(1);
+                ControlError::Publish(e.to_string())
+            })?;
             self.nats
                 .flush()
                 .await
@@ -194,7 +194,9 @@ impl Edge {
             _ => {}
         }
         let edge = self.clone();
+        let held = m::GaugeHold::new(metrics::gauge!(m::NATS_SUBSCRIPTIONS));
         Ok(tokio::spawn(async move {
+            let _held = held;
             loop {
                 let msg = tokio::select! {
                     _ = shutdown.cancelled() => break,

@@ -19,8 +19,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::hub::{FeedStatus, Hub};
 use crate::bus::subjects;
+use crate::metrics::GaugeHold;
 use crate::protocol;
 use crate::sync::client::SyncClient;
+use crate::telemetry;
 
 /// What every feed needs; cloned into each.
 #[derive(Clone)]
@@ -66,6 +68,7 @@ pub async fn run(
             return;
         }
     };
+    let _held = GaugeHold::new(metrics::gauge!(crate::metrics::NATS_SUBSCRIPTIONS));
     // `flush` only empties the client's buffer. The server handles a
     // connection's messages in order, so once it has answered a request sent
     // after our SUB (with "no responders"), the subscription is active: any
@@ -102,9 +105,9 @@ pub async fn run(
         } else {
             None
         };
+        let committed_us = header_u64(&msg, subjects::COMMITTED_HEADER);
         let Some(offset) = offset else {
-            let frame = protocol::publication_push(&channel, &msg.payload);
-            hub.broadcast(&channel, feed_id, None, &frame);
+            deliver(&hub, &channel, feed_id, None, committed_us, &msg);
             continue;
         };
         let msg_epoch = header_string(&msg, subjects::EPOCH_HEADER);
@@ -124,10 +127,37 @@ pub async fn run(
             }
         }
         last = Some(offset);
-        let frame = protocol::publication_push(&channel, &msg.payload);
-        hub.broadcast(&channel, feed_id, Some(offset), &frame);
+        deliver(&hub, &channel, feed_id, Some(offset), committed_us, &msg);
     }
     let _ = sub.unsubscribe().await;
+}
+
+/// Encodes one publication and queues it to every local subscriber. When
+/// traces are exported and the publication carries trace context, this
+/// happens in an `edge_delivery` span, a child of the writer's (or the
+/// publisher's, without history) span; the socket writes follow in each
+/// connection's writer task.
+fn deliver(
+    hub: &Hub,
+    channel: &str,
+    feed_id: u64,
+    offset: Option<u64>,
+    committed_us: Option<u64>,
+    msg: &async_nats::Message,
+) {
+    let span = telemetry::nats_child(msg.headers.as_ref(), || {
+        tracing::info_span!(
+            parent: None,
+            "edge_delivery",
+            otel.kind = "consumer",
+            offset,
+            subscribers = tracing::field::Empty
+        )
+    });
+    let _entered = span.enter();
+    let frame = protocol::publication_push(channel, &msg.payload);
+    let subscribers = hub.broadcast(channel, feed_id, offset, &frame, committed_us);
+    span.record("subscribers", subscribers);
 }
 
 /// Fetches offsets `after+1 .. before-1` from sync and broadcasts them in
@@ -173,7 +203,7 @@ async fn fill_gap(
         }
     }
     for (offset, frame) in frames {
-        hub.broadcast(channel, feed_id, Some(offset), &frame);
+        hub.broadcast(channel, feed_id, Some(offset), &frame, None);
     }
     metrics::counter!(crate::metrics::GAPS_FILLED_TOTAL, "result" => "filled").increment(1);
     true

@@ -38,9 +38,10 @@ pub enum FeedStatus {
 }
 
 enum SubState {
-    /// The subscribe reply is not out yet: keep deliveries, in arrival order.
+    /// The subscribe reply is not out yet: keep deliveries (offset, frame,
+    /// commit time), in arrival order.
     Buffering {
-        pending: Vec<(Option<u64>, Bytes)>,
+        pending: Vec<(Option<u64>, Bytes, Option<u64>)>,
         bytes: usize,
     },
     /// Delivering; `last` is the last offset the client has (history channels).
@@ -109,7 +110,7 @@ impl Subscriber {
             }
         }
         let mut last = position;
-        for (offset, frame) in pending {
+        for (offset, frame, committed_us) in pending {
             match offset {
                 Some(o) if o <= last => continue,
                 Some(o) if o != last + 1 => {
@@ -119,7 +120,7 @@ impl Subscriber {
                 Some(o) => last = o,
                 None => {}
             }
-            if self.outbox.push(frame).is_err() {
+            if self.outbox.push_stamped(frame, committed_us).is_err() {
                 *state = SubState::Dead;
                 return GoLive::Ok;
             }
@@ -128,9 +129,10 @@ impl Subscriber {
         GoLive::Ok
     }
 
-    /// Delivers one publication. Returns false when the subscription must
-    /// end with "insufficient state" (a gap it cannot fill).
-    fn deliver(&self, offset: Option<u64>, frame: &Bytes) -> bool {
+    /// Delivers one publication (deliverable since `committed_us`, when
+    /// known). Returns false when the subscription must end with
+    /// "insufficient state" (a gap it cannot fill).
+    fn deliver(&self, offset: Option<u64>, frame: &Bytes, committed_us: Option<u64>) -> bool {
         let mut state = self.state.lock().expect("sub lock");
         match &mut *state {
             SubState::Dead => true,
@@ -143,7 +145,7 @@ impl Subscriber {
                     self.outbox.close(crate::protocol::Disconnect::SLOW);
                     return true;
                 }
-                pending.push((offset, frame.clone()));
+                pending.push((offset, frame.clone(), committed_us));
                 true
             }
             SubState::Live { last } => {
@@ -159,7 +161,8 @@ impl Subscriber {
                 }
                 // A full outbox closes the connection itself (3008); a closed
                 // one drops the frame. Either way the subscription has ended.
-                let _: Result<(), PushError> = self.outbox.push(frame.clone());
+                let _: Result<(), PushError> =
+                    self.outbox.push_stamped(frame.clone(), committed_us);
                 true
             }
         }
@@ -278,14 +281,25 @@ impl Hub {
 
     /// Delivers one publication frame (encoded once) to every subscriber of
     /// the feed's channel. A subscriber that finds a gap is ended with
-    /// "insufficient state".
-    pub fn broadcast(&self, channel: &str, feed_id: u64, offset: Option<u64>, frame: &Bytes) {
-        for sub in self.subscribers(channel, feed_id) {
-            if !sub.deliver(offset, frame) {
+    /// "insufficient state". `committed_us`: when the publication became
+    /// deliverable, for the delivery latency. Returns how many subscribers it
+    /// was handed to.
+    pub fn broadcast(
+        &self,
+        channel: &str,
+        feed_id: u64,
+        offset: Option<u64>,
+        frame: &Bytes,
+        committed_us: Option<u64>,
+    ) -> usize {
+        let subscribers = self.subscribers(channel, feed_id);
+        for sub in &subscribers {
+            if !sub.deliver(offset, frame, committed_us) {
                 sub.end(Unsubscribe::INSUFFICIENT_STATE);
-                self.remove(&sub);
+                self.remove(sub);
             }
         }
+        subscribers.len()
     }
 
     /// Ends every subscription of a channel with "insufficient state" (the

@@ -8,6 +8,11 @@
 //! Producers: the session (replies), the hub (publications), the edge (close,
 //! also on a server API `disconnect`). The only consumer is the connection's
 //! writer task. Knows nothing of the protocol beyond the close codes.
+//!
+//! Metrics: queued bytes move `herald_edge_outbound_queued_bytes` up on push
+//! and down once the batch holding them is written or dropped; the oldest
+//! publication time queued (`push_stamped`) rides with the batch so the
+//! writer can record the delivery latency of each socket write.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -16,6 +21,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::edge_io;
 use crate::protocol::Disconnect;
 
 /// Why a frame was not queued.
@@ -73,12 +79,30 @@ pub struct Batch {
     pub frames: usize,
     /// Set when the connection must close after writing `frame`.
     pub close: Option<Close>,
+    /// When the oldest publication in `frame` became deliverable (unix
+    /// microseconds, see `metrics::unix_micros`), if it carried a time.
+    pub committed_us: Option<u64>,
+    /// The queued bytes gauge holds `frame` until the batch is dropped.
+    _queued: QueuedBytes,
+}
+
+/// Bytes counted in the outbound queued bytes gauge; uncounted on drop.
+struct QueuedBytes(usize);
+
+impl Drop for QueuedBytes {
+    fn drop(&mut self) {
+        if self.0 > 0 {
+            edge_io().queued_bytes.decrement(self.0 as f64);
+        }
+    }
 }
 
 struct Inner {
     queue: VecDeque<Bytes>,
     bytes: usize,
     close: Option<Close>,
+    /// The oldest publication time among the queued frames.
+    committed_us: Option<u64>,
 }
 
 pub struct Outbox {
@@ -97,6 +121,7 @@ impl Outbox {
                 queue: VecDeque::new(),
                 bytes: 0,
                 close: None,
+                committed_us: None,
             }),
             limit,
             wake: Notify::new(),
@@ -106,13 +131,21 @@ impl Outbox {
 
     /// Queues one frame (one JSON object, no trailing newline).
     pub fn push(&self, frame: Bytes) -> Result<(), PushError> {
+        self.push_stamped(frame, None)
+    }
+
+    /// Queues one publication frame that became deliverable at
+    /// `committed_us` (unix microseconds), if known.
+    pub fn push_stamped(&self, frame: Bytes, committed_us: Option<u64>) -> Result<(), PushError> {
         let mut inner = self.inner.lock().expect("outbox lock");
         if inner.close.is_some() {
             return Err(PushError::Closed);
         }
         if inner.bytes + frame.len() > self.limit {
             inner.queue.clear();
+            edge_io().queued_bytes.decrement(inner.bytes as f64);
             inner.bytes = 0;
+            inner.committed_us = None;
             inner.close = Some(Disconnect::SLOW.into());
             drop(inner);
             metrics::counter!(crate::metrics::SLOW_DISCONNECTS_TOTAL).increment(1);
@@ -121,6 +154,10 @@ impl Outbox {
             return Err(PushError::Overflow);
         }
         inner.bytes += frame.len();
+        if let Some(t) = committed_us {
+            inner.committed_us = Some(inner.committed_us.map_or(t, |o| o.min(t)));
+        }
+        edge_io().queued_bytes.increment(frame.len() as f64);
         inner.queue.push_back(frame);
         drop(inner);
         self.wake.notify_one();
@@ -189,12 +226,24 @@ impl Outbox {
                 out.freeze()
             }
         };
-        inner.bytes = 0;
+        let queued = QueuedBytes(std::mem::take(&mut inner.bytes));
         Some(Batch {
             frame,
             frames,
             close: inner.close.clone(),
+            committed_us: inner.committed_us.take(),
+            _queued: queued,
         })
+    }
+}
+
+impl Drop for Outbox {
+    /// Frames still queued when the connection is gone leave the gauge too.
+    fn drop(&mut self) {
+        let bytes = self.inner.get_mut().map_or(0, |i| i.bytes);
+        if bytes > 0 {
+            edge_io().queued_bytes.decrement(bytes as f64);
+        }
     }
 }
 
@@ -212,6 +261,17 @@ mod tests {
         assert_eq!(b.frames, 2);
         assert!(b.close.is_none());
         assert_eq!(o.queued_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_batch_carries_its_oldest_publication_time() {
+        let o = Outbox::new(1024);
+        o.push_stamped(Bytes::from_static(b"a"), Some(50)).unwrap();
+        o.push_stamped(Bytes::from_static(b"b"), Some(30)).unwrap();
+        o.push(Bytes::from_static(b"reply")).unwrap();
+        assert_eq!(o.next_batch().await.committed_us, Some(30));
+        o.push(Bytes::from_static(b"reply")).unwrap();
+        assert_eq!(o.next_batch().await.committed_us, None);
     }
 
     #[tokio::test]

@@ -36,6 +36,7 @@ use crate::protocol::{
     RefreshRequest, RefreshResult, Reply, ReplyResult, SubRefreshRequest, SubRefreshResult,
     SubscribeRequest, SubscribeResult, Unsubscribe,
 };
+use crate::telemetry;
 
 /// Closing because the client closed (never sent to it).
 const CLIENT_CLOSED: Disconnect = Disconnect::new(3000, "connection closed");
@@ -144,6 +145,12 @@ pub(super) async fn run(edge: Arc<Edge>, socket: WebSocket, id: SessionId) {
         opened: Instant::now(),
         pong_deadline: None,
     };
+    let span = tracing::debug_span!(
+        "session",
+        id,
+        client = %s.client_id,
+        user = tracing::field::Empty
+    );
     let reason = async {
         loop {
             let deadline = s.next_deadline();
@@ -152,7 +159,9 @@ pub(super) async fn run(edge: Arc<Edge>, socket: WebSocket, id: SessionId) {
                 _ = outbox.closing() => break None,
                 msg = stream.next() => match msg {
                     Some(Ok(Message::Text(text))) => {
-                        metrics::counter!(m::BYTES_IN_TOTAL).increment(text.len() as u64);
+                        let io = m::edge_io();
+                        io.messages_in.increment(1);
+                        io.bytes_in.increment(text.len() as u64);
                         s.handle_frame(text.as_str()).await
                     }
                     Some(Ok(Message::Binary(_))) => Err(Disconnect::BAD_REQUEST),
@@ -178,7 +187,7 @@ pub(super) async fn run(edge: Arc<Edge>, socket: WebSocket, id: SessionId) {
             }
         }
     }
-    .instrument(tracing::debug_span!("session", id))
+    .instrument(span)
     .await;
     if let Some(d) = reason {
         outbox.close(d);
@@ -366,6 +375,7 @@ impl Session {
             Err(TokenError::Expired) => return Err(Fail::Error(ProtocolError::TokenExpired)),
             Err(TokenError::Invalid) => return Err(Fail::Close(Disconnect::INVALID_TOKEN)),
         };
+        tracing::Span::current().record("user", claims.sub.as_str());
         self.authed = Some(Authed {
             user: claims.sub.clone(),
             conn_info: claims.info.clone(),
@@ -588,6 +598,12 @@ impl Session {
             chan_info: sub.and_then(|s| s.chan_info.clone()),
         };
         let info = serde_json::value::to_raw_value(&info).map_err(|_| ProtocolError::Internal)?;
+        // A client publish starts its own trace (not one per connection).
+        let span = if telemetry::enabled() {
+            tracing::info_span!(parent: None, "client_publish", otel.kind = "server")
+        } else {
+            tracing::Span::none()
+        };
         let published = self
             .edge
             .publisher
@@ -598,6 +614,7 @@ impl Session {
                 idempotency_key: None,
                 history: channel.options.history,
             })
+            .instrument(span)
             .await
             .map_err(|e| {
                 tracing::debug!(error = %e, "client publish failed");
@@ -830,7 +847,8 @@ fn contiguous_last(publications: &[Box<RawValue>], after: u64) -> Option<u64> {
 
 /// Drains the outbox into the socket until the connection closes: one
 /// WebSocket frame per drain, then on close a `disconnect` push and the close
-/// frame carrying the code.
+/// frame carrying the code. Each write records its frames, bytes and the
+/// delivery latency of its oldest publication.
 ///
 /// A write blocked by a client that stopped reading is abandoned as soon as
 /// the connection is closed as slow (3008): the socket is dropped, so a
@@ -862,8 +880,12 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: Arc<Outbox>
                 outbox.close(Disconnect::WRITE_ERROR);
                 return;
             }
-            metrics::counter!(m::MESSAGES_OUT_TOTAL).increment(batch.frames as u64);
-            metrics::counter!(m::BYTES_OUT_TOTAL).increment(len);
+            let io = m::edge_io();
+            io.messages_out.increment(batch.frames as u64);
+            io.bytes_out.increment(len);
+            if let Some(committed_us) = batch.committed_us {
+                io.delivery.record(m::seconds_since(committed_us));
+            }
         }
         if let Some(d) = batch.close {
             // Custom codes come from the backend: one label keeps the set closed.

@@ -9,6 +9,7 @@
 
 pub mod contract;
 pub mod embedded;
+pub mod metered;
 pub mod scylla;
 
 use std::sync::Arc;

@@ -16,7 +16,8 @@
 //! their last execution finishes; when the map holds `capacity` keys, further
 //! keys run uncoalesced in the caller.
 //!
-//! Knows nothing of stores or channels: keys and values are opaque.
+//! Knows nothing of stores or channels: keys and values are opaque. A caller
+//! that joins counts in `herald_sync_coalesced_total`.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -132,7 +133,10 @@ where
             }
         };
         let mut outcome = match plan {
-            Plan::Join(outcome) => outcome,
+            Plan::Join(outcome) => {
+                metrics::counter!(crate::metrics::SYNC_COALESCED_TOTAL).increment(1);
+                outcome
+            }
             Plan::Lead(behind, tx) => {
                 let outcome = tx.subscribe();
                 self.spawn(key, behind, tx, work);

@@ -308,8 +308,15 @@ async fn publications(
     headers: HeaderMap,
 ) -> Response {
     let started = Instant::now();
-    let span = tracing::debug_span!("sync_request", source = SOURCE);
-    let answer = page(&state, path, query, &headers).instrument(span).await;
+    let span = tracing::debug_span!(
+        "sync_request",
+        source = SOURCE,
+        request = "read",
+        result = tracing::field::Empty
+    );
+    let answer = page(&state, path, query, &headers)
+        .instrument(span.clone())
+        .await;
     let (response, result) = match answer {
         Ok(response) => (response, "ok"),
         Err(e) => {
@@ -317,6 +324,7 @@ async fn publications(
             (e.into_response(), result)
         }
     };
+    span.record("result", result);
     ::metrics::counter!(metrics::SYNC_REQUESTS_TOTAL, "source" => SOURCE, "result" => result)
         .increment(1);
     ::metrics::histogram!(metrics::SYNC_SECONDS, "source" => SOURCE)

@@ -144,6 +144,13 @@ impl Reader {
         }
     }
 
+    /// One store read, counted in `herald_sync_rows_read_total`.
+    async fn read(&self, channel: &str, range: ReadRange) -> StoreResult<Vec<StoredPublication>> {
+        let rows = self.timed(self.store.read(channel, range)).await?;
+        metrics::counter!(crate::metrics::SYNC_ROWS_READ_TOTAL).increment(rows.len() as u64);
+        Ok(rows)
+    }
+
     /// Reads the served part of `range`: the position first, then the range
     /// clipped to the head read, so the page never holds offsets beyond the
     /// `head` it reports.
@@ -162,7 +169,7 @@ impl Reader {
             _ => 1,
         };
         let publications = match served(range, position.head, first_available) {
-            Some(clipped) => self.timed(self.store.read(channel, clipped)).await?,
+            Some(clipped) => self.read(channel, clipped).await?,
             None => Vec::new(),
         };
         encode(publications, position, first_available)
@@ -176,7 +183,7 @@ impl Reader {
             limit: 1,
             direction: Direction::Forward,
         };
-        let found = self.timed(self.store.read(channel, range)).await?;
+        let found = self.read(channel, range).await?;
         Ok(found
             .first()
             .is_some_and(|p| p.offset == offset && p.time_ms >= cutoff_ms))

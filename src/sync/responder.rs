@@ -71,6 +71,11 @@ async fn answer(service: &SyncService, payload: &[u8]) -> (Bytes, &'static str) 
             e.result_label(),
         )
     };
+    let kind = match &request {
+        SyncRequest::Read { .. } => "read",
+        SyncRequest::Idempotency { .. } => "idempotency",
+    };
+    tracing::Span::current().record("request", kind);
     match request {
         SyncRequest::Read {
             channel,
@@ -114,7 +119,9 @@ async fn handle(
         return;
     };
     let (body, result) = answer(&service, &message.payload).await;
+    tracing::Span::current().record("result", result);
     if let Err(e) = client.publish(reply_to, body).await {
+        ::metrics::counter!(metrics::NATS_PUBLISH_ERRORS_TOTAL, "kind" => "reply").increment(1);
         tracing::warn!(error = %e, "sync reply not sent");
     }
     ::metrics::counter!(metrics::SYNC_REQUESTS_TOTAL, "source" => SOURCE, "result" => result)
@@ -156,7 +163,12 @@ pub(super) async fn serve(
                 let Some(message) = message else { break };
                 let Ok(permit) = slots.clone().acquire_owned().await else { break };
                 let (service, client) = (service.clone(), client.clone());
-                let span = tracing::debug_span!("sync_request", source = SOURCE);
+                let span = tracing::debug_span!(
+                    "sync_request",
+                    source = SOURCE,
+                    request = tracing::field::Empty,
+                    result = tracing::field::Empty
+                );
                 tasks.spawn(
                     async move {
                         handle(service, client, message).await;

@@ -6,6 +6,9 @@
 //! publishes the new publications on their channel subjects (in offset order
 //! per channel), replies to the publishers and acks JetStream ([`partition`]).
 //!
+//! While a partition runs, [`pending`] polls its consumer's backlog for the
+//! metrics.
+//!
 //! Which partitions an instance runs is decided by [`ownership`]: leases in
 //! a NATS KV bucket split the partitions evenly among the live instances
 //! (I8). [`run`] is the role's entry point; [`Writer::partition`] runs one
@@ -18,6 +21,7 @@
 mod consumer;
 mod ownership;
 mod partition;
+mod pending;
 pub mod sequencer;
 
 use std::collections::BTreeSet;

@@ -4,11 +4,16 @@
 //! publishers and ack JetStream — in exactly that order, so nothing is
 //! visible or acknowledged before it is durable (I2).
 //!
+//! When traces are exported, each ingest message carrying trace context gets
+//! a `writer_message` span (a child of the publisher's trace, covering its
+//! commit, publish and ack), and its channel publication carries that span's
+//! context on to the edges.
+//!
 //! Owns the partition's head cache. Knows nothing of who owns the partition:
 //! it runs until its stop token fires, and commits only while its [`Fence`]
 //! is open.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -19,16 +24,17 @@ use futures::future::try_join_all;
 use futures::{FutureExt, StreamExt};
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 
-use super::consumer;
-use super::sequencer::{self, Entry, HeadCache, Known, Plan};
+use super::sequencer::{self, Entry, HeadCache, Known, Outcome, Plan};
 use super::{Fence, Shared};
+use super::{consumer, pending};
 use crate::bus::ingest::{IngestMessage, WriterReply};
 use crate::bus::subjects;
 use crate::channel::MAX_CHANNEL_BYTES;
 use crate::metrics as m;
 use crate::store::{StoreErrorKind, StoreResult};
+use crate::telemetry;
 
 /// Retry pacing when pulling fails (NATS down, consumer being recreated).
 const PULL_BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(5));
@@ -50,6 +56,7 @@ pub(super) async fn run(
     };
     let batch_size = task.shared.settings.batch_size;
     let mut backoff = Backoff::new(PULL_BACKOFF);
+    let _pending = pending::Poll::start(task.shared.js.clone(), partition);
     tracing::debug!(partition, "writer partition started");
     'open: loop {
         let opened = tokio::select! {
@@ -172,6 +179,7 @@ impl Task {
 
     async fn process_inner(&mut self, batch: Vec<jetstream::Message>, stop: &CancellationToken) {
         metrics::histogram!(m::WRITER_BATCH_SIZE).record(batch.len() as f64);
+        count_redeliveries(&batch);
         let mut accepted = Vec::with_capacity(batch.len());
         let mut entries = Vec::with_capacity(batch.len());
         for msg in batch {
@@ -186,22 +194,39 @@ impl Task {
         if entries.is_empty() {
             return;
         }
+        let spans = if telemetry::enabled() {
+            let size = accepted.len();
+            accepted
+                .iter()
+                .map(|m| message_span(self.partition, size, m))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let Some(plan) = self.commit(&entries, &accepted, stop).await else {
+            for span in &spans {
+                span.record("outcome", "handed_back");
+            }
             for msg in &accepted {
                 nak(msg).await;
             }
             return;
         };
-        self.publish(&plan).await;
+        let committed_us = m::unix_micros();
+        record_ingest_lag(&accepted, committed_us);
+        let traced = Traced::new(&spans, &entries, &plan);
+        self.publish(&plan, committed_us, &traced).await;
         self.reply(&accepted, &plan).await;
         // `ack` only queues a publish on the connection (no round trip), so
         // these are pipelined behind the replies, in order.
+        let acking = Instant::now();
         for msg in &accepted {
             if let Err(e) = msg.ack().await {
                 tracing::warn!(partition = self.partition, error = %e, "ack failed; the message will be redelivered");
                 count_error("ack");
             }
         }
+        metrics::histogram!(m::WRITER_ACK_SECONDS).record(acking.elapsed().as_secs_f64());
         if !plan.appends.is_empty() {
             metrics::counter!(m::WRITER_BATCHES_TOTAL).increment(1);
         }
@@ -360,14 +385,19 @@ impl Task {
     /// Publishes the new publications, each channel's in offset order (one
     /// connection keeps publish order). Duplicates are not re-published:
     /// subscribers already got them. A failed publish loses nothing: the
-    /// publication is stored and edges fill gaps from sync (I4).
-    async fn publish(&self, plan: &Plan) {
+    /// publication is stored and edges fill gaps from sync (I4). Each carries
+    /// the commit time (`committed_us`) for the edges' delivery latency, and
+    /// the trace context of its message when traced.
+    async fn publish(&self, plan: &Plan, committed_us: u64, traced: &Traced<'_>) {
+        let committed = committed_us.to_string();
         for append in &plan.appends {
             let subject = Subject::from(subjects::channel_subject(&append.channel));
             for p in &append.publications {
                 let mut headers = HeaderMap::new();
                 headers.insert(subjects::OFFSET_HEADER, p.offset.to_string().as_str());
                 headers.insert(subjects::EPOCH_HEADER, append.epoch.as_str());
+                headers.insert(subjects::COMMITTED_HEADER, committed.as_str());
+                traced.inject(&append.channel, p.offset, &mut headers);
                 let payload =
                     crate::protocol::encode_publication(&p.data, p.info.as_deref(), p.offset);
                 if let Err(e) = self
@@ -378,6 +408,7 @@ impl Task {
                 {
                     tracing::warn!(partition = self.partition, error = %e, "publishing a sequenced publication failed");
                     count_error("publish");
+                    count_publish_error("channel");
                 }
             }
         }
@@ -414,6 +445,64 @@ impl Task {
         {
             tracing::warn!(partition = self.partition, error = %e, "replying to a publisher failed");
             count_error("reply");
+            count_publish_error("reply");
+        }
+    }
+}
+
+/// The span of one ingest message, a child of the publisher's trace (an API
+/// request or a client publish); [`Span::none`] when traces are not exported
+/// or the message carries no trace context.
+fn message_span(partition: u32, batch_size: usize, msg: &jetstream::Message) -> Span {
+    telemetry::nats_child(msg.headers.as_ref(), || {
+        tracing::info_span!(
+            parent: None,
+            "writer_message",
+            otel.kind = "consumer",
+            partition,
+            batch_size,
+            offset = tracing::field::Empty,
+            outcome = tracing::field::Empty
+        )
+    })
+}
+
+/// The traced messages of a committed batch, by the publication each
+/// became; empty (and never consulted per message) when traces are off.
+struct Traced<'a> {
+    by_publication: HashMap<(&'a str, u64), &'a Span>,
+}
+
+impl<'a> Traced<'a> {
+    /// Records each message's outcome on its span and indexes the spans of
+    /// the newly sequenced ones.
+    fn new(spans: &'a [Span], entries: &'a [Entry], plan: &Plan) -> Self {
+        let mut by_publication = HashMap::new();
+        for ((span, entry), outcome) in spans.iter().zip(entries).zip(&plan.outcomes) {
+            span.record("offset", outcome.offset());
+            match outcome {
+                Outcome::Sequenced { offset, .. } => {
+                    span.record("outcome", "sequenced");
+                    if !span.is_none() {
+                        by_publication.insert((entry.channel.as_str(), *offset), span);
+                    }
+                }
+                Outcome::Duplicate { .. } => {
+                    span.record("outcome", "duplicate");
+                }
+            }
+        }
+        Self { by_publication }
+    }
+
+    /// Puts the trace context of the message that became `(channel,
+    /// offset)` on its channel publication.
+    fn inject(&self, channel: &str, offset: u64, headers: &mut HeaderMap) {
+        if self.by_publication.is_empty() {
+            return;
+        }
+        if let Some(span) = self.by_publication.get(&(channel, offset)) {
+            telemetry::inject_nats(span, headers);
         }
     }
 }
@@ -463,6 +552,35 @@ fn now_ms() -> u64 {
 
 fn count_error(kind: &'static str) {
     metrics::counter!(m::WRITER_ERRORS_TOTAL, "kind" => kind).increment(1);
+}
+
+fn count_publish_error(kind: &'static str) {
+    metrics::counter!(m::NATS_PUBLISH_ERRORS_TOTAL, "kind" => kind).increment(1);
+}
+
+/// Counts the messages JetStream delivered more than once (an ack that did
+/// not arrive in time, a writer that stopped without acking).
+fn count_redeliveries(batch: &[jetstream::Message]) {
+    let again = batch
+        .iter()
+        .filter(|msg| msg.info().is_ok_and(|i| i.delivered > 1))
+        .count();
+    if again > 0 {
+        metrics::counter!(m::WRITER_REDELIVERIES_TOTAL).increment(again as u64);
+    }
+}
+
+/// Records how long each message waited between the ingest stream storing
+/// it (the server's clock) and its commit (ours).
+fn record_ingest_lag(msgs: &[jetstream::Message], committed_us: u64) {
+    let lag = metrics::histogram!(m::WRITER_INGEST_LAG_SECONDS);
+    for msg in msgs {
+        if let Ok(info) = msg.info() {
+            let stored_us =
+                u64::try_from(info.published.unix_timestamp_nanos() / 1000).unwrap_or(0);
+            lag.record(committed_us.saturating_sub(stored_us) as f64 / 1e6);
+        }
+    }
 }
 
 /// `kind` label of a store failure (a closed set).

@@ -1,0 +1,156 @@
+//! A [`Store`] around any backend that measures every call: its latency in
+//! `herald_store_operation_seconds{op,backend}` and its failures in
+//! `herald_store_errors_total{op,backend,kind}` (kind from
+//! [`StoreErrorKind::label`]). The roles wrap the store they open in it, so
+//! every backend is measured the same way.
+//!
+//! A call abandoned before it finishes (a caller's timeout) still records
+//! the time it ran: a stuck store shows as slow, not as silent. It is not
+//! counted as an error; the caller decides what the abandonment means.
+//!
+//! Knows nothing of any backend beyond the name it is given.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use metrics::Histogram;
+
+use super::{
+    ChannelAppend, Position, ReadRange, SharedStore, Store, StoreResult, StoredPublication,
+};
+use crate::metrics as m;
+
+/// The `op` labels, in the order of [`Metered::latency`].
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Append,
+    Read,
+    Position,
+    IdempotentOffset,
+    PurgeExpiredKeys,
+}
+
+impl Op {
+    const ALL: [Op; 5] = [
+        Op::Append,
+        Op::Read,
+        Op::Position,
+        Op::IdempotentOffset,
+        Op::PurgeExpiredKeys,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Op::Append => "append",
+            Op::Read => "read",
+            Op::Position => "position",
+            Op::IdempotentOffset => "idempotent_offset",
+            Op::PurgeExpiredKeys => "purge_expired_keys",
+        }
+    }
+}
+
+pub struct Metered {
+    inner: SharedStore,
+    backend: &'static str,
+    /// One histogram per [`Op`], resolved once.
+    latency: [Histogram; 5],
+}
+
+/// Wraps `inner` (a `backend` store: `embedded`, `scylla`) and registers its
+/// series at zero.
+pub fn wrap(inner: SharedStore, backend: &'static str) -> SharedStore {
+    m::register_store(backend);
+    let latency = Op::ALL.map(|op| {
+        metrics::histogram!(m::STORE_OPERATION_SECONDS, "op" => op.label(), "backend" => backend)
+    });
+    Arc::new(Metered {
+        inner,
+        backend,
+        latency,
+    })
+}
+
+/// Records the time since `started` when dropped: when the call returns, or
+/// when its future is dropped unfinished.
+struct Timing<'a> {
+    histogram: &'a Histogram,
+    started: Instant,
+}
+
+impl Drop for Timing<'_> {
+    fn drop(&mut self) {
+        self.histogram.record(self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Metered {
+    async fn measure<T>(
+        &self,
+        op: Op,
+        call: impl Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
+        let timing = Timing {
+            histogram: &self.latency[op as usize],
+            started: Instant::now(),
+        };
+        let result = call.await;
+        drop(timing);
+        if let Err(e) = &result {
+            metrics::counter!(
+                m::STORE_ERRORS_TOTAL,
+                "op" => op.label(),
+                "backend" => self.backend,
+                "kind" => e.kind.label()
+            )
+            .increment(1);
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl Store for Metered {
+    async fn append(&self, batch: &[ChannelAppend]) -> StoreResult<()> {
+        self.measure(Op::Append, self.inner.append(batch)).await
+    }
+
+    async fn read(&self, channel: &str, range: ReadRange) -> StoreResult<Vec<StoredPublication>> {
+        self.measure(Op::Read, self.inner.read(channel, range))
+            .await
+    }
+
+    async fn position(&self, channel: &str) -> StoreResult<Position> {
+        self.measure(Op::Position, self.inner.position(channel))
+            .await
+    }
+
+    async fn idempotent_offset(&self, channel: &str, key: &str) -> StoreResult<Option<u64>> {
+        self.measure(
+            Op::IdempotentOffset,
+            self.inner.idempotent_offset(channel, key),
+        )
+        .await
+    }
+
+    async fn purge_expired_keys(&self) -> StoreResult<u64> {
+        self.measure(Op::PurgeExpiredKeys, self.inner.purge_expired_keys())
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ops_match_the_label_set() {
+        let labels: Vec<_> = Op::ALL.iter().map(|op| op.label()).collect();
+        assert_eq!(labels, m::labels::STORE_OPS);
+        for (i, op) in Op::ALL.iter().enumerate() {
+            assert_eq!(*op as usize, i);
+        }
+    }
+}
