@@ -14,13 +14,19 @@
 //! - [`roles`]: wires the roles of one process together.
 //! - [`metrics`]: metric names and the Prometheus recorder.
 //! - [`telemetry`]: the tracing subscriber, OTLP span export, trace context in headers.
+//! - [`limits`]: the open-file limit, raised at start.
+//! - [`client`]: a protocol v2 WebSocket client (tests and the bench tool).
+//! - [`bench`]: `herald bench`, the load generator and its peers.
 
 pub mod api;
 pub mod auth;
+pub mod bench;
 pub mod bus;
 pub mod channel;
+pub mod client;
 pub mod config;
 pub mod edge;
+pub mod limits;
 pub mod metrics;
 pub mod protocol;
 pub mod roles;

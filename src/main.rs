@@ -40,6 +40,8 @@ enum Command {
     Token(TokenArgs),
     /// Create or update the ScyllaDB schema (store = scylla); idempotent.
     Migrate(ConfigArgs),
+    /// Load generator: measure Herald beside a peer (see BENCHMARKS.md).
+    Bench(herald::bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -122,6 +124,7 @@ fn main() -> ExitCode {
     let (role, args) = match cli.command {
         Command::Token(t) => return token(t),
         Command::Migrate(a) => return migrate(a),
+        Command::Bench(a) => return herald::bench::run(a),
         Command::Serve(a) => (Role::Serve, a),
         Command::Edge(a) => (Role::Edge, a),
         Command::Writer(a) => (Role::Writer, a),
@@ -148,6 +151,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Every client connection is a descriptor: never stop at a soft 1024.
+    match herald::limits::raise_fd_limit() {
+        Ok(l) => tracing::info!(soft = l.soft, hard = l.hard, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+    }
     let code = runtime.block_on(run(role, config));
     // Exports run on the runtime: flush before it is dropped.
     telemetry.shutdown();

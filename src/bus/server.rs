@@ -37,16 +37,31 @@ impl NatsServer {
     /// Starts `bin` with JetStream storing under `dir`, on 127.0.0.1 and a
     /// free port. Returns once the server listens.
     pub async fn start(bin: &Path, dir: &Path) -> Result<Self, SpawnError> {
-        Self::spawn(bin, dir, None).await
+        Self::spawn(bin, dir, None, None).await
+    }
+
+    /// Like [`NatsServer::start`] with a configuration file as well (e.g. a
+    /// `websocket` block); the command-line flags above take precedence.
+    pub async fn start_with_config(
+        bin: &Path,
+        dir: &Path,
+        config_file: &Path,
+    ) -> Result<Self, SpawnError> {
+        Self::spawn(bin, dir, None, Some(config_file)).await
     }
 
     /// Like [`NatsServer::start`] on a given port: a server restarted on the
     /// port and store of one that died, so its clients reconnect to it.
     pub async fn start_on_port(bin: &Path, dir: &Path, port: u16) -> Result<Self, SpawnError> {
-        Self::spawn(bin, dir, Some(port)).await
+        Self::spawn(bin, dir, Some(port), None).await
     }
 
-    async fn spawn(bin: &Path, dir: &Path, port: Option<u16>) -> Result<Self, SpawnError> {
+    async fn spawn(
+        bin: &Path,
+        dir: &Path,
+        port: Option<u16>,
+        config_file: Option<&Path>,
+    ) -> Result<Self, SpawnError> {
         let bin_name = bin.display().to_string();
         let version = Command::new(bin)
             .arg("--version")
@@ -88,6 +103,9 @@ impl NatsServer {
             });
         }
         let port = port.map_or_else(|| "-1".to_string(), |p| p.to_string());
+        if let Some(file) = config_file {
+            command.arg("-c").arg(file);
+        }
         let child = command
             .args(["-js", "-a", "127.0.0.1", "-p", &port, "--http_port", "0"])
             .arg("-sd")

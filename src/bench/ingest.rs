@@ -1,0 +1,459 @@
+//! `herald bench ingest`: many publishers into many history channels, through
+//! the client protocol (WebSocket `publish`, answered after the store
+//! commit) and through the server API (`POST /api/publish`); measures
+//! acknowledged publishes per second and publish→reply latency, and checks
+//! that the offsets each channel handed out are exactly 1..n.
+//!
+//! The peer is raw JetStream publish-with-ack (async-nats) into a stream
+//! created by the very code that creates Herald's ingest stream
+//! (`bus::ingest::ensure_stream`, same settings), with the same payload
+//! (an `IngestMessage`), the same `Nats-Msg-Id` deduplication header and the
+//! same number of concurrent publishers, each waiting for its ack.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+
+use super::net::{Sources, open_all};
+use super::payload::{self, now_us};
+use super::report::{Measured, Report, Row};
+use super::stats::{Count, Latencies, Progress, note};
+use super::target::{Herald, HeraldOptions, Nats};
+use super::{BenchError, Common};
+use crate::bus::ingest::{IngestMessage, ensure_stream};
+use crate::bus::subjects;
+use crate::client::{Client, ClientError, ClientOptions};
+use crate::config::Config;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Via {
+    Client,
+    Api,
+    Both,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct IngestArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Concurrent publishers (connections), each with one publish in flight.
+    #[arg(long, default_value_t = 32)]
+    pub publishers: usize,
+    /// History channels published into (round-robin).
+    #[arg(long, default_value_t = 1000)]
+    pub channels: usize,
+    /// Publications per path (client protocol, server API, peer).
+    #[arg(long, default_value_t = 20_000)]
+    pub messages: u64,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 128)]
+    pub payload: usize,
+    /// Which Herald path to measure.
+    #[arg(long, value_enum, default_value = "both")]
+    pub via: Via,
+}
+
+/// What one publisher task returns: (channel, offset) of each acknowledged
+/// publish, and how many were refused.
+type PublisherDone = (Vec<(usize, u64)>, u64);
+
+/// What one publisher path produced.
+struct PathResult {
+    acked: u64,
+    errors: u64,
+    secs: f64,
+    latency: Histogram<u64>,
+    /// (channel index, offset) of every acknowledged publish.
+    offsets: Vec<(usize, u64)>,
+}
+
+pub async fn run(args: IngestArgs) -> Result<Report, BenchError> {
+    if args.publishers == 0 || args.channels == 0 {
+        return Err(BenchError::Internal(
+            "--publishers and --channels must be at least 1".into(),
+        ));
+    }
+    args.common.raise_fd_limit(args.publishers * 2)?;
+    let sources = Sources::new(args.common.sources, args.publishers);
+    let quiet = args.common.quiet;
+    note(quiet, "starting nats-server and herald serve…");
+    let mut herald = Herald::start(&args.common.nats_bin(), &HeraldOptions::default()).await?;
+    let mut m = Measured::default();
+    let mut rows = Vec::new();
+    if matches!(args.via, Via::Client | Via::Both) {
+        let r = client_path(&args, &herald, &sources).await;
+        herald.check_alive()?;
+        add_path(&mut m, "client", r?);
+        rows.push(Row::versus(
+            "client publishes/s",
+            "client_publishes_per_sec",
+            "publishes_per_sec",
+        ));
+        rows.push(Row::versus(
+            "client publish p50 (ms)",
+            "client_publish_p50_ms",
+            "publish_p50_ms",
+        ));
+        rows.push(Row::versus(
+            "client publish p99 (ms)",
+            "client_publish_p99_ms",
+            "publish_p99_ms",
+        ));
+        rows.push(Row::versus(
+            "client publish p99.9 (ms)",
+            "client_publish_p999_ms",
+            "publish_p999_ms",
+        ));
+    }
+    if matches!(args.via, Via::Api | Via::Both) {
+        let r = api_path(&args, &herald, &sources).await;
+        herald.check_alive()?;
+        add_path(&mut m, "api", r?);
+        rows.push(Row::versus(
+            "API publishes/s",
+            "api_publishes_per_sec",
+            "publishes_per_sec",
+        ));
+        rows.push(Row::versus(
+            "API publish p50 (ms)",
+            "api_publish_p50_ms",
+            "publish_p50_ms",
+        ));
+        rows.push(Row::versus(
+            "API publish p99 (ms)",
+            "api_publish_p99_ms",
+            "publish_p99_ms",
+        ));
+        rows.push(Row::versus(
+            "API publish p99.9 (ms)",
+            "api_publish_p999_ms",
+            "publish_p999_ms",
+        ));
+    }
+    drop(herald);
+    let peer = if args.common.no_peer {
+        None
+    } else {
+        Some(("jetstream".to_string(), peer_run(&args).await?))
+    };
+    Ok(Report {
+        scenario: "ingest",
+        params: json!({
+            "publishers": args.publishers,
+            "channels": args.channels,
+            "messages_per_path": args.messages,
+            "payload_bytes": args.payload,
+            "via": format!("{:?}", args.via).to_lowercase(),
+        }),
+        herald: m,
+        peer,
+        rows,
+        notes: vec![
+            "Herald acknowledges after the store commit (fsync); JetStream after its own (lazy fsync) write".into(),
+        ],
+    })
+}
+
+fn add_path(m: &mut Measured, path: &str, r: PathResult) {
+    m.set(&format!("{path}_publishes"), r.acked as f64);
+    m.set(
+        &format!("{path}_publishes_per_sec"),
+        r.acked as f64 / r.secs.max(1e-6),
+    );
+    m.latency(&format!("{path}_publish"), r.latency);
+    let (gaps, duplicates) = offset_check(&r.offsets);
+    m.check(&format!("{path}_errors"), r.errors);
+    m.check(&format!("{path}_offset_gaps"), gaps);
+    m.check(&format!("{path}_offset_duplicates"), duplicates);
+}
+
+/// Per channel, the offsets handed out must be exactly 1..n: counts the
+/// offsets missing from that range and those given twice.
+fn offset_check(offsets: &[(usize, u64)]) -> (u64, u64) {
+    let mut by_channel: HashMap<usize, Vec<u64>> = HashMap::new();
+    for (c, o) in offsets {
+        by_channel.entry(*c).or_default().push(*o);
+    }
+    let (mut gaps, mut duplicates) = (0u64, 0u64);
+    for (_, mut list) in by_channel {
+        list.sort_unstable();
+        let before = list.len();
+        list.dedup();
+        duplicates += (before - list.len()) as u64;
+        let top = list.last().copied().unwrap_or(0);
+        gaps += top - list.len() as u64;
+    }
+    (gaps, duplicates)
+}
+
+/// Which publications publisher `p` of `publishers` sends: every
+/// `publishers`-th of `messages`, into channel `j % channels`.
+fn share(p: usize, publishers: usize, messages: u64) -> impl Iterator<Item = u64> {
+    (p as u64..messages).step_by(publishers)
+}
+
+fn progress(label: &str, quiet: bool, acked: Arc<Count>, total: u64) -> Progress {
+    let started = Instant::now();
+    Progress::start(label.to_string(), quiet, move || {
+        format!(
+            "{} / {total} acknowledged ({:.0}/s)",
+            acked.get(),
+            acked.get() as f64 / started.elapsed().as_secs_f64().max(1e-3)
+        )
+    })
+}
+
+async fn client_path(
+    args: &IngestArgs,
+    herald: &Herald,
+    sources: &Sources,
+) -> Result<PathResult, BenchError> {
+    let addr = herald.addr;
+    let tokens: Vec<String> = (0..args.publishers)
+        .map(|i| herald.token(&format!("pub{i}")))
+        .collect();
+    let (clients, _) = {
+        let sources = sources.clone();
+        open_all(
+            args.publishers,
+            args.common.connect_concurrency,
+            Arc::new(Count::default()),
+            move |i| {
+                let opts = ClientOptions {
+                    source: Some(sources.pick(i)),
+                    ..ClientOptions::default()
+                };
+                let token = tokens[i].clone();
+                async move {
+                    Client::connect_with(addr, &token, &opts)
+                        .await
+                        .map(|(c, _)| c)
+                }
+            },
+        )
+        .await?
+    };
+    let acked = Arc::new(Count::default());
+    let latency = Arc::new(Latencies::default());
+    let progress = progress(
+        "herald client publish",
+        args.common.quiet,
+        acked.clone(),
+        args.messages,
+    );
+    let started = Instant::now();
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(p, mut client)| {
+            let (acked, latency) = (acked.clone(), latency.clone());
+            let (publishers, messages, channels, size) =
+                (args.publishers, args.messages, args.channels, args.payload);
+            tokio::spawn(async move {
+                let mut offsets = Vec::new();
+                let mut errors = 0u64;
+                for j in share(p, publishers, messages) {
+                    let c = (j % channels as u64) as usize;
+                    let channel = serde_json::to_string(&format!("ingc-{c}")).unwrap_or_default();
+                    let data = payload::encode(j, size);
+                    let sent = now_us();
+                    let id = client
+                        .send_raw(
+                            "publish",
+                            &format!(r#"{{"channel":{channel},"data":{data}}}"#),
+                        )
+                        .await?;
+                    let reply = client.reply(id).await?;
+                    latency.record_one(p, now_us().saturating_sub(sent));
+                    match reply["publish"]["offset"].as_u64() {
+                        Some(o) => {
+                            offsets.push((c, o));
+                            acked.add(1);
+                        }
+                        None => errors += 1,
+                    }
+                }
+                Ok::<_, ClientError>((offsets, errors))
+            })
+        })
+        .collect();
+    let result = collect(tasks, &acked, started, latency).await;
+    progress.finish().await;
+    result
+}
+
+async fn collect(
+    tasks: Vec<tokio::task::JoinHandle<Result<PublisherDone, ClientError>>>,
+    acked: &Count,
+    started: Instant,
+    latency: Arc<Latencies>,
+) -> Result<PathResult, BenchError> {
+    let mut offsets = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        match t.await {
+            Ok(Ok((o, e))) => {
+                offsets.extend(o);
+                errors += e;
+            }
+            Ok(Err(e)) => {
+                return Err(BenchError::Server(format!("a publisher failed: {e}")));
+            }
+            Err(e) => return Err(BenchError::Internal(format!("publisher task: {e}"))),
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Ok(PathResult {
+        acked: acked.get(),
+        errors,
+        secs,
+        latency: latency.merged(),
+        offsets,
+    })
+}
+
+async fn api_path(
+    args: &IngestArgs,
+    herald: &Herald,
+    sources: &Sources,
+) -> Result<PathResult, BenchError> {
+    let mut apis = Vec::with_capacity(args.publishers);
+    for i in 0..args.publishers {
+        apis.push(herald.api(Some(sources.pick(i))).await?);
+    }
+    let acked = Arc::new(Count::default());
+    let latency = Arc::new(Latencies::default());
+    let progress = progress(
+        "herald API publish",
+        args.common.quiet,
+        acked.clone(),
+        args.messages,
+    );
+    let started = Instant::now();
+    let tasks: Vec<_> = apis
+        .into_iter()
+        .enumerate()
+        .map(|(p, mut api)| {
+            let (acked, latency) = (acked.clone(), latency.clone());
+            let (publishers, messages, channels, size) =
+                (args.publishers, args.messages, args.channels, args.payload);
+            tokio::spawn(async move {
+                let mut offsets = Vec::new();
+                let mut errors = 0u64;
+                for j in share(p, publishers, messages) {
+                    let c = (j % channels as u64) as usize;
+                    let data = payload::encode(j, size);
+                    let sent = now_us();
+                    let r = api.publish_raw(&format!("inga-{c}"), &data).await;
+                    latency.record_one(p, now_us().saturating_sub(sent));
+                    match r.ok().as_ref().and_then(|v| v["offset"].as_u64()) {
+                        Some(o) => {
+                            offsets.push((c, o));
+                            acked.add(1);
+                        }
+                        None => errors += 1,
+                    }
+                }
+                Ok::<_, ClientError>((offsets, errors))
+            })
+        })
+        .collect();
+    let result = collect(tasks, &acked, started, latency).await;
+    progress.finish().await;
+    result
+}
+
+async fn peer_run(args: &IngestArgs) -> Result<Measured, BenchError> {
+    note(
+        args.common.quiet,
+        "starting the peer: nats-server for raw JetStream publish-with-ack…",
+    );
+    let nats = Nats::start(&args.common.nats_bin()).await?;
+    let client = async_nats::connect(&nats.server.url)
+        .await
+        .map_err(|e| BenchError::setup("a NATS connection to the peer", e))?;
+    let js = async_nats::jetstream::new(client);
+    // The same settings as Herald's ingest stream, by the same code.
+    let ingest = Config::defaults().ingest;
+    let mut stream = ensure_stream(&js, &ingest)
+        .await
+        .map_err(|e| BenchError::setup("the peer's ingest stream", e))?;
+    let partitions = ingest.partitions;
+    let acked = Arc::new(Count::default());
+    let latency = Arc::new(Latencies::default());
+    let progress = progress(
+        "jetstream publish",
+        args.common.quiet,
+        acked.clone(),
+        args.messages,
+    );
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..args.publishers)
+        .map(|p| {
+            let (acked, latency, js) = (acked.clone(), latency.clone(), js.clone());
+            let (publishers, messages, channels, size) =
+                (args.publishers, args.messages, args.channels, args.payload);
+            tokio::spawn(async move {
+                let mut errors = 0u64;
+                let info: Value =
+                    json!({"user": format!("pub{p}"), "client": uuid::Uuid::new_v4().to_string()});
+                for j in share(p, publishers, messages) {
+                    let channel = format!("ingc-{}", j % channels as u64);
+                    let key = uuid::Uuid::new_v4().simple().to_string();
+                    let body = IngestMessage {
+                        channel: channel.clone(),
+                        data: serde_json::value::RawValue::from_string(payload::encode(j, size))
+                            .map_err(|e| e.to_string())?,
+                        info: serde_json::value::to_raw_value(&info).ok(),
+                        key: key.clone(),
+                    };
+                    let bytes = Bytes::from(serde_json::to_vec(&body).map_err(|e| e.to_string())?);
+                    let mut headers = HeaderMap::new();
+                    headers.insert("Nats-Msg-Id", subjects::message_id(&channel, &key).as_str());
+                    let subject =
+                        subjects::ingest_subject(subjects::partition_of(&channel, partitions));
+                    let sent = now_us();
+                    let ack = match js.publish_with_headers(subject, headers, bytes).await {
+                        Ok(f) => f.await.map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    latency.record_one(p, now_us().saturating_sub(sent));
+                    match ack {
+                        Ok(a) if !a.duplicate => acked.add(1),
+                        _ => errors += 1,
+                    }
+                }
+                Ok::<_, String>(errors)
+            })
+        })
+        .collect();
+    let mut errors = 0;
+    for t in tasks {
+        match t.await {
+            Ok(Ok(e)) => errors += e,
+            Ok(Err(e)) => return Err(BenchError::Internal(format!("peer publisher: {e}"))),
+            Err(e) => return Err(BenchError::Internal(format!("peer publisher task: {e}"))),
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    progress.finish().await;
+    let stored = stream
+        .info()
+        .await
+        .map(|i| i.state.messages)
+        .map_err(|e| BenchError::Server(format!("peer stream info: {e}")))?;
+    let mut m = Measured::default();
+    m.set("publishes", acked.get() as f64);
+    m.set("publishes_per_sec", acked.get() as f64 / secs.max(1e-6));
+    m.latency("publish", latency.merged());
+    m.check("errors", errors);
+    m.check("not_in_stream", acked.get().saturating_sub(stored));
+    drop(nats);
+    Ok(m)
+}

@@ -1,0 +1,269 @@
+//! `herald bench <scenario>`: a load generator that measures Herald on this
+//! machine and, in the same run, a peer doing the same work — nats-server's
+//! own WebSocket listener for `fanout` and `connections`, raw JetStream
+//! publish-with-ack for `ingest` — and prints Herald's figure, the peer's and
+//! their ratio (BENCHMARKS.md holds the results).
+//!
+//! The bench starts what it measures: a nats-server and `herald serve` (this
+//! executable) with temporary directories and a secret and API key of its
+//! own, then the peer's nats-server; nothing to set up beforehand.
+//!
+//! Scenarios, one file each: [`fanout`], [`connections`], [`ingest`],
+//! [`recovery`], [`history`]. Client side: [`crate::client`] (the same
+//! protocol client the tests use), [`nats_ws`] (the peer's protocol),
+//! [`http`] (server API and sync HTTP), [`net`] (source addresses, connect
+//! limits). [`target`] starts the processes, [`stats`] measures,
+//! [`report`] and [`plot`] show.
+//!
+//! Correctness is checked on every run (lost, duplicated, failed); a run
+//! whose checks fail exits 1. Timing is reported, never asserted.
+
+mod connections;
+mod drive;
+mod fanout;
+mod history;
+mod http;
+mod ingest;
+mod nats_ws;
+mod net;
+mod payload;
+mod plot;
+mod recovery;
+mod report;
+mod stats;
+mod sys;
+mod target;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+use crate::client::ClientError;
+
+/// What stopped a run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// A system limit (file descriptors, ports, memory) stopped it; the
+    /// message names which and what to change.
+    #[error("stopped by a system limit — {0}")]
+    Limit(String),
+    #[error("cannot start {what}: {message}")]
+    Setup { what: String, message: String },
+    /// The server under test failed (exited, refused, answered wrongly).
+    #[error("server: {0}")]
+    Server(String),
+    #[error("after {opened} connections: {source}")]
+    Connect {
+        opened: usize,
+        #[source]
+        source: ClientError,
+    },
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl BenchError {
+    fn setup(what: &str, e: impl std::fmt::Display) -> Self {
+        Self::Setup {
+            what: what.into(),
+            message: e.to_string(),
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+pub enum Scenario {
+    /// C connections in R rooms of S subscribers; publishers at a rate or as
+    /// fast as possible; deliveries/s, end-to-end latency, loss.
+    Fanout(fanout::FanoutArgs),
+    /// N idle subscribed connections: server memory per connection, connect
+    /// rate, idle CPU with pings.
+    Connections(connections::ConnectionsArgs),
+    /// Many publishers into many history channels (client protocol and
+    /// server API): acknowledged publishes/s, publish→reply latency.
+    Ingest(ingest::IngestArgs),
+    /// K clients miss M publications per channel and reconnect at once with
+    /// recovery: time until all recovered, nothing missing or duplicated.
+    Recovery(recovery::RecoveryArgs),
+    /// Pages of 100 publications from the sync HTTP API over cold and hot
+    /// channels: pages/s and latency.
+    History(history::HistoryArgs),
+}
+
+/// Options every scenario takes.
+#[derive(Args, Clone, Debug)]
+pub struct Common {
+    /// Print the report as JSON on stdout (the table goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Write the HDR latency percentile distributions to this file.
+    #[arg(long, value_name = "FILE")]
+    pub hdr: Option<PathBuf>,
+    /// Draw the latency distributions into this PNG.
+    #[arg(long, value_name = "FILE.png")]
+    pub plot: Option<PathBuf>,
+    /// The nats-server binary (Herald's bus and the peers); default
+    /// `.tools/py/bin/nats-server` when present, else `nats-server` on PATH.
+    #[arg(long, env = "HERALD_TEST_NATS_SERVER", value_name = "PATH")]
+    pub nats_server: Option<PathBuf>,
+    /// Measure Herald only, not the peer.
+    #[arg(long)]
+    pub no_peer: bool,
+    /// Loopback source addresses to spread connections over (127.0.0.2, …);
+    /// default: one per 10,000 connections, plus one.
+    #[arg(long)]
+    pub sources: Option<usize>,
+    /// Connections being opened at once.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+    /// No progress line.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+impl Common {
+    fn nats_bin(&self) -> PathBuf {
+        if let Some(p) = &self.nats_server {
+            return p.clone();
+        }
+        let local = PathBuf::from(".tools/py/bin/nats-server");
+        if local.exists() {
+            return local;
+        }
+        PathBuf::from("nats-server")
+    }
+
+    /// Raises the open-file limit for `connections` sockets of this process
+    /// and of the server child (which inherits it); says so when it cannot.
+    fn raise_fd_limit(&self, connections: usize) -> Result<(), BenchError> {
+        let wanted = connections as u64 + FD_MARGIN;
+        let got = crate::limits::raise_fd_limit_to(wanted)
+            .map_err(|e| BenchError::Internal(e.to_string()))?;
+        if got.soft < wanted {
+            return Err(BenchError::Limit(format!(
+                "file descriptors: {connections} connections need about {wanted} descriptors in this \
+                 process and in the server, but RLIMIT_NOFILE is soft {} / hard {} and cannot be raised \
+                 further (only a process with CAP_SYS_RESOURCE may pass the hard limit, and no process fs.nr_open = {}); \
+                 raise it with `ulimit -Hn`, LimitNOFILE=, docker --ulimit nofile= or sysctl fs.nr_open",
+                got.soft,
+                got.hard,
+                std::fs::read_to_string("/proc/sys/fs/nr_open")
+                    .map(|s| s.trim().to_string())
+                    .unwrap_or_else(|_| "?".into())
+            )));
+        }
+        stats::note(
+            self.quiet,
+            &format!(
+                "open-file limit: soft {} / hard {} (need ~{wanted})",
+                got.soft, got.hard
+            ),
+        );
+        Ok(())
+    }
+}
+
+/// Descriptors beyond one per connection: NATS, HTTP, files, the runtime.
+const FD_MARGIN: u64 = 512;
+
+/// A rate: `max` or messages per second.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rate {
+    Max,
+    PerSec(f64),
+}
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "max" {
+            return Ok(Self::Max);
+        }
+        match s.parse::<f64>() {
+            Ok(r) if r > 0.0 => Ok(Self::PerSec(r)),
+            _ => Err("expected `max` or a positive number per second".into()),
+        }
+    }
+}
+
+impl Rate {
+    /// The pause between two sends of one of `senders` sharing this rate.
+    fn interval(self, senders: usize) -> Option<Duration> {
+        match self {
+            Self::Max => None,
+            Self::PerSec(r) => Some(Duration::from_secs_f64(senders.max(1) as f64 / r)),
+        }
+    }
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Max => f.write_str("max"),
+            Self::PerSec(r) => write!(f, "{r}"),
+        }
+    }
+}
+
+/// Runs one scenario and prints its report; exit 0 when every check holds,
+/// 1 when one fails or the run could not finish.
+pub fn run(args: BenchArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (common, result) = runtime.block_on(async {
+        match args.scenario {
+            Scenario::Fanout(a) => (a.common.clone(), fanout::run(a).await),
+            Scenario::Connections(a) => (a.common.clone(), connections::run(a).await),
+            Scenario::Ingest(a) => (a.common.clone(), ingest::run(a).await),
+            Scenario::Recovery(a) => (a.common.clone(), recovery::run(a).await),
+            Scenario::History(a) => (a.common.clone(), history::run(a).await),
+        }
+    });
+    // Children and connections go before the exit.
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    match result {
+        Ok(report) => output(&common, &report),
+        Err(e) => {
+            eprintln!("herald bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn output(common: &Common, report: &report::Report) -> ExitCode {
+    eprint!("{}", report.table());
+    if common.json {
+        println!("{}", report.json());
+    }
+    if let Some(path) = &common.hdr {
+        match report.write_hdr(path) {
+            Ok(()) => eprintln!("HDR histograms: {}", path.display()),
+            Err(e) => eprintln!("cannot write {}: {e}", path.display()),
+        }
+    }
+    if let Some(path) = &common.plot {
+        let title = format!("herald bench {}: latency by percentile", report.scenario);
+        match plot::plot(path, &title, &report.curves()) {
+            Ok(()) => eprintln!("latency plot: {}", path.display()),
+            Err(e) => eprintln!("cannot draw {}: {e}", path.display()),
+        }
+    }
+    if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

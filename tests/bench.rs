@@ -1,0 +1,206 @@
+//! Smoke runs of `herald bench`: every scenario with tiny parameters, the
+//! real binary starting its own nats-server, Herald and peer. Correctness
+//! only — nothing lost, duplicated or failed, counts equal to what was sent,
+//! the peer's figures present — never timing.
+
+mod common;
+
+use std::process::Command;
+
+use serde_json::Value;
+
+/// Runs `herald bench <args> --json --quiet` and returns the report.
+fn bench(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("bench")
+        .args(args)
+        .args(["--json", "--quiet", "--nats-server"])
+        .arg(common::nats_server_bin())
+        .output()
+        .expect("run herald bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "herald bench {args:?} failed ({}):\n{stderr}",
+        out.status
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bench printed no JSON report ({e}):\n{stderr}"))
+}
+
+/// Every correctness check of `side` ("herald" or "peer") is zero.
+fn checks_zero(report: &Value, side: &str) {
+    let checks = report[side]["checks"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{side} has no checks: {report}"));
+    assert!(!checks.is_empty(), "{side} has no checks");
+    for (name, v) in checks {
+        assert_eq!(v, 0, "{side} check {name} is {v}: {report}");
+    }
+    assert_eq!(report["ok"], true);
+}
+
+fn figure(report: &Value, side: &str, key: &str) -> f64 {
+    report[side][key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{side}.{key} missing: {report}"))
+}
+
+fn fanout(mode: &str) {
+    let r = bench(&[
+        "fanout",
+        "--mode",
+        mode,
+        "--rooms",
+        "2",
+        "--subscribers",
+        "3",
+        "--messages",
+        "5",
+    ]);
+    for side in ["herald", "peer"] {
+        checks_zero(&r, side);
+        assert_eq!(figure(&r, side, "connections"), 6.0);
+        assert_eq!(figure(&r, side, "published"), 10.0, "2 rooms × 5");
+        assert_eq!(figure(&r, side, "deliveries"), 30.0, "10 × 3 subscribers");
+        assert!(figure(&r, side, "delivery_p99_ms") > 0.0);
+    }
+    assert_eq!(r["peer"]["name"], "nats-server ws");
+    assert!(r["ratios"]["deliveries_per_sec"].as_f64().is_some());
+}
+
+#[test]
+fn fanout_ephemeral() {
+    fanout("ephemeral");
+}
+
+#[test]
+fn fanout_history() {
+    fanout("history");
+}
+
+#[test]
+fn connections() {
+    let r = bench(&[
+        "connections",
+        "--connections",
+        "12",
+        "--room-size",
+        "4",
+        "--idle",
+        "2s",
+        "--ping-interval",
+        "1s",
+    ]);
+    for side in ["herald", "peer"] {
+        checks_zero(&r, side);
+        assert_eq!(figure(&r, side, "connections"), 12.0);
+        assert!(figure(&r, side, "rss_after_mib") > 0.0);
+        assert!(
+            figure(&r, side, "pings") >= 12.0,
+            "every client answered a ping"
+        );
+    }
+}
+
+#[test]
+fn ingest() {
+    let r = bench(&[
+        "ingest",
+        "--publishers",
+        "3",
+        "--channels",
+        "4",
+        "--messages",
+        "30",
+    ]);
+    checks_zero(&r, "herald");
+    checks_zero(&r, "peer");
+    assert_eq!(figure(&r, "herald", "client_publishes"), 30.0);
+    assert_eq!(figure(&r, "herald", "api_publishes"), 30.0);
+    assert_eq!(figure(&r, "peer", "publishes"), 30.0);
+    assert_eq!(r["peer"]["name"], "jetstream");
+    assert!(r["ratios"]["client_publishes_per_sec"].as_f64().is_some());
+}
+
+#[test]
+fn recovery() {
+    let r = bench(&[
+        "recovery",
+        "--clients",
+        "8",
+        "--channels",
+        "2",
+        "--missed",
+        "5",
+    ]);
+    checks_zero(&r, "herald");
+    assert_eq!(figure(&r, "herald", "clients"), 8.0);
+    assert_eq!(figure(&r, "herald", "recovered_publications"), 40.0);
+    assert!(r["peer"].is_null());
+}
+
+#[test]
+fn history() {
+    let r = bench(&[
+        "history",
+        "--channels",
+        "2",
+        "--fill",
+        "150",
+        "--pages",
+        "20",
+        "--concurrency",
+        "2",
+    ]);
+    checks_zero(&r, "herald");
+    assert_eq!(figure(&r, "herald", "cold_pages"), 20.0);
+    assert_eq!(figure(&r, "herald", "hot_pages"), 20.0);
+}
+
+#[test]
+fn plot_and_hdr_files_are_written() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (png, hdr) = (dir.path().join("lat.png"), dir.path().join("lat.hdr"));
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["bench", "fanout", "--rooms", "1", "--subscribers", "2"])
+        .args(["--messages", "3", "--no-peer", "--quiet", "--nats-server"])
+        .arg(common::nats_server_bin())
+        .arg("--plot")
+        .arg(&png)
+        .arg("--hdr")
+        .arg(&hdr)
+        .output()
+        .expect("run herald bench");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let picture = std::fs::read(&png).expect("the plot was written");
+    assert_eq!(&picture[1..4], b"PNG");
+    let text = std::fs::read_to_string(&hdr).expect("the histogram was written");
+    assert!(text.contains("# herald delivery (ms)"), "{text}");
+    assert!(text.contains("Total count = 6"), "{text}");
+}
+
+#[test]
+fn a_system_limit_is_named() {
+    // More connections than the kernel lets any process have descriptors
+    // (fs.nr_open), so even root cannot raise the limit far enough: the
+    // bench must say which limit stops it, before starting anything.
+    let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .expect("read fs.nr_open")
+        .trim()
+        .parse()
+        .expect("a number");
+    let n = (nr_open + 1).to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["bench", "connections", "--connections", &n, "--quiet"])
+        .output()
+        .expect("run herald bench");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("system limit"), "{stderr}");
+    assert!(stderr.contains("file descriptors"), "{stderr}");
+}
