@@ -268,6 +268,10 @@ pub struct Pace {
     pub until: Instant,
     /// Pause between two publishes; None = as fast as the window allows.
     pub interval: Option<Duration>,
+    /// Delay before the first paced publish. Publishers of a run get phases
+    /// spread evenly over the interval, so the load is a steady stream and
+    /// not a burst of every room at the same instant each interval.
+    pub phase: Duration,
     /// Most publishes awaiting confirmation.
     pub window: usize,
     pub payload: usize,
@@ -292,7 +296,7 @@ pub async fn publisher_loop<P: Publisher>(
     let mut out = Published::default();
     let mut pending: VecDeque<(Option<u32>, u64)> = VecDeque::new();
     let mut acks = Vec::new();
-    let mut next_at = Instant::now();
+    let mut next_at = Instant::now() + pace.phase;
     loop {
         let more = match pace.count {
             Some(n) => out.sent < n,

@@ -90,6 +90,7 @@ impl FanoutArgs {
             interval: self.rate.interval(self.rooms),
             window: self.window.max(1),
             payload: self.payload,
+            phase: Duration::ZERO,
         }
     }
 }
@@ -383,6 +384,7 @@ async fn measure<P: super::drive::Publisher>(
     let quiet = args.common.quiet;
     let publish_latency = Arc::new(Latencies::default());
     let pace = args.pace();
+    let rooms = args.rooms.max(1) as u32;
     let started_us = now_us();
     let started = Instant::now();
     let progress = {
@@ -401,7 +403,15 @@ async fn measure<P: super::drive::Publisher>(
     let tasks: Vec<_> = publishers
         .into_iter()
         .enumerate()
-        .map(|(r, p)| tokio::spawn(publisher_loop(r, p, pace, publish_latency.clone())))
+        .map(|(r, p)| {
+            let pace = Pace {
+                phase: pace
+                    .interval
+                    .map_or(Duration::ZERO, |iv| iv * r as u32 / rooms),
+                ..pace
+            };
+            tokio::spawn(publisher_loop(r, p, pace, publish_latency.clone()))
+        })
         .collect();
     let mut per_room = Vec::with_capacity(tasks.len());
     let mut publish_failures = 0u64;

@@ -61,8 +61,11 @@ pub async fn run(args: RecoveryArgs) -> Result<Report, BenchError> {
             "--clients and --channels must be at least 1".into(),
         ));
     }
-    args.common.raise_fd_limit(args.clients * 2)?;
-    // Closed sockets linger in TIME_WAIT while the same number reconnect.
+    // The first connections are closed before the reconnects open, so the
+    // descriptors needed are one per client; the closed sockets linger in
+    // TIME_WAIT holding their ports (not descriptors) while the same number
+    // reconnect, hence the source addresses for twice as many.
+    args.common.raise_fd_limit(args.clients)?;
     let sources = Sources::new(args.common.sources, args.clients * 2);
     let quiet = args.common.quiet;
     note(quiet, "starting nats-server and herald serve…");
