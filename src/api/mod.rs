@@ -439,17 +439,8 @@ mod tests {
 
     #[test]
     fn method_names() {
-        for name in [
-            "publish",
-            "broadcast",
-            "history",
-            "info",
-            "disconnect",
-            "subscribe",
-            "unsubscribe",
-            "refresh",
-        ] {
-            assert_eq!(Method::label(Method::from_name(name)), name);
+        for name in crate::metrics::labels::API_METHODS {
+            assert_eq!(Method::label(Method::from_name(name)), *name);
         }
         assert_eq!(Method::from_name("presence"), None);
         assert_eq!(Method::label(None), "unknown");

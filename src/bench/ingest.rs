@@ -73,6 +73,20 @@ struct PathResult {
     offsets: Vec<(usize, u64)>,
 }
 
+/// The table rows of one publish path (`label` in the table, `key` the
+/// prefix of its JSON fields), each against the peer's figure.
+fn path_rows(label: &str, key: &str) -> Vec<Row> {
+    [
+        ("publishes/s", "publishes_per_sec"),
+        ("publish p50 (ms)", "publish_p50_ms"),
+        ("publish p99 (ms)", "publish_p99_ms"),
+        ("publish p99.9 (ms)", "publish_p999_ms"),
+    ]
+    .into_iter()
+    .map(|(what, field)| Row::versus(&format!("{label} {what}"), &format!("{key}_{field}"), field))
+    .collect()
+}
+
 pub async fn run(args: IngestArgs) -> Result<Report, BenchError> {
     if args.publishers == 0 || args.channels == 0 {
         return Err(BenchError::Internal(
@@ -90,51 +104,13 @@ pub async fn run(args: IngestArgs) -> Result<Report, BenchError> {
         let r = client_path(&args, &herald, &sources).await;
         herald.check_alive()?;
         add_path(&mut m, "client", r?);
-        rows.push(Row::versus(
-            "client publishes/s",
-            "client_publishes_per_sec",
-            "publishes_per_sec",
-        ));
-        rows.push(Row::versus(
-            "client publish p50 (ms)",
-            "client_publish_p50_ms",
-            "publish_p50_ms",
-        ));
-        rows.push(Row::versus(
-            "client publish p99 (ms)",
-            "client_publish_p99_ms",
-            "publish_p99_ms",
-        ));
-        rows.push(Row::versus(
-            "client publish p99.9 (ms)",
-            "client_publish_p999_ms",
-            "publish_p999_ms",
-        ));
+        rows.extend(path_rows("client", "client"));
     }
     if matches!(args.via, Via::Api | Via::Both) {
         let r = api_path(&args, &herald, &sources).await;
         herald.check_alive()?;
         add_path(&mut m, "api", r?);
-        rows.push(Row::versus(
-            "API publishes/s",
-            "api_publishes_per_sec",
-            "publishes_per_sec",
-        ));
-        rows.push(Row::versus(
-            "API publish p50 (ms)",
-            "api_publish_p50_ms",
-            "publish_p50_ms",
-        ));
-        rows.push(Row::versus(
-            "API publish p99 (ms)",
-            "api_publish_p99_ms",
-            "publish_p99_ms",
-        ));
-        rows.push(Row::versus(
-            "API publish p99.9 (ms)",
-            "api_publish_p999_ms",
-            "publish_p999_ms",
-        ));
+        rows.extend(path_rows("API", "api"));
     }
     drop(herald);
     let peer = if args.common.no_peer {
