@@ -2,17 +2,20 @@
 //! The key layout and the reasons for it are in `schema/README.md`.
 //!
 //! Owns the byte encoding of keys and values and the check that a batch
-//! continues each channel densely from its stored head (I1). Every `append` is
-//! one fjall write batch across all channels, fsynced before it returns (I2);
-//! the writer groups publications into batches, so this is one fsync per
-//! writer batch. Reads are snapshot range scans that stop after `limit` items.
+//! continues each channel densely from its stored head (I1). Appends are group
+//! committed: the `append` calls that arrive while a commit is being fsynced
+//! wait, and the next commit takes all of them as one fjall write batch with
+//! one fsync; each call returns only after the fsync that made its batch
+//! durable (I2), and fjall makes a batch readable only after that. A batch
+//! that fails its check fails alone. Reads are snapshot range scans that stop
+//! after `limit` items.
 //!
 //! Does not know who assigns offsets, NATS or the protocol. fjall locks the
 //! directory, so a second process opening it fails with `Unavailable`.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -61,6 +64,20 @@ struct Inner {
     /// each purge chunk, so no write slips between a check and its commit.
     /// Only taken inside `spawn_blocking`, never across an `.await`.
     write_lock: Mutex<()>,
+    /// Appends waiting for the next group commit, and the results of the
+    /// last ones. `committed` wakes the waiters when a commit ends.
+    group: Mutex<Group>,
+    committed: Condvar,
+}
+
+/// The group commit's shared state: whoever finds no commit running takes
+/// every queued batch and commits them; the others wait for their result.
+#[derive(Default)]
+struct Group {
+    next_ticket: u64,
+    queue: Vec<(u64, Vec<Prepared>)>,
+    results: HashMap<u64, StoreResult<()>>,
+    committing: bool,
 }
 
 impl EmbeddedStore {
@@ -89,6 +106,8 @@ impl EmbeddedStore {
             db,
             retention: options.idempotency_retention,
             write_lock: Mutex::new(()),
+            group: Mutex::new(Group::default()),
+            committed: Condvar::new(),
         };
         tracing::info!(dir = %dir.display(), "embedded store open");
         Ok(Self {
@@ -176,17 +195,105 @@ impl Store for EmbeddedStore {
 }
 
 impl Inner {
+    /// Queues `prepared` for the next group commit and returns its result.
+    /// Runs on a blocking thread: it may wait for another caller's commit.
     fn append(&self, prepared: Vec<Prepared>) -> StoreResult<()> {
+        let mut group = self.group.lock().unwrap_or_else(PoisonError::into_inner);
+        let ticket = group.next_ticket;
+        group.next_ticket += 1;
+        group.queue.push((ticket, prepared));
+        loop {
+            if let Some(result) = group.results.remove(&ticket) {
+                return result;
+            }
+            if group.committing {
+                group = self
+                    .committed
+                    .wait(group)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            // No commit running: this caller commits everything queued.
+            group.committing = true;
+            let batches = std::mem::take(&mut group.queue);
+            drop(group);
+            let results = self.commit_group(batches);
+            group = self.group.lock().unwrap_or_else(PoisonError::into_inner);
+            group.results.extend(results);
+            group.committing = false;
+            self.committed.notify_all();
+        }
+    }
+
+    /// Checks every batch against the stored heads (and the heads the
+    /// batches before it in this group leave), then writes the batches that
+    /// passed as one fjall batch with one fsync. Returns each ticket's result.
+    fn commit_group(&self, batches: Vec<(u64, Vec<Prepared>)>) -> Vec<(u64, StoreResult<()>)> {
         let _guard = self
             .write_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        let mut heads: HashMap<String, Position> = HashMap::new();
+        let mut results = Vec::with_capacity(batches.len());
+        let mut accepted = Vec::with_capacity(batches.len());
+        for (ticket, prepared) in batches {
+            match self.check(&prepared, &heads) {
+                Ok(moved) => {
+                    heads.extend(moved);
+                    accepted.push((ticket, prepared));
+                }
+                Err(e) => results.push((ticket, Err(e))),
+            }
+        }
+        if accepted.is_empty() {
+            return results;
+        }
+        let stored_at = now_ms();
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
+        for p in accepted.iter().flat_map(|(_, prepared)| prepared) {
+            for (key, value) in &p.rows {
+                batch.insert(&self.messages, key.as_slice(), value.as_slice());
+            }
+            for (primary, offset) in &p.keys {
+                batch.insert(
+                    &self.keys,
+                    primary.as_slice(),
+                    encode_key_value(*offset, stored_at),
+                );
+                batch.insert(
+                    &self.keys_by_time,
+                    key_time_key(stored_at, primary),
+                    Vec::new(),
+                );
+            }
+        }
+        for (channel, pos) in &heads {
+            batch.insert(&self.channels, channel.as_bytes(), encode_position(pos));
+        }
+        match batch.commit().map_err(|e| map_err("committing a batch", e)) {
+            Ok(()) => results.extend(accepted.into_iter().map(|(t, _)| (t, Ok(())))),
+            Err(e) => results.extend(
+                accepted
+                    .into_iter()
+                    .map(|(t, _)| (t, Err(StoreError::new(e.kind, e.message.clone())))),
+            ),
+        }
+        results
+    }
 
-        // Heads as they will be after the entries of this batch seen so far,
-        // so a channel may appear more than once in one batch.
-        let mut heads: HashMap<&str, Position> = HashMap::new();
-        for p in &prepared {
-            let stored = match heads.get(p.channel.as_str()) {
+    /// Checks that one batch continues each of its channels densely from the
+    /// head it has (`group` first: what earlier batches of this commit leave;
+    /// then the stored head). Returns the heads the batch leaves, or the
+    /// conflict; `group` is not changed.
+    fn check(
+        &self,
+        prepared: &[Prepared],
+        group: &HashMap<String, Position>,
+    ) -> StoreResult<HashMap<String, Position>> {
+        // A channel may appear more than once in one batch.
+        let mut heads: HashMap<String, Position> = HashMap::new();
+        for p in prepared {
+            let stored = match heads.get(&p.channel).or_else(|| group.get(&p.channel)) {
                 Some(pos) => Some(pos.clone()),
                 None => self.stored_position(&p.channel)?,
             };
@@ -212,37 +319,14 @@ impl Inner {
                 _ => {}
             }
             heads.insert(
-                &p.channel,
+                p.channel.clone(),
                 Position {
                     head: p.last,
                     epoch: p.epoch.clone(),
                 },
             );
         }
-
-        let stored_at = now_ms();
-        let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
-        for p in &prepared {
-            for (key, value) in &p.rows {
-                batch.insert(&self.messages, key.as_slice(), value.as_slice());
-            }
-            for (primary, offset) in &p.keys {
-                batch.insert(
-                    &self.keys,
-                    primary.as_slice(),
-                    encode_key_value(*offset, stored_at),
-                );
-                batch.insert(
-                    &self.keys_by_time,
-                    key_time_key(stored_at, primary),
-                    Vec::new(),
-                );
-            }
-        }
-        for (channel, pos) in &heads {
-            batch.insert(&self.channels, channel.as_bytes(), encode_position(pos));
-        }
-        batch.commit().map_err(|e| map_err("committing a batch", e))
+        Ok(heads)
     }
 
     fn stored_position(&self, channel: &str) -> StoreResult<Option<Position>> {
@@ -629,5 +713,94 @@ mod tests {
         assert_eq!(err, Some(StoreErrorKind::Conflict));
         let err = prepare(&[append(&[])]).err().map(|e| e.kind);
         assert_eq!(err, Some(StoreErrorKind::Conflict));
+    }
+}
+
+#[cfg(test)]
+mod group_commit_tests {
+    use super::*;
+
+    fn append_of(channel: &str, first: u64, n: u64) -> ChannelAppend {
+        ChannelAppend {
+            channel: channel.to_string(),
+            epoch: "e".to_string(),
+            publications: (first..first + n)
+                .map(|offset| StoredPublication {
+                    offset,
+                    data: Bytes::from(format!("{channel}:{offset}")),
+                    info: None,
+                    time_ms: 1,
+                })
+                .collect(),
+            idempotency_keys: Vec::new(),
+        }
+    }
+
+    /// Many threads appending at once share commits; a batch that does not
+    /// continue its channel fails alone, and every other batch is stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_appends_commit_together_and_fail_alone() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(
+            EmbeddedStore::open(
+                dir.path(),
+                StoreOptions {
+                    idempotency_retention: Duration::from_secs(3600),
+                },
+            )
+            .expect("open store"),
+        );
+        let mut tasks = Vec::new();
+        for c in 0..16 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let channel = format!("ch{c}");
+                for round in 0..20u64 {
+                    store
+                        .append(&[append_of(&channel, round * 3 + 1, 3)])
+                        .await
+                        .expect("a dense append is stored");
+                }
+            }));
+        }
+        // Interleaved with them: batches that skip an offset.
+        let bad = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut refused = 0;
+                for round in 0..20u64 {
+                    let e = store
+                        .append(&[append_of("ch0", 1000 + round, 1)])
+                        .await
+                        .expect_err("a gap is refused");
+                    assert_eq!(e.kind, StoreErrorKind::Conflict);
+                    refused += 1;
+                }
+                refused
+            })
+        };
+        for t in tasks {
+            t.await.expect("appender");
+        }
+        assert_eq!(bad.await.expect("bad appender"), 20);
+        for c in 0..16 {
+            let channel = format!("ch{c}");
+            let rows = store
+                .read(
+                    &channel,
+                    ReadRange {
+                        after: 0,
+                        before: None,
+                        limit: 1000,
+                        direction: Direction::Forward,
+                    },
+                )
+                .await
+                .expect("read");
+            let offsets: Vec<u64> = rows.iter().map(|p| p.offset).collect();
+            assert_eq!(offsets, (1..=60).collect::<Vec<_>>(), "{channel}");
+            let head = store.position(&channel).await.expect("position");
+            assert_eq!(head.head, 60, "{channel}");
+        }
     }
 }
