@@ -60,7 +60,7 @@ struct Inner {
     /// stored-at ms (u64 BE) ++ escaped channel ++ key -> empty; the purge index.
     keys_by_time: Keyspace,
     retention: Duration,
-    /// Held by `append` from reading the heads to the fsynced commit, and by
+    /// Held by a group commit from reading the heads to the fsync, and by
     /// each purge chunk, so no write slips between a check and its commit.
     /// Only taken inside `spawn_blocking`, never across an `.await`.
     write_lock: Mutex<()>,
