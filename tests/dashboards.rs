@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use common::follower::{Conn, token};
 use common::process::{Api, HeraldProcess, Spec, free_port};
+use common::root;
 use common::{TestNats, eventually};
 use serde_json::{Value, json};
 
@@ -38,20 +39,10 @@ const SETTLE: Duration = Duration::from_secs(20);
 /// The filter every metric selector of every panel starts with.
 const FILTER: &str = r#"{role=~"$role", instance=~"$instance""#;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// A binary of Debian's prometheus package, unpacked by
 /// `scripts/install-tools.sh`.
 fn prometheus_tool(name: &str) -> PathBuf {
-    let path = root().join(".tools/prometheus/usr/bin").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/install-tools.sh",
-        path.display()
-    );
-    path
+    common::tool(&format!("prometheus/usr/bin/{name}"))
 }
 
 fn read(relative: &str) -> String {

@@ -7,30 +7,18 @@
 //! (`scripts/install-tools.sh`). No Docker engine or cluster is needed, so the
 //! image build and a running stack are not covered here.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::{root, tool};
 use herald::config::{OPTIONS, env_name};
 use serde_json::Value;
 
 /// The Kubernetes version the manifests are checked against.
 const KUBERNETES_VERSION: &str = "1.30.0";
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A tool installed by `scripts/install-tools.sh` under `.tools/`.
-fn tool(relative: &str) -> PathBuf {
-    let path = root().join(".tools").join(relative);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/install-tools.sh",
-        path.display()
-    );
-    path
-}
 
 fn run(cmd: &mut Command) -> Output {
     let out = cmd

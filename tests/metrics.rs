@@ -43,13 +43,7 @@ const LOAD_CHANNEL: &str = "load";
 const PUBLISHES: u64 = 10;
 
 fn promtool() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/prometheus/usr/bin/promtool");
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/install-tools.sh (it installs Debian's prometheus package into .tools/)",
-        path.display()
-    );
-    path
+    common::tool("prometheus/usr/bin/promtool")
 }
 
 fn token(user: &str) -> String {

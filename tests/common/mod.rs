@@ -20,6 +20,23 @@ use std::time::Duration;
 
 use herald::bus::server::NatsServer;
 
+/// The repository's root (where Cargo.toml is).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A tool `scripts/install-tools.sh` installs under `.tools/`, e.g.
+/// `prometheus/usr/bin/promtool`; a missing one fails the test saying so.
+pub fn tool(relative: &str) -> PathBuf {
+    let path = root().join(".tools").join(relative);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/install-tools.sh",
+        path.display()
+    );
+    path
+}
+
 pub fn nats_server_bin() -> PathBuf {
     if let Ok(p) = std::env::var("HERALD_TEST_NATS_SERVER") {
         return PathBuf::from(p);
