@@ -119,8 +119,12 @@ fn close_deadline(exp: u64, grace: Duration) -> Instant {
     Instant::now() + Duration::from_secs(exp.saturating_sub(now_secs())) + grace
 }
 
+/// Seconds until `exp`, at least 1: a reply that says `expires` must carry a
+/// `ttl` (0 would be left out of the JSON, and SDKs read it unconditionally),
+/// and a token at or just past its `exp` (within the close grace) is to be
+/// refreshed at once.
 fn ttl(exp: u64) -> u32 {
-    exp.saturating_sub(now_secs()).min(u64::from(u32::MAX)) as u32
+    exp.saturating_sub(now_secs()).clamp(1, u64::from(u32::MAX)) as u32
 }
 
 pub(super) async fn run(edge: Arc<Edge>, socket: WebSocket, id: SessionId) {
