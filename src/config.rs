@@ -38,6 +38,7 @@ options! {
     "log" = "info,lsm_tree=warn,fjall=warn" : "Log filter (tracing EnvFilter syntax), e.g. `info,herald=debug`.";
     "log_format" = "text" : "`text` for humans, `json` for machines.";
     "client_message_size_limit" = "65536" : "Largest client frame in bytes; larger closes the connection with 3506.";
+    "client_read_buffer_size" = "1024" : "Bytes each connection reads from its socket per read call, and the read buffer it keeps while idle; larger frames are read in several calls. Small keeps idle connections cheap.";
     "client_queue_max_bytes" = "1048576" : "Bound of each connection's outbound queue in bytes; a client past it is disconnected with 3008 (slow).";
     "client_channel_limit" = "128" : "Subscriptions per connection; one more is error 106 (limit exceeded).";
     "client_ping_interval" = "25s" : "The server pings every client this often; announced in the connect reply.";
@@ -151,6 +152,7 @@ pub struct NatsConfig {
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     pub message_size_limit: usize,
+    pub read_buffer_size: usize,
     pub queue_max_bytes: usize,
     pub channel_limit: usize,
     pub ping_interval: Duration,
@@ -400,6 +402,7 @@ impl Config {
             }),
             client: ClientConfig {
                 message_size_limit: p.parse("client_message_size_limit", parse_positive),
+                read_buffer_size: p.parse("client_read_buffer_size", parse_positive),
                 queue_max_bytes: p.parse("client_queue_max_bytes", parse_positive),
                 channel_limit: p.parse("client_channel_limit", parse_positive),
                 ping_interval: p.parse("client_ping_interval", parse_duration_positive),

@@ -360,6 +360,7 @@ pub mod labels {
         "read",
         "position",
         "idempotent_offset",
+        "idempotent_offsets",
         "purge_expired_keys",
     ];
     /// `kind` of [`super::STORE_ERRORS_TOTAL`] (`StoreErrorKind::label`).

@@ -90,6 +90,53 @@ async fn two_users_chat_in_a_user_limited_channel() {
     assert_eq!(history["history"]["epoch"], epoch.as_str());
 }
 
+/// A client frame many times the connection's read buffer (and several
+/// commands in one frame) is read across several socket reads and arrives
+/// whole.
+#[tokio::test]
+async fn frames_larger_than_the_read_buffer_arrive_whole() {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = test_config(&nats, dir.path().join("data"));
+    let read_buffer = config.client.read_buffer_size;
+    let h = TestHerald::start(config).await;
+    let ch = "big-frames";
+    let (mut reader, _) = WsClient::connect(h.addr, &h.token("reader")).await;
+    let (mut writer, _) = WsClient::connect(h.addr, &h.token("writer")).await;
+    reader.call("subscribe", json!({"channel": ch})).await;
+
+    // 40 KiB of varied text: a misplaced chunk would not compare equal.
+    let text: String = (0..40 * 1024)
+        .map(|i| char::from(b'a' + (i * 7 % 26) as u8))
+        .collect();
+    assert!(
+        text.len() > 20 * read_buffer,
+        "the frame must span many reads"
+    );
+    let r = writer
+        .call("publish", json!({"channel": ch, "data": {"text": text}}))
+        .await;
+    assert_eq!(r["publish"]["offset"], 1, "{r}");
+    let p = reader.publication(ch).await;
+    assert_eq!(p["data"]["text"].as_str(), Some(text.as_str()));
+
+    // Many commands in one frame, the frame well past the read buffer.
+    let commands: Vec<String> = (0..40)
+        .map(|i| {
+            json!({"id": 100 + i, "publish": {"channel": ch, "data": {"i": i, "pad": "p".repeat(100)}}})
+                .to_string()
+        })
+        .collect();
+    let frame = commands.join("\n");
+    assert!(frame.len() > 4 * read_buffer);
+    writer.send_text(&frame).await;
+    for i in 0..40u64 {
+        let p = reader.publication(ch).await;
+        assert_eq!(p["data"]["i"], i, "{p}");
+        assert_eq!(p["offset"], i + 2);
+    }
+}
+
 #[tokio::test]
 async fn concurrent_publishers_get_dense_offsets() {
     let (_nats, _dir, h) = node().await;

@@ -29,9 +29,8 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tokio::sync::mpsc;
 
-use self::control::SessionCommand;
+use self::control::ControlSender;
 use self::feed::FeedDeps;
 use self::hub::{Hub, SessionId};
 use self::outbox::Outbox;
@@ -41,9 +40,6 @@ use crate::config::{ChannelsConfig, ClientConfig};
 use crate::protocol::Disconnect;
 use crate::sync::client::SyncClient;
 
-/// The WebSocket read buffer per connection. tungstenite's default is
-/// 128 KiB; a few KiB keeps idle connections cheap.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// How long `close_all` waits, after the drain, for sessions to finish closing.
 const CLOSE_ALL_WAIT: Duration = Duration::from_secs(5);
 /// How often a drain closes the next slice of sessions.
@@ -69,7 +65,7 @@ struct SessionEntry {
     client_id: String,
     user: Option<String>,
     /// The session's control queue; its read loop holds the receiver.
-    control: mpsc::Sender<SessionCommand>,
+    control: ControlSender,
 }
 
 /// Live sessions, and the authenticated ones by user (for control messages).
@@ -196,7 +192,7 @@ impl Edge {
         id: SessionId,
         client_id: &str,
         outbox: Arc<Outbox>,
-        control: mpsc::Sender<SessionCommand>,
+        control: ControlSender,
     ) {
         self.sessions.lock().expect("sessions lock").by_id.insert(
             id,
@@ -253,14 +249,17 @@ async fn upgrade(State(edge): State<Arc<Edge>>, ws: WebSocketUpgrade) -> Respons
     }
     let limit = edge.settings.client.message_size_limit;
     let id = edge.next_session.fetch_add(1, Ordering::Relaxed);
-    ws.read_buffer_size(READ_BUFFER_BYTES)
+    // tungstenite's default read buffer is 128 KiB, kept for the connection's
+    // life; `client_read_buffer_size` (1 KiB) keeps idle connections cheap.
+    let read_buffer = edge.settings.client.read_buffer_size;
+    ws.read_buffer_size(read_buffer)
         .write_buffer_size(0)
         .max_write_buffer_size(
             edge.settings
                 .client
                 .queue_max_bytes
                 .saturating_mul(2)
-                .max(READ_BUFFER_BYTES),
+                .max(read_buffer),
         )
         // Frames up to twice the limit are read and refused with a close
         // code; past that tungstenite stops reading (memory bound).

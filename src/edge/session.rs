@@ -166,7 +166,10 @@ pub(super) async fn run(edge: Arc<Edge>, socket: WebSocket, id: SessionId) {
                         let io = m::edge_io();
                         io.messages_in.increment(1);
                         io.bytes_in.increment(text.len() as u64);
-                        s.handle_frame(text.as_str()).await
+                        // Boxed: a command's future is large and lives only
+                        // while the command runs; inline, every idle
+                        // connection's task would carry its size.
+                        Box::pin(s.handle_frame(text.as_str())).await
                     }
                     Some(Ok(Message::Binary(_))) => Err(Disconnect::BAD_REQUEST),
                     Some(Ok(Message::Close(_))) | None => break Some(CLIENT_CLOSED),
@@ -177,7 +180,7 @@ pub(super) async fn run(edge: Arc<Edge>, socket: WebSocket, id: SessionId) {
                     Some(Ok(_)) => Ok(()),
                 },
                 Some(cmd) = control.recv() => {
-                    s.handle_control(cmd).await;
+                    Box::pin(s.handle_control(*cmd)).await;
                     Ok(())
                 }
                 _ = ping.tick(), if authed => {

@@ -437,6 +437,26 @@ where
         None
     );
 
+    // The batch lookup answers the same, in the order asked, repeats included.
+    assert_eq!(
+        store
+            .idempotent_offsets(&[
+                (&ch, "k4"),
+                (&ch, "k2"),
+                (&other, "k1"),
+                (&ch, "k1"),
+                (&ch, "k"),
+                (&ch, "k4"),
+            ])
+            .await
+            .expect("keys"),
+        vec![Some(4), None, None, Some(1), None, Some(4)]
+    );
+    assert_eq!(
+        store.idempotent_offsets(&[]).await.expect("no keys"),
+        Vec::<Option<u64>>::new()
+    );
+
     // Young keys survive a purge.
     store.purge_expired_keys().await.expect("purge");
     assert_eq!(
@@ -480,6 +500,14 @@ where
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert_eq!(
+        store
+            .idempotent_offsets(&[(&ch, "old")])
+            .await
+            .expect("keys"),
+        vec![None],
+        "an expired key is not returned by the batch lookup either"
+    );
     let purged = store.purge_expired_keys().await.expect("purge");
     assert!(purged >= 1, "purged {purged}");
     assert_eq!(

@@ -166,23 +166,40 @@ impl Store for EmbeddedStore {
     }
 
     async fn idempotent_offset(&self, channel: &str, key: &str) -> StoreResult<Option<u64>> {
-        let primary = key_key(channel, key);
-        let channel = channel.to_owned();
+        let mut found = self.idempotent_offsets(&[(channel, key)]).await?;
+        Ok(found.pop().flatten())
+    }
+
+    /// One blocking call and one snapshot for the whole batch: the writer
+    /// asks once per batch, and a hand-off to a blocking thread per key cost
+    /// more than the lookups.
+    async fn idempotent_offsets(&self, keys: &[(&str, &str)]) -> StoreResult<Vec<Option<u64>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let wanted: Vec<(String, Vec<u8>)> = keys
+            .iter()
+            .map(|(channel, key)| ((*channel).to_owned(), key_key(channel, key)))
+            .collect();
         self.blocking(move |inner| {
-            let value = inner
-                .db
-                .snapshot()
-                .get(&inner.keys, &primary)
-                .map_err(|e| map_err("reading an idempotency key", e))?;
-            let Some(value) = value else { return Ok(None) };
-            let (offset, stored_at) = decode_key_value(&value).ok_or_else(|| {
-                StoreError::new(
-                    StoreErrorKind::Corrupt,
-                    format!("undecodable idempotency key of channel {channel:?}"),
-                )
-            })?;
-            let expired = stored_at <= expiry_cutoff(now_ms(), inner.retention);
-            Ok((!expired).then_some(offset))
+            let snapshot = inner.db.snapshot();
+            let cutoff = expiry_cutoff(now_ms(), inner.retention);
+            wanted
+                .iter()
+                .map(|(channel, primary)| {
+                    let value = snapshot
+                        .get(&inner.keys, primary)
+                        .map_err(|e| map_err("reading an idempotency key", e))?;
+                    let Some(value) = value else { return Ok(None) };
+                    let (offset, stored_at) = decode_key_value(&value).ok_or_else(|| {
+                        StoreError::new(
+                            StoreErrorKind::Corrupt,
+                            format!("undecodable idempotency key of channel {channel:?}"),
+                        )
+                    })?;
+                    Ok((stored_at > cutoff).then_some(offset))
+                })
+                .collect()
         })
         .await
     }

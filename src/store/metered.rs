@@ -29,15 +29,17 @@ enum Op {
     Read,
     Position,
     IdempotentOffset,
+    IdempotentOffsets,
     PurgeExpiredKeys,
 }
 
 impl Op {
-    const ALL: [Op; 5] = [
+    const ALL: [Op; 6] = [
         Op::Append,
         Op::Read,
         Op::Position,
         Op::IdempotentOffset,
+        Op::IdempotentOffsets,
         Op::PurgeExpiredKeys,
     ];
 
@@ -47,6 +49,7 @@ impl Op {
             Op::Read => "read",
             Op::Position => "position",
             Op::IdempotentOffset => "idempotent_offset",
+            Op::IdempotentOffsets => "idempotent_offsets",
             Op::PurgeExpiredKeys => "purge_expired_keys",
         }
     }
@@ -56,7 +59,7 @@ pub struct Metered {
     inner: SharedStore,
     backend: &'static str,
     /// One histogram per [`Op`], resolved once.
-    latency: [Histogram; 5],
+    latency: [Histogram; 6],
 }
 
 /// Wraps `inner` (a `backend` store: `embedded`, `scylla`) and registers its
@@ -133,6 +136,11 @@ impl Store for Metered {
             self.inner.idempotent_offset(channel, key),
         )
         .await
+    }
+
+    async fn idempotent_offsets(&self, keys: &[(&str, &str)]) -> StoreResult<Vec<Option<u64>>> {
+        self.measure(Op::IdempotentOffsets, self.inner.idempotent_offsets(keys))
+            .await
     }
 
     async fn purge_expired_keys(&self) -> StoreResult<u64> {

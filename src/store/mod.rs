@@ -139,6 +139,18 @@ pub trait Store: Send + Sync + 'static {
     /// retention.
     async fn idempotent_offset(&self, channel: &str, key: &str) -> StoreResult<Option<u64>>;
 
+    /// [`Store::idempotent_offset`] of many (channel, key) pairs, answered in
+    /// their order: what the writer asks once per batch. The default asks
+    /// them one by one, concurrently; a backend that can answer them in one
+    /// go overrides it.
+    async fn idempotent_offsets(&self, keys: &[(&str, &str)]) -> StoreResult<Vec<Option<u64>>> {
+        futures::future::try_join_all(
+            keys.iter()
+                .map(|(channel, key)| self.idempotent_offset(channel, key)),
+        )
+        .await
+    }
+
     /// Removes idempotency keys older than the retention. Called periodically.
     async fn purge_expired_keys(&self) -> StoreResult<u64>;
 }

@@ -364,17 +364,12 @@ impl Task {
             self.cache.insert(channel, position.clone());
             known.set_position(channel, position);
         }
-        let stored = try_join_all(entries.iter().map(|e| {
-            let store = &store;
-            async move {
-                store
-                    .idempotent_offset(&e.channel, &e.key)
-                    .await
-                    .map(|o| (e, o))
-            }
-        }))
-        .await?;
-        for (e, offset) in stored {
+        let keys: Vec<(&str, &str)> = entries
+            .iter()
+            .map(|e| (e.channel.as_str(), e.key.as_str()))
+            .collect();
+        let stored = store.idempotent_offsets(&keys).await?;
+        for (e, offset) in entries.iter().zip(stored) {
             if let Some(offset) = offset {
                 known.set_stored_key(&e.channel, &e.key, offset);
             }
