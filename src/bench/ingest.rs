@@ -11,6 +11,7 @@
 //! same number of concurrent publishers, each waiting for its ack.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,17 +19,17 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::net::{Sources, open_all};
 use super::payload::{self, now_us};
 use super::report::{Measured, Report, Row};
 use super::stats::{Count, Latencies, Progress, note};
-use super::target::{Herald, HeraldOptions, Nats};
+use super::target::{Api, Herald, HeraldOptions, Nats};
 use super::{BenchError, Common};
 use crate::bus::ingest::{IngestMessage, ensure_stream};
 use crate::bus::subjects;
-use crate::client::{Client, ClientError, ClientOptions};
+use crate::client::{Client, ClientOptions};
 use crate::config::Config;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -58,10 +59,6 @@ pub struct IngestArgs {
     #[arg(long, value_enum, default_value = "both")]
     pub via: Via,
 }
-
-/// What one publisher task returns: (channel, offset) of each acknowledged
-/// publish, and how many were refused.
-type PublisherDone = (Vec<(usize, u64)>, u64);
 
 /// What one publisher path produced.
 struct PathResult {
@@ -185,6 +182,96 @@ fn progress(label: &str, quiet: bool, acked: Arc<Count>, total: u64) -> Progress
     })
 }
 
+/// What one publish came to.
+enum Outcome {
+    /// Herald's reply: stored at this offset of the channel.
+    Stored(u64),
+    /// The peer's ack (no per-channel offset).
+    Acked,
+    /// Answered with an error.
+    Refused,
+}
+
+/// One publisher of a path, with one publish in flight: sends `data` into
+/// channel index `c` and waits for its answer. An `Err` is a broken
+/// connection and ends the run.
+trait PathPublisher: Send + 'static {
+    fn publish(
+        &mut self,
+        c: usize,
+        data: String,
+    ) -> impl Future<Output = Result<Outcome, String>> + Send;
+}
+
+/// Client protocol `publish` on one WebSocket, into `ingc-<c>`.
+struct ClientPublisher(Client);
+
+impl PathPublisher for ClientPublisher {
+    async fn publish(&mut self, c: usize, data: String) -> Result<Outcome, String> {
+        let channel = serde_json::to_string(&format!("ingc-{c}")).unwrap_or_default();
+        let id = self
+            .0
+            .send_raw(
+                "publish",
+                &format!(r#"{{"channel":{channel},"data":{data}}}"#),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let reply = self.0.reply(id).await.map_err(|e| e.to_string())?;
+        Ok(match reply["publish"]["offset"].as_u64() {
+            Some(o) => Outcome::Stored(o),
+            None => Outcome::Refused,
+        })
+    }
+}
+
+/// `POST /api/publish` on one keep-alive HTTP connection, into `inga-<c>`.
+struct ApiPublisher(Api);
+
+impl PathPublisher for ApiPublisher {
+    async fn publish(&mut self, c: usize, data: String) -> Result<Outcome, String> {
+        let r = self.0.publish_raw(&format!("inga-{c}"), &data).await;
+        Ok(match r.ok().as_ref().and_then(|v| v["offset"].as_u64()) {
+            Some(o) => Outcome::Stored(o),
+            None => Outcome::Refused,
+        })
+    }
+}
+
+/// The peer: JetStream publish-with-ack of an `IngestMessage`, with the
+/// `Nats-Msg-Id` Herald's publisher sets, on the ingest partition Herald
+/// would use for `ingc-<c>`.
+struct JetStreamPublisher {
+    js: async_nats::jetstream::Context,
+    partitions: u32,
+    info: Box<serde_json::value::RawValue>,
+}
+
+impl PathPublisher for JetStreamPublisher {
+    async fn publish(&mut self, c: usize, data: String) -> Result<Outcome, String> {
+        let channel = format!("ingc-{c}");
+        let key = uuid::Uuid::new_v4().simple().to_string();
+        let body = IngestMessage {
+            channel: channel.clone(),
+            data: serde_json::value::RawValue::from_string(data).map_err(|e| e.to_string())?,
+            info: Some(self.info.clone()),
+            key: key.clone(),
+        };
+        let bytes = Bytes::from(serde_json::to_vec(&body).map_err(|e| e.to_string())?);
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", subjects::message_id(&channel, &key).as_str());
+        let subject = subjects::ingest_subject(subjects::partition_of(&channel, self.partitions));
+        let ack = match self.js.publish_with_headers(subject, headers, bytes).await {
+            Ok(f) => f.await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        Ok(match ack {
+            Ok(a) if !a.duplicate => Outcome::Acked,
+            _ => Outcome::Refused,
+        })
+    }
+}
+
 async fn client_path(
     args: &IngestArgs,
     herald: &Herald,
@@ -215,19 +302,37 @@ async fn client_path(
         )
         .await?
     };
+    let publishers = clients.into_iter().map(ClientPublisher).collect();
+    drive("herald client publish", args, publishers).await
+}
+
+async fn api_path(
+    args: &IngestArgs,
+    herald: &Herald,
+    sources: &Sources,
+) -> Result<PathResult, BenchError> {
+    let mut publishers = Vec::with_capacity(args.publishers);
+    for i in 0..args.publishers {
+        publishers.push(ApiPublisher(herald.api(Some(sources.pick(i))).await?));
+    }
+    drive("herald API publish", args, publishers).await
+}
+
+/// Runs every publisher on its share of `--messages` (one publish in flight
+/// each) and collects what they were answered.
+async fn drive<P: PathPublisher>(
+    label: &str,
+    args: &IngestArgs,
+    publishers: Vec<P>,
+) -> Result<PathResult, BenchError> {
     let acked = Arc::new(Count::default());
     let latency = Arc::new(Latencies::default());
-    let progress = progress(
-        "herald client publish",
-        args.common.quiet,
-        acked.clone(),
-        args.messages,
-    );
+    let progress = progress(label, args.common.quiet, acked.clone(), args.messages);
     let started = Instant::now();
-    let tasks: Vec<_> = clients
+    let tasks: Vec<_> = publishers
         .into_iter()
         .enumerate()
-        .map(|(p, mut client)| {
+        .map(|(p, mut publisher)| {
             let (acked, latency) = (acked.clone(), latency.clone());
             let (publishers, messages, channels, size) =
                 (args.publishers, args.messages, args.channels, args.payload);
@@ -236,40 +341,23 @@ async fn client_path(
                 let mut errors = 0u64;
                 for j in share(p, publishers, messages) {
                     let c = (j % channels as u64) as usize;
-                    let channel = serde_json::to_string(&format!("ingc-{c}")).unwrap_or_default();
                     let data = payload::encode(j, size);
                     let sent = now_us();
-                    let id = client
-                        .send_raw(
-                            "publish",
-                            &format!(r#"{{"channel":{channel},"data":{data}}}"#),
-                        )
-                        .await?;
-                    let reply = client.reply(id).await?;
+                    let outcome = publisher.publish(c, data).await?;
                     latency.record_one(p, now_us().saturating_sub(sent));
-                    match reply["publish"]["offset"].as_u64() {
-                        Some(o) => {
+                    match outcome {
+                        Outcome::Stored(o) => {
                             offsets.push((c, o));
                             acked.add(1);
                         }
-                        None => errors += 1,
+                        Outcome::Acked => acked.add(1),
+                        Outcome::Refused => errors += 1,
                     }
                 }
-                Ok::<_, ClientError>((offsets, errors))
+                Ok::<_, String>((offsets, errors))
             })
         })
         .collect();
-    let result = collect(tasks, &acked, started, latency).await;
-    progress.finish().await;
-    result
-}
-
-async fn collect(
-    tasks: Vec<tokio::task::JoinHandle<Result<PublisherDone, ClientError>>>,
-    acked: &Count,
-    started: Instant,
-    latency: Arc<Latencies>,
-) -> Result<PathResult, BenchError> {
     let mut offsets = Vec::new();
     let mut errors = 0;
     for t in tasks {
@@ -285,6 +373,7 @@ async fn collect(
         }
     }
     let secs = started.elapsed().as_secs_f64();
+    progress.finish().await;
     Ok(PathResult {
         acked: acked.get(),
         errors,
@@ -292,57 +381,6 @@ async fn collect(
         latency: latency.merged(),
         offsets,
     })
-}
-
-async fn api_path(
-    args: &IngestArgs,
-    herald: &Herald,
-    sources: &Sources,
-) -> Result<PathResult, BenchError> {
-    let mut apis = Vec::with_capacity(args.publishers);
-    for i in 0..args.publishers {
-        apis.push(herald.api(Some(sources.pick(i))).await?);
-    }
-    let acked = Arc::new(Count::default());
-    let latency = Arc::new(Latencies::default());
-    let progress = progress(
-        "herald API publish",
-        args.common.quiet,
-        acked.clone(),
-        args.messages,
-    );
-    let started = Instant::now();
-    let tasks: Vec<_> = apis
-        .into_iter()
-        .enumerate()
-        .map(|(p, mut api)| {
-            let (acked, latency) = (acked.clone(), latency.clone());
-            let (publishers, messages, channels, size) =
-                (args.publishers, args.messages, args.channels, args.payload);
-            tokio::spawn(async move {
-                let mut offsets = Vec::new();
-                let mut errors = 0u64;
-                for j in share(p, publishers, messages) {
-                    let c = (j % channels as u64) as usize;
-                    let data = payload::encode(j, size);
-                    let sent = now_us();
-                    let r = api.publish_raw(&format!("inga-{c}"), &data).await;
-                    latency.record_one(p, now_us().saturating_sub(sent));
-                    match r.ok().as_ref().and_then(|v| v["offset"].as_u64()) {
-                        Some(o) => {
-                            offsets.push((c, o));
-                            acked.add(1);
-                        }
-                        None => errors += 1,
-                    }
-                }
-                Ok::<_, ClientError>((offsets, errors))
-            })
-        })
-        .collect();
-    let result = collect(tasks, &acked, started, latency).await;
-    progress.finish().await;
-    result
 }
 
 async fn peer_run(args: &IngestArgs) -> Result<Measured, BenchError> {
@@ -360,76 +398,30 @@ async fn peer_run(args: &IngestArgs) -> Result<Measured, BenchError> {
     let mut stream = ensure_stream(&js, &ingest)
         .await
         .map_err(|e| BenchError::setup("the peer's ingest stream", e))?;
-    let partitions = ingest.partitions;
-    let acked = Arc::new(Count::default());
-    let latency = Arc::new(Latencies::default());
-    let progress = progress(
-        "jetstream publish",
-        args.common.quiet,
-        acked.clone(),
-        args.messages,
-    );
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..args.publishers)
+    let publishers = (0..args.publishers)
         .map(|p| {
-            let (acked, latency, js) = (acked.clone(), latency.clone(), js.clone());
-            let (publishers, messages, channels, size) =
-                (args.publishers, args.messages, args.channels, args.payload);
-            tokio::spawn(async move {
-                let mut errors = 0u64;
-                let info: Value =
-                    json!({"user": format!("pub{p}"), "client": uuid::Uuid::new_v4().to_string()});
-                for j in share(p, publishers, messages) {
-                    let channel = format!("ingc-{}", j % channels as u64);
-                    let key = uuid::Uuid::new_v4().simple().to_string();
-                    let body = IngestMessage {
-                        channel: channel.clone(),
-                        data: serde_json::value::RawValue::from_string(payload::encode(j, size))
-                            .map_err(|e| e.to_string())?,
-                        info: serde_json::value::to_raw_value(&info).ok(),
-                        key: key.clone(),
-                    };
-                    let bytes = Bytes::from(serde_json::to_vec(&body).map_err(|e| e.to_string())?);
-                    let mut headers = HeaderMap::new();
-                    headers.insert("Nats-Msg-Id", subjects::message_id(&channel, &key).as_str());
-                    let subject =
-                        subjects::ingest_subject(subjects::partition_of(&channel, partitions));
-                    let sent = now_us();
-                    let ack = match js.publish_with_headers(subject, headers, bytes).await {
-                        Ok(f) => f.await.map_err(|e| e.to_string()),
-                        Err(e) => Err(e.to_string()),
-                    };
-                    latency.record_one(p, now_us().saturating_sub(sent));
-                    match ack {
-                        Ok(a) if !a.duplicate => acked.add(1),
-                        _ => errors += 1,
-                    }
-                }
-                Ok::<_, String>(errors)
+            let info =
+                json!({"user": format!("pub{p}"), "client": uuid::Uuid::new_v4().to_string()});
+            serde_json::value::to_raw_value(&info).map(|info| JetStreamPublisher {
+                js: js.clone(),
+                partitions: ingest.partitions,
+                info,
             })
         })
-        .collect();
-    let mut errors = 0;
-    for t in tasks {
-        match t.await {
-            Ok(Ok(e)) => errors += e,
-            Ok(Err(e)) => return Err(BenchError::Internal(format!("peer publisher: {e}"))),
-            Err(e) => return Err(BenchError::Internal(format!("peer publisher task: {e}"))),
-        }
-    }
-    let secs = started.elapsed().as_secs_f64();
-    progress.finish().await;
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| BenchError::Internal(format!("peer client info: {e}")))?;
+    let r = drive("jetstream publish", args, publishers).await?;
     let stored = stream
         .info()
         .await
         .map(|i| i.state.messages)
         .map_err(|e| BenchError::Server(format!("peer stream info: {e}")))?;
     let mut m = Measured::default();
-    m.set("publishes", acked.get() as f64);
-    m.set("publishes_per_sec", acked.get() as f64 / secs.max(1e-6));
-    m.latency("publish", latency.merged());
-    m.check("errors", errors);
-    m.check("not_in_stream", acked.get().saturating_sub(stored));
+    m.set("publishes", r.acked as f64);
+    m.set("publishes_per_sec", r.acked as f64 / r.secs.max(1e-6));
+    m.latency("publish", r.latency);
+    m.check("errors", r.errors);
+    m.check("not_in_stream", r.acked.saturating_sub(stored));
     drop(nats);
     Ok(m)
 }
