@@ -14,15 +14,13 @@ use std::time::Instant;
 use clap::Args;
 use serde_json::json;
 
+use super::fill::{self, Fill};
 use super::http::HttpConn;
-use super::payload::{self, now_us};
+use super::payload::now_us;
 use super::report::{Measured, Report, Row};
 use super::stats::{Count, Latencies, Progress, note};
 use super::target::{Herald, HeraldOptions};
 use super::{BenchError, Common, Rate};
-
-/// Server API connections filling the channels.
-const FILL_WORKERS: usize = 32;
 
 #[derive(Args, Clone, Debug)]
 pub struct HistoryArgs {
@@ -67,7 +65,7 @@ pub async fn run(args: HistoryArgs) -> Result<Report, BenchError> {
         ));
     }
     args.common
-        .raise_fd_limit(args.concurrency + FILL_WORKERS)?;
+        .raise_fd_limit(args.concurrency + fill::WORKERS)?;
     let quiet = args.common.quiet;
     note(quiet, "starting nats-server and herald serve…");
     let mut herald = Herald::start(
@@ -131,38 +129,15 @@ fn channel(c: usize) -> String {
 }
 
 async fn fill(args: &HistoryArgs, herald: &Herald) -> Result<(), BenchError> {
-    let published = Arc::new(Count::default());
-    let total = args.fill * args.channels as u64;
-    let progress = {
-        let published = published.clone();
-        Progress::start("herald fill".into(), args.common.quiet, move || {
-            format!("{} / {total} published", published.get())
-        })
+    let what = Fill {
+        label: "herald fill",
+        quiet: args.common.quiet,
+        channels: args.channels,
+        per_channel: args.fill,
+        size: args.payload,
+        name: channel,
     };
-    let mut workers = Vec::new();
-    for w in 0..FILL_WORKERS.min(args.channels) {
-        let mut api = herald.api(None).await?;
-        let (published, channels, fill, size) =
-            (published.clone(), args.channels, args.fill, args.payload);
-        workers.push(tokio::spawn(async move {
-            for c in (w..channels).step_by(FILL_WORKERS) {
-                for s in 1..=fill {
-                    api.publish_raw(&channel(c), &payload::encode(s, size))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    published.add(1);
-                }
-            }
-            Ok::<_, String>(())
-        }));
-    }
-    for w in workers {
-        w.await
-            .map_err(|e| BenchError::Internal(format!("fill task: {e}")))?
-            .map_err(|e| BenchError::Server(format!("publish: {e}")))?;
-    }
-    progress.finish().await;
-    Ok(())
+    fill::run(herald, what, |_| None).await
 }
 
 /// A small deterministic generator (xorshift) for page positions.

@@ -21,6 +21,7 @@
 mod connections;
 mod drive;
 mod fanout;
+mod fill;
 mod history;
 mod http;
 mod ingest;

@@ -14,6 +14,7 @@ use std::time::Instant;
 use clap::Args;
 use serde_json::json;
 
+use super::fill::{self, Fill};
 use super::net::{Sources, open_all};
 use super::payload::{self, now_us};
 use super::report::{Measured, Report, Row};
@@ -23,8 +24,6 @@ use super::{BenchError, Common};
 use crate::client::{Client, ClientError, ClientOptions};
 
 const READ_BUFFER: usize = 4096;
-/// Server API connections publishing the missed publications.
-const API_WORKERS: usize = 32;
 
 #[derive(Args, Clone, Debug)]
 pub struct RecoveryArgs {
@@ -65,7 +64,7 @@ pub async fn run(args: RecoveryArgs) -> Result<Report, BenchError> {
     // descriptors needed are one per client; the closed sockets linger in
     // TIME_WAIT holding their ports (not descriptors) while the same number
     // reconnect, hence the source addresses for twice as many.
-    args.common.raise_fd_limit(args.clients)?;
+    args.common.raise_fd_limit(args.clients + fill::WORKERS)?;
     let sources = Sources::new(args.common.sources, args.clients * 2);
     let quiet = args.common.quiet;
     note(quiet, "starting nats-server and herald serve…");
@@ -179,35 +178,15 @@ async fn measure(
     progress.finish().await;
 
     // Publish what they miss.
-    let published = Arc::new(Count::default());
-    let progress = {
-        let (published, n) = (published.clone(), args.missed * channels as u64);
-        Progress::start("herald publish missed".into(), quiet, move || {
-            format!("{} / {n} published", published.get())
-        })
+    let what = Fill {
+        label: "herald publish missed",
+        quiet,
+        channels,
+        per_channel: args.missed,
+        size: args.payload,
+        name: move |c| channel(c, channels),
     };
-    let mut workers = Vec::new();
-    for w in 0..API_WORKERS.min(channels) {
-        let mut api = herald.api(Some(sources.pick(w))).await?;
-        let (published, missed, size) = (published.clone(), args.missed, args.payload);
-        workers.push(tokio::spawn(async move {
-            for c in (w..channels).step_by(API_WORKERS) {
-                for s in 1..=missed {
-                    api.publish_raw(&channel(c, channels), &payload::encode(s, size))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    published.add(1);
-                }
-            }
-            Ok::<_, String>(())
-        }));
-    }
-    for w in workers {
-        w.await
-            .map_err(|e| BenchError::Internal(format!("publisher task: {e}")))?
-            .map_err(|e| BenchError::Server(format!("publish: {e}")))?;
-    }
-    progress.finish().await;
+    fill::run(herald, what, |w| Some(sources.pick(w))).await?;
 
     // Everyone back at once, recovering.
     let recovered = Arc::new(Count::default());
