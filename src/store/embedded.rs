@@ -3,24 +3,26 @@
 //!
 //! Owns the byte encoding of keys and values and the check that a batch
 //! continues each channel densely from its stored head (I1). Appends are group
-//! committed: the `append` calls that arrive while a commit is being fsynced
-//! wait, and the next commit takes all of them as one fjall write batch with
-//! one fsync; each call returns only after the fsync that made its batch
-//! durable (I2), and fjall makes a batch readable only after that. A batch
-//! that fails its check fails alone. Reads are snapshot range scans that stop
-//! after `limit` items.
+//! committed by one committer thread: the `append` calls that arrive while a
+//! commit is being fsynced queue up, and the next commit takes all of them as
+//! one fjall write batch with one fsync; each call returns only after the
+//! fsync that made its batch durable (I2), and fjall makes a batch readable
+//! only after that. A batch that fails its check fails alone. Reads are
+//! snapshot range scans that stop after `limit` items.
 //!
 //! Does not know who assigns offsets, NATS or the protocol. fjall locks the
 //! directory, so a second process opening it fails with `Unavailable`.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
+use tokio::sync::oneshot;
 
 use super::{
     ChannelAppend, Direction, Position, ReadRange, Store, StoreError, StoreErrorKind, StoreOptions,
@@ -43,11 +45,19 @@ const CHANNELS: &str = "channels";
 const KEYS: &str = "idempotency";
 const KEYS_BY_TIME: &str = "idempotency_by_time";
 
-/// The fjall-backed `Store`. Cheap to share behind an `Arc`; dropping the
-/// last handle closes the database and releases the directory lock.
+/// The fjall-backed `Store`. Cheap to share behind an `Arc`; dropping it
+/// stops the committer (after the commit in hand), closes the database and
+/// releases the directory lock.
 pub struct EmbeddedStore {
     inner: Arc<Inner>,
+    /// Appends for the committer. The queue holds at most one job per
+    /// `append` call being awaited (the writer has one per partition).
+    commits: Option<mpsc::Sender<Job>>,
+    committer: Option<JoinHandle<()>>,
 }
+
+/// One `append` call waiting for a group commit.
+type Job = (Vec<Prepared>, oneshot::Sender<StoreResult<()>>);
 
 struct Inner {
     db: Database,
@@ -62,22 +72,9 @@ struct Inner {
     retention: Duration,
     /// Held by a group commit from reading the heads to the fsync, and by
     /// each purge chunk, so no write slips between a check and its commit.
-    /// Only taken inside `spawn_blocking`, never across an `.await`.
+    /// Only taken on the committer thread or inside `spawn_blocking`, never
+    /// across an `.await`.
     write_lock: Mutex<()>,
-    /// Appends waiting for the next group commit, and the results of the
-    /// last ones. `committed` wakes the waiters when a commit ends.
-    group: Mutex<Group>,
-    committed: Condvar,
-}
-
-/// The group commit's shared state: whoever finds no commit running takes
-/// every queued batch and commits them; the others wait for their result.
-#[derive(Default)]
-struct Group {
-    next_ticket: u64,
-    queue: Vec<(u64, Vec<Prepared>)>,
-    results: HashMap<u64, StoreResult<()>>,
-    committing: bool,
 }
 
 impl EmbeddedStore {
@@ -98,7 +95,7 @@ impl EmbeddedStore {
             db.keyspace(name, KeyspaceCreateOptions::default)
                 .map_err(|e| map_err(&format!("opening keyspace {name} in {}", dir.display()), e))
         };
-        let inner = Inner {
+        let inner = Arc::new(Inner {
             messages: open_keyspace(MESSAGES)?,
             channels: open_keyspace(CHANNELS)?,
             keys: open_keyspace(KEYS)?,
@@ -106,12 +103,25 @@ impl EmbeddedStore {
             db,
             retention: options.idempotency_retention,
             write_lock: Mutex::new(()),
-            group: Mutex::new(Group::default()),
-            committed: Condvar::new(),
+        });
+        let (commits, jobs) = mpsc::channel();
+        let committer = {
+            let inner = Arc::clone(&inner);
+            std::thread::Builder::new()
+                .name("herald-store-commit".into())
+                .spawn(move || inner.commit_loop(&jobs))
+                .map_err(|e| {
+                    StoreError::new(
+                        StoreErrorKind::Unavailable,
+                        format!("starting the store's committer thread: {e}"),
+                    )
+                })?
         };
         tracing::info!(dir = %dir.display(), "embedded store open");
         Ok(Self {
-            inner: Arc::new(inner),
+            inner,
+            commits: Some(commits),
+            committer: Some(committer),
         })
     }
 
@@ -140,7 +150,15 @@ impl Store for EmbeddedStore {
         if prepared.is_empty() {
             return Ok(());
         }
-        self.blocking(move |inner| inner.append(prepared)).await
+        let stopped =
+            || StoreError::new(StoreErrorKind::Unavailable, "the store's committer stopped");
+        let (done, result) = oneshot::channel();
+        self.commits
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send((prepared, done))
+            .map_err(|_| stopped())?;
+        result.await.map_err(|_| stopped())?
     }
 
     async fn read(&self, channel: &str, range: ReadRange) -> StoreResult<Vec<StoredPublication>> {
@@ -211,41 +229,56 @@ impl Store for EmbeddedStore {
     }
 }
 
+impl Drop for EmbeddedStore {
+    /// Stops the committer once the queue is empty and waits for it, so the
+    /// directory lock is free when this returns (a reopen in the same
+    /// process succeeds). Blocks for at most the commit in hand.
+    fn drop(&mut self) {
+        drop(self.commits.take());
+        if let Some(committer) = self.committer.take()
+            && committer.join().is_err()
+        {
+            tracing::error!("the store's committer thread panicked");
+        }
+    }
+}
+
 impl Inner {
-    /// Queues `prepared` for the next group commit and returns its result.
-    /// Runs on a blocking thread: it may wait for another caller's commit.
-    fn append(&self, prepared: Vec<Prepared>) -> StoreResult<()> {
-        let mut group = self.group.lock().unwrap_or_else(PoisonError::into_inner);
-        let ticket = group.next_ticket;
-        group.next_ticket += 1;
-        group.queue.push((ticket, prepared));
-        loop {
-            if let Some(result) = group.results.remove(&ticket) {
-                return result;
+    /// The committer thread: waits for an append, takes every other one
+    /// queued meanwhile, commits them as one group and answers each. Ends
+    /// when the store is dropped. A panic inside a commit fails that group's
+    /// calls (`Unavailable`) and the thread carries on.
+    fn commit_loop(&self, jobs: &mpsc::Receiver<Job>) {
+        while let Ok(first) = jobs.recv() {
+            let (batches, waiters): (Vec<_>, Vec<_>) =
+                std::iter::once(first).chain(jobs.try_iter()).unzip();
+            let n = batches.len();
+            let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.commit_group(batches)
+            }))
+            .unwrap_or_else(|_| {
+                tracing::error!("a group commit panicked; its appends failed");
+                (0..n)
+                    .map(|_| {
+                        Err(StoreError::new(
+                            StoreErrorKind::Unavailable,
+                            "the group commit failed unexpectedly",
+                        ))
+                    })
+                    .collect()
+            });
+            for (waiter, result) in waiters.into_iter().zip(results) {
+                // A caller that gave up no longer waits; its batch stands.
+                let _ = waiter.send(result);
             }
-            if group.committing {
-                group = self
-                    .committed
-                    .wait(group)
-                    .unwrap_or_else(PoisonError::into_inner);
-                continue;
-            }
-            // No commit running: this caller commits everything queued.
-            group.committing = true;
-            let batches = std::mem::take(&mut group.queue);
-            drop(group);
-            let results = self.commit_group(batches);
-            group = self.group.lock().unwrap_or_else(PoisonError::into_inner);
-            group.results.extend(results);
-            group.committing = false;
-            self.committed.notify_all();
         }
     }
 
     /// Checks every batch against the stored heads (and the heads the
     /// batches before it in this group leave), then writes the batches that
-    /// passed as one fjall batch with one fsync. Returns each ticket's result.
-    fn commit_group(&self, batches: Vec<(u64, Vec<Prepared>)>) -> Vec<(u64, StoreResult<()>)> {
+    /// passed as one fjall batch with one fsync. Returns each batch's result,
+    /// in order.
+    fn commit_group(&self, batches: Vec<Vec<Prepared>>) -> Vec<StoreResult<()>> {
         let _guard = self
             .write_lock
             .lock()
@@ -253,13 +286,14 @@ impl Inner {
         let mut heads: HashMap<String, Position> = HashMap::new();
         let mut results = Vec::with_capacity(batches.len());
         let mut accepted = Vec::with_capacity(batches.len());
-        for (ticket, prepared) in batches {
+        for prepared in batches {
             match self.check(&prepared, &heads) {
                 Ok(moved) => {
                     heads.extend(moved);
-                    accepted.push((ticket, prepared));
+                    results.push(Ok(()));
+                    accepted.push(prepared);
                 }
-                Err(e) => results.push((ticket, Err(e))),
+                Err(e) => results.push(Err(e)),
             }
         }
         if accepted.is_empty() {
@@ -267,7 +301,7 @@ impl Inner {
         }
         let stored_at = now_ms();
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
-        for p in accepted.iter().flat_map(|(_, prepared)| prepared) {
+        for p in accepted.iter().flatten() {
             for (key, value) in &p.rows {
                 batch.insert(&self.messages, key.as_slice(), value.as_slice());
             }
@@ -287,13 +321,12 @@ impl Inner {
         for (channel, pos) in &heads {
             batch.insert(&self.channels, channel.as_bytes(), encode_position(pos));
         }
-        match batch.commit().map_err(|e| map_err("committing a batch", e)) {
-            Ok(()) => results.extend(accepted.into_iter().map(|(t, _)| (t, Ok(())))),
-            Err(e) => results.extend(
-                accepted
-                    .into_iter()
-                    .map(|(t, _)| (t, Err(StoreError::new(e.kind, e.message.clone())))),
-            ),
+        if let Err(e) = batch.commit().map_err(|e| map_err("committing a batch", e)) {
+            // Nothing of the group was written: every batch that passed its
+            // check fails with the commit's error.
+            for r in results.iter_mut().filter(|r| r.is_ok()) {
+                *r = Err(StoreError::new(e.kind, e.message.clone()));
+            }
         }
         results
     }
