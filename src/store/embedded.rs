@@ -195,16 +195,16 @@ impl Store for EmbeddedStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let wanted: Vec<(String, Vec<u8>)> = keys
+        let wanted: Vec<Vec<u8>> = keys
             .iter()
-            .map(|(channel, key)| ((*channel).to_owned(), key_key(channel, key)))
+            .map(|(channel, key)| key_key(channel, key))
             .collect();
         self.blocking(move |inner| {
             let snapshot = inner.db.snapshot();
             let cutoff = expiry_cutoff(now_ms(), inner.retention);
             wanted
                 .iter()
-                .map(|(channel, primary)| {
+                .map(|primary| {
                     let value = snapshot
                         .get(&inner.keys, primary)
                         .map_err(|e| map_err("reading an idempotency key", e))?;
@@ -212,7 +212,10 @@ impl Store for EmbeddedStore {
                     let (offset, stored_at) = decode_key_value(&value).ok_or_else(|| {
                         StoreError::new(
                             StoreErrorKind::Corrupt,
-                            format!("undecodable idempotency key of channel {channel:?}"),
+                            format!(
+                                "undecodable idempotency key {:?}",
+                                String::from_utf8_lossy(primary)
+                            ),
                         )
                     })?;
                     Ok((stored_at > cutoff).then_some(offset))
