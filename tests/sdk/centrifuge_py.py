@@ -2,25 +2,29 @@
 `centrifuge-python`) the way an application would, and checks what the SDK
 reports.
 
-Run by tests/sdk.rs, which starts Herald and passes, in the environment:
-  HERALD_WS              ws://host:port/connection/websocket
+Run by tests/sdk.rs, which starts the server (Herald, or Centrifugo for the
+conformance run: nothing here is Herald-only) and passes, in the environment:
+  HERALD_WS              ws://host:port/connection/websocket (bob)
+  HERALD_WS_CUTTABLE     the same through a TCP proxy the harness can cut (alice)
   HERALD_TOKEN_SHORT     alice's first connection token, valid a few seconds
   HERALD_TOKEN           alice's token returned by get_token (refresh)
   HERALD_TOKEN_PUBLISHER bob's token (the other client publishing)
   HERALD_API             http://host:port/api (the server API)
   HERALD_API_KEY         its key
   HERALD_CHANNEL         a history channel, empty at start
+  HERALD_FORBIDDEN_CHANNEL a channel alice may not subscribe to (error 103)
   HERALD_MISSED          how many publications alice misses while offline
   HERALD_SDK_DEBUG=1     the SDK's debug log (every frame) on stderr
 and PYTHONPATH holding the `centrifuge` package.
 
-Alice connects through a TCP relay in this process so the script can cut her
-network (both sockets closed, no WebSocket close frame) and keep it down while
-the backend publishes through the server API; the SDK notices and reconnects by
-itself.
+Alice connects through the harness's cuttable proxy: the script prints
+{"control": "cut"} (every connection dropped, no WebSocket close frame, new
+ones refused) or {"control": "restore"} on stdout and waits for a line `done`
+on stdin. Her network stays down while the backend publishes through the
+server API; the SDK notices and reconnects by itself.
 
-Prints one JSON line on stdout: {"ok": true, ...} and exits 0, or
-{"ok": false, "error": ...} and exits 1.
+Its last stdout line is the report: {"ok": true, ...} and exit 0, or
+{"ok": false, "error": ...} and exit 1.
 """
 
 import asyncio
@@ -30,7 +34,6 @@ import os
 import sys
 import time
 import urllib.request
-from urllib.parse import urlparse
 
 from centrifuge import (
     Client,
@@ -92,58 +95,12 @@ async def api_publish(channel, data):
     return await asyncio.to_thread(api_publish_blocking, channel, data)
 
 
-class Network:
-    """A TCP relay standing for alice's network: drop() cuts every connection
-    and refuses new ones until restore()."""
-
-    def __init__(self, host, port):
-        self.target = (host, port)
-        self.up = True
-        self.writers = set()
-        self.server = None
-
-    async def listen(self):
-        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        return self.server.sockets[0].getsockname()[1]
-
-    async def _accept(self, reader, writer):
-        if not self.up:
-            writer.transport.abort()
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        pair = (writer, up_writer)
-        self.writers.update(pair)
-
-        async def pipe(src, dst):
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (OSError, asyncio.CancelledError):
-                pass
-            finally:
-                for w in pair:
-                    w.transport.abort()
-                    self.writers.discard(w)
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    def drop(self):
-        self.up = False
-        for w in list(self.writers):
-            w.transport.abort()
-        self.writers.clear()
-
-    def restore(self):
-        self.up = True
-
-    def close(self):
-        self.drop()
-        self.server.close()
+async def network(action):
+    """Asks the harness to "cut" or "restore" alice's network; returns once
+    done."""
+    print(json.dumps({"control": action}), flush=True)
+    answer = await asyncio.to_thread(sys.stdin.readline)
+    eq(answer.strip(), "done", f"the harness confirms {action}")
 
 
 class AliceEvents(ClientEventHandler):
@@ -159,6 +116,17 @@ class AliceEvents(ClientEventHandler):
 
     async def on_error(self, ctx):
         self.errors.append({"type": "error", "code": ctx.code, "error": str(ctx.error)})
+
+
+class ForbiddenEvents(SubscriptionEventHandler):
+    def __init__(self):
+        self.ends = []
+
+    async def on_subscribed(self, ctx):
+        self.ends.append({"subscribed": True})
+
+    async def on_unsubscribed(self, ctx):
+        self.ends.append({"code": ctx.code, "reason": ctx.reason})
 
 
 class NewsEvents(SubscriptionEventHandler):
@@ -189,10 +157,6 @@ async def scenario():
     ws = env("HERALD_WS")
     channel = env("HERALD_CHANNEL")
     missed_n = int(env("HERALD_MISSED"))
-    target = urlparse(ws)
-    network = Network(target.hostname, target.port)
-    relay_port = await network.listen()
-    via_relay = f"ws://127.0.0.1:{relay_port}{target.path}"
 
     get_token_calls = 0
 
@@ -203,7 +167,7 @@ async def scenario():
 
     alice_events = AliceEvents()
     alice = Client(
-        via_relay,
+        env("HERALD_WS_CUTTABLE"),
         events=alice_events,
         token=env("HERALD_TOKEN_SHORT"),
         get_token=get_token,
@@ -228,6 +192,17 @@ async def scenario():
         eq(first.was_recovering, False, "first subscribe is not a recovery")
         check(first.stream_position is not None, "subscribed carries a stream position")
         eq(first.stream_position.offset, 0, "empty channel starts at offset 0")
+
+        # 2b. A channel alice may not subscribe to: the subscription ends with 103.
+        forbidden_channel = env("HERALD_FORBIDDEN_CHANNEL")
+        forbidden_events = ForbiddenEvents()
+        forbidden = alice.new_subscription(forbidden_channel, events=forbidden_events)
+        await forbidden.subscribe()
+        await until("the forbidden subscription ends", lambda: len(forbidden_events.ends) >= 1)
+        eq([e.get("code") for e in forbidden_events.ends], [103],
+           "forbidden channel: unsubscribed with 103 (permission denied)")
+        eq(forbidden.state, SubscriptionState.UNSUBSCRIBED, "forbidden subscription state")
+        alice.remove_subscription(forbidden)
 
         # 3. Publications by someone else arrive with offsets 1, 2, 3.
         for i in range(3):
@@ -281,14 +256,14 @@ async def scenario():
         # while she is away; the SDK reconnects on its own and recovers exactly
         # what she missed.
         before_drop = len(pubs)
-        network.drop()
+        await network("cut")
         await until("alice notices the drop",
                     lambda: len(alice_events.connecting) >= 2
                     and sub.state == SubscriptionState.SUBSCRIBING)
         for i in range(missed_n):
             eq(await api_publish(channel, {"missed": i}), 5 + i, "server API publish offset")
         eq(len(pubs), before_drop, "nothing reaches alice while her network is down")
-        network.restore()
+        await network("restore")
         await until("resubscribed", lambda: len(subscribed) >= 2)
         rec = subscribed[1]
         eq([rec.was_recovering, rec.recovered], [True, True],
@@ -323,6 +298,7 @@ async def scenario():
             "offsets": [p["offset"] for p in pubs],
             "epoch": epoch,
             "get_token_calls": get_token_calls,
+            "forbidden": {"channel": forbidden_channel, "code": forbidden_events.ends[0]["code"]},
             "first_position": {"offset": first.stream_position.offset,
                                "epoch": first.stream_position.epoch},
             "connecting": alice_events.connecting,
@@ -335,7 +311,6 @@ async def scenario():
     finally:
         await alice.disconnect()
         await bob.disconnect()
-        network.close()
 
 
 def main():
