@@ -268,8 +268,9 @@ async def scenario():
         rec = subscribed[1]
         eq([rec.was_recovering, rec.recovered], [True, True],
            "resubscribe recovered the missed publications")
-        eq([rec.stream_position.offset, rec.stream_position.epoch], [4 + missed_n, epoch],
-           "position after recovery")
+        # The reply's offset is server-specific (the harness checks it): Herald
+        # sends the stream top, Centrifugo the position recovered from.
+        eq(rec.stream_position.epoch, epoch, "same epoch after recovery")
         await until(f"{missed_n} recovered publications", lambda: len(pubs) >= 4 + missed_n)
 
         # Then live ones again.

@@ -398,7 +398,9 @@ func scenario() map[string]any {
 	rec := subscribedAt(1)
 	eq([]bool{rec.WasRecovering, rec.Recovered}, []bool{true, true}, "resubscribe recovered the missed publications")
 	check(rec.StreamPosition != nil, "the resubscribe carries a stream position", nil)
-	eq(*rec.StreamPosition, centrifuge.StreamPosition{Offset: uint64(4 + missed), Epoch: epoch}, "position after recovery")
+	// The reply's offset is server-specific (the harness checks it): Herald
+	// sends the stream top, Centrifugo the position recovered from.
+	eq(rec.StreamPosition.Epoch, epoch, "same epoch after recovery")
 	until(fmt.Sprintf("%d recovered publications", missed), func() bool { return nPubs() >= 4+missed })
 
 	// Then live ones again.

@@ -310,7 +310,10 @@ public final class SdkScript {
 
             @Override
             public void onPublication(Subscription s, PublicationEvent event) {
-                String user = event.getInfo() != null ? event.getInfo().getUser() : null;
+                // The SDK hands out an empty ClientInfo (Protobuf's default) for a
+                // publication without info: no user.
+                String user = event.getInfo() != null && !event.getInfo().getUser().isEmpty()
+                        ? event.getInfo().getUser() : null;
                 pubs.add(plainPub(event.getOffset(), event.getData(), user));
             }
 
@@ -442,8 +445,9 @@ public final class SdkScript {
             eq(Arrays.asList(rec.wasRecovering(), rec.getRecovered()), List.of(true, true),
                     "resubscribe recovered the missed publications");
             Map<String, Object> recPosition = position(rec.getStreamPosition());
-            eq(Arrays.asList(recPosition.get("offset"), recPosition.get("epoch")), Arrays.asList(4L + missed, epoch),
-                    "position after recovery");
+            // The reply's offset is server-specific (the harness checks it): Herald
+            // sends the stream top, Centrifugo the position recovered from.
+            eq(recPosition.get("epoch"), epoch, "same epoch after recovery");
             until(missed + " recovered publications", () -> pubs.size() >= 4 + missed);
 
             // Then live ones again.
