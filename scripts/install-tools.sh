@@ -140,7 +140,7 @@ install_sdk_go() {
   need_go
   echo "install-tools: go build tests/sdk/go into .tools/sdk-go ($(grep centrifuge-go "$src/go.mod" | xargs))"
   mkdir -p "$tools/sdk-go"
-  (cd "$src" && go build -trimpath -o "$dest" .)
+  (cd "$src" && go build -trimpath -buildvcs=false -o "$dest" .)
   touch "$dest"
 }
 
