@@ -9,7 +9,15 @@
 //! - a leading `$` in the rest, or a namespace with `private = true`: subscribe
 //!   needs a subscription token for that channel.
 //!
+//! Refused as bad names: control characters and invisible Unicode format
+//! characters (category Cf: U+200B, U+202E, ...), which would let two names
+//! look the same. A name with more than one `#` names no users: no client may
+//! subscribe, publish or read there (Centrifugo refuses it the same way), so
+//! `#alice#eve` is never eve's personal channel.
+//!
 //! Pure logic: knows the namespace options, not sessions, tokens or NATS.
+
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 use crate::config::{ChannelsConfig, NamespaceOptions};
 use crate::protocol::ProtocolError;
@@ -43,6 +51,8 @@ pub struct Channel<'a> {
     pub options: NamespaceOptions,
     /// Users allowed by a `#` boundary; empty when the channel has none.
     pub allowed_users: Vec<&'a str>,
+    /// More than one `#` boundary: no user is allowed.
+    pub no_user_allowed: bool,
     /// `#user` in the default namespace.
     pub personal: bool,
     pub private: bool,
@@ -52,7 +62,7 @@ impl<'a> Channel<'a> {
     /// Validates `name` and resolves its namespace. Bad names are
     /// `BadRequest`; an undefined namespace is `UnknownChannel`.
     pub fn parse(name: &'a str, config: &ChannelsConfig) -> Result<Self, ProtocolError> {
-        if name.is_empty() || name.len() > MAX_CHANNEL_BYTES || name.chars().any(char::is_control) {
+        if name.is_empty() || name.len() > MAX_CHANNEL_BYTES || name.chars().any(is_hidden) {
             return Err(ProtocolError::BadRequest);
         }
         let (namespace, rest) = match name.split_once(NAMESPACE_SEPARATOR) {
@@ -80,20 +90,27 @@ impl<'a> Channel<'a> {
             }
             None => Vec::new(),
         };
-        let personal =
-            namespace.is_none() && rest.starts_with(USER_BOUNDARY) && allowed_users.len() == 1;
+        let no_user_allowed = rest.matches(USER_BOUNDARY).count() > 1;
+        let personal = namespace.is_none()
+            && !no_user_allowed
+            && rest.starts_with(USER_BOUNDARY)
+            && allowed_users.len() == 1;
         let private = options.private || rest.starts_with(PRIVATE_PREFIX);
         Ok(Self {
             name,
             namespace,
             options,
             allowed_users,
+            no_user_allowed,
             personal,
             private,
         })
     }
 
     fn user_allowed(&self, user: &str) -> bool {
+        if self.no_user_allowed {
+            return false;
+        }
         self.allowed_users.is_empty() || (!user.is_empty() && self.allowed_users.contains(&user))
     }
 
@@ -133,6 +150,12 @@ impl<'a> Channel<'a> {
     pub fn check_history(&self, user: &str, authorized_private: bool) -> Result<(), ProtocolError> {
         self.check_subscribe(user, authorized_private)
     }
+}
+
+/// Characters a name may not hold: control characters and the invisible
+/// format characters (bidi overrides, zero-width spaces, ...).
+fn is_hidden(c: char) -> bool {
+    c.is_control() || c.general_category() == GeneralCategory::Format
 }
 
 #[cfg(test)]
@@ -200,6 +223,36 @@ mod tests {
             ProtocolError::BadRequest
         );
         assert!(Channel::parse("news.sport *> ü", &c).is_ok());
+        for hidden in [
+            "a\u{202E}b",
+            "a\u{200B}b",
+            "\u{FEFF}news",
+            "dm:#alice,\u{2066}bob",
+        ] {
+            assert_eq!(
+                Channel::parse(hidden, &c).unwrap_err(),
+                ProtocolError::BadRequest,
+                "{hidden:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn more_than_one_user_boundary_allows_nobody() {
+        let c = config();
+        for name in ["#alice#eve", "dm:#alice#eve", "dm:x#alice,bob#eve"] {
+            let ch = Channel::parse(name, &c).unwrap();
+            assert!(!ch.personal, "{name}");
+            for user in ["alice", "bob", "eve", ""] {
+                assert_eq!(
+                    ch.check_subscribe(user, true).unwrap_err(),
+                    ProtocolError::PermissionDenied,
+                    "{name} {user}"
+                );
+                assert!(ch.check_client_publish(user, true).is_err());
+                assert!(ch.check_history(user, true).is_err());
+            }
+        }
     }
 
     #[test]
