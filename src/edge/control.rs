@@ -19,7 +19,7 @@
 //! API node to one user arrive at each edge in publish order; between API
 //! nodes there is no order.
 //!
-//! Routing: the edge looks the user up in its session index (and filters on
+//! Routing: the edge looks the user up in its registry (by user) (and filters on
 //! `client`, `whitelist`). `disconnect` and `refresh` with `expired` close the
 //! outbox directly — terminal, needs no session state, and cannot be delayed
 //! behind a busy session. Everything else goes to the session through its
@@ -42,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Edge;
 use super::outbox::Close;
+use super::registry::Target;
 use crate::bus::subjects;
 use crate::metrics as m;
 use crate::protocol::Disconnect;
@@ -145,12 +146,6 @@ pub enum ControlError {
     Timeout(Duration),
 }
 
-/// A matched session: where its frames and its commands go.
-struct Target {
-    outbox: Arc<super::outbox::Outbox>,
-    control: ControlSender,
-}
-
 impl Edge {
     /// Publishes a control message on the user's subject and flushes, bounded
     /// by the sync timeout. Success means NATS has it, nothing more.
@@ -230,7 +225,9 @@ impl Edge {
             ControlOp::Disconnect { whitelist, .. } => whitelist,
             _ => &[],
         };
-        let targets = self.targets(&msg.user, msg.client.as_deref(), except);
+        let targets = self
+            .registry
+            .targets(&msg.user, msg.client.as_deref(), except);
         let result = if targets.is_empty() { "none" } else { "local" };
         metrics::counter!(m::CONTROL_TOTAL, "op" => label, "result" => result).increment(1);
         if targets.is_empty() {
@@ -278,23 +275,6 @@ impl Edge {
                 });
             }
         }
-    }
-
-    /// The user's local sessions, only `client` if given, without `except`.
-    fn targets(&self, user: &str, client: Option<&str>, except: &[String]) -> Vec<Target> {
-        let sessions = self.sessions.lock().expect("sessions lock");
-        let Some(ids) = sessions.by_user.get(user) else {
-            return Vec::new();
-        };
-        ids.iter()
-            .filter_map(|id| sessions.by_id.get(id))
-            .filter(|s| client.is_none_or(|c| c == s.client_id))
-            .filter(|s| !except.contains(&s.client_id))
-            .map(|s| Target {
-                outbox: s.outbox.clone(),
-                control: s.control.clone(),
-            })
-            .collect()
     }
 }
 

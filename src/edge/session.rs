@@ -24,8 +24,8 @@ use tracing::Instrument;
 
 use super::Edge;
 use super::control::{SESSION_CONTROL_QUEUE, SessionCommand};
-use super::hub::{FeedStatus, GoLive, SessionId, Subscriber};
 use super::outbox::{Close, Outbox};
+use super::registry::{Connection, FeedStatus, SessionId, Subscription};
 use crate::auth::{TokenError, now_secs};
 use crate::bus::publisher::{PublishErrorKind, PublishRequest};
 use crate::channel::Channel;
@@ -64,15 +64,7 @@ struct Authed {
     expires_at: Option<Instant>,
 }
 
-struct Sub {
-    subscriber: Arc<Subscriber>,
-    expires_at: Option<Instant>,
-    chan_info: Option<Box<RawValue>>,
-    /// Subscribed to a private channel (token checked).
-    private: bool,
-}
-
-/// What a new subscription records besides its subscriber.
+/// What a new subscription records besides its registry entry.
 struct SubOptions {
     expires_at: Option<Instant>,
     chan_info: Option<Box<RawValue>>,
@@ -91,11 +83,13 @@ impl SubOptions {
     }
 }
 
-/// A subscription registered in the hub and positioned, reply not yet sent.
+/// A subscription registered and positioned, reply not yet sent.
 struct Prepared {
-    subscriber: Arc<Subscriber>,
+    subscription: Subscription,
     result: SubscribeResult,
     position: u64,
+    /// The epoch `position` belongs to (empty: no history yet, or none kept).
+    epoch: String,
 }
 
 struct Session {
@@ -104,7 +98,10 @@ struct Session {
     client_id: String,
     outbox: Arc<Outbox>,
     authed: Option<Authed>,
-    subs: HashMap<String, Sub>,
+    /// This connection in the edge's registry; dropped with the session.
+    conn: Connection,
+    /// Dropping one leaves its channel.
+    subs: HashMap<String, Subscription>,
     opened: Instant,
     pong_deadline: Option<Instant>,
 }
@@ -133,8 +130,9 @@ pub(super) async fn run(edge: Arc<Edge>, socket: WebSocket, id: SessionId) {
     tokio::spawn(write_loop(sink, outbox.clone()));
     let client_id = uuid::Uuid::new_v4().to_string();
     let (control_tx, mut control) = mpsc::channel(SESSION_CONTROL_QUEUE);
-    edge.register(id, &client_id, outbox.clone(), control_tx);
-    metrics::gauge!(m::CONNECTIONS).increment(1.0);
+    let conn = edge
+        .registry
+        .open(id, &client_id, outbox.clone(), control_tx);
 
     let ping_every = edge.settings.client.ping_interval;
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
@@ -145,6 +143,7 @@ pub(super) async fn run(edge: Arc<Edge>, socket: WebSocket, id: SessionId) {
         client_id,
         outbox: outbox.clone(),
         authed: None,
+        conn,
         subs: HashMap::new(),
         opened: Instant::now(),
         pong_deadline: None,
@@ -199,7 +198,7 @@ pub(super) async fn run(edge: Arc<Edge>, socket: WebSocket, id: SessionId) {
     if let Some(d) = reason {
         outbox.close(d);
     }
-    s.cleanup();
+    // Dropping the session leaves every channel and the registry.
 }
 
 impl Session {
@@ -248,9 +247,7 @@ impl Session {
             .collect();
         for channel in expired {
             if let Some(sub) = self.subs.remove(&channel) {
-                sub.subscriber.end(Unsubscribe::EXPIRED);
-                self.edge.hub.remove(&sub.subscriber);
-                metrics::gauge!(m::SUBSCRIPTIONS).decrement(1.0);
+                sub.end(Unsubscribe::EXPIRED);
             }
         }
         Ok(())
@@ -261,15 +258,6 @@ impl Session {
         if self.pong_deadline.is_none() {
             self.pong_deadline = Some(Instant::now() + self.edge.settings.client.pong_timeout);
         }
-    }
-
-    fn cleanup(&mut self) {
-        for (_, sub) in self.subs.drain() {
-            self.edge.hub.remove(&sub.subscriber);
-            metrics::gauge!(m::SUBSCRIPTIONS).decrement(1.0);
-        }
-        self.edge.unregister(self.id);
-        metrics::gauge!(m::CONNECTIONS).decrement(1.0);
     }
 
     fn reply(&self, reply: &Reply) {
@@ -318,10 +306,7 @@ impl Session {
             Method::Connect(req) => self.connect(id, req).await,
             Method::Subscribe(req) => self.subscribe(id, req).await,
             Method::Unsubscribe(req) => {
-                if let Some(sub) = self.subs.remove(&req.channel) {
-                    self.edge.hub.remove(&sub.subscriber);
-                    metrics::gauge!(m::SUBSCRIPTIONS).decrement(1.0);
-                }
+                self.subs.remove(&req.channel);
                 Ok(Some(ReplyResult::Unsubscribe(Empty {})))
             }
             Method::Publish(req) => self.publish(req.channel, req.data).await,
@@ -391,7 +376,7 @@ impl Session {
                 self.edge.settings.client.expired_close_delay,
             )),
         });
-        self.edge.set_user(self.id, &claims.sub);
+        self.conn.authenticate(&claims.sub);
         metrics::counter!(m::CONNECTS_TOTAL).increment(1);
 
         // Server-side subscriptions from the token's `channels` claim: the
@@ -415,12 +400,8 @@ impl Session {
                 .map(|r| (r.offset, r.epoch.clone()));
             match self.prepare(&channel, recover).await {
                 Ok(p) => prepared.push((name.clone(), p, channel.private)),
-                Err(e) => {
-                    for (_, p, _) in prepared {
-                        self.edge.hub.remove(&p.subscriber);
-                    }
-                    return Err(e);
-                }
+                // The ones prepared so far leave as they drop.
+                Err(e) => return Err(e),
             }
         }
         for (name, p, _) in &mut prepared {
@@ -445,9 +426,9 @@ impl Session {
         Ok(None)
     }
 
-    /// Registers a subscriber in the hub (buffering), waits for the channel
-    /// feed, reads the position (and missed publications when recovering)
-    /// from sync. On error the subscriber is removed again.
+    /// Subscribes in the registry (buffering), waits for the channel feed,
+    /// reads the position (and missed publications when recovering) from
+    /// sync. On error the subscription drops, leaving the channel.
     async fn prepare(
         &self,
         channel: &Channel<'_>,
@@ -455,13 +436,13 @@ impl Session {
     ) -> Result<Prepared, Fail> {
         let client = &self.edge.settings.client;
         let history = channel.options.history;
-        let subscriber = Subscriber::new(
+        let (subscription, mut status) = self.edge.registry.subscribe(
             self.id,
             channel.name,
             self.outbox.clone(),
             client.queue_max_bytes,
+            history,
         );
-        let mut status = self.edge.hub.add(subscriber.clone(), history);
         let ready = tokio::time::timeout(self.edge.sync_timeout, async {
             status
                 .wait_for(|s| *s != FeedStatus::Starting)
@@ -470,14 +451,14 @@ impl Session {
         })
         .await;
         if !matches!(ready, Ok(Ok(FeedStatus::Ready))) {
-            self.edge.hub.remove(&subscriber);
             return Err(Fail::Error(ProtocolError::Internal));
         }
         if !history {
             return Ok(Prepared {
-                subscriber,
+                subscription,
                 result: SubscribeResult::default(),
                 position: 0,
+                epoch: String::new(),
             });
         }
         let (after, limit) = match &recover {
@@ -493,7 +474,6 @@ impl Session {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "subscribe position read failed");
-                self.edge.hub.remove(&subscriber);
                 return Err(Fail::Error(ProtocolError::Internal));
             }
         };
@@ -512,6 +492,7 @@ impl Session {
                 && epoch_ok
                 && page.publications.len() <= client.recovery_limit
                 && last >= page.head
+                && offset <= page.head
                 && offset + 1 >= page.first_available
             {
                 result.recovered = true;
@@ -521,9 +502,10 @@ impl Session {
             }
         }
         Ok(Prepared {
-            subscriber,
+            subscription,
             result,
             position,
+            epoch: page.epoch,
         })
     }
 
@@ -535,13 +517,10 @@ impl Session {
         let channels = self.edge.settings.channels.clone();
         let channel = Channel::parse(&req.channel, &channels)?;
         if let Some(existing) = self.subs.get(&req.channel) {
-            if !existing.subscriber.is_dead() {
+            if !existing.is_ended() {
                 return Err(Fail::Error(ProtocolError::AlreadySubscribed));
             }
-            if let Some(old) = self.subs.remove(&req.channel) {
-                self.edge.hub.remove(&old.subscriber);
-                metrics::gauge!(m::SUBSCRIPTIONS).decrement(1.0);
-            }
+            self.subs.remove(&req.channel);
         }
         if self.subs.len() >= self.edge.settings.client.channel_limit {
             return Err(Fail::Error(ProtocolError::LimitExceeded));
@@ -591,10 +570,7 @@ impl Session {
     ) -> Result<Option<ReplyResult>, Fail> {
         let data = data.ok_or(ProtocolError::BadRequest)?;
         let channel = Channel::parse(&channel_name, &self.edge.settings.channels)?;
-        let sub = self
-            .subs
-            .get(&channel_name)
-            .filter(|s| !s.subscriber.is_dead());
+        let sub = self.subs.get(&channel_name).filter(|s| !s.is_ended());
         let authorized_private = sub.is_some_and(|s| s.private);
         channel.check_client_publish(self.user(), authorized_private)?;
         let authed = self.authed.as_ref().ok_or(ProtocolError::Unauthorized)?;
@@ -646,7 +622,7 @@ impl Session {
         let authorized_private = self
             .subs
             .get(&req.channel)
-            .is_some_and(|s| s.private && !s.subscriber.is_dead());
+            .is_some_and(|s| s.private && !s.is_ended());
         channel.check_history(self.user(), authorized_private)?;
         let page_limit = self.edge.settings.client.history_page_limit;
         let limit = match req.limit {
@@ -718,7 +694,7 @@ impl Session {
         let sub = self
             .subs
             .get_mut(&req.channel)
-            .filter(|s| !s.subscriber.is_dead())
+            .filter(|s| !s.is_ended())
             .ok_or(ProtocolError::PermissionDenied)?;
         sub.expires_at = Some(close_deadline(
             claims.exp,
@@ -762,13 +738,10 @@ impl Session {
         };
         let private = channel.private;
         if let Some(existing) = self.subs.get(&name) {
-            if !existing.subscriber.is_dead() {
+            if !existing.is_ended() {
                 return;
             }
-            if let Some(old) = self.subs.remove(&name) {
-                self.edge.hub.remove(&old.subscriber);
-                metrics::gauge!(m::SUBSCRIPTIONS).decrement(1.0);
-            }
+            self.subs.remove(&name);
         }
         if self.subs.len() >= self.edge.settings.client.channel_limit {
             tracing::debug!("server subscribe over the channel limit");
@@ -798,21 +771,17 @@ impl Session {
     }
 
     /// Sends `head` (the reply or push announcing the subscription), then what
-    /// was buffered past the position, and records the subscription.
-    fn go_live(&mut self, name: String, p: Prepared, head: Vec<Bytes>, sub: SubOptions) {
-        if p.subscriber.go_live(head, p.position) == GoLive::Gap {
-            p.subscriber.end(Unsubscribe::INSUFFICIENT_STATE);
-        }
-        metrics::gauge!(m::SUBSCRIPTIONS).increment(1.0);
-        self.subs.insert(
-            name,
-            Sub {
-                subscriber: p.subscriber,
-                expires_at: sub.expires_at,
-                chan_info: sub.chan_info,
-                private: sub.private,
-            },
-        );
+    /// was buffered past the position, and records the subscription. If it
+    /// ended meanwhile (or a buffered publication does not follow), the
+    /// client gets `unsubscribe` 2500 after `head` and recovers; the ended
+    /// subscription is recorded all the same, so a resubscribe replaces it.
+    fn go_live(&mut self, name: String, p: Prepared, head: Vec<Bytes>, opts: SubOptions) {
+        let mut sub = p.subscription;
+        sub.expires_at = opts.expires_at;
+        sub.chan_info = opts.chan_info;
+        sub.private = opts.private;
+        sub.subscriber.go_live(head, p.position, &p.epoch);
+        self.subs.insert(name, sub);
     }
 
     /// Server-side unsubscribe: the `unsubscribe` push (2000) goes out even
@@ -820,12 +789,8 @@ impl Session {
     /// for a channel they do not know.
     fn server_unsubscribe(&mut self, channel: &str) {
         match self.subs.remove(channel) {
-            Some(sub) => {
-                // Ends delivery before the push, so no publication follows it.
-                sub.subscriber.end(Unsubscribe::SERVER);
-                self.edge.hub.remove(&sub.subscriber);
-                metrics::gauge!(m::SUBSCRIPTIONS).decrement(1.0);
-            }
+            // Ends delivery before the push, so no publication follows it.
+            Some(sub) => sub.end(Unsubscribe::SERVER),
             None => self.reply(&Reply::push(Push::unsubscribe(
                 channel,
                 Unsubscribe::SERVER,
