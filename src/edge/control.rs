@@ -23,7 +23,7 @@
 //! `client`, `whitelist`). `disconnect` and `refresh` with `expired` close the
 //! outbox directly — terminal, needs no session state, and cannot be delayed
 //! behind a busy session. Everything else goes to the session through its
-//! bounded control queue ([`SESSION_CONTROL_QUEUE`]) and is handled by the
+//! bounded control queue (`command::SESSION_CONTROL_QUEUE`) and is handled by the
 //! session's read loop, which owns the session state, between client
 //! commands. A session whose queue is full is not keeping up: it is closed
 //! with 3008 (slow), like an outbox overflow, so the queue stays bounded (I7).
@@ -41,15 +41,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::Edge;
+use super::command::SessionCommand;
 use super::outbox::Close;
 use super::registry::Target;
 use crate::bus::subjects;
 use crate::metrics as m;
 use crate::protocol::Disconnect;
-
-/// Control commands waiting for one session's read loop. Low volume; a
-/// session this far behind is closed with 3008.
-pub const SESSION_CONTROL_QUEUE: usize = 16;
 
 /// One control message, as published on `herald.user.<token>`.
 ///
@@ -114,25 +111,6 @@ pub struct StreamPosition {
     pub offset: u64,
     #[serde(default)]
     pub epoch: String,
-}
-
-/// One session's control queue. Its commands are boxed: tokio's channel
-/// allocates its first block of 32 slots when created, and with 8-byte slots
-/// an idle connection pays 256 bytes for it instead of 2 KiB.
-pub(super) type ControlSender = mpsc::Sender<Box<SessionCommand>>;
-
-/// What a session's read loop receives through its control queue.
-#[derive(Debug)]
-pub(super) enum SessionCommand {
-    Subscribe {
-        channel: String,
-        recover: Option<(u64, String)>,
-    },
-    Unsubscribe {
-        channel: String,
-    },
-    /// The connection's new expiry (unix seconds); `None`: never.
-    ExpireAt(Option<u64>),
 }
 
 /// Why a control message was not sent, or the edge could not listen.

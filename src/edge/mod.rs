@@ -14,6 +14,7 @@
 //! and closes the sessions evenly over `shutdown_drain`, so their reconnects
 //! reach the other nodes spread out rather than all at once.
 
+mod command;
 pub mod control;
 mod feed;
 pub mod outbox;

@@ -37,7 +37,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::control::ControlSender;
+use super::command::ControlSender;
 use super::outbox::Outbox;
 use super::subscriber::{Publication, Subscriber};
 use crate::metrics as m;
@@ -45,7 +45,7 @@ use crate::protocol::Unsubscribe;
 
 const SHARDS: usize = 64;
 
-pub type SessionId = u64;
+pub use super::subscriber::SessionId;
 
 /// Whether a channel's feed is receiving.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,8 +18,10 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 use super::outbox::Outbox;
-use super::registry::SessionId;
 use crate::protocol::{self, Disconnect, Push, Reply, Unsubscribe};
+
+/// A session's id on this node.
+pub type SessionId = u64;
 
 /// One publication of a channel, encoded once and shared by every subscriber.
 #[derive(Debug, Clone)]
@@ -203,10 +205,13 @@ impl Subscriber {
                 }
                 // A full outbox closes the connection itself (3008); a closed
                 // one drops the frame. Either way the subscription has ended.
-                Step::Deliver => self
-                    .outbox
-                    .push_stamped(p.frame.clone(), p.committed_us)
-                    .is_ok(),
+                Step::Deliver => {
+                    let queued = self.outbox.push_stamped(p.frame.clone(), p.committed_us);
+                    if queued.is_err() {
+                        *state = State::Ended { notice: None };
+                    }
+                    queued.is_ok()
+                }
             },
         }
     }

@@ -34,7 +34,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
 use super::Edge;
-use super::control::SESSION_CONTROL_QUEUE;
+use super::command::SESSION_CONTROL_QUEUE;
 use super::outbox::Outbox;
 use super::registry::{Connection, SessionId, Subscription};
 use crate::auth::now_secs;

@@ -4,7 +4,7 @@
 use super::subscribe::SubOptions;
 use super::{Session, close_deadline};
 use crate::channel::Channel;
-use crate::edge::control::SessionCommand;
+use crate::edge::command::SessionCommand;
 use crate::protocol::{self, Push, Reply, Unsubscribe};
 
 impl Session {
