@@ -19,12 +19,12 @@
 //! API node to one user arrive at each edge in publish order; between API
 //! nodes there is no order.
 //!
-//! Routing: the edge looks the user up in its registry (by user) (and filters on
-//! `client`, `whitelist`). `disconnect` and `refresh` with `expired` close the
+//! Routing: the edge looks the user up in its registry's by-user index (and
+//! filters on `client`, `whitelist`). `disconnect` and `refresh` with `expired` close the
 //! outbox directly — terminal, needs no session state, and cannot be delayed
 //! behind a busy session. Everything else goes to the session through its
-//! bounded control queue (`command::SESSION_CONTROL_QUEUE`) and is handled by the
-//! session's read loop, which owns the session state, between client
+//! bounded control queue (`command::SESSION_CONTROL_QUEUE`) and is handled by
+//! the session's read loop, which owns the session state, between client
 //! commands. A session whose queue is full is not keeping up: it is closed
 //! with 3008 (slow), like an outbox overflow, so the queue stays bounded (I7).
 //!
