@@ -6,7 +6,7 @@
 //! - [`protocol`]: Centrifugo wire types and codec; no I/O.
 //! - [`auth`]: client JWTs (HS256). [`channel`]: names and permissions.
 //! - [`bus`]: NATS — subjects, ingest stream, publisher, child nats-server.
-//! - [`edge`]: WebSocket sessions, hub, per-channel NATS interest, outbox.
+//! - [`edge`]: WebSocket sessions, the registry (by channel and by user), per-channel NATS feeds, outbox.
 //! - [`writer`]: assigns offsets, commits batches, publishes, acks.
 //! - [`sync`]: history reads over HTTP and NATS request/reply.
 //! - [`api`]: the server HTTP API.

@@ -22,7 +22,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::roles::Role;
+/// What [`install`] needs to know of the process's role: the `role` label
+/// and which parts run (whose series to register at zero). The roles module
+/// builds it; metrics knows nothing of roles beyond this.
+#[derive(Debug, Clone, Copy)]
+pub struct RoleParts {
+    pub label: &'static str,
+    pub edge: bool,
+    pub writer: bool,
+    pub sync: bool,
+}
 
 // Edge.
 pub const CONNECTIONS: &str = "herald_edge_connections";
@@ -424,8 +433,9 @@ static INSTALLED: OnceLock<Metrics> = OnceLock::new();
 /// Installs the global recorder once per process (tests start many roles in
 /// one process; the first one names the `role` label) and registers the
 /// series `role` can produce. Returns the renderer `/metrics` uses.
-pub fn install(role: Role) -> Metrics {
-    let metrics = INSTALLED.get_or_init(|| build(role.name())).clone();
+pub fn install(role: impl Into<RoleParts>) -> Metrics {
+    let role = role.into();
+    let metrics = INSTALLED.get_or_init(|| build(role.label)).clone();
     register(role);
     metrics
 }
@@ -471,7 +481,7 @@ fn build(role: &'static str) -> Metrics {
 /// Registers at zero every series with a closed label set that `role` can
 /// produce. Idempotent: counters and gauges move by 0, and a histogram is
 /// registered by looking its handle up (`let _ =`).
-fn register(role: Role) {
+fn register(role: RoleParts) {
     use labels::*;
     let counter = |name: &'static str| metrics::counter!(name).increment(0);
     let gauge = |name: &'static str| metrics::gauge!(name).increment(0.0);
@@ -482,7 +492,7 @@ fn register(role: Role) {
         metrics::counter!(NATS_PUBLISH_ERRORS_TOTAL, "kind" => *kind).increment(0);
     }
 
-    if role.has_edge() {
+    if role.edge {
         for name in [
             CONNECTIONS,
             SUBSCRIPTIONS,
@@ -541,7 +551,7 @@ fn register(role: Role) {
         }
     }
 
-    if role.has_writer() {
+    if role.writer {
         for name in [
             WRITER_BATCHES_TOTAL,
             WRITER_SEQUENCED_TOTAL,
@@ -569,7 +579,7 @@ fn register(role: Role) {
         }
     }
 
-    if role.has_sync() {
+    if role.sync {
         counter(SYNC_ROWS_READ_TOTAL);
         counter(SYNC_COALESCED_TOTAL);
         for source in SYNC_SOURCES {

@@ -34,6 +34,17 @@ pub enum Role {
     Sync,
 }
 
+impl From<Role> for crate::metrics::RoleParts {
+    fn from(role: Role) -> Self {
+        Self {
+            label: role.name(),
+            edge: role.has_edge(),
+            writer: role.has_writer(),
+            sync: role.has_sync(),
+        }
+    }
+}
+
 impl Role {
     pub fn name(self) -> &'static str {
         match self {
@@ -407,7 +418,7 @@ pub async fn start_with_shutdown(
         let sync_client = SyncClient::new(nats.clone(), config.sync.timeout);
         let publisher = Publisher::start(
             nats.clone(),
-            sync_client.clone(),
+            Arc::new(sync_client.clone()),
             config.ingest.partitions,
             config.ingest.max_ack_pending.max(1) as usize * config.ingest.partitions as usize,
             config.client.publish_timeout,

@@ -289,6 +289,36 @@ async fn recovery_past_the_limit_is_not_recovered() {
     );
 }
 
+/// Issue 19 e: a position above the head in the same epoch is not a
+/// recovered one (the publications head+1..offset would be skipped when they
+/// arrive): the reply says not recovered, at the head.
+#[tokio::test]
+async fn recovery_from_above_the_head_is_not_recovered() {
+    let (_nats, _dir, h) = node().await;
+    for i in 0..3 {
+        h.api("publish", json!({"channel": "c", "data": i})).await;
+    }
+    let (mut c, _) = WsClient::connect(h.addr, &h.token("u")).await;
+    let r = c.call("subscribe", json!({"channel": "c"})).await;
+    let epoch = r["subscribe"]["epoch"].as_str().expect("epoch").to_string();
+    assert_eq!(r["subscribe"]["offset"], 3, "{r}");
+    c.call("unsubscribe", json!({"channel": "c"})).await;
+    let r = c
+        .call(
+            "subscribe",
+            json!({"channel": "c", "recover": true, "offset": 8, "epoch": epoch}),
+        )
+        .await;
+    assert_eq!(r["subscribe"]["recovered"], serde_json::Value::Null, "{r}");
+    assert_eq!(r["subscribe"]["was_recovering"], true, "{r}");
+    assert_eq!(r["subscribe"]["offset"], 3, "{r}");
+    // The next publication (offset 4) is delivered, not dropped.
+    h.api("publish", json!({"channel": "c", "data": "next"}))
+        .await;
+    let p = c.publication("c").await;
+    assert_eq!(p["offset"], 4, "{p}");
+}
+
 #[tokio::test]
 async fn restart_keeps_history_and_offsets_continue() {
     let (_nats, _dir, mut h) = node().await;

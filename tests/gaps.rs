@@ -5,14 +5,15 @@
 //! published during the cut; after async-nats reconnects and resubscribes,
 //! the next publication shows the gap. The edge fills it from sync before
 //! delivering further, or, past its fill limit, ends the subscriptions with
-//! `unsubscribe` 2500 so clients resubscribe and recover.
+//! `unsubscribe` 2500 so clients resubscribe and recover. A history reset
+//! (a new epoch) while the edge runs ends its subscriptions the same way.
 
 mod common;
 
 use std::time::Duration;
 
 use common::TestNats;
-use common::follower::Follower;
+use common::follower::{Conn, Follower, token};
 use common::process::{HeraldProcess, Spec};
 use common::proxy::Proxy;
 use serde_json::json;
@@ -168,4 +169,73 @@ async fn gap_past_the_fill_limit_makes_clients_recover() {
         .await;
     assert_eq!(f.tally(next).missed, 0);
     drop(c.nats);
+}
+
+/// Issue 19 c: a channel's history is reset while an edge runs (here the
+/// store is wiped and `serve` started again: a new epoch, offsets from 1). A
+/// client live at offset 3 of the old epoch gets `unsubscribe` 2500 when
+/// offset 1 of the new epoch arrives, not silence (offsets 1..3 dropped as
+/// duplicates), and its recovering subscribe lands in the new epoch.
+#[tokio::test]
+async fn history_reset_while_an_edge_runs_ends_subscriptions_with_2500() {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut serve = HeraldProcess::start(Spec::serve("serve", nats.url(), &data)).await;
+    let edge = HeraldProcess::start(Spec::edge("edge", nats.url())).await;
+    let ch = "reset";
+    let limit = Duration::from_secs(10);
+    for n in 1..=3 {
+        let r = serve
+            .api()
+            .ok("publish", &json!({"channel": ch, "data": {"n": n}}), limit)
+            .await;
+        assert_eq!(r["offset"], n, "{r}");
+    }
+    let mut conn = Conn::open(edge.addr(), &token("reset-user"))
+        .await
+        .expect("connect");
+    let reply = conn
+        .call("subscribe", json!({"channel": ch}))
+        .await
+        .expect("subscribe reply");
+    assert_eq!(reply["subscribe"]["offset"], 3, "{reply}");
+    let old_epoch = reply["subscribe"]["epoch"]
+        .as_str()
+        .expect("epoch")
+        .to_string();
+
+    serve.sigterm().await;
+    std::fs::remove_dir_all(&data).expect("wipe the store");
+    let serve = HeraldProcess::start(Spec::serve("serve again", nats.url(), &data)).await;
+    let r = serve
+        .api()
+        .ok("publish", &json!({"channel": ch, "data": {"n": 1}}), limit)
+        .await;
+    assert_eq!(r["offset"], 1, "{r}");
+    let new_epoch = r["epoch"].as_str().expect("epoch").to_string();
+    assert_ne!(new_epoch, old_epoch, "the wiped store starts a new epoch");
+
+    let push = loop {
+        match conn.push(limit).await {
+            Ok(Some(p)) if p["channel"] == ch => break p,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("nothing for the subscription after the history reset"),
+            Err(e) => panic!("connection ended: {e:?}"),
+        }
+    };
+    assert_eq!(push["unsubscribe"]["code"], 2500, "{push}");
+
+    let reply = conn
+        .call(
+            "subscribe",
+            json!({"channel": ch, "recover": true, "offset": 3, "epoch": old_epoch}),
+        )
+        .await
+        .expect("resubscribe reply");
+    let s = &reply["subscribe"];
+    assert_eq!(s["recovered"], serde_json::Value::Null, "{reply}");
+    assert_eq!(s["epoch"], new_epoch.as_str(), "{reply}");
+    assert_eq!(s["offset"], 1, "{reply}");
+    drop(nats);
 }

@@ -6,7 +6,8 @@
 //! naming this process's reply inbox; then wait for the writer's
 //! [`WriterReply`], which is sent only after the store commit (I2). If
 //! JetStream says the message is a duplicate, the original is (or will soon
-//! be) stored: its offset is looked up through sync (I3).
+//! be) stored: its offset is looked up through an [`OffsetLookup`] (sync, I3;
+//! this module knows it only through that trait).
 //!
 //! Channel without history: a core NATS publish to the channel subject, with
 //! its publish time in `Herald-Committed` (the edges' delivery latency).
@@ -25,13 +26,35 @@ use async_nats::HeaderMap;
 use async_nats::jetstream;
 use bytes::Bytes;
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use serde_json::value::RawValue;
 use tokio::sync::{Semaphore, oneshot};
 
 use super::ingest::{IngestMessage, WriterReply};
 use super::subjects;
-use crate::sync::client::{SyncClient, SyncClientError};
 use crate::telemetry;
+
+/// Where a duplicate's stored offset is looked up: sync over NATS in the
+/// roles (`sync::client` implements it), so bus, the transport, knows nothing
+/// of sync.
+pub trait OffsetLookup: Send + Sync {
+    /// The stored offset and the epoch of (channel, key), if stored.
+    fn idempotent_offset<'a>(
+        &'a self,
+        channel: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<(u64, String)>, LookupError>>;
+}
+
+/// Why a lookup gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    /// Nobody answered in time: asking again may work.
+    #[error("offset lookup unanswered")]
+    Retry,
+    #[error("offset lookup failed: {0}")]
+    Failed(String),
+}
 
 /// What a successful publish returns. For channels without history `offset`
 /// is 0 and `epoch` empty.
@@ -90,7 +113,7 @@ type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<WriterReply>>>>;
 pub struct Publisher {
     client: async_nats::Client,
     js: jetstream::Context,
-    sync: SyncClient,
+    lookup: Arc<dyn OffsetLookup>,
     partitions: u32,
     reply_prefix: String,
     next_token: Arc<AtomicU64>,
@@ -107,7 +130,7 @@ impl Publisher {
     /// is closed.
     pub async fn start(
         client: async_nats::Client,
-        sync: SyncClient,
+        lookup: Arc<dyn OffsetLookup>,
         partitions: u32,
         max_inflight: usize,
         timeout: Duration,
@@ -139,7 +162,7 @@ impl Publisher {
         Ok(Self {
             js: jetstream::new(client.clone()),
             client,
-            sync,
+            lookup,
             partitions,
             reply_prefix,
             next_token: Arc::new(AtomicU64::new(1)),
@@ -240,15 +263,16 @@ impl Publisher {
         }
     }
 
-    /// A duplicate's original may still be in the writer's hands: poll sync
+    /// A duplicate's original may still be in the writer's hands: poll the
+    /// lookup
     /// until it is stored (bounded by the caller's timeout).
     async fn lookup_duplicate(&self, channel: &str, key: &str) -> Result<Published, PublishError> {
         let mut wait = Duration::from_millis(5);
         loop {
-            match self.sync.idempotent_offset(channel, key).await {
+            match self.lookup.idempotent_offset(channel, key).await {
                 Ok(Some((offset, epoch))) => return Ok(Published { offset, epoch }),
-                Ok(None) | Err(SyncClientError::Timeout) | Err(SyncClientError::NoResponders) => {}
-                Err(e) => {
+                Ok(None) | Err(LookupError::Retry) => {}
+                Err(e @ LookupError::Failed(_)) => {
                     return Err(PublishError::new(
                         PublishErrorKind::Unavailable,
                         e.to_string(),

@@ -19,12 +19,12 @@
 //! API node to one user arrive at each edge in publish order; between API
 //! nodes there is no order.
 //!
-//! Routing: the edge looks the user up in its session index (and filters on
-//! `client`, `whitelist`). `disconnect` and `refresh` with `expired` close the
+//! Routing: the edge looks the user up in its registry's by-user index (and
+//! filters on `client`, `whitelist`). `disconnect` and `refresh` with `expired` close the
 //! outbox directly — terminal, needs no session state, and cannot be delayed
 //! behind a busy session. Everything else goes to the session through its
-//! bounded control queue ([`SESSION_CONTROL_QUEUE`]) and is handled by the
-//! session's read loop, which owns the session state, between client
+//! bounded control queue (`command::SESSION_CONTROL_QUEUE`) and is handled by
+//! the session's read loop, which owns the session state, between client
 //! commands. A session whose queue is full is not keeping up: it is closed
 //! with 3008 (slow), like an outbox overflow, so the queue stays bounded (I7).
 //!
@@ -41,14 +41,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::Edge;
+use super::command::SessionCommand;
 use super::outbox::Close;
+use super::registry::Target;
 use crate::bus::subjects;
 use crate::metrics as m;
 use crate::protocol::Disconnect;
-
-/// Control commands waiting for one session's read loop. Low volume; a
-/// session this far behind is closed with 3008.
-pub const SESSION_CONTROL_QUEUE: usize = 16;
 
 /// One control message, as published on `herald.user.<token>`.
 ///
@@ -115,25 +113,6 @@ pub struct StreamPosition {
     pub epoch: String,
 }
 
-/// One session's control queue. Its commands are boxed: tokio's channel
-/// allocates its first block of 32 slots when created, and with 8-byte slots
-/// an idle connection pays 256 bytes for it instead of 2 KiB.
-pub(super) type ControlSender = mpsc::Sender<Box<SessionCommand>>;
-
-/// What a session's read loop receives through its control queue.
-#[derive(Debug)]
-pub(super) enum SessionCommand {
-    Subscribe {
-        channel: String,
-        recover: Option<(u64, String)>,
-    },
-    Unsubscribe {
-        channel: String,
-    },
-    /// The connection's new expiry (unix seconds); `None`: never.
-    ExpireAt(Option<u64>),
-}
-
 /// Why a control message was not sent, or the edge could not listen.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -143,12 +122,6 @@ pub enum ControlError {
     Publish(String),
     #[error("NATS did not take the control message within {0:?}")]
     Timeout(Duration),
-}
-
-/// A matched session: where its frames and its commands go.
-struct Target {
-    outbox: Arc<super::outbox::Outbox>,
-    control: ControlSender,
 }
 
 impl Edge {
@@ -230,7 +203,9 @@ impl Edge {
             ControlOp::Disconnect { whitelist, .. } => whitelist,
             _ => &[],
         };
-        let targets = self.targets(&msg.user, msg.client.as_deref(), except);
+        let targets = self
+            .registry
+            .targets(&msg.user, msg.client.as_deref(), except);
         let result = if targets.is_empty() { "none" } else { "local" };
         metrics::counter!(m::CONTROL_TOTAL, "op" => label, "result" => result).increment(1);
         if targets.is_empty() {
@@ -278,23 +253,6 @@ impl Edge {
                 });
             }
         }
-    }
-
-    /// The user's local sessions, only `client` if given, without `except`.
-    fn targets(&self, user: &str, client: Option<&str>, except: &[String]) -> Vec<Target> {
-        let sessions = self.sessions.lock().expect("sessions lock");
-        let Some(ids) = sessions.by_user.get(user) else {
-            return Vec::new();
-        };
-        ids.iter()
-            .filter_map(|id| sessions.by_id.get(id))
-            .filter(|s| client.is_none_or(|c| c == s.client_id))
-            .filter(|s| !except.contains(&s.client_id))
-            .map(|s| Target {
-                outbox: s.outbox.clone(),
-                control: s.control.clone(),
-            })
-            .collect()
     }
 }
 

@@ -1,23 +1,28 @@
-//! A channel's feed: the edge's one NATS subscription to a channel subject,
-//! alive while the channel has local subscribers (the hub starts and stops
-//! it).
+//! Channel feeds over NATS ([`NatsFeeds`], the registry's [`Feeds`]): the
+//! edge's one NATS subscription to a channel subject, alive while the channel
+//! has local subscribers (the registry starts it and tells it to stop).
 //!
 //! It encodes each publication into a push frame once and hands it to the
-//! hub. For history channels it keeps the channel's last offset: a duplicate
-//! is dropped, and a gap (offset n+2 right after n, e.g. a core NATS message
-//! lost in a reconnect or a slow subscription) is filled from sync before
-//! anything later is delivered; if it cannot be filled, every local
-//! subscription ends with "insufficient state" so the SDKs resubscribe and
-//! recover (I4).
+//! registry with its offset and epoch. For history channels it keeps the
+//! channel's last offset and epoch: a duplicate is dropped, and a gap (offset
+//! n+2 right after n, e.g. a core NATS message lost in a reconnect or a slow
+//! subscription) is filled from sync, in the same epoch, before anything
+//! later is delivered; if it cannot be filled, every local subscription ends
+//! with "insufficient state" so the SDKs resubscribe and recover (I4). A new
+//! epoch (history reset) is passed on as such: each subscriber's position
+//! belongs to an epoch, and a subscriber of the old one ends with
+//! "insufficient state". If the NATS subscription ends, the feed tells the
+//! registry it is gone.
+//!
+//! Knows nothing of subscribers or sessions.
 
 use std::sync::Arc;
 
 use futures::StreamExt;
 use serde::Deserialize;
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
-use super::hub::{FeedStatus, Hub};
+use super::registry::{FeedHandle, Feeds};
+use super::subscriber::Publication;
 use crate::bus::subjects;
 use crate::metrics::GaugeHold;
 use crate::protocol;
@@ -47,15 +52,19 @@ fn header_string(msg: &async_nats::Message, name: &str) -> Option<String> {
     Some(msg.headers.as_ref()?.get(name)?.as_str().to_string())
 }
 
-pub async fn run(
-    hub: Arc<Hub>,
-    deps: FeedDeps,
-    channel: Arc<str>,
-    feed_id: u64,
-    history: bool,
-    status: watch::Sender<FeedStatus>,
-    stop: CancellationToken,
-) {
+/// The registry's feeds, each a task with its own NATS subscription.
+pub struct NatsFeeds {
+    pub deps: FeedDeps,
+}
+
+impl Feeds for NatsFeeds {
+    fn subscribe(&self, feed: FeedHandle) {
+        tokio::spawn(run(self.deps.clone(), feed));
+    }
+}
+
+async fn run(deps: FeedDeps, feed: FeedHandle) {
+    let channel = feed.channel().clone();
     let mut sub = match deps
         .nats
         .subscribe(subjects::channel_subject(&channel))
@@ -64,7 +73,7 @@ pub async fn run(
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "channel subscribe failed");
-            let _ = status.send(FeedStatus::Failed);
+            feed.ended();
             return;
         }
     };
@@ -81,53 +90,54 @@ pub async fn run(
     {
         Err(e) if !matches!(e.kind(), async_nats::RequestErrorKind::NoResponders) => {
             tracing::warn!(error = %e, "channel subscribe not confirmed");
-            let _ = status.send(FeedStatus::Failed);
+            feed.ended();
             return;
         }
         _ => {}
     }
-    let _ = status.send(FeedStatus::Ready);
+    feed.ready();
 
     let mut last: Option<u64> = None;
-    let mut epoch: Option<String> = None;
+    let mut epoch: Option<Arc<str>> = None;
     loop {
         let msg = tokio::select! {
-            _ = stop.cancelled() => break,
+            _ = feed.stopped() => break,
             m = sub.next() => m,
         };
         let Some(msg) = msg else {
             // The NATS client is gone: nothing more will arrive.
-            hub.fail_all(&channel, feed_id);
+            feed.ended();
             break;
         };
-        let offset = if history {
+        let offset = if feed.history() {
             header_u64(&msg, subjects::OFFSET_HEADER)
         } else {
             None
         };
         let committed_us = header_u64(&msg, subjects::COMMITTED_HEADER);
         let Some(offset) = offset else {
-            deliver(&hub, &channel, feed_id, None, committed_us, &msg);
+            deliver(&feed, None, None, committed_us, &msg);
             continue;
         };
         let msg_epoch = header_string(&msg, subjects::EPOCH_HEADER);
-        if msg_epoch != epoch {
-            // First message, or the channel's history was reset.
-            epoch = msg_epoch;
+        if msg_epoch.as_deref() != epoch.as_deref() {
+            // First message, or the channel's history was reset: subscribers
+            // compare the epoch with their own.
+            epoch = msg_epoch.map(Arc::from);
             last = None;
         }
         if let Some(l) = last {
             if offset <= l {
                 continue;
             }
-            if offset > l + 1 && !fill_gap(&hub, &deps, &channel, feed_id, l, offset).await {
+            if offset > l + 1 && !fill_gap(&feed, &deps, epoch.as_ref(), l, offset).await {
                 metrics::counter!(crate::metrics::GAPS_FILLED_TOTAL, "result" => "failed")
                     .increment(1);
-                hub.fail_all(&channel, feed_id);
+                feed.fail_all();
             }
         }
         last = Some(offset);
-        deliver(&hub, &channel, feed_id, Some(offset), committed_us, &msg);
+        deliver(&feed, Some(offset), epoch.clone(), committed_us, &msg);
     }
     let _ = sub.unsubscribe().await;
 }
@@ -138,10 +148,9 @@ pub async fn run(
 /// publisher's, without history) span; the socket writes follow in each
 /// connection's writer task.
 fn deliver(
-    hub: &Hub,
-    channel: &str,
-    feed_id: u64,
+    feed: &FeedHandle,
     offset: Option<u64>,
+    epoch: Option<Arc<str>>,
     committed_us: Option<u64>,
     msg: &async_nats::Message,
 ) {
@@ -155,21 +164,27 @@ fn deliver(
         )
     });
     let _entered = span.enter();
-    let frame = protocol::publication_push(channel, &msg.payload);
-    let subscribers = hub.broadcast(channel, feed_id, offset, &frame, committed_us);
+    let frame = protocol::publication_push(feed.channel(), &msg.payload);
+    let subscribers = feed.deliver(&Publication {
+        offset,
+        epoch,
+        frame,
+        committed_us,
+    });
     span.record("subscribers", subscribers);
 }
 
-/// Fetches offsets `after+1 .. before-1` from sync and broadcasts them in
-/// order. False if they could not all be fetched.
+/// Fetches offsets `after+1 .. before-1` of `epoch` from sync and delivers
+/// them in order. False if they could not all be fetched (or the channel's
+/// epoch is no longer `epoch`).
 async fn fill_gap(
-    hub: &Hub,
+    feed: &FeedHandle,
     deps: &FeedDeps,
-    channel: &str,
-    feed_id: u64,
+    epoch: Option<&Arc<str>>,
     after: u64,
     before: u64,
 ) -> bool {
+    let channel: &str = feed.channel();
     let missing = (before - after - 1) as usize;
     if missing > deps.gap_fill_limit {
         return false;
@@ -185,7 +200,7 @@ async fn fill_gap(
             return false;
         }
     };
-    if page.publications.len() != missing {
+    if page.publications.len() != missing || epoch.is_some_and(|e| **e != *page.epoch) {
         return false;
     }
     let mut expected = after + 1;
@@ -203,7 +218,12 @@ async fn fill_gap(
         }
     }
     for (offset, frame) in frames {
-        hub.broadcast(channel, feed_id, Some(offset), &frame, None);
+        feed.deliver(&Publication {
+            offset: Some(offset),
+            epoch: epoch.cloned(),
+            frame,
+            committed_us: None,
+        });
     }
     metrics::counter!(crate::metrics::GAPS_FILLED_TOTAL, "result" => "filled").increment(1);
     true

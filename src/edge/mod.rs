@@ -1,8 +1,10 @@
 //! The edge role: terminates client WebSockets (`GET /connection/websocket`),
-//! speaks the Centrifugo protocol ([`session`]), keeps the hub of local
-//! subscribers ([`hub`]) with one NATS subscription per channel ([`feed`]),
-//! bounds every connection's outbound queue ([`outbox`]), and applies the
-//! server API's per-user commands arriving over NATS ([`control`]).
+//! speaks the Centrifugo protocol ([`session`], one file per command), keeps
+//! the registry of who is connected and subscribed, by channel and by user
+//! ([`registry`]), with each subscriber's position ([`subscriber`]) and one
+//! NATS subscription per channel ([`feed`]), bounds every connection's
+//! outbound queue ([`outbox`]), and applies the server API's per-user
+//! commands arriving over NATS ([`control`]).
 //!
 //! Thin (I6): it holds connection state only. Publishes go through the
 //! [`Publisher`]; every read (positions, recovery, history, gap fills) goes
@@ -12,15 +14,16 @@
 //! and closes the sessions evenly over `shutdown_drain`, so their reconnects
 //! reach the other nodes spread out rather than all at once.
 
+mod command;
 pub mod control;
 mod feed;
-pub mod hub;
 pub mod outbox;
+mod registry;
 mod session;
+mod subscriber;
 
-use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -30,10 +33,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use self::control::ControlSender;
-use self::feed::FeedDeps;
-use self::hub::{Hub, SessionId};
-use self::outbox::Outbox;
+use self::feed::{FeedDeps, NatsFeeds};
+use self::registry::Registry;
 use crate::auth::Verifier;
 use crate::bus::publisher::Publisher;
 use crate::config::{ChannelsConfig, ClientConfig};
@@ -60,21 +61,6 @@ pub struct EdgeStats {
     pub num_subs: u64,
 }
 
-struct SessionEntry {
-    outbox: Arc<Outbox>,
-    client_id: String,
-    user: Option<String>,
-    /// The session's control queue; its read loop holds the receiver.
-    control: ControlSender,
-}
-
-/// Live sessions, and the authenticated ones by user (for control messages).
-#[derive(Default)]
-struct Sessions {
-    by_id: HashMap<SessionId, SessionEntry>,
-    by_user: HashMap<String, HashSet<SessionId>>,
-}
-
 pub struct Edge {
     settings: EdgeSettings,
     nats: async_nats::Client,
@@ -82,11 +68,10 @@ pub struct Edge {
     sync: SyncClient,
     sync_timeout: Duration,
     verifier: Verifier,
-    hub: Arc<Hub>,
-    /// Live sessions: added when a WebSocket is upgraded, removed by the
-    /// session when it ends. Used for `info`, control messages and graceful
-    /// shutdown.
-    sessions: Mutex<Sessions>,
+    /// Who is connected and subscribed here: each session registers its
+    /// connection when its WebSocket is upgraded and its subscriptions; both
+    /// leave when the session drops them.
+    registry: Arc<Registry>,
     next_session: AtomicU64,
     /// Set by `close_all`: new upgrades are refused with 503.
     closing: AtomicBool,
@@ -101,11 +86,13 @@ impl Edge {
         verifier: Verifier,
         sync_timeout: Duration,
     ) -> Arc<Self> {
-        let hub = Hub::new(FeedDeps {
-            nats: nats.clone(),
-            sync: sync.clone(),
-            gap_fill_limit: settings.client.recovery_limit,
-        });
+        let registry = Registry::new(Arc::new(NatsFeeds {
+            deps: FeedDeps {
+                nats: nats.clone(),
+                sync: sync.clone(),
+                gap_fill_limit: settings.client.recovery_limit,
+            },
+        }));
         Arc::new(Self {
             settings,
             nats,
@@ -113,8 +100,7 @@ impl Edge {
             sync,
             sync_timeout,
             verifier,
-            hub,
-            sessions: Mutex::new(Sessions::default()),
+            registry,
             next_session: AtomicU64::new(1),
             closing: AtomicBool::new(false),
         })
@@ -128,14 +114,10 @@ impl Edge {
     }
 
     pub fn stats(&self) -> EdgeStats {
-        let (num_clients, num_users) = {
-            let sessions = self.sessions.lock().expect("sessions lock");
-            (sessions.by_id.len() as u64, sessions.by_user.len() as u64)
-        };
-        let (num_channels, num_subs) = self.hub.counts();
+        let (num_channels, num_subs) = self.registry.channel_counts();
         EdgeStats {
-            num_clients,
-            num_users,
+            num_clients: self.registry.num_connections(),
+            num_users: self.registry.num_users(),
             num_channels,
             num_subs,
         }
@@ -148,7 +130,7 @@ impl Edge {
     /// bounded time for them to finish.
     pub async fn close_all(&self, d: Disconnect, drain: Duration) {
         self.closing.store(true, Ordering::SeqCst);
-        let outboxes = self.outboxes();
+        let outboxes = self.registry.outboxes();
         let started = Instant::now();
         let mut tick = tokio::time::interval(DRAIN_TICK);
         let mut closed = 0;
@@ -161,74 +143,12 @@ impl Edge {
             closed = due;
         }
         // Sessions whose upgrade was accepted just before `closing` was set.
-        for o in self.outboxes() {
+        for o in self.registry.outboxes() {
             o.close(d);
         }
         let waiting = Instant::now();
-        while !self
-            .sessions
-            .lock()
-            .expect("sessions lock")
-            .by_id
-            .is_empty()
-            && waiting.elapsed() < CLOSE_ALL_WAIT
-        {
+        while self.registry.num_connections() > 0 && waiting.elapsed() < CLOSE_ALL_WAIT {
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn outboxes(&self) -> Vec<Arc<Outbox>> {
-        self.sessions
-            .lock()
-            .expect("sessions lock")
-            .by_id
-            .values()
-            .map(|s| s.outbox.clone())
-            .collect()
-    }
-
-    fn register(
-        &self,
-        id: SessionId,
-        client_id: &str,
-        outbox: Arc<Outbox>,
-        control: ControlSender,
-    ) {
-        self.sessions.lock().expect("sessions lock").by_id.insert(
-            id,
-            SessionEntry {
-                outbox,
-                client_id: client_id.to_string(),
-                user: None,
-                control,
-            },
-        );
-    }
-
-    fn set_user(&self, id: SessionId, user: &str) {
-        let mut sessions = self.sessions.lock().expect("sessions lock");
-        if let Some(s) = sessions.by_id.get_mut(&id) {
-            s.user = Some(user.to_string());
-            sessions
-                .by_user
-                .entry(user.to_string())
-                .or_default()
-                .insert(id);
-        }
-    }
-
-    fn unregister(&self, id: SessionId) {
-        let mut sessions = self.sessions.lock().expect("sessions lock");
-        let Some(entry) = sessions.by_id.remove(&id) else {
-            return;
-        };
-        if let Some(user) = entry.user
-            && let Some(ids) = sessions.by_user.get_mut(&user)
-        {
-            ids.remove(&id);
-            if ids.is_empty() {
-                sessions.by_user.remove(&user);
-            }
         }
     }
 }

@@ -5,7 +5,7 @@
 //! The writer task drains everything queued into one WebSocket frame
 //! (newline-separated, as the protocol allows), so a burst costs one write.
 //!
-//! Producers: the session (replies), the hub (publications), the edge (close,
+//! Producers: the session (replies), the registry's subscribers (publications), the edge (close,
 //! also on a server API `disconnect`). The only consumer is the connection's
 //! writer task. Knows nothing of the protocol beyond the close codes.
 //!

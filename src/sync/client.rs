@@ -6,6 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::wire::{Page, SyncReply, SyncRequest};
+use crate::bus::publisher::{LookupError, OffsetLookup};
 use crate::bus::subjects;
 
 /// Shortest time one attempt of a sync request waits for its answer.
@@ -129,5 +130,23 @@ impl SyncClient {
                 "expected an idempotency answer".into(),
             )),
         }
+    }
+}
+
+/// The publisher's duplicate lookup (I3) goes to sync.
+impl OffsetLookup for SyncClient {
+    fn idempotent_offset<'a>(
+        &'a self,
+        channel: &'a str,
+        key: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Option<(u64, String)>, LookupError>> {
+        Box::pin(async move {
+            SyncClient::idempotent_offset(self, channel, key)
+                .await
+                .map_err(|e| match e {
+                    SyncClientError::Timeout | SyncClientError::NoResponders => LookupError::Retry,
+                    e => LookupError::Failed(e.to_string()),
+                })
+        })
     }
 }

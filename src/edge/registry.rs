@@ -1,0 +1,657 @@
+//! The edge's registry: who is connected and who is subscribed to what, on
+//! this node.
+//!
+//! Two sharded indexes, no global lock on the connect, subscribe and deliver
+//! paths:
+//! - **by channel** (fan-out): channel → its local subscribers and its feed.
+//!   The first subscriber of a channel starts its feed through [`Feeds`] (the
+//!   NATS side, behind a trait); the last one leaving stops it. The feed hands
+//!   each publication back through its [`FeedHandle`], encoded once, and the
+//!   registry gives it to every subscriber, whose own position keeps the
+//!   order (I4, see `subscriber`).
+//! - **by user**: user → that user's connections on this node (per-user
+//!   control; the home of per-user limits, presence and status). Every open
+//!   connection, authenticated or not, is also indexed by id (graceful stop,
+//!   counts).
+//!
+//! Ownership is by value: a [`Subscription`] owns its channel entry, the
+//! subscriptions gauge and its expiry; a [`Connection`] owns its entries and
+//! the connections gauge. Dropping one undoes all of it, so no call site
+//! pairs "remove" with "decrement".
+//!
+//! A feed is known only by an id: its channel's entry carries the id of the
+//! feed it belongs to, and a feed's calls on an entry of another feed (the
+//! channel was left and joined again meanwhile) do nothing.
+//!
+//! Std mutexes only, never held across `.await`, and never a shard lock
+//! while calling into a subscriber or a feed. Knows nothing of NATS, the
+//! protocol's commands or sessions beyond their id, outbox and control queue.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::value::RawValue;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::command::ControlSender;
+use super::outbox::Outbox;
+use super::subscriber::{Publication, Subscriber};
+use crate::metrics as m;
+use crate::protocol::Unsubscribe;
+
+const SHARDS: usize = 64;
+
+pub use super::subscriber::SessionId;
+
+/// Whether a channel's feed is receiving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedStatus {
+    Starting,
+    Ready,
+    Failed,
+}
+
+/// The NATS side of a channel, as the registry sees it.
+pub trait Feeds: Send + Sync + 'static {
+    /// The channel gained its first local subscriber: start receiving its
+    /// publications and hand them to `feed` until `feed.stopped()` (the last
+    /// subscriber left: interest ends). Must not block.
+    fn subscribe(&self, feed: FeedHandle);
+}
+
+/// A running feed's side of the registry: one channel, one feed id.
+pub struct FeedHandle {
+    channels: Arc<Channels>,
+    channel: Arc<str>,
+    feed_id: u64,
+    history: bool,
+    stop: CancellationToken,
+}
+
+impl FeedHandle {
+    pub fn channel(&self) -> &Arc<str> {
+        &self.channel
+    }
+
+    /// Whether the channel keeps history (its publications carry offsets).
+    pub fn history(&self) -> bool {
+        self.history
+    }
+
+    /// Resolves when the channel has no local subscriber any more.
+    pub async fn stopped(&self) {
+        self.stop.cancelled().await
+    }
+
+    /// Receiving: subscribers waiting for the feed may read their position.
+    pub fn ready(&self) {
+        self.channels
+            .set_status(&self.channel, self.feed_id, FeedStatus::Ready);
+    }
+
+    /// Gives one publication to every subscriber of the channel. Returns how
+    /// many it was handed to.
+    pub fn deliver(&self, p: &Publication) -> usize {
+        self.channels.deliver(&self.channel, self.feed_id, p)
+    }
+
+    /// Publications were lost that the feed could not fetch: every current
+    /// subscriber ends with "insufficient state" and recovers. The feed
+    /// goes on for those who subscribe afterwards.
+    pub fn fail_all(&self) {
+        self.channels.fail_all(&self.channel, self.feed_id);
+    }
+
+    /// The feed could not start, or its stream ended: it is gone. Every
+    /// subscriber ends with "insufficient state", and the channel's entry
+    /// goes with the feed, so whoever subscribes next starts a new one.
+    pub fn ended(&self) {
+        self.channels.feed_ended(&self.channel, self.feed_id);
+    }
+}
+
+struct ChannelEntry {
+    feed_id: u64,
+    subscribers: HashMap<SessionId, Arc<Subscriber>>,
+    /// Read by subscribers waiting to go live; written by the feed.
+    status: watch::Sender<FeedStatus>,
+    /// Cancelled when the entry goes: the feed stops.
+    stop: CancellationToken,
+}
+
+/// The by-channel index.
+struct Channels {
+    shards: Sharded<Arc<str>, ChannelEntry>,
+    next_feed: AtomicU64,
+}
+
+/// `SHARDS` maps, each behind its own lock; a key's shard is its hash's.
+type Sharded<K, V> = Box<[Mutex<HashMap<K, V>>]>;
+
+fn shard_of(key: &impl Hash) -> usize {
+    let mut h = DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() as usize) % SHARDS
+}
+
+fn shards<T: Default>() -> Box<[Mutex<T>]> {
+    (0..SHARDS).map(|_| Mutex::new(T::default())).collect()
+}
+
+impl Channels {
+    fn shard(&self, channel: &str) -> &Mutex<HashMap<Arc<str>, ChannelEntry>> {
+        &self.shards[shard_of(&channel)]
+    }
+
+    /// Adds `sub`; returns the feed's status and, when it is the channel's
+    /// first subscriber, the handle of the feed to start.
+    fn add(
+        self: &Arc<Self>,
+        sub: Arc<Subscriber>,
+        history: bool,
+    ) -> (watch::Receiver<FeedStatus>, Option<FeedHandle>) {
+        let mut shard = self.shard(&sub.channel).lock().expect("channel shard lock");
+        if let Some(entry) = shard.get_mut(&sub.channel) {
+            entry.subscribers.insert(sub.session, sub);
+            return (entry.status.subscribe(), None);
+        }
+        let feed_id = self.next_feed.fetch_add(1, Ordering::Relaxed);
+        let (status, rx) = watch::channel(FeedStatus::Starting);
+        let stop = CancellationToken::new();
+        let channel = sub.channel.clone();
+        shard.insert(
+            channel.clone(),
+            ChannelEntry {
+                feed_id,
+                subscribers: HashMap::from([(sub.session, sub)]),
+                status,
+                stop: stop.clone(),
+            },
+        );
+        drop(shard);
+        metrics::gauge!(m::CHANNELS).increment(1.0);
+        let feed = FeedHandle {
+            channels: self.clone(),
+            channel,
+            feed_id,
+            history,
+            stop,
+        };
+        (rx, Some(feed))
+    }
+
+    /// Removes `sub` (only this one: its session may have subscribed again
+    /// since); the feed stops after the last one.
+    fn remove(&self, sub: &Arc<Subscriber>) {
+        let channel: &str = &sub.channel;
+        let mut shard = self.shard(channel).lock().expect("channel shard lock");
+        let Some(entry) = shard.get_mut(channel) else {
+            return;
+        };
+        if !entry
+            .subscribers
+            .get(&sub.session)
+            .is_some_and(|current| Arc::ptr_eq(current, sub))
+        {
+            return;
+        }
+        entry.subscribers.remove(&sub.session);
+        if entry.subscribers.is_empty() {
+            Self::drop_entry(&mut shard, channel);
+        }
+    }
+
+    fn drop_entry(
+        shard: &mut HashMap<Arc<str>, ChannelEntry>,
+        channel: &str,
+    ) -> Option<ChannelEntry> {
+        let entry = shard.remove(channel)?;
+        entry.stop.cancel();
+        metrics::gauge!(m::CHANNELS).decrement(1.0);
+        Some(entry)
+    }
+
+    fn set_status(&self, channel: &str, feed_id: u64, status: FeedStatus) {
+        let shard = self.shard(channel).lock().expect("channel shard lock");
+        if let Some(e) = shard.get(channel).filter(|e| e.feed_id == feed_id) {
+            e.status.send_replace(status);
+        }
+    }
+
+    fn deliver(&self, channel: &str, feed_id: u64, p: &Publication) -> usize {
+        let subscribers: Vec<Arc<Subscriber>> = {
+            let shard = self.shard(channel).lock().expect("channel shard lock");
+            match shard.get(channel) {
+                Some(e) if e.feed_id == feed_id => e.subscribers.values().cloned().collect(),
+                _ => return 0,
+            }
+        };
+        for sub in &subscribers {
+            if !sub.deliver(p) {
+                self.remove(sub);
+            }
+        }
+        subscribers.len()
+    }
+
+    fn fail_all(&self, channel: &str, feed_id: u64) {
+        let ended: Vec<Arc<Subscriber>> = {
+            let mut shard = self.shard(channel).lock().expect("channel shard lock");
+            let Some(entry) = shard.get_mut(channel).filter(|e| e.feed_id == feed_id) else {
+                return;
+            };
+            let ended = entry.subscribers.drain().map(|(_, s)| s).collect();
+            Self::drop_entry(&mut shard, channel);
+            ended
+        };
+        for sub in ended {
+            sub.end(Unsubscribe::INSUFFICIENT_STATE);
+        }
+    }
+
+    fn feed_ended(&self, channel: &str, feed_id: u64) {
+        let entry = {
+            let mut shard = self.shard(channel).lock().expect("channel shard lock");
+            if shard.get(channel).is_none_or(|e| e.feed_id != feed_id) {
+                return;
+            }
+            Self::drop_entry(&mut shard, channel)
+        };
+        let Some(entry) = entry else { return };
+        entry.status.send_replace(FeedStatus::Failed);
+        for sub in entry.subscribers.into_values() {
+            sub.end(Unsubscribe::INSUFFICIENT_STATE);
+        }
+    }
+}
+
+/// One connection as its user's entry holds it.
+struct UserConn {
+    client_id: Arc<str>,
+    outbox: Arc<Outbox>,
+    control: ControlSender,
+}
+
+/// One user's connections on this node: the place for per-user state
+/// (limits, presence, status) as it comes.
+#[derive(Default)]
+struct UserEntry {
+    conns: HashMap<SessionId, UserConn>,
+}
+
+/// A connection of a user, as control finds it.
+pub struct Target {
+    pub outbox: Arc<Outbox>,
+    pub control: ControlSender,
+}
+
+pub struct Registry {
+    channels: Arc<Channels>,
+    feeds: Arc<dyn Feeds>,
+    /// Every open connection by id: graceful stop and counts.
+    conns: Sharded<SessionId, Arc<Outbox>>,
+    /// Authenticated connections by user.
+    users: Sharded<Arc<str>, UserEntry>,
+}
+
+impl Registry {
+    pub fn new(feeds: Arc<dyn Feeds>) -> Arc<Self> {
+        Arc::new(Self {
+            channels: Arc::new(Channels {
+                shards: shards(),
+                next_feed: AtomicU64::new(1),
+            }),
+            feeds,
+            conns: shards(),
+            users: shards(),
+        })
+    }
+
+    /// Registers an open connection (not yet authenticated).
+    pub fn open(
+        self: &Arc<Self>,
+        id: SessionId,
+        client_id: &str,
+        outbox: Arc<Outbox>,
+        control: ControlSender,
+    ) -> Connection {
+        self.conns[shard_of(&id)]
+            .lock()
+            .expect("conn shard lock")
+            .insert(id, outbox.clone());
+        metrics::gauge!(m::CONNECTIONS).increment(1.0);
+        Connection {
+            registry: self.clone(),
+            id,
+            client_id: client_id.into(),
+            outbox,
+            control,
+            user: None,
+        }
+    }
+
+    /// Subscribes `session` to `channel` (buffering until it goes live) and
+    /// starts the channel's feed if it is the first local subscriber. Returns
+    /// the subscription and the feed's status to wait for.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        session: SessionId,
+        channel: &str,
+        outbox: Arc<Outbox>,
+        buffer_limit: usize,
+        history: bool,
+    ) -> (Subscription, watch::Receiver<FeedStatus>) {
+        let subscriber = Subscriber::new(session, channel.into(), outbox, buffer_limit);
+        let (status, feed) = self.channels.add(subscriber.clone(), history);
+        if let Some(feed) = feed {
+            self.feeds.subscribe(feed);
+        }
+        metrics::gauge!(m::SUBSCRIPTIONS).increment(1.0);
+        let sub = Subscription {
+            channels: self.channels.clone(),
+            subscriber,
+            expires_at: None,
+            chan_info: None,
+            private: false,
+        };
+        (sub, status)
+    }
+
+    /// Every open connection's outbox.
+    pub fn outboxes(&self) -> Vec<Arc<Outbox>> {
+        self.conns
+            .iter()
+            .flat_map(|s| {
+                s.lock()
+                    .expect("conn shard lock")
+                    .values()
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    pub fn num_connections(&self) -> u64 {
+        self.conns
+            .iter()
+            .map(|s| s.lock().expect("conn shard lock").len() as u64)
+            .sum()
+    }
+
+    pub fn num_users(&self) -> u64 {
+        self.users
+            .iter()
+            .map(|s| s.lock().expect("user shard lock").len() as u64)
+            .sum()
+    }
+
+    /// Channels with local subscribers, and subscriptions.
+    pub fn channel_counts(&self) -> (u64, u64) {
+        let mut channels = 0;
+        let mut subs = 0;
+        for shard in self.channels.shards.iter() {
+            let shard = shard.lock().expect("channel shard lock");
+            channels += shard.len() as u64;
+            subs += shard
+                .values()
+                .map(|e| e.subscribers.len() as u64)
+                .sum::<u64>();
+        }
+        (channels, subs)
+    }
+
+    /// The user's connections here, only `client` if given, without `except`.
+    pub fn targets(&self, user: &str, client: Option<&str>, except: &[String]) -> Vec<Target> {
+        let shard = self.users[shard_of(&user)].lock().expect("user shard lock");
+        let Some(entry) = shard.get(user) else {
+            return Vec::new();
+        };
+        entry
+            .conns
+            .values()
+            .filter(|c| client.is_none_or(|id| id == &*c.client_id))
+            .filter(|c| !except.iter().any(|e| e.as_str() == &*c.client_id))
+            .map(|c| Target {
+                outbox: c.outbox.clone(),
+                control: c.control.clone(),
+            })
+            .collect()
+    }
+}
+
+/// An open connection's place in the registry; dropping it removes the
+/// connection from every index and the connections gauge.
+pub struct Connection {
+    registry: Arc<Registry>,
+    id: SessionId,
+    client_id: Arc<str>,
+    outbox: Arc<Outbox>,
+    control: ControlSender,
+    user: Option<Arc<str>>,
+}
+
+impl Connection {
+    /// The connection is now `user`'s: control messages for the user reach it.
+    pub fn authenticate(&mut self, user: &str) {
+        let user: Arc<str> = user.into();
+        self.registry.users[shard_of(&&*user)]
+            .lock()
+            .expect("user shard lock")
+            .entry(user.clone())
+            .or_default()
+            .conns
+            .insert(
+                self.id,
+                UserConn {
+                    client_id: self.client_id.clone(),
+                    outbox: self.outbox.clone(),
+                    control: self.control.clone(),
+                },
+            );
+        self.user = Some(user);
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Some(user) = &self.user {
+            let mut shard = self.registry.users[shard_of(&&**user)]
+                .lock()
+                .expect("user shard lock");
+            if let Some(entry) = shard.get_mut(user) {
+                entry.conns.remove(&self.id);
+                if entry.conns.is_empty() {
+                    shard.remove(user);
+                }
+            }
+        }
+        self.registry.conns[shard_of(&self.id)]
+            .lock()
+            .expect("conn shard lock")
+            .remove(&self.id);
+        metrics::gauge!(m::CONNECTIONS).decrement(1.0);
+    }
+}
+
+/// One session's subscription to one channel: its subscriber in the channel's
+/// entry, its part of the subscriptions gauge, and what the session records
+/// of it. Dropping it ends the subscriber silently (nothing more is queued,
+/// whatever a broadcast in progress holds), leaves the channel (the feed stops
+/// after the last one) and decrements the gauge.
+pub struct Subscription {
+    channels: Arc<Channels>,
+    pub subscriber: Arc<Subscriber>,
+    /// When it is closed unless refreshed (subscription token expiry).
+    pub expires_at: Option<Instant>,
+    /// `info` of the subscription token, for publications of this client.
+    pub chan_info: Option<Box<RawValue>>,
+    /// Subscribed to a private channel (token checked or granted).
+    pub private: bool,
+}
+
+impl Subscription {
+    pub fn is_ended(&self) -> bool {
+        self.subscriber.is_ended()
+    }
+
+    /// Ends it with an `unsubscribe` push carrying `reason` (the server ends
+    /// it: expiry, server-side unsubscribe); dropping it then leaves the
+    /// channel.
+    pub fn end(&self, reason: Unsubscribe) {
+        self.subscriber.end(reason);
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.subscriber.retire();
+        self.channels.remove(&self.subscriber);
+        metrics::gauge!(m::SUBSCRIPTIONS).decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edge::subscriber::tests::{frames, publication};
+
+    /// A feed side without NATS: records the feeds the registry starts.
+    #[derive(Default)]
+    struct TestFeeds(Mutex<Vec<FeedHandle>>);
+
+    impl Feeds for TestFeeds {
+        fn subscribe(&self, feed: FeedHandle) {
+            self.0.lock().unwrap().push(feed);
+        }
+    }
+
+    impl TestFeeds {
+        fn started(&self) -> usize {
+            self.0.lock().unwrap().len()
+        }
+        fn with_last<T>(&self, f: impl FnOnce(&FeedHandle) -> T) -> T {
+            f(self.0.lock().unwrap().last().expect("a feed"))
+        }
+    }
+
+    fn registry() -> (Arc<Registry>, Arc<TestFeeds>) {
+        let feeds = Arc::new(TestFeeds::default());
+        (Registry::new(feeds.clone()), feeds)
+    }
+
+    fn outbox() -> Arc<Outbox> {
+        Arc::new(Outbox::new(1 << 20))
+    }
+
+    #[test]
+    fn first_subscriber_starts_the_feed_and_the_last_stops_it() {
+        let (r, feeds) = registry();
+        let (a, _) = r.subscribe(1, "c", outbox(), 1 << 20, true);
+        let (b, _) = r.subscribe(2, "c", outbox(), 1 << 20, true);
+        assert_eq!(feeds.started(), 1);
+        assert_eq!(r.channel_counts(), (1, 2));
+        drop(a);
+        assert!(!feeds.with_last(|f| f.stop.is_cancelled()));
+        drop(b);
+        assert!(feeds.with_last(|f| f.stop.is_cancelled()), "interest ends");
+        assert_eq!(r.channel_counts(), (0, 0));
+    }
+
+    #[test]
+    fn publications_reach_live_subscribers_in_order() {
+        let (r, feeds) = registry();
+        let o = outbox();
+        let (s, mut status) = r.subscribe(1, "c", o.clone(), 1 << 20, true);
+        feeds.with_last(|f| f.ready());
+        assert_eq!(*status.borrow_and_update(), FeedStatus::Ready);
+        feeds.with_last(|f| f.deliver(&publication(3, "e")));
+        assert!(
+            s.subscriber
+                .go_live([bytes::Bytes::from_static(b"REPLY")], 2, "e")
+        );
+        feeds.with_last(|f| f.deliver(&publication(4, "e")));
+        assert_eq!(frames(&o), ["REPLY", "P3e", "P4e"]);
+    }
+
+    /// Issue 19 a, through the registry: `fail_all` while the subscribe is in
+    /// flight; going live then tells the client (reply, then 2500) and
+    /// nothing is delivered afterwards.
+    #[test]
+    fn failed_while_subscribing_is_told_and_gets_nothing() {
+        let (r, feeds) = registry();
+        let o = outbox();
+        let (s, _) = r.subscribe(1, "c", o.clone(), 1 << 20, true);
+        feeds.with_last(|f| f.fail_all());
+        assert!(
+            !s.subscriber
+                .go_live([bytes::Bytes::from_static(b"REPLY")], 5, "e")
+        );
+        assert!(s.is_ended());
+        feeds.with_last(|f| f.deliver(&publication(6, "e")));
+        let f = frames(&o);
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert!(f[1].contains("\"code\":2500"), "{f:?}");
+    }
+
+    /// Issue 19 b: a dropped subscription (client unsubscribe) gets nothing
+    /// more, even from a delivery that copied the list before the drop.
+    #[test]
+    fn unsubscribed_then_delivered_queues_nothing() {
+        let (r, _feeds) = registry();
+        let o = outbox();
+        let (s, _) = r.subscribe(1, "c", o.clone(), 1 << 20, true);
+        assert!(s.subscriber.go_live([], 5, "e"));
+        let copied = s.subscriber.clone();
+        drop(s);
+        assert!(!copied.deliver(&publication(6, "e")));
+        assert_eq!(o.queued_bytes(), 0);
+    }
+
+    /// Issue 19 d: a feed whose stream ended takes the channel's entry with
+    /// it: every subscriber ends with 2500 and the next one starts a new feed.
+    #[test]
+    fn an_ended_feed_leaves_no_dead_entry() {
+        let (r, feeds) = registry();
+        let o = outbox();
+        let (a, _) = r.subscribe(1, "c", o.clone(), 1 << 20, true);
+        assert!(a.subscriber.go_live([], 0, ""));
+        let (b, mut waiting) = r.subscribe(2, "c", outbox(), 1 << 20, true);
+        feeds.with_last(|f| f.ended());
+        assert!(a.is_ended() && b.is_ended());
+        assert_eq!(*waiting.borrow_and_update(), FeedStatus::Failed);
+        assert!(frames(&o)[0].contains("\"code\":2500"));
+        let (c, status) = r.subscribe(3, "c", outbox(), 1 << 20, true);
+        assert_eq!(feeds.started(), 2, "a new feed for the next subscriber");
+        assert_eq!(*status.borrow(), FeedStatus::Starting);
+        // The old feed's late calls touch nothing of the new entry.
+        feeds.0.lock().unwrap()[0].fail_all();
+        assert!(!c.is_ended());
+        // Dropping the old subscriptions does not remove the new one.
+        drop((a, b));
+        assert_eq!(r.channel_counts(), (1, 1));
+    }
+
+    #[test]
+    fn connections_are_found_by_user_and_client() {
+        let (r, _feeds) = registry();
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let mut a = r.open(1, "ca", outbox(), tx.clone());
+        let mut b = r.open(2, "cb", outbox(), tx.clone());
+        let _anonymous = r.open(3, "cc", outbox(), tx);
+        a.authenticate("alice");
+        b.authenticate("alice");
+        assert_eq!(r.num_connections(), 3);
+        assert_eq!(r.num_users(), 1);
+        assert_eq!(r.targets("alice", None, &[]).len(), 2);
+        assert_eq!(r.targets("alice", Some("cb"), &[]).len(), 1);
+        assert_eq!(r.targets("alice", None, &["ca".into()]).len(), 1);
+        drop(a);
+        drop(b);
+        assert!(r.targets("alice", None, &[]).is_empty());
+        assert_eq!((r.num_connections(), r.num_users()), (1, 0));
+    }
+}

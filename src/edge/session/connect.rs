@@ -1,0 +1,91 @@
+//! `connect`: authenticates the token, records the user in the registry and
+//! makes the server-side subscriptions of its `channels` claim; the reply
+//! lists them, and their publications follow it.
+//!
+//! Knows nothing of other commands beyond `subscribe`'s preparation.
+
+use super::subscribe::SubOptions;
+use super::{Authed, Fail, Session, close_deadline, ttl};
+use crate::auth::TokenError;
+use crate::channel::Channel;
+use crate::metrics as m;
+use crate::protocol::{
+    self, ConnectRequest, ConnectResult, Disconnect, ProtocolError, Reply, ReplyResult,
+};
+
+impl Session {
+    pub(super) async fn connect(
+        &mut self,
+        id: u32,
+        req: ConnectRequest,
+    ) -> Result<Option<ReplyResult>, Fail> {
+        if self.authed.is_some() {
+            return Err(Fail::Close(Disconnect::BAD_REQUEST));
+        }
+        if req.token.is_empty() {
+            return Err(Fail::Close(Disconnect::INVALID_TOKEN));
+        }
+        let claims = match self.edge.verifier.connect(&req.token) {
+            Ok(c) => c,
+            Err(TokenError::Expired) => return Err(Fail::Error(ProtocolError::TokenExpired)),
+            Err(TokenError::Invalid) => return Err(Fail::Close(Disconnect::INVALID_TOKEN)),
+        };
+        tracing::Span::current().record("user", claims.sub.as_str());
+        self.authed = Some(Authed {
+            user: claims.sub.clone(),
+            conn_info: claims.info.clone(),
+            expires_at: Some(close_deadline(
+                claims.exp,
+                self.edge.settings.client.expired_close_delay,
+            )),
+        });
+        self.conn.authenticate(&claims.sub);
+        metrics::counter!(m::CONNECTS_TOTAL).increment(1);
+
+        // Server-side subscriptions from the token's `channels` claim: the
+        // token already authorizes them.
+        let mut prepared = Vec::new();
+        let mut subs = std::collections::BTreeMap::new();
+        for name in &claims.channels {
+            let Ok(channel) = Channel::parse(name, &self.edge.settings.channels) else {
+                tracing::warn!("invalid channel in token channels claim");
+                continue;
+            };
+            if self.subs.contains_key(name)
+                || self.subs.len() >= self.edge.settings.client.channel_limit
+            {
+                continue;
+            }
+            let recover = req
+                .subs
+                .get(name)
+                .filter(|r| r.recover)
+                .map(|r| (r.offset, r.epoch.clone()));
+            match self.prepare(&channel, recover).await {
+                Ok(p) => prepared.push((name.clone(), p, channel.private)),
+                // The ones prepared so far leave as they drop.
+                Err(e) => return Err(e),
+            }
+        }
+        for (name, p, _) in &mut prepared {
+            subs.insert(name.clone(), std::mem::take(&mut p.result));
+        }
+        let result = ConnectResult {
+            client: self.client_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            expires: true,
+            ttl: ttl(claims.exp),
+            subs,
+            ping: self.edge.settings.client.ping_interval.as_secs().max(1) as u32,
+            pong: true,
+        };
+        let reply = protocol::encode_reply(&Reply::ok(id, ReplyResult::Connect(result)));
+        let _ = self.outbox.push(reply);
+        // The token authorized these, private channels included.
+        for (name, p, private) in prepared {
+            self.go_live(name, p, Vec::new(), SubOptions::granted(private));
+        }
+        // The reply was queued above, before the publications.
+        Ok(None)
+    }
+}

@@ -1,0 +1,333 @@
+//! One client connection: the read loop (commands in order, timers) that
+//! dispatches each command to its file — `connect`, `subscribe` (and the
+//! subscription preparation every way of subscribing shares), `publish`,
+//! `history`, `refresh` (and `sub_refresh`), `server_side` (the server API's
+//! control commands) — and the writer task (`writer`: the outbox into the
+//! socket). `unsubscribe`, `ping` and `pong` are one line each, here.
+//!
+//! Owns the connection's protocol state — authenticated user, subscriptions
+//! with their expiry, ping/pong — and turns each command into a reply or a
+//! disconnect. Server API control commands (server-side subscribe and
+//! unsubscribe, a new expiry) arrive on the session's control queue and are
+//! handled by the same loop, between client commands. One connection's error
+//! never touches another: every failure ends in a reply error or a close code
+//! for this connection only.
+
+mod connect;
+mod history;
+mod publish;
+mod refresh;
+mod server_side;
+mod subscribe;
+mod writer;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::Instrument;
+
+use super::Edge;
+use super::command::SESSION_CONTROL_QUEUE;
+use super::outbox::Outbox;
+use super::registry::{Connection, SessionId, Subscription};
+use crate::auth::now_secs;
+use crate::metrics as m;
+use crate::protocol::{
+    self, Command, Disconnect, Empty, ErrorBody, Method, ProtocolError, Reply, ReplyResult,
+    Unsubscribe,
+};
+
+/// Closing because the client closed (never sent to it).
+const CLIENT_CLOSED: Disconnect = Disconnect::new(3000, "connection closed");
+/// WebSocket "message too big" for a frame over `client_message_size_limit`.
+pub const MESSAGE_TOO_BIG: Disconnect = Disconnect::new(1009, "message too big");
+
+/// How a command fails: a reply error, or the end of the connection.
+enum Fail {
+    Error(ProtocolError),
+    Close(Disconnect),
+}
+
+impl From<ProtocolError> for Fail {
+    fn from(e: ProtocolError) -> Self {
+        Self::Error(e)
+    }
+}
+
+struct Authed {
+    user: String,
+    /// `ClientInfo` of this connection without channel info, for publications.
+    conn_info: Option<Box<RawValue>>,
+    expires_at: Option<Instant>,
+}
+
+struct Session {
+    edge: Arc<Edge>,
+    id: SessionId,
+    client_id: String,
+    outbox: Arc<Outbox>,
+    authed: Option<Authed>,
+    /// This connection in the edge's registry; dropped with the session.
+    conn: Connection,
+    /// Dropping one leaves its channel.
+    subs: HashMap<String, Subscription>,
+    opened: Instant,
+    pong_deadline: Option<Instant>,
+}
+
+/// When a connection or subscription whose token expires at `exp` is closed
+/// unless refreshed.
+///
+/// The grace (`client_expired_close_delay`) exists because the SDKs refresh
+/// exactly `ttl` seconds after the reply: a deadline at the expiry itself
+/// would always fire first and end every refreshing connection with 3005.
+fn close_deadline(exp: u64, grace: Duration) -> Instant {
+    Instant::now() + Duration::from_secs(exp.saturating_sub(now_secs())) + grace
+}
+
+/// Seconds until `exp`, at least 1: a reply that says `expires` must carry a
+/// `ttl` (0 would be left out of the JSON, and SDKs read it unconditionally),
+/// and a token at or just past its `exp` (within the close grace) is to be
+/// refreshed at once.
+fn ttl(exp: u64) -> u32 {
+    exp.saturating_sub(now_secs()).clamp(1, u64::from(u32::MAX)) as u32
+}
+
+pub(super) async fn run(edge: Arc<Edge>, socket: WebSocket, id: SessionId) {
+    let (sink, mut stream) = socket.split();
+    let outbox = Arc::new(Outbox::new(edge.settings.client.queue_max_bytes));
+    tokio::spawn(writer::write_loop(sink, outbox.clone()));
+    let client_id = uuid::Uuid::new_v4().to_string();
+    let (control_tx, mut control) = mpsc::channel(SESSION_CONTROL_QUEUE);
+    let conn = edge
+        .registry
+        .open(id, &client_id, outbox.clone(), control_tx);
+
+    let ping_every = edge.settings.client.ping_interval;
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut s = Session {
+        edge: edge.clone(),
+        id,
+        client_id,
+        outbox: outbox.clone(),
+        authed: None,
+        conn,
+        subs: HashMap::new(),
+        opened: Instant::now(),
+        pong_deadline: None,
+    };
+    let span = tracing::debug_span!(
+        "session",
+        id,
+        client = %s.client_id,
+        user = tracing::field::Empty
+    );
+    let reason = async {
+        loop {
+            let deadline = s.next_deadline();
+            let authed = s.authed.is_some();
+            let step = tokio::select! {
+                _ = outbox.closing() => break None,
+                msg = stream.next() => match msg {
+                    Some(Ok(Message::Text(text))) => {
+                        let io = m::edge_io();
+                        io.messages_in.increment(1);
+                        io.bytes_in.increment(text.len() as u64);
+                        // Boxed: a command's future is large and lives only
+                        // while the command runs; inline, every idle
+                        // connection's task would carry its size.
+                        Box::pin(s.handle_frame(text.as_str())).await
+                    }
+                    Some(Ok(Message::Binary(_))) => Err(Disconnect::BAD_REQUEST),
+                    Some(Ok(Message::Close(_))) | None => break Some(CLIENT_CLOSED),
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "read failed");
+                        break Some(CLIENT_CLOSED);
+                    }
+                    Some(Ok(_)) => Ok(()),
+                },
+                Some(cmd) = control.recv() => {
+                    Box::pin(s.handle_control(*cmd)).await;
+                    Ok(())
+                }
+                _ = ping.tick(), if authed => {
+                    s.send_ping();
+                    Ok(())
+                }
+                _ = tokio::time::sleep_until(deadline) => s.on_deadline(),
+            };
+            if let Err(d) = step {
+                break Some(d);
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+    if let Some(d) = reason {
+        outbox.close(d);
+    }
+    // Dropping the session leaves every channel and the registry.
+}
+
+impl Session {
+    fn next_deadline(&self) -> Instant {
+        let far = Instant::now() + Duration::from_secs(3600);
+        let mut next = far;
+        match &self.authed {
+            None => next = next.min(self.opened + self.edge.settings.client.stale_timeout),
+            Some(a) => {
+                if let Some(e) = a.expires_at {
+                    next = next.min(e);
+                }
+            }
+        }
+        if let Some(p) = self.pong_deadline {
+            next = next.min(p);
+        }
+        for sub in self.subs.values() {
+            if let Some(e) = sub.expires_at {
+                next = next.min(e);
+            }
+        }
+        next
+    }
+
+    fn on_deadline(&mut self) -> Result<(), Disconnect> {
+        let now = Instant::now();
+        let Some(authed) = &self.authed else {
+            return if now >= self.opened + self.edge.settings.client.stale_timeout {
+                Err(Disconnect::STALE)
+            } else {
+                Ok(())
+            };
+        };
+        if authed.expires_at.is_some_and(|e| now >= e) {
+            return Err(Disconnect::EXPIRED);
+        }
+        if self.pong_deadline.is_some_and(|p| now >= p) {
+            return Err(Disconnect::NO_PONG);
+        }
+        let expired: Vec<String> = self
+            .subs
+            .iter()
+            .filter(|(_, s)| s.expires_at.is_some_and(|e| now >= e))
+            .map(|(c, _)| c.clone())
+            .collect();
+        for channel in expired {
+            if let Some(sub) = self.subs.remove(&channel) {
+                sub.end(Unsubscribe::EXPIRED);
+            }
+        }
+        Ok(())
+    }
+
+    fn send_ping(&mut self) {
+        let _ = self.outbox.push(Bytes::from_static(protocol::PING_FRAME));
+        if self.pong_deadline.is_none() {
+            self.pong_deadline = Some(Instant::now() + self.edge.settings.client.pong_timeout);
+        }
+    }
+
+    fn reply(&self, reply: &Reply) {
+        let _ = self.outbox.push(protocol::encode_reply(reply));
+    }
+
+    async fn handle_frame(&mut self, text: &str) -> Result<(), Disconnect> {
+        if text.len() > self.edge.settings.client.message_size_limit {
+            return Err(MESSAGE_TOO_BIG);
+        }
+        let commands = protocol::decode_commands(text).map_err(|_| Disconnect::BAD_REQUEST)?;
+        for cmd in commands {
+            self.handle_command(cmd).await?;
+            if self.outbox.is_closing() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_command(&mut self, cmd: Command) -> Result<(), Disconnect> {
+        let id = cmd.id;
+        let method = match cmd.method() {
+            Ok(m) => m,
+            Err(e) if id == 0 => {
+                tracing::debug!(error = e.label(), "command without id");
+                return Err(Disconnect::BAD_REQUEST);
+            }
+            Err(e) => {
+                metrics::counter!(m::COMMANDS_TOTAL, "method" => "unknown", "result" => e.label())
+                    .increment(1);
+                self.reply(&Reply::error(id, e.into()));
+                return Ok(());
+            }
+        };
+        let name = method.name();
+        if matches!(method, Method::Pong) {
+            self.pong_deadline = None;
+            return Ok(());
+        }
+        if self.authed.is_none() && !matches!(method, Method::Connect(_)) {
+            return Err(Disconnect::BAD_REQUEST);
+        }
+        let started = std::time::Instant::now();
+        let outcome = match method {
+            Method::Connect(req) => self.connect(id, req).await,
+            Method::Subscribe(req) => self.subscribe(id, req).await,
+            Method::Unsubscribe(req) => {
+                self.subs.remove(&req.channel);
+                Ok(Some(ReplyResult::Unsubscribe(Empty {})))
+            }
+            Method::Publish(req) => self.publish(req.channel, req.data).await,
+            Method::History(req) => self.history(req).await,
+            Method::Refresh(req) => self.refresh(req),
+            Method::SubRefresh(req) => self.sub_refresh(req),
+            Method::Ping => Ok(Some(ReplyResult::Ping(Empty {}))),
+            Method::Presence(_) | Method::PresenceStats(_) | Method::Rpc => {
+                Err(Fail::Error(ProtocolError::NotAvailable))
+            }
+            Method::Send => Ok(None),
+            Method::Pong => Ok(None),
+        };
+        if name == "publish" {
+            metrics::histogram!(m::PUBLISH_SECONDS, "source" => "client")
+                .record(started.elapsed().as_secs_f64());
+        }
+        match outcome {
+            Ok(result) => {
+                metrics::counter!(m::COMMANDS_TOTAL, "method" => name, "result" => "ok")
+                    .increment(1);
+                if let Some(result) = result
+                    && id != 0
+                {
+                    self.reply(&Reply::ok(id, result));
+                }
+                Ok(())
+            }
+            Err(Fail::Error(e)) => {
+                metrics::counter!(m::COMMANDS_TOTAL, "method" => name, "result" => e.label())
+                    .increment(1);
+                if id != 0 {
+                    self.reply(&Reply::error(id, ErrorBody::from(e)));
+                }
+                Ok(())
+            }
+            Err(Fail::Close(d)) => {
+                metrics::counter!(m::COMMANDS_TOTAL, "method" => name, "result" => "disconnect")
+                    .increment(1);
+                Err(d)
+            }
+        }
+    }
+
+    fn user(&self) -> &str {
+        self.authed.as_ref().map_or("", |a| a.user.as_str())
+    }
+}

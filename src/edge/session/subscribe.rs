@@ -1,0 +1,241 @@
+//! `subscribe` (client side) and what every way of subscribing shares:
+//! preparing a subscription (registry entry, feed ready, position and
+//! recovery from sync) and taking it live after its reply or push.
+//!
+//! The recovery rule (I5) lives here: recovered only from a position not past
+//! the head, in the same epoch, contiguous and within `recovery_limit`.
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+use tokio::time::Instant;
+
+use super::{Fail, Session, close_deadline, ttl};
+use crate::auth::TokenError;
+use crate::channel::Channel;
+use crate::edge::registry::{FeedStatus, Subscription};
+use crate::protocol::{self, ProtocolError, Reply, ReplyResult, SubscribeRequest, SubscribeResult};
+
+/// What a new subscription records besides its registry entry.
+pub(super) struct SubOptions {
+    pub(super) expires_at: Option<Instant>,
+    pub(super) chan_info: Option<Box<RawValue>>,
+    pub(super) private: bool,
+}
+
+impl SubOptions {
+    /// Granted by the token's `channels` claim or the server API: no expiry,
+    /// no channel info; private channels count as authorized.
+    pub(super) fn granted(private: bool) -> Self {
+        Self {
+            expires_at: None,
+            chan_info: None,
+            private,
+        }
+    }
+}
+
+/// A subscription registered and positioned, reply not yet sent.
+pub(super) struct Prepared {
+    pub(super) subscription: Subscription,
+    pub(super) result: SubscribeResult,
+    pub(super) position: u64,
+    /// The epoch `position` belongs to (empty: no history yet, or none kept).
+    pub(super) epoch: String,
+}
+
+impl Session {
+    /// Subscribes in the registry (buffering), waits for the channel feed,
+    /// reads the position (and missed publications when recovering) from
+    /// sync. On error the subscription drops, leaving the channel.
+    pub(super) async fn prepare(
+        &self,
+        channel: &Channel<'_>,
+        recover: Option<(u64, String)>,
+    ) -> Result<Prepared, Fail> {
+        let client = &self.edge.settings.client;
+        let history = channel.options.history;
+        let (subscription, mut status) = self.edge.registry.subscribe(
+            self.id,
+            channel.name,
+            self.outbox.clone(),
+            client.queue_max_bytes,
+            history,
+        );
+        let ready = tokio::time::timeout(self.edge.sync_timeout, async {
+            status
+                .wait_for(|s| *s != FeedStatus::Starting)
+                .await
+                .map(|s| *s)
+        })
+        .await;
+        if !matches!(ready, Ok(Ok(FeedStatus::Ready))) {
+            return Err(Fail::Error(ProtocolError::Internal));
+        }
+        if !history {
+            return Ok(Prepared {
+                subscription,
+                result: SubscribeResult::default(),
+                position: 0,
+                epoch: String::new(),
+            });
+        }
+        let (after, limit) = match &recover {
+            Some((offset, _)) => (*offset, client.recovery_limit + 1),
+            None => (0, 0),
+        };
+        let page = match self
+            .edge
+            .sync
+            .read(channel.name, after, None, limit, false)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "subscribe position read failed");
+                return Err(Fail::Error(ProtocolError::Internal));
+            }
+        };
+        let mut result = SubscribeResult {
+            recoverable: true,
+            epoch: page.epoch.clone(),
+            offset: page.head,
+            was_recovering: recover.is_some(),
+            ..SubscribeResult::default()
+        };
+        let mut position = page.head;
+        if let Some((offset, epoch)) = recover {
+            let epoch_ok = epoch.is_empty() || epoch == page.epoch;
+            let last = contiguous_last(&page.publications, offset);
+            if let Some(last) = last
+                && epoch_ok
+                && page.publications.len() <= client.recovery_limit
+                && last >= page.head
+                && offset <= page.head
+                && offset + 1 >= page.first_available
+            {
+                result.recovered = true;
+                result.offset = last;
+                position = last;
+                result.publications = page.publications;
+            }
+        }
+        Ok(Prepared {
+            subscription,
+            result,
+            position,
+            epoch: page.epoch,
+        })
+    }
+
+    pub(super) async fn subscribe(
+        &mut self,
+        id: u32,
+        req: SubscribeRequest,
+    ) -> Result<Option<ReplyResult>, Fail> {
+        let channels = self.edge.settings.channels.clone();
+        let channel = Channel::parse(&req.channel, &channels)?;
+        if let Some(existing) = self.subs.get(&req.channel) {
+            if !existing.is_ended() {
+                return Err(Fail::Error(ProtocolError::AlreadySubscribed));
+            }
+            self.subs.remove(&req.channel);
+        }
+        if self.subs.len() >= self.edge.settings.client.channel_limit {
+            return Err(Fail::Error(ProtocolError::LimitExceeded));
+        }
+        let user = self.user().to_string();
+        let mut token_claims = None;
+        if !req.token.is_empty() {
+            match self
+                .edge
+                .verifier
+                .subscription(&req.token, &user, &req.channel)
+            {
+                Ok(c) => token_claims = Some(c),
+                Err(TokenError::Expired) => return Err(Fail::Error(ProtocolError::TokenExpired)),
+                Err(TokenError::Invalid) => {
+                    return Err(Fail::Error(ProtocolError::PermissionDenied));
+                }
+            }
+        }
+        channel.check_subscribe(&user, token_claims.is_some())?;
+        let recover = req.recover.then(|| (req.offset, req.epoch.clone()));
+        let mut p = self.prepare(&channel, recover).await?;
+        if let Some(c) = &token_claims {
+            p.result.expires = true;
+            p.result.ttl = ttl(c.exp);
+        }
+        let reply = protocol::encode_reply(&Reply::ok(
+            id,
+            ReplyResult::Subscribe(std::mem::take(&mut p.result)),
+        ));
+        let sub = SubOptions {
+            expires_at: token_claims
+                .as_ref()
+                .map(|c| close_deadline(c.exp, self.edge.settings.client.expired_close_delay)),
+            chan_info: token_claims.and_then(|c| c.info),
+            private: channel.private,
+        };
+        self.go_live(req.channel.clone(), p, vec![reply], sub);
+        // The reply went out with go_live, ahead of any publication.
+        Ok(None)
+    }
+
+    /// Sends `head` (the reply or push announcing the subscription), then what
+    /// was buffered past the position, and records the subscription. If it
+    /// ended meanwhile (or a buffered publication does not follow), the
+    /// client gets `unsubscribe` 2500 after `head` and recovers; the ended
+    /// subscription is recorded all the same, so a resubscribe replaces it.
+    pub(super) fn go_live(
+        &mut self,
+        name: String,
+        p: Prepared,
+        head: Vec<Bytes>,
+        opts: SubOptions,
+    ) {
+        let mut sub = p.subscription;
+        sub.expires_at = opts.expires_at;
+        sub.chan_info = opts.chan_info;
+        sub.private = opts.private;
+        sub.subscriber.go_live(head, p.position, &p.epoch);
+        self.subs.insert(name, sub);
+    }
+}
+
+/// The last offset of `publications` if they run contiguously from
+/// `after + 1` (`after` itself when there are none); `None` otherwise.
+fn contiguous_last(publications: &[Box<RawValue>], after: u64) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct OffsetOnly {
+        offset: u64,
+    }
+    let mut expected = after + 1;
+    for p in publications {
+        let o: OffsetOnly = serde_json::from_str(p.get()).ok()?;
+        if o.offset != expected {
+            return None;
+        }
+        expected += 1;
+    }
+    Some(expected - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pubs(offsets: &[u64]) -> Vec<Box<RawValue>> {
+        offsets
+            .iter()
+            .map(|o| RawValue::from_string(format!(r#"{{"data":1,"offset":{o}}}"#)).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn contiguity() {
+        assert_eq!(contiguous_last(&pubs(&[]), 5), Some(5));
+        assert_eq!(contiguous_last(&pubs(&[6, 7, 8]), 5), Some(8));
+        assert_eq!(contiguous_last(&pubs(&[6, 8]), 5), None);
+        assert_eq!(contiguous_last(&pubs(&[7]), 5), None);
+    }
+}

@@ -1,0 +1,352 @@
+//! One session's subscription to one channel as the fan-out sees it: its
+//! position in the channel and the ordering rule that keeps delivery in offset
+//! order with no gap, no duplicate and no crossing of an epoch (I4).
+//!
+//! A subscriber starts buffering (bounded by the outbox bound) while its
+//! subscribe is answered, goes live at the position the reply names, and ends
+//! for good: by a gap it cannot fill or a new epoch (the client is told with
+//! `unsubscribe` 2500 and recovers), by the server (expiry, server-side
+//! unsubscribe), or silently when its session drops it (client unsubscribe,
+//! disconnect). Once ended it queues nothing more, whatever a broadcast that
+//! copied it earlier hands it.
+//!
+//! Knows nothing of the registry, feeds, NATS or the session: only its outbox
+//! and the protocol's push encoding.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use super::outbox::Outbox;
+use crate::protocol::{self, Disconnect, Push, Reply, Unsubscribe};
+
+/// A session's id on this node.
+pub type SessionId = u64;
+
+/// One publication of a channel, encoded once and shared by every subscriber.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    /// Its offset (history channels); `None` for channels without history.
+    pub offset: Option<u64>,
+    /// The channel's epoch when it was stored; `None` when not known.
+    pub epoch: Option<Arc<str>>,
+    /// The `pub` push frame.
+    pub frame: Bytes,
+    /// When it became deliverable (unix microseconds), for the delivery latency.
+    pub committed_us: Option<u64>,
+}
+
+enum State {
+    /// The subscribe reply is not out yet: keep deliveries in arrival order.
+    Buffering {
+        pending: Vec<Publication>,
+        bytes: usize,
+    },
+    /// Delivering. `last`: the last offset the client has (history channels);
+    /// `epoch`: the epoch that offset belongs to (`None`: the channel had no
+    /// history at subscribe time, the first epoch seen is taken).
+    Live { last: u64, epoch: Option<Arc<str>> },
+    /// Nothing more is queued. `notice`: ended while buffering, so the client
+    /// is told after the subscribe reply (see [`Subscriber::go_live`]).
+    Ended { notice: Option<Unsubscribe> },
+}
+
+/// What the position rule says of one publication.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    Deliver,
+    /// Seen already.
+    Skip,
+    /// A gap or a new epoch: the client must resubscribe and recover.
+    Lost,
+}
+
+/// The position rule (I4): offsets follow `last` one by one within one epoch.
+fn step(last: &mut u64, epoch: &mut Option<Arc<str>>, p: &Publication) -> Step {
+    let Some(offset) = p.offset else {
+        return Step::Deliver;
+    };
+    match (&*epoch, &p.epoch) {
+        (Some(mine), Some(theirs)) if mine != theirs => return Step::Lost,
+        (None, Some(theirs)) => *epoch = Some(theirs.clone()),
+        _ => {}
+    }
+    if offset <= *last {
+        Step::Skip
+    } else if offset != *last + 1 {
+        Step::Lost
+    } else {
+        *last = offset;
+        Step::Deliver
+    }
+}
+
+pub struct Subscriber {
+    pub session: SessionId,
+    pub channel: Arc<str>,
+    outbox: Arc<Outbox>,
+    /// Bound of the subscribe-time buffer (the outbox bound).
+    buffer_limit: usize,
+    state: Mutex<State>,
+}
+
+impl Subscriber {
+    pub fn new(
+        session: SessionId,
+        channel: Arc<str>,
+        outbox: Arc<Outbox>,
+        buffer_limit: usize,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            session,
+            channel,
+            outbox,
+            buffer_limit,
+            state: Mutex::new(State::Buffering {
+                pending: Vec::new(),
+                bytes: 0,
+            }),
+        })
+    }
+
+    pub fn is_ended(&self) -> bool {
+        matches!(*self.state.lock().expect("sub lock"), State::Ended { .. })
+    }
+
+    fn unsubscribe_push(&self, reason: Unsubscribe) -> Bytes {
+        protocol::encode_reply(&Reply::push(Push::unsubscribe(&self.channel, reason)))
+    }
+
+    /// Queues `head` (the subscribe reply, or a server-side subscribe push and
+    /// its recovered publications; nothing when the reply went out already,
+    /// inside a connect reply), then what was buffered after `position` in
+    /// `epoch`, atomically with respect to deliveries, and goes live.
+    ///
+    /// Returns false if the subscription ended instead: it had ended while
+    /// buffering (its feed failed) or a buffered publication does not follow
+    /// the position. Either way the client, after `head`, gets `unsubscribe`
+    /// 2500 and recovers; it never stays subscribed without a feed.
+    pub fn go_live(
+        &self,
+        head: impl IntoIterator<Item = Bytes>,
+        position: u64,
+        epoch: &str,
+    ) -> bool {
+        let mut state = self.state.lock().expect("sub lock");
+        let pending = match &mut *state {
+            State::Buffering { pending, .. } => std::mem::take(pending),
+            State::Live { .. } => return true,
+            State::Ended { notice } => {
+                let notice = notice.take();
+                for frame in head {
+                    let _ = self.outbox.push(frame);
+                }
+                if let Some(reason) = notice {
+                    let _ = self.outbox.push(self.unsubscribe_push(reason));
+                }
+                return false;
+            }
+        };
+        *state = State::Ended { notice: None };
+        for frame in head {
+            if self.outbox.push(frame).is_err() {
+                return false;
+            }
+        }
+        let mut last = position;
+        let mut epoch = (!epoch.is_empty()).then(|| Arc::from(epoch));
+        for p in pending {
+            match step(&mut last, &mut epoch, &p) {
+                Step::Skip => continue,
+                Step::Lost => {
+                    let _ = self
+                        .outbox
+                        .push(self.unsubscribe_push(Unsubscribe::INSUFFICIENT_STATE));
+                    return false;
+                }
+                Step::Deliver => {}
+            }
+            if self.outbox.push_stamped(p.frame, p.committed_us).is_err() {
+                return false;
+            }
+        }
+        *state = State::Live { last, epoch };
+        true
+    }
+
+    /// Delivers one publication. Returns false when the subscription has
+    /// ended (now or before) and should leave its channel: a gap or a new
+    /// epoch ends it with "insufficient state" (the client is told); a
+    /// subscribe-time buffer past its bound closes the connection (3008).
+    pub fn deliver(&self, p: &Publication) -> bool {
+        let mut state = self.state.lock().expect("sub lock");
+        match &mut *state {
+            State::Ended { .. } => false,
+            State::Buffering { pending, bytes } => {
+                *bytes += p.frame.len();
+                if *bytes > self.buffer_limit {
+                    *state = State::Ended { notice: None };
+                    drop(state);
+                    metrics::counter!(crate::metrics::SLOW_DISCONNECTS_TOTAL).increment(1);
+                    self.outbox.close(Disconnect::SLOW);
+                    return false;
+                }
+                pending.push(p.clone());
+                true
+            }
+            State::Live { last, epoch } => match step(last, epoch, p) {
+                Step::Skip => true,
+                Step::Lost => {
+                    *state = State::Ended { notice: None };
+                    let _ = self
+                        .outbox
+                        .push(self.unsubscribe_push(Unsubscribe::INSUFFICIENT_STATE));
+                    false
+                }
+                // A full outbox closes the connection itself (3008); a closed
+                // one drops the frame. Either way the subscription has ended.
+                Step::Deliver => {
+                    let queued = self.outbox.push_stamped(p.frame.clone(), p.committed_us);
+                    if queued.is_err() {
+                        *state = State::Ended { notice: None };
+                    }
+                    queued.is_ok()
+                }
+            },
+        }
+    }
+
+    /// Ends this subscription with an `unsubscribe` push; the SDK resubscribes
+    /// (codes >= 2500) and recovers from its position. While buffering, the
+    /// push waits for `go_live`, after the subscribe reply.
+    pub fn end(&self, reason: Unsubscribe) {
+        let mut state = self.state.lock().expect("sub lock");
+        if matches!(*state, State::Buffering { .. }) {
+            *state = State::Ended {
+                notice: Some(reason),
+            };
+            return;
+        }
+        *state = State::Ended { notice: None };
+        let _ = self.outbox.push(self.unsubscribe_push(reason));
+    }
+
+    /// Ends this subscription without a word (its session dropped it).
+    pub fn retire(&self) {
+        *self.state.lock().expect("sub lock") = State::Ended { notice: None };
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    /// Every frame queued in `o`, one string each.
+    pub(in crate::edge) fn frames(o: &Outbox) -> Vec<String> {
+        if o.queued_bytes() == 0 {
+            return Vec::new();
+        }
+        let b = futures::executor::block_on(o.next_batch());
+        String::from_utf8(b.frame.to_vec())
+            .expect("utf-8")
+            .split('\n')
+            .map(str::to_string)
+            .collect()
+    }
+
+    pub(in crate::edge) fn publication(offset: u64, epoch: &str) -> Publication {
+        Publication {
+            offset: Some(offset),
+            epoch: Some(epoch.into()),
+            frame: Bytes::from(format!("P{offset}{epoch}")),
+            committed_us: None,
+        }
+    }
+
+    fn subscriber() -> (Arc<Subscriber>, Arc<Outbox>) {
+        let o = Arc::new(Outbox::new(1 << 20));
+        (Subscriber::new(1, "c".into(), o.clone(), 1 << 20), o)
+    }
+
+    #[test]
+    fn buffered_publications_follow_the_reply_from_the_position() {
+        let (s, o) = subscriber();
+        for offset in [4, 5, 6] {
+            assert!(s.deliver(&publication(offset, "e")));
+        }
+        assert!(s.go_live([Bytes::from_static(b"REPLY")], 4, "e"));
+        assert!(s.deliver(&publication(6, "e")), "a duplicate is skipped");
+        assert!(s.deliver(&publication(7, "e")));
+        assert_eq!(frames(&o), ["REPLY", "P5e", "P6e", "P7e"]);
+    }
+
+    #[test]
+    fn a_gap_ends_with_insufficient_state() {
+        let (s, o) = subscriber();
+        assert!(s.go_live([], 4, "e"));
+        assert!(!s.deliver(&publication(6, "e")));
+        assert!(s.is_ended());
+        assert!(!s.deliver(&publication(5, "e")));
+        let f = frames(&o);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(f[0].contains("\"code\":2500"), "{f:?}");
+    }
+
+    /// Issue 19 a: a subscription ended while its subscribe was in flight
+    /// (the feed's `fail_all`) stays ended; the client gets the reply, then
+    /// `unsubscribe` 2500, and nothing after.
+    #[test]
+    fn ended_while_subscribing_stays_ended_and_the_client_is_told() {
+        let (s, o) = subscriber();
+        s.end(Unsubscribe::INSUFFICIENT_STATE);
+        assert!(!s.go_live([Bytes::from_static(b"REPLY")], 5, "e"));
+        assert!(s.is_ended(), "an ended subscription stays ended");
+        assert!(!s.deliver(&publication(6, "e")));
+        let f = frames(&o);
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert_eq!(f[0], "REPLY", "{f:?}");
+        assert!(f[1].contains("\"code\":2500"), "{f:?}");
+    }
+
+    /// Issue 19 c: live at 100 in epoch A, offset 1 of a new epoch B arrives
+    /// (history reset): ended with 2500, not dropped as a duplicate.
+    #[test]
+    fn a_new_epoch_ends_with_insufficient_state() {
+        let (s, o) = subscriber();
+        assert!(s.go_live([], 100, "A"));
+        assert!(!s.deliver(&publication(1, "B")));
+        let f = frames(&o);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(f[0].contains("\"code\":2500"), "{f:?}");
+    }
+
+    #[test]
+    fn a_new_epoch_in_the_buffer_ends_at_go_live() {
+        let (s, o) = subscriber();
+        assert!(s.deliver(&publication(1, "B")));
+        assert!(!s.go_live([Bytes::from_static(b"REPLY")], 100, "A"));
+        let f = frames(&o);
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert!(f[1].contains("\"code\":2500"), "{f:?}");
+    }
+
+    #[test]
+    fn an_empty_channel_takes_the_first_epoch() {
+        let (s, o) = subscriber();
+        assert!(s.go_live([], 0, ""));
+        assert!(s.deliver(&publication(1, "A")));
+        assert!(!s.deliver(&publication(2, "B")));
+        assert_eq!(frames(&o).len(), 2);
+    }
+
+    /// Issue 19 b: once its session dropped it, a subscriber queues nothing,
+    /// even from a broadcast that copied it before.
+    #[test]
+    fn retired_queues_nothing() {
+        let (s, o) = subscriber();
+        assert!(s.go_live([], 5, "e"));
+        s.retire();
+        assert!(!s.deliver(&publication(6, "e")));
+        assert_eq!(o.queued_bytes(), 0);
+    }
+}
