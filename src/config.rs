@@ -30,7 +30,8 @@ options! {
     "listen" = "127.0.0.1:8000" : "Address of the public listener: client WebSocket, server API, sync HTTP, /health and /metrics.";
     "internal_listen" = "" : "Optional second listener for /metrics and /health only; when set they leave the public listener.";
     "data_dir" = "./data" : "Directory of the embedded store, the generated secret and an auto-started nats-server.";
-    "nats_url" = "nats://127.0.0.1:4222" : "NATS server (>= 2.10 with JetStream) to connect to.";
+    "nats_url" = "nats://127.0.0.1:4222" : "NATS servers (>= 2.10 with JetStream) to connect to: one URL or a comma-separated list of a cluster's nodes; the connection moves to any reachable node (also those the cluster announces) when one is lost.";
+    "nats_kv_replicas" = "1" : "Replicas of Herald's NATS KV buckets (writer leases), 1..=5; 3 on a 3-node NATS cluster so losing a node loses no lease. Applied when a bucket is created or opened.";
     "nats_autostart" = "true" : "`serve` only: when no NATS answers at nats_url, start nats-server from PATH as a child process.";
     "nats_server_bin" = "nats-server" : "The nats-server binary used by nats_autostart.";
     "token_hmac_secret" = "" : "HS256 secret of client connection and subscription JWTs. `serve` generates one in data_dir when unset.";
@@ -52,6 +53,7 @@ options! {
     "ingest_duplicate_window" = "2m" : "JetStream duplicate window of the ingest stream (short-term idempotency).";
     "ingest_max_bytes" = "1073741824" : "Bound of the ingest stream; when full, publishes fail (backpressure) instead of dropping.";
     "ingest_max_ack_pending" = "4096" : "Unacknowledged messages per partition consumer.";
+    "ingest_replicas" = "1" : "Replicas of the HERALD_INGEST stream, 1..=5 (at most the NATS cluster's size); 3 on a 3-node NATS cluster so a node lost loses no accepted publish. An existing stream is updated to it at start.";
     "writer_batch_size" = "256" : "Most messages a writer commits in one store batch.";
     "writer_failover_timeout" = "10s" : "Bound on taking over a dead writer's partitions (at least 1s): leases last two thirds of it, so another writer owns them within it; messages the dead writer held are redelivered after it.";
     "store" = "embedded" : "History store: `embedded` (fjall in data_dir, one process) or `scylla` (a ScyllaDB cluster shared by any number of writer and sync processes).";
@@ -144,7 +146,10 @@ pub struct OtlpConfig {
 
 #[derive(Debug, Clone)]
 pub struct NatsConfig {
+    /// One URL or a comma-separated list (see [`nats_urls`]).
     pub url: String,
+    /// Replicas of the KV buckets Herald creates.
+    pub kv_replicas: usize,
     pub autostart: bool,
     pub server_bin: PathBuf,
 }
@@ -170,6 +175,8 @@ pub struct IngestConfig {
     pub duplicate_window: Duration,
     pub max_bytes: i64,
     pub max_ack_pending: i64,
+    /// Replicas of the stream.
+    pub replicas: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -388,7 +395,8 @@ impl Config {
             }),
             data_dir: PathBuf::from(p.string("data_dir")),
             nats: NatsConfig {
-                url: p.parse("nats_url", parse_nonempty),
+                url: p.parse("nats_url", |s| nats_urls(s).map(|_| s.trim().to_string())),
+                kv_replicas: p.parse("nats_kv_replicas", parse_replicas),
                 autostart: p.parse("nats_autostart", parse_bool),
                 server_bin: PathBuf::from(p.string("nats_server_bin")),
             },
@@ -431,6 +439,7 @@ impl Config {
                 max_ack_pending: p.parse("ingest_max_ack_pending", |s| {
                     parse_positive(s).map(|n: usize| n as i64)
                 }),
+                replicas: p.parse("ingest_replicas", parse_replicas),
             },
             writer: WriterConfig {
                 batch_size: p.parse("writer_batch_size", parse_positive),
@@ -620,11 +629,25 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| "expected host:port, e.g. 127.0.0.1:8000".into())
 }
 
-fn parse_nonempty(s: &str) -> Result<String, String> {
-    if s.is_empty() {
-        Err("must not be empty".into())
-    } else {
-        Ok(s.to_string())
+/// The servers of `nats_url`: one URL or a comma-separated list, each a
+/// valid NATS URL (`nats://host:port`, `tls://…`, or `host:port`).
+pub fn nats_urls(s: &str) -> Result<Vec<String>, String> {
+    let urls: Vec<String> = s.split(',').map(|u| u.trim().to_string()).collect();
+    if urls.iter().any(String::is_empty) {
+        return Err("expected one URL or a comma-separated list of URLs, none empty".into());
+    }
+    for url in &urls {
+        url.parse::<async_nats::ServerAddr>()
+            .map_err(|e| format!("`{url}` is not a NATS URL: {e}"))?;
+    }
+    Ok(urls)
+}
+
+/// Replicas of a JetStream stream or KV bucket: 1 to 5, as JetStream allows.
+fn parse_replicas(s: &str) -> Result<usize, String> {
+    match parse_positive(s)? {
+        n @ 1..=5 => Ok(n),
+        _ => Err("expected 1..=5 (JetStream's limit)".into()),
     }
 }
 
@@ -851,5 +874,34 @@ mod tests {
         let c = load(None, &[("HERALD_TOKEN_HMAC_SECRET", "hunter2")], &[]).unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
         assert_eq!(c.token_hmac_secret.unwrap().expose(), "hunter2");
+    }
+
+    #[test]
+    fn nats_url_takes_a_list_and_replicas_are_bounded() {
+        let c = load(
+            None,
+            &[
+                ("HERALD_NATS_URL", " nats://10.0.0.1:4222, 10.0.0.2:4222 ,tls://n3:4222"),
+                ("HERALD_INGEST_REPLICAS", "3"),
+                ("HERALD_NATS_KV_REPLICAS", "3"),
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            nats_urls(&c.nats.url).unwrap(),
+            ["nats://10.0.0.1:4222", "10.0.0.2:4222", "tls://n3:4222"]
+        );
+        assert_eq!((c.ingest.replicas, c.nats.kv_replicas), (3, 3));
+        for (key, bad) in [
+            ("HERALD_NATS_URL", "nats://a:4222,,nats://b:4222"),
+            ("HERALD_NATS_URL", "http://a:4222"),
+            ("HERALD_INGEST_REPLICAS", "0"),
+            ("HERALD_INGEST_REPLICAS", "6"),
+            ("HERALD_NATS_KV_REPLICAS", "7"),
+        ] {
+            let e = load(None, &[(key, bad)], &[]).unwrap_err().to_string();
+            assert!(e.contains(key), "{key}={bad}: {e}");
+        }
     }
 }

@@ -398,6 +398,7 @@ pub async fn start_with_shutdown(
             ack_wait: config.writer.failover_timeout,
             head_cache_capacity: writer::DEFAULT_HEAD_CACHE_CAPACITY,
             failover_timeout: config.writer.failover_timeout,
+            kv_replicas: config.nats.kv_replicas,
         };
         let (client, store, token) = (
             nats.clone(),

@@ -11,17 +11,18 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::follower::{Conn, Follower, Step, token};
+use common::load::{Ack, Load, history, join_all, publish_retrying, verify};
 use common::process::{Api, HeraldProcess, STARTUP, Spec};
 use common::{TestNats, eventually};
 use futures::StreamExt;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::task::JoinHandle;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -130,169 +131,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     }
     let i = ((sorted.len() - 1) as f64 * p).round() as usize;
     sorted[i]
-}
-
-/// One acknowledged publish.
-#[derive(Debug, Clone)]
-struct Ack {
-    channel: String,
-    key: String,
-    offset: u64,
-    /// When the attempt that succeeded was sent, and when its reply came.
-    sent: Instant,
-    acked: Instant,
-    attempts: u32,
-}
-
-/// Publishes through the API with `key`, retrying with the same key after
-/// any failure (HTTP error or `{"error"}`) until a success reply.
-async fn publish_retrying(api: &Api, channel: String, key: String, data: Value) -> Ack {
-    let body = json!({"channel": channel, "data": data, "idempotency_key": key});
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        let sent = Instant::now();
-        if let Ok(v) = api.call("publish", &body).await
-            && let Some(offset) = v["result"]["offset"].as_u64()
-        {
-            return Ack {
-                channel,
-                key,
-                offset,
-                sent,
-                acked: Instant::now(),
-                attempts,
-            };
-        }
-        assert!(
-            Instant::now() < deadline,
-            "publish {key} never acknowledged"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Publisher tasks: each sends its messages spread over the channels, up to
-/// `window` in flight, every one with its own idempotency key.
-#[derive(Debug, Clone, Copy)]
-struct Load {
-    publishers: usize,
-    channels: usize,
-    per_publisher: usize,
-    window: usize,
-}
-
-impl Load {
-    fn total(&self) -> usize {
-        self.publishers * self.per_publisher
-    }
-
-    fn channel(&self, i: usize) -> String {
-        format!("load-{}", i % self.channels)
-    }
-
-    fn spawn(&self, api: &Api, acked: &Arc<AtomicUsize>) -> Vec<JoinHandle<Vec<Ack>>> {
-        (0..self.publishers)
-            .map(|p| {
-                let (load, api, acked) = (*self, api.clone(), acked.clone());
-                tokio::spawn(async move {
-                    futures::stream::iter(0..load.per_publisher)
-                        .map(|m| {
-                            let key = format!("p{p}-m{m}");
-                            let channel = load.channel(p + m * load.publishers);
-                            let data = json!({"key": key, "p": p, "m": m});
-                            let (api, acked) = (&api, &acked);
-                            async move {
-                                let ack = publish_retrying(api, channel, key, data).await;
-                                acked.fetch_add(1, Ordering::SeqCst);
-                                ack
-                            }
-                        })
-                        .buffer_unordered(load.window)
-                        .collect()
-                        .await
-                })
-            })
-            .collect()
-    }
-}
-
-async fn join_all(tasks: Vec<JoinHandle<Vec<Ack>>>) -> Vec<Ack> {
-    let mut acks = Vec::new();
-    for t in tasks {
-        acks.extend(t.await.expect("publisher task"));
-    }
-    acks
-}
-
-/// What history holds compared with the acknowledgements.
-#[derive(Debug, Default)]
-struct Verdict {
-    acked: usize,
-    stored: usize,
-    /// Acknowledged (channel, offset) not holding that publication.
-    lost: usize,
-    /// Publications stored more than once (same key).
-    duplicated: usize,
-    /// Channels whose offsets are not exactly 1..n.
-    not_dense: usize,
-}
-
-/// Every stored publication of `channel`, oldest first.
-async fn history(api: &Api, channel: &str) -> Vec<Value> {
-    let mut out: Vec<Value> = Vec::new();
-    loop {
-        let since = out.last().map_or(0, |p| p["offset"].as_u64().unwrap_or(0));
-        let r = api
-            .ok(
-                "history",
-                &json!({"channel": channel, "limit": 1000, "since": {"offset": since}}),
-                Duration::from_secs(20),
-            )
-            .await;
-        let page = r["publications"].as_array().cloned().unwrap_or_default();
-        if page.is_empty() {
-            return out;
-        }
-        out.extend(page);
-    }
-}
-
-async fn verify(api: &Api, acks: &[Ack], channels: &[String]) -> Verdict {
-    let mut by_channel: HashMap<&str, Vec<&Ack>> = HashMap::new();
-    for a in acks {
-        by_channel.entry(&a.channel).or_default().push(a);
-    }
-    let mut v = Verdict {
-        acked: acks.len(),
-        ..Verdict::default()
-    };
-    for ch in channels {
-        let pubs = history(api, ch).await;
-        v.stored += pubs.len();
-        if pubs
-            .iter()
-            .enumerate()
-            .any(|(i, p)| p["offset"].as_u64() != Some(i as u64 + 1))
-        {
-            v.not_dense += 1;
-        }
-        let mut keys: HashMap<&str, usize> = HashMap::new();
-        for p in &pubs {
-            *keys
-                .entry(p["data"]["key"].as_str().unwrap_or(""))
-                .or_default() += 1;
-        }
-        v.duplicated += keys.values().map(|n| n - 1).sum::<usize>();
-        for a in by_channel.get(ch.as_str()).into_iter().flatten() {
-            let at = pubs.get(a.offset as usize - 1);
-            if at.and_then(|p| p["data"]["key"].as_str()) != Some(a.key.as_str()) {
-                v.lost += 1;
-            }
-        }
-    }
-    v
 }
 
 /// The writer (inside `herald serve`, with sync) stopped by `stop` in the

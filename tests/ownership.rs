@@ -34,6 +34,7 @@ fn settings() -> WriterSettings {
         ack_wait: FAILOVER,
         head_cache_capacity: 1000,
         failover_timeout: FAILOVER,
+        kv_replicas: 1,
     }
 }
 

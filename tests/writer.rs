@@ -34,6 +34,7 @@ fn settings(partitions: u32) -> WriterSettings {
         ack_wait: Duration::from_secs(30),
         head_cache_capacity: 1000,
         failover_timeout: Duration::from_secs(10),
+        kv_replicas: 1,
     }
 }
 

@@ -48,7 +48,8 @@ pub enum StreamSetupError {
     },
 }
 
-/// Creates the ingest stream if missing, checks its partition count otherwise.
+/// Creates the ingest stream if missing, checks its partition count otherwise
+/// and brings its replica count to `ingest_replicas`.
 ///
 /// Work-queue retention: a message leaves the stream when the writer acks it
 /// (after the store commit), so `max_bytes` bounds only what the writer has not
@@ -66,6 +67,7 @@ pub async fn ensure_stream(
         discard: stream::DiscardPolicy::New,
         max_bytes: cfg.max_bytes,
         duplicate_window: cfg.duplicate_window,
+        num_replicas: cfg.replicas,
         metadata: [(
             subjects::PARTITIONS_METADATA_KEY.to_string(),
             cfg.partitions.to_string(),
@@ -89,11 +91,33 @@ pub async fn ensure_stream(
         .get(subjects::PARTITIONS_METADATA_KEY)
         .and_then(|v| v.parse::<u32>().ok());
     match found {
-        Some(found) if found != cfg.partitions => Err(StreamSetupError::PartitionMismatch {
-            stream: subjects::INGEST_STREAM,
-            found,
-            configured: cfg.partitions,
-        }),
-        _ => Ok(stream),
+        Some(found) if found != cfg.partitions => {
+            return Err(StreamSetupError::PartitionMismatch {
+                stream: subjects::INGEST_STREAM,
+                found,
+                configured: cfg.partitions,
+            });
+        }
+        _ => {}
     }
+    if info.config.num_replicas != cfg.replicas {
+        // JetStream moves a stream to a new replica count in place (the
+        // cluster must have that many nodes); its messages stay.
+        let mut config = info.config.clone();
+        tracing::info!(
+            stream = subjects::INGEST_STREAM,
+            from = info.config.num_replicas,
+            to = cfg.replicas,
+            "changing the ingest stream's replicas (ingest_replicas)"
+        );
+        config.num_replicas = cfg.replicas;
+        js.update_stream(config)
+            .await
+            .map_err(|e| StreamSetupError::JetStream(e.to_string()))?;
+        stream = js
+            .get_stream(subjects::INGEST_STREAM)
+            .await
+            .map_err(|e| StreamSetupError::JetStream(e.to_string()))?;
+    }
+    Ok(stream)
 }

@@ -43,12 +43,28 @@ pub fn parse_version(v: &str) -> Option<(u64, u64)> {
     Some((major, minor))
 }
 
-/// Connects once (no retry on the first attempt, so a zero-config start can
-/// tell "nothing there"), then reconnects forever. Refuses old or
-/// JetStream-less servers. The connection's state is in
+/// Connects to `urls` (one URL or a comma-separated list of a cluster's
+/// nodes; see [`crate::config::nats_urls`]): one try of each on the first
+/// attempt (so a zero-config start can tell "nothing there"), then reconnects
+/// forever to any of them or of the nodes the cluster announces. Refuses old
+/// or JetStream-less servers. The connection's state is in
 /// `herald_nats_connected`, each connect after the first counts in
 /// `herald_nats_reconnects_total`.
-pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, ConnectError> {
+pub async fn connect(urls: &str, name: &str) -> Result<async_nats::Client, ConnectError> {
+    let url = urls;
+    let servers = crate::config::nats_urls(urls)
+        .and_then(|list| {
+            list.iter()
+                .map(|u| {
+                    u.parse::<async_nats::ServerAddr>()
+                        .map_err(|e| e.to_string())
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(|message| ConnectError::Unreachable {
+            url: url.to_string(),
+            message,
+        })?;
     let connected_before = Arc::new(AtomicBool::new(false));
     let client = async_nats::ConnectOptions::new()
         .name(name)
@@ -73,7 +89,7 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, Connec
                 }
             }
         })
-        .connect(url)
+        .connect(servers)
         .await
         .map_err(|e| ConnectError::Unreachable {
             url: url.to_string(),

@@ -63,6 +63,8 @@ pub struct WriterSettings {
     /// network loss) loses its partitions after this, and another writer
     /// takes them over (see [`ownership`]).
     pub failover_timeout: Duration,
+    /// Replicas of the writers' KV bucket (`nats_kv_replicas`).
+    pub kv_replicas: usize,
 }
 
 #[derive(Debug, thiserror::Error)]

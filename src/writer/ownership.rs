@@ -138,7 +138,7 @@ pub(super) async fn run(
     // still fits inside the bound (≈ 0.91·bound).
     let failover_timeout = lease_target(settings.failover_timeout);
     let js = writer.shared.js.clone();
-    let Some(kv) = open_bucket(&js, failover_timeout, &shutdown).await else {
+    let Some(kv) = open_bucket(&js, failover_timeout, settings.kv_replicas, &shutdown).await else {
         return Ok(());
     };
     let lease_time = effective_lease_time(failover_timeout, kv.stream.cached_info().config.max_age);
@@ -176,10 +176,12 @@ pub(super) async fn run(
 }
 
 /// Creates the bucket, or updates its `max_age` to this instance's
-/// `failover_timeout`; retries until it works or `shutdown` fires.
+/// `failover_timeout` and its replicas to `replicas`; retries until it works
+/// or `shutdown` fires.
 async fn open_bucket(
     js: &async_nats::jetstream::Context,
     failover_timeout: Duration,
+    replicas: usize,
     shutdown: &CancellationToken,
 ) -> Option<kv::Store> {
     let config = kv::Config {
@@ -188,6 +190,7 @@ async fn open_bucket(
         history: 1,
         max_age: failover_timeout,
         storage: StorageType::File,
+        num_replicas: replicas,
         ..Default::default()
     };
     let mut delay = OPEN_BACKOFF.0;

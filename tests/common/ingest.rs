@@ -34,6 +34,7 @@ pub async fn stream(client: &async_nats::Client, partitions: u32) -> jetstream::
             duplicate_window: Duration::from_secs(120),
             max_bytes: 64 << 20,
             max_ack_pending: 1024,
+            replicas: 1,
         },
     )
     .await

@@ -7,8 +7,10 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod follower;
 pub mod ingest;
+pub mod load;
 pub mod node;
 pub mod process;
 pub mod proxy;
