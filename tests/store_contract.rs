@@ -11,7 +11,7 @@ use std::time::Duration;
 use herald::config::{ScyllaConfig, ScyllaConsistency, Secret};
 use herald::store::embedded::EmbeddedStore;
 use herald::store::scylla::{self, ScyllaSettings, ScyllaStore};
-use herald::store::{SharedStore, StoreErrorKind, StoreOptions, contract};
+use herald::store::{AppendHook, SharedStore, StoreErrorKind, StoreOptions, contract};
 
 fn open(dir: &Path, options: StoreOptions) -> SharedStore {
     Arc::new(EmbeddedStore::open(dir, options).expect("open the embedded store"))
@@ -86,10 +86,10 @@ async fn scylla_passes_the_contract() {
         return;
     };
     let first = scylla::migrate(&settings).await.expect("migrate");
-    assert_eq!(first.applied, vec![1], "{first:?}");
+    assert_eq!(first.applied, vec![1, 2], "{first:?}");
     let again = scylla::migrate(&settings).await.expect("migrate again");
     assert!(again.applied.is_empty(), "{again:?}");
-    assert_eq!(again.already, vec![1]);
+    assert_eq!(again.already, vec![1, 2]);
 
     contract::run_all(|options| {
         let settings = settings.clone();
@@ -99,6 +99,22 @@ async fn scylla_passes_the_contract() {
                     .await
                     .expect("connect to ScyllaDB"),
             ) as SharedStore
+        }
+    })
+    .await;
+    // Two handles on one keyspace, one with a pause / failure hook: a stale
+    // writer (section 5a) and a leftover idempotency key (5b).
+    contract::run_shared(|options, hook: Option<AppendHook>| {
+        let settings = settings.clone();
+        async move {
+            let store = ScyllaStore::connect(&settings, options)
+                .await
+                .expect("connect to ScyllaDB");
+            let store = match hook {
+                Some(hook) => store.with_append_hook(hook),
+                None => store,
+            };
+            Arc::new(store) as SharedStore
         }
     })
     .await;

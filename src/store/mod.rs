@@ -157,6 +157,23 @@ pub trait Store: Send + Sync + 'static {
 
 pub type SharedStore = Arc<dyn Store>;
 
+/// A point inside a backend's `append` where an [`AppendHook`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendStep {
+    /// The batch's channels were read and checked; nothing is written yet.
+    HeadsRead,
+    /// Publications and idempotency keys are written; the heads are not.
+    KeysWritten,
+}
+
+/// Test-only: called at each [`AppendStep`] of an append by a backend that
+/// accepts one (ScyllaDB: `ScyllaStore::with_append_hook`). It may pause (a
+/// writer stalled mid-append) or return an error (a failure injected at that
+/// point, which the append returns). Production code never sets one; the cost
+/// without one is a `None` check per step.
+pub type AppendHook =
+    Arc<dyn Fn(AppendStep) -> futures::future::BoxFuture<'static, StoreResult<()>> + Send + Sync>;
+
 /// Settings every backend shares.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
