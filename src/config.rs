@@ -58,7 +58,7 @@ options! {
     "scylla_nodes" = "" : "`store = scylla`: contact points, a comma-separated list of host:port (e.g. `10.0.0.1:9042,10.0.0.2:9042`).";
     "scylla_keyspace" = "herald" : "`store = scylla`: the keyspace `herald migrate` creates and every process uses.";
     "scylla_local_dc" = "" : "`store = scylla`: the preferred (local) datacenter for token- and DC-aware load balancing; empty = no preference.";
-    "scylla_consistency" = "local_quorum" : "`store = scylla`: consistency of every read and write: `local_quorum`, `quorum`, `one`, `local_one` or `all`.";
+    "scylla_consistency" = "local_quorum" : "`store = scylla`: consistency of every read and write: `local_quorum`, `quorum` or `all` (lightweight transactions use `local_serial` with `local_quorum`, else `serial`). `one` and `local_one` are refused: the writer must read its own heads and keys back (I1, I3).";
     "scylla_username" = "" : "`store = scylla`: user name for password authentication; empty = no authentication.";
     "scylla_password" = "" : "`store = scylla`: password for scylla_username.";
     "scylla_tls" = "false" : "`store = scylla`: connect with TLS (rustls, server verified against the system's root certificates).";
@@ -192,14 +192,16 @@ pub enum StoreBackend {
     Scylla,
 }
 
-/// The consistency level of every ScyllaDB read and write.
+/// The consistency level of every ScyllaDB read and write. Only levels whose
+/// reads see every acknowledged write (read + write replicas > replication
+/// factor): the writer reloads heads and looks up idempotency keys after its
+/// own and other writers' commits, and a lagging replica's answer there would
+/// break I1/I3. `one` and `local_one` are refused by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ScyllaConsistency {
     #[default]
     LocalQuorum,
     Quorum,
-    One,
-    LocalOne,
     All,
 }
 
@@ -208,10 +210,13 @@ impl ScyllaConsistency {
         match s.to_ascii_lowercase().as_str() {
             "local_quorum" => Ok(Self::LocalQuorum),
             "quorum" => Ok(Self::Quorum),
-            "one" => Ok(Self::One),
-            "local_one" => Ok(Self::LocalOne),
             "all" => Ok(Self::All),
-            _ => Err("expected local_quorum, quorum, one, local_one or all".into()),
+            "one" | "local_one" => Err(format!(
+                "{s} cannot guarantee that the writer reads back the heads and idempotency keys it \
+                 and other writers committed (a lagging replica would answer), which dense offsets \
+                 (I1) and idempotent publish (I3) need; use local_quorum, quorum or all"
+            )),
+            _ => Err("expected local_quorum, quorum or all".into()),
         }
     }
 }
@@ -824,6 +829,24 @@ mod tests {
 
         let e = load(None, &[("HERALD_STORE", "scylla")], &[]).unwrap_err();
         assert!(e.to_string().contains("scylla_nodes"), "{e}");
+        // Weak levels break read-your-writes for the writer's head and key
+        // reads (issue 16 §5c): refused, with the reason.
+        for weak in ["one", "LOCAL_ONE"] {
+            let e = load(
+                None,
+                &[
+                    ("HERALD_STORE", "scylla"),
+                    ("HERALD_SCYLLA_NODES", "10.0.0.1:9042"),
+                    ("HERALD_SCYLLA_CONSISTENCY", weak),
+                ],
+                &[],
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("HERALD_SCYLLA_CONSISTENCY"), "{e}");
+            assert!(e.contains("cannot guarantee"), "{e}");
+            assert!(e.contains("local_quorum, quorum or all"), "{e}");
+        }
         let e = load(
             None,
             &[

@@ -55,9 +55,9 @@ use scylla::client::session_builder::SessionBuilder;
 use scylla::errors::{DbError, ExecutionError, PrepareError, RequestAttemptError};
 use scylla::policies::load_balancing::DefaultPolicy;
 use scylla::response::query_result::QueryResult;
-use scylla::statement::Consistency;
 use scylla::statement::batch::{Batch, BatchStatement, BatchType};
 use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::{Consistency, SerialConsistency};
 
 use super::{
     AppendHook, AppendStep, ChannelAppend, Direction, Position, ReadRange, Store, StoreError,
@@ -125,9 +125,16 @@ fn consistency(c: ScyllaConsistency) -> Consistency {
     match c {
         ScyllaConsistency::LocalQuorum => Consistency::LocalQuorum,
         ScyllaConsistency::Quorum => Consistency::Quorum,
-        ScyllaConsistency::One => Consistency::One,
-        ScyllaConsistency::LocalOne => Consistency::LocalOne,
         ScyllaConsistency::All => Consistency::All,
+    }
+}
+
+/// The serial consistency of the fence's LWTs: Paxos among the local
+/// datacenter's replicas with `local_quorum`, among all replicas otherwise.
+fn serial_consistency(c: ScyllaConsistency) -> SerialConsistency {
+    match c {
+        ScyllaConsistency::LocalQuorum => SerialConsistency::LocalSerial,
+        ScyllaConsistency::Quorum | ScyllaConsistency::All => SerialConsistency::Serial,
     }
 }
 
@@ -140,6 +147,7 @@ async fn session(settings: &ScyllaSettings) -> StoreResult<Session> {
     }
     let profile = ExecutionProfile::builder()
         .consistency(consistency(settings.cluster.consistency))
+        .serial_consistency(Some(serial_consistency(settings.cluster.consistency)))
         .request_timeout(Some(settings.cluster.request_timeout))
         .load_balancing_policy(policy.build())
         .build();
@@ -1309,12 +1317,22 @@ mod tests {
         for (name, level) in [
             ("local_quorum", Consistency::LocalQuorum),
             ("quorum", Consistency::Quorum),
-            ("one", Consistency::One),
-            ("local_one", Consistency::LocalOne),
             ("all", Consistency::All),
         ] {
             let parsed = ScyllaConsistency::parse(name).expect(name);
             assert_eq!(consistency(parsed), level, "{name}");
+        }
+        assert_eq!(
+            serial_consistency(ScyllaConsistency::LocalQuorum),
+            SerialConsistency::LocalSerial
+        );
+        assert_eq!(
+            serial_consistency(ScyllaConsistency::Quorum),
+            SerialConsistency::Serial
+        );
+        for weak in ["one", "local_one"] {
+            let e = ScyllaConsistency::parse(weak).expect_err(weak);
+            assert!(e.contains("cannot guarantee"), "{e}");
         }
         assert!(ScyllaConsistency::parse("two").is_err());
         assert!(ScyllaConsistency::parse("").is_err());
