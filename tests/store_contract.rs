@@ -135,3 +135,90 @@ async fn scylla_without_the_schema_says_run_migrate() {
     assert_eq!(err.kind, StoreErrorKind::Unavailable, "{err}");
     assert!(err.message.contains("herald migrate"), "{err}");
 }
+
+/// Not a test: the append rate against the node `HERALD_SCYLLA_NODES` names,
+/// for BENCHMARKS.md (the cost of the fence's LWTs). 16 tasks (writer
+/// partitions), each appending to its own channel batches of
+/// `HERALD_BENCH_BATCH` publications (default 1) with one idempotency key
+/// each, for `HERALD_BENCH_SECS` seconds (default 10). Prints appends/s.
+/// `HERALD_BENCH_HANDLES=2` alternates two store handles on each channel (a
+/// failover every batch: the fence's cold path, read + claim + commit).
+///
+/// `cargo test --test store_contract scylla_append_rate -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn scylla_append_rate() {
+    use herald::store::{ChannelAppend, StoredPublication};
+    let Some(settings) = scylla_settings("herald_bench") else {
+        return;
+    };
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let per_batch = env("HERALD_BENCH_BATCH", 1);
+    let secs = env("HERALD_BENCH_SECS", 10);
+    let handles = env("HERALD_BENCH_HANDLES", 1).max(1);
+    scylla::migrate(&settings).await.expect("migrate");
+    let options = StoreOptions {
+        idempotency_retention: Duration::from_secs(86400),
+    };
+    let mut stores: Vec<SharedStore> = Vec::new();
+    for _ in 0..handles {
+        stores.push(Arc::new(
+            ScyllaStore::connect(&settings, options.clone())
+                .await
+                .expect("connect"),
+        ));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    let tasks: Vec<_> = (0..16)
+        .map(|t| {
+            let stores = stores.clone();
+            tokio::spawn(async move {
+                let channel = format!("bench-{t}");
+                let mut head = 0u64;
+                let mut batches = 0u64;
+                while std::time::Instant::now() < deadline {
+                    let publications: Vec<_> = (head + 1..=head + per_batch)
+                        .map(|offset| StoredPublication {
+                            offset,
+                            data: bytes::Bytes::from(format!(
+                                r#"{{"n":{offset},"pad":"{}"}}"#,
+                                "x".repeat(100)
+                            )),
+                            info: None,
+                            time_ms: offset,
+                        })
+                        .collect();
+                    let keys = (head + 1..=head + per_batch)
+                        .map(|o| (format!("key-{o}"), o))
+                        .collect();
+                    stores[batches as usize % stores.len()]
+                        .append(&[ChannelAppend {
+                            channel: channel.clone(),
+                            epoch: "e".into(),
+                            publications,
+                            idempotency_keys: keys,
+                        }])
+                        .await
+                        .expect("append");
+                    head += per_batch;
+                    batches += 1;
+                }
+                batches
+            })
+        })
+        .collect();
+    let mut batches = 0;
+    for task in tasks {
+        batches += task.await.expect("task");
+    }
+    println!(
+        "scylla_append_rate: batch {per_batch}, {handles} handle(s): {:.0} appends/s, {:.0} publications/s over {secs} s",
+        batches as f64 / secs as f64,
+        (batches * per_batch) as f64 / secs as f64
+    );
+}
