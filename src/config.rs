@@ -46,7 +46,7 @@ options! {
     "client_stale_timeout" = "10s" : "A connection that sends no connect within this is closed with 3502 (stale).";
     "client_expired_close_delay" = "25s" : "Grace after a connection or subscription token's exp for the client to refresh before it is closed (3005) or unsubscribed.";
     "client_recovery_limit" = "300" : "Most publications a recovering subscribe returns; more missed gives `recovered: false`.";
-    "client_publish_timeout" = "10s" : "How long a publish waits for the store commit before answering error 100 (temporary).";
+    "client_publish_timeout" = "10s" : "How long a publish waits for the store commit before answering error 100: the publication may still be stored, so the server API's error names the `idempotency_key` to retry with (the generated one when the request had none), and the client protocol's says a retry may store a second copy (not temporary).";
     "history_page_limit" = "1000" : "Largest history page (client history, server API history, sync HTTP).";
     "ingest_partitions" = "16" : "Partitions of the HERALD_INGEST stream; fixed when the stream is created.";
     "ingest_duplicate_window" = "2m" : "JetStream duplicate window of the ingest stream (short-term idempotency).";
