@@ -48,6 +48,7 @@ where
 {
     append_and_read_back(&open).await;
     dense_offsets_and_paging(&open).await;
+    paging_while_appending(&open).await;
     heads_and_epochs(&open).await;
     conflicts_store_nothing(&open).await;
     idempotency_lookup(&open).await;
@@ -70,6 +71,99 @@ where
 {
     stale_writer_cannot_overwrite(&open).await;
     leftover_key_never_answers_for_another_message(&open).await;
+    failed_appends_are_retried(&open).await;
+}
+
+/// What the writer does after an append error: it retries the same batch.
+/// (1) The append failed before its commit: the retry stores the batch.
+/// (2) The append timed out but was applied: the retry is a `Conflict`, and
+/// the batch's keys answer their offsets (the writer's re-sequencing turns
+/// its messages into duplicates of what is stored).
+pub async fn failed_appends_are_retried<F, Fut>(open: &F)
+where
+    F: Fn(StoreOptions, Option<AppendHook>) -> Fut,
+    Fut: Future<Output = SharedStore>,
+{
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let inject = |at: AppendStep, failures: usize| -> (AppendHook, Arc<AtomicUsize>) {
+        let failures = Arc::new(AtomicUsize::new(failures));
+        let left = failures.clone();
+        let hook: AppendHook = Arc::new(move |step| {
+            let fail = step == at
+                && left
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+            Box::pin(async move {
+                if fail {
+                    return Err(StoreError::new(StoreErrorKind::Timeout, "injected timeout"));
+                }
+                Ok(())
+            })
+        });
+        (hook, failures)
+    };
+
+    let ch = channel("retry-before-commit");
+    let (hook, _) = inject(AppendStep::KeysWritten, 1);
+    let store = open(options(DAY), Some(hook)).await;
+    store
+        .append(&[append(&ch, "e", 1..=2)])
+        .await
+        .expect_err("injected");
+    assert_eq!(
+        store.position(&ch).await.expect("position"),
+        Position::default()
+    );
+    store
+        .append(&[with_key(append(&ch, "e", 1..=2), "k", 2)])
+        .await
+        .expect("the retry stores the batch");
+    assert_eq!(
+        store.read(&ch, forward(0, None, 10)).await.expect("read"),
+        (1..=2).map(|o| publication(&ch, o)).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        store.idempotent_offset(&ch, "k").await.expect("key"),
+        Some(2)
+    );
+    drop(store);
+
+    let ch = channel("retry-after-commit");
+    let (hook, failures) = inject(AppendStep::Committed, 0);
+    let store = open(options(DAY), Some(hook)).await;
+    store
+        .append(&[append(&ch, "e", 1..=2)])
+        .await
+        .expect("append 1..=2");
+    failures.store(1, Ordering::SeqCst);
+    let batch = [with_key(append(&ch, "e", 3..=4), "k3", 3)];
+    let err = store
+        .append(&batch)
+        .await
+        .expect_err("injected after the commit");
+    assert_eq!(err.kind, StoreErrorKind::Timeout, "{err}");
+    let err = store
+        .append(&batch)
+        .await
+        .expect_err("the retry of an applied batch");
+    assert_eq!(err.kind, StoreErrorKind::Conflict, "{err}");
+    assert_eq!(
+        store.position(&ch).await.expect("position"),
+        position(4, "e")
+    );
+    assert_eq!(
+        store.idempotent_offset(&ch, "k3").await.expect("key"),
+        Some(3)
+    );
+    assert_eq!(
+        store.read(&ch, forward(0, None, 10)).await.expect("read"),
+        (1..=4).map(|o| publication(&ch, o)).collect::<Vec<_>>()
+    );
+    store
+        .append(&[append(&ch, "e", 5..=5)])
+        .await
+        .expect("continues at 5");
 }
 
 /// Split brain (I8: the store enforces the fence). Writer A reads head 2 and
@@ -254,6 +348,73 @@ where
     let stored = store.read(&ch, forward(0, None, 10)).await.expect("read");
     assert_eq!(offsets(&stored), vec![1, 2, 3, 4]);
     assert_eq!(stored[2], other);
+}
+
+/// A reader pages forward (and backward from the head it saw) while a writer
+/// appends batches of varying size to the same channel: every page is dense,
+/// in order, and never shows an offset the writer has not finished. With the
+/// ScyllaDB test buckets (8 offsets) this crosses hundreds of bucket edges.
+pub async fn paging_while_appending<F, Fut>(open: &F)
+where
+    F: Fn(StoreOptions) -> Fut,
+    Fut: Future<Output = SharedStore>,
+{
+    const TOTAL: u64 = 1500;
+    let store = open(options(DAY)).await;
+    let ch = channel("paging-while-appending");
+    let writer = {
+        let store = store.clone();
+        let ch = ch.clone();
+        tokio::spawn(async move {
+            let mut next = 1;
+            let mut size = 1;
+            while next <= TOTAL {
+                let last = (next + size - 1).min(TOTAL);
+                store
+                    .append(&[append(&ch, "e", next..=last)])
+                    .await
+                    .expect("append");
+                next = last + 1;
+                size = size % 23 + 5;
+            }
+        })
+    };
+    let mut after = 0;
+    let mut rounds = 0u64;
+    while after < TOTAL {
+        let page = store
+            .read(&ch, forward(after, None, 37))
+            .await
+            .expect("page while appending");
+        assert_eq!(
+            page,
+            (after + 1..=after + page.len() as u64)
+                .map(|o| publication(&ch, o))
+                .collect::<Vec<_>>(),
+            "a forward page is dense and continues the previous one"
+        );
+        after += page.len() as u64;
+        let head = store.position(&ch).await.expect("position").head;
+        assert!(head >= after, "a page never passes the head");
+        let back = store
+            .read(&ch, backward(0, None, 9))
+            .await
+            .expect("backward page while appending");
+        if let (Some(first), Some(last)) = (back.first(), back.last()) {
+            assert!(
+                first.offset >= head,
+                "a backward page starts at the head or later"
+            );
+            assert_eq!(first.offset - last.offset + 1, back.len() as u64, "dense");
+        }
+        rounds += 1;
+        if page.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        assert!(rounds < 1_000_000, "the reader makes progress");
+    }
+    writer.await.expect("writer task");
+    assert_eq!(store.position(&ch).await.expect("position").head, TOTAL);
 }
 
 /// Appends two batches and reads them back, whole and in parts.

@@ -164,6 +164,9 @@ pub enum AppendStep {
     HeadsRead,
     /// Publications and idempotency keys are written; the heads are not.
     KeysWritten,
+    /// Everything is committed; `append` has not returned yet (an error
+    /// injected here is a write that timed out but was applied).
+    Committed,
 }
 
 /// Test-only: called at each [`AppendStep`] of an append by a backend that

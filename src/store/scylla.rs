@@ -925,24 +925,26 @@ impl Store for ScyllaStore {
             .collect();
         let committed = futures::future::join_all(commits).await;
         let mut first_error = None;
-        let mut cache = self.fences.lock().unwrap_or_else(|e| e.into_inner());
-        for result in committed {
-            match result {
-                Ok((channel, h)) => {
-                    if cache.len() >= FENCE_CACHE_MAX {
-                        cache.clear();
+        {
+            let mut cache = self.fences.lock().unwrap_or_else(|e| e.into_inner());
+            for result in committed {
+                match result {
+                    Ok((channel, h)) => {
+                        if cache.len() >= FENCE_CACHE_MAX {
+                            cache.clear();
+                        }
+                        cache.insert(channel.to_string(), h);
                     }
-                    cache.insert(channel.to_string(), h);
-                }
-                Err(e) => {
-                    first_error.get_or_insert(e);
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
                 }
             }
         }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(()),
+        if let Some(e) = first_error {
+            return Err(e);
         }
+        self.step(AppendStep::Committed).await
     }
 
     async fn read(&self, channel: &str, range: ReadRange) -> StoreResult<Vec<StoredPublication>> {
