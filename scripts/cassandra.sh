@@ -182,9 +182,12 @@ EOF
   local pid=$!
   while ! cql_answers "$cql"; do
     if ! kill -0 "$pid" 2>/dev/null; then
-      echo "cassandra: the node exited while starting; last lines of $data/system.log and stdout:" >&2
+      echo "cassandra: the node exited while starting; last lines of its logs:" >&2
       tail -n 15 "$data/system.log" "$data/stdout.log" >&2 2>/dev/null || true
-      die "the node did not start"
+      local why
+      why="$(grep -m1 -E 'ERROR|Error|Exception|Invalid' "$data/stdout.log" "$data/system.log" 2>/dev/null | head -n1 | cut -c1-200 || true)"
+      stop_node
+      die "the node exited while starting: ${why:-no output}"
     fi
     if [ $((SECONDS - began)) -ge "$start_timeout" ]; then
       stop_node
