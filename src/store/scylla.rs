@@ -4,13 +4,13 @@
 //! Layout (details and reasons in `schema/README.md`): `messages` partitioned
 //! by `(channel, bucket)` with `bucket = offset >> bucket_bits` (12: 4096
 //! offsets per partition) and clustered by offset; `channels` (head, epoch,
-//! fencing token);
-//! `idempotency` ((channel, key) → offset) written `USING TTL` of the
-//! retention.
+//! fencing token); `idempotency` ((channel, key) → offset) written `USING
+//! TTL` of the retention.
 //!
 //! Every statement is prepared, marked idempotent (except the two LWTs), and
-//! runs at the configured
-//! consistency through a token- and DC-aware load-balancing policy.
+//! runs at the configured consistency (never weaker than a quorum: the config
+//! refuses `one`/`local_one`) through a token- and DC-aware load-balancing
+//! policy.
 //!
 //! `append` enforces the writer fence itself (I8): each channel row holds a
 //! fencing token (`version`). An append checks each channel's head and epoch
