@@ -222,3 +222,63 @@ async fn scylla_append_rate() {
         (batches * per_batch) as f64 / secs as f64
     );
 }
+
+/// Idempotency keys expire by the database's TTL (the retention when they
+/// were written), not only by the lookup's age check: written with a 1 s
+/// retention, looked up through a handle with a one-day retention (whose age
+/// check would keep them), they disappear, and no lookup deleted them.
+#[tokio::test]
+async fn scylla_keys_expire_by_ttl() {
+    use herald::store::{ChannelAppend, StoredPublication};
+    let Some(settings) = scylla_settings("herald_ttl") else {
+        return;
+    };
+    scylla::migrate(&settings).await.expect("migrate");
+    let short = ScyllaStore::connect(
+        &settings,
+        StoreOptions {
+            idempotency_retention: Duration::from_secs(1),
+        },
+    )
+    .await
+    .expect("connect");
+    let publication = StoredPublication {
+        offset: 1,
+        data: bytes::Bytes::from_static(b"{}"),
+        info: None,
+        time_ms: 1,
+    };
+    short
+        .append(&[ChannelAppend {
+            channel: "ttl".into(),
+            epoch: "e".into(),
+            publications: vec![publication],
+            idempotency_keys: vec![("k".into(), 1)],
+        }])
+        .await
+        .expect("append");
+    let long = ScyllaStore::connect(
+        &settings,
+        StoreOptions {
+            idempotency_retention: Duration::from_secs(86400),
+        },
+    )
+    .await
+    .expect("connect");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while long
+        .idempotent_offset("ttl", "k")
+        .await
+        .expect("lookup")
+        .is_some()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the key outlived its 1 s TTL by 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    use herald::store::Store;
+    assert_eq!(long.purge_expired_keys().await.expect("purge"), 0);
+    assert_eq!(long.position("ttl").await.expect("position").head, 1);
+}
