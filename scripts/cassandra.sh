@@ -42,7 +42,7 @@ install() {
   echo "cassandra: mvn dependency:copy-dependencies cassandra-all $CASSANDRA_VERSION into .tools/cassandra/lib" >&2
   rm -rf "$lib" "$home"/.complete-*
   mkdir -p "$home"
-  mvn -q -B -f "$root/scripts/cassandra/pom.xml" -Dcassandra.version="$CASSANDRA_VERSION" \
+  mvn -q -B -Dstyle.color=never -f "$root/scripts/cassandra/pom.xml" -Dcassandra.version="$CASSANDRA_VERSION" \
     dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$lib" >&2 \
     || die "mvn could not fetch cassandra-all $CASSANDRA_VERSION (is Maven Central reachable?)"
   [ -f "$lib/cassandra-all-$CASSANDRA_VERSION.jar" ] || die "mvn fetched no cassandra-all-$CASSANDRA_VERSION.jar"

@@ -125,7 +125,11 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a whole batch atomically and durably (fsync or the configured
     /// consistency) before returning. Fails with `Conflict`, storing nothing,
     /// if any channel's first offset is not its stored head + 1 or its epoch
-    /// differs from the stored one.
+    /// differs from the stored one. A backend shared by several processes
+    /// (ScyllaDB) is atomic per channel: when a concurrent writer takes one
+    /// of the batch's channels mid-append, that channel gets nothing and the
+    /// others may be stored while `append` returns `Conflict` (the writer
+    /// re-sequences; the idempotency keys make what was stored duplicates).
     async fn append(&self, batch: &[ChannelAppend]) -> StoreResult<()>;
 
     /// Reads at most `range.limit` publications of a channel in the given
