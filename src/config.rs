@@ -75,7 +75,7 @@ options! {
     "channel_history" = "true" : "Default namespace: channels keep durable history with offsets.";
     "channel_client_publish" = "true" : "Default namespace: clients may publish into channels they may subscribe to.";
     "channel_private" = "false" : "Default namespace: subscribing needs a subscription token.";
-    "channel_history_retention" = "0s" : "Default namespace: history older than this is not served (0s = forever).";
+    "channel_history_retention" = "0s" : "Default namespace: history older than this is not served (0s = forever); with `store = scylla` its publications are written with this TTL, so the database frees them (the embedded store keeps the bytes).";
 }
 
 /// The namespace that exists without configuration, with the default

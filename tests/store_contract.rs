@@ -77,6 +77,7 @@ fn scylla_settings(prefix: &str) -> Option<ScyllaSettings> {
         // 8 offsets per partition: the 5000-publication case crosses hundreds
         // of bucket boundaries.
         bucket_bits: 3,
+        channels: None,
     })
 }
 
@@ -281,4 +282,106 @@ async fn scylla_keys_expire_by_ttl() {
     use herald::store::Store;
     assert_eq!(long.purge_expired_keys().await.expect("purge"), 0);
     assert_eq!(long.position("ttl").await.expect("position").head, 1);
+}
+
+/// Retention frees space (issue 16 §6, ScyllaDB side): publications of a
+/// namespace with a `history_retention` are written with it as their TTL, so
+/// the database removes them. The channel's offsets stay dense and keep
+/// counting: the head stays, reads return what is left (an expired prefix is
+/// not an error), the next append continues at head + 1, and an idempotency
+/// key still answers its offset.
+#[tokio::test]
+async fn scylla_history_expires_by_ttl() {
+    use herald::config::Config;
+    use herald::store::{ChannelAppend, Direction, ReadRange, Store, StoredPublication};
+    let Some(settings) = scylla_settings("herald_ret") else {
+        return;
+    };
+    let mut channels = Config::defaults().channels;
+    let mut short = channels.default.clone();
+    short.history_retention = Some(Duration::from_secs(2));
+    channels.namespaces.insert("short".into(), short);
+    channels
+        .namespaces
+        .insert("long".into(), channels.default.clone());
+    let settings = settings.with_history_retention(&channels);
+    scylla::migrate(&settings).await.expect("migrate");
+    let store = ScyllaStore::connect(
+        &settings,
+        StoreOptions {
+            idempotency_retention: Duration::from_secs(86400),
+        },
+    )
+    .await
+    .expect("connect");
+    let publication = |offset: u64| StoredPublication {
+        offset,
+        data: bytes::Bytes::from(format!(r#"{{"n":{offset}}}"#)),
+        info: None,
+        time_ms: offset,
+    };
+    let append = |channel: &str, offsets: std::ops::RangeInclusive<u64>| ChannelAppend {
+        channel: channel.into(),
+        epoch: "e".into(),
+        idempotency_keys: vec![(format!("k{}", offsets.start()), *offsets.start())],
+        publications: offsets.map(publication).collect(),
+    };
+    let all = |after: u64| ReadRange {
+        after,
+        before: None,
+        limit: 100,
+        direction: Direction::Forward,
+    };
+    store
+        .append(&[append("short:c", 1..=20), append("long:c", 1..=20)])
+        .await
+        .expect("append");
+    assert_eq!(store.read("short:c", all(0)).await.expect("read").len(), 20);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !store
+        .read("short:c", all(0))
+        .await
+        .expect("read")
+        .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "publications outlived their 2 s retention by 28 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let position = store.position("short:c").await.expect("position");
+    assert_eq!(position.head, 20, "the head stays");
+    let backward = ReadRange {
+        after: 0,
+        before: None,
+        limit: 10,
+        direction: Direction::Backward,
+    };
+    assert!(
+        store
+            .read("short:c", backward)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    assert_eq!(
+        store.idempotent_offset("short:c", "k1").await.expect("key"),
+        Some(1)
+    );
+
+    // Offsets keep counting.
+    store
+        .append(&[append("short:c", 21..=22)])
+        .await
+        .expect("append after expiry");
+    let left = store.read("short:c", all(0)).await.expect("read");
+    assert_eq!(left, vec![publication(21), publication(22)]);
+    assert_eq!(
+        store.read("short:c", backward).await.expect("read").len(),
+        2
+    );
+    // A namespace without retention keeps everything.
+    assert_eq!(store.read("long:c", all(0)).await.expect("read").len(), 20);
 }

@@ -63,7 +63,7 @@ use super::{
     AppendHook, AppendStep, ChannelAppend, Direction, Position, ReadRange, Store, StoreError,
     StoreErrorKind, StoreOptions, StoreResult, StoredPublication,
 };
-use crate::config::{ScyllaConfig, ScyllaConsistency};
+use crate::config::{ChannelsConfig, ScyllaConfig, ScyllaConsistency};
 
 /// Offsets per `messages` partition: 2^12.
 pub const BUCKET_BITS: u32 = 12;
@@ -110,6 +110,10 @@ pub struct ScyllaSettings {
     /// tests use a small value to cross bucket boundaries. Every process using
     /// a keyspace must use the same value.
     pub bucket_bits: u32,
+    /// The namespaces, for their `history_retention`: a channel's
+    /// publications are written with it as their TTL, so the database frees
+    /// them. `None` (e.g. `herald migrate`): no TTL.
+    pub channels: Option<ChannelsConfig>,
 }
 
 impl ScyllaSettings {
@@ -117,7 +121,14 @@ impl ScyllaSettings {
         Self {
             cluster: config.clone(),
             bucket_bits: BUCKET_BITS,
+            channels: None,
         }
+    }
+
+    /// Publications expire after their namespace's `history_retention`.
+    pub fn with_history_retention(mut self, channels: &ChannelsConfig) -> Self {
+        self.channels = Some(channels.clone());
+        self
     }
 }
 
@@ -406,6 +417,8 @@ pub struct ScyllaStore {
     statements: Statements,
     options: StoreOptions,
     bucket_bits: u32,
+    /// Namespaces with a `history_retention` (publication TTLs).
+    channels: Option<ChannelsConfig>,
     /// Expired keys deleted by lookups since the last purge call.
     purged: AtomicU64,
     /// Test-only pause / failure points inside `append` (never set in production).
@@ -487,7 +500,7 @@ impl ScyllaStore {
                 &session,
                 format!(
                     "INSERT INTO {ks}.messages (channel, bucket, offset, data, info, time_ms) \
-                     VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
+                     VALUES (?, ?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?"
                 ),
             )
             .await?,
@@ -531,6 +544,7 @@ impl ScyllaStore {
             statements,
             options,
             bucket_bits: settings.bucket_bits,
+            channels: settings.channels.clone(),
             purged: AtomicU64::new(0),
             hook: None,
             fences: std::sync::Mutex::new(HashMap::new()),
@@ -541,6 +555,17 @@ impl ScyllaStore {
     pub fn with_append_hook(mut self, hook: AppendHook) -> Self {
         self.hook = Some(hook);
         self
+    }
+
+    /// The TTL of `channel`'s publications in seconds (its namespace's
+    /// `history_retention`, at least 1 s), or 0 (CQL: no TTL).
+    fn history_ttl(&self, channel: &str) -> i32 {
+        self.channels
+            .as_ref()
+            .and_then(|c| crate::channel::history_retention_of(channel, c))
+            .map_or(0, |r| {
+                i32::try_from(r.as_secs().clamp(1, MAX_TTL_SECS)).unwrap_or(i32::MAX)
+            })
     }
 
     async fn step(&self, step: AppendStep) -> StoreResult<()> {
@@ -647,6 +672,7 @@ impl ScyllaStore {
         version: i64,
         publications: Vec<&StoredPublication>,
     ) -> StoreResult<()> {
+        let ttl = self.history_ttl(channel);
         let mut rows = Vec::with_capacity(publications.len());
         for p in &publications {
             rows.push((
@@ -656,6 +682,7 @@ impl ScyllaStore {
                 p.data.as_ref(),
                 p.info.as_deref(),
                 to_i64(p.time_ms)?,
+                ttl,
                 version,
             ));
         }
@@ -958,6 +985,10 @@ impl Store for ScyllaStore {
             Direction::Forward => (&self.statements.read_asc, lo),
             Direction::Backward => (&self.statements.read_desc, hi),
         };
+        // With a history TTL, offsets below the head may have expired: the
+        // page holds what is left. Without one, every offset up to the head
+        // must be readable.
+        let expiring = self.history_ttl(channel) > 0;
         let mut out = Vec::with_capacity(range.limit.min(1024));
         for query in bucket_queries(lo, hi, range.direction, self.bucket_bits) {
             let want = range.limit - out.len();
@@ -988,7 +1019,7 @@ impl Store for ScyllaStore {
                 let offset = from_i64(offset)?;
                 // Every offset up to the head is stored before the head is;
                 // a hole means this replica set has not seen it yet.
-                if offset != expected {
+                if offset != expected && !expiring {
                     return Err(StoreError::new(
                         StoreErrorKind::Unavailable,
                         format!(
@@ -998,8 +1029,8 @@ impl Store for ScyllaStore {
                     ));
                 }
                 expected = match range.direction {
-                    Direction::Forward => expected + 1,
-                    Direction::Backward => expected.saturating_sub(1),
+                    Direction::Forward => offset + 1,
+                    Direction::Backward => offset.saturating_sub(1),
                 };
                 out.push(StoredPublication {
                     offset,
@@ -1009,7 +1040,7 @@ impl Store for ScyllaStore {
                 });
             }
         }
-        let complete = out.len() == range.limit || (hi - lo + 1) as usize == out.len();
+        let complete = expiring || out.len() == range.limit || (hi - lo + 1) as usize == out.len();
         if !complete {
             return Err(StoreError::new(
                 StoreErrorKind::Unavailable,
@@ -1070,7 +1101,13 @@ impl Store for ScyllaStore {
                 .maybe_first_row::<(Option<i64>,)>()
                 .map_err(corrupt)?
                 .and_then(|(t,)| t);
-            return Ok((row_written_at == Some(written_at)).then_some(offset));
+            return Ok(match row_written_at {
+                Some(t) => (t == written_at).then_some(offset),
+                // Expired with its namespace's history retention: the key
+                // still answers (its TTL is the idempotency retention).
+                None if self.history_ttl(channel) > 0 => Some(offset),
+                None => None,
+            });
         }
         // Older than the current retention: delete it, but only the write we
         // read (a delete at that timestamp does not shadow a later store).
