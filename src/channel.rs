@@ -17,6 +17,8 @@
 //!
 //! Pure logic: knows the namespace options, not sessions, tokens or NATS.
 
+use std::time::Duration;
+
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 use crate::config::{ChannelsConfig, NamespaceOptions};
@@ -56,6 +58,15 @@ pub struct Channel<'a> {
     /// `#user` in the default namespace.
     pub personal: bool,
     pub private: bool,
+}
+
+/// The `history_retention` of `name`'s namespace (`None`: kept forever, or
+/// no such namespace), without validating the rest of the name.
+pub fn history_retention_of(name: &str, config: &ChannelsConfig) -> Option<Duration> {
+    match name.split_once(NAMESPACE_SEPARATOR) {
+        None => config.default.history_retention,
+        Some((ns, _)) => config.namespaces.get(ns)?.history_retention,
+    }
 }
 
 impl<'a> Channel<'a> {
@@ -192,6 +203,19 @@ mod tests {
             default,
             namespaces,
         }
+    }
+
+    #[test]
+    fn history_retention_by_namespace() {
+        let mut c = config();
+        let day = Duration::from_secs(86400);
+        c.namespaces.get_mut("dm").expect("dm").history_retention = Some(day);
+        assert_eq!(history_retention_of("dm:a", &c), Some(day));
+        assert_eq!(history_retention_of("feed:a", &c), None);
+        assert_eq!(history_retention_of("plain", &c), None);
+        assert_eq!(history_retention_of("nope:a", &c), None);
+        c.default.history_retention = Some(day);
+        assert_eq!(history_retention_of("plain", &c), Some(day));
     }
 
     #[test]

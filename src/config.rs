@@ -47,7 +47,7 @@ options! {
     "client_stale_timeout" = "10s" : "A connection that sends no connect within this is closed with 3502 (stale).";
     "client_expired_close_delay" = "25s" : "Grace after a connection or subscription token's exp for the client to refresh before it is closed (3005) or unsubscribed.";
     "client_recovery_limit" = "300" : "Most publications a recovering subscribe returns; more missed gives `recovered: false`.";
-    "client_publish_timeout" = "10s" : "How long a publish waits for the store commit before answering error 100 (temporary).";
+    "client_publish_timeout" = "10s" : "How long a publish waits for the store commit before answering error 100: the publication may still be stored, so the server API's error names the `idempotency_key` to retry with (the generated one when the request had none), and the client protocol's says a retry may store a second copy (not temporary).";
     "history_page_limit" = "1000" : "Largest history page (client history, server API history, sync HTTP).";
     "ingest_partitions" = "16" : "Partitions of the HERALD_INGEST stream; fixed when the stream is created.";
     "ingest_duplicate_window" = "2m" : "JetStream duplicate window of the ingest stream (short-term idempotency).";
@@ -60,7 +60,7 @@ options! {
     "scylla_nodes" = "" : "`store = scylla`: contact points, a comma-separated list of host:port (e.g. `10.0.0.1:9042,10.0.0.2:9042`).";
     "scylla_keyspace" = "herald" : "`store = scylla`: the keyspace `herald migrate` creates and every process uses.";
     "scylla_local_dc" = "" : "`store = scylla`: the preferred (local) datacenter for token- and DC-aware load balancing; empty = no preference.";
-    "scylla_consistency" = "local_quorum" : "`store = scylla`: consistency of every read and write: `local_quorum`, `quorum`, `one`, `local_one` or `all`.";
+    "scylla_consistency" = "local_quorum" : "`store = scylla`: consistency of every read and write: `local_quorum`, `quorum` or `all` (lightweight transactions use `local_serial` with `local_quorum`, else `serial`). `one` and `local_one` are refused: the writer must read its own heads and keys back (I1, I3).";
     "scylla_username" = "" : "`store = scylla`: user name for password authentication; empty = no authentication.";
     "scylla_password" = "" : "`store = scylla`: password for scylla_username.";
     "scylla_tls" = "false" : "`store = scylla`: connect with TLS (rustls, server verified against the system's root certificates).";
@@ -77,7 +77,7 @@ options! {
     "channel_history" = "true" : "Default namespace: channels keep durable history with offsets.";
     "channel_client_publish" = "true" : "Default namespace: clients may publish into channels they may subscribe to.";
     "channel_private" = "false" : "Default namespace: subscribing needs a subscription token.";
-    "channel_history_retention" = "0s" : "Default namespace: history older than this is not served (0s = forever).";
+    "channel_history_retention" = "0s" : "Default namespace: history older than this is not served (0s = forever); with `store = scylla` its publications are written with this TTL, so the database frees them (the embedded store keeps the bytes).";
 }
 
 /// The namespace that exists without configuration, with the default
@@ -199,14 +199,16 @@ pub enum StoreBackend {
     Scylla,
 }
 
-/// The consistency level of every ScyllaDB read and write.
+/// The consistency level of every ScyllaDB read and write. Only levels whose
+/// reads see every acknowledged write (read + write replicas > replication
+/// factor): the writer reloads heads and looks up idempotency keys after its
+/// own and other writers' commits, and a lagging replica's answer there would
+/// break I1/I3. `one` and `local_one` are refused by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ScyllaConsistency {
     #[default]
     LocalQuorum,
     Quorum,
-    One,
-    LocalOne,
     All,
 }
 
@@ -215,10 +217,13 @@ impl ScyllaConsistency {
         match s.to_ascii_lowercase().as_str() {
             "local_quorum" => Ok(Self::LocalQuorum),
             "quorum" => Ok(Self::Quorum),
-            "one" => Ok(Self::One),
-            "local_one" => Ok(Self::LocalOne),
             "all" => Ok(Self::All),
-            _ => Err("expected local_quorum, quorum, one, local_one or all".into()),
+            "one" | "local_one" => Err(format!(
+                "{s} cannot guarantee that the writer reads back the heads and idempotency keys it \
+                 and other writers committed (a lagging replica would answer), which dense offsets \
+                 (I1) and idempotent publish (I3) need; use local_quorum, quorum or all"
+            )),
+            _ => Err("expected local_quorum, quorum or all".into()),
         }
     }
 }
@@ -847,6 +852,24 @@ mod tests {
 
         let e = load(None, &[("HERALD_STORE", "scylla")], &[]).unwrap_err();
         assert!(e.to_string().contains("scylla_nodes"), "{e}");
+        // Weak levels break read-your-writes for the writer's head and key
+        // reads (issue 16 §5c): refused, with the reason.
+        for weak in ["one", "LOCAL_ONE"] {
+            let e = load(
+                None,
+                &[
+                    ("HERALD_STORE", "scylla"),
+                    ("HERALD_SCYLLA_NODES", "10.0.0.1:9042"),
+                    ("HERALD_SCYLLA_CONSISTENCY", weak),
+                ],
+                &[],
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("HERALD_SCYLLA_CONSISTENCY"), "{e}");
+            assert!(e.contains("cannot guarantee"), "{e}");
+            assert!(e.contains("local_quorum, quorum or all"), "{e}");
+        }
         let e = load(
             None,
             &[
@@ -881,7 +904,10 @@ mod tests {
         let c = load(
             None,
             &[
-                ("HERALD_NATS_URL", " nats://10.0.0.1:4222, 10.0.0.2:4222 ,tls://n3:4222"),
+                (
+                    "HERALD_NATS_URL",
+                    " nats://10.0.0.1:4222, 10.0.0.2:4222 ,tls://n3:4222",
+                ),
                 ("HERALD_INGEST_REPLICAS", "3"),
                 ("HERALD_NATS_KV_REPLICAS", "3"),
             ],

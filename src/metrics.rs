@@ -779,6 +779,8 @@ mod tests {
         ];
         let labels: Vec<_> = errors.iter().map(|e| e.label()).collect();
         assert_eq!(labels, labels::PROTOCOL_ERRORS);
+        // Code 100 with its own message, counted as `internal`.
+        assert_eq!(ProtocolError::PublishUnconfirmed.label(), "internal");
 
         let kinds = [
             StoreErrorKind::Unavailable,

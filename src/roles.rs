@@ -208,7 +208,8 @@ async fn open_scylla(
     options: StoreOptions,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<SharedStore> {
-    let settings = ScyllaSettings::from_config(&config.scylla);
+    let settings =
+        ScyllaSettings::from_config(&config.scylla).with_history_retention(&config.channels);
     let deadline = tokio::time::Instant::now() + SCYLLA_CONNECT_PATIENCE;
     loop {
         let attempt = tokio::select! {

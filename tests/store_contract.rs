@@ -11,7 +11,7 @@ use std::time::Duration;
 use herald::config::{ScyllaConfig, ScyllaConsistency, Secret};
 use herald::store::embedded::EmbeddedStore;
 use herald::store::scylla::{self, ScyllaSettings, ScyllaStore};
-use herald::store::{SharedStore, StoreErrorKind, StoreOptions, contract};
+use herald::store::{AppendHook, SharedStore, StoreErrorKind, StoreOptions, contract};
 
 fn open(dir: &Path, options: StoreOptions) -> SharedStore {
     Arc::new(EmbeddedStore::open(dir, options).expect("open the embedded store"))
@@ -77,6 +77,7 @@ fn scylla_settings(prefix: &str) -> Option<ScyllaSettings> {
         // 8 offsets per partition: the 5000-publication case crosses hundreds
         // of bucket boundaries.
         bucket_bits: 3,
+        channels: None,
     })
 }
 
@@ -86,10 +87,10 @@ async fn scylla_passes_the_contract() {
         return;
     };
     let first = scylla::migrate(&settings).await.expect("migrate");
-    assert_eq!(first.applied, vec![1], "{first:?}");
+    assert_eq!(first.applied, vec![1, 2], "{first:?}");
     let again = scylla::migrate(&settings).await.expect("migrate again");
     assert!(again.applied.is_empty(), "{again:?}");
-    assert_eq!(again.already, vec![1]);
+    assert_eq!(again.already, vec![1, 2]);
 
     contract::run_all(|options| {
         let settings = settings.clone();
@@ -99,6 +100,22 @@ async fn scylla_passes_the_contract() {
                     .await
                     .expect("connect to ScyllaDB"),
             ) as SharedStore
+        }
+    })
+    .await;
+    // Two handles on one keyspace, one with a pause / failure hook: a stale
+    // writer (section 5a) and a leftover idempotency key (5b).
+    contract::run_shared(|options, hook: Option<AppendHook>| {
+        let settings = settings.clone();
+        async move {
+            let store = ScyllaStore::connect(&settings, options)
+                .await
+                .expect("connect to ScyllaDB");
+            let store = match hook {
+                Some(hook) => store.with_append_hook(hook),
+                None => store,
+            };
+            Arc::new(store) as SharedStore
         }
     })
     .await;
@@ -118,4 +135,253 @@ async fn scylla_without_the_schema_says_run_migrate() {
         .expect("connecting to a keyspace without the schema fails");
     assert_eq!(err.kind, StoreErrorKind::Unavailable, "{err}");
     assert!(err.message.contains("herald migrate"), "{err}");
+}
+
+/// Not a test: the append rate against the node `HERALD_SCYLLA_NODES` names,
+/// for BENCHMARKS.md (the cost of the fence's LWTs). 16 tasks (writer
+/// partitions), each appending to its own channel batches of
+/// `HERALD_BENCH_BATCH` publications (default 1) with one idempotency key
+/// each, for `HERALD_BENCH_SECS` seconds (default 10). Prints appends/s.
+/// `HERALD_BENCH_HANDLES=2` alternates two store handles on each channel (a
+/// failover every batch: the fence's cold path, read + claim + commit).
+///
+/// `cargo test --test store_contract scylla_append_rate -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn scylla_append_rate() {
+    use herald::store::{ChannelAppend, StoredPublication};
+    let Some(settings) = scylla_settings("herald_bench") else {
+        return;
+    };
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let per_batch = env("HERALD_BENCH_BATCH", 1);
+    let secs = env("HERALD_BENCH_SECS", 10);
+    let handles = env("HERALD_BENCH_HANDLES", 1).max(1);
+    scylla::migrate(&settings).await.expect("migrate");
+    let options = StoreOptions {
+        idempotency_retention: Duration::from_secs(86400),
+    };
+    let mut stores: Vec<SharedStore> = Vec::new();
+    for _ in 0..handles {
+        stores.push(Arc::new(
+            ScyllaStore::connect(&settings, options.clone())
+                .await
+                .expect("connect"),
+        ));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    let tasks: Vec<_> = (0..16)
+        .map(|t| {
+            let stores = stores.clone();
+            tokio::spawn(async move {
+                let channel = format!("bench-{t}");
+                let mut head = 0u64;
+                let mut batches = 0u64;
+                while std::time::Instant::now() < deadline {
+                    let publications: Vec<_> = (head + 1..=head + per_batch)
+                        .map(|offset| StoredPublication {
+                            offset,
+                            data: bytes::Bytes::from(format!(
+                                r#"{{"n":{offset},"pad":"{}"}}"#,
+                                "x".repeat(100)
+                            )),
+                            info: None,
+                            time_ms: offset,
+                        })
+                        .collect();
+                    let keys = (head + 1..=head + per_batch)
+                        .map(|o| (format!("key-{o}"), o))
+                        .collect();
+                    stores[batches as usize % stores.len()]
+                        .append(&[ChannelAppend {
+                            channel: channel.clone(),
+                            epoch: "e".into(),
+                            publications,
+                            idempotency_keys: keys,
+                        }])
+                        .await
+                        .expect("append");
+                    head += per_batch;
+                    batches += 1;
+                }
+                batches
+            })
+        })
+        .collect();
+    let mut batches = 0;
+    for task in tasks {
+        batches += task.await.expect("task");
+    }
+    println!(
+        "scylla_append_rate: batch {per_batch}, {handles} handle(s): {:.0} appends/s, {:.0} publications/s over {secs} s",
+        batches as f64 / secs as f64,
+        (batches * per_batch) as f64 / secs as f64
+    );
+}
+
+/// Idempotency keys expire by the database's TTL (the retention when they
+/// were written), not only by the lookup's age check: written with a 1 s
+/// retention, looked up through a handle with a one-day retention (whose age
+/// check would keep them), they disappear, and no lookup deleted them.
+#[tokio::test]
+async fn scylla_keys_expire_by_ttl() {
+    use herald::store::{ChannelAppend, StoredPublication};
+    let Some(settings) = scylla_settings("herald_ttl") else {
+        return;
+    };
+    scylla::migrate(&settings).await.expect("migrate");
+    let short = ScyllaStore::connect(
+        &settings,
+        StoreOptions {
+            idempotency_retention: Duration::from_secs(1),
+        },
+    )
+    .await
+    .expect("connect");
+    let publication = StoredPublication {
+        offset: 1,
+        data: bytes::Bytes::from_static(b"{}"),
+        info: None,
+        time_ms: 1,
+    };
+    short
+        .append(&[ChannelAppend {
+            channel: "ttl".into(),
+            epoch: "e".into(),
+            publications: vec![publication],
+            idempotency_keys: vec![("k".into(), 1)],
+        }])
+        .await
+        .expect("append");
+    let long = ScyllaStore::connect(
+        &settings,
+        StoreOptions {
+            idempotency_retention: Duration::from_secs(86400),
+        },
+    )
+    .await
+    .expect("connect");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while long
+        .idempotent_offset("ttl", "k")
+        .await
+        .expect("lookup")
+        .is_some()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the key outlived its 1 s TTL by 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    use herald::store::Store;
+    assert_eq!(long.purge_expired_keys().await.expect("purge"), 0);
+    assert_eq!(long.position("ttl").await.expect("position").head, 1);
+}
+
+/// Retention frees space (issue 16 §6, ScyllaDB side): publications of a
+/// namespace with a `history_retention` are written with it as their TTL, so
+/// the database removes them. The channel's offsets stay dense and keep
+/// counting: the head stays, reads return what is left (an expired prefix is
+/// not an error), the next append continues at head + 1, and an idempotency
+/// key still answers its offset.
+#[tokio::test]
+async fn scylla_history_expires_by_ttl() {
+    use herald::config::Config;
+    use herald::store::{ChannelAppend, Direction, ReadRange, Store, StoredPublication};
+    let Some(settings) = scylla_settings("herald_ret") else {
+        return;
+    };
+    let mut channels = Config::defaults().channels;
+    let mut short = channels.default.clone();
+    short.history_retention = Some(Duration::from_secs(2));
+    channels.namespaces.insert("short".into(), short);
+    channels
+        .namespaces
+        .insert("long".into(), channels.default.clone());
+    let settings = settings.with_history_retention(&channels);
+    scylla::migrate(&settings).await.expect("migrate");
+    let store = ScyllaStore::connect(
+        &settings,
+        StoreOptions {
+            idempotency_retention: Duration::from_secs(86400),
+        },
+    )
+    .await
+    .expect("connect");
+    let publication = |offset: u64| StoredPublication {
+        offset,
+        data: bytes::Bytes::from(format!(r#"{{"n":{offset}}}"#)),
+        info: None,
+        time_ms: offset,
+    };
+    let append = |channel: &str, offsets: std::ops::RangeInclusive<u64>| ChannelAppend {
+        channel: channel.into(),
+        epoch: "e".into(),
+        idempotency_keys: vec![(format!("k{}", offsets.start()), *offsets.start())],
+        publications: offsets.map(publication).collect(),
+    };
+    let all = |after: u64| ReadRange {
+        after,
+        before: None,
+        limit: 100,
+        direction: Direction::Forward,
+    };
+    store
+        .append(&[append("short:c", 1..=20), append("long:c", 1..=20)])
+        .await
+        .expect("append");
+    assert_eq!(store.read("short:c", all(0)).await.expect("read").len(), 20);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !store
+        .read("short:c", all(0))
+        .await
+        .expect("read")
+        .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "publications outlived their 2 s retention by 28 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let position = store.position("short:c").await.expect("position");
+    assert_eq!(position.head, 20, "the head stays");
+    let backward = ReadRange {
+        after: 0,
+        before: None,
+        limit: 10,
+        direction: Direction::Backward,
+    };
+    assert!(
+        store
+            .read("short:c", backward)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    assert_eq!(
+        store.idempotent_offset("short:c", "k1").await.expect("key"),
+        Some(1)
+    );
+
+    // Offsets keep counting.
+    store
+        .append(&[append("short:c", 21..=22)])
+        .await
+        .expect("append after expiry");
+    let left = store.read("short:c", all(0)).await.expect("read");
+    assert_eq!(left, vec![publication(21), publication(22)]);
+    assert_eq!(
+        store.read("short:c", backward).await.expect("read").len(),
+        2
+    );
+    // A namespace without retention keeps everything.
+    assert_eq!(store.read("long:c", all(0)).await.expect("read").len(), 20);
 }

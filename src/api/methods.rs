@@ -5,8 +5,10 @@ use futures::StreamExt;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
-use super::{Api, BROADCAST_CONCURRENCY, Failure, MAX_DISCONNECT_REASON_BYTES, Outcome};
-use crate::bus::publisher::{PublishError, PublishRequest as BusPublish};
+use super::{
+    Api, BROADCAST_CONCURRENCY, Failure, MAX_DISCONNECT_REASON_BYTES, MethodError, Outcome,
+};
+use crate::bus::publisher::{PublishError, PublishErrorKind, PublishRequest as BusPublish};
 use crate::channel::Channel;
 use crate::edge::control::{self, ControlMessage, ControlOp};
 use crate::protocol::{Disconnect, ProtocolError};
@@ -182,9 +184,17 @@ fn idempotency_key(key: Option<&str>) -> Result<Option<&str>, ProtocolError> {
     }
 }
 
-fn publish_failed(e: PublishError) -> ProtocolError {
+/// An unconfirmed publish (timeout) names the key to retry with; anything
+/// else is an internal error.
+fn publish_failed(e: PublishError) -> MethodError {
     tracing::warn!(kind = ?e.kind, error = %e.message, "api publish failed");
-    ProtocolError::Internal
+    match (e.kind, e.idempotency_key) {
+        (PublishErrorKind::Timeout, Some(key)) => MethodError {
+            error: ProtocolError::PublishUnconfirmed,
+            idempotency_key: Some(key),
+        },
+        _ => ProtocolError::Internal.into(),
+    }
 }
 
 /// The custom close of a `disconnect`, or the default 3503.
@@ -245,7 +255,7 @@ impl Api {
         channel: &str,
         data: &RawValue,
         key: Option<&str>,
-    ) -> Result<PublishResult, ProtocolError> {
+    ) -> Result<PublishResult, MethodError> {
         let parsed = Channel::parse(channel, &self.state.channels)?;
         let started = std::time::Instant::now();
         let published = self

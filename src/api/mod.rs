@@ -215,32 +215,76 @@ impl Method {
 }
 
 /// Why a request got no method result.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Failure {
     /// A transport-level problem: this HTTP status with this error object.
     Transport(StatusCode, ProtocolError),
     /// The method failed: HTTP 200 with this error object.
-    Method(ProtocolError),
+    Method(MethodError),
 }
 
 impl From<ProtocolError> for Failure {
     fn from(e: ProtocolError) -> Self {
+        Self::Method(e.into())
+    }
+}
+
+impl From<MethodError> for Failure {
+    fn from(e: MethodError) -> Self {
         Self::Method(e)
     }
 }
 
-/// The server API error object: `{"code", "message"}`.
+/// A method's error: the protocol error, and for a publish whose store
+/// commit was not confirmed in time the idempotency key it went out with (the
+/// generated one when the request had none), for a retry that cannot store a
+/// second copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MethodError {
+    error: ProtocolError,
+    idempotency_key: Option<String>,
+}
+
+impl From<ProtocolError> for MethodError {
+    fn from(error: ProtocolError) -> Self {
+        Self {
+            error,
+            idempotency_key: None,
+        }
+    }
+}
+
+/// The server API error object: `{"code", "message"}`, plus
+/// `idempotency_key` on an unconfirmed publish (a Herald extension).
 #[derive(Debug, Serialize)]
 struct ErrorObject {
     code: u32,
     message: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<String>,
 }
+
+/// The API's message for an unconfirmed publish: unlike a client, an API
+/// caller can retry safely, with the key the error names.
+const UNCONFIRMED_RETRY: &str = "publish not confirmed in time: it may still be stored; publish again \
+     with this idempotency_key to avoid a second copy";
 
 impl From<ProtocolError> for ErrorObject {
     fn from(e: ProtocolError) -> Self {
+        MethodError::from(e).into()
+    }
+}
+
+impl From<MethodError> for ErrorObject {
+    fn from(e: MethodError) -> Self {
         Self {
-            code: e.code(),
-            message: e.message(),
+            code: e.error.code(),
+            message: if e.idempotency_key.is_some() {
+                UNCONFIRMED_RETRY
+            } else {
+                e.error.message()
+            },
+            idempotency_key: e.idempotency_key,
         }
     }
 }
@@ -253,8 +297,8 @@ enum Outcome<T> {
     Error(ErrorObject),
 }
 
-impl<T> From<Result<T, ProtocolError>> for Outcome<T> {
-    fn from(r: Result<T, ProtocolError>) -> Self {
+impl<T> From<Result<T, MethodError>> for Outcome<T> {
+    fn from(r: Result<T, MethodError>) -> Self {
         match r {
             Ok(t) => Self::Result(t),
             Err(e) => Self::Error(e.into()),
@@ -285,7 +329,7 @@ async fn handle(
         Ok(result) => (StatusCode::OK, "ok", json(&Outcome::Result(result))),
         Err(Failure::Method(e)) => (
             StatusCode::OK,
-            e.label(),
+            e.error.label(),
             json(&Outcome::<()>::Error(e.into())),
         ),
         Err(Failure::Transport(status, e)) => {
@@ -384,7 +428,7 @@ fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Failure> {
 }
 
 fn raw<T: Serialize>(value: &T) -> Result<Box<RawValue>, Failure> {
-    serde_json::value::to_raw_value(value).map_err(|_| Failure::Method(ProtocolError::Internal))
+    serde_json::value::to_raw_value(value).map_err(|_| Failure::from(ProtocolError::Internal))
 }
 
 #[cfg(test)]
@@ -430,11 +474,19 @@ mod tests {
     fn replies_have_the_centrifugo_shape() {
         let ok: Outcome<methods::PublishResult> = Ok(methods::PublishResult::default()).into();
         assert_eq!(String::from_utf8(json(&ok)).unwrap(), r#"{"result":{}}"#);
-        let err: Outcome<()> = Err(ProtocolError::UnknownChannel).into();
+        let err: Outcome<()> = Err(MethodError::from(ProtocolError::UnknownChannel)).into();
         assert_eq!(
             String::from_utf8(json(&err)).unwrap(),
             r#"{"error":{"code":102,"message":"unknown channel"}}"#
         );
+        let unconfirmed: Outcome<()> = Err(MethodError {
+            error: ProtocolError::PublishUnconfirmed,
+            idempotency_key: Some("k1".into()),
+        })
+        .into();
+        let body: serde_json::Value = serde_json::from_slice(&json(&unconfirmed)).unwrap();
+        assert_eq!(body["error"]["code"], 100);
+        assert_eq!(body["error"]["idempotency_key"], "k1");
     }
 
     #[test]

@@ -66,8 +66,10 @@ pub struct Published {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PublishErrorKind {
-    /// No store commit was confirmed in time; retrying with the same
-    /// idempotency key is safe.
+    /// No store commit was confirmed in time: the publication may still be
+    /// stored. Retrying with the same idempotency key
+    /// ([`PublishError::idempotency_key`], which is the generated one when the
+    /// caller gave none) is safe; retrying without it may store a second copy.
     Timeout,
     /// The ingest stream is full or too many publishes are in flight.
     Backpressure,
@@ -82,6 +84,10 @@ pub enum PublishErrorKind {
 pub struct PublishError {
     pub kind: PublishErrorKind,
     pub message: String,
+    /// On `Timeout`: the idempotency key the publication went out with (the
+    /// caller's, or the one generated for it), so the caller can retry
+    /// without storing a second copy. `None` otherwise.
+    pub idempotency_key: Option<String>,
 }
 
 impl PublishError {
@@ -89,6 +95,7 @@ impl PublishError {
         Self {
             kind,
             message: message.into(),
+            idempotency_key: None,
         }
     }
 }
@@ -182,9 +189,9 @@ impl Publisher {
                 "too many publishes in flight",
             )
         })?;
-        let key = match req.idempotency_key {
-            Some(k) => k.to_string(),
-            None => uuid::Uuid::new_v4().simple().to_string(),
+        let (key, generated) = match req.idempotency_key {
+            Some(k) => (k.to_string(), false),
+            None => (uuid::Uuid::new_v4().simple().to_string(), true),
         };
         let body = IngestMessage {
             channel: req.channel.to_string(),
@@ -256,10 +263,23 @@ impl Publisher {
         .await;
         match outcome {
             Ok(r) => r,
-            Err(_) => Err(PublishError::new(
-                PublishErrorKind::Timeout,
-                "no store commit confirmed in time; retry with the same idempotency key",
-            )),
+            Err(_) => {
+                let message = if generated {
+                    format!(
+                        "no store commit confirmed in time; the publication may still be stored: \
+                         to retry without a second copy, publish again with idempotency key {key}"
+                    )
+                } else {
+                    "no store commit confirmed in time; the publication may still be stored: \
+                     retry with the same idempotency key"
+                        .to_string()
+                };
+                Err(PublishError {
+                    kind: PublishErrorKind::Timeout,
+                    message,
+                    idempotency_key: Some(key),
+                })
+            }
         }
     }
 

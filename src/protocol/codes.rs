@@ -23,12 +23,17 @@ pub enum ProtocolError {
     Expired,
     TooManyRequests,
     UnrecoverablePosition,
+    /// Code 100 like `Internal`, for a publish whose store commit was not
+    /// confirmed in time: it may still be stored, so the message says that a
+    /// retry may store a second copy, and it is not `temporary` (the client
+    /// protocol has no idempotency key to make a retry safe).
+    PublishUnconfirmed,
 }
 
 impl ProtocolError {
     pub fn code(self) -> u32 {
         match self {
-            Self::Internal => 100,
+            Self::Internal | Self::PublishUnconfirmed => 100,
             Self::Unauthorized => 101,
             Self::UnknownChannel => 102,
             Self::PermissionDenied => 103,
@@ -47,6 +52,10 @@ impl ProtocolError {
     pub fn message(self) -> &'static str {
         match self {
             Self::Internal => "internal server error",
+            Self::PublishUnconfirmed => {
+                "publish not confirmed in time: it may still be stored, so publishing again may \
+                 store a second copy"
+            }
             Self::Unauthorized => "unauthorized",
             Self::UnknownChannel => "unknown channel",
             Self::PermissionDenied => "permission denied",
@@ -70,7 +79,7 @@ impl ProtocolError {
     /// A short static label for metrics.
     pub fn label(self) -> &'static str {
         match self {
-            Self::Internal => "internal",
+            Self::Internal | Self::PublishUnconfirmed => "internal",
             Self::Unauthorized => "unauthorized",
             Self::UnknownChannel => "unknown_channel",
             Self::PermissionDenied => "permission_denied",

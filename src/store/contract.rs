@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::{
-    ChannelAppend, Direction, Position, ReadRange, SharedStore, StoreErrorKind, StoreOptions,
-    StoredPublication,
+    AppendHook, AppendStep, ChannelAppend, Direction, Position, ReadRange, SharedStore, StoreError,
+    StoreErrorKind, StoreOptions, StoredPublication,
 };
 
 /// The retention most cases open the store with.
@@ -48,6 +48,7 @@ where
 {
     append_and_read_back(&open).await;
     dense_offsets_and_paging(&open).await;
+    paging_while_appending(&open).await;
     heads_and_epochs(&open).await;
     conflicts_store_nothing(&open).await;
     idempotency_lookup(&open).await;
@@ -56,6 +57,364 @@ where
     restart_keeps_everything(&open).await;
     unknown_channel(&open).await;
     bytes_round_trip(&open).await;
+}
+
+/// The cases for a backend on which several handles (processes) can append
+/// to one store at once, each handle opened by `open` with an optional
+/// [`AppendHook`]. The embedded store cannot have two handles (its directory
+/// lock), and it checks and commits under one mutex, so no append can
+/// interleave with another there; it does not run these.
+pub async fn run_shared<F, Fut>(open: F)
+where
+    F: Fn(StoreOptions, Option<AppendHook>) -> Fut,
+    Fut: Future<Output = SharedStore>,
+{
+    stale_writer_cannot_overwrite(&open).await;
+    leftover_key_never_answers_for_another_message(&open).await;
+    failed_appends_are_retried(&open).await;
+}
+
+/// What the writer does after an append error: it retries the same batch.
+/// (1) The append failed before its commit: the retry stores the batch.
+/// (2) The append timed out but was applied: the retry is a `Conflict`, and
+/// the batch's keys answer their offsets (the writer's re-sequencing turns
+/// its messages into duplicates of what is stored).
+pub async fn failed_appends_are_retried<F, Fut>(open: &F)
+where
+    F: Fn(StoreOptions, Option<AppendHook>) -> Fut,
+    Fut: Future<Output = SharedStore>,
+{
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let inject = |at: AppendStep, failures: usize| -> (AppendHook, Arc<AtomicUsize>) {
+        let failures = Arc::new(AtomicUsize::new(failures));
+        let left = failures.clone();
+        let hook: AppendHook = Arc::new(move |step| {
+            let fail = step == at
+                && left
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+            Box::pin(async move {
+                if fail {
+                    return Err(StoreError::new(StoreErrorKind::Timeout, "injected timeout"));
+                }
+                Ok(())
+            })
+        });
+        (hook, failures)
+    };
+
+    let ch = channel("retry-before-commit");
+    let (hook, _) = inject(AppendStep::KeysWritten, 1);
+    let store = open(options(DAY), Some(hook)).await;
+    store
+        .append(&[append(&ch, "e", 1..=2)])
+        .await
+        .expect_err("injected");
+    assert_eq!(
+        store.position(&ch).await.expect("position"),
+        Position::default()
+    );
+    store
+        .append(&[with_key(append(&ch, "e", 1..=2), "k", 2)])
+        .await
+        .expect("the retry stores the batch");
+    assert_eq!(
+        store.read(&ch, forward(0, None, 10)).await.expect("read"),
+        (1..=2).map(|o| publication(&ch, o)).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        store.idempotent_offset(&ch, "k").await.expect("key"),
+        Some(2)
+    );
+    drop(store);
+
+    let ch = channel("retry-after-commit");
+    let (hook, failures) = inject(AppendStep::Committed, 0);
+    let store = open(options(DAY), Some(hook)).await;
+    store
+        .append(&[append(&ch, "e", 1..=2)])
+        .await
+        .expect("append 1..=2");
+    failures.store(1, Ordering::SeqCst);
+    let batch = [with_key(append(&ch, "e", 3..=4), "k3", 3)];
+    let err = store
+        .append(&batch)
+        .await
+        .expect_err("injected after the commit");
+    assert_eq!(err.kind, StoreErrorKind::Timeout, "{err}");
+    let err = store
+        .append(&batch)
+        .await
+        .expect_err("the retry of an applied batch");
+    assert_eq!(err.kind, StoreErrorKind::Conflict, "{err}");
+    assert_eq!(
+        store.position(&ch).await.expect("position"),
+        position(4, "e")
+    );
+    assert_eq!(
+        store.idempotent_offset(&ch, "k3").await.expect("key"),
+        Some(3)
+    );
+    assert_eq!(
+        store.read(&ch, forward(0, None, 10)).await.expect("read"),
+        (1..=4).map(|o| publication(&ch, o)).collect::<Vec<_>>()
+    );
+    store
+        .append(&[append(&ch, "e", 5..=5)])
+        .await
+        .expect("continues at 5");
+}
+
+/// Split brain (I8: the store enforces the fence). Writer A reads head 2 and
+/// stalls; writer B appends 3..=5 (acknowledged); A resumes with its own
+/// offset 3. A must get `Conflict`, and 3 must still hold B's publication,
+/// the head stay 5, A's key point nowhere. Twice: A stored 1..=2 itself (it
+/// may keep state from that commit), and A's first append.
+pub async fn stale_writer_cannot_overwrite<F, Fut>(open: &F)
+where
+    F: Fn(StoreOptions, Option<AppendHook>) -> Fut,
+    Fut: Future<Output = SharedStore>,
+{
+    for a_stored_before in [true, false] {
+        stale_writer_case(open, a_stored_before).await;
+    }
+}
+
+async fn stale_writer_case<F, Fut>(open: &F, a_stored_before: bool)
+where
+    F: Fn(StoreOptions, Option<AppendHook>) -> Fut,
+    Fut: Future<Output = SharedStore>,
+{
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let ch = channel(&format!("split-brain-{a_stored_before}"));
+    let armed = Arc::new(AtomicBool::new(false));
+    let reached = Arc::new(tokio::sync::Notify::new());
+    let resume = Arc::new(tokio::sync::Semaphore::new(0));
+    let hook: AppendHook = {
+        let (armed, reached, resume) = (armed.clone(), reached.clone(), resume.clone());
+        Arc::new(move |step| {
+            let pause = step == AppendStep::HeadsRead && armed.load(Ordering::SeqCst);
+            let (reached, resume) = (reached.clone(), resume.clone());
+            Box::pin(async move {
+                if pause {
+                    reached.notify_one();
+                    let _permit = resume.acquire().await;
+                }
+                Ok(())
+            })
+        })
+    };
+    let a = open(options(DAY), Some(hook)).await;
+    let b = open(options(DAY), None).await;
+    let first = if a_stored_before { &a } else { &b };
+    first
+        .append(&[append(&ch, "e", 1..=2)])
+        .await
+        .expect("append 1..=2");
+    armed.store(true, Ordering::SeqCst);
+
+    let mine = StoredPublication {
+        offset: 3,
+        data: Bytes::from_static(br#"{"from":"stale writer A"}"#),
+        info: None,
+        time_ms: 1,
+    };
+    let stale = ChannelAppend {
+        channel: ch.clone(),
+        epoch: "e".into(),
+        publications: vec![mine],
+        idempotency_keys: vec![("key-of-a".into(), 3)],
+    };
+    let task = tokio::spawn(async move { a.append(&[stale]).await });
+    reached.notified().await;
+    b.append(&[with_key(append(&ch, "e", 3..=5), "key-of-b", 3)])
+        .await
+        .expect("B appends 3..=5 while A is stalled");
+    resume.add_permits(1);
+    let result = task.await.expect("A's append task");
+    let err = result.expect_err("A, stalled past B's commit, must not append");
+    assert_eq!(err.kind, StoreErrorKind::Conflict, "{err}");
+
+    assert_eq!(b.position(&ch).await.expect("position"), position(5, "e"));
+    assert_eq!(
+        b.read(&ch, forward(0, None, 100)).await.expect("read"),
+        (1..=5).map(|o| publication(&ch, o)).collect::<Vec<_>>(),
+        "offset 3 holds B's publication"
+    );
+    assert_eq!(
+        b.idempotent_offset(&ch, "key-of-b").await.expect("key"),
+        Some(3)
+    );
+    assert_eq!(
+        b.idempotent_offset(&ch, "key-of-a").await.expect("key"),
+        None
+    );
+    // A (after reloading the head, as the writer does) continues at 6.
+    let a = open(options(DAY), None).await;
+    a.append(&[append(&ch, "e", 6..=6)])
+        .await
+        .expect("append 6");
+    assert_eq!(
+        offsets(&a.read(&ch, forward(0, None, 100)).await.expect("read")),
+        (1..=6).collect::<Vec<_>>()
+    );
+}
+
+/// An append fails between writing its idempotency key K1 (for offset 3) and
+/// committing; another publication is then committed at 3. K1 must not answer
+/// 3 (that is another message); stored again later, it answers its new offset.
+pub async fn leftover_key_never_answers_for_another_message<F, Fut>(open: &F)
+where
+    F: Fn(StoreOptions, Option<AppendHook>) -> Fut,
+    Fut: Future<Output = SharedStore>,
+{
+    let ch = channel("leftover-key");
+    let hook: AppendHook = std::sync::Arc::new(|step| {
+        Box::pin(async move {
+            if step == AppendStep::KeysWritten {
+                return Err(StoreError::new(
+                    StoreErrorKind::Unavailable,
+                    "injected: the process dies before the head is written",
+                ));
+            }
+            Ok(())
+        })
+    });
+    let crashing = open(options(DAY), Some(hook)).await;
+    let store = open(options(DAY), None).await;
+    store
+        .append(&[append(&ch, "e", 1..=2)])
+        .await
+        .expect("append 1..=2");
+
+    let err = crashing
+        .append(&[with_key(append(&ch, "e", 3..=3), "k1", 3)])
+        .await
+        .expect_err("the injected failure");
+    assert_eq!(err.kind, StoreErrorKind::Unavailable, "{err}");
+    assert_eq!(
+        store.position(&ch).await.expect("position"),
+        position(2, "e")
+    );
+    assert_eq!(store.idempotent_offset(&ch, "k1").await.expect("key"), None);
+
+    // The partition's new owner (another process) commits another message
+    // at 3.
+    drop(crashing);
+    let store = open(options(DAY), None).await;
+    let other = StoredPublication {
+        offset: 3,
+        data: Bytes::from_static(br#"{"another":"message"}"#),
+        info: None,
+        time_ms: 3,
+    };
+    store
+        .append(&[ChannelAppend {
+            channel: ch.clone(),
+            epoch: "e".into(),
+            publications: vec![other.clone()],
+            idempotency_keys: vec![("k2".into(), 3)],
+        }])
+        .await
+        .expect("another message at 3");
+    assert_eq!(
+        store.idempotent_offset(&ch, "k1").await.expect("key"),
+        None,
+        "k1's leftover key must not answer offset 3, which holds another message"
+    );
+    assert_eq!(
+        store.idempotent_offset(&ch, "k2").await.expect("key"),
+        Some(3)
+    );
+    assert_eq!(
+        store
+            .idempotent_offsets(&[(&ch, "k1"), (&ch, "k2")])
+            .await
+            .expect("keys"),
+        vec![None, Some(3)]
+    );
+
+    // K1 redelivered: stored at 4, and from then on it answers 4.
+    store
+        .append(&[with_key(append(&ch, "e", 4..=4), "k1", 4)])
+        .await
+        .expect("k1 again at 4");
+    assert_eq!(
+        store.idempotent_offset(&ch, "k1").await.expect("key"),
+        Some(4)
+    );
+    let stored = store.read(&ch, forward(0, None, 10)).await.expect("read");
+    assert_eq!(offsets(&stored), vec![1, 2, 3, 4]);
+    assert_eq!(stored[2], other);
+}
+
+/// A reader pages forward (and backward from the head it saw) while a writer
+/// appends batches of varying size to the same channel: every page is dense,
+/// in order, and never shows an offset the writer has not finished. With the
+/// ScyllaDB test buckets (8 offsets) this crosses hundreds of bucket edges.
+pub async fn paging_while_appending<F, Fut>(open: &F)
+where
+    F: Fn(StoreOptions) -> Fut,
+    Fut: Future<Output = SharedStore>,
+{
+    const TOTAL: u64 = 1500;
+    let store = open(options(DAY)).await;
+    let ch = channel("paging-while-appending");
+    let writer = {
+        let store = store.clone();
+        let ch = ch.clone();
+        tokio::spawn(async move {
+            let mut next = 1;
+            let mut size = 1;
+            while next <= TOTAL {
+                let last = (next + size - 1).min(TOTAL);
+                store
+                    .append(&[append(&ch, "e", next..=last)])
+                    .await
+                    .expect("append");
+                next = last + 1;
+                size = size % 23 + 5;
+            }
+        })
+    };
+    let mut after = 0;
+    let mut rounds = 0u64;
+    while after < TOTAL {
+        let page = store
+            .read(&ch, forward(after, None, 37))
+            .await
+            .expect("page while appending");
+        assert_eq!(
+            page,
+            (after + 1..=after + page.len() as u64)
+                .map(|o| publication(&ch, o))
+                .collect::<Vec<_>>(),
+            "a forward page is dense and continues the previous one"
+        );
+        after += page.len() as u64;
+        let head = store.position(&ch).await.expect("position").head;
+        assert!(head >= after, "a page never passes the head");
+        let back = store
+            .read(&ch, backward(0, None, 9))
+            .await
+            .expect("backward page while appending");
+        if let (Some(first), Some(last)) = (back.first(), back.last()) {
+            assert!(
+                first.offset >= head,
+                "a backward page starts at the head or later"
+            );
+            assert_eq!(first.offset - last.offset + 1, back.len() as u64, "dense");
+        }
+        rounds += 1;
+        if page.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        assert!(rounds < 1_000_000, "the reader makes progress");
+    }
+    writer.await.expect("writer task");
+    assert_eq!(store.position(&ch).await.expect("position").head, TOTAL);
 }
 
 /// Appends two batches and reads them back, whole and in parts.

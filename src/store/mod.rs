@@ -125,7 +125,11 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a whole batch atomically and durably (fsync or the configured
     /// consistency) before returning. Fails with `Conflict`, storing nothing,
     /// if any channel's first offset is not its stored head + 1 or its epoch
-    /// differs from the stored one.
+    /// differs from the stored one. A backend shared by several processes
+    /// (ScyllaDB) is atomic per channel: when a concurrent writer takes one
+    /// of the batch's channels mid-append, that channel gets nothing and the
+    /// others may be stored while `append` returns `Conflict` (the writer
+    /// re-sequences; the idempotency keys make what was stored duplicates).
     async fn append(&self, batch: &[ChannelAppend]) -> StoreResult<()>;
 
     /// Reads at most `range.limit` publications of a channel in the given
@@ -156,6 +160,26 @@ pub trait Store: Send + Sync + 'static {
 }
 
 pub type SharedStore = Arc<dyn Store>;
+
+/// A point inside a backend's `append` where an [`AppendHook`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendStep {
+    /// The batch's channels were read and checked; nothing is written yet.
+    HeadsRead,
+    /// Publications and idempotency keys are written; the heads are not.
+    KeysWritten,
+    /// Everything is committed; `append` has not returned yet (an error
+    /// injected here is a write that timed out but was applied).
+    Committed,
+}
+
+/// Test-only: called at each [`AppendStep`] of an append by a backend that
+/// accepts one (ScyllaDB: `ScyllaStore::with_append_hook`). It may pause (a
+/// writer stalled mid-append) or return an error (a failure injected at that
+/// point, which the append returns). Production code never sets one; the cost
+/// without one is a `None` check per step.
+pub type AppendHook =
+    Arc<dyn Fn(AppendStep) -> futures::future::BoxFuture<'static, StoreResult<()>> + Send + Sync>;
 
 /// Settings every backend shares.
 #[derive(Debug, Clone)]

@@ -3,39 +3,40 @@
 //!
 //! Layout (details and reasons in `schema/README.md`): `messages` partitioned
 //! by `(channel, bucket)` with `bucket = offset >> bucket_bits` (12: 4096
-//! offsets per partition) and clustered by offset; `channels` (head, epoch);
-//! `idempotency` ((channel, key) → offset) written `USING TTL` of the
-//! retention.
+//! offsets per partition) and clustered by offset; `channels` (head, epoch,
+//! fencing token); `idempotency` ((channel, key) → offset) written `USING
+//! TTL` of the retention.
 //!
-//! Every statement is prepared, marked idempotent, and runs at the configured
-//! consistency through a token- and DC-aware load-balancing policy.
+//! Every statement is prepared, marked idempotent (except the two LWTs), and
+//! runs at the configured consistency (never weaker than a quorum: the config
+//! refuses `one`/`local_one`) through a token- and DC-aware load-balancing
+//! policy.
 //!
-//! `append` checks each channel's head and epoch (one read per channel,
-//! concurrent), then writes the publications (one UNLOGGED batch per
-//! partition, chunked by size), then the idempotency keys, then the heads of
-//! every channel in one LOGGED batch, last. So a crash never leaves a head past
-//! stored publications, and a batch becomes visible in all its channels or in
-//! none. Reads read the head first and never return rows above it: rows a
-//! crashed append left above the head are invisible, and the next append of the
-//! same offsets overwrites them (same primary key).
+//! `append` enforces the writer fence itself (I8): each channel row holds a
+//! fencing token (`version`). An append checks each channel's head and epoch
+//! (one read per channel, concurrent, skipped when this handle's own last
+//! commit left it holding the token), takes the token with one lightweight
+//! transaction per channel (`IF version = <read>`), writes the publications
+//! (one UNLOGGED batch per partition, chunked by size) and the idempotency
+//! keys `USING TIMESTAMP <token>`, then commits each channel's head with one
+//! more LWT on the token, which also hands it the next token (so in steady
+//! state one LWT per channel per batch, never one per publication). A writer
+//! that lost the channel, however long it stalled, fails its claim or its
+//! commit, and its late writes carry an older timestamp than the newer
+//! owner's, so they never overwrite them. Reads read the head first and never
+//! return rows above it: rows a failed append left above the head are
+//! invisible, and the next append of those offsets (a newer token) overwrites
+//! them. A batch is atomic per channel, not across channels.
 //!
-//! The check and the writes are not one atomic step in ScyllaDB: two writers
-//! appending to the same channel at the same moment could both pass the check.
-//! There is deliberately no lightweight transaction (Paxos) here, neither per
-//! publication nor per batch: a conditional head update after the messages
-//! would not help (the loser has already overwritten the winner's rows), and
-//! one before them would leave the head past missing rows on a crash. The guard
-//! is one writer per partition (I8): leases, and a `Fence` checked right before
-//! each append (ARCHITECTURE.md, "Partition ownership"); the head check turns
-//! the stale writer of a non-simultaneous overlap into a `Conflict`.
+//! A key counts only if the publication at its offset carries the same write
+//! timestamp (was written by the same append), so a key a failed append left
+//! behind never answers for another publication.
 //!
 //! Idempotency keys expire by TTL (the retention when they were written); a
 //! lookup also ignores, and deletes, a key older than the current retention, so
 //! shortening the retention takes effect at once. `purge_expired_keys` has
 //! nothing to scan: it reports the keys such lookups deleted since its last
 //! call.
-//! A lookup ignores a key above the channel's head (keys are written before
-//! the head, so such a key belongs to an append that never completed).
 //!
 //! Does not know NATS, the writer or the protocol.
 
@@ -54,15 +55,15 @@ use scylla::client::session_builder::SessionBuilder;
 use scylla::errors::{DbError, ExecutionError, PrepareError, RequestAttemptError};
 use scylla::policies::load_balancing::DefaultPolicy;
 use scylla::response::query_result::QueryResult;
-use scylla::statement::Consistency;
 use scylla::statement::batch::{Batch, BatchStatement, BatchType};
 use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::{Consistency, SerialConsistency};
 
 use super::{
-    ChannelAppend, Direction, Position, ReadRange, Store, StoreError, StoreErrorKind, StoreOptions,
-    StoreResult, StoredPublication,
+    AppendHook, AppendStep, ChannelAppend, Direction, Position, ReadRange, Store, StoreError,
+    StoreErrorKind, StoreOptions, StoreResult, StoredPublication,
 };
-use crate::config::{ScyllaConfig, ScyllaConsistency};
+use crate::config::{ChannelsConfig, ScyllaConfig, ScyllaConsistency};
 
 /// Offsets per `messages` partition: 2^12.
 pub const BUCKET_BITS: u32 = 12;
@@ -76,11 +77,18 @@ pub struct Migration {
 }
 
 /// Every schema file, in the order `migrate` applies them.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    file: "001_init.cql",
-    cql: include_str!("../../schema/001_init.cql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        file: "001_init.cql",
+        cql: include_str!("../../schema/001_init.cql"),
+    },
+    Migration {
+        version: 2,
+        file: "002_fence.cql",
+        cql: include_str!("../../schema/002_fence.cql"),
+    },
+];
 
 /// Writes in flight at once within one append or read.
 const CONCURRENCY: usize = 32;
@@ -88,6 +96,8 @@ const CONCURRENCY: usize = 32;
 /// `batch_size_fail_threshold_in_kb` (1024) and near its warning (128).
 const BATCH_MAX_ROWS: usize = 64;
 const BATCH_MAX_BYTES: usize = 128 * 1024;
+/// Fencing tokens one handle keeps (about 100 bytes each plus the name).
+const FENCE_CACHE_MAX: usize = 100_000;
 /// The longest TTL CQL accepts (20 years).
 const MAX_TTL_SECS: u64 = 630_720_000;
 
@@ -100,6 +110,10 @@ pub struct ScyllaSettings {
     /// tests use a small value to cross bucket boundaries. Every process using
     /// a keyspace must use the same value.
     pub bucket_bits: u32,
+    /// The namespaces, for their `history_retention`: a channel's
+    /// publications are written with it as their TTL, so the database frees
+    /// them. `None` (e.g. `herald migrate`): no TTL.
+    pub channels: Option<ChannelsConfig>,
 }
 
 impl ScyllaSettings {
@@ -107,7 +121,14 @@ impl ScyllaSettings {
         Self {
             cluster: config.clone(),
             bucket_bits: BUCKET_BITS,
+            channels: None,
         }
+    }
+
+    /// Publications expire after their namespace's `history_retention`.
+    pub fn with_history_retention(mut self, channels: &ChannelsConfig) -> Self {
+        self.channels = Some(channels.clone());
+        self
     }
 }
 
@@ -115,9 +136,16 @@ fn consistency(c: ScyllaConsistency) -> Consistency {
     match c {
         ScyllaConsistency::LocalQuorum => Consistency::LocalQuorum,
         ScyllaConsistency::Quorum => Consistency::Quorum,
-        ScyllaConsistency::One => Consistency::One,
-        ScyllaConsistency::LocalOne => Consistency::LocalOne,
         ScyllaConsistency::All => Consistency::All,
+    }
+}
+
+/// The serial consistency of the fence's LWTs: Paxos among the local
+/// datacenter's replicas with `local_quorum`, among all replicas otherwise.
+fn serial_consistency(c: ScyllaConsistency) -> SerialConsistency {
+    match c {
+        ScyllaConsistency::LocalQuorum => SerialConsistency::LocalSerial,
+        ScyllaConsistency::Quorum | ScyllaConsistency::All => SerialConsistency::Serial,
     }
 }
 
@@ -130,6 +158,7 @@ async fn session(settings: &ScyllaSettings) -> StoreResult<Session> {
     }
     let profile = ExecutionProfile::builder()
         .consistency(consistency(settings.cluster.consistency))
+        .serial_consistency(Some(serial_consistency(settings.cluster.consistency)))
         .request_timeout(Some(settings.cluster.request_timeout))
         .load_balancing_policy(policy.build())
         .build();
@@ -194,7 +223,8 @@ pub struct MigrateReport {
 
 /// Creates the keyspace (with `settings.cluster.replication`) and the
 /// `schema_version` table, then applies each schema file not yet recorded
-/// there and records it. Every statement is `IF NOT EXISTS` and the session
+/// there and records it. Every statement is `IF NOT EXISTS` (an `ALTER TABLE …
+/// ADD` is skipped when the column exists) and the session
 /// waits for schema agreement after each, so running it twice, or from several
 /// processes at once, is safe.
 pub async fn migrate(settings: &ScyllaSettings) -> StoreResult<MigrateReport> {
@@ -228,6 +258,11 @@ pub async fn migrate(settings: &ScyllaSettings) -> StoreResult<MigrateReport> {
             continue;
         }
         for statement in statements(migration.cql, ks) {
+            if let Some((table, column)) = added_column(&statement) {
+                if column_exists(&session, ks, table, column).await? {
+                    continue;
+                }
+            }
             ddl(&session, &statement).await?;
         }
         session
@@ -257,6 +292,34 @@ async fn ddl(session: &Session, statement: &str) -> StoreResult<()> {
         )
     })?;
     Ok(())
+}
+
+/// `(table, column)` of an `ALTER TABLE ks.table ADD column type` statement.
+pub fn added_column(statement: &str) -> Option<(&str, &str)> {
+    let words: Vec<&str> = statement.split_whitespace().collect();
+    match words.as_slice() {
+        ["ALTER", "TABLE", table, "ADD", column, _type] => {
+            Some((table.rsplit('.').next()?, *column))
+        }
+        _ => None,
+    }
+}
+
+async fn column_exists(
+    session: &Session,
+    ks: &str,
+    table: &str,
+    column: &str,
+) -> StoreResult<bool> {
+    let result = session
+        .query_unpaged(
+            "SELECT column_name FROM system_schema.columns \
+             WHERE keyspace_name = ? AND table_name = ? AND column_name = ?",
+            (ks, table, column),
+        )
+        .await
+        .map_err(|e| execution_error("reading the schema", e))?;
+    Ok(rows_result(result)?.rows_num() > 0)
 }
 
 async fn versions(session: &Session, select: &PreparedStatement) -> StoreResult<Vec<i32>> {
@@ -336,8 +399,12 @@ pub fn bucket_queries(
 /// Prepared statements of the data path.
 struct Statements {
     read_head: PreparedStatement,
-    write_head: PreparedStatement,
+    /// LWT: take a channel's fencing token (`IF version = ?`).
+    claim: PreparedStatement,
+    /// LWT: the new head, epoch and token (`IF version = ?`).
+    commit: PreparedStatement,
     write_message: PreparedStatement,
+    read_message_time: PreparedStatement,
     read_asc: PreparedStatement,
     read_desc: PreparedStatement,
     write_key: PreparedStatement,
@@ -350,8 +417,45 @@ pub struct ScyllaStore {
     statements: Statements,
     options: StoreOptions,
     bucket_bits: u32,
+    /// Namespaces with a `history_retention` (publication TTLs).
+    channels: Option<ChannelsConfig>,
     /// Expired keys deleted by lookups since the last purge call.
     purged: AtomicU64,
+    /// Test-only pause / failure points inside `append` (never set in production).
+    hook: Option<AppendHook>,
+    /// The fencing tokens this handle holds: per channel, the token its own
+    /// last commit set, with that head. An append that continues such a head
+    /// skips the claim (one LWT per channel per batch, not two). At most
+    /// [`FENCE_CACHE_MAX`] entries (cleared when full: a miss only costs a
+    /// read and a claim).
+    fences: std::sync::Mutex<HashMap<String, Held>>,
+}
+
+/// A fencing token held by this handle, with the head and epoch it committed.
+#[derive(Debug, Clone)]
+struct Held {
+    version: i64,
+    head: u64,
+    epoch: String,
+}
+
+/// A `channels` row as read.
+#[derive(Debug, Clone, Default)]
+struct ChannelRow {
+    /// Head and epoch, once a first append has committed.
+    committed: Option<(u64, String)>,
+    /// The fencing token (`None`: never taken, or a row from schema version 1).
+    version: Option<i64>,
+}
+
+/// The next fencing token after `old`: larger than it, and than the current
+/// time in microseconds, so the writes stamped with it also win over rows
+/// written with ordinary (clock) timestamps before the fence existed.
+fn next_version(old: Option<i64>) -> i64 {
+    let now_us = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+    old.map_or(0, |v| v.saturating_add(1)).max(now_us)
 }
 
 impl ScyllaStore {
@@ -376,19 +480,35 @@ impl ScyllaStore {
         let statements = Statements {
             read_head: prepare(
                 &session,
-                format!("SELECT head, epoch FROM {ks}.channels WHERE channel = ?"),
+                format!("SELECT head, epoch, version FROM {ks}.channels WHERE channel = ?"),
             )
             .await?,
-            write_head: prepare(
+            claim: prepare_lwt(
                 &session,
-                format!("INSERT INTO {ks}.channels (channel, head, epoch) VALUES (?, ?, ?)"),
+                format!("UPDATE {ks}.channels SET version = ? WHERE channel = ? IF version = ?"),
+            )
+            .await?,
+            commit: prepare_lwt(
+                &session,
+                format!(
+                    "UPDATE {ks}.channels SET head = ?, epoch = ?, version = ? \
+                     WHERE channel = ? IF version = ?"
+                ),
             )
             .await?,
             write_message: prepare(
                 &session,
                 format!(
                     "INSERT INTO {ks}.messages (channel, bucket, offset, data, info, time_ms) \
-                     VALUES (?, ?, ?, ?, ?, ?)"
+                     VALUES (?, ?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?"
+                ),
+            )
+            .await?,
+            read_message_time: prepare(
+                &session,
+                format!(
+                    "SELECT WRITETIME(time_ms) FROM {ks}.messages \
+                     WHERE channel = ? AND bucket = ? AND offset = ?"
                 ),
             )
             .await?,
@@ -398,7 +518,7 @@ impl ScyllaStore {
                 &session,
                 format!(
                     "INSERT INTO {ks}.idempotency (channel, key, offset, stored_at_ms) \
-                     VALUES (?, ?, ?, ?) USING TTL ?"
+                     VALUES (?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?"
                 ),
             )
             .await?,
@@ -424,24 +544,90 @@ impl ScyllaStore {
             statements,
             options,
             bucket_bits: settings.bucket_bits,
+            channels: settings.channels.clone(),
             purged: AtomicU64::new(0),
+            hook: None,
+            fences: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
+    /// Test-only: runs `hook` at each [`AppendStep`] of every append.
+    pub fn with_append_hook(mut self, hook: AppendHook) -> Self {
+        self.hook = Some(hook);
+        self
+    }
+
+    /// The TTL of `channel`'s publications in seconds (its namespace's
+    /// `history_retention`, at least 1 s), or 0 (CQL: no TTL).
+    fn history_ttl(&self, channel: &str) -> i32 {
+        self.channels
+            .as_ref()
+            .and_then(|c| crate::channel::history_retention_of(channel, c))
+            .map_or(0, |r| {
+                i32::try_from(r.as_secs().clamp(1, MAX_TTL_SECS)).unwrap_or(i32::MAX)
+            })
+    }
+
+    async fn step(&self, step: AppendStep) -> StoreResult<()> {
+        match &self.hook {
+            Some(hook) => hook(step).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The committed head and epoch (`None`: nothing committed yet).
     async fn head(&self, channel: &str) -> StoreResult<Option<(u64, String)>> {
+        Ok(self.channel_row(channel).await?.committed)
+    }
+
+    /// A channel's row: committed head and epoch, and fencing token.
+    async fn channel_row(&self, channel: &str) -> StoreResult<ChannelRow> {
         let result = self
             .session
             .execute_unpaged(&self.statements.read_head, (channel,))
             .await
             .map_err(|e| execution_error("reading a channel head", e))?;
         let rows = rows_result(result)?;
-        match rows.maybe_first_row::<(i64, String)>().map_err(corrupt)? {
-            None => Ok(None),
-            Some((head, epoch)) => Ok(Some((from_i64(head)?, epoch))),
+        let row = rows
+            .maybe_first_row::<(Option<i64>, Option<String>, Option<i64>)>()
+            .map_err(corrupt)?;
+        Ok(match row {
+            None => ChannelRow::default(),
+            Some((head, epoch, version)) => ChannelRow {
+                committed: match (head, epoch) {
+                    (Some(head), Some(epoch)) if head > 0 => Some((from_i64(head)?, epoch)),
+                    _ => None,
+                },
+                version,
+            },
+        })
+    }
+
+    /// Runs the LWT `statement` and tells whether it applied.
+    async fn conditional(
+        &self,
+        what: &str,
+        statement: &PreparedStatement,
+        values: impl scylla::serialize::row::SerializeRow,
+    ) -> StoreResult<bool> {
+        let result = self
+            .session
+            .execute_unpaged(statement, values)
+            .await
+            .map_err(|e| execution_error(what, e))?;
+        let rows = rows_result(result)?;
+        let row = rows.first_row::<scylla::value::Row>().map_err(corrupt)?;
+        match row.columns.first() {
+            Some(Some(scylla::value::CqlValue::Boolean(applied))) => Ok(*applied),
+            other => Err(corrupt(format!("{what}: no [applied] column ({other:?})"))),
         }
     }
 
-    async fn write_messages(&self, batch: &[ChannelAppend]) -> StoreResult<()> {
+    async fn write_messages(
+        &self,
+        batch: &[ChannelAppend],
+        versions: &HashMap<&str, i64>,
+    ) -> StoreResult<()> {
         // Publications grouped by partition, each group chunked by size.
         let mut partitions: BTreeMap<(&str, u64), Vec<&StoredPublication>> = BTreeMap::new();
         for entry in batch {
@@ -471,7 +657,10 @@ impl ScyllaStore {
         }
         let writes: Vec<_> = chunks
             .into_iter()
-            .map(|(channel, bucket, publications)| self.write_chunk(channel, bucket, publications))
+            .map(|(channel, bucket, publications)| {
+                let version = versions.get(channel).copied().unwrap_or_default();
+                self.write_chunk(channel, bucket, version, publications)
+            })
             .collect();
         all_bounded(writes).await.map(drop)
     }
@@ -480,8 +669,10 @@ impl ScyllaStore {
         &self,
         channel: &str,
         bucket: u64,
+        version: i64,
         publications: Vec<&StoredPublication>,
     ) -> StoreResult<()> {
+        let ttl = self.history_ttl(channel);
         let mut rows = Vec::with_capacity(publications.len());
         for p in &publications {
             rows.push((
@@ -491,6 +682,8 @@ impl ScyllaStore {
                 p.data.as_ref(),
                 p.info.as_deref(),
                 to_i64(p.time_ms)?,
+                ttl,
+                version,
             ));
         }
         let batch = batch_of(
@@ -505,7 +698,11 @@ impl ScyllaStore {
         Ok(())
     }
 
-    async fn write_keys(&self, batch: &[ChannelAppend]) -> StoreResult<()> {
+    async fn write_keys(
+        &self,
+        batch: &[ChannelAppend],
+        versions: &HashMap<&str, i64>,
+    ) -> StoreResult<()> {
         let ttl = i32::try_from(
             self.options
                 .idempotency_retention
@@ -524,7 +721,10 @@ impl ScyllaStore {
             .collect();
         let writes: Vec<_> = keys
             .into_iter()
-            .map(|(channel, key, offset)| self.write_key(channel, key, offset, stored_at, ttl))
+            .map(|(channel, key, offset)| {
+                let version = versions.get(channel).copied().unwrap_or_default();
+                self.write_key(channel, key, offset, stored_at, ttl, version)
+            })
             .collect();
         all_bounded(writes).await.map(drop)
     }
@@ -536,11 +736,12 @@ impl ScyllaStore {
         offset: u64,
         stored_at_ms: i64,
         ttl: i32,
+        version: i64,
     ) -> StoreResult<()> {
         self.session
             .execute_unpaged(
                 &self.statements.write_key,
-                (channel, key, to_i64(offset)?, stored_at_ms, ttl),
+                (channel, key, to_i64(offset)?, stored_at_ms, ttl, version),
             )
             .await
             .map_err(|e| execution_error("writing an idempotency key", e))?;
@@ -576,6 +777,16 @@ fn batch_of(kind: BatchType, statement: &PreparedStatement, n: usize) -> Batch {
     batch
 }
 
+/// A conditional (LWT) statement: not marked idempotent, so the driver
+/// never retries it on its own (a retry of an applied one would report "not
+/// applied"); a timeout reaches the writer, which reloads the head.
+async fn prepare_lwt(session: &Session, cql: String) -> StoreResult<PreparedStatement> {
+    session
+        .prepare(cql)
+        .await
+        .map_err(|e| prepare_error("preparing a statement", e))
+}
+
 async fn prepare(session: &Session, cql: String) -> StoreResult<PreparedStatement> {
     let mut statement = session
         .prepare(cql)
@@ -609,10 +820,48 @@ impl Store for ScyllaStore {
                 order.push(&entry.channel);
             }
         }
-        let reads: Vec<_> = order.iter().map(|channel| self.head(channel)).collect();
-        let stored = all_bounded(reads).await?;
-        let mut heads: HashMap<&str, Option<(u64, String)>> =
-            order.iter().copied().zip(stored).collect();
+        // Each channel's state: the token this handle kept from its own last
+        // commit when the batch continues it, else the stored row.
+        let mut held: HashMap<&str, Held> = HashMap::new();
+        {
+            let mut cache = self.fences.lock().unwrap_or_else(|e| e.into_inner());
+            for channel in &order {
+                // Taken out: put back only by this append's commit, so a
+                // failed or concurrent append never reuses a stale token.
+                if let Some(h) = cache.remove(*channel) {
+                    held.insert(channel, h);
+                }
+            }
+        }
+        let mut rows: HashMap<&str, ChannelRow> = HashMap::new();
+        let mut unread: Vec<&str> = Vec::new();
+        for channel in &order {
+            let entry = batch
+                .iter()
+                .find(|e| e.channel == *channel)
+                .expect("every channel of `order` has an entry");
+            let fits = held.get(channel).is_some_and(|h| {
+                h.head + 1 == entry.publications[0].offset && h.epoch == entry.epoch
+            });
+            if !fits {
+                held.remove(channel);
+                unread.push(channel);
+            }
+        }
+        let reads: Vec<_> = unread.iter().map(|c| self.channel_row(c)).collect();
+        for (channel, row) in unread.iter().copied().zip(all_bounded(reads).await?) {
+            rows.insert(channel, row);
+        }
+        let mut heads: HashMap<&str, Option<(u64, String)>> = order
+            .iter()
+            .map(|c| {
+                let state = match held.get(c) {
+                    Some(h) => Some((h.head, h.epoch.clone())),
+                    None => rows.get(c).and_then(|r| r.committed.clone()),
+                };
+                (*c, state)
+            })
+            .collect();
         for entry in batch {
             let current = heads.entry(entry.channel.as_str()).or_default();
             let (head, epoch) = match current {
@@ -635,23 +884,94 @@ impl Store for ScyllaStore {
             let last = entry.publications[entry.publications.len() - 1].offset;
             *current = Some((last, entry.epoch.clone()));
         }
+        self.step(AppendStep::HeadsRead).await?;
 
-        self.write_messages(batch).await?;
-        self.write_keys(batch).await?;
-        // The heads last, all in one logged batch: visible in every channel or
-        // in none, and never past stored publications.
-        let mut rows = Vec::with_capacity(order.len());
-        for channel in &order {
-            if let Some(Some((head, epoch))) = heads.get(channel) {
-                rows.push((*channel, to_i64(*head)?, epoch.as_str()));
+        // The fence (I8): every channel's token, taken with one LWT per
+        // channel unless this handle already holds it. A writer that lost the
+        // channel since fails here or at its commit, and every write it makes
+        // meanwhile carries its older token as the write timestamp, so it
+        // loses to the newer owner's writes of the same rows and keys.
+        let claims: Vec<_> = unread
+            .iter()
+            .map(|channel| {
+                let old = rows.get(channel).and_then(|r| r.version);
+                let new = next_version(old);
+                async move {
+                    let applied = self
+                        .conditional(
+                            "taking a channel's fencing token",
+                            &self.statements.claim,
+                            (new, *channel, old),
+                        )
+                        .await?;
+                    if !applied {
+                        return Err(conflict(channel, "another writer appended meanwhile"));
+                    }
+                    Ok((*channel, new))
+                }
+            })
+            .collect();
+        let mut versions: HashMap<&str, i64> = all_bounded(claims).await?.into_iter().collect();
+        for (channel, h) in &held {
+            versions.insert(channel, h.version);
+        }
+
+        self.write_messages(batch, &versions).await?;
+        self.write_keys(batch, &versions).await?;
+        self.step(AppendStep::KeysWritten).await?;
+
+        // The heads last, each with an LWT on the token it holds: a stale
+        // writer's commit does not apply, so it can never move a head back.
+        let commits: Vec<_> = order
+            .iter()
+            .map(|channel| {
+                let version = versions[channel];
+                let (head, epoch) = heads[channel].clone().expect("checked above");
+                let next = next_version(Some(version));
+                async move {
+                    let applied = self
+                        .conditional(
+                            "writing a channel head",
+                            &self.statements.commit,
+                            (to_i64(head)?, epoch.as_str(), next, *channel, version),
+                        )
+                        .await?;
+                    if !applied {
+                        return Err(conflict(channel, "another writer appended meanwhile"));
+                    }
+                    Ok((
+                        *channel,
+                        Held {
+                            version: next,
+                            head,
+                            epoch,
+                        },
+                    ))
+                }
+            })
+            .collect();
+        let committed = futures::future::join_all(commits).await;
+        let mut first_error = None;
+        {
+            let mut cache = self.fences.lock().unwrap_or_else(|e| e.into_inner());
+            for result in committed {
+                match result {
+                    Ok((channel, h)) => {
+                        if cache.len() >= FENCE_CACHE_MAX {
+                            cache.clear();
+                        }
+                        cache.insert(channel.to_string(), h);
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
             }
         }
-        let logged = batch_of(BatchType::Logged, &self.statements.write_head, rows.len());
-        self.session
-            .batch(&logged, rows)
-            .await
-            .map_err(|e| execution_error("writing channel heads", e))?;
-        Ok(())
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        self.step(AppendStep::Committed).await
     }
 
     async fn read(&self, channel: &str, range: ReadRange) -> StoreResult<Vec<StoredPublication>> {
@@ -665,6 +985,10 @@ impl Store for ScyllaStore {
             Direction::Forward => (&self.statements.read_asc, lo),
             Direction::Backward => (&self.statements.read_desc, hi),
         };
+        // With a history TTL, offsets below the head may have expired: the
+        // page holds what is left. Without one, every offset up to the head
+        // must be readable.
+        let expiring = self.history_ttl(channel) > 0;
         let mut out = Vec::with_capacity(range.limit.min(1024));
         for query in bucket_queries(lo, hi, range.direction, self.bucket_bits) {
             let want = range.limit - out.len();
@@ -695,7 +1019,7 @@ impl Store for ScyllaStore {
                 let offset = from_i64(offset)?;
                 // Every offset up to the head is stored before the head is;
                 // a hole means this replica set has not seen it yet.
-                if offset != expected {
+                if offset != expected && !expiring {
                     return Err(StoreError::new(
                         StoreErrorKind::Unavailable,
                         format!(
@@ -705,8 +1029,8 @@ impl Store for ScyllaStore {
                     ));
                 }
                 expected = match range.direction {
-                    Direction::Forward => expected + 1,
-                    Direction::Backward => expected.saturating_sub(1),
+                    Direction::Forward => offset + 1,
+                    Direction::Backward => offset.saturating_sub(1),
                 };
                 out.push(StoredPublication {
                     offset,
@@ -716,7 +1040,7 @@ impl Store for ScyllaStore {
                 });
             }
         }
-        let complete = out.len() == range.limit || (hi - lo + 1) as usize == out.len();
+        let complete = expiring || out.len() == range.limit || (hi - lo + 1) as usize == out.len();
         if !complete {
             return Err(StoreError::new(
                 StoreErrorKind::Unavailable,
@@ -754,7 +1078,36 @@ impl Store for ScyllaStore {
             // to an append that never completed, and does not count.
             let offset = from_i64(offset)?;
             let head = self.head(channel).await?.map_or(0, |(head, _)| head);
-            return Ok((offset <= head).then_some(offset));
+            if offset > head {
+                return Ok(None);
+            }
+            // A key counts only if the publication at its offset was written
+            // by the same append: both carry that append's fencing token as
+            // their write timestamp. A key an uncommitted append left behind
+            // (then another publication committed at that offset) does not.
+            let result = self
+                .session
+                .execute_unpaged(
+                    &self.statements.read_message_time,
+                    (
+                        channel,
+                        to_i64(bucket(offset, self.bucket_bits))?,
+                        to_i64(offset)?,
+                    ),
+                )
+                .await
+                .map_err(|e| execution_error("reading a publication's write time", e))?;
+            let row_written_at = rows_result(result)?
+                .maybe_first_row::<(Option<i64>,)>()
+                .map_err(corrupt)?
+                .and_then(|(t,)| t);
+            return Ok(match row_written_at {
+                Some(t) => (t == written_at).then_some(offset),
+                // Expired with its namespace's history retention: the key
+                // still answers (its TTL is the idempotency retention).
+                None if self.history_ttl(channel) > 0 => Some(offset),
+                None => None,
+            });
         }
         // Older than the current retention: delete it, but only the write we
         // read (a delete at that timestamp does not shadow a later store).
@@ -982,7 +1335,11 @@ mod tests {
             let statements = statements(m.cql, "herald_test");
             assert!(!statements.is_empty(), "{}", m.file);
             for s in statements {
-                assert!(s.contains("IF NOT EXISTS"), "{}: {s}", m.file);
+                assert!(
+                    s.contains("IF NOT EXISTS") || added_column(&s).is_some(),
+                    "{}: {s}",
+                    m.file
+                );
                 assert!(s.contains("herald_test."), "{}: {s}", m.file);
                 assert!(!s.contains("--") && !s.contains('{'), "{}: {s}", m.file);
             }
@@ -999,12 +1356,22 @@ mod tests {
         for (name, level) in [
             ("local_quorum", Consistency::LocalQuorum),
             ("quorum", Consistency::Quorum),
-            ("one", Consistency::One),
-            ("local_one", Consistency::LocalOne),
             ("all", Consistency::All),
         ] {
             let parsed = ScyllaConsistency::parse(name).expect(name);
             assert_eq!(consistency(parsed), level, "{name}");
+        }
+        assert_eq!(
+            serial_consistency(ScyllaConsistency::LocalQuorum),
+            SerialConsistency::LocalSerial
+        );
+        assert_eq!(
+            serial_consistency(ScyllaConsistency::Quorum),
+            SerialConsistency::Serial
+        );
+        for weak in ["one", "local_one"] {
+            let e = ScyllaConsistency::parse(weak).expect_err(weak);
+            assert!(e.contains("cannot guarantee"), "{e}");
         }
         assert!(ScyllaConsistency::parse("two").is_err());
         assert!(ScyllaConsistency::parse("").is_err());

@@ -8,7 +8,9 @@
 //! not rewritten within it disappears, so a dead instance's membership and
 //! leases end by themselves. Each instance sets `max_age` to two thirds of its
 //! `failover_timeout` (so lease expiry plus a survivor's next look fit inside
-//! it) when it starts and follows the bucket's current value.
+//! it) when it starts and follows the bucket's current value, read from the
+//! server after every round of renewals, so a fence never outlasts a lease
+//! another instance shortened.
 //!
 //! Every period (a third of the lease time, jittered), and soon after the
 //! watch on the bucket shows a member joining or leaving or a lease freed, an
@@ -101,7 +103,8 @@ struct Ownership {
     id: Arc<str>,
     partitions: u32,
     failover_timeout: Duration,
-    /// min(failover_timeout, the bucket's max_age): the local lease time.
+    /// min(failover_timeout, the bucket's max_age): the local lease time,
+    /// re-read from the server after every round of renewals.
     lease_time: Duration,
     kv: kv::Store,
     leases: BTreeMap<u32, Lease>,
@@ -283,7 +286,26 @@ impl Ownership {
 
     async fn tick(&mut self) {
         let (alive, renewals) = tokio::join!(self.heartbeat(), self.renew_all());
-        self.apply_renewals(renewals);
+        // The bucket's max_age now, read after the renewals were sent: the
+        // fences they open never outlast the shortest lease any instance set.
+        let lease_time = if renewals.is_empty() {
+            Ok(self.lease_time)
+        } else {
+            self.bounded(current_lease_time(&self.kv, self.failover_timeout))
+                .await
+        };
+        let lease_time = match lease_time {
+            Ok(lease_time) => {
+                self.lease_time = lease_time;
+                Some(lease_time)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "reading the writers bucket's max_age failed; fences not extended");
+                count_error();
+                None
+            }
+        };
+        self.apply_renewals(renewals, lease_time);
         if !alive {
             return;
         }
@@ -353,7 +375,10 @@ impl Ownership {
         }
     }
 
-    fn apply_renewals(&mut self, renewals: Vec<(u32, Renewal)>) {
+    /// Records the renewals; a renewed lease's fence moves to its send time +
+    /// `lease_time`, or stays where it is when `lease_time` is unknown (the
+    /// bucket's current `max_age` could not be read).
+    fn apply_renewals(&mut self, renewals: Vec<(u32, Renewal)>, lease_time: Option<Duration>) {
         let mut lost = Vec::new();
         let mut failed = 0usize;
         let mut first_error = None;
@@ -364,7 +389,10 @@ impl Ownership {
             match renewal {
                 Renewal::Renewed { revision, sent } => {
                     lease.revision = revision;
-                    let until = sent + self.lease_time;
+                    let Some(lease_time) = lease_time else {
+                        continue;
+                    };
+                    let until = sent + lease_time;
                     lease.expiry.send_if_modified(|e| {
                         let later = until > *e;
                         if later {
@@ -827,6 +855,19 @@ fn lease_target(failover_timeout: Duration) -> Duration {
 
 /// The lease time a writer counts with: never longer than the bucket's
 /// `max_age`, after which the server forgets the lease.
+/// The lease time a renewal may count on: min(this instance's target, the
+/// bucket's `max_age` as the server has it now). Read after every round of
+/// renewals, not taken from the last listing: another instance with a
+/// shorter `writer_failover_timeout` may have shortened `max_age` since, and
+/// the server expires our keys by the current value.
+async fn current_lease_time(
+    kv: &kv::Store,
+    failover_timeout: Duration,
+) -> Result<Duration, String> {
+    let info = kv.stream.get_info().await.map_err(|e| e.to_string())?;
+    Ok(effective_lease_time(failover_timeout, info.config.max_age))
+}
+
 fn effective_lease_time(failover_timeout: Duration, max_age: Duration) -> Duration {
     if max_age.is_zero() {
         failover_timeout
@@ -861,6 +902,49 @@ fn count_error() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 16 §5d: another instance shrinks the bucket's `max_age` from 10 s
+    /// to 2 s; this instance, configured for 10 s, renews: the fence that
+    /// renewal opens ends at most 2 s after it was sent (the server expires
+    /// the key by the current `max_age`). A real nats-server.
+    #[tokio::test]
+    async fn a_max_age_shrunk_by_another_instance_bounds_the_next_renewal() {
+        let bin = std::env::var("HERALD_TEST_NATS_SERVER").map_or_else(
+            |_| {
+                std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join(".tools/py/bin/nats-server")
+            },
+            std::path::PathBuf::from,
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let server = crate::bus::server::NatsServer::start(&bin, dir.path())
+            .await
+            .expect("start nats-server (HERALD_TEST_NATS_SERVER)");
+        let client = async_nats::connect(&server.url).await.expect("connect");
+        let js = async_nats::jetstream::new(client);
+        let shutdown = CancellationToken::new();
+        let ten = Duration::from_secs(10);
+        let two = Duration::from_secs(2);
+
+        let kv = open_bucket(&js, ten, 1, &shutdown).await.expect("bucket");
+        assert_eq!(current_lease_time(&kv, ten).await.expect("lease time"), ten);
+        let key = subjects::partition_lease_key(0);
+        let revision = kv.create(&key, "me".into()).await.expect("take a lease");
+
+        // Another instance, configured for 2 s, opens the bucket.
+        let other = open_bucket(&js, two, 1, &shutdown).await.expect("bucket");
+        assert_eq!(other.stream.cached_info().config.max_age, two);
+
+        let sent = Instant::now();
+        kv.update(&key, "me".into(), revision).await.expect("renew");
+        let lease_time = current_lease_time(&kv, ten).await.expect("lease time");
+        let expiry = sent + lease_time;
+        assert!(
+            expiry <= sent + two,
+            "the fence would end {lease_time:?} after the renewal, past the server's 2 s"
+        );
+        server.stop().await;
+    }
 
     #[test]
     fn takeover_fits_the_configured_bound() {

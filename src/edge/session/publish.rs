@@ -51,9 +51,10 @@ impl Session {
                 tracing::debug!(error = %e, "client publish failed");
                 match e.kind {
                     PublishErrorKind::Backpressure => ProtocolError::TooManyRequests,
-                    PublishErrorKind::Timeout
-                    | PublishErrorKind::Unavailable
-                    | PublishErrorKind::Rejected => ProtocolError::Internal,
+                    PublishErrorKind::Timeout => ProtocolError::PublishUnconfirmed,
+                    PublishErrorKind::Unavailable | PublishErrorKind::Rejected => {
+                        ProtocolError::Internal
+                    }
                 }
             })?;
         Ok(Some(ReplyResult::Publish(PublishResult {
