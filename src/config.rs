@@ -33,7 +33,8 @@ options! {
     "nats_url" = "nats://127.0.0.1:4222" : "NATS server (>= 2.10 with JetStream) to connect to.";
     "nats_autostart" = "true" : "`serve` only: when no NATS answers at nats_url, start nats-server from PATH as a child process.";
     "nats_server_bin" = "nats-server" : "The nats-server binary used by nats_autostart.";
-    "token_hmac_secret" = "" : "HS256 secret of client connection and subscription JWTs. `serve` generates one in data_dir when unset.";
+    "token_hmac_secret" = "" : "HMAC (HS256/384/512) secret of client connection and subscription JWTs. `serve` generates one in data_dir when unset.";
+    "token_require_exp" = "false" : "Refuse connection and subscription tokens without `exp` (invalid token, 3500 / 103). Off, as in Centrifugo: such a token never expires.";
     "api_key" = "" : "Key of the server HTTP API (X-API-Key or `Authorization: apikey`). Empty disables the API (404).";
     "log" = "info,lsm_tree=warn,fjall=warn" : "Log filter (tracing EnvFilter syntax), e.g. `info,herald=debug`.";
     "log_format" = "text" : "`text` for humans, `json` for machines.";
@@ -115,6 +116,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub nats: NatsConfig,
     pub token_hmac_secret: Option<Secret>,
+    pub token_require_exp: bool,
     pub api_key: Option<Secret>,
     pub log: String,
     pub log_format: LogFormat,
@@ -393,6 +395,7 @@ impl Config {
                 server_bin: PathBuf::from(p.string("nats_server_bin")),
             },
             token_hmac_secret: p.optional_secret("token_hmac_secret"),
+            token_require_exp: p.parse("token_require_exp", parse_bool),
             api_key: p.optional_secret("api_key"),
             log: p.string("log"),
             log_format: p.parse("log_format", |s| match s {

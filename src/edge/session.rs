@@ -386,10 +386,9 @@ impl Session {
         self.authed = Some(Authed {
             user: claims.sub.clone(),
             conn_info: claims.info.clone(),
-            expires_at: Some(close_deadline(
-                claims.exp,
-                self.edge.settings.client.expired_close_delay,
-            )),
+            expires_at: claims
+                .exp
+                .map(|exp| close_deadline(exp, self.edge.settings.client.expired_close_delay)),
         });
         self.edge.set_user(self.id, &claims.sub);
         metrics::counter!(m::CONNECTS_TOTAL).increment(1);
@@ -429,8 +428,8 @@ impl Session {
         let result = ConnectResult {
             client: self.client_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            expires: true,
-            ttl: ttl(claims.exp),
+            expires: claims.exp.is_some(),
+            ttl: claims.exp.map_or(0, ttl),
             subs,
             ping: self.edge.settings.client.ping_interval.as_secs().max(1) as u32,
             pong: true,
@@ -564,9 +563,9 @@ impl Session {
         channel.check_subscribe(&user, token_claims.is_some())?;
         let recover = req.recover.then(|| (req.offset, req.epoch.clone()));
         let mut p = self.prepare(&channel, recover).await?;
-        if let Some(c) = &token_claims {
+        if let Some(exp) = token_claims.as_ref().and_then(|c| c.exp) {
             p.result.expires = true;
-            p.result.ttl = ttl(c.exp);
+            p.result.ttl = ttl(exp);
         }
         let reply = protocol::encode_reply(&Reply::ok(
             id,
@@ -575,7 +574,8 @@ impl Session {
         let sub = SubOptions {
             expires_at: token_claims
                 .as_ref()
-                .map(|c| close_deadline(c.exp, self.edge.settings.client.expired_close_delay)),
+                .and_then(|c| c.exp)
+                .map(|exp| close_deadline(exp, self.edge.settings.client.expired_close_delay)),
             chan_info: token_claims.and_then(|c| c.info),
             private: channel.private,
         };
@@ -692,15 +692,14 @@ impl Session {
         if claims.sub != authed.user {
             return Err(Fail::Close(Disconnect::INVALID_TOKEN));
         }
-        authed.expires_at = Some(close_deadline(
-            claims.exp,
-            self.edge.settings.client.expired_close_delay,
-        ));
+        authed.expires_at = claims
+            .exp
+            .map(|exp| close_deadline(exp, self.edge.settings.client.expired_close_delay));
         Ok(Some(ReplyResult::Refresh(RefreshResult {
             client: self.client_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            expires: true,
-            ttl: ttl(claims.exp),
+            expires: claims.exp.is_some(),
+            ttl: claims.exp.map_or(0, ttl),
         })))
     }
 
@@ -720,13 +719,12 @@ impl Session {
             .get_mut(&req.channel)
             .filter(|s| !s.subscriber.is_dead())
             .ok_or(ProtocolError::PermissionDenied)?;
-        sub.expires_at = Some(close_deadline(
-            claims.exp,
-            self.edge.settings.client.expired_close_delay,
-        ));
+        sub.expires_at = claims
+            .exp
+            .map(|exp| close_deadline(exp, self.edge.settings.client.expired_close_delay));
         Ok(Some(ReplyResult::SubRefresh(SubRefreshResult {
-            expires: true,
-            ttl: ttl(claims.exp),
+            expires: claims.exp.is_some(),
+            ttl: claims.exp.map_or(0, ttl),
         })))
     }
 }

@@ -228,7 +228,9 @@ fn encode(
     let last_offset = publications.last().map(|p| p.offset);
     let mut encoded = Vec::with_capacity(publications.len());
     for p in publications {
-        let bytes = encode_publication(&p.data, p.info.as_deref(), p.offset);
+        // History pages carry the epoch once, beside the page; only the live
+        // push of a stream's first publication repeats it (the writer's).
+        let bytes = encode_publication(&p.data, p.info.as_deref(), p.offset, "");
         // The store holds the JSON it was given; text that is not JSON (or
         // not UTF-8) means a damaged record.
         let text = String::from_utf8(Vec::from(bytes)).map_err(|_| {
