@@ -847,6 +847,139 @@ fn scripts() -> Vec<Script> {
             .differs("oversized-frame-close"),
     );
 
+    // -- more bad input and edge cases of commands
+    s.push(
+        Script::new("a command without an id")
+            .open(0)
+            .send(0, json!({"connect": {"token": token("u-noid")}}))
+            .closed(0)
+            .differs("command-without-id"),
+    );
+    s.push(
+        Script::new("a blank frame")
+            .connect(0, &token("u-blank"))
+            .send_text(0, "\n \n")
+            .closed(0)
+            .differs("disconnect-push-before-close"),
+    );
+    s.push(
+        Script::new("a pong before connect")
+            .open(0)
+            .send_text(0, "{}")
+            .send(0, json!({"id": 1, "connect": {"token": token("u-pong")}}))
+            .recv(0, 1)
+            .differs("pong-before-connect"),
+    );
+    s.push(
+        Script::new("publish without data")
+            .connect(0, &token("u-nodata"))
+            .send(0, json!({"id": 2, "publish": {"channel": "feed:nodata"}}))
+            .recv(0, 1),
+    );
+    s.push(
+        Script::new("history with a limit of the wrong type")
+            .connect(0, &token("u-badtype"))
+            .send(
+                0,
+                json!({"id": 2, "history": {"channel": "hist-t", "limit": "ten"}}),
+            )
+            .closed(0)
+            .differs("disconnect-push-before-close"),
+    );
+    s.push(
+        Script::new("rpc and send without a handler")
+            .connect(0, &token("u-rpc"))
+            .call(0, json!({"id": 2, "rpc": {"method": "m", "data": {}}}), 1)
+            .send(0, json!({"send": {"data": {"x": 1}}}))
+            .closed(0)
+            .differs("send-without-handler"),
+    );
+    s.push(
+        Script::new("subscribe with recover into a channel without history")
+            .connect(0, &token("u-rec-nohist"))
+            .call(
+                0,
+                json!({"id": 2, "subscribe": {"channel": "feed:rec", "recover": true, "offset": 3, "epoch": "e"}}),
+                1,
+            )
+            .differs("was-recovering-without-history"),
+    );
+    s.push(
+        Script::new("subscribe with recover from a future offset, and with an empty epoch")
+            .api("publish", json!({"channel": "rec-f", "data": 1}))
+            .capture("epoch", "/body/result/epoch")
+            .connect(0, &token("u-rec-f"))
+            .send_text(
+                0,
+                r#"{"id":2,"subscribe":{"channel":"rec-f","recover":true,"offset":7,"epoch":"${epoch}"}}"#,
+            )
+            .recv(0, 1)
+            .differs("positioned-flag")
+            .call(0, json!({"id": 3, "unsubscribe": {"channel": "rec-f"}}), 1)
+            .call(
+                0,
+                json!({"id": 4, "subscribe": {"channel": "rec-f", "recover": true, "offset": 0, "epoch": ""}}),
+                1,
+            )
+            .differs("recovered-subscribe-offset"),
+    );
+    s.push(
+        Script::new("subscribe asking for delta, a flag, a type")
+            .connect(0, &token("u-fields"))
+            .call(
+                0,
+                json!({"id": 2, "subscribe": {"channel": "feed:delta", "delta": "fossil"}}),
+                1,
+            )
+            .call(
+                0,
+                json!({"id": 3, "subscribe": {"channel": "feed:flag", "flag": 1}}),
+                1,
+            )
+            .call(
+                0,
+                json!({"id": 4, "subscribe": {"channel": "feed:type", "type": 1}}),
+                1,
+            )
+            .differs("subscribe-type-field"),
+    );
+    s.push(
+        Script::new("server-side subscription recovered at connect")
+            .api("publish", json!({"channel": "ssr", "data": {"n": 1}}))
+            .capture("epoch", "/body/result/epoch")
+            .api("publish", json!({"channel": "ssr", "data": {"n": 2}}))
+            .open(0)
+            .send_text(
+                0,
+                &format!(
+                    r#"{{"id":1,"connect":{{"token":"{}","subs":{{"ssr":{{"recover":true,"offset":1,"epoch":"${{epoch}}"}}}}}}}}"#,
+                    jwt(json!({"sub": "u-ssr", "exp": now() + 3600, "channels": ["ssr"]}))
+                ),
+            )
+            .recv(0, 1)
+            .differs("recovered-subscribe-offset"),
+    );
+    s.push(
+        Script::new("server API: idempotent publish")
+            .api(
+                "publish",
+                json!({"channel": "idem", "data": {"n": 1}, "idempotency_key": "k1"}),
+            )
+            .api(
+                "publish",
+                json!({"channel": "idem", "data": {"n": 1}, "idempotency_key": "k1"}),
+            )
+            .api("history", json!({"channel": "idem", "limit": 10})),
+    );
+    s.push(
+        Script::new("server API: bad requests")
+            .api("publish", json!({"data": 1}))
+            .api("frobnicate", json!({}))
+            .differs("api-error-body")
+            .api("history", json!({"channel": "hist-x", "limit": "ten"}))
+            .differs("api-error-body"),
+    );
+
     // -- transport
     s.push(
         Script::new("the centrifuge-protobuf subprotocol")

@@ -511,6 +511,9 @@ impl Session {
                 && epoch_ok
                 && page.publications.len() <= client.recovery_limit
                 && last >= page.head
+                // A position past the head was never given out: not
+                // recovered (it would hide the publications up to it).
+                && offset <= page.head
                 && offset + 1 >= page.first_available
             {
                 result.recovered = true;
