@@ -77,6 +77,7 @@ options! {
     "channel_client_publish" = "true" : "Default namespace: clients may publish into channels they may subscribe to.";
     "channel_private" = "false" : "Default namespace: subscribing needs a subscription token.";
     "channel_history_retention" = "0s" : "Default namespace: history older than this is not served (0s = forever).";
+    "channel_anonymous" = "false" : "Default namespace: anonymous connections (a token with an empty `sub`) may subscribe, read history and, with channel_client_publish, publish; as Centrifugo's allow_*_for_anonymous.";
 }
 
 /// The namespace that exists without configuration, with the default
@@ -242,6 +243,10 @@ pub struct NamespaceOptions {
     pub private: bool,
     /// `None` keeps history forever.
     pub history_retention: Option<Duration>,
+    /// Anonymous connections (empty user) may subscribe, read history and
+    /// publish (when `client_publish`); a subscription token lets them
+    /// subscribe either way.
+    pub anonymous: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -276,6 +281,7 @@ struct NamespaceFile {
     client_publish: Option<bool>,
     private: Option<bool>,
     history_retention: Option<String>,
+    anonymous: Option<bool>,
 }
 
 /// Where the raw values come from, lowest precedence first.
@@ -376,6 +382,7 @@ impl Config {
             client_publish: p.parse("channel_client_publish", parse_bool),
             private: p.parse("channel_private", parse_bool),
             history_retention: p.parse("channel_history_retention", parse_retention),
+            anonymous: p.parse("channel_anonymous", parse_bool),
         };
         let config = Config {
             listen: p
@@ -514,6 +521,7 @@ impl Config {
                 client_publish: f.client_publish.unwrap_or(default_ns.client_publish),
                 private: f.private.unwrap_or(default_ns.private),
                 history_retention,
+                anonymous: f.anonymous.unwrap_or(default_ns.anonymous),
             };
             config.channels.namespaces.insert(name, o);
         }

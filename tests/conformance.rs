@@ -281,9 +281,42 @@ fn scripts() -> Vec<Script> {
             .differs("connect-without-token"),
     );
     s.push(
-        Script::new("connect with an empty sub (anonymous)")
+        Script::new("an anonymous connection (empty sub): only where the namespace allows it")
             .connect(0, &jwt(json!({"sub": "", "exp": now() + 3600})))
-            .differs("anonymous-connections"),
+            .call(
+                0,
+                json!({"id": 2, "subscribe": {"channel": "anon-denied"}}),
+                1,
+            )
+            .call(
+                0,
+                json!({"id": 3, "history": {"channel": "anon-denied", "limit": 1}}),
+                1,
+            )
+            .call(
+                0,
+                json!({"id": 4, "publish": {"channel": "anon-denied", "data": 1}}),
+                1,
+            )
+            .call(
+                0,
+                json!({"id": 5, "subscribe": {"channel": "public:anon"}}),
+                1,
+            )
+            .differs("epoch-of-empty-history")
+            .call(
+                0,
+                json!({"id": 6, "publish": {"channel": "public:anon", "data": {"a": 1}}}),
+                2,
+            )
+            .differs("publish-reply-offset-epoch")
+            .call(
+                0,
+                json!({"id": 7, "history": {"channel": "public:anon", "limit": 5}}),
+                1,
+            )
+            .differs("history-first-publication-epoch")
+            .call(0, json!({"id": 8, "subscribe": {"channel": "#u-anon"}}), 1),
     );
     s.push(
         Script::new("connect twice on one connection")
@@ -1371,6 +1404,13 @@ async fn herald_answers_as_centrifugo() {
         },
     );
     ns.insert("room".into(), base.clone());
+    ns.insert(
+        "public".into(),
+        herald::config::NamespaceOptions {
+            anonymous: true,
+            ..base.clone()
+        },
+    );
     let (centrifugo, herald) = tokio::join!(
         TestCentrifugo::start(&config, PRESENCE_NAMESPACES),
         TestHerald::start(config.clone())

@@ -41,6 +41,7 @@ fn channels() -> ChannelsConfig {
         client_publish: true,
         private: false,
         history_retention: None,
+        anonymous: false,
     };
     let mut namespaces = BTreeMap::new();
     namespaces.insert("dm".to_string(), default.clone());

@@ -7,8 +7,8 @@
 //! each namespace with the equivalent options (history large and long
 //! enough to hold every test's publications, `force_recovery` like Herald's
 //! recoverable history, publish/history/presence for clients as Herald
-//! allows them, user-limited channels, private namespaces needing a
-//! subscription token). The binary is `$HERALD_TEST_CENTRIFUGO`, else
+//! allows them, anonymous users where the namespace allows them,
+//! user-limited channels, private namespaces needing a subscription token). The binary is `$HERALD_TEST_CENTRIFUGO`, else
 //! `.tools/centrifugo/centrifugo` (scripts/install-tools.sh builds it).
 //!
 //! Knows nothing of what a test checks: how to configure, start and stop it.
@@ -55,6 +55,10 @@ fn namespace_options(o: &NamespaceOptions, presence: bool) -> Value {
         "allow_presence_for_client": !o.private,
         "allow_publish_for_subscriber": o.client_publish,
         "allow_publish_for_client": o.client_publish && !o.private,
+        "allow_subscribe_for_anonymous": o.anonymous && !o.private,
+        "allow_history_for_anonymous": o.anonymous && !o.private,
+        "allow_presence_for_anonymous": o.anonymous && !o.private,
+        "allow_publish_for_anonymous": o.anonymous && o.client_publish && !o.private,
     });
     if o.history {
         let ttl = o
