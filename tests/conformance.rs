@@ -42,6 +42,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use common::centrifugo::TestCentrifugo;
 use common::node::{API_KEY, SECRET, TestHerald, test_config};
+use herald::config::{Config, NamespaceOptions};
 
 /// How long a step waits for the replies and pushes it collects. Only a
 /// step where one server sends fewer messages than the other waits this
@@ -59,6 +60,9 @@ const CHANNEL_LIMIT: usize = 4;
 const RECOVERY_LIMIT: usize = 5;
 /// History page limit of both servers in these scripts.
 const HISTORY_LIMIT: usize = 20;
+/// Ping interval and pong timeout of the ping scripts' servers.
+const PING_INTERVAL: Duration = Duration::from_secs(2);
+const PONG_TIMEOUT: Duration = Duration::from_secs(1);
 /// The namespaces where Centrifugo has presence and join/leave on.
 const PRESENCE_NAMESPACES: &[&str] = &["room"];
 
@@ -105,8 +109,11 @@ enum Action {
     SendBinary { conn: usize, bytes: Vec<u8> },
     /// Collects `count` replies and pushes (pings left out and answered).
     Recv { conn: usize, count: usize },
-    /// Collects everything until the server closes, and the close.
-    Closed { conn: usize },
+    /// Collects everything until the server closes, and the close; with
+    /// `pong: false` the server's pings go unanswered.
+    Closed { conn: usize, pong: bool },
+    /// Waits for `count` server pings, answering them.
+    Pings { conn: usize, count: usize },
     /// Calls the server API.
     Api { method: &'static str, body: Value },
 }
@@ -188,7 +195,16 @@ impl Script {
     }
 
     fn closed(self, conn: usize) -> Self {
-        self.step(Action::Closed { conn })
+        self.step(Action::Closed { conn, pong: true })
+    }
+
+    /// Stops answering pings and collects until the server closes.
+    fn closed_without_pong(self, conn: usize) -> Self {
+        self.step(Action::Closed { conn, pong: false })
+    }
+
+    fn pings(self, conn: usize, count: usize) -> Self {
+        self.step(Action::Pings { conn, count })
     }
 
     fn api(self, method: &'static str, body: Value) -> Self {
@@ -1031,6 +1047,17 @@ fn scripts() -> Vec<Script> {
     s
 }
 
+/// Scripts for servers that ping every [`PING_INTERVAL`].
+fn ping_scripts() -> Vec<Script> {
+    vec![
+        Script::new("pings are answered; an unanswered one closes with 3012")
+            .connect(0, &token("u-ping"))
+            .pings(0, 2)
+            .closed_without_pong(0)
+            .differs("disconnect-push-before-close"),
+    ]
+}
+
 // ---------------------------------------------------------------- running
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -1039,6 +1066,10 @@ struct Conn {
     ws: Ws,
     pending: VecDeque<Value>,
     closed: Option<Value>,
+    /// Server pings (`{}`) seen so far.
+    pings: usize,
+    /// Whether pings are answered.
+    pong: bool,
 }
 
 impl Conn {
@@ -1059,7 +1090,10 @@ impl Conn {
                         continue;
                     }
                     if line == "{}" {
-                        let _ = self.ws.send(Message::text("{}")).await;
+                        self.pings += 1;
+                        if self.pong {
+                            let _ = self.ws.send(Message::text("{}")).await;
+                        }
                         continue;
                     }
                     let v = serde_json::from_str(line)
@@ -1130,6 +1164,8 @@ async fn run(script: &Script, addr: SocketAddr) -> Vec<Value> {
                                 ws,
                                 pending: VecDeque::new(),
                                 closed: None,
+                                pings: 0,
+                                pong: true,
                             },
                         );
                         json!({"opened": true, "protocol": protocol})
@@ -1180,15 +1216,31 @@ async fn run(script: &Script, addr: SocketAddr) -> Vec<Value> {
                 }
                 obs
             }
-            Action::Closed { conn } => {
+            Action::Closed { conn, pong } => {
+                let Some(c) = conns.get_mut(conn) else {
+                    out.push(json!("not open"));
+                    continue;
+                };
+                c.pong = *pong;
+                let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
+                while c.read(deadline).await {}
+                let mut obs = split(c.pending.drain(..));
+                obs["closed"] = c.closed.clone().unwrap_or(json!("not within the wait"));
+                obs
+            }
+            Action::Pings { conn, count } => {
                 let Some(c) = conns.get_mut(conn) else {
                     out.push(json!("not open"));
                     continue;
                 };
                 let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
-                while c.read(deadline).await {}
+                let before = c.pings;
+                while c.pings < before + count && c.read(deadline).await {}
                 let mut obs = split(c.pending.drain(..));
-                obs["closed"] = c.closed.clone().unwrap_or(json!("not within the wait"));
+                obs["pings"] = json!((c.pings - before).min(*count));
+                if let Some(closed) = &c.closed {
+                    obs["closed"] = closed.clone();
+                }
                 obs
             }
             Action::Api { method, body } => {
@@ -1310,7 +1362,8 @@ fn describe(action: &Action) -> String {
         }
         Action::SendBinary { conn, bytes } => format!("send #{conn} binary {} bytes", bytes.len()),
         Action::Recv { conn, count } => format!("recv #{conn} {count}"),
-        Action::Closed { conn } => format!("closed #{conn}"),
+        Action::Closed { conn, pong } => format!("closed #{conn} (pongs: {pong})"),
+        Action::Pings { conn, count } => format!("pings #{conn} {count}"),
         Action::Api { method, body } => format!("api {method} {body}"),
     }
 }
@@ -1353,6 +1406,7 @@ fn every_documented_difference_is_exercised() {
     let documented = documented();
     let used: BTreeSet<&str> = scripts()
         .iter()
+        .chain(&ping_scripts())
         .flat_map(|s| s.steps.iter().filter_map(|st| st.differs))
         .collect();
     for id in &used {
@@ -1369,12 +1423,10 @@ fn every_documented_difference_is_exercised() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn herald_answers_as_centrifugo() {
-    let documented = documented();
-    let nats = common::TestNats::start().await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut config = test_config(&nats, dir.path().join("data"));
+/// The Herald configuration both servers get: test defaults, small limits
+/// (so the scripts reach them cheaply) and the namespaces the scripts use.
+fn conformance_config(nats: &common::TestNats, data_dir: std::path::PathBuf) -> Config {
+    let mut config = test_config(nats, data_dir);
     config.client.channel_limit = CHANNEL_LIMIT;
     config.client.stale_timeout = STALE_TIMEOUT;
     config.client.recovery_limit = RECOVERY_LIMIT;
@@ -1384,21 +1436,21 @@ async fn herald_answers_as_centrifugo() {
     let ns = &mut config.channels.namespaces;
     ns.insert(
         "secret".into(),
-        herald::config::NamespaceOptions {
+        NamespaceOptions {
             private: true,
             ..base.clone()
         },
     );
     ns.insert(
         "feed".into(),
-        herald::config::NamespaceOptions {
+        NamespaceOptions {
             history: false,
             ..base.clone()
         },
     );
     ns.insert(
         "noclient".into(),
-        herald::config::NamespaceOptions {
+        NamespaceOptions {
             client_publish: false,
             ..base.clone()
         },
@@ -1406,21 +1458,24 @@ async fn herald_answers_as_centrifugo() {
     ns.insert("room".into(), base.clone());
     ns.insert(
         "public".into(),
-        herald::config::NamespaceOptions {
+        NamespaceOptions {
             anonymous: true,
             ..base.clone()
         },
     );
-    let (centrifugo, herald) = tokio::join!(
-        TestCentrifugo::start(&config, PRESENCE_NAMESPACES),
-        TestHerald::start(config.clone())
-    );
+    config
+}
 
+/// Runs every script against both servers (at the same time), one script
+/// after another; panics listing every difference not documented at its
+/// step.
+async fn compare(scripts: Vec<Script>, centrifugo: SocketAddr, herald: SocketAddr) {
+    let documented = documented();
     let mut failures = Vec::new();
     let mut report = Vec::new();
-    for script in scripts() {
+    for script in scripts {
         let started = std::time::Instant::now();
-        let (c, h) = tokio::join!(run(&script, centrifugo.addr), run(&script, herald.addr));
+        let (c, h) = tokio::join!(run(&script, centrifugo), run(&script, herald));
         println!("ran [{}] in {:?}", script.name, started.elapsed());
         let (c, h) = (prepare(c, &script), prepare(h, &script));
         for (i, ((step, c), h)) in script.steps.iter().zip(&c).zip(&h).enumerate() {
@@ -1452,5 +1507,33 @@ async fn herald_answers_as_centrifugo() {
         failures.len(),
         failures.join("\n\n")
     );
-    drop(herald);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_answers_as_centrifugo() {
+    let nats = common::TestNats::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = conformance_config(&nats, dir.path().join("data"));
+    let (centrifugo, herald) = tokio::join!(
+        TestCentrifugo::start(&config, PRESENCE_NAMESPACES),
+        TestHerald::start(config.clone())
+    );
+    compare(scripts(), centrifugo.addr, herald.addr).await;
+}
+
+/// Pings with their own pair of servers: a short ping interval for these
+/// scripts would make every other script's connections answer pings in
+/// time or be closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_and_a_missing_pong_as_centrifugo() {
+    let nats = common::TestNats::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = conformance_config(&nats, dir.path().join("data"));
+    config.client.ping_interval = PING_INTERVAL;
+    config.client.pong_timeout = PONG_TIMEOUT;
+    let (centrifugo, herald) = tokio::join!(
+        TestCentrifugo::start(&config, PRESENCE_NAMESPACES),
+        TestHerald::start(config.clone())
+    );
+    compare(ping_scripts(), centrifugo.addr, herald.addr).await;
 }
