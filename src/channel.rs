@@ -157,6 +157,7 @@ mod tests {
             client_publish: true,
             private: false,
             history_retention: None,
+            history_size: None,
             anonymous: false,
         };
         let mut namespaces = BTreeMap::new();

@@ -77,6 +77,7 @@ options! {
     "channel_client_publish" = "true" : "Default namespace: clients may publish into channels they may subscribe to.";
     "channel_private" = "false" : "Default namespace: subscribing needs a subscription token.";
     "channel_history_retention" = "0s" : "Default namespace: history older than this is not served (0s = forever).";
+    "channel_history_size" = "0" : "Default namespace: most publications a channel's history serves, 0 = no bound; older ones expire as with retention (not served, offsets keep counting), as Centrifugo's history_size.";
     "channel_anonymous" = "false" : "Default namespace: anonymous connections (a token with an empty `sub`) may subscribe, read history and, with channel_client_publish, publish; as Centrifugo's allow_*_for_anonymous.";
 }
 
@@ -243,6 +244,8 @@ pub struct NamespaceOptions {
     pub private: bool,
     /// `None` keeps history forever.
     pub history_retention: Option<Duration>,
+    /// `None`: no bound; `Some(n)`: only the newest n are served.
+    pub history_size: Option<u64>,
     /// Anonymous connections (empty user) may subscribe, read history and
     /// publish (when `client_publish`); a subscription token lets them
     /// subscribe either way.
@@ -281,6 +284,7 @@ struct NamespaceFile {
     client_publish: Option<bool>,
     private: Option<bool>,
     history_retention: Option<String>,
+    history_size: Option<u64>,
     anonymous: Option<bool>,
 }
 
@@ -382,6 +386,7 @@ impl Config {
             client_publish: p.parse("channel_client_publish", parse_bool),
             private: p.parse("channel_private", parse_bool),
             history_retention: p.parse("channel_history_retention", parse_retention),
+            history_size: p.parse("channel_history_size", parse_history_size),
             anonymous: p.parse("channel_anonymous", parse_bool),
         };
         let config = Config {
@@ -521,6 +526,10 @@ impl Config {
                 client_publish: f.client_publish.unwrap_or(default_ns.client_publish),
                 private: f.private.unwrap_or(default_ns.private),
                 history_retention,
+                history_size: match f.history_size {
+                    None => default_ns.history_size,
+                    Some(n) => (n > 0).then_some(n),
+                },
                 anonymous: f.anonymous.unwrap_or(default_ns.anonymous),
             };
             config.channels.namespaces.insert(name, o);
@@ -697,6 +706,14 @@ fn parse_duration_positive(s: &str) -> Result<Duration, String> {
         d if d.is_zero() => Err("must be above zero".into()),
         d => Ok(d),
     }
+}
+
+/// 0 = no bound.
+fn parse_history_size(s: &str) -> Result<Option<u64>, String> {
+    let n: u64 = s
+        .parse()
+        .map_err(|_| "expected a whole number (0 = no bound)".to_string())?;
+    Ok((n > 0).then_some(n))
 }
 
 fn parse_retention(s: &str) -> Result<Option<Duration>, String> {

@@ -63,6 +63,8 @@ const HISTORY_LIMIT: usize = 20;
 /// Ping interval and pong timeout of the ping scripts' servers.
 const PING_INTERVAL: Duration = Duration::from_secs(2);
 const PONG_TIMEOUT: Duration = Duration::from_secs(1);
+/// History size of the `bounded` namespace.
+const BOUNDED_HISTORY: u64 = 3;
 /// The namespaces where Centrifugo has presence and join/leave on.
 const PRESENCE_NAMESPACES: &[&str] = &["room"];
 
@@ -550,6 +552,50 @@ fn scripts() -> Vec<Script> {
             1,
         );
     s.push(hist);
+    let mut bounded = Script::new("bounded history: the newest served, older not recoverable");
+    bounded = bounded
+        .api("publish", json!({"channel": "bounded:a", "data": {"n": 1}}))
+        .capture("epoch", "/body/result/epoch");
+    for n in 2..=5 {
+        bounded = bounded.api("publish", json!({"channel": "bounded:a", "data": {"n": n}}));
+    }
+    bounded = bounded
+        .connect(0, &token("u-bounded"))
+        .call(
+            0,
+            json!({"id": 2, "history": {"channel": "bounded:a", "limit": 10}}),
+            1,
+        )
+        .call(
+            0,
+            json!({"id": 3, "history": {"channel": "bounded:a", "limit": 10, "reverse": true}}),
+            1,
+        )
+        .send_text(
+            0,
+            r#"{"id":4,"history":{"channel":"bounded:a","limit":10,"since":{"offset":1,"epoch":"${epoch}"}}}"#,
+        )
+        .recv(0, 1)
+        .send_text(
+            0,
+            r#"{"id":5,"history":{"channel":"bounded:a","limit":10,"since":{"offset":3,"epoch":"${epoch}"}}}"#,
+        )
+        .recv(0, 1)
+        .send_text(
+            0,
+            r#"{"id":6,"subscribe":{"channel":"bounded:a","recover":true,"offset":1,"epoch":"${epoch}"}}"#,
+        )
+        .recv(0, 1)
+        .differs("positioned-flag")
+        .call(0, json!({"id": 7, "unsubscribe": {"channel": "bounded:a"}}), 1)
+        .send_text(
+            0,
+            r#"{"id":8,"subscribe":{"channel":"bounded:a","recover":true,"offset":2,"epoch":"${epoch}"}}"#,
+        )
+        .recv(0, 1)
+        .differs("recovered-subscribe-offset")
+        .api("history", json!({"channel": "bounded:a", "limit": 10}));
+    s.push(bounded);
     s.push(
         Script::new("history of a history channel with no publications")
             .connect(0, &token("u-hist-e"))
@@ -1456,6 +1502,13 @@ fn conformance_config(nats: &common::TestNats, data_dir: std::path::PathBuf) -> 
         },
     );
     ns.insert("room".into(), base.clone());
+    ns.insert(
+        "bounded".into(),
+        NamespaceOptions {
+            history_size: Some(BOUNDED_HISTORY),
+            ..base.clone()
+        },
+    );
     ns.insert(
         "public".into(),
         NamespaceOptions {

@@ -25,7 +25,8 @@ use tokio::process::{Child, Command};
 use super::eventually;
 use super::process::free_port;
 
-/// History kept per channel: more than any test publishes into one channel.
+/// History kept per channel where Herald's is unbounded: more than any
+/// test publishes into one channel.
 const HISTORY_SIZE: u64 = 10_000;
 /// History TTL when the Herald namespace keeps history forever.
 const HISTORY_TTL_FOREVER: &str = "720h";
@@ -65,7 +66,7 @@ fn namespace_options(o: &NamespaceOptions, presence: bool) -> Value {
             .history_retention
             .map(duration)
             .unwrap_or_else(|| HISTORY_TTL_FOREVER.into());
-        v["history_size"] = json!(HISTORY_SIZE);
+        v["history_size"] = json!(o.history_size.unwrap_or(HISTORY_SIZE));
         v["history_ttl"] = json!(ttl);
         v["force_recovery"] = json!(true);
         v["force_positioning"] = json!(false);
