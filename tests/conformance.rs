@@ -19,9 +19,14 @@
 //! what Herald does; `every_documented_difference_is_exercised` checks the
 //! other direction (no entry without a script step).
 //!
-//! Centrifugo and Herald (with nats-server) are started once and every
-//! script runs against both at the same time; scripts run one after another
-//! and use their own channels and users.
+//! Centrifugo and Herald (with nats-server) are started once per test, from
+//! one Herald `Config` (`tests/common/centrifugo.rs` translates it), and
+//! every script runs against both at the same time; scripts run one after
+//! another and use their own channels and users. The ping scripts get their
+//! own pair of servers with a short ping interval.
+//!
+//! Knows nothing of either server's internals: only what goes over the
+//! WebSocket and the HTTP API.
 
 mod common;
 
