@@ -808,9 +808,9 @@ fn scripts() -> Vec<Script> {
     s.push(
         Script::new("presence and presence_stats")
             .connect(0, &token("u-pres"))
-            .call(0, json!({"id": 2, "subscribe": {"channel": "room:p"}}), 1)
-            .differs("epoch-of-empty-history")
-            .recv(0, 1)
+            // The reply and the join push (Centrifugo; which comes first is
+            // not specified), compared by shape.
+            .call(0, json!({"id": 2, "subscribe": {"channel": "room:p"}}), 2)
             .shape()
             .differs("presence-absent")
             .call(0, json!({"id": 3, "presence": {"channel": "room:p"}}), 1)
