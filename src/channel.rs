@@ -15,6 +15,10 @@
 //! subscribe, publish or read there (Centrifugo refuses it the same way), so
 //! `#alice#eve` is never eve's personal channel.
 //!
+//! An anonymous user (empty `sub`) may subscribe, read history and publish
+//! only in a namespace with `anonymous = true` (or, to subscribe, with a
+//! subscription token), as Centrifugo's `allow_*_for_anonymous`.
+//!
 //! Pure logic: knows the namespace options, not sessions, tokens or NATS.
 
 use std::time::Duration;
@@ -135,6 +139,9 @@ impl<'a> Channel<'a> {
         if !self.user_allowed(user) {
             return Err(ProtocolError::PermissionDenied);
         }
+        if user.is_empty() && !self.options.anonymous && !has_subscription_token {
+            return Err(ProtocolError::PermissionDenied);
+        }
         if self.private && !has_subscription_token {
             return Err(ProtocolError::PermissionDenied);
         }
@@ -147,6 +154,9 @@ impl<'a> Channel<'a> {
     /// the caller checks by passing `subscribed`).
     pub fn check_client_publish(&self, user: &str, subscribed: bool) -> Result<(), ProtocolError> {
         if self.personal || !self.options.client_publish || !self.user_allowed(user) {
+            return Err(ProtocolError::PermissionDenied);
+        }
+        if user.is_empty() && !self.options.anonymous {
             return Err(ProtocolError::PermissionDenied);
         }
         if self.private && !subscribed {
@@ -181,6 +191,8 @@ mod tests {
             client_publish: true,
             private: false,
             history_retention: None,
+            history_size: None,
+            anonymous: false,
         };
         let mut namespaces = BTreeMap::new();
         namespaces.insert("dm".to_string(), default.clone());
@@ -322,6 +334,29 @@ mod tests {
             assert!(ch.check_client_publish("alice", false).is_err());
             assert!(ch.check_client_publish("alice", true).is_ok());
         }
+    }
+
+    #[test]
+    fn anonymous_users_need_a_namespace_that_allows_them() {
+        let mut c = config();
+        c.namespaces.insert(
+            "public".to_string(),
+            NamespaceOptions {
+                anonymous: true,
+                ..c.default.clone()
+            },
+        );
+        let ch = Channel::parse("news", &c).unwrap();
+        assert!(ch.check_subscribe("", false).is_err());
+        assert!(ch.check_subscribe("", true).is_ok(), "a subscription token");
+        assert!(ch.check_history("", false).is_err());
+        assert!(ch.check_client_publish("", true).is_err());
+        let ch = Channel::parse("public:news", &c).unwrap();
+        assert!(ch.check_subscribe("", false).is_ok());
+        assert!(ch.check_history("", false).is_ok());
+        assert!(ch.check_client_publish("", false).is_ok());
+        let ch = Channel::parse("public:#alice", &c).unwrap();
+        assert!(ch.check_subscribe("", false).is_err(), "not a listed user");
     }
 
     #[test]

@@ -34,7 +34,8 @@ options! {
     "nats_kv_replicas" = "1" : "Replicas of Herald's NATS KV buckets (writer leases), 1..=5; 3 on a 3-node NATS cluster so losing a node loses no lease. Applied when a bucket is created or opened.";
     "nats_autostart" = "true" : "`serve` only: when no NATS answers at nats_url, start nats-server from PATH as a child process.";
     "nats_server_bin" = "nats-server" : "The nats-server binary used by nats_autostart.";
-    "token_hmac_secret" = "" : "HS256 secret of client connection and subscription JWTs. `serve` generates one in data_dir when unset.";
+    "token_hmac_secret" = "" : "HMAC (HS256/384/512) secret of client connection and subscription JWTs. `serve` generates one in data_dir when unset.";
+    "token_require_exp" = "false" : "Refuse connection and subscription tokens without `exp` (invalid token, 3500 / 103). Off, as in Centrifugo: such a token never expires.";
     "api_key" = "" : "Key of the server HTTP API (X-API-Key or `Authorization: apikey`). Empty disables the API (404).";
     "log" = "info,lsm_tree=warn,fjall=warn" : "Log filter (tracing EnvFilter syntax), e.g. `info,herald=debug`.";
     "log_format" = "text" : "`text` for humans, `json` for machines.";
@@ -78,6 +79,8 @@ options! {
     "channel_client_publish" = "true" : "Default namespace: clients may publish into channels they may subscribe to.";
     "channel_private" = "false" : "Default namespace: subscribing needs a subscription token.";
     "channel_history_retention" = "0s" : "Default namespace: history older than this is not served (0s = forever); with `store = scylla` its publications are written with this TTL, so the database frees them (the embedded store keeps the bytes).";
+    "channel_history_size" = "0" : "Default namespace: most publications a channel's history serves, 0 = no bound; older ones expire as with retention (not served, offsets keep counting), as Centrifugo's history_size.";
+    "channel_anonymous" = "false" : "Default namespace: anonymous connections (a token with an empty `sub`) may subscribe, read history and, with channel_client_publish, publish; as Centrifugo's allow_*_for_anonymous.";
 }
 
 /// The namespace that exists without configuration, with the default
@@ -117,6 +120,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub nats: NatsConfig,
     pub token_hmac_secret: Option<Secret>,
+    pub token_require_exp: bool,
     pub api_key: Option<Secret>,
     pub log: String,
     pub log_format: LogFormat,
@@ -252,6 +256,12 @@ pub struct NamespaceOptions {
     pub private: bool,
     /// `None` keeps history forever.
     pub history_retention: Option<Duration>,
+    /// `None`: no bound; `Some(n)`: only the newest n are served.
+    pub history_size: Option<u64>,
+    /// Anonymous connections (empty user) may subscribe, read history and
+    /// publish (when `client_publish`); a subscription token lets them
+    /// subscribe either way.
+    pub anonymous: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -286,6 +296,8 @@ struct NamespaceFile {
     client_publish: Option<bool>,
     private: Option<bool>,
     history_retention: Option<String>,
+    history_size: Option<u64>,
+    anonymous: Option<bool>,
 }
 
 /// Where the raw values come from, lowest precedence first.
@@ -386,6 +398,8 @@ impl Config {
             client_publish: p.parse("channel_client_publish", parse_bool),
             private: p.parse("channel_private", parse_bool),
             history_retention: p.parse("channel_history_retention", parse_retention),
+            history_size: p.parse("channel_history_size", parse_history_size),
+            anonymous: p.parse("channel_anonymous", parse_bool),
         };
         let config = Config {
             listen: p
@@ -406,6 +420,7 @@ impl Config {
                 server_bin: PathBuf::from(p.string("nats_server_bin")),
             },
             token_hmac_secret: p.optional_secret("token_hmac_secret"),
+            token_require_exp: p.parse("token_require_exp", parse_bool),
             api_key: p.optional_secret("api_key"),
             log: p.string("log"),
             log_format: p.parse("log_format", |s| match s {
@@ -525,6 +540,11 @@ impl Config {
                 client_publish: f.client_publish.unwrap_or(default_ns.client_publish),
                 private: f.private.unwrap_or(default_ns.private),
                 history_retention,
+                history_size: match f.history_size {
+                    None => default_ns.history_size,
+                    Some(n) => (n > 0).then_some(n),
+                },
+                anonymous: f.anonymous.unwrap_or(default_ns.anonymous),
             };
             config.channels.namespaces.insert(name, o);
         }
@@ -714,6 +734,14 @@ fn parse_duration_positive(s: &str) -> Result<Duration, String> {
         d if d.is_zero() => Err("must be above zero".into()),
         d => Ok(d),
     }
+}
+
+/// 0 = no bound.
+fn parse_history_size(s: &str) -> Result<Option<u64>, String> {
+    let n: u64 = s
+        .parse()
+        .map_err(|_| "expected a whole number (0 = no bound)".to_string())?;
+    Ok((n > 0).then_some(n))
 }
 
 fn parse_retention(s: &str) -> Result<Option<Duration>, String> {

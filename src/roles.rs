@@ -378,7 +378,8 @@ pub async fn start_with_shutdown(
             config.channels.clone(),
             SyncSettings::from_config(&config.sync),
         ));
-        let verifier = Verifier::new(token_secret.as_ref().expect("sync has a secret").expose());
+        let verifier = Verifier::new(token_secret.as_ref().expect("sync has a secret").expose())
+            .require_exp(config.token_require_exp);
         router = router.merge(service.router(verifier));
         let (client, token) = (nats.clone(), shutdown.clone());
         let svc = service.clone();
@@ -426,7 +427,8 @@ pub async fn start_with_shutdown(
             config.client.publish_timeout,
         )
         .await?;
-        let verifier = Verifier::new(token_secret.as_ref().expect("edge has a secret").expose());
+        let verifier = Verifier::new(token_secret.as_ref().expect("edge has a secret").expose())
+            .require_exp(config.token_require_exp);
         let e = Edge::new(
             EdgeSettings {
                 client: config.client.clone(),

@@ -3,7 +3,8 @@
 //!
 //! The subscriber has two layers, each with its own filter:
 //! - log lines on stderr (text or JSON, `log_format`), filtered by `log`
-//!   (`HERALD_LOG`, EnvFilter syntax);
+//!   (`HERALD_LOG`, EnvFilter syntax), coloured only when stderr is a
+//!   terminal;
 //! - with `otlp_endpoint`: Herald's info-level spans (API requests, client
 //!   publishes, writer messages, edge deliveries) and the events inside them,
 //!   exported over OTLP/HTTP (protobuf) by a batch processor on its own
@@ -133,11 +134,21 @@ pub fn init(
 
 fn log_layer(config: &Config) -> Box<dyn Layer<Registry> + Send + Sync> {
     let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
-    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(colour_stderr());
     match config.log_format {
         LogFormat::Json => layer.json().with_filter(filter).boxed(),
         LogFormat::Text => layer.with_filter(filter).boxed(),
     }
+}
+
+/// Colour codes only for a person at a terminal: a file or a pipe (a log
+/// collector, `2> herald.log`) gets plain text, and `NO_COLOR` turns colour
+/// off everywhere (no-color.org).
+fn colour_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn provider(

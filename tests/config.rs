@@ -127,6 +127,35 @@ fn a_bad_value_exits_64_naming_it_before_starting_anything() {
     );
 }
 
+/// Logs written to a pipe or a file carry no ANSI colour codes (issue 14):
+/// `NO_COLOR` is unset here on purpose, so only the terminal check decides.
+#[test]
+fn logs_to_a_pipe_carry_no_colour_codes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+    cmd.arg("serve");
+    for (name, _) in std::env::vars() {
+        if name.starts_with("HERALD_") || name == "NO_COLOR" {
+            cmd.env_remove(name);
+        }
+    }
+    // It logs at startup, then fails: no NATS answers and none is started.
+    cmd.envs([
+        ("HERALD_DATA_DIR", data.to_str().expect("utf-8 path")),
+        ("HERALD_NATS_URL", "nats://127.0.0.1:1"),
+        ("HERALD_NATS_AUTOSTART", "false"),
+        ("HERALD_LISTEN", "127.0.0.1:0"),
+    ]);
+    let out = cmd.output().expect("run herald");
+    let err = stderr(&out);
+    assert!(err.contains("INFO"), "it logged something: {err}");
+    assert!(
+        !err.contains('\u{1b}'),
+        "colour codes in piped logs: {err:?}"
+    );
+}
+
 #[test]
 fn an_unknown_set_flag_exits_64() {
     let out = herald(&["serve", "--set", "no_such_option=1"], &[]);
@@ -171,7 +200,7 @@ fn token_mints_jwts_the_verifier_accepts() {
     let claims = Verifier::new(secret)
         .subscription(token.trim(), "bob", "$room")
         .expect("a valid subscription token");
-    assert!(claims.exp <= herald::auth::now_secs() + 300);
+    assert!(claims.exp.expect("minted with exp") <= herald::auth::now_secs() + 300);
 }
 
 #[test]

@@ -41,6 +41,8 @@ fn channels() -> ChannelsConfig {
         client_publish: true,
         private: false,
         history_retention: None,
+        history_size: None,
+        anonymous: false,
     };
     let mut namespaces = BTreeMap::new();
     namespaces.insert("dm".to_string(), default.clone());

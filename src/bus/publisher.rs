@@ -309,6 +309,7 @@ impl Publisher {
             req.data.get().as_bytes(),
             req.info.map(|i| i.get().as_bytes()),
             0,
+            "",
         );
         // No commit to wait for: deliverable from now.
         let mut headers = HeaderMap::new();

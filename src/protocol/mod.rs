@@ -65,10 +65,14 @@ pub fn publication_push(channel: &str, publication: &[u8]) -> Bytes {
 }
 
 /// Encodes a protocol `Publication` object from raw parts without parsing
-/// them: `{"data":<data>,"info":<info>,"offset":<offset>}` (info and a zero
-/// offset omitted). `data` and `info` must be valid JSON.
-pub fn encode_publication(data: &[u8], info: Option<&[u8]>, offset: u64) -> Bytes {
-    let mut b = BytesMut::with_capacity(data.len() + info.map_or(0, |i| i.len()) + 40);
+/// them: `{"data":<data>,"info":<info>,"offset":<offset>,"epoch":<epoch>}`
+/// (info and a zero offset omitted). `data` and `info` must be valid JSON.
+///
+/// The epoch is written only into the first publication of a stream (offset
+/// 1), as Centrifugo does, so a client that subscribed before the channel
+/// had any publication learns the epoch from it; later ones leave it out.
+pub fn encode_publication(data: &[u8], info: Option<&[u8]>, offset: u64, epoch: &str) -> Bytes {
+    let mut b = BytesMut::with_capacity(data.len() + info.map_or(0, |i| i.len()) + 48);
     b.put_slice(br#"{"data":"#);
     b.put_slice(data);
     if let Some(info) = info {
@@ -78,6 +82,10 @@ pub fn encode_publication(data: &[u8], info: Option<&[u8]>, offset: u64) -> Byte
     if offset > 0 {
         b.put_slice(br#","offset":"#);
         b.put_slice(offset.to_string().as_bytes());
+    }
+    if offset == 1 && !epoch.is_empty() {
+        b.put_slice(br#","epoch":"#);
+        b.put_slice(serde_json::to_string(epoch).unwrap_or_default().as_bytes());
     }
     b.put_slice(b"}");
     b.freeze()
@@ -143,13 +151,24 @@ mod tests {
 
     #[test]
     fn publication_encoding_is_valid_json() {
-        let p = encode_publication(br#"{"a":[1,2]}"#, Some(br#"{"user":"u","client":"c"}"#), 42);
+        let p = encode_publication(
+            br#"{"a":[1,2]}"#,
+            Some(br#"{"user":"u","client":"c"}"#),
+            42,
+            "e1",
+        );
         let v: serde_json::Value = serde_json::from_slice(&p).unwrap();
         assert_eq!(v["data"]["a"][1], 2);
         assert_eq!(v["info"]["user"], "u");
         assert_eq!(v["offset"], 42);
-        let p = encode_publication(b"\"x\"", None, 0);
+        assert!(
+            v.get("epoch").is_none(),
+            "only the first publication has it"
+        );
+        let p = encode_publication(b"\"x\"", None, 0, "");
         assert_eq!(&p[..], br#"{"data":"x"}"#);
+        let p = encode_publication(b"1", None, 1, "e\"1");
+        assert_eq!(&p[..], br#"{"data":1,"offset":1,"epoch":"e\"1"}"#);
     }
 
     #[test]

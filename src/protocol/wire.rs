@@ -330,13 +330,12 @@ pub struct PublishResult {
     pub epoch: String,
 }
 
+/// History reply. Every field is always present, empty or zero included,
+/// as Centrifugo's encoder writes them.
 #[derive(Debug, Default, Serialize)]
 pub struct HistoryResult {
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub publications: Vec<Box<RawValue>>,
-    #[serde(skip_serializing_if = "String::is_empty")]
     pub epoch: String,
-    #[serde(skip_serializing_if = "is_zero_u64")]
     pub offset: u64,
 }
 

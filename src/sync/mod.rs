@@ -136,6 +136,7 @@ impl SyncService {
             return Err(ReadError::NoHistory);
         }
         let retention = parsed.options.history_retention;
+        let size = parsed.options.history_size;
         let range = ReadRange {
             limit: range.limit.min(self.settings.page_limit),
             ..range
@@ -150,7 +151,7 @@ impl SyncService {
         let reader = self.reader.clone();
         let channel = key.channel.clone();
         let work = move || async move {
-            match reader.page(&channel, retention, range).await {
+            match reader.page(&channel, retention, size, range).await {
                 Ok(page) => Ok(Arc::new(page)),
                 Err(e) => Err(ReadError::from(&e)),
             }

@@ -17,6 +17,11 @@
 //! makes the served range non-contiguous. An offset the store no longer has
 //! counts as expired.
 //!
+//! A bounded history (`history_size` of the namespace, Centrifugo's
+//! `history_size`) cuts a prefix too: only the newest `history_size`
+//! offsets are served, so `first_available` is at least
+//! `head - history_size + 1`. Nothing is deleted; offsets keep counting.
+//!
 //! Knows nothing of HTTP, NATS, tokens or coalescing.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -105,6 +110,14 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The lowest offset a history bounded to `size` publications serves.
+fn size_floor(head: u64, size: Option<u64>) -> u64 {
+    match size {
+        Some(size) if head > size => head - size + 1,
+        _ => 1,
+    }
+}
+
 /// The part of `range` that is served given the head and the first available
 /// offset, or `None` when that part is empty.
 fn served(range: ReadRange, head: u64, first_available: u64) -> Option<ReadRange> {
@@ -158,6 +171,7 @@ impl Reader {
         &self,
         channel: &str,
         retention: Option<Duration>,
+        size: Option<u64>,
         range: ReadRange,
     ) -> StoreResult<ReadPage> {
         let position = self.timed(self.store.position(channel)).await?;
@@ -168,6 +182,7 @@ impl Reader {
             }
             _ => 1,
         };
+        let first_available = first_available.max(size_floor(position.head, size));
         let publications = match served(range, position.head, first_available) {
             Some(clipped) => self.read(channel, clipped).await?,
             None => Vec::new(),
@@ -228,7 +243,9 @@ fn encode(
     let last_offset = publications.last().map(|p| p.offset);
     let mut encoded = Vec::with_capacity(publications.len());
     for p in publications {
-        let bytes = encode_publication(&p.data, p.info.as_deref(), p.offset);
+        // History pages carry the epoch once, beside the page; only the live
+        // push of a stream's first publication repeats it (the writer's).
+        let bytes = encode_publication(&p.data, p.info.as_deref(), p.offset, "");
         // The store holds the JSON it was given; text that is not JSON (or
         // not UTF-8) means a damaged record.
         let text = String::from_utf8(Vec::from(bytes)).map_err(|_| {
@@ -267,6 +284,14 @@ mod tests {
             limit,
             direction,
         }
+    }
+
+    #[test]
+    fn a_bounded_history_serves_the_newest() {
+        assert_eq!(size_floor(0, Some(3)), 1);
+        assert_eq!(size_floor(3, Some(3)), 1);
+        assert_eq!(size_floor(5, Some(3)), 3);
+        assert_eq!(size_floor(5, None), 1);
     }
 
     #[test]

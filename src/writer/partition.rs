@@ -393,8 +393,12 @@ impl Task {
                 headers.insert(subjects::EPOCH_HEADER, append.epoch.as_str());
                 headers.insert(subjects::COMMITTED_HEADER, committed.as_str());
                 traced.inject(&append.channel, p.offset, &mut headers);
-                let payload =
-                    crate::protocol::encode_publication(&p.data, p.info.as_deref(), p.offset);
+                let payload = crate::protocol::encode_publication(
+                    &p.data,
+                    p.info.as_deref(),
+                    p.offset,
+                    &append.epoch,
+                );
                 if let Err(e) = self
                     .shared
                     .client

@@ -1,4 +1,5 @@
 //! Shared test harness: a real nats-server per test (free port, temp dir),
+//! Centrifugo as the conformance reference (`centrifugo`),
 //! Herald started in process, and a bounded `eventually` instead of sleeps.
 //!
 //! nats-server is found at `$HERALD_TEST_NATS_SERVER`, else the project's
@@ -7,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod centrifugo;
 pub mod cluster;
 pub mod follower;
 pub mod ingest;

@@ -34,10 +34,9 @@ impl Session {
         self.authed = Some(Authed {
             user: claims.sub.clone(),
             conn_info: claims.info.clone(),
-            expires_at: Some(close_deadline(
-                claims.exp,
-                self.edge.settings.client.expired_close_delay,
-            )),
+            expires_at: claims
+                .exp
+                .map(|exp| close_deadline(exp, self.edge.settings.client.expired_close_delay)),
         });
         self.conn.authenticate(&claims.sub);
         metrics::counter!(m::CONNECTS_TOTAL).increment(1);
@@ -73,8 +72,8 @@ impl Session {
         let result = ConnectResult {
             client: self.client_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            expires: true,
-            ttl: ttl(claims.exp),
+            expires: claims.exp.is_some(),
+            ttl: claims.exp.map_or(0, ttl),
             subs,
             ping: self.edge.settings.client.ping_interval.as_secs().max(1) as u32,
             pong: true,

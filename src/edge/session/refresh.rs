@@ -19,15 +19,14 @@ impl Session {
         if claims.sub != authed.user {
             return Err(Fail::Close(Disconnect::INVALID_TOKEN));
         }
-        authed.expires_at = Some(close_deadline(
-            claims.exp,
-            self.edge.settings.client.expired_close_delay,
-        ));
+        authed.expires_at = claims
+            .exp
+            .map(|exp| close_deadline(exp, self.edge.settings.client.expired_close_delay));
         Ok(Some(ReplyResult::Refresh(RefreshResult {
             client: self.client_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            expires: true,
-            ttl: ttl(claims.exp),
+            expires: claims.exp.is_some(),
+            ttl: claims.exp.map_or(0, ttl),
         })))
     }
 
@@ -50,13 +49,12 @@ impl Session {
             .get_mut(&req.channel)
             .filter(|s| !s.is_ended())
             .ok_or(ProtocolError::PermissionDenied)?;
-        sub.expires_at = Some(close_deadline(
-            claims.exp,
-            self.edge.settings.client.expired_close_delay,
-        ));
+        sub.expires_at = claims
+            .exp
+            .map(|exp| close_deadline(exp, self.edge.settings.client.expired_close_delay));
         Ok(Some(ReplyResult::SubRefresh(SubRefreshResult {
-            expires: true,
-            ttl: ttl(claims.exp),
+            expires: claims.exp.is_some(),
+            ttl: claims.exp.map_or(0, ttl),
         })))
     }
 }

@@ -161,9 +161,9 @@ impl Session {
         channel.check_subscribe(&user, token_claims.is_some())?;
         let recover = req.recover.then(|| (req.offset, req.epoch.clone()));
         let mut p = self.prepare(&channel, recover).await?;
-        if let Some(c) = &token_claims {
+        if let Some(exp) = token_claims.as_ref().and_then(|c| c.exp) {
             p.result.expires = true;
-            p.result.ttl = ttl(c.exp);
+            p.result.ttl = ttl(exp);
         }
         let reply = protocol::encode_reply(&Reply::ok(
             id,
@@ -172,7 +172,8 @@ impl Session {
         let sub = SubOptions {
             expires_at: token_claims
                 .as_ref()
-                .map(|c| close_deadline(c.exp, self.edge.settings.client.expired_close_delay)),
+                .and_then(|c| c.exp)
+                .map(|exp| close_deadline(exp, self.edge.settings.client.expired_close_delay)),
             chan_info: token_claims.and_then(|c| c.info),
             private: channel.private,
         };
