@@ -193,7 +193,7 @@ async fn run(role: Role, config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(role = role.name(), addr = %running.addr, nats = %running.nats_url, "herald started");
+    tracing::info!(role = role.name(), addr = %running.addr, nats = %herald::secrets::redact_urls(&running.nats_url), "herald started");
     if human {
         announce(role, &running, &data_dir);
     } else {
@@ -213,8 +213,12 @@ async fn run(role: Role, config: Config) -> ExitCode {
 fn announce(role: Role, running: &roles::Running, data_dir: &std::path::Path) {
     if let Some(url) = &running.notes.started_nats {
         eprintln!(
-            "started nats-server at {url} (store in {})",
-            data_dir.join("nats").display()
+            "started nats-server at {url} (store in {}); it accepts user `{}` with the password in {}",
+            data_dir.join("nats").display(),
+            herald::secrets::CHILD_NATS_USER,
+            data_dir
+                .join(herald::secrets::CHILD_NATS_PASSWORD_FILE)
+                .display()
         );
     }
     if let Some(path) = &running.notes.generated_secret {

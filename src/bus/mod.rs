@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::config::NatsAuth;
 use crate::metrics as m;
 
 /// Oldest nats-server Herald accepts (JetStream features it relies on).
@@ -32,6 +33,12 @@ pub enum ConnectError {
     TooOld { url: String, version: String },
     #[error("NATS at {url} has JetStream disabled; start nats-server with `-js` (JetStream on)")]
     NoJetStream { url: String },
+    #[error("reading the NATS credentials file {path}: {source}")]
+    Credentials {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Parses "2.10.3" (or "v2.10.3-beta") into (major, minor).
@@ -48,9 +55,38 @@ pub fn parse_version(v: &str) -> Option<(u64, u64)> {
 /// JetStream-less servers. The connection's state is in
 /// `herald_nats_connected`, each connect after the first counts in
 /// `herald_nats_reconnects_total`.
-pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, ConnectError> {
+///
+/// `auth` is passed on as configured (user/password, token, NKey seed,
+/// credentials file). Every URL in an error is redacted
+/// ([`crate::secrets::redact_url`]): credentials never reach a log line.
+pub async fn connect(
+    url: &str,
+    name: &str,
+    auth: &NatsAuth,
+) -> Result<async_nats::Client, ConnectError> {
     let connected_before = Arc::new(AtomicBool::new(false));
-    let client = async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new();
+    if let (Some(user), Some(password)) = (&auth.user, &auth.password) {
+        options = options.user_and_password(user.clone(), password.expose().to_string());
+    }
+    if let Some(token) = &auth.token {
+        options = options.token(token.expose().to_string());
+    }
+    if let Some(seed) = &auth.nkey_seed {
+        options = options.nkey(seed.expose().to_string());
+    }
+    if let Some(path) = &auth.creds_file {
+        options =
+            options
+                .credentials_file(path)
+                .await
+                .map_err(|source| ConnectError::Credentials {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+    }
+    let safe_url = crate::secrets::redact_urls(url);
+    let client = options
         .name(name)
         .connection_timeout(Duration::from_secs(3))
         .max_reconnects(None)
@@ -76,23 +112,21 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, Connec
         .connect(url)
         .await
         .map_err(|e| ConnectError::Unreachable {
-            url: url.to_string(),
-            message: e.to_string(),
+            url: safe_url.clone(),
+            message: e.to_string().replace(url, &safe_url),
         })?;
     let info = client.server_info();
     match parse_version(&info.version) {
         Some(v) if v >= MIN_NATS_VERSION => {}
         _ => {
             return Err(ConnectError::TooOld {
-                url: url.to_string(),
+                url: safe_url,
                 version: info.version,
             });
         }
     }
     if !info.jetstream {
-        return Err(ConnectError::NoJetStream {
-            url: url.to_string(),
-        });
+        return Err(ConnectError::NoJetStream { url: safe_url });
     }
     Ok(client)
 }
