@@ -31,6 +31,10 @@ options! {
     "internal_listen" = "" : "Optional second listener for /metrics and /health only; when set they leave the public listener.";
     "api_listen" = "" : "Optional listener for the server API alone; when set the API leaves the public listener. Recommended: a private address only backends reach.";
     "api_key_failures_per_minute" = "10" : "Requests with a missing or wrong API key allowed per client IP per minute (as a burst, refilled evenly); past it the API answers 429 with Retry-After. The IPs tracked are bounded (65536).";
+    "tls_cert" = "" : "PEM certificate chain for TLS on the public listener (wss://, https://), with tls_key; reloaded when the file changes. Empty = plain HTTP (e.g. behind a TLS-terminating proxy).";
+    "tls_key" = "" : "PEM private key of tls_cert.";
+    "tls_internal" = "false" : "Serve internal_listen and api_listen with TLS too (same certificate).";
+    "tls_reload_interval" = "10s" : "How often tls_cert and tls_key are checked for changes; a changed, valid pair is used for new connections.";
     "data_dir" = "./data" : "Directory of the embedded store, the generated secret and an auto-started nats-server.";
     "nats_url" = "nats://127.0.0.1:4222" : "NATS server (>= 2.10 with JetStream) to connect to.";
     "nats_autostart" = "true" : "`serve` only: when no NATS answers at nats_url, start nats-server from PATH as a child process.";
@@ -129,6 +133,10 @@ pub struct Config {
     pub api_listen: Option<SocketAddr>,
     /// Failed API key attempts allowed per client IP per minute.
     pub api_key_failures_per_minute: u32,
+    /// TLS on the public listener; `None` = plain HTTP.
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// TLS on `internal_listen` and `api_listen` too.
+    pub tls_internal: bool,
     pub data_dir: PathBuf,
     pub nats: NatsConfig,
     pub token_hmac_secret: Option<Secret>,
@@ -445,6 +453,34 @@ impl Config {
             api_key_failures_per_minute: p.parse("api_key_failures_per_minute", |s| {
                 parse_positive(s).map(|n| u32::try_from(n).unwrap_or(u32::MAX))
             }),
+            tls: {
+                let cert = p.parse("tls_cert", |s| Ok(PathBuf::from(s)));
+                let key = p.parse("tls_key", |s| Ok(PathBuf::from(s)));
+                let reload_interval = p.parse("tls_reload_interval", parse_duration_positive);
+                match (cert.as_os_str().is_empty(), key.as_os_str().is_empty()) {
+                    (true, true) => None,
+                    (false, false) => match crate::tls::load_pair(&cert, &key) {
+                        Ok(_) => Some(crate::tls::TlsFiles {
+                            cert,
+                            key,
+                            reload_interval,
+                        }),
+                        Err(e) => {
+                            p.errors
+                                .push(format!("tls_cert / tls_key (HERALD_TLS_CERT, HERALD_TLS_KEY): {e}"));
+                            None
+                        }
+                    },
+                    _ => {
+                        p.errors.push(
+                            "tls_cert and tls_key (HERALD_TLS_CERT, HERALD_TLS_KEY): set both or neither"
+                                .into(),
+                        );
+                        None
+                    }
+                }
+            },
+            tls_internal: p.parse("tls_internal", parse_bool),
             data_dir: PathBuf::from(p.string("data_dir")),
             nats: NatsConfig {
                 url: p.parse("nats_url", parse_nonempty),

@@ -37,5 +37,6 @@ pub mod secrets;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
+pub mod tls;
 pub mod tokens;
 pub mod writer;

@@ -285,6 +285,8 @@ pub async fn start_with_shutdown(
         (None, _) => None,
     };
     let verifier = crate::tokens::verifier(&config.token, token_secret.as_ref(), &shutdown)?;
+    let tls = crate::tls::setup(config.tls.as_ref(), &shutdown)?;
+    let internal_tls = tls.clone().filter(|_| config.tls_internal);
 
     // The store first: a standby must not touch the zero-config nats-server
     // of the data dir before it holds the store.
@@ -428,7 +430,8 @@ pub async fn start_with_shutdown(
             });
             match config.api_listen {
                 Some(addr) => {
-                    let (bound, task) = serve_http(addr, api, shutdown.clone()).await?;
+                    let (bound, task) =
+                        serve_http(addr, api, shutdown.clone(), internal_tls.clone()).await?;
                     http.push(task);
                     api_addr = Some(bound);
                 }
@@ -454,7 +457,7 @@ pub async fn start_with_shutdown(
         );
     let internal_addr = match config.internal_listen {
         Some(addr) => {
-            let (bound, task) = serve_http(addr, ops, shutdown.clone()).await?;
+            let (bound, task) = serve_http(addr, ops, shutdown.clone(), internal_tls).await?;
             http.push(task);
             Some(bound)
         }
@@ -463,7 +466,7 @@ pub async fn start_with_shutdown(
             None
         }
     };
-    let (addr, task) = serve_http(config.listen, router, shutdown.clone()).await?;
+    let (addr, task) = serve_http(config.listen, router, shutdown.clone(), tls).await?;
     http.push(task);
     tracing::info!(role = role.name(), %addr, internal = ?internal_addr, "listening");
 
@@ -524,11 +527,29 @@ async fn serve_http(
     addr: SocketAddr,
     router: Router,
     shutdown: CancellationToken,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
     let bound = listener.local_addr()?;
+    if let Some(tls) = tls {
+        let listener = crate::tls::TlsListener::new(listener, tls, shutdown.clone())?;
+        // tap_io only for axum's ConnectInfo<SocketAddr> (TCP_NODELAY is set
+        // by the TLS listener).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |_| {});
+        let task = tokio::spawn(async move {
+            let serve = axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { shutdown.cancelled().await });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "https listener stopped");
+            }
+        });
+        return Ok((bound, task));
+    }
     // Pushes are small frames written as they come: without TCP_NODELAY,
     // Nagle's algorithm holds one back until the client's delayed ACK
     // (tens of ms; measured with `herald bench fanout`).
