@@ -510,7 +510,8 @@ impl Config {
                 }),
                 jwks_refresh_interval: p
                     .parse("token_jwks_refresh_interval", parse_duration_positive),
-                jwks_min_fetch_interval: p.parse("token_jwks_min_fetch_interval", parse_duration),
+                jwks_min_fetch_interval: p
+                    .parse("token_jwks_min_fetch_interval", parse_duration_positive),
                 audience: p.parse("token_audience", |s| Ok((!s.is_empty()).then(|| s.to_string()))),
                 issuer: p.parse("token_issuer", |s| Ok((!s.is_empty()).then(|| s.to_string()))),
             },

@@ -262,6 +262,43 @@ async fn configured_public_keys_verify_and_confusion_is_refused() {
     let mut c = WsClient::open(h.addr).await;
     c.send("connect", json!({"token": confused})).await;
     assert_eq!(c.closed().await.code, 3500);
+
+    // Subscription tokens are verified the same way (a private channel).
+    let user = sign(
+        Algorithm::EdDSA,
+        &ed,
+        json!({"sub": "a", "exp": exp, "aud": "herald"}),
+    );
+    let sub = sign(
+        Algorithm::EdDSA,
+        &ed,
+        json!({"sub": "a", "channel": "$room", "exp": exp, "aud": "herald"}),
+    );
+    let read = |sub_token: String| {
+        let (url, user) = (h.url("/api/v1/channels/%24room/publications"), user.clone());
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth(user)
+                .header("x-herald-subscription-token", sub_token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(read(sub.clone()).await, 200);
+    let forged = hs256(
+        &fixture("ed25519.pub"),
+        json!({"sub": "a", "channel": "$room", "exp": exp, "aud": "herald"}),
+    );
+    assert_eq!(read(forged).await, 403);
+    let (mut c, _) = WsClient::connect(h.addr, &user).await;
+    let r = c
+        .call("subscribe", json!({"channel": "$room", "token": sub}))
+        .await;
+    assert!(r.get("subscribe").is_some(), "{r}");
 }
 
 #[tokio::test]
@@ -514,5 +551,30 @@ async fn configured_nats_credentials_are_used_and_never_shown() {
         .await
         .expect("edge connects");
     assert!(!running.nats_url.is_empty());
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_nats_token_is_passed_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("nats.conf");
+    std::fs::write(&conf, "authorization {\n  token: \"t0ken-for-herald\"\n}\n").unwrap();
+    let server = herald::bus::server::NatsServer::start_with_config(
+        &nats_server_bin(),
+        &dir.path().join("nats"),
+        &conf,
+    )
+    .await
+    .expect("nats-server with a token");
+    let mut config = Config::defaults();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.nats.autostart = false;
+    config.nats.url = server.url.clone();
+    config.token_hmac_secret = Some(Secret::new(SECRET));
+    assert!(roles::start(Role::Edge, config.clone()).await.is_err());
+    config.nats.auth.token = Some(Secret::new("t0ken-for-herald"));
+    let running = roles::start(Role::Edge, config)
+        .await
+        .expect("edge connects");
     running.stop().await;
 }
