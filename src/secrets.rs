@@ -152,6 +152,54 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// Credentials taken out of a URL's user info.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UrlCredentials {
+    /// `user:password@`
+    UserPassword(String, String),
+    /// `token@` (NATS reads a lone user as a token)
+    Token(String),
+}
+
+/// A comma-separated URL list without user info, and the first URL's
+/// credentials, if any: a client library then never holds them in a URL it
+/// might log. Percent-escapes in the user info are decoded.
+pub fn split_credentials(urls: &str) -> (String, Option<UrlCredentials>) {
+    let mut found = None;
+    let clean: Vec<String> = urls
+        .split(',')
+        .map(|u| {
+            let u = u.trim();
+            let (scheme, rest) = match u.split_once("://") {
+                Some((s, r)) => (Some(s), r),
+                None => (None, u),
+            };
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            let Some(at) = rest[..authority_end].rfind('@') else {
+                return u.to_string();
+            };
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            if found.is_none() {
+                found = Some(match rest[..at].split_once(':') {
+                    Some((user, password)) => {
+                        UrlCredentials::UserPassword(decode(user), decode(password))
+                    }
+                    None => UrlCredentials::Token(decode(&rest[..at])),
+                });
+            }
+            match scheme {
+                Some(s) => format!("{s}://{}", &rest[at + 1..]),
+                None => rest[at + 1..].to_string(),
+            }
+        })
+        .collect();
+    (clean.join(","), found)
+}
+
 /// Every URL in a comma-separated list redacted (NATS accepts a list).
 pub fn redact_urls(urls: &str) -> String {
     urls.split(',')
@@ -176,6 +224,24 @@ mod tests {
         assert_eq!(
             redact_urls("nats://a:b@h1:1, nats://h2:2"),
             "nats://***@h1:1,nats://h2:2"
+        );
+        assert_eq!(
+            split_credentials("nats://a:p%40ss@h1:1,nats://h2:2"),
+            (
+                "nats://h1:1,nats://h2:2".to_string(),
+                Some(UrlCredentials::UserPassword("a".into(), "p@ss".into()))
+            )
+        );
+        assert_eq!(
+            split_credentials("tls://tok@h:1/x@y"),
+            (
+                "tls://h:1/x@y".to_string(),
+                Some(UrlCredentials::Token("tok".into()))
+            )
+        );
+        assert_eq!(
+            split_credentials("nats://h:1"),
+            ("nats://h:1".to_string(), None)
         );
     }
 

@@ -578,3 +578,31 @@ async fn a_nats_token_is_passed_on() {
         .expect("edge connects");
     running.stop().await;
 }
+
+/// The NATS URL's credentials never reach stderr (logs and the error text),
+/// as the `herald` binary prints them.
+#[test]
+fn nats_credentials_never_reach_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("HERALD_") {
+            cmd.env_remove(name);
+        }
+    }
+    let out = cmd
+        .arg("edge")
+        .env(
+            "HERALD_NATS_URL",
+            "nats://herald:hunter2-in-url@127.0.0.1:1",
+        )
+        .env("HERALD_TOKEN_HMAC_SECRET", SECRET)
+        .env("HERALD_DATA_DIR", dir.path())
+        .env("HERALD_LOG", "debug")
+        .output()
+        .expect("run herald");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("***@127.0.0.1:1"), "{err}");
+    assert!(!err.contains("hunter2-in-url"), "{err}");
+}

@@ -57,7 +57,8 @@ pub fn parse_version(v: &str) -> Option<(u64, u64)> {
 /// `herald_nats_reconnects_total`.
 ///
 /// `auth` is passed on as configured (user/password, token, NKey seed,
-/// credentials file). Every URL in an error is redacted
+/// credentials file), after any credentials in the URL itself. Every URL in
+/// an error is redacted
 /// ([`crate::secrets::redact_url`]): credentials never reach a log line.
 pub async fn connect(
     url: &str,
@@ -66,6 +67,16 @@ pub async fn connect(
 ) -> Result<async_nats::Client, ConnectError> {
     let connected_before = Arc::new(AtomicBool::new(false));
     let mut options = async_nats::ConnectOptions::new();
+    // Credentials in the URL become options, so async-nats never logs them
+    // (its debug events print the URL whole).
+    let (bare_url, in_url) = crate::secrets::split_credentials(url);
+    match in_url {
+        Some(crate::secrets::UrlCredentials::UserPassword(user, password)) => {
+            options = options.user_and_password(user, password);
+        }
+        Some(crate::secrets::UrlCredentials::Token(token)) => options = options.token(token),
+        None => {}
+    }
     if let (Some(user), Some(password)) = (&auth.user, &auth.password) {
         options = options.user_and_password(user.clone(), password.expose().to_string());
     }
@@ -109,7 +120,7 @@ pub async fn connect(
                 }
             }
         })
-        .connect(url)
+        .connect(bare_url.as_str())
         .await
         .map_err(|e| ConnectError::Unreachable {
             url: safe_url.clone(),
