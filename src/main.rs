@@ -312,8 +312,8 @@ fn token(t: TokenArgs) -> ExitCode {
     };
     let secret = match &config.token_hmac_secret {
         Some(s) => s.expose().to_string(),
-        None => match std::fs::read_to_string(config.generated_secret_path()) {
-            Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
+        None => match herald::secrets::read_private(&config.generated_secret_path()) {
+            Ok(Some(s)) => s,
             _ => {
                 eprintln!(
                     "config: token_hmac_secret (HERALD_TOKEN_HMAC_SECRET) is not set and {} holds no generated secret; \

@@ -4,9 +4,9 @@
 //!
 //! A private file is written with `O_NOFOLLOW` (a symlink planted at its path
 //! is an error, never followed to overwrite something else) and mode 0600
-//! enforced on every write, not only at creation; the data dir is created
-//! 0700, and a data dir or secret file readable by others is warned about at
-//! start. [`redact_url`] hides the user info of a URL before it reaches a log
+//! enforced on every write, not only at creation, and on every read of a
+//! looser one (with a warning); the data dir is created 0700, and an
+//! existing one others may enter is warned about at start. [`redact_url`] hides the user info of a URL before it reaches a log
 //! line or an error text.
 //!
 //! Knows nothing of what the secrets protect: it stores, reads and hides them.
@@ -82,7 +82,7 @@ pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 }
 
 /// Reads a private file (not through a symlink), trimmed; `None` when it is
-/// missing or empty. Warns when others may read it.
+/// missing or empty. A file others may read is warned about and set to 0600.
 pub fn read_private(path: &Path) -> std::io::Result<Option<String>> {
     use std::io::Read;
     let mut opts = std::fs::OpenOptions::new();
@@ -105,8 +105,9 @@ pub fn read_private(path: &Path) -> std::io::Result<Option<String>> {
             tracing::warn!(
                 path = %path.display(),
                 mode = format!("{:o}", mode & 0o777),
-                "secret file is accessible to other users (chmod 600)"
+                "secret file was accessible to other users; set to 0600 (rotate the secret if others read it)"
             );
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         }
     }
     let mut s = String::new();
@@ -264,6 +265,10 @@ mod tests {
         write_private(&path, "new").unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(load_or_generate(&path).unwrap().0.expose(), "new");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "a loose existing secret file is tightened");
 
         let sub = dir.path().join("data");
         ensure_private_dir(&sub).unwrap();
