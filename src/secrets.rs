@@ -268,7 +268,11 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert_eq!(load_or_generate(&path).unwrap().0.expose(), "new");
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600, "a loose existing secret file is tightened");
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "a loose existing secret file is tightened"
+        );
 
         let sub = dir.path().join("data");
         ensure_private_dir(&sub).unwrap();

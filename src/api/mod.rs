@@ -278,11 +278,11 @@ async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Some(wait) = api.state.failures.blocked(peer.ip()) {
-        return too_many(wait);
-    }
     let method = Method::from_name(&name);
     let label = Method::label(method);
+    if let Some(wait) = api.state.failures.blocked(peer.ip()) {
+        return too_many(label, wait);
+    }
     let span = tracing::info_span!(
         "api_request",
         otel.kind = "server",
@@ -296,9 +296,8 @@ async fn handle(
         .await;
     if let Err(Failure::Transport(StatusCode::UNAUTHORIZED, _)) = outcome {
         if let Some(wait) = api.state.failures.failed(peer.ip()) {
-            metrics::counter!(API_REQUESTS_TOTAL, "method" => label, "result" => ProtocolError::TooManyRequests.label()).increment(1);
             tracing::warn!(peer = %peer.ip(), "api key failures over budget");
-            return too_many(wait);
+            return too_many(label, wait);
         }
     }
     let (status, result, body) = match outcome {
@@ -324,8 +323,10 @@ async fn handle(
 }
 
 /// 429 with `Retry-After` (whole seconds, rounded up) and the server API
-/// error 111.
-fn too_many(wait: std::time::Duration) -> Response {
+/// error 111, counted under the method's label.
+fn too_many(label: &'static str, wait: std::time::Duration) -> Response {
+    let e = ProtocolError::TooManyRequests;
+    metrics::counter!(API_REQUESTS_TOTAL, "method" => label, "result" => e.label()).increment(1);
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     (
         StatusCode::TOO_MANY_REQUESTS,
@@ -333,7 +334,7 @@ fn too_many(wait: std::time::Duration) -> Response {
             (header::CONTENT_TYPE, "application/json".to_string()),
             (header::RETRY_AFTER, secs.max(1).to_string()),
         ],
-        json(&Outcome::<()>::Error(ProtocolError::TooManyRequests.into())),
+        json(&Outcome::<()>::Error(e.into())),
     )
         .into_response()
 }
