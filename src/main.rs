@@ -165,6 +165,10 @@ fn main() -> ExitCode {
 async fn run(role: Role, config: Config) -> ExitCode {
     let data_dir = config.data_dir.clone();
     let human = config.log_format == LogFormat::Text;
+    let tls = Tls {
+        public: config.tls.is_some(),
+        internal: config.tls.is_some() && config.tls_internal,
+    };
     // Signals are watched from the start, so a standby waiting for the store
     // lock stops cleanly too.
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -195,7 +199,7 @@ async fn run(role: Role, config: Config) -> ExitCode {
     };
     tracing::info!(role = role.name(), addr = %running.addr, nats = %herald::secrets::redact_urls(&running.nats_url), "herald started");
     if human {
-        announce(role, &running, &data_dir);
+        announce(role, &running, &data_dir, tls);
     } else {
         // JSON logs: every stderr line is a JSON object, so the hints become events.
         if let Some(url) = &running.notes.started_nats {
@@ -209,8 +213,15 @@ async fn run(role: Role, config: Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Which listeners speak TLS, for the URLs `announce` prints.
+#[derive(Clone, Copy)]
+struct Tls {
+    public: bool,
+    internal: bool,
+}
+
 /// What a person starting Herald by hand wants to know (text logs only).
-fn announce(role: Role, running: &roles::Running, data_dir: &std::path::Path) {
+fn announce(role: Role, running: &roles::Running, data_dir: &std::path::Path, tls: Tls) {
     if let Some(url) = &running.notes.started_nats {
         eprintln!(
             "started nats-server at {url} (store in {}); it accepts user `{}` with the password in {}",
@@ -229,12 +240,23 @@ fn announce(role: Role, running: &roles::Running, data_dir: &std::path::Path) {
         );
     }
     if matches!(role, Role::Serve | Role::Edge) {
+        let (ws, http) = if tls.public {
+            ("wss", "https")
+        } else {
+            ("ws", "http")
+        };
         eprintln!(
-            "client WebSocket: ws://{}/connection/websocket",
+            "client WebSocket: {ws}://{}/connection/websocket",
             running.addr
         );
         if running.notes.api_enabled {
-            eprintln!("server API: http://{}/api/<method>", running.addr);
+            match running.api_addr {
+                Some(addr) => {
+                    let http = if tls.internal { "https" } else { "http" };
+                    eprintln!("server API: {http}://{addr}/api/<method> (api_listen)");
+                }
+                None => eprintln!("server API: {http}://{}/api/<method>", running.addr),
+            }
         } else {
             eprintln!("server API disabled: set HERALD_API_KEY to enable it");
         }

@@ -468,7 +468,7 @@ pub async fn start_with_shutdown(
     };
     let (addr, task) = serve_http(config.listen, router, shutdown.clone(), tls).await?;
     http.push(task);
-    tracing::info!(role = role.name(), %addr, internal = ?internal_addr, "listening");
+    tracing::info!(role = role.name(), %addr, internal = ?internal_addr, api = ?api_addr, tls = config.tls.is_some(), "listening");
 
     Ok(Running {
         addr,
