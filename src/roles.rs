@@ -534,21 +534,7 @@ async fn serve_http(
         .with_context(|| format!("binding {addr}"))?;
     let bound = listener.local_addr()?;
     if let Some(tls) = tls {
-        let listener = crate::tls::TlsListener::new(listener, tls, shutdown.clone())?;
-        // tap_io only for axum's ConnectInfo<SocketAddr> (TCP_NODELAY is set
-        // by the TLS listener).
-        let listener = axum::serve::ListenerExt::tap_io(listener, |_| {});
-        let task = tokio::spawn(async move {
-            let serve = axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { shutdown.cancelled().await });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "https listener stopped");
-            }
-        });
-        return Ok((bound, task));
+        return Ok((bound, crate::tls::serve(listener, router, tls, shutdown)?));
     }
     // Pushes are small frames written as they come: without TCP_NODELAY,
     // Nagle's algorithm holds one back until the client's delayed ACK

@@ -195,6 +195,30 @@ pub fn setup(
     Ok(Some(config))
 }
 
+/// Serves `router` over TLS on `listener` until `shutdown` fires (then
+/// gracefully, like the plain listeners), with `ConnectInfo<SocketAddr>`.
+pub fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    config: Arc<rustls::ServerConfig>,
+    shutdown: CancellationToken,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = TlsListener::new(listener, config, shutdown.clone())?;
+    // tap_io only for axum's ConnectInfo<SocketAddr> (TCP_NODELAY is set
+    // when accepting).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |_| {});
+    Ok(tokio::spawn(async move {
+        let serve = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { shutdown.cancelled().await });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "https listener stopped");
+        }
+    }))
+}
+
 /// An axum listener yielding TLS streams: an accept task hands each TCP
 /// connection to a handshake task; finished handshakes queue here.
 pub struct TlsListener {
