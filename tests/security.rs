@@ -200,13 +200,16 @@ async fn a_flood_of_unknown_kids_costs_one_fetch() {
         (sync_status(&h, &good).await == 200).then_some(())
     })
     .await;
-    assert_eq!(jwks.fetches(), 1);
+    // 1 (the start-up fetch), or 2 if the first request arrived before that
+    // fetch landed (its kid was unknown then, which spent the one triggered
+    // fetch the interval allows).
+    assert!(jwks.fetches() <= 2, "{}", jwks.fetches());
 
     for i in 0..200 {
         let t = rs256(&k1, Some(&format!("bogus-{i}")), "alice");
         assert_eq!(sync_status(&h, &t).await, 401);
     }
-    eventually("the first unknown kid caused one fetch", LIMIT, || async {
+    eventually("unknown kids caused one fetch", LIMIT, || async {
         (jwks.fetches() == 2).then_some(())
     })
     .await;
