@@ -29,12 +29,29 @@ macro_rules! options {
 options! {
     "listen" = "127.0.0.1:8000" : "Address of the public listener: client WebSocket, server API, sync HTTP, /health and /metrics.";
     "internal_listen" = "" : "Optional second listener for /metrics and /health only; when set they leave the public listener.";
+    "api_listen" = "" : "Optional listener for the server API alone; when set the API leaves the public listener. Recommended: a private address only backends reach.";
+    "api_key_failures_per_minute" = "10" : "Requests with a missing or wrong API key allowed per client IP per minute (as a burst, refilled evenly); past it the API answers 429 with Retry-After. The IPs tracked are bounded (65536).";
+    "tls_cert" = "" : "PEM certificate chain for TLS on the public listener (wss://, https://), with tls_key; reloaded when the file changes. Empty = plain HTTP (e.g. behind a TLS-terminating proxy).";
+    "tls_key" = "" : "PEM private key of tls_cert.";
+    "tls_internal" = "false" : "Serve internal_listen and api_listen with TLS too (same certificate).";
+    "tls_reload_interval" = "10s" : "How often tls_cert and tls_key are checked for changes; a changed, valid pair is used for new connections.";
     "data_dir" = "./data" : "Directory of the embedded store, the generated secret and an auto-started nats-server.";
     "nats_url" = "nats://127.0.0.1:4222" : "NATS servers (>= 2.10 with JetStream) to connect to: one URL or a comma-separated list of a cluster's nodes; the connection moves to any reachable node (also those the cluster announces) when one is lost.";
     "nats_kv_replicas" = "1" : "Replicas of Herald's NATS KV buckets (writer leases), 1..=5; 3 on a 3-node NATS cluster so losing a node loses no lease. Applied when a bucket is created or opened.";
     "nats_autostart" = "true" : "`serve` only: when no NATS answers at nats_url, start nats-server from PATH as a child process.";
     "nats_server_bin" = "nats-server" : "The nats-server binary used by nats_autostart.";
-    "token_hmac_secret" = "" : "HMAC (HS256/384/512) secret of client connection and subscription JWTs. `serve` generates one in data_dir when unset.";
+    "nats_user" = "" : "NATS user name (with nats_password). Every role connects with the same NATS credentials.";
+    "nats_password" = "" : "NATS password of nats_user.";
+    "nats_token" = "" : "NATS authentication token.";
+    "nats_nkey_seed" = "" : "NATS NKey seed (`SU…`) of a user authorized by its public key.";
+    "nats_creds_file" = "" : "Path of a NATS credentials file (JWT + NKey seed, `.creds`).";
+    "token_hmac_secret" = "" : "HMAC (HS256/384/512) secret of client connection and subscription JWTs, at least 32 bytes. `serve` generates one in data_dir when unset and no public key or JWKS is configured.";
+    "token_public_keys" = "" : "Comma-separated paths of PEM public keys verifying client JWTs: RSA (RS256/384/512), EC P-256/P-384 (ES256/ES384), Ed25519 (EdDSA). Tried in order for a token without `kid`.";
+    "token_jwks_url" = "" : "http(s) URL of a JWK Set; a token with a `kid` is verified with the set's key of that kid. Fetched at start, on the refresh interval and on an unknown kid; the last good set is kept when a fetch fails.";
+    "token_jwks_refresh_interval" = "5m" : "How often the JWK Set is fetched again.";
+    "token_jwks_min_fetch_interval" = "10s" : "Least time between two fetches caused by tokens naming an unknown kid (a flood of made-up kids costs one fetch per interval).";
+    "token_audience" = "" : "When set, client JWTs must carry this `aud`.";
+    "token_issuer" = "" : "When set, client JWTs must carry this `iss`.";
     "token_require_exp" = "false" : "Refuse connection and subscription tokens without `exp` (invalid token, 3500 / 103). Off, as in Centrifugo: such a token never expires.";
     "api_key" = "" : "Key of the server HTTP API (X-API-Key or `Authorization: apikey`). Empty disables the API (404).";
     "log" = "info,lsm_tree=warn,fjall=warn" : "Log filter (tracing EnvFilter syntax), e.g. `info,herald=debug`.";
@@ -76,7 +93,7 @@ options! {
     "otlp_sample_ratio" = "1.0" : "Share of new traces (API requests and client publishes without a sampled caller trace) that are exported, 0.0 to 1.0; a caller's `traceparent` decision is always followed.";
     "otlp_queue_size" = "2048" : "Bound of the finished spans waiting for export (sent in batches of up to 512 every 5s); past it new spans are dropped.";
     "channel_history" = "true" : "Default namespace: channels keep durable history with offsets.";
-    "channel_client_publish" = "true" : "Default namespace: clients may publish into channels they may subscribe to.";
+    "channel_client_publish" = "false" : "Default namespace: clients may publish into channels they may subscribe to (off, as in Centrifugo: backends publish through the server API). The built-in `dm` namespace has it on.";
     "channel_private" = "false" : "Default namespace: subscribing needs a subscription token.";
     "channel_history_retention" = "0s" : "Default namespace: history older than this is not served (0s = forever); with `store = scylla` its publications are written with this TTL, so the database frees them (the embedded store keeps the bytes).";
     "channel_history_size" = "0" : "Default namespace: most publications a channel's history serves, 0 = no bound; older ones expire as with retention (not served, offsets keep counting), as Centrifugo's history_size.";
@@ -117,10 +134,19 @@ pub enum LogFormat {
 pub struct Config {
     pub listen: SocketAddr,
     pub internal_listen: Option<SocketAddr>,
+    /// The server API's own listener; `None` serves it on `listen`.
+    pub api_listen: Option<SocketAddr>,
+    /// Failed API key attempts allowed per client IP per minute.
+    pub api_key_failures_per_minute: u32,
+    /// TLS on the public listener; `None` = plain HTTP.
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// TLS on `internal_listen` and `api_listen` too.
+    pub tls_internal: bool,
     pub data_dir: PathBuf,
     pub nats: NatsConfig,
     pub token_hmac_secret: Option<Secret>,
     pub token_require_exp: bool,
+    pub token: TokenConfig,
     pub api_key: Option<Secret>,
     pub log: String,
     pub log_format: LogFormat,
@@ -156,6 +182,37 @@ pub struct NatsConfig {
     pub kv_replicas: usize,
     pub autostart: bool,
     pub server_bin: PathBuf,
+    pub auth: NatsAuth,
+}
+
+/// How every role authenticates to NATS (`nats_*` credentials options); at
+/// most one kind besides user/password is expected, all are passed on.
+#[derive(Debug, Clone, Default)]
+pub struct NatsAuth {
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    pub token: Option<Secret>,
+    pub nkey_seed: Option<Secret>,
+    pub creds_file: Option<PathBuf>,
+}
+
+/// Asymmetric keys and claim checks of client JWTs (`token_*` options).
+#[derive(Debug, Clone, Default)]
+pub struct TokenConfig {
+    /// PEM public key files, each checked to parse when loading.
+    pub public_keys: Vec<PathBuf>,
+    pub jwks_url: Option<String>,
+    pub jwks_refresh_interval: Duration,
+    pub jwks_min_fetch_interval: Duration,
+    pub audience: Option<String>,
+    pub issuer: Option<String>,
+}
+
+impl TokenConfig {
+    /// Are tokens verified with something besides the HMAC secret?
+    pub fn has_asymmetric(&self) -> bool {
+        !self.public_keys.is_empty() || self.jwks_url.is_some()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -412,15 +469,80 @@ impl Config {
                     parse_addr(s).map(Some)
                 }
             }),
+            api_listen: p.parse("api_listen", |s| {
+                if s.is_empty() {
+                    Ok(None)
+                } else {
+                    parse_addr(s).map(Some)
+                }
+            }),
+            api_key_failures_per_minute: p.parse("api_key_failures_per_minute", |s| {
+                parse_positive(s).map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+            }),
+            tls: {
+                let cert = p.parse("tls_cert", |s| Ok(PathBuf::from(s)));
+                let key = p.parse("tls_key", |s| Ok(PathBuf::from(s)));
+                let reload_interval = p.parse("tls_reload_interval", parse_duration_positive);
+                match (cert.as_os_str().is_empty(), key.as_os_str().is_empty()) {
+                    (true, true) => None,
+                    (false, false) => match crate::tls::load_pair(&cert, &key) {
+                        Ok(_) => Some(crate::tls::TlsFiles {
+                            cert,
+                            key,
+                            reload_interval,
+                        }),
+                        Err(e) => {
+                            p.errors
+                                .push(format!("tls_cert / tls_key (HERALD_TLS_CERT, HERALD_TLS_KEY): {e}"));
+                            None
+                        }
+                    },
+                    _ => {
+                        p.errors.push(
+                            "tls_cert and tls_key (HERALD_TLS_CERT, HERALD_TLS_KEY): set both or neither"
+                                .into(),
+                        );
+                        None
+                    }
+                }
+            },
+            tls_internal: p.parse("tls_internal", parse_bool),
             data_dir: PathBuf::from(p.string("data_dir")),
             nats: NatsConfig {
                 url: p.parse("nats_url", |s| nats_urls(s).map(|_| s.trim().to_string())),
                 kv_replicas: p.parse("nats_kv_replicas", parse_replicas),
                 autostart: p.parse("nats_autostart", parse_bool),
                 server_bin: PathBuf::from(p.string("nats_server_bin")),
+                auth: NatsAuth {
+                    user: p.parse("nats_user", |s| Ok((!s.is_empty()).then(|| s.to_string()))),
+                    password: p.optional_secret("nats_password"),
+                    token: p.optional_secret("nats_token"),
+                    nkey_seed: p.optional_secret("nats_nkey_seed"),
+                    creds_file: p.parse("nats_creds_file", |s| {
+                        Ok((!s.is_empty()).then(|| PathBuf::from(s)))
+                    }),
+                },
             },
             token_hmac_secret: p.optional_secret("token_hmac_secret"),
             token_require_exp: p.parse("token_require_exp", parse_bool),
+            token: TokenConfig {
+                public_keys: p.parse("token_public_keys", parse_public_keys),
+                jwks_url: p.parse("token_jwks_url", |s| {
+                    if s.is_empty() {
+                        Ok(None)
+                    } else if s.starts_with("http://") || s.starts_with("https://") {
+                        Ok(Some(s.to_string()))
+                    } else {
+                        Err("expected an http:// or https:// URL".into())
+                    }
+                }),
+                jwks_refresh_interval: p
+                    .parse("token_jwks_refresh_interval", parse_duration_positive),
+                jwks_min_fetch_interval: p
+                    .parse("token_jwks_min_fetch_interval", parse_duration_positive),
+                audience: p.parse("token_audience", |s| Ok((!s.is_empty()).then(|| s.to_string()))),
+                issuer: p.parse("token_issuer", |s| Ok((!s.is_empty()).then(|| s.to_string()))),
+            },
             api_key: p.optional_secret("api_key"),
             log: p.string("log"),
             log_format: p.parse("log_format", |s| match s {
@@ -521,11 +643,15 @@ impl Config {
         };
         let mut config = config;
         // Built in, so one-to-one chats (`dm:#alice,bob`) work with no
-        // configuration; a `[namespaces.dm]` table overrides it.
-        config
-            .channels
-            .namespaces
-            .insert(BUILTIN_DM_NAMESPACE.to_string(), default_ns.clone());
+        // configuration, clients publishing; a `[namespaces.dm]` table
+        // overrides it.
+        config.channels.namespaces.insert(
+            BUILTIN_DM_NAMESPACE.to_string(),
+            NamespaceOptions {
+                client_publish: true,
+                ..default_ns.clone()
+            },
+        );
         for (name, f) in namespaces {
             let history_retention = match f.history_retention.as_deref().map(parse_retention) {
                 None => default_ns.history_retention,
@@ -553,6 +679,18 @@ impl Config {
                 "scylla_nodes (HERALD_SCYLLA_NODES): must list at least one host:port when store = scylla"
                     .into(),
             );
+        }
+        if let Some(s) = &config.token_hmac_secret {
+            if s.expose().len() < crate::auth::MIN_HMAC_SECRET_BYTES {
+                errors.push(format!(
+                    "token_hmac_secret (HERALD_TOKEN_HMAC_SECRET): must be at least {} bytes \
+                     (e.g. `openssl rand -hex 32`)",
+                    crate::auth::MIN_HMAC_SECRET_BYTES
+                ));
+            }
+        }
+        if config.nats.auth.password.is_some() != config.nats.auth.user.is_some() {
+            errors.push("nats_user and nats_password (HERALD_NATS_USER, HERALD_NATS_PASSWORD): set both or neither".into());
         }
         if config.scylla.password.is_some() && config.scylla.username.is_none() {
             errors.push("scylla_password (HERALD_SCYLLA_PASSWORD): set scylla_username too".into());
@@ -635,9 +773,17 @@ impl Parser<'_> {
         self.value(key).0
     }
 
+    /// A secret, trimmed: a trailing newline from a file or a heredoc must
+    /// not become part of a key that presented keys (trimmed too) are
+    /// compared with.
     fn optional_secret(&mut self, key: &'static str) -> Option<Secret> {
         let v = self.value(key).0;
-        if v.is_empty() { None } else { Some(Secret(v)) }
+        let v = v.trim();
+        if v.is_empty() {
+            None
+        } else {
+            Some(Secret(v.to_string()))
+        }
     }
 }
 
@@ -654,6 +800,17 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| "expected host:port, e.g. 127.0.0.1:8000".into())
 }
 
+/// Comma-separated PEM public key files, each read and checked.
+fn parse_public_keys(s: &str) -> Result<Vec<PathBuf>, String> {
+    let mut out = Vec::new();
+    for path in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let pem = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+        crate::auth::PublicKey::from_pem(&pem).map_err(|e| format!("{path}: {e}"))?;
+        out.push(PathBuf::from(path));
+    }
+    Ok(out)
+}
+
 /// The servers of `nats_url`: one URL or a comma-separated list, each a
 /// valid NATS URL (`nats://host:port`, `tls://…`, or `host:port`).
 pub fn nats_urls(s: &str) -> Result<Vec<String>, String> {
@@ -662,8 +819,10 @@ pub fn nats_urls(s: &str) -> Result<Vec<String>, String> {
         return Err("expected one URL or a comma-separated list of URLs, none empty".into());
     }
     for url in &urls {
-        url.parse::<async_nats::ServerAddr>()
-            .map_err(|e| format!("`{url}` is not a NATS URL: {e}"))?;
+        url.parse::<async_nats::ServerAddr>().map_err(|e| {
+            let url = crate::secrets::redact_url(url);
+            format!("`{url}` is not a NATS URL: {e}")
+        })?;
     }
     Ok(urls)
 }
@@ -785,9 +944,13 @@ mod tests {
         assert_eq!(c.sync.page_limit, 1000);
         assert!(c.token_hmac_secret.is_none());
         assert!(c.channels.default.history);
+        assert!(!c.channels.default.client_publish);
         assert_eq!(
             c.channels.namespaces[BUILTIN_DM_NAMESPACE],
-            c.channels.default
+            NamespaceOptions {
+                client_publish: true,
+                ..c.channels.default.clone()
+            }
         );
     }
 
@@ -922,9 +1085,21 @@ mod tests {
 
     #[test]
     fn secrets_are_masked() {
-        let c = load(None, &[("HERALD_TOKEN_HMAC_SECRET", "hunter2")], &[]).unwrap();
-        assert!(!format!("{c:?}").contains("hunter2"));
-        assert_eq!(c.token_hmac_secret.unwrap().expose(), "hunter2");
+        let secret = "hunter2-hunter2-hunter2-hunter2-hunter2";
+        let c = load(None, &[("HERALD_TOKEN_HMAC_SECRET", secret)], &[]).unwrap();
+        assert!(!format!("{c:?}").contains(secret));
+        assert_eq!(c.token_hmac_secret.unwrap().expose(), secret);
+    }
+
+    #[test]
+    fn short_hmac_secrets_are_refused_and_keys_trimmed() {
+        let e = load(None, &[("HERALD_TOKEN_HMAC_SECRET", "a")], &[]).unwrap_err();
+        assert!(e.to_string().contains("at least 32 bytes"), "{e}");
+        let padded = format!("{}\n", "k".repeat(31));
+        let e = load(None, &[("HERALD_TOKEN_HMAC_SECRET", &padded)], &[]).unwrap_err();
+        assert!(e.to_string().contains("at least 32 bytes"), "{e}");
+        let c = load(None, &[("HERALD_API_KEY", "key\n")], &[]).unwrap();
+        assert_eq!(c.api_key.unwrap().expose(), "key");
     }
 
     #[test]

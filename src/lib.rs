@@ -4,7 +4,9 @@
 //! Codemap (see ARCHITECTURE.md for the invariants):
 //! - [`config`]: every option, layered file < env < flags.
 //! - [`protocol`]: Centrifugo wire types and codec; no I/O.
-//! - [`auth`]: client JWTs (HS256). [`channel`]: names and permissions.
+//! - [`auth`]: client JWTs (HS256, RS/ES/EdDSA), [`jwks`]: JWK Set cache,
+//!   [`tokens`]: the verifier from config. [`channel`]: names and permissions.
+//! - [`secrets`]: private files in the data dir, URL redaction.
 //! - [`bus`]: NATS — subjects, ingest stream, publisher, child nats-server.
 //! - [`edge`]: WebSocket sessions, the registry (by channel and by user), per-channel NATS feeds, outbox.
 //! - [`writer`]: assigns offsets, commits batches, publishes, acks.
@@ -26,11 +28,15 @@ pub mod channel;
 pub mod client;
 pub mod config;
 pub mod edge;
+pub mod jwks;
 pub mod limits;
 pub mod metrics;
 pub mod protocol;
 pub mod roles;
+pub mod secrets;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
+pub mod tls;
+pub mod tokens;
 pub mod writer;

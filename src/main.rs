@@ -165,6 +165,10 @@ fn main() -> ExitCode {
 async fn run(role: Role, config: Config) -> ExitCode {
     let data_dir = config.data_dir.clone();
     let human = config.log_format == LogFormat::Text;
+    let tls = Tls {
+        public: config.tls.is_some(),
+        internal: config.tls.is_some() && config.tls_internal,
+    };
     // Signals are watched from the start, so a standby waiting for the store
     // lock stops cleanly too.
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -193,9 +197,9 @@ async fn run(role: Role, config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(role = role.name(), addr = %running.addr, nats = %running.nats_url, "herald started");
+    tracing::info!(role = role.name(), addr = %running.addr, nats = %herald::secrets::redact_urls(&running.nats_url), "herald started");
     if human {
-        announce(role, &running, &data_dir);
+        announce(role, &running, &data_dir, tls);
     } else {
         // JSON logs: every stderr line is a JSON object, so the hints become events.
         if let Some(url) = &running.notes.started_nats {
@@ -209,12 +213,23 @@ async fn run(role: Role, config: Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Which listeners speak TLS, for the URLs `announce` prints.
+#[derive(Clone, Copy)]
+struct Tls {
+    public: bool,
+    internal: bool,
+}
+
 /// What a person starting Herald by hand wants to know (text logs only).
-fn announce(role: Role, running: &roles::Running, data_dir: &std::path::Path) {
+fn announce(role: Role, running: &roles::Running, data_dir: &std::path::Path, tls: Tls) {
     if let Some(url) = &running.notes.started_nats {
         eprintln!(
-            "started nats-server at {url} (store in {})",
-            data_dir.join("nats").display()
+            "started nats-server at {url} (store in {}); it accepts user `{}` with the password in {}",
+            data_dir.join("nats").display(),
+            herald::secrets::CHILD_NATS_USER,
+            data_dir
+                .join(herald::secrets::CHILD_NATS_PASSWORD_FILE)
+                .display()
         );
     }
     if let Some(path) = &running.notes.generated_secret {
@@ -225,12 +240,23 @@ fn announce(role: Role, running: &roles::Running, data_dir: &std::path::Path) {
         );
     }
     if matches!(role, Role::Serve | Role::Edge) {
+        let (ws, http) = if tls.public {
+            ("wss", "https")
+        } else {
+            ("ws", "http")
+        };
         eprintln!(
-            "client WebSocket: ws://{}/connection/websocket",
+            "client WebSocket: {ws}://{}/connection/websocket",
             running.addr
         );
         if running.notes.api_enabled {
-            eprintln!("server API: http://{}/api/<method>", running.addr);
+            match running.api_addr {
+                Some(addr) => {
+                    let http = if tls.internal { "https" } else { "http" };
+                    eprintln!("server API: {http}://{addr}/api/<method> (api_listen)");
+                }
+                None => eprintln!("server API: {http}://{}/api/<method>", running.addr),
+            }
         } else {
             eprintln!("server API disabled: set HERALD_API_KEY to enable it");
         }
@@ -308,8 +334,8 @@ fn token(t: TokenArgs) -> ExitCode {
     };
     let secret = match &config.token_hmac_secret {
         Some(s) => s.expose().to_string(),
-        None => match std::fs::read_to_string(config.generated_secret_path()) {
-            Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
+        None => match herald::secrets::read_private(&config.generated_secret_path()) {
+            Ok(Some(s)) => s,
             _ => {
                 eprintln!(
                     "config: token_hmac_secret (HERALD_TOKEN_HMAC_SECRET) is not set and {} holds no generated secret; \

@@ -393,7 +393,8 @@ pub mod labels {
         "refresh",
     ];
     /// What a request for an unknown method can get.
-    pub const API_UNKNOWN_RESULTS: &[&str] = &["unauthorized", "method_not_found"];
+    pub const API_UNKNOWN_RESULTS: &[&str] =
+        &["unauthorized", "method_not_found", "too_many_requests"];
     /// `kind` of [`super::NATS_PUBLISH_ERRORS_TOTAL`]: what was being
     /// published — a publication into the ingest stream, a publication on a
     /// channel subject (the writer's, or one without history), a reply (the

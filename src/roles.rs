@@ -6,7 +6,6 @@
 //! Used by `main` and, in process, by the integration tests.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +15,6 @@ use axum::routing::get;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::Verifier;
 use crate::bus::{self, publisher::Publisher, server::NatsServer};
 use crate::config::{Config, Secret, StoreBackend};
 use crate::edge::{Edge, EdgeSettings};
@@ -79,6 +77,8 @@ pub struct StartNotes {
 pub struct Running {
     pub addr: SocketAddr,
     pub internal_addr: Option<SocketAddr>,
+    /// The server API's own listener (`api_listen`), when configured.
+    pub api_addr: Option<SocketAddr>,
     pub notes: StartNotes,
     /// The client token secret in use (generated or configured).
     pub token_secret: Option<Secret>,
@@ -136,36 +136,12 @@ impl Running {
     }
 }
 
-/// Loads the secret from the data dir, or generates and stores one.
+/// Loads the secret from the data dir, or generates and stores one
+/// (`crate::secrets`: 0600, never through a symlink).
 fn ensure_secret(config: &Config) -> anyhow::Result<(Secret, bool)> {
     let path = config.generated_secret_path();
-    if let Ok(s) = std::fs::read_to_string(&path) {
-        let s = s.trim().to_string();
-        if !s.is_empty() {
-            return Ok((Secret::new(s), false));
-        }
-    }
-    let secret = format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
-    write_private(&path, &secret)
-        .with_context(|| format!("storing the generated secret at {}", path.display()))?;
-    Ok((Secret::new(secret), true))
-}
-
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    opts.mode(0o600);
-    let mut f = opts.open(path)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()
+    crate::secrets::load_or_generate(&path)
+        .with_context(|| format!("storing the generated secret at {}", path.display()))
 }
 
 /// Starts `role` with `config`. Returns once every listener is bound.
@@ -298,28 +274,32 @@ pub async fn start_with_shutdown(
     let metrics = crate::metrics::install(role);
     let mut notes = StartNotes::default();
     if role.has_writer() || role.has_sync() || role == Role::Serve {
-        std::fs::create_dir_all(&config.data_dir)
+        crate::secrets::ensure_private_dir(&config.data_dir)
             .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
     }
 
     // The token secret: required by roles that verify tokens.
     let token_secret = match (&config.token_hmac_secret, role) {
         (Some(s), _) => Some(s.clone()),
-        (None, Role::Serve) => {
+        (None, Role::Serve) if !config.token.has_asymmetric() => {
             let (s, generated) = ensure_secret(&config)?;
             if generated {
                 notes.generated_secret = Some(config.generated_secret_path());
             }
             Some(s)
         }
-        (None, Role::Edge | Role::Sync) => {
+        (None, Role::Edge | Role::Sync) if !config.token.has_asymmetric() => {
             bail!(
                 "token_hmac_secret (HERALD_TOKEN_HMAC_SECRET) must be set for `herald {}`",
                 role.name()
             )
         }
-        (None, Role::Writer) => None,
+        (None, _) => None,
     };
+    let verifier = crate::tokens::verifier(&config.token, token_secret.as_ref(), &shutdown)?
+        .require_exp(config.token_require_exp);
+    let tls = crate::tls::setup(config.tls.as_ref(), &shutdown)?;
+    let internal_tls = tls.clone().filter(|_| config.tls_internal);
 
     // The store first: a standby must not touch the zero-config nats-server
     // of the data dir before it holds the store.
@@ -332,16 +312,21 @@ pub async fn start_with_shutdown(
     // NATS, with the zero-config child for `serve`.
     let mut nats_child = None;
     let name = format!("herald-{}", role.name());
-    let nats = match bus::connect(&config.nats.url, &name).await {
+    let nats = match bus::connect(&config.nats.url, &name, &config.nats.auth).await {
         Ok(c) => c,
         Err(bus::ConnectError::Unreachable { url, message })
             if role == Role::Serve && config.nats.autostart =>
         {
             tracing::info!(%url, %message, "no NATS answers; starting nats-server as a child");
-            let child = NatsServer::start(&config.nats.server_bin, &config.data_dir.join("nats"))
-                .await
-                .context("starting nats-server (nats_autostart)")?;
-            let client = bus::connect(&child.url, &name).await?;
+            let auth = crate::secrets::child_nats_auth(&config)?;
+            let child = NatsServer::start_authenticated(
+                &config.nats.server_bin,
+                &config.data_dir.join("nats"),
+                &auth,
+            )
+            .await
+            .context("starting nats-server (nats_autostart)")?;
+            let client = bus::connect(&child.url, &name, &auth).await?;
             notes.started_nats = Some(child.url.clone());
             nats_child = Some(child);
             client
@@ -355,7 +340,7 @@ pub async fn start_with_shutdown(
     bus::ingest::ensure_stream(&js, &config.ingest).await?;
     let info = nats.server_info();
     tracing::info!(
-        url = %nats_url,
+        url = %crate::secrets::redact_urls(&nats_url),
         version = %info.version,
         server = %info.server_name,
         "nats connected"
@@ -378,9 +363,7 @@ pub async fn start_with_shutdown(
             config.channels.clone(),
             SyncSettings::from_config(&config.sync),
         ));
-        let verifier = Verifier::new(token_secret.as_ref().expect("sync has a secret").expose())
-            .require_exp(config.token_require_exp);
-        router = router.merge(service.router(verifier));
+        router = router.merge(service.router(verifier.clone()));
         let (client, token) = (nats.clone(), shutdown.clone());
         let svc = service.clone();
         sync_service = Some(service.clone());
@@ -417,6 +400,8 @@ pub async fn start_with_shutdown(
 
     let mut edge = None;
     let mut control_task = None;
+    let mut http = Vec::new();
+    let mut api_addr = None;
     if role.has_edge() {
         let sync_client = SyncClient::new(nats.clone(), config.sync.timeout);
         let publisher = Publisher::start(
@@ -427,8 +412,6 @@ pub async fn start_with_shutdown(
             config.client.publish_timeout,
         )
         .await?;
-        let verifier = Verifier::new(token_secret.as_ref().expect("edge has a secret").expose())
-            .require_exp(config.token_require_exp);
         let e = Edge::new(
             EdgeSettings {
                 client: config.client.clone(),
@@ -437,7 +420,7 @@ pub async fn start_with_shutdown(
             nats.clone(),
             publisher.clone(),
             sync_client.clone(),
-            verifier,
+            verifier.clone(),
             config.sync.timeout,
         );
         control_task = Some(
@@ -448,14 +431,26 @@ pub async fn start_with_shutdown(
         router = router.merge(e.router());
         notes.api_enabled = config.api_key.is_some();
         if notes.api_enabled {
-            router = router.merge(crate::api::router(crate::api::ApiState {
+            let api = crate::api::router(crate::api::ApiState {
                 key: config.api_key.clone(),
                 publisher,
                 sync: sync_client,
                 channels: config.channels.clone(),
                 history_page_limit: config.client.history_page_limit,
                 edge: e.clone(),
-            }));
+                failures: crate::api::limit::FailureLimit::per_minute(
+                    config.api_key_failures_per_minute,
+                ),
+            });
+            match config.api_listen {
+                Some(addr) => {
+                    let (bound, task) =
+                        serve_http(addr, api, shutdown.clone(), internal_tls.clone()).await?;
+                    http.push(task);
+                    api_addr = Some(bound);
+                }
+                None => router = router.merge(api),
+            }
         }
         edge = Some(e);
     }
@@ -474,10 +469,9 @@ pub async fn start_with_shutdown(
             "/metrics",
             get(move || std::future::ready(metrics.render())),
         );
-    let mut http = Vec::new();
     let internal_addr = match config.internal_listen {
         Some(addr) => {
-            let (bound, task) = serve_http(addr, ops, shutdown.clone()).await?;
+            let (bound, task) = serve_http(addr, ops, shutdown.clone(), internal_tls).await?;
             http.push(task);
             Some(bound)
         }
@@ -486,13 +480,14 @@ pub async fn start_with_shutdown(
             None
         }
     };
-    let (addr, task) = serve_http(config.listen, router, shutdown.clone()).await?;
+    let (addr, task) = serve_http(config.listen, router, shutdown.clone(), tls).await?;
     http.push(task);
-    tracing::info!(role = role.name(), %addr, internal = ?internal_addr, "listening");
+    tracing::info!(role = role.name(), %addr, internal = ?internal_addr, api = ?api_addr, tls = config.tls.is_some(), "listening");
 
     Ok(Running {
         addr,
         internal_addr,
+        api_addr,
         notes,
         token_secret,
         nats_url,
@@ -546,11 +541,15 @@ async fn serve_http(
     addr: SocketAddr,
     router: Router,
     shutdown: CancellationToken,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
     let bound = listener.local_addr()?;
+    if let Some(tls) = tls {
+        return Ok((bound, crate::tls::serve(listener, router, tls, shutdown)?));
+    }
     // Pushes are small frames written as they come: without TCP_NODELAY,
     // Nagle's algorithm holds one back until the client's delayed ACK
     // (tens of ms; measured with `herald bench fanout`).

@@ -39,7 +39,7 @@ async fn start_with(role: Role, default_history: bool) -> Herald {
     config.nats.url = nats.url().to_string();
     config.nats.autostart = false;
     config.api_key = Some(Secret::new(KEY));
-    config.token_hmac_secret = Some(Secret::new("test-token-secret"));
+    config.token_hmac_secret = Some(Secret::new("test-token-secret-0123456789abcdef"));
     config.client.publish_timeout = Duration::from_secs(5);
     config.channels.default.history = default_history;
     let with_history = NamespaceOptions {

@@ -38,7 +38,11 @@ fn the_example_file_loads_and_holds_the_defaults() {
         Some(Duration::from_secs(30 * 86_400))
     );
     let dm = &config.channels.namespaces[herald::config::BUILTIN_DM_NAMESPACE];
-    assert_eq!(dm, &config.channels.default);
+    assert!(
+        dm.client_publish,
+        "the built-in dm namespace lets clients publish"
+    );
+    assert!(!config.channels.default.client_publish);
     assert!(
         config.channels.namespaces.len() == 1,
         "{:?}",
@@ -157,6 +161,14 @@ fn logs_to_a_pipe_carry_no_colour_codes() {
 }
 
 #[test]
+fn a_short_hmac_secret_exits_64() {
+    let out = herald(&["serve"], &[("HERALD_TOKEN_HMAC_SECRET", "a")]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(EXIT_CONFIG), "{err}");
+    assert!(err.contains("at least 32 bytes"), "{err}");
+}
+
+#[test]
 fn an_unknown_set_flag_exits_64() {
     let out = herald(&["serve", "--set", "no_such_option=1"], &[]);
     let err = stderr(&out);
@@ -166,7 +178,7 @@ fn an_unknown_set_flag_exits_64() {
 
 #[test]
 fn token_mints_jwts_the_verifier_accepts() {
-    let secret = "a-test-secret";
+    let secret = "a-test-secret-0123456789abcdef-0123";
     let out = herald(
         &["token", "--user", "alice"],
         &[("HERALD_TOKEN_HMAC_SECRET", secret)],
@@ -206,8 +218,11 @@ fn token_mints_jwts_the_verifier_accepts() {
 #[test]
 fn token_reads_the_secret_serve_generated() {
     let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(dir.path().join("token_hmac_secret"), "generated-secret\n")
-        .expect("write secret");
+    std::fs::write(
+        dir.path().join("token_hmac_secret"),
+        "generated-secret-0123456789abcdef-0123\n",
+    )
+    .expect("write secret");
     let out = herald(
         &["token", "--user", "carol", "--data-dir", path(dir.path())],
         &[],
@@ -215,7 +230,7 @@ fn token_reads_the_secret_serve_generated() {
     assert!(out.status.success(), "{}", stderr(&out));
     let token = String::from_utf8(out.stdout).expect("utf-8");
     assert_eq!(
-        Verifier::new("generated-secret")
+        Verifier::new("generated-secret-0123456789abcdef-0123")
             .connect(token.trim())
             .expect("valid")
             .sub,

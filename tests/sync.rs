@@ -393,6 +393,16 @@ async fn http_authorization_and_errors() {
     let (status, body) = api.get("news", "", &[("authorization", &auth)]).await;
     assert_error(status, &body, 401);
     assert_eq!(body["error"]["message"], "token expired");
+    // A subscription token is not a connection token.
+    let sub_token = mint(
+        SECRET,
+        "alice",
+        Some("secret:room"),
+        Duration::from_secs(300),
+    );
+    let auth = format!("Bearer {sub_token}");
+    let (status, body) = api.get("news", "", &[("authorization", &auth)]).await;
+    assert_error(status, &body, 401);
 
     // 403: someone else's personal channel, a chat alice is not in.
     let (status, body) = api.get_as("alice", "%23bob", "").await;

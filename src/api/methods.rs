@@ -368,7 +368,7 @@ impl Api {
     pub(super) async fn refresh(&self, req: RefreshRequest) -> Result<Sent, Failure> {
         let op = ControlOp::Refresh {
             expired: req.expired,
-            expire_at: req.expire_at,
+            expire_at: req.expire_at.map(crate::auth::clamp_exp),
         };
         self.control(req.target, op).await
     }

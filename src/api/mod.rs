@@ -14,7 +14,10 @@
 //! 401 missing or wrong key (checked first, so an unknown method without a
 //! key is 401 too), 404 unknown method, 400 a body that is not JSON of the
 //! method's shape (an empty body counts as `{}`), 413 a body over
-//! [`MAX_BODY_BYTES`]. Without a configured key every request is 401 (there is
+//! [`MAX_BODY_BYTES`], 429 with `Retry-After` and error 111 for a client IP
+//! past its budget of failed keys ([`limit`], checked before the key). Both
+//! the configured and the presented key are trimmed of surrounding
+//! whitespace. Without a configured key every request is 401 (there is
 //! no insecure mode); `roles` does not mount this router at all then.
 //!
 //! Methods:
@@ -71,6 +74,8 @@
 //!     now expires at `expire_at` (unix seconds), closed 3005
 //!     `client_expired_close_delay` after it unless the client refreshes its
 //!     token; without `expire_at` it no longer expires (as in Centrifugo).
+//!     An `expire_at` further ahead than [`crate::auth::MAX_TOKEN_LIFETIME`]
+//!     counts as that far (no deadline computed from it can overflow).
 //!
 //! Publish failures map to error 100 "internal server error" whatever their
 //! kind (timeout, backpressure, NATS or writer unavailable, writer refusal):
@@ -86,14 +91,16 @@
 //! [`Publisher`], reads through [`SyncClient`], asks the [`Edge`] for counts
 //! and hands it control messages to send.
 
+pub mod limit;
 mod methods;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -131,6 +138,8 @@ pub struct ApiState {
     pub history_page_limit: usize,
     /// For `info`, and to send per-user control messages.
     pub edge: Arc<Edge>,
+    /// The failed-key budget per client IP.
+    pub failures: limit::FailureLimit,
 }
 
 /// What `info` says about this node besides the edge's counts; fixed when
@@ -309,11 +318,15 @@ impl<T> From<Result<T, MethodError>> for Outcome<T> {
 async fn handle(
     State(api): State<Arc<Api>>,
     Path(name): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let method = Method::from_name(&name);
     let label = Method::label(method);
+    if let Some(wait) = api.state.failures.blocked(peer.ip()) {
+        return too_many(label, wait);
+    }
     let span = tracing::info_span!(
         "api_request",
         otel.kind = "server",
@@ -325,6 +338,12 @@ async fn handle(
         .dispatch(method, &headers, body)
         .instrument(span.clone())
         .await;
+    if let Err(Failure::Transport(StatusCode::UNAUTHORIZED, _)) = outcome {
+        if let Some(wait) = api.state.failures.failed(peer.ip()) {
+            tracing::warn!(peer = %peer.ip(), "api key failures over budget");
+            return too_many(label, wait);
+        }
+    }
     let (status, result, body) = match outcome {
         Ok(result) => (StatusCode::OK, "ok", json(&Outcome::Result(result))),
         Err(Failure::Method(e)) => (
@@ -345,6 +364,23 @@ async fn handle(
         "api request"
     );
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// 429 with `Retry-After` (whole seconds, rounded up) and the server API
+/// error 111, counted under the method's label.
+fn too_many(label: &'static str, wait: std::time::Duration) -> Response {
+    let e = ProtocolError::TooManyRequests;
+    metrics::counter!(API_REQUESTS_TOTAL, "method" => label, "result" => e.label()).increment(1);
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [
+            (header::CONTENT_TYPE, "application/json".to_string()),
+            (header::RETRY_AFTER, secs.max(1).to_string()),
+        ],
+        json(&Outcome::<()>::Error(e.into())),
+    )
+        .into_response()
 }
 
 /// Serializes a reply. Our reply types hold only strings, integers and raw
@@ -404,7 +440,7 @@ impl Api {
         let (Some(expected), Some(given)) = (&self.state.key, presented_key(headers)) else {
             return false;
         };
-        given.ct_eq(expected.expose().as_bytes()).into()
+        given.ct_eq(expected.expose().trim().as_bytes()).into()
     }
 }
 

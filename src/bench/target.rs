@@ -166,6 +166,8 @@ impl Herald {
             ("nats_autostart".into(), "false".into()),
             ("token_hmac_secret".into(), secret.clone()),
             ("api_key".into(), api_key.clone()),
+            // The bench's clients publish (off by default).
+            ("channel_client_publish".into(), "true".into()),
         ];
         for (k, v) in &opts.options {
             env.retain(|(key, _)| key != k);

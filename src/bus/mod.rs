@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::config::NatsAuth;
 use crate::metrics as m;
 
 /// Oldest nats-server Herald accepts (JetStream features it relies on).
@@ -32,6 +33,12 @@ pub enum ConnectError {
     TooOld { url: String, version: String },
     #[error("NATS at {url} has JetStream disabled; start nats-server with `-js` (JetStream on)")]
     NoJetStream { url: String },
+    #[error("reading the NATS credentials file {path}: {source}")]
+    Credentials {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Parses "2.10.3" (or "v2.10.3-beta") into (major, minor).
@@ -50,9 +57,49 @@ pub fn parse_version(v: &str) -> Option<(u64, u64)> {
 /// or JetStream-less servers. The connection's state is in
 /// `herald_nats_connected`, each connect after the first counts in
 /// `herald_nats_reconnects_total`.
-pub async fn connect(urls: &str, name: &str) -> Result<async_nats::Client, ConnectError> {
-    let url = urls;
-    let servers = crate::config::nats_urls(urls)
+///
+/// `auth` is passed on as configured (user/password, token, NKey seed,
+/// credentials file), after any credentials in the URL itself. Every URL in
+/// an error is redacted
+/// ([`crate::secrets::redact_url`]): credentials never reach a log line.
+pub async fn connect(
+    url: &str,
+    name: &str,
+    auth: &NatsAuth,
+) -> Result<async_nats::Client, ConnectError> {
+    let connected_before = Arc::new(AtomicBool::new(false));
+    let mut options = async_nats::ConnectOptions::new();
+    // Credentials in the URL become options, so async-nats never logs them
+    // (its debug events print the URL whole).
+    let (bare_url, in_url) = crate::secrets::split_credentials(url);
+    match in_url {
+        Some(crate::secrets::UrlCredentials::UserPassword(user, password)) => {
+            options = options.user_and_password(user, password);
+        }
+        Some(crate::secrets::UrlCredentials::Token(token)) => options = options.token(token),
+        None => {}
+    }
+    if let (Some(user), Some(password)) = (&auth.user, &auth.password) {
+        options = options.user_and_password(user.clone(), password.expose().to_string());
+    }
+    if let Some(token) = &auth.token {
+        options = options.token(token.expose().to_string());
+    }
+    if let Some(seed) = &auth.nkey_seed {
+        options = options.nkey(seed.expose().to_string());
+    }
+    if let Some(path) = &auth.creds_file {
+        options =
+            options
+                .credentials_file(path)
+                .await
+                .map_err(|source| ConnectError::Credentials {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+    }
+    let safe_url = crate::secrets::redact_urls(url);
+    let servers = crate::config::nats_urls(&bare_url)
         .and_then(|list| {
             list.iter()
                 .map(|u| {
@@ -62,11 +109,10 @@ pub async fn connect(urls: &str, name: &str) -> Result<async_nats::Client, Conne
                 .collect::<Result<Vec<_>, _>>()
         })
         .map_err(|message| ConnectError::Unreachable {
-            url: url.to_string(),
+            url: safe_url.clone(),
             message,
         })?;
-    let connected_before = Arc::new(AtomicBool::new(false));
-    let client = async_nats::ConnectOptions::new()
+    let client = options
         .name(name)
         .connection_timeout(Duration::from_secs(3))
         .max_reconnects(None)
@@ -92,23 +138,21 @@ pub async fn connect(urls: &str, name: &str) -> Result<async_nats::Client, Conne
         .connect(servers)
         .await
         .map_err(|e| ConnectError::Unreachable {
-            url: url.to_string(),
-            message: e.to_string(),
+            url: safe_url.clone(),
+            message: e.to_string().replace(url, &safe_url),
         })?;
     let info = client.server_info();
     match parse_version(&info.version) {
         Some(v) if v >= MIN_NATS_VERSION => {}
         _ => {
             return Err(ConnectError::TooOld {
-                url: url.to_string(),
+                url: safe_url,
                 version: info.version,
             });
         }
     }
     if !info.jetstream {
-        return Err(ConnectError::NoJetStream {
-            url: url.to_string(),
-        });
+        return Err(ConnectError::NoJetStream { url: safe_url });
     }
     Ok(client)
 }

@@ -50,6 +50,32 @@ impl NatsServer {
         Self::spawn(bin, dir, None, Some(config_file)).await
     }
 
+    /// Like [`NatsServer::start`], accepting only clients that present
+    /// `auth`'s user and password. They go into a private (0600) config
+    /// file in `dir`, not on the command line where other local users can
+    /// read them.
+    pub async fn start_authenticated(
+        bin: &Path,
+        dir: &Path,
+        auth: &crate::config::NatsAuth,
+    ) -> Result<Self, SpawnError> {
+        let (Some(user), Some(password)) = (&auth.user, &auth.password) else {
+            return Self::start(bin, dir).await;
+        };
+        crate::secrets::ensure_private_dir(dir)?;
+        let file = dir.join("auth.conf");
+        let quoted = |s: &str| serde_json::to_string(s).unwrap_or_default();
+        crate::secrets::write_private(
+            &file,
+            &format!(
+                "authorization {{\n  user: {}\n  password: {}\n}}\n",
+                quoted(user),
+                quoted(password.expose())
+            ),
+        )?;
+        Self::spawn(bin, dir, None, Some(&file)).await
+    }
+
     /// Like [`NatsServer::start`] on a given port: a server restarted on the
     /// port and store of one that died, so its clients reconnect to it.
     pub async fn start_on_port(bin: &Path, dir: &Path, port: u16) -> Result<Self, SpawnError> {

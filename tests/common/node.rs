@@ -10,7 +10,8 @@ use herald::roles::{self, Role, Running};
 
 use super::TestNats;
 
-pub const SECRET: &str = "test-secret-0123456789";
+/// At least 32 bytes, as Herald requires of HMAC secrets.
+pub const SECRET: &str = "test-secret-0123456789-0123456789";
 pub const API_KEY: &str = "test-api-key";
 
 pub struct TestHerald {
@@ -29,6 +30,8 @@ pub fn test_config(nats: &TestNats, data_dir: PathBuf) -> Config {
     c.nats.autostart = false;
     c.token_hmac_secret = Some(Secret::new(SECRET));
     c.api_key = Some(Secret::new(API_KEY));
+    // The tests' clients publish; the default namespace forbids it.
+    c.channels.default.client_publish = true;
     c.ingest.partitions = 4;
     c.sync.timeout = Duration::from_secs(5);
     c.shutdown_drain = Duration::from_millis(100);

@@ -74,6 +74,8 @@ impl Spec {
             ("nats_autostart", "false".into()),
             ("token_hmac_secret", SECRET.into()),
             ("api_key", API_KEY.into()),
+            // The tests' clients publish; the default namespace forbids it.
+            ("channel_client_publish", "true".into()),
             ("ingest_partitions", "4".into()),
             ("writer_failover_timeout", "2s".into()),
             ("client_publish_timeout", "3s".into()),

@@ -89,6 +89,8 @@ struct Session {
 /// exactly `ttl` seconds after the reply: a deadline at the expiry itself
 /// would always fire first and end every refreshing connection with 3005.
 fn close_deadline(exp: u64, grace: Duration) -> Instant {
+    // Clamped here too: an `exp` may also come from a control message.
+    let exp = crate::auth::clamp_exp(exp);
     Instant::now() + Duration::from_secs(exp.saturating_sub(now_secs())) + grace
 }
 
