@@ -170,6 +170,9 @@ mod tests {
             client_publish: true,
             private: false,
             history_retention: None,
+            presence: false,
+            join_leave: false,
+            force_push_join_leave: false,
         };
         let mut namespaces = BTreeMap::new();
         namespaces.insert("dm".to_string(), default.clone());

@@ -78,11 +78,21 @@ options! {
     "channel_client_publish" = "true" : "Default namespace: clients may publish into channels they may subscribe to.";
     "channel_private" = "false" : "Default namespace: subscribing needs a subscription token.";
     "channel_history_retention" = "0s" : "Default namespace: history older than this is not served (0s = forever).";
+    "channel_presence" = "false" : "Default namespace: clients and the server API may ask a channel's presence and presence stats (on for the built-in `dm` namespace).";
+    "channel_join_leave" = "false" : "Default namespace: join and leave pushes go to subscribers that ask for them (`join_leave` in subscribe; on for `dm`).";
+    "channel_force_push_join_leave" = "false" : "Default namespace: join and leave pushes go to every subscriber, asked or not (on for `dm`).";
+    "presence_ttl" = "60s" : "An edge that sent no heartbeat for this long is dead: its connections leave every presence, join/leave (leave pushes) and user status. Edges heartbeat every third of it.";
+    "user_status_for_clients" = "false" : "Clients may call the RPC method `herald.user_status` (other users' online status).";
 }
 
 /// The namespace that exists without configuration, with the default
 /// namespace's options: direct messages between the users listed after `#`.
 pub const BUILTIN_DM_NAMESPACE: &str = "dm";
+/// The namespace that exists without configuration for watching users'
+/// online status (`status:<user>`): no history, no client publishing; a
+/// `[namespaces.status]` table overrides it (e.g. `private = true`: watching
+/// needs a subscription token).
+pub const BUILTIN_STATUS_NAMESPACE: &str = "status";
 
 /// A string that never shows in logs or Debug output.
 #[derive(Clone, PartialEq, Eq)]
@@ -131,6 +141,16 @@ pub struct Config {
     pub shutdown_drain: Duration,
     pub otlp: OtlpConfig,
     pub channels: ChannelsConfig,
+    pub presence: PresenceConfig,
+}
+
+/// Presence, join/leave and user status across edges (`presence_ttl`,
+/// `user_status_for_clients`).
+#[derive(Debug, Clone)]
+pub struct PresenceConfig {
+    /// An edge silent this long is dead; edges heartbeat every third of it.
+    pub ttl: Duration,
+    pub user_status_for_clients: bool,
 }
 
 /// OpenTelemetry trace export (`otlp_*` options).
@@ -247,6 +267,12 @@ pub struct NamespaceOptions {
     pub private: bool,
     /// `None` keeps history forever.
     pub history_retention: Option<Duration>,
+    /// Presence and presence stats may be asked (Centrifugo's `presence`).
+    pub presence: bool,
+    /// Join/leave pushes to subscribers asking for them (`join_leave`).
+    pub join_leave: bool,
+    /// Join/leave pushes to every subscriber (`force_push_join_leave`).
+    pub force_push_join_leave: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -281,6 +307,9 @@ struct NamespaceFile {
     client_publish: Option<bool>,
     private: Option<bool>,
     history_retention: Option<String>,
+    presence: Option<bool>,
+    join_leave: Option<bool>,
+    force_push_join_leave: Option<bool>,
 }
 
 /// Where the raw values come from, lowest precedence first.
@@ -381,6 +410,13 @@ impl Config {
             client_publish: p.parse("channel_client_publish", parse_bool),
             private: p.parse("channel_private", parse_bool),
             history_retention: p.parse("channel_history_retention", parse_retention),
+            presence: p.parse("channel_presence", parse_bool),
+            join_leave: p.parse("channel_join_leave", parse_bool),
+            force_push_join_leave: p.parse("channel_force_push_join_leave", parse_bool),
+        };
+        let presence = PresenceConfig {
+            ttl: p.parse("presence_ttl", parse_duration_positive),
+            user_status_for_clients: p.parse("user_status_for_clients", parse_bool),
         };
         let config = Config {
             listen: p
@@ -498,14 +534,31 @@ impl Config {
                 namespaces: BTreeMap::new(),
                 default: default_ns.clone(),
             },
+            presence,
         };
         let mut config = config;
         // Built in, so one-to-one chats (`dm:#alice,bob`) work with no
         // configuration; a `[namespaces.dm]` table overrides it.
-        config
-            .channels
-            .namespaces
-            .insert(BUILTIN_DM_NAMESPACE.to_string(), default_ns.clone());
+        config.channels.namespaces.insert(
+            BUILTIN_DM_NAMESPACE.to_string(),
+            NamespaceOptions {
+                presence: true,
+                join_leave: true,
+                force_push_join_leave: true,
+                ..default_ns.clone()
+            },
+        );
+        config.channels.namespaces.insert(
+            BUILTIN_STATUS_NAMESPACE.to_string(),
+            NamespaceOptions {
+                history: false,
+                client_publish: false,
+                presence: false,
+                join_leave: false,
+                force_push_join_leave: false,
+                ..default_ns.clone()
+            },
+        );
         for (name, f) in namespaces {
             let history_retention = match f.history_retention.as_deref().map(parse_retention) {
                 None => default_ns.history_retention,
@@ -515,11 +568,27 @@ impl Config {
                     None
                 }
             };
+            // A table for a built-in namespace changes only what it sets.
+            let base = config
+                .channels
+                .namespaces
+                .get(&name)
+                .cloned()
+                .unwrap_or_else(|| default_ns.clone());
             let o = NamespaceOptions {
-                history: f.history.unwrap_or(default_ns.history),
-                client_publish: f.client_publish.unwrap_or(default_ns.client_publish),
-                private: f.private.unwrap_or(default_ns.private),
-                history_retention,
+                history: f.history.unwrap_or(base.history),
+                client_publish: f.client_publish.unwrap_or(base.client_publish),
+                private: f.private.unwrap_or(base.private),
+                history_retention: if f.history_retention.is_some() {
+                    history_retention
+                } else {
+                    base.history_retention
+                },
+                presence: f.presence.unwrap_or(base.presence),
+                join_leave: f.join_leave.unwrap_or(base.join_leave),
+                force_push_join_leave: f
+                    .force_push_join_leave
+                    .unwrap_or(base.force_push_join_leave),
             };
             config.channels.namespaces.insert(name, o);
         }
@@ -754,8 +823,18 @@ mod tests {
         assert!(c.channels.default.history);
         assert_eq!(
             c.channels.namespaces[BUILTIN_DM_NAMESPACE],
-            c.channels.default
+            NamespaceOptions {
+                presence: true,
+                join_leave: true,
+                force_push_join_leave: true,
+                ..c.channels.default.clone()
+            }
         );
+        assert!(!c.channels.default.presence && !c.channels.default.join_leave);
+        let status = &c.channels.namespaces[BUILTIN_STATUS_NAMESPACE];
+        assert!(!status.history && !status.client_publish && !status.private);
+        assert_eq!(c.presence.ttl, Duration::from_secs(60));
+        assert!(!c.presence.user_status_for_clients);
     }
 
     #[test]
@@ -881,7 +960,10 @@ mod tests {
         let c = load(
             None,
             &[
-                ("HERALD_NATS_URL", " nats://10.0.0.1:4222, 10.0.0.2:4222 ,tls://n3:4222"),
+                (
+                    "HERALD_NATS_URL",
+                    " nats://10.0.0.1:4222, 10.0.0.2:4222 ,tls://n3:4222",
+                ),
                 ("HERALD_INGEST_REPLICAS", "3"),
                 ("HERALD_NATS_KV_REPLICAS", "3"),
             ],

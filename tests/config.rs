@@ -38,9 +38,12 @@ fn the_example_file_loads_and_holds_the_defaults() {
         Some(Duration::from_secs(30 * 86_400))
     );
     let dm = &config.channels.namespaces[herald::config::BUILTIN_DM_NAMESPACE];
-    assert_eq!(dm, &config.channels.default);
+    assert!(dm.presence && dm.join_leave && dm.force_push_join_leave);
+    assert_eq!(dm.history, config.channels.default.history);
+    let status = &config.channels.namespaces[herald::config::BUILTIN_STATUS_NAMESPACE];
+    assert!(!status.history && !status.client_publish);
     assert!(
-        config.channels.namespaces.len() == 1,
+        config.channels.namespaces.len() == 2,
         "{:?}",
         config.channels.namespaces
     );

@@ -41,6 +41,9 @@ fn channels() -> ChannelsConfig {
         client_publish: true,
         private: false,
         history_retention: None,
+        presence: false,
+        join_leave: false,
+        force_push_join_leave: false,
     };
     let mut namespaces = BTreeMap::new();
     namespaces.insert("dm".to_string(), default.clone());
