@@ -411,3 +411,148 @@ fn now_ms() -> u64 {
         .unwrap()
         .as_millis() as u64
 }
+
+/// The numbers behind the choice of mechanism (ARCHITECTURE.md,
+/// "Presence"): on the real nats-server, the round trip of a core NATS
+/// request answered by one subscriber (what a scatter-gather costs per
+/// edge), a JetStream KV put and a KV read of one key (what a replicated
+/// presence bucket costs per join/leave and per status read), and listing
+/// a 10,000-key room from a KV bucket (what its `presence` would cost).
+/// Prints only; run with
+/// `cargo test --test presence measure_mechanisms -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement, not a check"]
+async fn measure_mechanisms() {
+    use async_nats::jetstream::kv;
+    use futures::StreamExt;
+    let nats = TestNats::start().await;
+    let client = nats.client().await;
+    const N: u32 = 2000;
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        (v[v.len() / 2], v[v.len() * 99 / 100])
+    };
+
+    let mut sub = client.subscribe("measure.q").await.unwrap();
+    let responder = client.clone();
+    tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            if let Some(r) = m.reply {
+                let _ = responder.publish(r, "{}".into()).await;
+            }
+        }
+    });
+    client.flush().await.unwrap();
+    let mut rtt = Vec::new();
+    for _ in 0..N {
+        let t = Instant::now();
+        client.request("measure.q", "{}".into()).await.unwrap();
+        rtt.push(t.elapsed());
+    }
+    println!("core request round trip (p50, p99): {:?}", median(rtt));
+
+    let js = async_nats::jetstream::new(client.clone());
+    let bucket = js
+        .create_key_value(kv::Config {
+            bucket: "measure".into(),
+            history: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (mut puts, mut gets) = (Vec::new(), Vec::new());
+    for i in 0..N {
+        let t = Instant::now();
+        bucket
+            .put(
+                format!("room.c{i}"),
+                "{\"client\":\"x\",\"user\":\"u\"}".into(),
+            )
+            .await
+            .unwrap();
+        puts.push(t.elapsed());
+        let t = Instant::now();
+        bucket.get(format!("room.c{i}")).await.unwrap();
+        gets.push(t.elapsed());
+    }
+    println!("KV put, file storage, R1 (p50, p99): {:?}", median(puts));
+    println!("KV get (p50, p99): {:?}", median(gets));
+    for i in N..10_000 {
+        bucket
+            .put(
+                format!("room.c{i}"),
+                "{\"client\":\"x\",\"user\":\"u\"}".into(),
+            )
+            .await
+            .unwrap();
+    }
+    let t = Instant::now();
+    let mut keys = bucket.keys().await.unwrap();
+    let mut n = 0;
+    while let Some(k) = keys.next().await {
+        k.unwrap();
+        n += 1;
+    }
+    println!("KV keys of a 10,000-member room: {n} in {:?}", t.elapsed());
+    let t = Instant::now();
+    let mut w = bucket.watch_all_from_revision(1).await.unwrap();
+    let mut n = 0;
+    while n < 10_000 {
+        w.next().await.unwrap().unwrap();
+        n += 1;
+    }
+    println!(
+        "KV read of a 10,000-member room's entries: {:?}",
+        t.elapsed()
+    );
+}
+
+/// The official JavaScript SDK (`centrifuge` on Node): `presence()`,
+/// `presenceStats()`, join/leave events and `rpc('herald.user_status')`,
+/// alice and bob on two different edges (tests/sdk/presence_js.mjs).
+#[tokio::test]
+async fn javascript_sdk_presence_join_leave_and_rpc() {
+    let _turn = SERIAL.lock().await;
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let modules = root.join(".tools/node/node_modules");
+    assert!(
+        modules.join("centrifuge/package.json").exists(),
+        "{} is missing: run scripts/install-tools.sh",
+        modules.display()
+    );
+    let c = cluster().await;
+    let ws = |p: &HeraldProcess| format!("ws://{}/connection/websocket", p.addr());
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("node")
+            .arg(root.join("tests/sdk/presence_js.mjs"))
+            .env("HERALD_NODE_MODULES", &modules)
+            .env("HERALD_WS_A", ws(&c.a))
+            .env("HERALD_WS_B", ws(&c.b))
+            .env("HERALD_TOKEN_ALICE", token("alice"))
+            .env("HERALD_TOKEN_BOB", token("bob"))
+            .env("HERALD_CHANNEL", ROOM)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the script finishes within a minute")
+    .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value = stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no report; stdout:\n{stdout}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["join"], "bob");
+    assert_eq!(report["presence"], 2);
+    assert_eq!(report["stats"], json!({"numClients": 2, "numUsers": 2}));
+    assert_eq!(report["rpc"], json!([true, false]));
+    assert_eq!(report["leave"], "bob");
+}
