@@ -28,11 +28,11 @@ const ROOM: &str = "room";
 
 /// Presence on in the default namespace, join/leave on request, client
 /// user status on, a small TTL.
-fn with_presence(spec: Spec) -> Spec {
+fn with_presence(spec: Spec, ttl: Duration) -> Spec {
     spec.set("channel_presence", true)
         .set("channel_join_leave", true)
         .set("user_status_for_clients", true)
-        .set("presence_ttl", format!("{}s", TTL.as_secs()))
+        .set("presence_ttl", format!("{}s", ttl.as_secs()))
 }
 
 struct Cluster {
@@ -44,16 +44,19 @@ struct Cluster {
 }
 
 async fn cluster() -> Cluster {
+    cluster_with_ttl(TTL).await
+}
+
+async fn cluster_with_ttl(ttl: Duration) -> Cluster {
     let nats = TestNats::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let serve = HeraldProcess::start(with_presence(Spec::serve(
-        "serve",
-        nats.url(),
-        &dir.path().join("data"),
-    )))
+    let serve = HeraldProcess::start(with_presence(
+        Spec::serve("serve", nats.url(), &dir.path().join("data")),
+        ttl,
+    ))
     .await;
-    let a = HeraldProcess::start(with_presence(Spec::edge("edge-a", nats.url()))).await;
-    let b = HeraldProcess::start(with_presence(Spec::edge("edge-b", nats.url()))).await;
+    let a = HeraldProcess::start(with_presence(Spec::edge("edge-a", nats.url()), ttl)).await;
+    let b = HeraldProcess::start(with_presence(Spec::edge("edge-b", nats.url()), ttl)).await;
     Cluster {
         _nats: nats,
         _dir: dir,
@@ -290,6 +293,39 @@ async fn a_killed_edges_members_leave_within_the_ttl() {
     assert!(
         alice.nothing_for(Duration::from_millis(500)).await,
         "exactly one leave"
+    );
+}
+
+/// An edge stopped with SIGTERM (long TTL: nothing waits for it): its
+/// members' leaves are pushed and its users are offline with a last-seen
+/// time right away — its sessions close first, then it says goodbye.
+#[tokio::test]
+async fn a_stopped_edge_says_goodbye() {
+    let _turn = SERIAL.lock().await;
+    let mut c = cluster_with_ttl(Duration::from_secs(600)).await;
+    let (mut alice, _) = WsClient::connect(c.a.addr(), &token("alice")).await;
+    alice
+        .call("subscribe", json!({"channel": ROOM, "join_leave": true}))
+        .await;
+    push_of(&mut alice, ROOM, "join", LIMIT).await;
+    let (mut bob, _) = WsClient::connect(c.b.addr(), &token("bob")).await;
+    bob.call("subscribe", json!({"channel": ROOM, "join_leave": true}))
+        .await;
+    let join = push_of(&mut alice, ROOM, "join", LIMIT).await;
+    assert_eq!(join["info"]["user"], "bob");
+    let stopped = Instant::now();
+    c.b.sigterm().await;
+    let leave = push_of(&mut alice, ROOM, "leave", LIMIT).await;
+    assert_eq!(leave["info"]["user"], "bob");
+    println!("SIGTERM of bob's edge: leave after {:?}", stopped.elapsed());
+    let api = c.serve.api();
+    let s = status_of(&api, "bob").await;
+    assert_eq!(s["online"], false, "{s}");
+    assert!(s["last_seen"].as_u64().unwrap() > 0, "{s}");
+    presence_until(&mut alice, ROOM, "bob gone", |p| users_in(p) == ["alice"]).await;
+    assert!(
+        alice.nothing_for(Duration::from_millis(500)).await,
+        "one leave only"
     );
 }
 

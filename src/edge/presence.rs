@@ -71,6 +71,10 @@ pub const EVENT_QUEUE: usize = 65_536;
 pub const KV_CONCURRENCY: usize = 64;
 /// Death notices a feed has not read yet.
 pub const DEATH_QUEUE: usize = 64;
+/// After shutdown is asked, how long presence keeps running while the
+/// edge's connections close (their leaves and last-seen times go out
+/// before the goodbye); past it, the others push what is left as leaves.
+pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(15);
 /// How long the status bucket keeps a user's last-seen time.
 pub const LAST_SEEN_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -203,8 +207,9 @@ impl Presence {
 
     /// Subscribes to queries and heartbeats (active at the server before it
     /// returns), opens the status bucket, announces this edge, and runs
-    /// until `shutdown`: then publishes the events still queued, says
-    /// goodbye and ends.
+    /// until `shutdown` and the edge's connections have closed (at most
+    /// [`SHUTDOWN_WAIT`] more): then publishes the events still queued,
+    /// says goodbye and ends.
     pub async fn serve(
         self: &Arc<Self>,
         registry: Arc<Registry>,
@@ -254,9 +259,18 @@ impl Presence {
         Ok(tokio::spawn(async move {
             let _held = held;
             let mut tick = tokio::time::interval((me.ttl / 3).max(Duration::from_millis(50)));
+            let mut stopping: Option<Instant> = None;
             loop {
+                if let Some(since) = stopping
+                    && (registry.num_connections() == 0 || since.elapsed() >= SHUTDOWN_WAIT)
+                {
+                    break;
+                }
                 tokio::select! {
-                    _ = shutdown.cancelled() => break,
+                    _ = shutdown.cancelled(), if stopping.is_none() => {
+                        stopping = Some(Instant::now());
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(20)), if stopping.is_some() => {}
                     Some(msg) = queries.next() => me.answer(&registry, msg).await,
                     Some(msg) = beats.next() => me.heard(&msg.payload).await,
                     Some(e) = events.recv() => me.publish_event(&registry, e, &kv_writes).await,
