@@ -367,3 +367,37 @@ async fn fill_gap(
     metrics::counter!(crate::metrics::GAPS_FILLED_TOTAL, "result" => "filled").increment(1);
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(client: &str) -> bytes::Bytes {
+        bytes::Bytes::from(format!(r#"{{"client":"{client}","user":"u"}}"#))
+    }
+
+    /// What a feed remembers of joins: a leave forgets, a dead edge's
+    /// members come out once, the live edges' stay.
+    #[test]
+    fn joins_are_remembered_by_edge_until_their_leave_or_death() {
+        let mut j = Joined::default();
+        j.join("a", "c1".into(), info("c1"));
+        j.join("a", "c2".into(), info("c2"));
+        j.join("a", "c2".into(), info("c2"));
+        j.join("b", "c3".into(), info("c3"));
+        assert_eq!(j.count, 3);
+        j.leave("a", "c1");
+        j.leave("b", "nobody");
+        assert_eq!(j.count, 2);
+        let dead = j.take_dead(|e| e == "b");
+        assert_eq!(dead, [info("c2")]);
+        assert!(j.take_dead(|e| e == "b").is_empty(), "once");
+        assert_eq!(j.count, 1);
+        let v: serde_json::Value =
+            serde_json::from_slice(&join_leave_push("ch", false, &info("c3")).expect("valid info"))
+                .unwrap();
+        assert_eq!(v["push"]["channel"], "ch");
+        assert_eq!(v["push"]["leave"]["info"]["client"], "c3");
+        assert!(join_leave_push("ch", true, b"not json").is_none());
+    }
+}
