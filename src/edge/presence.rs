@@ -256,6 +256,25 @@ impl Presence {
         );
         let me = self.clone();
         let kv_writes = Arc::new(Semaphore::new(KV_CONCURRENCY));
+        // Two tasks: queries and heartbeats never wait behind event
+        // publishing (a mass disconnect's last-seen writes).
+        let stop_events = CancellationToken::new();
+        let events_task = {
+            let (me, registry, stop) = (me.clone(), registry.clone(), stop_events.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        Some(e) = events.recv() => me.publish_event(&registry, e, &kv_writes).await,
+                    }
+                }
+                // What the closed sessions emitted last goes out too.
+                while let Ok(e) = events.try_recv() {
+                    me.publish_event(&registry, e, &kv_writes).await;
+                }
+                let _ = kv_writes.acquire_many(KV_CONCURRENCY as u32).await;
+            })
+        };
         Ok(tokio::spawn(async move {
             let _held = held;
             let mut tick = tokio::time::interval((me.ttl / 3).max(Duration::from_millis(50)));
@@ -273,19 +292,16 @@ impl Presence {
                     _ = tokio::time::sleep(Duration::from_millis(20)), if stopping.is_some() => {}
                     Some(msg) = queries.next() => me.answer(&registry, msg).await,
                     Some(msg) = beats.next() => me.heard(&msg.payload).await,
-                    Some(e) = events.recv() => me.publish_event(&registry, e, &kv_writes).await,
                     _ = tick.tick() => {
                         me.beat(false).await;
                         me.expire();
                     }
                 }
             }
-            // The sessions closed before shutdown: their leaves go out, then
-            // the goodbye (the others treat what is left as gone).
-            while let Ok(e) = events.try_recv() {
-                me.publish_event(&registry, e, &kv_writes).await;
-            }
-            let _ = kv_writes.acquire_many(KV_CONCURRENCY as u32).await;
+            // The sessions have closed: their leaves and last-seen times go
+            // out, then the goodbye (the others treat what is left as gone).
+            stop_events.cancel();
+            let _ = events_task.await;
             me.beat(true).await;
             let _ = me.nats.flush().await;
         }))
