@@ -592,3 +592,76 @@ async fn javascript_sdk_presence_join_leave_and_rpc() {
     assert_eq!(report["rpc"], json!([true, false]));
     assert_eq!(report["leave"], "bob");
 }
+
+/// The race the articles warn about: one user connecting and disconnecting
+/// on two edges at once, many times. Whatever the interleaving, the answer
+/// and the watcher's last push follow the last state: online while one
+/// connection stays, offline once it closes, `last_seen` never going back.
+#[tokio::test]
+async fn one_user_churning_on_two_edges_converges() {
+    let _turn = SERIAL.lock().await;
+    let c = cluster().await;
+    let api = c.serve.api();
+    let (mut carol, _) = WsClient::connect(c.serve.addr(), &token("carol")).await;
+    carol
+        .call("subscribe", json!({"channel": "status:bob"}))
+        .await;
+    let churn = |addr| {
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                let (c, _) = WsClient::connect(addr, &token("bob")).await;
+                c.close().await;
+            }
+        })
+    };
+    let (ta, tb) = (churn(c.a.addr()), churn(c.b.addr()));
+    ta.await.expect("churn on A");
+    tb.await.expect("churn on B");
+    let (stay, _) = WsClient::connect(c.b.addr(), &token("bob")).await;
+    let started = Instant::now();
+    eventually("online after the churn", LIMIT, || async {
+        (status_of(&api, "bob").await["online"] == true).then_some(())
+    })
+    .await;
+    println!("online (API) {:?} after the churn", started.elapsed());
+    // The watcher's pushes end with online (read after the last change).
+    let mut last = Value::Null;
+    while !carol.nothing_for(Duration::from_millis(1500)).await {
+        for p in carol.take_pushes() {
+            if p["channel"] == "status:bob" {
+                last = p["pub"]["data"].clone();
+            }
+        }
+    }
+    for p in carol.take_pushes() {
+        if p["channel"] == "status:bob" {
+            last = p["pub"]["data"].clone();
+        }
+    }
+    assert_eq!(last["online"], true, "{last}");
+    let before = status_of(&api, "bob").await;
+    assert_eq!(before["online"], true);
+    let seen_online = before["last_seen"].as_u64().unwrap();
+    stay.close().await;
+    let s = eventually("offline after the last close", LIMIT, || async {
+        let s = status_of(&api, "bob").await;
+        (s["online"] == false).then_some(s)
+    })
+    .await;
+    let seen = s["last_seen"].as_u64().unwrap();
+    assert!(seen > 0 && seen <= seen_online + 60_000, "{s}");
+    // Later reads never go back.
+    for _ in 0..5 {
+        let again = status_of(&api, "bob").await;
+        assert_eq!(again["online"], false);
+        assert!(again["last_seen"].as_u64().unwrap() >= seen, "{again}");
+    }
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        assert!(Instant::now() < deadline, "watcher not told bob is offline");
+        let p = carol.publication("status:bob").await;
+        if p["data"]["online"] == false {
+            break;
+        }
+    }
+}
