@@ -543,27 +543,13 @@ async fn measure_mechanisms() {
     );
 }
 
-/// The official JavaScript SDK (`centrifuge` on Node): `presence()`,
-/// `presenceStats()`, join/leave events and `rpc('herald.user_status')`,
-/// alice and bob on two different edges (tests/sdk/presence_js.mjs).
-#[tokio::test]
-async fn javascript_sdk_presence_join_leave_and_rpc() {
-    let _turn = SERIAL.lock().await;
-    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let modules = root.join(".tools/node/node_modules");
-    assert!(
-        modules.join("centrifuge/package.json").exists(),
-        "{} is missing: run scripts/install-tools.sh",
-        modules.display()
-    );
-    let c = cluster().await;
+/// Runs an SDK script against the cluster (alice on edge A, bob on edge B)
+/// and returns its report; fails the test unless it reports `"ok": true`.
+async fn sdk_script(c: &Cluster, mut cmd: tokio::process::Command) -> Value {
     let ws = |p: &HeraldProcess| format!("ws://{}/connection/websocket", p.addr());
     let out = tokio::time::timeout(
         Duration::from_secs(60),
-        tokio::process::Command::new("node")
-            .arg(root.join("tests/sdk/presence_js.mjs"))
-            .env("HERALD_NODE_MODULES", &modules)
-            .env("HERALD_WS_A", ws(&c.a))
+        cmd.env("HERALD_WS_A", ws(&c.a))
             .env("HERALD_WS_B", ws(&c.b))
             .env("HERALD_TOKEN_ALICE", token("alice"))
             .env("HERALD_TOKEN_BOB", token("bob"))
@@ -573,7 +559,7 @@ async fn javascript_sdk_presence_join_leave_and_rpc() {
     )
     .await
     .expect("the script finishes within a minute")
-    .expect("run node");
+    .expect("run the script");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let report: Value = stdout
         .lines()
@@ -588,9 +574,53 @@ async fn javascript_sdk_presence_join_leave_and_rpc() {
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["join"], "bob");
     assert_eq!(report["presence"], 2);
-    assert_eq!(report["stats"], json!({"numClients": 2, "numUsers": 2}));
     assert_eq!(report["rpc"], json!([true, false]));
     assert_eq!(report["leave"], "bob");
+    report
+}
+
+/// `path` under the project root, installed by scripts/install-tools.sh.
+fn tool(relative: &str) -> std::path::PathBuf {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/install-tools.sh",
+        path.display()
+    );
+    path
+}
+
+/// The official JavaScript SDK (`centrifuge` on Node): `presence()`,
+/// `presenceStats()`, join/leave events and `rpc('herald.user_status')`,
+/// alice and bob on two different edges (tests/sdk/presence_js.mjs).
+#[tokio::test]
+async fn javascript_sdk_presence_join_leave_and_rpc() {
+    let _turn = SERIAL.lock().await;
+    let modules = tool(".tools/node/node_modules");
+    tool(".tools/node/node_modules/centrifuge/package.json");
+    let c = cluster().await;
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg(tool("tests/sdk/presence_js.mjs"))
+        .env("HERALD_NODE_MODULES", &modules);
+    let report = sdk_script(&c, cmd).await;
+    assert_eq!(report["stats"], json!({"numClients": 2, "numUsers": 2}));
+}
+
+/// The official Python SDK (`centrifuge-python`): `presence()`,
+/// `presence_stats()`, `on_join`/`on_leave` and `rpc` across two edges
+/// (tests/sdk/presence_py.py).
+#[tokio::test]
+async fn python_sdk_presence_join_leave_and_rpc() {
+    let _turn = SERIAL.lock().await;
+    let py = tool(".tools/py");
+    tool(".tools/py/centrifuge/client.py");
+    let c = cluster().await;
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.arg(tool("tests/sdk/presence_py.py"))
+        .env("PYTHONPATH", &py)
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    let report = sdk_script(&c, cmd).await;
+    assert_eq!(report["stats"], json!([2, 2]));
 }
 
 /// The race the articles warn about: one user connecting and disconnecting
