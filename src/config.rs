@@ -31,7 +31,7 @@ options! {
     "internal_listen" = "" : "Optional second listener for /metrics and /health only; when set they leave the public listener.";
     "data_dir" = "./data" : "Directory of the embedded store, the generated secret and an auto-started nats-server.";
     "nats_url" = "nats://127.0.0.1:4222" : "NATS servers (>= 2.10 with JetStream) to connect to: one URL or a comma-separated list of a cluster's nodes; the connection moves to any reachable node (also those the cluster announces) when one is lost.";
-    "nats_kv_replicas" = "1" : "Replicas of Herald's NATS KV buckets (writer leases), 1..=5; 3 on a 3-node NATS cluster so losing a node loses no lease. Applied when a bucket is created or opened.";
+    "nats_kv_replicas" = "1" : "Replicas of Herald's NATS KV buckets (writer leases, users' last-seen times), 1..=5; 3 on a 3-node NATS cluster so losing a node loses no lease. Applied when a bucket is created or opened.";
     "nats_autostart" = "true" : "`serve` only: when no NATS answers at nats_url, start nats-server from PATH as a child process.";
     "nats_server_bin" = "nats-server" : "The nats-server binary used by nats_autostart.";
     "token_hmac_secret" = "" : "HS256 secret of client connection and subscription JWTs. `serve` generates one in data_dir when unset.";
@@ -902,6 +902,27 @@ mod tests {
         let feed = &c.channels.namespaces["feed"];
         assert!(!feed.history);
         assert_eq!(feed.history_retention, Some(Duration::from_secs(7 * 86400)));
+    }
+
+    /// A table for a built-in namespace changes only what it sets: a
+    /// private `status` still keeps no history; `dm` without join/leave
+    /// keeps its presence.
+    #[test]
+    fn built_in_namespaces_are_overridden_by_what_a_table_sets() {
+        let c = load(
+            Some("channel_presence = false\n[namespaces.status]\nprivate = true\n[namespaces.dm]\njoin_leave = false\nforce_push_join_leave = false\n[namespaces.room]\npresence = true"),
+            &[("HERALD_PRESENCE_TTL", "5s")],
+            &[],
+        )
+        .unwrap();
+        let status = &c.channels.namespaces[BUILTIN_STATUS_NAMESPACE];
+        assert!(status.private && !status.history && !status.client_publish);
+        let dm = &c.channels.namespaces[BUILTIN_DM_NAMESPACE];
+        assert!(dm.presence && !dm.join_leave && !dm.force_push_join_leave);
+        let room = &c.channels.namespaces["room"];
+        assert!(room.presence && !room.join_leave && room.history);
+        assert_eq!(c.presence.ttl, Duration::from_secs(5));
+        assert!(load(None, &[("HERALD_PRESENCE_TTL", "0s")], &[]).is_err());
     }
 
     #[test]
