@@ -90,6 +90,13 @@ pub struct Member {
     pub info: Arc<str>,
 }
 
+/// Unix milliseconds now.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Distinct users listed in a local presence stats answer up to this many;
 /// past it only their number (the asker then sums, see `presence`).
 pub const STATS_USER_LIST_LIMIT: usize = 1000;
@@ -664,7 +671,7 @@ impl Drop for Connection {
                 .expect("user shard lock");
             if let Some(entry) = shard.get_mut(user) {
                 if entry.conns.remove(&self.id).is_some() && entry.conns.is_empty() {
-                    let at = crate::edge::presence::now_ms();
+                    let at = now_ms();
                     entry.last_seen = Some(at);
                     self.registry.emit(PresenceEvent::UserOffline {
                         user: user.clone(),
