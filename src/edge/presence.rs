@@ -23,7 +23,10 @@
 //!   first connection here, or last one gone, hints `status:<user>`
 //!   watchers to re-read; the last one gone also records `last_seen` in the
 //!   `herald_status` KV bucket (the maximum wins, by compare-and-set). Until
-//!   the bucket has it, this edge's registry keeps the time and answers it.
+//!   the bucket has had it for twice [`GATHER_TIMEOUT`], this edge's
+//!   registry keeps the time and answers it: a status read asks the edges
+//!   and the bucket at once, and whichever it reads first, one of them has
+//!   the time.
 //!
 //! No shared "online" flag exists: a user's status is computed at each read
 //! from the edges' own connection sets, so two edges changing one user at
@@ -455,10 +458,16 @@ impl Presence {
                 };
                 let (me, registry) = (self.clone(), registry.clone());
                 tokio::spawn(async move {
-                    if me.record_last_seen(&user, at).await {
+                    let recorded = me.record_last_seen(&user, at).await;
+                    drop(permit);
+                    if recorded {
+                        // A status read asks the edges and the bucket at
+                        // once: one whose bucket read came before this write
+                        // gets its edge answers within GATHER_TIMEOUT, so the
+                        // registry keeps the time that long after.
+                        tokio::time::sleep(GATHER_TIMEOUT * 2).await;
                         registry.recorded(&user, at);
                     }
-                    drop(permit);
                 });
                 return;
             }
