@@ -193,6 +193,9 @@ mod tests {
             history_retention: None,
             history_size: None,
             anonymous: false,
+            presence: false,
+            join_leave: false,
+            force_push_join_leave: false,
         };
         let mut namespaces = BTreeMap::new();
         namespaces.insert("dm".to_string(), default.clone());

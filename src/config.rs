@@ -37,7 +37,7 @@ options! {
     "tls_reload_interval" = "10s" : "How often tls_cert and tls_key are checked for changes; a changed, valid pair is used for new connections.";
     "data_dir" = "./data" : "Directory of the embedded store, the generated secret and an auto-started nats-server.";
     "nats_url" = "nats://127.0.0.1:4222" : "NATS servers (>= 2.10 with JetStream) to connect to: one URL or a comma-separated list of a cluster's nodes; the connection moves to any reachable node (also those the cluster announces) when one is lost.";
-    "nats_kv_replicas" = "1" : "Replicas of Herald's NATS KV buckets (writer leases), 1..=5; 3 on a 3-node NATS cluster so losing a node loses no lease. Applied when a bucket is created or opened.";
+    "nats_kv_replicas" = "1" : "Replicas of Herald's NATS KV buckets (writer leases, users' last-seen times), 1..=5; 3 on a 3-node NATS cluster so losing a node loses no lease. Applied when a bucket is created or opened.";
     "nats_autostart" = "true" : "`serve` only: when no NATS answers at nats_url, start nats-server from PATH as a child process.";
     "nats_server_bin" = "nats-server" : "The nats-server binary used by nats_autostart.";
     "nats_user" = "" : "NATS user name (with nats_password). Every role connects with the same NATS credentials.";
@@ -98,11 +98,21 @@ options! {
     "channel_history_retention" = "0s" : "Default namespace: history older than this is not served (0s = forever); with `store = scylla` its publications are written with this TTL, so the database frees them (the embedded store keeps the bytes).";
     "channel_history_size" = "0" : "Default namespace: most publications a channel's history serves, 0 = no bound; older ones expire as with retention (not served, offsets keep counting), as Centrifugo's history_size.";
     "channel_anonymous" = "false" : "Default namespace: anonymous connections (a token with an empty `sub`) may subscribe, read history and, with channel_client_publish, publish; as Centrifugo's allow_*_for_anonymous.";
+    "channel_presence" = "false" : "Default namespace: clients and the server API may ask a channel's presence and presence stats (on for the built-in `dm` namespace).";
+    "channel_join_leave" = "false" : "Default namespace: join and leave pushes go to subscribers that ask for them (`join_leave` in subscribe; on for `dm`).";
+    "channel_force_push_join_leave" = "false" : "Default namespace: join and leave pushes go to every subscriber, asked or not (on for `dm`).";
+    "presence_ttl" = "60s" : "An edge that sent no heartbeat for this long is dead: its connections leave every presence, join/leave (leave pushes) and user status. Edges heartbeat every third of it.";
+    "user_status_for_clients" = "false" : "Clients may call the RPC method `herald.user_status` (other users' online status).";
 }
 
 /// The namespace that exists without configuration, with the default
 /// namespace's options: direct messages between the users listed after `#`.
 pub const BUILTIN_DM_NAMESPACE: &str = "dm";
+/// The namespace that exists without configuration for watching users'
+/// online status (`status:<user>`): no history, no client publishing; a
+/// `[namespaces.status]` table overrides it (e.g. `private = true`: watching
+/// needs a subscription token).
+pub const BUILTIN_STATUS_NAMESPACE: &str = "status";
 
 /// A string that never shows in logs or Debug output.
 #[derive(Clone, PartialEq, Eq)]
@@ -161,6 +171,16 @@ pub struct Config {
     pub shutdown_drain: Duration,
     pub otlp: OtlpConfig,
     pub channels: ChannelsConfig,
+    pub presence: PresenceConfig,
+}
+
+/// Presence, join/leave and user status across edges (`presence_ttl`,
+/// `user_status_for_clients`).
+#[derive(Debug, Clone)]
+pub struct PresenceConfig {
+    /// An edge silent this long is dead; edges heartbeat every third of it.
+    pub ttl: Duration,
+    pub user_status_for_clients: bool,
 }
 
 /// OpenTelemetry trace export (`otlp_*` options).
@@ -319,6 +339,12 @@ pub struct NamespaceOptions {
     /// publish (when `client_publish`); a subscription token lets them
     /// subscribe either way.
     pub anonymous: bool,
+    /// Presence and presence stats may be asked (Centrifugo's `presence`).
+    pub presence: bool,
+    /// Join/leave pushes to subscribers asking for them (`join_leave`).
+    pub join_leave: bool,
+    /// Join/leave pushes to every subscriber (`force_push_join_leave`).
+    pub force_push_join_leave: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -355,6 +381,9 @@ struct NamespaceFile {
     history_retention: Option<String>,
     history_size: Option<u64>,
     anonymous: Option<bool>,
+    presence: Option<bool>,
+    join_leave: Option<bool>,
+    force_push_join_leave: Option<bool>,
 }
 
 /// Where the raw values come from, lowest precedence first.
@@ -457,6 +486,13 @@ impl Config {
             history_retention: p.parse("channel_history_retention", parse_retention),
             history_size: p.parse("channel_history_size", parse_history_size),
             anonymous: p.parse("channel_anonymous", parse_bool),
+            presence: p.parse("channel_presence", parse_bool),
+            join_leave: p.parse("channel_join_leave", parse_bool),
+            force_push_join_leave: p.parse("channel_force_push_join_leave", parse_bool),
+        };
+        let presence = PresenceConfig {
+            ttl: p.parse("presence_ttl", parse_duration_positive),
+            user_status_for_clients: p.parse("user_status_for_clients", parse_bool),
         };
         let config = Config {
             listen: p
@@ -640,15 +676,30 @@ impl Config {
                 namespaces: BTreeMap::new(),
                 default: default_ns.clone(),
             },
+            presence,
         };
         let mut config = config;
         // Built in, so one-to-one chats (`dm:#alice,bob`) work with no
-        // configuration, clients publishing; a `[namespaces.dm]` table
-        // overrides it.
+        // configuration, clients publishing, with presence and join/leave; a
+        // `[namespaces.dm]` table changes what it sets.
         config.channels.namespaces.insert(
             BUILTIN_DM_NAMESPACE.to_string(),
             NamespaceOptions {
                 client_publish: true,
+                presence: true,
+                join_leave: true,
+                force_push_join_leave: true,
+                ..default_ns.clone()
+            },
+        );
+        config.channels.namespaces.insert(
+            BUILTIN_STATUS_NAMESPACE.to_string(),
+            NamespaceOptions {
+                history: false,
+                client_publish: false,
+                presence: false,
+                join_leave: false,
+                force_push_join_leave: false,
                 ..default_ns.clone()
             },
         );
@@ -661,16 +712,32 @@ impl Config {
                     None
                 }
             };
+            // A table for a built-in namespace changes only what it sets.
+            let base = config
+                .channels
+                .namespaces
+                .get(&name)
+                .cloned()
+                .unwrap_or_else(|| default_ns.clone());
             let o = NamespaceOptions {
-                history: f.history.unwrap_or(default_ns.history),
-                client_publish: f.client_publish.unwrap_or(default_ns.client_publish),
-                private: f.private.unwrap_or(default_ns.private),
-                history_retention,
+                history: f.history.unwrap_or(base.history),
+                client_publish: f.client_publish.unwrap_or(base.client_publish),
+                private: f.private.unwrap_or(base.private),
+                history_retention: if f.history_retention.is_some() {
+                    history_retention
+                } else {
+                    base.history_retention
+                },
+                presence: f.presence.unwrap_or(base.presence),
+                join_leave: f.join_leave.unwrap_or(base.join_leave),
+                force_push_join_leave: f
+                    .force_push_join_leave
+                    .unwrap_or(base.force_push_join_leave),
                 history_size: match f.history_size {
-                    None => default_ns.history_size,
+                    None => base.history_size,
                     Some(n) => (n > 0).then_some(n),
                 },
-                anonymous: f.anonymous.unwrap_or(default_ns.anonymous),
+                anonymous: f.anonymous.unwrap_or(base.anonymous),
             };
             config.channels.namespaces.insert(name, o);
         }
@@ -949,9 +1016,17 @@ mod tests {
             c.channels.namespaces[BUILTIN_DM_NAMESPACE],
             NamespaceOptions {
                 client_publish: true,
+                presence: true,
+                join_leave: true,
+                force_push_join_leave: true,
                 ..c.channels.default.clone()
             }
         );
+        assert!(!c.channels.default.presence && !c.channels.default.join_leave);
+        let status = &c.channels.namespaces[BUILTIN_STATUS_NAMESPACE];
+        assert!(!status.history && !status.client_publish && !status.private);
+        assert_eq!(c.presence.ttl, Duration::from_secs(60));
+        assert!(!c.presence.user_status_for_clients);
     }
 
     #[test]
@@ -1019,6 +1094,27 @@ mod tests {
         let feed = &c.channels.namespaces["feed"];
         assert!(!feed.history);
         assert_eq!(feed.history_retention, Some(Duration::from_secs(7 * 86400)));
+    }
+
+    /// A table for a built-in namespace changes only what it sets: a
+    /// private `status` still keeps no history; `dm` without join/leave
+    /// keeps its presence.
+    #[test]
+    fn built_in_namespaces_are_overridden_by_what_a_table_sets() {
+        let c = load(
+            Some("channel_presence = false\n[namespaces.status]\nprivate = true\n[namespaces.dm]\njoin_leave = false\nforce_push_join_leave = false\n[namespaces.room]\npresence = true"),
+            &[("HERALD_PRESENCE_TTL", "5s")],
+            &[],
+        )
+        .unwrap();
+        let status = &c.channels.namespaces[BUILTIN_STATUS_NAMESPACE];
+        assert!(status.private && !status.history && !status.client_publish);
+        let dm = &c.channels.namespaces[BUILTIN_DM_NAMESPACE];
+        assert!(dm.presence && !dm.join_leave && !dm.force_push_join_leave);
+        let room = &c.channels.namespaces["room"];
+        assert!(room.presence && !room.join_leave && room.history);
+        assert_eq!(c.presence.ttl, Duration::from_secs(5));
+        assert!(load(None, &[("HERALD_PRESENCE_TTL", "0s")], &[]).is_err());
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub const GAPS_FILLED_TOTAL: &str = "herald_edge_gaps_filled_total";
 pub const PUBLISH_SECONDS: &str = "herald_edge_publish_seconds";
 pub const DELIVERY_SECONDS: &str = "herald_edge_delivery_seconds";
 pub const CONTROL_TOTAL: &str = "herald_edge_control_total";
+pub const PRESENCE_EDGES: &str = "herald_edge_presence_edges";
+pub const PRESENCE_EVENTS_DROPPED_TOTAL: &str = "herald_edge_presence_events_dropped_total";
+pub const PRESENCE_GATHER_TIMEOUTS_TOTAL: &str = "herald_edge_presence_gather_timeouts_total";
 
 // Writer.
 pub const WRITER_BATCHES_TOTAL: &str = "herald_writer_batches_total";
@@ -104,6 +107,18 @@ pub const TOKIO_BUSY_SECONDS_TOTAL: &str = "herald_tokio_busy_seconds_total";
 
 /// (name, help) of every metric, for `# HELP` lines.
 pub const HELP: &[(&str, &str)] = &[
+    (
+        PRESENCE_EDGES,
+        "Edges this edge knows alive (heartbeat within presence_ttl), itself included: each answers every presence query.",
+    ),
+    (
+        PRESENCE_EVENTS_DROPPED_TOTAL,
+        "Join, leave and user status events dropped because the edge's presence queue was full.",
+    ),
+    (
+        PRESENCE_GATHER_TIMEOUTS_TOTAL,
+        "Presence, presence stats and user status queries answered without every known edge (gather timeout).",
+    ),
     (CONNECTIONS, "Client connections open now."),
     (SUBSCRIPTIONS, "Client subscriptions open now."),
     (CONNECTS_TOTAL, "Client connections authenticated."),
@@ -129,7 +144,7 @@ pub const HELP: &[(&str, &str)] = &[
     ),
     (
         NATS_SUBSCRIPTIONS,
-        "NATS subscriptions this edge holds now (one per channel with local interest, plus control).",
+        "NATS subscriptions this edge holds now (one per channel with local interest, plus control and presence's two).",
     ),
     (
         SLOW_DISCONNECTS_TOTAL,
@@ -391,6 +406,9 @@ pub mod labels {
         "subscribe",
         "unsubscribe",
         "refresh",
+        "presence",
+        "presence_stats",
+        "user_status",
     ];
     /// What a request for an unknown method can get.
     pub const API_UNKNOWN_RESULTS: &[&str] =
@@ -500,6 +518,7 @@ fn register(role: RoleParts) {
             CHANNELS,
             NATS_SUBSCRIPTIONS,
             OUTBOUND_QUEUED_BYTES,
+            PRESENCE_EDGES,
         ] {
             gauge(name);
         }
@@ -511,6 +530,8 @@ fn register(role: RoleParts) {
             BYTES_OUT_TOTAL,
             SLOW_DISCONNECTS_TOTAL,
             SYNC_RETRIES_TOTAL,
+            PRESENCE_EVENTS_DROPPED_TOTAL,
+            PRESENCE_GATHER_TIMEOUTS_TOTAL,
         ] {
             counter(name);
         }

@@ -416,6 +416,8 @@ pub async fn start_with_shutdown(
             EdgeSettings {
                 client: config.client.clone(),
                 channels: config.channels.clone(),
+                presence: config.presence.clone(),
+                kv_replicas: config.nats.kv_replicas,
             },
             nats.clone(),
             publisher.clone(),
@@ -423,11 +425,18 @@ pub async fn start_with_shutdown(
             verifier.clone(),
             config.sync.timeout,
         );
-        control_task = Some(
-            e.serve_control(shutdown.clone())
-                .await
-                .context("subscribing to the per-user control subjects")?,
-        );
+        let control = e
+            .serve_control(shutdown.clone())
+            .await
+            .context("subscribing to the per-user control subjects")?;
+        let presence = e
+            .serve_presence(shutdown.clone())
+            .await
+            .context("starting presence (queries, heartbeats, status bucket)")?;
+        control_task = Some(tokio::spawn(async move {
+            let _ = control.await;
+            let _ = presence.await;
+        }));
         router = router.merge(e.router());
         notes.api_enabled = config.api_key.is_some();
         if notes.api_enabled {

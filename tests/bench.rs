@@ -159,6 +159,26 @@ fn history() {
 }
 
 #[test]
+fn presence() {
+    let r = bench(&[
+        "presence",
+        "--members",
+        "3,10",
+        "--cycles",
+        "5",
+        "--concurrency",
+        "2",
+        "--queries",
+        "3",
+    ]);
+    checks_zero(&r, "herald");
+    assert_eq!(figure(&r, "herald", "on_cycles"), 10.0);
+    assert_eq!(figure(&r, "herald", "off_cycles"), 10.0);
+    assert!(figure(&r, "herald", "stats_10_p50_ms") > 0.0);
+    assert!(figure(&r, "herald", "presence_10_p99_ms") > 0.0);
+}
+
+#[test]
 fn plot_and_hdr_files_are_written() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (png, hdr) = (dir.path().join("lat.png"), dir.path().join("lat.hdr"));

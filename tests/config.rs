@@ -43,8 +43,12 @@ fn the_example_file_loads_and_holds_the_defaults() {
         "the built-in dm namespace lets clients publish"
     );
     assert!(!config.channels.default.client_publish);
+    assert!(dm.presence && dm.join_leave && dm.force_push_join_leave);
+    assert_eq!(dm.history, config.channels.default.history);
+    let status = &config.channels.namespaces[herald::config::BUILTIN_STATUS_NAMESPACE];
+    assert!(!status.history && !status.client_publish);
     assert!(
-        config.channels.namespaces.len() == 1,
+        config.channels.namespaces.len() == 2,
         "{:?}",
         config.channels.namespaces
     );

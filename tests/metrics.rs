@@ -224,8 +224,9 @@ async fn a_scrape_under_load_is_valid_complete_and_follows_the_load() {
     assert_eq!(v("herald_edge_connections", &[]), 3.0);
     assert_eq!(v("herald_edge_subscriptions", &[]), 3.0);
     assert_eq!(v("herald_edge_channels", &[]), 1.0, "{CHANNEL} only");
-    // One per channel with local interest, plus the control subscription.
-    assert_eq!(v("herald_edge_nats_subscriptions", &[]), 2.0);
+    // One per channel with local interest, plus the control subscription
+    // and presence's two (queries, heartbeats).
+    assert_eq!(v("herald_edge_nats_subscriptions", &[]), 4.0);
     assert_eq!(v("herald_edge_connects_total", &[]), 4.0);
     assert!(v("herald_edge_disconnects_total", &[("code", "3000")]) >= 1.0);
     assert!(v("herald_edge_messages_in_total", &[]) >= (3 * 2 + PUBLISHES + 1) as f64);

@@ -11,6 +11,7 @@ use super::{
 use crate::bus::publisher::{PublishError, PublishErrorKind, PublishRequest as BusPublish};
 use crate::channel::Channel;
 use crate::edge::control::{self, ControlMessage, ControlOp};
+use crate::edge::presence::{MAX_STATUS_USERS, PresenceError, UserStatus};
 use crate::protocol::{Disconnect, ProtocolError};
 use crate::sync::client::SyncClientError;
 
@@ -211,6 +212,40 @@ fn disconnect_close(d: Option<DisconnectObject>) -> Result<(u16, String), Protoc
     }
 }
 
+fn presence_failed(e: PresenceError) -> Failure {
+    tracing::warn!(error = %e, "presence query failed");
+    ProtocolError::Internal.into()
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ChannelOnly {
+    #[serde(default)]
+    channel: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct UserStatusRequest {
+    #[serde(default)]
+    users: Vec<String>,
+}
+
+/// `{"presence": {client id: {client, user, conn_info?, chan_info?}}}`.
+#[derive(Debug, Serialize)]
+pub(super) struct PresenceResult {
+    presence: std::collections::BTreeMap<String, Box<RawValue>>,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct PresenceStatsResult {
+    num_clients: u64,
+    num_users: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct UserStatusResult {
+    statuses: Vec<UserStatus>,
+}
+
 fn sync_failed(e: SyncClientError) -> ProtocolError {
     match e {
         SyncClientError::Remote { kind, .. } if kind == "bad_request" => ProtocolError::BadRequest,
@@ -312,6 +347,63 @@ impl Api {
             epoch: page.epoch,
             offset: page.head,
         })
+    }
+
+    /// The channel's namespace must have presence on (else 108).
+    fn presence_channel<'a>(&self, name: &'a str) -> Result<Channel<'a>, Failure> {
+        let channel = Channel::parse(name, &self.state.channels)?;
+        if !channel.options.presence {
+            return Err(ProtocolError::NotAvailable.into());
+        }
+        Ok(channel)
+    }
+
+    pub(super) async fn presence(&self, req: ChannelOnly) -> Result<PresenceResult, Failure> {
+        let channel = self.presence_channel(&req.channel)?;
+        let presence = self
+            .state
+            .edge
+            .presence()
+            .presence(channel.name)
+            .await
+            .map_err(presence_failed)?;
+        Ok(PresenceResult { presence })
+    }
+
+    pub(super) async fn presence_stats(
+        &self,
+        req: ChannelOnly,
+    ) -> Result<PresenceStatsResult, Failure> {
+        let channel = self.presence_channel(&req.channel)?;
+        let s = self
+            .state
+            .edge
+            .presence()
+            .stats(channel.name)
+            .await
+            .map_err(presence_failed)?;
+        Ok(PresenceStatsResult {
+            num_clients: s.num_clients,
+            num_users: s.num_users,
+        })
+    }
+
+    /// At most `MAX_STATUS_USERS` users (107 past it), empty names refused.
+    pub(super) async fn user_status(
+        &self,
+        req: UserStatusRequest,
+    ) -> Result<UserStatusResult, Failure> {
+        if req.users.len() > MAX_STATUS_USERS || req.users.iter().any(String::is_empty) {
+            return Err(ProtocolError::BadRequest.into());
+        }
+        let statuses = self
+            .state
+            .edge
+            .presence()
+            .user_status(&req.users)
+            .await
+            .map_err(presence_failed)?;
+        Ok(UserStatusResult { statuses })
     }
 
     /// Hands a control message for `target` to the edge to publish. A

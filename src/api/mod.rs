@@ -42,6 +42,14 @@
 //! - `info` → this node only (Herald nodes do not know each other): counts
 //!   from the edge, uid (random per process), name (host name), version,
 //!   uptime in seconds.
+//! - `presence {channel}` → `{"presence": {client id: {client, user,
+//!   conn_info?, chan_info?}}}` and `presence_stats {channel}` →
+//!   `{"num_clients", "num_users"}`, across every edge
+//!   (`crate::edge::presence`); 108 where the namespace has presence off.
+//! - `user_status {users}` (at most 1,000, else 107) → `{"statuses":
+//!   [{"user", "online", "last_seen"}]}` in request order; `last_seen` is
+//!   unix milliseconds: now while online, else the last disconnect recorded
+//!   (0 when none). A Herald extension (Centrifugo has no such method).
 //! - Per-user control, applied on every edge where the user is connected
 //!   (`crate::edge::control`). Each answers `{}` once the command is handed
 //!   to NATS: fire-and-forget across nodes, as in Centrifugo — `{}` does not
@@ -190,6 +198,9 @@ enum Method {
     Subscribe,
     Unsubscribe,
     Refresh,
+    Presence,
+    PresenceStats,
+    UserStatus,
 }
 
 impl Method {
@@ -203,6 +214,9 @@ impl Method {
             "subscribe" => Some(Self::Subscribe),
             "unsubscribe" => Some(Self::Unsubscribe),
             "refresh" => Some(Self::Refresh),
+            "presence" => Some(Self::Presence),
+            "presence_stats" => Some(Self::PresenceStats),
+            "user_status" => Some(Self::UserStatus),
             _ => None,
         }
     }
@@ -218,6 +232,9 @@ impl Method {
             Some(Self::Subscribe) => "subscribe",
             Some(Self::Unsubscribe) => "unsubscribe",
             Some(Self::Refresh) => "refresh",
+            Some(Self::Presence) => "presence",
+            Some(Self::PresenceStats) => "presence_stats",
+            Some(Self::UserStatus) => "user_status",
             None => "unknown",
         }
     }
@@ -432,6 +449,9 @@ impl Api {
             Method::Subscribe => raw(&self.subscribe(decode(body)?).await?),
             Method::Unsubscribe => raw(&self.unsubscribe(decode(body)?).await?),
             Method::Refresh => raw(&self.refresh(decode(body)?).await?),
+            Method::Presence => raw(&self.presence(decode(body)?).await?),
+            Method::PresenceStats => raw(&self.presence_stats(decode(body)?).await?),
+            Method::UserStatus => raw(&self.user_status(decode(body)?).await?),
         }
     }
 
@@ -530,7 +550,7 @@ mod tests {
         for name in crate::metrics::labels::API_METHODS {
             assert_eq!(Method::label(Method::from_name(name)), *name);
         }
-        assert_eq!(Method::from_name("presence"), None);
+        assert_eq!(Method::from_name("channels"), None);
         assert_eq!(Method::label(None), "unknown");
     }
 }

@@ -9,7 +9,7 @@
 //! own, then the peer's nats-server; nothing to set up beforehand.
 //!
 //! Scenarios, one file each: [`fanout`], [`connections`], [`ingest`],
-//! [`recovery`], [`history`]. Client side: [`crate::client`] (the same
+//! [`recovery`], [`history`], [`presence`]. Client side: [`crate::client`] (the same
 //! protocol client the tests use), [`nats_ws`] (the peer's protocol),
 //! [`http`] (server API and sync HTTP), [`net`] (source addresses, connect
 //! limits). [`target`] starts the processes, [`stats`] measures,
@@ -29,6 +29,7 @@ mod nats_ws;
 mod net;
 mod payload;
 mod plot;
+mod presence;
 mod recovery;
 mod report;
 mod stats;
@@ -97,6 +98,9 @@ pub enum Scenario {
     /// Pages of 100 publications from the sync HTTP API over cold and hot
     /// channels: pages/s and latency.
     History(history::HistoryArgs),
+    /// Subscribe/unsubscribe rate with presence on and off; presence_stats
+    /// and presence latency in rooms of 100, 1,000 and 10,000 members.
+    Presence(presence::PresenceArgs),
 }
 
 /// Options every scenario takes.
@@ -231,6 +235,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
             Scenario::Ingest(a) => (a.common.clone(), ingest::run(a).await),
             Scenario::Recovery(a) => (a.common.clone(), recovery::run(a).await),
             Scenario::History(a) => (a.common.clone(), history::run(a).await),
+            Scenario::Presence(a) => (a.common.clone(), presence::run(a).await),
         }
     });
     // Children and connections go before the exit.

@@ -34,6 +34,27 @@ pub const EPOCH_HEADER: &str = "Herald-Epoch";
 /// delivery latency from it.
 pub const COMMITTED_HEADER: &str = "Herald-Committed";
 
+/// Presence, presence stats and user status requests: every edge subscribes
+/// (no queue group) and each answers for its own connections.
+pub const PRESENCE_QUERY: &str = "herald.presence.query";
+/// Edge heartbeats (membership for presence: who must answer a query).
+pub const EDGE_HEARTBEAT: &str = "herald.edge.heartbeat";
+/// The KV bucket of users' last-seen times (unix milliseconds).
+pub const STATUS_BUCKET: &str = "herald_status";
+/// Header of a join or leave on a channel subject: `join` or `leave`; the
+/// payload is the `ClientInfo`.
+pub const JOIN_LEAVE_HEADER: &str = "Herald-Join-Leave";
+/// Header naming the edge a join or leave comes from.
+pub const EDGE_HEADER: &str = "Herald-Edge";
+/// Header of a status change hint on a `status:<user>` channel subject: the
+/// user's online status changed on some edge; the payload is the user.
+pub const STATUS_HINT_HEADER: &str = "Herald-Status";
+
+/// The key of a user's last-seen time in [`STATUS_BUCKET`].
+pub fn status_key(user: &str) -> String {
+    channel_token(user)
+}
+
 /// One subject token for any channel name.
 pub fn channel_token(channel: &str) -> String {
     URL_SAFE_NO_PAD.encode(channel.as_bytes())

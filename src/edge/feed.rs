@@ -14,13 +14,25 @@
 //! "insufficient state". If the NATS subscription ends, the feed tells the
 //! registry it is gone.
 //!
+//! The channel subject also carries presence traffic (see `presence`): a
+//! join or leave (header `JOIN_LEAVE_HEADER`) becomes a join/leave push for
+//! the subscribers receiving them, and the feed remembers who joined through
+//! which edge (at most [`TRACKED_MEMBERS`] per feed; past it a join is
+//! pushed but not remembered), so when an edge dies its members' leaves are
+//! pushed here. On a `status:<user>` channel a status hint, or an edge's
+//! death, makes the feed read the user's status and push it as a
+//! publication without offset; hints are handled one at a time, in order, so
+//! the last push reflects a read made after the last change.
+//!
 //! Knows nothing of subscribers or sessions.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::StreamExt;
 use serde::Deserialize;
 
+use super::presence::{self, Presence};
 use super::registry::{FeedHandle, Feeds};
 use super::subscriber::Publication;
 use crate::bus::subjects;
@@ -36,6 +48,84 @@ pub struct FeedDeps {
     pub sync: SyncClient,
     /// Largest gap a feed fills from sync; past it, subscribers recover themselves.
     pub gap_fill_limit: usize,
+    pub presence: Arc<Presence>,
+}
+
+/// Members a feed remembers (for leaves when their edge dies).
+pub const TRACKED_MEMBERS: usize = 100_000;
+
+#[derive(Deserialize)]
+struct ClientOnly {
+    #[serde(default)]
+    client: String,
+}
+
+/// Who joined a channel through which edge, as its feed saw it.
+#[derive(Default)]
+struct Joined {
+    by_edge: HashMap<String, HashMap<String, bytes::Bytes>>,
+    count: usize,
+}
+
+impl Joined {
+    fn join(&mut self, edge: &str, client: String, info: bytes::Bytes) {
+        if self.count >= TRACKED_MEMBERS {
+            return;
+        }
+        if self
+            .by_edge
+            .entry(edge.to_string())
+            .or_default()
+            .insert(client, info)
+            .is_none()
+        {
+            self.count += 1;
+        }
+    }
+
+    fn leave(&mut self, edge: &str, client: &str) {
+        if let Some(m) = self.by_edge.get_mut(edge)
+            && m.remove(client).is_some()
+        {
+            self.count -= 1;
+            if m.is_empty() {
+                self.by_edge.remove(edge);
+            }
+        }
+    }
+
+    /// Takes the members of every edge `alive` denies.
+    fn take_dead(&mut self, alive: impl Fn(&str) -> bool) -> Vec<bytes::Bytes> {
+        let dead: Vec<String> = self.by_edge.keys().filter(|e| !alive(e)).cloned().collect();
+        let mut out = Vec::new();
+        for e in dead {
+            if let Some(m) = self.by_edge.remove(&e) {
+                self.count -= m.len();
+                out.extend(m.into_values());
+            }
+        }
+        out
+    }
+}
+
+/// `{"push":{"channel":…,"join"|"leave":{"info":<info>}}}`.
+fn join_leave_push(channel: &str, join: bool, info: &[u8]) -> Option<bytes::Bytes> {
+    let info =
+        serde_json::value::RawValue::from_string(String::from_utf8(info.to_vec()).ok()?).ok()?;
+    let body = protocol::JoinLeave { info };
+    let (join, leave) = if join {
+        (Some(body), None)
+    } else {
+        (None, Some(body))
+    };
+    Some(protocol::encode_reply(&protocol::Reply::push(
+        protocol::Push {
+            channel: channel.to_string(),
+            join,
+            leave,
+            ..protocol::Push::default()
+        },
+    )))
 }
 
 #[derive(Deserialize)]
@@ -99,16 +189,53 @@ async fn run(deps: FeedDeps, feed: FeedHandle) {
 
     let mut last: Option<u64> = None;
     let mut epoch: Option<Arc<str>> = None;
+    let mut deaths = deps.presence.deaths();
+    let watched = presence::status_user(&channel).map(str::to_string);
+    let mut joined = Joined::default();
     loop {
         let msg = tokio::select! {
             _ = feed.stopped() => break,
             m = sub.next() => m,
+            d = deaths.recv() => {
+                if !matches!(d, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                    for info in joined.take_dead(|e| deps.presence.is_alive(e)) {
+                        if let Some(f) = join_leave_push(&channel, false, &info) {
+                            feed.deliver_join_leave(f);
+                        }
+                    }
+                    if let Some(user) = &watched {
+                        push_status(&feed, &deps, user).await;
+                    }
+                }
+                continue;
+            }
         };
         let Some(msg) = msg else {
             // The NATS client is gone: nothing more will arrive.
             feed.ended();
             break;
         };
+        if let Some(kind) = header_string(&msg, subjects::JOIN_LEAVE_HEADER) {
+            let join = kind == "join";
+            let edge = header_string(&msg, subjects::EDGE_HEADER).unwrap_or_default();
+            if let Ok(c) = serde_json::from_slice::<ClientOnly>(&msg.payload) {
+                if join {
+                    joined.join(&edge, c.client, msg.payload.clone());
+                } else {
+                    joined.leave(&edge, &c.client);
+                }
+            }
+            if let Some(f) = join_leave_push(&channel, join, &msg.payload) {
+                feed.deliver_join_leave(f);
+            }
+            continue;
+        }
+        if header_string(&msg, subjects::STATUS_HINT_HEADER).is_some() {
+            if let Some(user) = &watched {
+                push_status(&feed, &deps, user).await;
+            }
+            continue;
+        }
         let offset = if feed.history() {
             header_u64(&msg, subjects::OFFSET_HEADER)
         } else {
@@ -140,6 +267,18 @@ async fn run(deps: FeedDeps, feed: FeedHandle) {
         deliver(&feed, Some(offset), epoch.clone(), committed_us, &msg);
     }
     let _ = sub.unsubscribe().await;
+}
+
+/// Reads `user`'s status and pushes it to the channel's subscribers.
+async fn push_status(feed: &FeedHandle, deps: &FeedDeps, user: &str) {
+    if let Some(frame) = deps.presence.status_push(feed.channel(), user).await {
+        feed.deliver(&Publication {
+            offset: None,
+            epoch: None,
+            frame,
+            committed_us: None,
+        });
+    }
 }
 
 /// Encodes one publication and queues it to every local subscriber. When
@@ -227,4 +366,38 @@ async fn fill_gap(
     }
     metrics::counter!(crate::metrics::GAPS_FILLED_TOTAL, "result" => "filled").increment(1);
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(client: &str) -> bytes::Bytes {
+        bytes::Bytes::from(format!(r#"{{"client":"{client}","user":"u"}}"#))
+    }
+
+    /// What a feed remembers of joins: a leave forgets, a dead edge's
+    /// members come out once, the live edges' stay.
+    #[test]
+    fn joins_are_remembered_by_edge_until_their_leave_or_death() {
+        let mut j = Joined::default();
+        j.join("a", "c1".into(), info("c1"));
+        j.join("a", "c2".into(), info("c2"));
+        j.join("a", "c2".into(), info("c2"));
+        j.join("b", "c3".into(), info("c3"));
+        assert_eq!(j.count, 3);
+        j.leave("a", "c1");
+        j.leave("b", "nobody");
+        assert_eq!(j.count, 2);
+        let dead = j.take_dead(|e| e == "b");
+        assert_eq!(dead, [info("c2")]);
+        assert!(j.take_dead(|e| e == "b").is_empty(), "once");
+        assert_eq!(j.count, 1);
+        let v: serde_json::Value =
+            serde_json::from_slice(&join_leave_push("ch", false, &info("c3")).expect("valid info"))
+                .unwrap();
+        assert_eq!(v["push"]["channel"], "ch");
+        assert_eq!(v["push"]["leave"]["info"]["client"], "c3");
+        assert!(join_leave_push("ch", true, b"not json").is_none());
+    }
 }

@@ -4,7 +4,8 @@
 //! ([`registry`]), with each subscriber's position ([`subscriber`]) and one
 //! NATS subscription per channel ([`feed`]), bounds every connection's
 //! outbound queue ([`outbox`]), and applies the server API's per-user
-//! commands arriving over NATS ([`control`]).
+//! commands arriving over NATS ([`control`]), and answers presence,
+//! join/leave and user status across edges ([`presence`]).
 //!
 //! Thin (I6): it holds connection state only. Publishes go through the
 //! [`Publisher`]; every read (positions, recovery, history, gap fills) goes
@@ -18,6 +19,7 @@ mod command;
 pub mod control;
 mod feed;
 pub mod outbox;
+pub mod presence;
 mod registry;
 mod session;
 mod subscriber;
@@ -34,10 +36,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use self::feed::{FeedDeps, NatsFeeds};
-use self::registry::Registry;
+use self::presence::Presence;
+use self::registry::{PresenceEvent, Registry};
 use crate::auth::Verifier;
 use crate::bus::publisher::Publisher;
-use crate::config::{ChannelsConfig, ClientConfig};
+use crate::config::{ChannelsConfig, ClientConfig, PresenceConfig};
 use crate::protocol::Disconnect;
 use crate::sync::client::SyncClient;
 
@@ -50,6 +53,9 @@ const DRAIN_TICK: Duration = Duration::from_millis(50);
 pub struct EdgeSettings {
     pub client: ClientConfig,
     pub channels: ChannelsConfig,
+    pub presence: PresenceConfig,
+    /// Replicas of the status KV bucket.
+    pub kv_replicas: usize,
 }
 
 /// What `info` reports about this node.
@@ -72,6 +78,10 @@ pub struct Edge {
     /// connection when its WebSocket is upgraded and its subscriptions; both
     /// leave when the session drops them.
     registry: Arc<Registry>,
+    /// Presence, join/leave and user status across edges.
+    presence: Arc<Presence>,
+    /// The registry's presence events, until `serve_presence` takes them.
+    events: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<PresenceEvent>>>,
     next_session: AtomicU64,
     /// Set by `close_all`: new upgrades are refused with 503.
     closing: AtomicBool,
@@ -86,13 +96,19 @@ impl Edge {
         verifier: Verifier,
         sync_timeout: Duration,
     ) -> Arc<Self> {
-        let registry = Registry::new(Arc::new(NatsFeeds {
-            deps: FeedDeps {
-                nats: nats.clone(),
-                sync: sync.clone(),
-                gap_fill_limit: settings.client.recovery_limit,
-            },
-        }));
+        let presence = Presence::new(nats.clone(), settings.presence.ttl, settings.kv_replicas);
+        let (events_tx, events) = tokio::sync::mpsc::channel(presence::EVENT_QUEUE);
+        let registry = Registry::new(
+            Arc::new(NatsFeeds {
+                deps: FeedDeps {
+                    nats: nats.clone(),
+                    sync: sync.clone(),
+                    gap_fill_limit: settings.client.recovery_limit,
+                    presence: presence.clone(),
+                },
+            }),
+            events_tx,
+        );
         Arc::new(Self {
             settings,
             nats,
@@ -101,6 +117,8 @@ impl Edge {
             sync_timeout,
             verifier,
             registry,
+            presence,
+            events: std::sync::Mutex::new(Some(events)),
             next_session: AtomicU64::new(1),
             closing: AtomicBool::new(false),
         })
@@ -111,6 +129,29 @@ impl Edge {
         Router::new()
             .route("/connection/websocket", get(upgrade))
             .with_state(self.clone())
+    }
+
+    /// Starts answering presence queries and heartbeating (see
+    /// [`presence`]); runs until `shutdown`. Call once, before accepting
+    /// connections.
+    pub async fn serve_presence(
+        self: &Arc<Self>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<tokio::task::JoinHandle<()>, presence::PresenceError> {
+        let events = self
+            .events
+            .lock()
+            .expect("events lock")
+            .take()
+            .ok_or_else(|| presence::PresenceError::Nats("serve_presence called twice".into()))?;
+        self.presence
+            .serve(self.registry.clone(), events, shutdown)
+            .await
+    }
+
+    /// Presence across edges, for the server API.
+    pub fn presence(&self) -> &Presence {
+        &self.presence
     }
 
     pub fn stats(&self) -> EdgeStats {

@@ -14,10 +14,21 @@
 //!   connection, authenticated or not, is also indexed by id (graceful stop,
 //!   counts).
 //!
-//! Ownership is by value: a [`Subscription`] owns its channel entry, the
-//! subscriptions gauge and its expiry; a [`Connection`] owns its entries and
-//! the connections gauge. Dropping one undoes all of it, so no call site
-//! pairs "remove" with "decrement".
+//! - **presence** (by channel): the local members of each channel with
+//!   presence on. This edge is authoritative for its own connections; other
+//!   edges ask it (see `presence`).
+//!
+//! Ownership is by value: a [`Subscription`] owns its channel entry, its
+//! presence entry, the subscriptions gauge and its expiry; a [`Connection`]
+//! owns its entries and the connections gauge. Dropping one undoes all of
+//! it, so no call site pairs "remove" with "decrement" — or "join" with
+//! "leave": a presence entry's join event and its leave event are emitted
+//! by the same value, the leave when it drops.
+//!
+//! Presence events (join, leave, a user's first connection here, a user's
+//! last connection here gone) go to a bounded queue ([`PresenceEvent`]) that
+//! the edge's presence task publishes; a full queue drops the event and
+//! counts it (`herald_edge_presence_events_dropped_total`).
 //!
 //! A feed is known only by an id: its channel's entry carries the id of the
 //! feed it belongs to, and a feed's calls on an entry of another feed (the
@@ -33,7 +44,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::value::RawValue;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -46,6 +57,58 @@ use crate::protocol::Unsubscribe;
 const SHARDS: usize = 64;
 
 pub use super::subscriber::SessionId;
+
+/// Presence events a registry emits, in the order they happened per
+/// connection; the edge's presence task publishes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PresenceEvent {
+    /// A subscription with join/leave on joined `channel`; `info` is the
+    /// member's `ClientInfo` JSON object.
+    Join {
+        channel: Arc<str>,
+        info: Arc<str>,
+    },
+    Leave {
+        channel: Arc<str>,
+        info: Arc<str>,
+    },
+    /// The user's first connection on this edge opened.
+    UserOnline(Arc<str>),
+    /// The user's last connection on this edge closed at `at` (unix ms).
+    UserOffline {
+        user: Arc<str>,
+        at: u64,
+    },
+}
+
+/// One connection's membership of a channel's presence.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub client: Arc<str>,
+    pub user: Arc<str>,
+    /// `{client, user, conn_info?, chan_info?}` as JSON.
+    pub info: Arc<str>,
+}
+
+/// Unix milliseconds now.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Distinct users listed in a local presence stats answer up to this many;
+/// past it only their number (the asker then sums, see `presence`).
+pub const STATS_USER_LIST_LIMIT: usize = 1000;
+
+/// This edge's part of a channel's presence stats.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalStats {
+    pub clients: u64,
+    pub users: u64,
+    /// The distinct users, when at most [`STATS_USER_LIST_LIMIT`].
+    pub user_list: Option<Vec<String>>,
+}
 
 /// Whether a channel's feed is receiving.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +160,21 @@ impl FeedHandle {
     /// many it was handed to.
     pub fn deliver(&self, p: &Publication) -> usize {
         self.channels.deliver(&self.channel, self.feed_id, p)
+    }
+
+    /// Gives a join or leave push to the subscribers that receive them.
+    pub fn deliver_join_leave(&self, frame: bytes::Bytes) -> usize {
+        self.channels.deliver_filtered(
+            &self.channel,
+            self.feed_id,
+            &Publication {
+                offset: None,
+                epoch: None,
+                frame,
+                committed_us: None,
+            },
+            true,
+        )
     }
 
     /// Publications were lost that the feed could not fetch: every current
@@ -223,10 +301,26 @@ impl Channels {
     }
 
     fn deliver(&self, channel: &str, feed_id: u64, p: &Publication) -> usize {
+        self.deliver_filtered(channel, feed_id, p, false)
+    }
+
+    /// `join_leave`: only to subscribers receiving join and leave pushes.
+    fn deliver_filtered(
+        &self,
+        channel: &str,
+        feed_id: u64,
+        p: &Publication,
+        join_leave: bool,
+    ) -> usize {
         let subscribers: Vec<Arc<Subscriber>> = {
             let shard = self.shard(channel).lock().expect("channel shard lock");
             match shard.get(channel) {
-                Some(e) if e.feed_id == feed_id => e.subscribers.values().cloned().collect(),
+                Some(e) if e.feed_id == feed_id => e
+                    .subscribers
+                    .values()
+                    .filter(|s| !join_leave || s.join_leave)
+                    .cloned()
+                    .collect(),
                 _ => return 0,
             }
         };
@@ -278,9 +372,15 @@ struct UserConn {
 
 /// One user's connections on this node: the place for per-user state
 /// (limits, presence, status) as it comes.
+///
+/// An entry without connections stays while its `last_seen` is not yet
+/// recorded in the status bucket ([`Registry::recorded`]), so a status read
+/// that finds the user offline here also finds when they left.
 #[derive(Default)]
 struct UserEntry {
     conns: HashMap<SessionId, UserConn>,
+    /// When the last connection closed (unix ms), while not yet recorded.
+    last_seen: Option<u64>,
 }
 
 /// A connection of a user, as control finds it.
@@ -292,6 +392,9 @@ pub struct Target {
 pub struct Registry {
     channels: Arc<Channels>,
     feeds: Arc<dyn Feeds>,
+    /// Channel → its local members (presence on), by session.
+    presence: Sharded<Arc<str>, HashMap<SessionId, Member>>,
+    events: mpsc::Sender<PresenceEvent>,
     /// Every open connection by id: graceful stop and counts.
     conns: Sharded<SessionId, Arc<Outbox>>,
     /// Authenticated connections by user.
@@ -299,13 +402,16 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(feeds: Arc<dyn Feeds>) -> Arc<Self> {
+    /// `events` receives the presence events (bounded: a full queue drops).
+    pub fn new(feeds: Arc<dyn Feeds>, events: mpsc::Sender<PresenceEvent>) -> Arc<Self> {
         Arc::new(Self {
             channels: Arc::new(Channels {
                 shards: shards(),
                 next_feed: AtomicU64::new(1),
             }),
             feeds,
+            presence: shards(),
+            events,
             conns: shards(),
             users: shards(),
         })
@@ -344,21 +450,112 @@ impl Registry {
         outbox: Arc<Outbox>,
         buffer_limit: usize,
         history: bool,
+        join_leave: bool,
     ) -> (Subscription, watch::Receiver<FeedStatus>) {
-        let subscriber = Subscriber::new(session, channel.into(), outbox, buffer_limit);
+        let subscriber = Subscriber::new(session, channel.into(), outbox, buffer_limit, join_leave);
         let (status, feed) = self.channels.add(subscriber.clone(), history);
         if let Some(feed) = feed {
             self.feeds.subscribe(feed);
         }
         metrics::gauge!(m::SUBSCRIPTIONS).increment(1.0);
         let sub = Subscription {
-            channels: self.channels.clone(),
+            registry: self.clone(),
             subscriber,
             expires_at: None,
             chan_info: None,
             private: false,
+            member: None,
         };
         (sub, status)
+    }
+
+    fn emit(&self, e: PresenceEvent) {
+        if self.events.try_send(e).is_err() {
+            metrics::counter!(m::PRESENCE_EVENTS_DROPPED_TOTAL).increment(1);
+        }
+    }
+
+    /// The local members of `channel`.
+    pub fn presence(&self, channel: &str) -> Vec<Member> {
+        let shard = self.presence[shard_of(&channel)]
+            .lock()
+            .expect("presence shard lock");
+        shard
+            .get(channel)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// This edge's part of `channel`'s presence stats, without copying the
+    /// members.
+    pub fn presence_stats(&self, channel: &str) -> LocalStats {
+        let shard = self.presence[shard_of(&channel)]
+            .lock()
+            .expect("presence shard lock");
+        let Some(members) = shard.get(channel) else {
+            return LocalStats {
+                user_list: Some(Vec::new()),
+                ..LocalStats::default()
+            };
+        };
+        let users: std::collections::HashSet<&str> = members.values().map(|m| &*m.user).collect();
+        LocalStats {
+            clients: members.len() as u64,
+            users: users.len() as u64,
+            user_list: (users.len() <= STATS_USER_LIST_LIMIT)
+                .then(|| users.into_iter().map(str::to_string).collect()),
+        }
+    }
+
+    /// Of `users`, those known here: `None` for one with a connection
+    /// (online), `Some(ms)` for one whose last connection here closed then
+    /// and is not yet recorded in the status bucket.
+    pub fn status<'a>(&self, users: &'a [String]) -> Vec<(&'a str, Option<u64>)> {
+        users
+            .iter()
+            .filter_map(|u| {
+                let shard = self.users[shard_of(&u.as_str())]
+                    .lock()
+                    .expect("user shard lock");
+                let e = shard.get(u.as_str())?;
+                Some((
+                    u.as_str(),
+                    if e.conns.is_empty() {
+                        e.last_seen
+                    } else {
+                        None
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// `user`'s last-seen time `at` is in the status bucket: a connection-less
+    /// entry kept for it goes.
+    pub fn recorded(&self, user: &str, at: u64) {
+        let mut shard = self.users[shard_of(&user)].lock().expect("user shard lock");
+        if shard
+            .get(user)
+            .is_some_and(|e| e.conns.is_empty() && e.last_seen == Some(at))
+        {
+            shard.remove(user);
+        }
+    }
+
+    /// Channels with local subscribers whose name starts with `prefix`.
+    pub fn channels_with_prefix(&self, prefix: &str) -> Vec<Arc<str>> {
+        self.channels
+            .shards
+            .iter()
+            .flat_map(|s| {
+                s.lock()
+                    .expect("channel shard lock")
+                    .keys()
+                    .filter(|c| c.starts_with(prefix))
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     /// Every open connection's outbox.
@@ -385,7 +582,13 @@ impl Registry {
     pub fn num_users(&self) -> u64 {
         self.users
             .iter()
-            .map(|s| s.lock().expect("user shard lock").len() as u64)
+            .map(|s| {
+                s.lock()
+                    .expect("user shard lock")
+                    .values()
+                    .filter(|e| !e.conns.is_empty())
+                    .count() as u64
+            })
             .sum()
     }
 
@@ -438,20 +641,24 @@ impl Connection {
     /// The connection is now `user`'s: control messages for the user reach it.
     pub fn authenticate(&mut self, user: &str) {
         let user: Arc<str> = user.into();
-        self.registry.users[shard_of(&&*user)]
+        let mut shard = self.registry.users[shard_of(&&*user)]
             .lock()
-            .expect("user shard lock")
-            .entry(user.clone())
-            .or_default()
-            .conns
-            .insert(
-                self.id,
-                UserConn {
-                    client_id: self.client_id.clone(),
-                    outbox: self.outbox.clone(),
-                    control: self.control.clone(),
-                },
-            );
+            .expect("user shard lock");
+        let first = shard.get(&user).is_none_or(|e| e.conns.is_empty());
+        shard.entry(user.clone()).or_default().conns.insert(
+            self.id,
+            UserConn {
+                client_id: self.client_id.clone(),
+                outbox: self.outbox.clone(),
+                control: self.control.clone(),
+            },
+        );
+        // Emitted under the shard lock: a user's online and offline events
+        // leave this edge in the order they happened.
+        if first {
+            self.registry.emit(PresenceEvent::UserOnline(user.clone()));
+        }
+        drop(shard);
         self.user = Some(user);
     }
 }
@@ -463,9 +670,13 @@ impl Drop for Connection {
                 .lock()
                 .expect("user shard lock");
             if let Some(entry) = shard.get_mut(user) {
-                entry.conns.remove(&self.id);
-                if entry.conns.is_empty() {
-                    shard.remove(user);
+                if entry.conns.remove(&self.id).is_some() && entry.conns.is_empty() {
+                    let at = now_ms();
+                    entry.last_seen = Some(at);
+                    self.registry.emit(PresenceEvent::UserOffline {
+                        user: user.clone(),
+                        at,
+                    });
                 }
             }
         }
@@ -483,7 +694,7 @@ impl Drop for Connection {
 /// whatever a broadcast in progress holds), leaves the channel (the feed stops
 /// after the last one) and decrements the gauge.
 pub struct Subscription {
-    channels: Arc<Channels>,
+    registry: Arc<Registry>,
     pub subscriber: Arc<Subscriber>,
     /// When it is closed unless refreshed (subscription token expiry).
     pub expires_at: Option<Instant>,
@@ -491,9 +702,37 @@ pub struct Subscription {
     pub chan_info: Option<Box<RawValue>>,
     /// Subscribed to a private channel (token checked or granted).
     pub private: bool,
+    /// Its presence entry, and whether its join was announced.
+    member: Option<(Member, bool)>,
 }
 
 impl Subscription {
+    /// Enters the channel's presence as `member` (replacing nothing: one
+    /// entry per session and channel) and, with `announce`, emits its join;
+    /// dropping the subscription removes the entry and emits the leave.
+    pub fn join_presence(&mut self, member: Member, announce: bool) {
+        if self.member.is_some() {
+            return;
+        }
+        let r = &self.registry;
+        let channel = self.subscriber.channel.clone();
+        let mut shard = r.presence[shard_of(&&*channel)]
+            .lock()
+            .expect("presence shard lock");
+        shard
+            .entry(channel.clone())
+            .or_default()
+            .insert(self.subscriber.session, member.clone());
+        if announce {
+            r.emit(PresenceEvent::Join {
+                channel,
+                info: member.info.clone(),
+            });
+        }
+        drop(shard);
+        self.member = Some((member, announce));
+    }
+
     pub fn is_ended(&self) -> bool {
         self.subscriber.is_ended()
     }
@@ -509,7 +748,26 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.subscriber.retire();
-        self.channels.remove(&self.subscriber);
+        self.registry.channels.remove(&self.subscriber);
+        if let Some((member, announced)) = self.member.take() {
+            let r = &self.registry;
+            let channel = self.subscriber.channel.clone();
+            let mut shard = r.presence[shard_of(&&*channel)]
+                .lock()
+                .expect("presence shard lock");
+            if let Some(members) = shard.get_mut(&channel) {
+                members.remove(&self.subscriber.session);
+                if members.is_empty() {
+                    shard.remove(&channel);
+                }
+            }
+            if announced {
+                r.emit(PresenceEvent::Leave {
+                    channel,
+                    info: member.info,
+                });
+            }
+        }
         metrics::gauge!(m::SUBSCRIPTIONS).decrement(1.0);
     }
 }
@@ -539,8 +797,120 @@ mod tests {
     }
 
     fn registry() -> (Arc<Registry>, Arc<TestFeeds>) {
+        let (r, feeds, _events) = registry_with_events();
+        (r, feeds)
+    }
+
+    fn registry_with_events() -> (Arc<Registry>, Arc<TestFeeds>, mpsc::Receiver<PresenceEvent>) {
         let feeds = Arc::new(TestFeeds::default());
-        (Registry::new(feeds.clone()), feeds)
+        let (tx, rx) = mpsc::channel(16);
+        (Registry::new(feeds.clone(), tx), feeds, rx)
+    }
+
+    fn member(client: &str, user: &str) -> Member {
+        Member {
+            client: client.into(),
+            user: user.into(),
+            info: format!(r#"{{"client":"{client}","user":"{user}"}}"#).into(),
+        }
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<PresenceEvent>) -> Vec<PresenceEvent> {
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    }
+
+    /// A presence entry lives exactly as long as its subscription: its join
+    /// and its leave come from the same value, whatever ends it.
+    #[test]
+    fn presence_entries_join_and_leave_with_their_subscription() {
+        let (r, feeds, mut rx) = registry_with_events();
+        let (mut a, _) = r.subscribe(1, "c", outbox(), 1 << 20, true, true);
+        let (mut b, _) = r.subscribe(2, "c", outbox(), 1 << 20, true, false);
+        let (mut c, _) = r.subscribe(3, "c", outbox(), 1 << 20, true, false);
+        a.join_presence(member("ca", "alice"), true);
+        a.join_presence(member("ca", "alice"), true); // no double join
+        b.join_presence(member("cb", "alice"), true);
+        c.join_presence(member("cc", "bob"), false); // not announced
+        assert_eq!(r.presence("c").len(), 3);
+        let mut stats = r.presence_stats("c");
+        stats.user_list.as_mut().expect("listed").sort();
+        assert_eq!(
+            stats,
+            LocalStats {
+                clients: 3,
+                users: 2,
+                user_list: Some(vec!["alice".to_string(), "bob".to_string()]),
+            }
+        );
+        // The feed fails everyone: presence stays until the sessions drop
+        // the ended subscriptions (the leave comes with the drop).
+        feeds.with_last(|f| f.fail_all());
+        assert_eq!(r.presence("c").len(), 3);
+        drop(a);
+        drop(b);
+        drop(c);
+        assert!(r.presence("c").is_empty());
+        assert_eq!(r.presence_stats("c").clients, 0);
+        let joins = |ev: &[PresenceEvent], join: bool| {
+            ev.iter()
+                .filter(|e| {
+                    matches!(e, PresenceEvent::Join { .. }) == join
+                        && matches!(e, PresenceEvent::Join { .. } | PresenceEvent::Leave { .. })
+                })
+                .count()
+        };
+        let ev = drain(&mut rx);
+        assert_eq!((joins(&ev, true), joins(&ev, false)), (2, 2), "{ev:?}");
+        assert!(matches!(&ev[0], PresenceEvent::Join { info, .. } if info.contains("\"ca\"")));
+    }
+
+    /// Join/leave pushes reach only the subscribers that receive them.
+    #[test]
+    fn join_leave_pushes_go_to_those_asking() {
+        let (r, feeds) = registry();
+        let (wants, o1) = (outbox(), outbox());
+        let (a, _) = r.subscribe(1, "c", wants.clone(), 1 << 20, true, true);
+        let (b, _) = r.subscribe(2, "c", o1.clone(), 1 << 20, true, false);
+        assert!(a.subscriber.go_live([], 0, ""));
+        assert!(b.subscriber.go_live([], 0, ""));
+        let n = feeds.with_last(|f| f.deliver_join_leave(bytes::Bytes::from_static(b"J")));
+        assert_eq!(n, 1);
+        assert_eq!(frames(&wants), ["J"]);
+        assert!(frames(&o1).is_empty());
+    }
+
+    /// A user is online here from the first connection to the last: one
+    /// event each, whatever the number of connections.
+    #[test]
+    fn user_online_and_offline_once_per_edge() {
+        let (r, _feeds, mut rx) = registry_with_events();
+        let (tx, _ctl) = tokio::sync::mpsc::channel(1);
+        let mut a = r.open(1, "ca", outbox(), tx.clone());
+        let mut b = r.open(2, "cb", outbox(), tx);
+        a.authenticate("alice");
+        b.authenticate("alice");
+        let users = ["alice".to_string(), "bob".to_string()];
+        assert_eq!(r.status(&users), [("alice", None)]);
+        drop(a);
+        assert_eq!(r.status(&users), [("alice", None)]);
+        drop(b);
+        let ev = drain(&mut rx);
+        assert_eq!(ev.len(), 2, "{ev:?}");
+        assert_eq!(ev[0], PresenceEvent::UserOnline("alice".into()));
+        let PresenceEvent::UserOffline { user, at } = &ev[1] else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(&**user, "alice");
+        // Offline here, and when, until the bucket has it.
+        assert_eq!(r.status(&users), [("alice", Some(*at))]);
+        assert_eq!(r.num_users(), 0);
+        r.recorded("alice", *at);
+        assert!(r.status(&users).is_empty());
+        // Back online: one more online event.
+        let (tx, _ctl) = tokio::sync::mpsc::channel(1);
+        let mut c = r.open(3, "cc", outbox(), tx);
+        c.authenticate("alice");
+        assert_eq!(drain(&mut rx), [PresenceEvent::UserOnline("alice".into())]);
     }
 
     fn outbox() -> Arc<Outbox> {
@@ -550,8 +920,8 @@ mod tests {
     #[test]
     fn first_subscriber_starts_the_feed_and_the_last_stops_it() {
         let (r, feeds) = registry();
-        let (a, _) = r.subscribe(1, "c", outbox(), 1 << 20, true);
-        let (b, _) = r.subscribe(2, "c", outbox(), 1 << 20, true);
+        let (a, _) = r.subscribe(1, "c", outbox(), 1 << 20, true, false);
+        let (b, _) = r.subscribe(2, "c", outbox(), 1 << 20, true, false);
         assert_eq!(feeds.started(), 1);
         assert_eq!(r.channel_counts(), (1, 2));
         drop(a);
@@ -565,7 +935,7 @@ mod tests {
     fn publications_reach_live_subscribers_in_order() {
         let (r, feeds) = registry();
         let o = outbox();
-        let (s, mut status) = r.subscribe(1, "c", o.clone(), 1 << 20, true);
+        let (s, mut status) = r.subscribe(1, "c", o.clone(), 1 << 20, true, false);
         feeds.with_last(|f| f.ready());
         assert_eq!(*status.borrow_and_update(), FeedStatus::Ready);
         feeds.with_last(|f| f.deliver(&publication(3, "e")));
@@ -584,7 +954,7 @@ mod tests {
     fn failed_while_subscribing_is_told_and_gets_nothing() {
         let (r, feeds) = registry();
         let o = outbox();
-        let (s, _) = r.subscribe(1, "c", o.clone(), 1 << 20, true);
+        let (s, _) = r.subscribe(1, "c", o.clone(), 1 << 20, true, false);
         feeds.with_last(|f| f.fail_all());
         assert!(
             !s.subscriber
@@ -603,7 +973,7 @@ mod tests {
     fn unsubscribed_then_delivered_queues_nothing() {
         let (r, _feeds) = registry();
         let o = outbox();
-        let (s, _) = r.subscribe(1, "c", o.clone(), 1 << 20, true);
+        let (s, _) = r.subscribe(1, "c", o.clone(), 1 << 20, true, false);
         assert!(s.subscriber.go_live([], 5, "e"));
         let copied = s.subscriber.clone();
         drop(s);
@@ -617,14 +987,14 @@ mod tests {
     fn an_ended_feed_leaves_no_dead_entry() {
         let (r, feeds) = registry();
         let o = outbox();
-        let (a, _) = r.subscribe(1, "c", o.clone(), 1 << 20, true);
+        let (a, _) = r.subscribe(1, "c", o.clone(), 1 << 20, true, false);
         assert!(a.subscriber.go_live([], 0, ""));
-        let (b, mut waiting) = r.subscribe(2, "c", outbox(), 1 << 20, true);
+        let (b, mut waiting) = r.subscribe(2, "c", outbox(), 1 << 20, true, false);
         feeds.with_last(|f| f.ended());
         assert!(a.is_ended() && b.is_ended());
         assert_eq!(*waiting.borrow_and_update(), FeedStatus::Failed);
         assert!(frames(&o)[0].contains("\"code\":2500"));
-        let (c, status) = r.subscribe(3, "c", outbox(), 1 << 20, true);
+        let (c, status) = r.subscribe(3, "c", outbox(), 1 << 20, true, false);
         assert_eq!(feeds.started(), 2, "a new feed for the next subscriber");
         assert_eq!(*status.borrow(), FeedStatus::Starting);
         // The old feed's late calls touch nothing of the new entry.

@@ -87,6 +87,8 @@ pub struct Subscriber {
     outbox: Arc<Outbox>,
     /// Bound of the subscribe-time buffer (the outbox bound).
     buffer_limit: usize,
+    /// Receives join and leave pushes (asked, or forced by the namespace).
+    pub join_leave: bool,
     state: Mutex<State>,
 }
 
@@ -96,12 +98,14 @@ impl Subscriber {
         channel: Arc<str>,
         outbox: Arc<Outbox>,
         buffer_limit: usize,
+        join_leave: bool,
     ) -> Arc<Self> {
         Arc::new(Self {
             session,
             channel,
             outbox,
             buffer_limit,
+            join_leave,
             state: Mutex::new(State::Buffering {
                 pending: Vec::new(),
                 bytes: 0,
@@ -265,7 +269,7 @@ pub(super) mod tests {
 
     fn subscriber() -> (Arc<Subscriber>, Arc<Outbox>) {
         let o = Arc::new(Outbox::new(1 << 20));
-        (Subscriber::new(1, "c".into(), o.clone(), 1 << 20), o)
+        (Subscriber::new(1, "c".into(), o.clone(), 1 << 20, false), o)
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub struct Command {
     history: Option<HistoryRequest>,
     ping: Option<serde::de::IgnoredAny>,
     send: Option<serde::de::IgnoredAny>,
-    rpc: Option<serde::de::IgnoredAny>,
+    rpc: Option<RpcRequest>,
     refresh: Option<RefreshRequest>,
     sub_refresh: Option<SubRefreshRequest>,
 }
@@ -50,7 +50,7 @@ pub enum Method {
     History(HistoryRequest),
     Ping,
     Send,
-    Rpc,
+    Rpc(RpcRequest),
     Refresh(RefreshRequest),
     SubRefresh(SubRefreshRequest),
     /// `{}`: the client's answer to a server ping.
@@ -70,7 +70,7 @@ impl Method {
             Self::History(_) => "history",
             Self::Ping => "ping",
             Self::Send => "send",
-            Self::Rpc => "rpc",
+            Self::Rpc(_) => "rpc",
             Self::Refresh(_) => "refresh",
             Self::SubRefresh(_) => "sub_refresh",
             Self::Pong => "pong",
@@ -111,8 +111,8 @@ impl Command {
         if self.send.is_some() {
             found.push(Method::Send);
         }
-        if self.rpc.is_some() {
-            found.push(Method::Rpc);
+        if let Some(v) = self.rpc {
+            found.push(Method::Rpc(v));
         }
         if let Some(v) = self.refresh {
             found.push(Method::Refresh(v));
@@ -183,6 +183,14 @@ pub struct HistoryRequest {
     pub limit: i32,
     pub since: Option<StreamPosition>,
     pub reverse: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RpcRequest {
+    pub method: String,
+    /// Raw JSON as the client sent it.
+    pub data: Option<Box<RawValue>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -275,7 +283,34 @@ pub enum ReplyResult {
     Refresh(RefreshResult),
     SubRefresh(SubRefreshResult),
     Ping(Empty),
+    Presence(PresenceResult),
+    PresenceStats(PresenceStatsResult),
+    Rpc(RpcResult),
     Push(Push),
+}
+
+/// `presence` reply: client id → its raw `ClientInfo` object.
+#[derive(Debug, Default, Serialize)]
+pub struct PresenceResult {
+    pub presence: BTreeMap<String, Box<RawValue>>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct PresenceStatsResult {
+    pub num_clients: u64,
+    pub num_users: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RpcResult {
+    pub data: Box<RawValue>,
+}
+
+/// The body of a `join` or `leave` push.
+#[derive(Debug, Serialize)]
+pub struct JoinLeave {
+    /// The raw `ClientInfo` object.
+    pub info: Box<RawValue>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -369,6 +404,10 @@ pub struct Push {
     pub subscribe: Option<SubscribeResult>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disconnect: Option<DisconnectPush>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join: Option<JoinLeave>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leave: Option<JoinLeave>,
 }
 
 impl Push {

@@ -43,9 +43,9 @@ fn duration(d: Duration) -> String {
     format!("{}ms", d.as_millis())
 }
 
-/// One namespace's options in Centrifugo's terms. `presence` turns on
-/// presence with join/leave pushes (Herald has no such option yet: it is
-/// the caller's choice which namespaces a presence script uses).
+/// One namespace's options in Centrifugo's terms: Herald's `presence`,
+/// `join_leave` and `force_push_join_leave` are Centrifugo's; `presence`
+/// turns all three on whatever Herald's options say.
 fn namespace_options(o: &NamespaceOptions, presence: bool) -> Value {
     let mut v = json!({
         "allow_user_limited_channels": true,
@@ -71,11 +71,9 @@ fn namespace_options(o: &NamespaceOptions, presence: bool) -> Value {
         v["force_recovery"] = json!(true);
         v["force_positioning"] = json!(false);
     }
-    if presence {
-        v["presence"] = json!(true);
-        v["join_leave"] = json!(true);
-        v["force_push_join_leave"] = json!(true);
-    }
+    v["presence"] = json!(presence || o.presence);
+    v["join_leave"] = json!(presence || o.join_leave);
+    v["force_push_join_leave"] = json!(presence || o.force_push_join_leave);
     v
 }
 

@@ -76,6 +76,11 @@ impl WsClient {
         )
     }
 
+    /// Pushes received while waiting for replies (or `nothing_for`), oldest first.
+    pub fn take_pushes(&mut self) -> std::collections::VecDeque<Value> {
+        self.0.take_pushes()
+    }
+
     /// Reads until the server closes; returns the close code and reason.
     pub async fn closed(&mut self) -> Closed {
         or_panic(

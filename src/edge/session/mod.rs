@@ -1,8 +1,9 @@
 //! One client connection: the read loop (commands in order, timers) that
 //! dispatches each command to its file — `connect`, `subscribe` (and the
 //! subscription preparation every way of subscribing shares), `publish`,
-//! `history`, `refresh` (and `sub_refresh`), `server_side` (the server API's
-//! control commands) — and the writer task (`writer`: the outbox into the
+//! `history`, `refresh` (and `sub_refresh`), `presence` (and
+//! `presence_stats`, `rpc`), `server_side` (the server API's control
+//! commands) — and the writer task (`writer`: the outbox into the
 //! socket). `unsubscribe`, `ping` and `pong` are one line each, here.
 //!
 //! Owns the connection's protocol state — authenticated user, subscriptions
@@ -15,6 +16,7 @@
 
 mod connect;
 mod history;
+mod presence;
 mod publish;
 mod refresh;
 mod server_side;
@@ -292,9 +294,9 @@ impl Session {
             Method::Refresh(req) => self.refresh(req),
             Method::SubRefresh(req) => self.sub_refresh(req),
             Method::Ping => Ok(Some(ReplyResult::Ping(Empty {}))),
-            Method::Presence(_) | Method::PresenceStats(_) | Method::Rpc => {
-                Err(Fail::Error(ProtocolError::NotAvailable))
-            }
+            Method::Presence(req) => self.presence(req).await,
+            Method::PresenceStats(req) => self.presence_stats(req).await,
+            Method::Rpc(req) => self.rpc(req).await,
             Method::Send => Ok(None),
             Method::Pong => Ok(None),
         };

@@ -12,8 +12,11 @@ use tokio::time::Instant;
 use super::{Fail, Session, close_deadline, ttl};
 use crate::auth::TokenError;
 use crate::channel::Channel;
-use crate::edge::registry::{FeedStatus, Subscription};
-use crate::protocol::{self, ProtocolError, Reply, ReplyResult, SubscribeRequest, SubscribeResult};
+use crate::edge::presence::status_user;
+use crate::edge::registry::{FeedStatus, Member, Subscription};
+use crate::protocol::{
+    self, ClientInfo, ProtocolError, Reply, ReplyResult, SubscribeRequest, SubscribeResult,
+};
 
 /// What a new subscription records besides its registry entry.
 pub(super) struct SubOptions {
@@ -41,25 +44,36 @@ pub(super) struct Prepared {
     pub(super) position: u64,
     /// The epoch `position` belongs to (empty: no history yet, or none kept).
     pub(super) epoch: String,
+    /// Enters the channel's presence when live; with `announce`, with a join.
+    pub(super) presence: bool,
+    pub(super) announce: bool,
+    /// `status:<user>` channels: the user's status, pushed after the head.
+    pub(super) status: Option<Bytes>,
 }
 
 impl Session {
     /// Subscribes in the registry (buffering), waits for the channel feed,
     /// reads the position (and missed publications when recovering) from
     /// sync. On error the subscription drops, leaving the channel.
+    /// `join_leave`: the client asked for join/leave pushes.
     pub(super) async fn prepare(
         &self,
         channel: &Channel<'_>,
         recover: Option<(u64, String)>,
+        join_leave: bool,
     ) -> Result<Prepared, Fail> {
         let client = &self.edge.settings.client;
         let history = channel.options.history;
+        let o = &channel.options;
+        let announce = o.join_leave || o.force_push_join_leave;
+        let receives = o.force_push_join_leave || (o.join_leave && join_leave);
         let (subscription, mut status) = self.edge.registry.subscribe(
             self.id,
             channel.name,
             self.outbox.clone(),
             client.queue_max_bytes,
             history,
+            receives,
         );
         let ready = tokio::time::timeout(self.edge.sync_timeout, async {
             status
@@ -71,12 +85,24 @@ impl Session {
         if !matches!(ready, Ok(Ok(FeedStatus::Ready))) {
             return Err(Fail::Error(ProtocolError::Internal));
         }
+        // Read after the feed is receiving: a change after this read hints
+        // the feed, whose push follows this one.
+        let status = match status_user(channel.name) {
+            Some(user) if channel.namespace == Some(crate::config::BUILTIN_STATUS_NAMESPACE) => {
+                self.edge.presence.status_push(channel.name, user).await
+            }
+            _ => None,
+        };
+        let presence = o.presence || announce;
         if !history {
             return Ok(Prepared {
                 subscription,
                 result: SubscribeResult::default(),
                 position: 0,
                 epoch: String::new(),
+                presence,
+                announce,
+                status,
             });
         }
         let (after, limit) = match &recover {
@@ -124,6 +150,9 @@ impl Session {
             result,
             position,
             epoch: page.epoch,
+            presence,
+            announce,
+            status,
         })
     }
 
@@ -159,8 +188,12 @@ impl Session {
             }
         }
         channel.check_subscribe(&user, token_claims.is_some())?;
+        if channel.namespace == Some(crate::config::BUILTIN_STATUS_NAMESPACE) && user.is_empty() {
+            // Watching needs an authenticated user.
+            return Err(Fail::Error(ProtocolError::PermissionDenied));
+        }
         let recover = req.recover.then(|| (req.offset, req.epoch.clone()));
-        let mut p = self.prepare(&channel, recover).await?;
+        let mut p = self.prepare(&channel, recover, req.join_leave).await?;
         if let Some(exp) = token_claims.as_ref().and_then(|c| c.exp) {
             p.result.expires = true;
             p.result.ttl = ttl(exp);
@@ -191,14 +224,34 @@ impl Session {
         &mut self,
         name: String,
         p: Prepared,
-        head: Vec<Bytes>,
+        mut head: Vec<Bytes>,
         opts: SubOptions,
     ) {
         let mut sub = p.subscription;
         sub.expires_at = opts.expires_at;
         sub.chan_info = opts.chan_info;
         sub.private = opts.private;
-        sub.subscriber.go_live(head, p.position, &p.epoch);
+        head.extend(p.status);
+        let live = sub.subscriber.go_live(head, p.position, &p.epoch);
+        if p.presence && live {
+            let authed = self.authed.as_ref();
+            let info = ClientInfo {
+                user: self.user().to_string(),
+                client: self.client_id.clone(),
+                conn_info: authed.and_then(|a| a.conn_info.clone()),
+                chan_info: sub.chan_info.clone(),
+            };
+            if let Ok(info) = serde_json::to_string(&info) {
+                sub.join_presence(
+                    Member {
+                        client: self.client_id.as_str().into(),
+                        user: self.user().into(),
+                        info: info.into(),
+                    },
+                    p.announce,
+                );
+            }
+        }
         self.subs.insert(name, sub);
     }
 }
