@@ -516,3 +516,125 @@ async fn writer_cut_from_nats_stops_committing_before_another_takes_over() {
     assert_eq!(v.not_dense, 0, "{v:?}");
     assert_eq!(v.stored, v.acked, "{v:?}");
 }
+
+/// Issue 16 §6 end to end: a namespace with a 2 s `history_retention`; once
+/// its publications expired (embedded: deleted by the expiry thread;
+/// ScyllaDB: by their TTL), a client recovering from an expired offset gets
+/// `recovered: false` with the head, a history page from it starts at the
+/// first kept offset, and offsets keep counting.
+async fn recovery_from_an_expired_offset(name: &str, serve: Spec) {
+    let serve = HeraldProcess::start(serve.set("channel_history_retention", "2s")).await;
+    let api = serve.api();
+    let ch = "expiring";
+    let mut epoch = String::new();
+    for i in 0..30 {
+        let r = api
+            .ok(
+                "publish",
+                &json!({"channel": ch, "data": {"i": i}}),
+                Duration::from_secs(20),
+            )
+            .await;
+        epoch = r["epoch"].as_str().expect("epoch").to_string();
+    }
+    let published = Instant::now();
+    let mut conn = Conn::open(serve.addr(), &token("late"))
+        .await
+        .expect("connect");
+    let recovered = json!({"channel": ch, "recover": true, "offset": 5, "epoch": epoch});
+    let fresh = conn
+        .call("subscribe", recovered.clone())
+        .await
+        .expect("subscribe");
+    assert_eq!(fresh["subscribe"]["recovered"], true, "{fresh}");
+    conn.call("unsubscribe", json!({"channel": ch}))
+        .await
+        .expect("unsubscribe");
+    // Served history ends at the retention at once (sync's time cut); the
+    // rows go when the store deletes them.
+    eventually(
+        "no expired publication is served",
+        Duration::from_secs(40),
+        || async {
+            let r = api
+                .call(
+                    "history",
+                    &json!({"channel": ch, "limit": 100, "since": {"offset": 0, "epoch": epoch}}),
+                )
+                .await
+                .ok()?;
+            r["result"]["publications"]
+                .as_array()
+                .is_some_and(|p| p.is_empty())
+                .then_some(())
+        },
+    )
+    .await;
+    let expired_after = published.elapsed();
+    let late = conn
+        .call("subscribe", recovered.clone())
+        .await
+        .expect("subscribe");
+    // `recovered: false` is omitted on the wire (Centrifugo's JSON).
+    assert_ne!(late["subscribe"]["recovered"], true, "{late}");
+    assert_eq!(late["subscribe"]["was_recovering"], true, "{late}");
+    assert_eq!(late["subscribe"]["offset"], 30, "{late}");
+    conn.call("unsubscribe", json!({"channel": ch}))
+        .await
+        .expect("unsubscribe");
+    let r = api
+        .ok(
+            "publish",
+            &json!({"channel": ch, "data": {"i": 30}}),
+            Duration::from_secs(20),
+        )
+        .await;
+    assert_eq!(r["offset"], 31, "offsets keep counting: {r}");
+    let page = conn
+        .call(
+            "history",
+            json!({"channel": ch, "limit": 10, "since": {"offset": 5, "epoch": epoch}}),
+        )
+        .await
+        .expect("history");
+    let offsets: Vec<u64> = page["history"]["publications"]
+        .as_array()
+        .expect("publications")
+        .iter()
+        .filter_map(|p| p["offset"].as_u64())
+        .collect();
+    println!(
+        "{name}: 30 publications in a 2 s retention namespace; history empty {expired_after:.2?} \
+         after the last publish; recovery from offset 5: {}; page from offset 5 after one more \
+         publish: {offsets:?}",
+        late["subscribe"]
+    );
+    assert_eq!(
+        offsets,
+        vec![31],
+        "the page starts at the first kept offset"
+    );
+    conn.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_recovery_from_an_expired_offset_is_not_recovered() {
+    let _serial = SERIAL.lock().await;
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = Spec::serve("serve", nats.url(), &dir.path().join("data"))
+        .set("store_expiry_interval", "200ms");
+    recovery_from_an_expired_offset("embedded_recovery_from_an_expired_offset", spec).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scylla_recovery_from_an_expired_offset_is_not_recovered() {
+    let test = "scylla_recovery_from_an_expired_offset_is_not_recovered";
+    let Some(nodes) = scylla_nodes(test) else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let nats = TestNats::start().await;
+    let store = SharedStore::create(nodes, "herald_expiry").await;
+    recovery_from_an_expired_offset(test, store.spec("serve", "serve", nats.url())).await;
+}
