@@ -1,5 +1,6 @@
-//! Many writers and syncs on one shared store, and a writer cut off from
-//! NATS (issue 16 §3, §4): `store = scylla` against the CQL node named by
+//! Many writers and syncs on one shared store, a writer cut off from NATS
+//! (issue 16 §3, §4), and recovery from an expired offset (§6, on both
+//! backends): `store = scylla` against the CQL node named by
 //! `HERALD_SCYLLA_NODES` (scripts/test.sh starts a Cassandra node and sets
 //! it), a fresh keyspace per test created by the real `herald migrate`.
 //!
@@ -10,9 +11,9 @@
 //! prints its figures (`-- --nocapture` shows them) and skips, saying why on
 //! the real stderr, when `HERALD_SCYLLA_NODES` is not set.
 //!
-//! The embedded store is not run here: one process holds its directory
-//! (the standby/restart cases are tests/crash.rs), so there is no second
-//! writer to take over and no split brain to fence.
+//! The embedded store runs only the expiry case: one process holds its
+//! directory (the standby/restart cases are tests/crash.rs), so there is no
+//! second writer to take over and no split brain to fence.
 //!
 //! Resources: one nats-server, at most seven herald processes, modest loads
 //! (a few thousand publishes); the tests take turns (`SERIAL`).
@@ -182,6 +183,7 @@ async fn two_writers_share_partitions_and_kill9_of_one_loses_nothing() {
 
     let acks = join_all(tasks).await;
     let load_time = started.elapsed();
+    let w3_appends = w3.metric(COMMITS, &[]).await;
     let failover = acks
         .iter()
         .filter(|a| a.sent >= gone)
@@ -198,7 +200,8 @@ async fn two_writers_share_partitions_and_kill9_of_one_loses_nothing() {
          -9 -> writer-2 owns all {PARTITIONS} partitions after {moved:.2?} \
          (writer_failover_timeout 2s); first success of a publish sent after the kill \
          {failover:.2?}; longest pause between two acknowledgements {pause:.2?}; writer-3 started \
-         later: (writer-2, writer-3) {later:?} after {w3_share_after:.2?}",
+         later: (writer-2, writer-3) {later:?} after {w3_share_after:.2?}, store appends by \
+         writer-3 {w3_appends}",
         v.acked, v.stored, v.lost, v.duplicated, v.not_dense
     );
     assert_eq!(v.acked, total);
@@ -637,4 +640,94 @@ async fn scylla_recovery_from_an_expired_offset_is_not_recovered() {
     let nats = TestNats::start().await;
     let store = SharedStore::create(nodes, "herald_expiry").await;
     recovery_from_an_expired_offset(test, store.spec("serve", "serve", nats.url())).await;
+}
+
+/// §4, the other split brain: a writer frozen (SIGSTOP, as a long GC pause
+/// or a stalled VM would) while it holds leases and has batches in hand,
+/// its partitions taken over, then resumed (SIGCONT) believing it still
+/// holds them. Whatever it was doing when frozen must not overwrite or
+/// reorder what the other writer committed meanwhile (its fence is closed
+/// by time; an append already past the fence meets the store's own fence):
+/// no acknowledged publish lost, none duplicated, offsets dense.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_frozen_and_resumed_after_takeover_overwrites_nothing() {
+    let test = "writer_frozen_and_resumed_after_takeover_overwrites_nothing";
+    let Some(nodes) = scylla_nodes(test) else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let nats = TestNats::start().await;
+    let store = SharedStore::create(nodes, "herald_frozen").await;
+    let url = nats.url();
+    let w1 = HeraldProcess::start(store.spec("writer", "writer-1 (frozen)", url)).await;
+    let w2 = HeraldProcess::start(store.spec("writer", "writer-2", url)).await;
+    let _sync = HeraldProcess::start(store.spec("sync", "sync", url)).await;
+    let edge = HeraldProcess::start(store.spec("edge", "edge", url)).await;
+    wait_shares("both writers hold partitions", &[&w1, &w2], |c| c >= 1.0).await;
+    let load = Load {
+        publishers: 4,
+        channels: 20,
+        per_publisher: 400,
+        window: 4,
+    };
+    let api = edge.api();
+    let acked = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let tasks = load.spawn(&api, &acked);
+    eventually(
+        "a third of the load acknowledged",
+        Duration::from_secs(120),
+        || async { (acked.load(Ordering::SeqCst) >= load.total() / 3).then_some(()) },
+    )
+    .await;
+    let appends_before = w1.metric(COMMITS, &[]).await;
+    common::process::signal(w1.pid, "STOP");
+    let frozen = Instant::now();
+    wait_shares("writer-2 holds every partition", &[&w2], |_| true).await;
+    let taken = frozen.elapsed();
+    // Writer-2 commits on the taken partitions for a while.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    common::process::signal(w1.pid, "CONT");
+    let resumed = frozen.elapsed();
+    wait_shares(
+        "writer-1 takes a share again after resuming",
+        &[&w1, &w2],
+        |c| c >= 1.0,
+    )
+    .await;
+    let rebalanced = frozen.elapsed();
+    let acks = join_all(tasks).await;
+    let load_time = t0.elapsed();
+    let m1 = w1.metrics().await;
+    let appends_after = metric_value(&m1, COMMITS, &[]).unwrap_or(0.0);
+    let errors: Vec<&str> = m1
+        .lines()
+        .filter(|l| {
+            (l.starts_with("herald_writer_errors_total")
+                || l.starts_with("herald_writer_lease_events_total"))
+                && !l.ends_with(" 0")
+        })
+        .collect();
+    let pause = longest_pause(&acks);
+    let channels: Vec<String> = (0..load.channels).map(|i| load.channel(i)).collect();
+    let v = verify(&api, &acks, &channels).await;
+    println!(
+        "{test}: timeline from SIGSTOP of writer-1 ({appends_before} store appends before): \
+         writer-2 held every partition at {taken:.2?}; SIGCONT at {resumed:.2?}; writer-1 back \
+         with a share at {rebalanced:.2?}; writer-1 afterwards: {appends_after} store appends in \
+         all; its non-zero error and lease counters {errors:?}. Load: {} publishes in \
+         {load_time:.1?}, acknowledged {}, stored {}, lost {}, duplicated {}, channels not dense \
+         {}; longest pause between two acknowledgements {pause:.2?}",
+        load.total(),
+        v.acked,
+        v.stored,
+        v.lost,
+        v.duplicated,
+        v.not_dense
+    );
+    assert_eq!(v.acked, load.total());
+    assert_eq!(v.lost, 0, "{v:?}");
+    assert_eq!(v.duplicated, 0, "{v:?}");
+    assert_eq!(v.not_dense, 0, "{v:?}");
+    assert_eq!(v.stored, v.acked, "{v:?}");
 }
