@@ -172,8 +172,9 @@ impl EmbeddedStore {
 
     /// Starts the background expiry thread: one [`EmbeddedStore::expire`]
     /// pass every `interval` with `channels`' history retentions, until the
-    /// store is dropped. Without it nothing expires (keys still stop
-    /// answering after `idempotency_retention`).
+    /// store is dropped (the drop waits for a pass in hand, compaction
+    /// included). Without it nothing is deleted (keys still stop answering
+    /// after `idempotency_retention`, and reads stop serving expired history).
     pub fn start_expiry(
         &mut self,
         channels: ChannelsConfig,
