@@ -550,6 +550,16 @@ impl Inner {
 
     /// One expiry pass (see the module docs for its bounds).
     fn expire(&self, channels: &ChannelsConfig) -> StoreResult<ExpiryPass> {
+        self.expire_bounded(channels, EXPIRY_CHANNELS_PER_PASS, EXPIRY_PER_PASS)
+    }
+
+    /// [`Inner::expire`] with its bounds given (the unit tests use small ones).
+    fn expire_bounded(
+        &self,
+        channels: &ChannelsConfig,
+        max_channels: usize,
+        max_deleted: u64,
+    ) -> StoreResult<ExpiryPass> {
         let mut pass = ExpiryPass::default();
         let any_retention = channels.default.history_retention.is_some()
             || channels
@@ -567,9 +577,7 @@ impl Inner {
             let mut next = Vec::new();
             for guard in self.db.snapshot().range(&self.channels, start..) {
                 let name = guard.key().map_err(|e| map_err("scanning channels", e))?;
-                if pass.channels_visited >= EXPIRY_CHANNELS_PER_PASS
-                    || pass.publications_deleted >= EXPIRY_PER_PASS
-                {
+                if pass.channels_visited >= max_channels {
                     next = name.to_vec();
                     break;
                 }
@@ -584,8 +592,13 @@ impl Inner {
                 pass.publications_deleted += self.expire_channel(
                     channel,
                     expiry_cutoff(now, retention),
-                    EXPIRY_PER_PASS - pass.publications_deleted,
+                    max_deleted - pass.publications_deleted,
                 )?;
+                if pass.publications_deleted >= max_deleted {
+                    // This channel may have more: the next pass starts here.
+                    next = name.to_vec();
+                    break;
+                }
             }
             let since_compaction = {
                 let mut state = self
@@ -1022,6 +1035,108 @@ mod tests {
         assert_eq!(err, Some(StoreErrorKind::Conflict));
         let err = prepare(&[append(&[])]).err().map(|e| e.kind);
         assert_eq!(err, Some(StoreErrorKind::Conflict));
+    }
+}
+
+#[cfg(test)]
+mod expiry_tests {
+    use super::*;
+
+    /// `short:` keeps history 1 ms; everything else forever.
+    fn namespaces() -> ChannelsConfig {
+        let mut channels = crate::config::Config::defaults().channels;
+        let mut short = channels.default.clone();
+        short.history_retention = Some(Duration::from_millis(1));
+        channels.namespaces.insert("short".into(), short);
+        channels
+    }
+
+    fn store_with(dir: &Path, channels: &[&str], n: u64) -> EmbeddedStore {
+        let store = EmbeddedStore::open(
+            dir,
+            StoreOptions {
+                idempotency_retention: Duration::from_secs(3600),
+            },
+        )
+        .expect("open");
+        let batch: Vec<ChannelAppend> = channels
+            .iter()
+            .map(|c| ChannelAppend {
+                channel: (*c).to_string(),
+                epoch: "e".into(),
+                publications: (1..=n)
+                    .map(|offset| StoredPublication {
+                        offset,
+                        data: Bytes::from_static(b"{}"),
+                        info: None,
+                        time_ms: now_ms() - 1000,
+                    })
+                    .collect(),
+                idempotency_keys: vec![("k".into(), 1)],
+            })
+            .collect();
+        let prepared = prepare(&batch).expect("prepare");
+        for r in store.inner.commit_group(vec![prepared]) {
+            r.expect("commit");
+        }
+        store
+    }
+
+    fn left(store: &EmbeddedStore, channel: &str) -> usize {
+        let all = ReadRange {
+            after: 0,
+            before: None,
+            limit: 1000,
+            direction: Direction::Forward,
+        };
+        store.inner.read(channel, all).expect("read").len()
+    }
+
+    #[test]
+    fn a_pass_visits_at_most_its_channels_and_the_next_resumes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let names = [
+            "short:a", "short:b", "short:c", "short:d", "short:e", "keep",
+        ];
+        let store = store_with(dir.path(), &names, 10);
+        let ns = namespaces();
+        let visited: Vec<(usize, u64)> = (0..3)
+            .map(|_| {
+                let p = store.inner.expire_bounded(&ns, 2, 1000).expect("pass");
+                (p.channels_visited, p.publications_deleted)
+            })
+            .collect();
+        // keep, short:a | short:b, short:c | short:d, short:e (byte order).
+        assert_eq!(visited, vec![(2, 10), (2, 20), (2, 20)]);
+        for c in &names[..5] {
+            assert_eq!(left(&store, c), 0, "{c}");
+        }
+        assert_eq!(left(&store, "keep"), 10, "no retention, nothing deleted");
+        assert_eq!(
+            store.inner.stored_position("short:a").expect("head"),
+            Some(Position {
+                head: 10,
+                epoch: "e".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_pass_deletes_at_most_its_budget_and_the_next_resumes_in_the_channel() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store_with(dir.path(), &["short:a", "short:b"], 10);
+        let ns = namespaces();
+        let deleted: Vec<u64> = (0..4)
+            .map(|_| {
+                store
+                    .inner
+                    .expire_bounded(&ns, 100, 7)
+                    .expect("pass")
+                    .publications_deleted
+            })
+            .collect();
+        assert_eq!(deleted, vec![7, 7, 6, 0]);
+        assert_eq!(left(&store, "short:a") + left(&store, "short:b"), 0);
     }
 }
 
