@@ -84,6 +84,7 @@ options! {
     "scylla_tls" = "false" : "`store = scylla`: connect with TLS (rustls, server verified against the system's root certificates).";
     "scylla_replication" = "{'class': 'SimpleStrategy', 'replication_factor': 1}" : "`herald migrate`: replication of the keyspace it creates; the default suits one laptop node, production wants e.g. {'class': 'NetworkTopologyStrategy', 'replication_factor': 3}.";
     "scylla_request_timeout" = "5s" : "`store = scylla`: client-side timeout of each request (a timed-out write is retried by the writer, a timed-out read answers 503).";
+    "store_expiry_interval" = "30s" : "`store = embedded`: how often a background pass deletes publications older than their namespace's history_retention (at most 200 000 publications and 10 000 channels per pass, compacting after 50 000 deletions) and idempotency keys older than idempotency_retention.";
     "store_wait_for_lock" = "false" : "`serve`/`writer`/`sync`: when another process holds the embedded store, wait for it (a standby that takes over when the active one dies) instead of exiting.";
     "shutdown_drain" = "5s" : "On SIGTERM, edges close client connections with 3001 spread over this period, so reconnects do not arrive all at once.";
     "sync_timeout" = "5s" : "How long an edge waits for a sync reply (recovery, history).";
@@ -95,7 +96,7 @@ options! {
     "channel_history" = "true" : "Default namespace: channels keep durable history with offsets.";
     "channel_client_publish" = "false" : "Default namespace: clients may publish into channels they may subscribe to (off, as in Centrifugo: backends publish through the server API). The built-in `dm` namespace has it on.";
     "channel_private" = "false" : "Default namespace: subscribing needs a subscription token.";
-    "channel_history_retention" = "0s" : "Default namespace: history older than this is not served (0s = forever); with `store = scylla` its publications are written with this TTL, so the database frees them (the embedded store keeps the bytes).";
+    "channel_history_retention" = "0s" : "Default namespace: history older than this is not served (0s = forever); with `store = scylla` its publications are written with this TTL, so the database frees them; the embedded store deletes them in the background (store_expiry_interval).";
     "channel_history_size" = "0" : "Default namespace: most publications a channel's history serves, 0 = no bound; older ones expire as with retention (not served, offsets keep counting), as Centrifugo's history_size.";
     "channel_anonymous" = "false" : "Default namespace: anonymous connections (a token with an empty `sub`) may subscribe, read history and, with channel_client_publish, publish; as Centrifugo's allow_*_for_anonymous.";
     "channel_presence" = "false" : "Default namespace: clients and the server API may ask a channel's presence and presence stats (on for the built-in `dm` namespace).";
@@ -168,6 +169,7 @@ pub struct Config {
     pub store: StoreBackend,
     pub scylla: ScyllaConfig,
     pub store_wait_for_lock: bool,
+    pub store_expiry_interval: Duration,
     pub shutdown_drain: Duration,
     pub otlp: OtlpConfig,
     pub channels: ChannelsConfig,
@@ -660,6 +662,7 @@ impl Config {
                 request_timeout: p.parse("scylla_request_timeout", parse_duration_positive),
             },
             store_wait_for_lock: p.parse("store_wait_for_lock", parse_bool),
+            store_expiry_interval: p.parse("store_expiry_interval", parse_duration_positive),
             shutdown_drain: p.parse("shutdown_drain", parse_duration),
             otlp: OtlpConfig {
                 endpoint: p.parse("otlp_endpoint", parse_otlp_endpoint),

@@ -231,9 +231,14 @@ async fn open_embedded(
     let mut announced = false;
     loop {
         let (d, o) = (dir.clone(), options.clone());
-        let opened = tokio::task::spawn_blocking(move || EmbeddedStore::open(&d, o))
-            .await
-            .context("store open task")?;
+        let (channels, every) = (config.channels.clone(), config.store_expiry_interval);
+        let opened = tokio::task::spawn_blocking(move || {
+            let mut store = EmbeddedStore::open(&d, o)?;
+            store.start_expiry(channels, every)?;
+            Ok::<_, crate::store::StoreError>(store)
+        })
+        .await
+        .context("store open task")?;
         match opened {
             Ok(store) => {
                 tracing::info!(dir = %dir.display(), backend = "embedded", "store open");

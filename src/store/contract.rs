@@ -1130,6 +1130,139 @@ where
     }
 }
 
+/// How long [`history_expiry`] gives a backend to delete publications past
+/// their retention.
+pub const EXPIRY_GRACE: Duration = Duration::from_secs(30);
+
+/// History retention deletes (issue 16 §6), on a store opened so that the
+/// namespace `short` keeps history for [`SHORT_RETENTION`] and `long`
+/// forever, with whatever deletes them running (ScyllaDB: the TTL; embedded:
+/// the expiry thread). Publications of `short:` disappear within
+/// [`EXPIRY_GRACE`]; the head stays; reads (forward, backward, from an
+/// expired offset) return what is left, never an error; the idempotency key
+/// of an expired publication still answers its offset (it lives for the
+/// idempotency retention, so a late retry is still a duplicate); offsets keep
+/// counting at head + 1; `long:` keeps everything.
+pub async fn history_expiry(store: &SharedStore) {
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    };
+    let short = format!("short:{}", channel("expiry"));
+    let long = format!("long:{}", channel("expiry"));
+    let fresh = |ch: &str, offsets: std::ops::RangeInclusive<u64>| {
+        let mut a = append(ch, "e", offsets.clone());
+        for p in &mut a.publications {
+            p.time_ms = now();
+        }
+        with_key(a, &format!("k{}", offsets.start()), *offsets.start())
+    };
+    store
+        .append(&[fresh(&short, 1..=20), fresh(&long, 1..=20)])
+        .await
+        .expect("append");
+    assert_eq!(
+        offsets(
+            &store
+                .read(&short, forward(0, None, 100))
+                .await
+                .expect("read")
+        )
+        .len(),
+        20
+    );
+    let deadline = Instant::now() + SHORT_RETENTION + EXPIRY_GRACE;
+    while !store
+        .read(&short, forward(0, None, 100))
+        .await
+        .expect("read")
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "publications outlived their {SHORT_RETENTION:?} retention by {EXPIRY_GRACE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        store.position(&short).await.expect("position"),
+        position(20, "e"),
+        "the head stays"
+    );
+    assert!(
+        store
+            .read(&short, backward(0, None, 10))
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    assert!(
+        store
+            .read(&short, forward(5, None, 10))
+            .await
+            .expect("read from an expired offset")
+            .is_empty()
+    );
+    assert_eq!(
+        store.idempotent_offset(&short, "k1").await.expect("key"),
+        Some(1)
+    );
+
+    // Offsets keep counting.
+    store
+        .append(&[fresh(&short, 21..=22)])
+        .await
+        .expect("append after expiry");
+    assert_eq!(
+        offsets(
+            &store
+                .read(&short, forward(0, None, 100))
+                .await
+                .expect("read")
+        ),
+        vec![21, 22]
+    );
+    assert_eq!(
+        offsets(
+            &store
+                .read(&short, forward(10, None, 100))
+                .await
+                .expect("read")
+        ),
+        vec![21, 22]
+    );
+    assert_eq!(
+        offsets(
+            &store
+                .read(&short, backward(0, None, 10))
+                .await
+                .expect("read")
+        ),
+        vec![22, 21]
+    );
+    assert_eq!(
+        store
+            .append(&[fresh(&short, 21..=21)])
+            .await
+            .expect_err("offset 21 is taken")
+            .kind,
+        StoreErrorKind::Conflict
+    );
+    // A namespace without retention keeps everything.
+    assert_eq!(
+        store
+            .read(&long, forward(0, None, 100))
+            .await
+            .expect("read")
+            .len(),
+        20
+    );
+}
+
+/// The retention of the `short` namespace in [`history_expiry`].
+pub const SHORT_RETENTION: Duration = Duration::from_secs(2);
+
 /// A channel name unique to this run of the suite.
 fn channel(case: &str) -> String {
     use std::sync::OnceLock;

@@ -10,6 +10,26 @@
 //! only after that. A batch that fails its check fails alone. Reads are
 //! snapshot range scans that stop after `limit` items.
 //!
+//! History retention frees space ([`EmbeddedStore::start_expiry`]): a
+//! background thread wakes every `store_expiry_interval` and runs one pass
+//! that deletes, per channel whose namespace has a `history_retention`, the
+//! publications whose `time_ms` is older than it (oldest first, stopping at
+//! the first one still kept: time does not decrease with the offset), then
+//! the idempotency keys older than `idempotency_retention`. A channel's
+//! head stays, so offsets stay dense and keep counting; reads return what is
+//! left. Keys of expired publications are not deleted with them: they keep
+//! answering until `idempotency_retention` (as with ScyllaDB), so a late
+//! retry of an expired publication is still a duplicate, not a new one.
+//! Bounded work per pass: at most [`EXPIRY_CHANNELS_PER_PASS`] channels
+//! visited and [`EXPIRY_PER_PASS`] publications deleted (in write batches of
+//! [`PURGE_CHUNK`], each under the write lock); the next pass resumes where
+//! this one stopped. Once [`COMPACT_AFTER`] publications were deleted since
+//! the last compaction, the pass flushes the memtables and runs a major
+//! compaction of the publications, which is what gives the bytes back to the
+//! file system at fjall's next memtable flush (a deletion is a tombstone
+//! until then); that rewrite costs
+//! O(size of the kept history) and happens at most once per pass.
+//!
 //! Does not know who assigns offsets, NATS or the protocol. fjall locks the
 //! directory, so a second process opening it fails with `Unavailable`.
 
@@ -24,6 +44,8 @@ use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use tokio::sync::oneshot;
 
+use crate::config::ChannelsConfig;
+
 use super::{
     ChannelAppend, Direction, Position, ReadRange, Store, StoreError, StoreErrorKind, StoreOptions,
     StoreResult, StoredPublication,
@@ -37,6 +59,13 @@ const HAS_INFO: u8 = 1;
 /// Expired idempotency keys deleted per write batch by `purge_expired_keys`,
 /// so a purge never holds the write lock (and stalls appends) for long.
 const PURGE_CHUNK: usize = 1024;
+/// Channels an expiry pass visits at most; the next pass resumes after the
+/// last one visited.
+pub const EXPIRY_CHANNELS_PER_PASS: usize = 10_000;
+/// Publications an expiry pass deletes at most.
+pub const EXPIRY_PER_PASS: u64 = 200_000;
+/// Deleted publications after which a pass compacts the publications.
+pub const COMPACT_AFTER: u64 = 50_000;
 /// First allocation for a read; `limit` may be far larger than what is stored.
 const READ_PREALLOC: usize = 1024;
 
@@ -54,6 +83,17 @@ pub struct EmbeddedStore {
     /// `append` call being awaited (the writer has one per partition).
     commits: Option<mpsc::Sender<Job>>,
     committer: Option<JoinHandle<()>>,
+    /// The expiry thread and the sender whose drop stops it.
+    expiry: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+}
+
+/// What one expiry pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ExpiryPass {
+    pub channels_visited: usize,
+    pub publications_deleted: u64,
+    pub keys_purged: u64,
+    pub compacted: bool,
 }
 
 /// One `append` call waiting for a group commit.
@@ -75,6 +115,9 @@ struct Inner {
     /// Only taken on the committer thread or inside `spawn_blocking`, never
     /// across an `.await`.
     write_lock: Mutex<()>,
+    /// Where the next expiry pass starts in the `channels` keyspace, and the
+    /// publications deleted since the last compaction.
+    expiry_state: Mutex<(Vec<u8>, u64)>,
 }
 
 impl EmbeddedStore {
@@ -103,6 +146,7 @@ impl EmbeddedStore {
             db,
             retention: options.idempotency_retention,
             write_lock: Mutex::new(()),
+            expiry_state: Mutex::new((Vec::new(), 0)),
         });
         let (commits, jobs) = mpsc::channel();
         let committer = {
@@ -122,7 +166,59 @@ impl EmbeddedStore {
             inner,
             commits: Some(commits),
             committer: Some(committer),
+            expiry: None,
         })
+    }
+
+    /// Starts the background expiry thread: one [`EmbeddedStore::expire`]
+    /// pass every `interval` with `channels`' history retentions, until the
+    /// store is dropped (the drop waits for a pass in hand, compaction
+    /// included). Without it nothing is deleted (keys still stop answering
+    /// after `idempotency_retention`, and reads stop serving expired history).
+    pub fn start_expiry(
+        &mut self,
+        channels: ChannelsConfig,
+        interval: Duration,
+    ) -> StoreResult<()> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let inner = Arc::clone(&self.inner);
+        let thread = std::thread::Builder::new()
+            .name("herald-store-expiry".into())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+                    match inner.expire(&channels) {
+                        Ok(pass) => tracing::debug!(?pass, "store expiry pass"),
+                        Err(e) => tracing::warn!(error = %e, "store expiry pass failed"),
+                    }
+                }
+            })
+            .map_err(|e| {
+                StoreError::new(
+                    StoreErrorKind::Unavailable,
+                    format!("starting the store's expiry thread: {e}"),
+                )
+            })?;
+        self.expiry = Some((stop, thread));
+        Ok(())
+    }
+
+    /// One expiry pass now (what the background thread runs).
+    pub async fn expire(&self, channels: ChannelsConfig) -> StoreResult<ExpiryPass> {
+        self.blocking(move |inner| inner.expire(&channels)).await
+    }
+
+    /// Flushes every memtable into tables and waits (tests measure the
+    /// tables with it).
+    pub async fn flush(&self) -> StoreResult<()> {
+        self.blocking(Inner::flush).await
+    }
+
+    /// Bytes the store's tables and journal take on disk, as fjall counts them.
+    pub fn disk_space(&self) -> StoreResult<u64> {
+        self.inner
+            .db
+            .disk_space()
+            .map_err(|e| map_err("measuring disk space", e))
     }
 
     /// Runs blocking fjall work off the async runtime.
@@ -237,6 +333,12 @@ impl Drop for EmbeddedStore {
     /// directory lock is free when this returns (a reopen in the same
     /// process succeeds). Blocks for at most the commit in hand.
     fn drop(&mut self) {
+        if let Some((stop, thread)) = self.expiry.take() {
+            drop(stop);
+            if thread.join().is_err() {
+                tracing::error!("the store's expiry thread panicked");
+            }
+        }
         drop(self.commits.take());
         if let Some(committer) = self.committer.take()
             && committer.join().is_err()
@@ -430,6 +532,173 @@ impl Inner {
             out.push(publication);
         }
         Ok(out)
+    }
+
+    fn flush(&self) -> StoreResult<()> {
+        for keyspace in [
+            &self.messages,
+            &self.channels,
+            &self.keys,
+            &self.keys_by_time,
+        ] {
+            keyspace
+                .rotate_memtable_and_wait()
+                .map_err(|e| map_err("flushing a memtable", e))?;
+        }
+        Ok(())
+    }
+
+    /// One expiry pass (see the module docs for its bounds).
+    fn expire(&self, channels: &ChannelsConfig) -> StoreResult<ExpiryPass> {
+        self.expire_bounded(channels, EXPIRY_CHANNELS_PER_PASS, EXPIRY_PER_PASS)
+    }
+
+    /// [`Inner::expire`] with its bounds given (the unit tests use small ones).
+    fn expire_bounded(
+        &self,
+        channels: &ChannelsConfig,
+        max_channels: usize,
+        max_deleted: u64,
+    ) -> StoreResult<ExpiryPass> {
+        let mut pass = ExpiryPass::default();
+        let any_retention = channels.default.history_retention.is_some()
+            || channels
+                .namespaces
+                .values()
+                .any(|n| n.history_retention.is_some());
+        if any_retention {
+            let start = self
+                .expiry_state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .0
+                .clone();
+            let now = now_ms();
+            let mut next = Vec::new();
+            for guard in self.db.snapshot().range(&self.channels, start..) {
+                let name = guard.key().map_err(|e| map_err("scanning channels", e))?;
+                if pass.channels_visited >= max_channels {
+                    next = name.to_vec();
+                    break;
+                }
+                pass.channels_visited += 1;
+                let Ok(channel) = std::str::from_utf8(&name) else {
+                    continue;
+                };
+                let Some(retention) = crate::channel::history_retention_of(channel, channels)
+                else {
+                    continue;
+                };
+                pass.publications_deleted += self.expire_channel(
+                    channel,
+                    expiry_cutoff(now, retention),
+                    max_deleted - pass.publications_deleted,
+                )?;
+                if pass.publications_deleted >= max_deleted {
+                    // This channel may have more: the next pass starts here.
+                    next = name.to_vec();
+                    break;
+                }
+            }
+            let since_compaction = {
+                let mut state = self
+                    .expiry_state
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                state.0 = next;
+                state.1 += pass.publications_deleted;
+                state.1
+            };
+            if since_compaction >= COMPACT_AFTER {
+                self.compact()?;
+                self.expiry_state
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .1 = 0;
+                pass.compacted = true;
+            }
+        }
+        pass.keys_purged = self.purge_expired_keys()?;
+        Ok(pass)
+    }
+
+    /// Deletes the publications of `channel` stored at or before `cutoff`
+    /// (ms), oldest first, at most `budget`; returns how many.
+    fn expire_channel(&self, channel: &str, cutoff: u64, budget: u64) -> StoreResult<u64> {
+        let prefix = channel_prefix(channel);
+        let (start, end) = (message_key(&prefix, 0), message_key(&prefix, u64::MAX));
+        let mut deleted = 0u64;
+        loop {
+            let _guard = self
+                .write_lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let mut batch = self.db.batch();
+            let mut in_batch = 0usize;
+            let mut reached_kept = false;
+            let room = usize::try_from(budget - deleted)
+                .unwrap_or(usize::MAX)
+                .min(PURGE_CHUNK);
+            for guard in self
+                .db
+                .snapshot()
+                .range(&self.messages, start.as_slice()..=end.as_slice())
+                .take(room)
+            {
+                let (key, value) = guard
+                    .into_inner()
+                    .map_err(|e| map_err("scanning publications", e))?;
+                let time_ms = value
+                    .get(2..10)
+                    .and_then(|t| <[u8; 8]>::try_from(t).ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| {
+                        StoreError::new(
+                            StoreErrorKind::Corrupt,
+                            format!("undecodable publication in channel {channel:?}"),
+                        )
+                    })?;
+                if time_ms > cutoff {
+                    reached_kept = true;
+                    break;
+                }
+                batch.remove(&self.messages, key);
+                in_batch += 1;
+            }
+            if in_batch > 0 {
+                batch
+                    .commit()
+                    .map_err(|e| map_err("deleting expired publications", e))?;
+            }
+            deleted += in_batch as u64;
+            if reached_kept || in_batch < room || deleted >= budget {
+                return Ok(deleted);
+            }
+        }
+    }
+
+    /// Flushes every memtable (so the journal can go) and rewrites the
+    /// publications without what was deleted.
+    ///
+    /// The journal is fjall's: segments of 64 MB (sparse files), sealed ones
+    /// removed once every memtable they hold is flushed, at most fjall's
+    /// `max_journaling_size` (512 MiB) in all; expiry frees the tables. The
+    /// files of the tables a compaction replaced are removed at fjall's next
+    /// memtable flush (after the next writes).
+    fn compact(&self) -> StoreResult<()> {
+        for keyspace in [
+            &self.messages,
+            &self.channels,
+            &self.keys,
+            &self.keys_by_time,
+        ] {
+            keyspace
+                .rotate_memtable_and_wait()
+                .map_err(|e| map_err("flushing a memtable", e))?;
+        }
+        self.messages
+            .major_compact()
+            .map_err(|e| map_err("compacting publications", e))
     }
 
     fn purge_expired_keys(&self) -> StoreResult<u64> {
@@ -766,6 +1035,108 @@ mod tests {
         assert_eq!(err, Some(StoreErrorKind::Conflict));
         let err = prepare(&[append(&[])]).err().map(|e| e.kind);
         assert_eq!(err, Some(StoreErrorKind::Conflict));
+    }
+}
+
+#[cfg(test)]
+mod expiry_tests {
+    use super::*;
+
+    /// `short:` keeps history 1 ms; everything else forever.
+    fn namespaces() -> ChannelsConfig {
+        let mut channels = crate::config::Config::defaults().channels;
+        let mut short = channels.default.clone();
+        short.history_retention = Some(Duration::from_millis(1));
+        channels.namespaces.insert("short".into(), short);
+        channels
+    }
+
+    fn store_with(dir: &Path, channels: &[&str], n: u64) -> EmbeddedStore {
+        let store = EmbeddedStore::open(
+            dir,
+            StoreOptions {
+                idempotency_retention: Duration::from_secs(3600),
+            },
+        )
+        .expect("open");
+        let batch: Vec<ChannelAppend> = channels
+            .iter()
+            .map(|c| ChannelAppend {
+                channel: (*c).to_string(),
+                epoch: "e".into(),
+                publications: (1..=n)
+                    .map(|offset| StoredPublication {
+                        offset,
+                        data: Bytes::from_static(b"{}"),
+                        info: None,
+                        time_ms: now_ms() - 1000,
+                    })
+                    .collect(),
+                idempotency_keys: vec![("k".into(), 1)],
+            })
+            .collect();
+        let prepared = prepare(&batch).expect("prepare");
+        for r in store.inner.commit_group(vec![prepared]) {
+            r.expect("commit");
+        }
+        store
+    }
+
+    fn left(store: &EmbeddedStore, channel: &str) -> usize {
+        let all = ReadRange {
+            after: 0,
+            before: None,
+            limit: 1000,
+            direction: Direction::Forward,
+        };
+        store.inner.read(channel, all).expect("read").len()
+    }
+
+    #[test]
+    fn a_pass_visits_at_most_its_channels_and_the_next_resumes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let names = [
+            "short:a", "short:b", "short:c", "short:d", "short:e", "keep",
+        ];
+        let store = store_with(dir.path(), &names, 10);
+        let ns = namespaces();
+        let visited: Vec<(usize, u64)> = (0..3)
+            .map(|_| {
+                let p = store.inner.expire_bounded(&ns, 2, 1000).expect("pass");
+                (p.channels_visited, p.publications_deleted)
+            })
+            .collect();
+        // keep, short:a | short:b, short:c | short:d, short:e (byte order).
+        assert_eq!(visited, vec![(2, 10), (2, 20), (2, 20)]);
+        for c in &names[..5] {
+            assert_eq!(left(&store, c), 0, "{c}");
+        }
+        assert_eq!(left(&store, "keep"), 10, "no retention, nothing deleted");
+        assert_eq!(
+            store.inner.stored_position("short:a").expect("head"),
+            Some(Position {
+                head: 10,
+                epoch: "e".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_pass_deletes_at_most_its_budget_and_the_next_resumes_in_the_channel() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store_with(dir.path(), &["short:a", "short:b"], 10);
+        let ns = namespaces();
+        let deleted: Vec<u64> = (0..4)
+            .map(|_| {
+                store
+                    .inner
+                    .expire_bounded(&ns, 100, 7)
+                    .expect("pass")
+                    .publications_deleted
+            })
+            .collect();
+        assert_eq!(deleted, vec![7, 7, 6, 0]);
+        assert_eq!(left(&store, "short:a") + left(&store, "short:b"), 0);
     }
 }
 
