@@ -56,7 +56,7 @@ options! {
     "api_key" = "" : "Key of the server HTTP API (X-API-Key or `Authorization: apikey`). Empty disables the API (404).";
     "log" = "info,lsm_tree=warn,fjall=warn" : "Log filter (tracing EnvFilter syntax), e.g. `info,herald=debug`.";
     "log_format" = "text" : "`text` for humans, `json` for machines.";
-    "client_message_size_limit" = "65536" : "Largest client frame in bytes; a larger one closes the connection with WebSocket code 1009 (message too big).";
+    "client_message_size_limit" = "65536" : "Largest client frame in bytes; a larger one closes the connection with WebSocket code 1009 (message too big), whatever its size.";
     "client_read_buffer_size" = "1024" : "Bytes each connection reads from its socket per read call, and the read buffer it keeps while idle; larger frames are read in several calls. Small keeps idle connections cheap.";
     "client_queue_max_bytes" = "1048576" : "Bound of each connection's outbound queue in bytes; a client past it is disconnected with 3008 (slow).";
     "client_channel_limit" = "128" : "Subscriptions per connection; one more is error 106 (limit exceeded).";

@@ -124,7 +124,9 @@ async fn server_side_subscribe_and_unsubscribe_reach_every_node() {
     .await;
     let p = alice2.push().await;
     assert_eq!(p["subscribe"]["recovered"], true, "{p}");
-    assert_eq!(p["subscribe"]["offset"], 2, "{p}");
+    // As Centrifugo: the offset recovered from (absent when 0); the
+    // publications carry their own.
+    assert!(p["subscribe"].get("offset").is_none(), "{p}");
     for n in [1, 2] {
         let p = alice2.publication("news").await;
         assert_eq!(p["offset"], n);

@@ -22,8 +22,10 @@ impl Session {
         if self.authed.is_some() {
             return Err(Fail::Close(Disconnect::BAD_REQUEST));
         }
+        // No credentials at all: a bad request, as Centrifugo's (an
+        // anonymous connection has a token with an empty `sub`).
         if req.token.is_empty() {
-            return Err(Fail::Close(Disconnect::INVALID_TOKEN));
+            return Err(Fail::Close(Disconnect::BAD_REQUEST));
         }
         let claims = match self.edge.verifier.connect(&req.token) {
             Ok(c) => c,
