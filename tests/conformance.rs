@@ -1071,6 +1071,27 @@ fn ping_scripts() -> Vec<Script> {
     ]
 }
 
+/// Scripts for servers that subscribe every user to their personal channel
+/// on connect (`client_subscribe_to_user_personal_channel`).
+fn personal_scripts() -> Vec<Script> {
+    vec![
+        Script::new("every user subscribed to their personal channel on connect")
+            // A publication first, so the channel has an epoch (see
+            // `epoch-of-empty-history`).
+            .api("publish", json!({"channel": "#u-auto", "data": {"n": 1}}))
+            .connect(0, &token("u-auto"))
+            .api("publish", json!({"channel": "#u-auto", "data": {"n": 2}}))
+            .recv(0, 1)
+            .connect(
+                1,
+                &jwt(json!({"sub": "u-auto2", "exp": now() + 3600, "channels": ["#u-auto2", "feed:auto"]})),
+            )
+            .differs("epoch-of-empty-history")
+            .call(0, json!({"id": 2, "subscribe": {"channel": "#u-auto"}}), 1)
+            .connect(2, &jwt(json!({"sub": "", "exp": now() + 3600}))),
+    ]
+}
+
 // ---------------------------------------------------------------- running
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -1420,6 +1441,7 @@ fn every_documented_difference_is_exercised() {
     let used: BTreeSet<&str> = scripts()
         .iter()
         .chain(&ping_scripts())
+        .chain(&personal_scripts())
         .flat_map(|s| s.steps.iter().filter_map(|st| st.differs))
         .collect();
     for id in &used {
@@ -1544,6 +1566,20 @@ async fn herald_answers_as_centrifugo() {
         TestHerald::start(config.clone())
     );
     compare(scripts(), centrifugo.addr, herald.addr).await;
+}
+
+/// `client_subscribe_to_user_personal_channel` with its own pair of servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn personal_channel_subscription_as_centrifugo() {
+    let nats = common::TestNats::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = conformance_config(&nats, dir.path().join("data"));
+    config.client.subscribe_to_personal = true;
+    let (centrifugo, herald) = tokio::join!(
+        TestCentrifugo::start(&config, PRESENCE_NAMESPACES),
+        TestHerald::start(config.clone())
+    );
+    compare(personal_scripts(), centrifugo.addr, herald.addr).await;
 }
 
 /// Pings with their own pair of servers: a short ping interval for these

@@ -26,7 +26,7 @@ impl Session {
                     self.reply(&Reply::push(Push {
                         refresh: Some(RefreshResult {
                             expires: at.is_some(),
-                            ttl: at.map_or(0, ttl),
+                            ttl: at.map_or(0, |exp| ttl(crate::auth::clamp_exp(exp))),
                         }),
                         ..Push::default()
                     }));
