@@ -1005,6 +1005,21 @@ fn scripts() -> Vec<Script> {
                 0,
                 json!({"id": 4, "subscribe": {"channel": "feed:type", "type": 1}}),
                 1,
+            )
+            // The same in a history channel (with a publication, so it has
+            // an epoch), and a publication after: no delta, no filtering.
+            .api("publish", json!({"channel": "delta-h", "data": {"n": 1}}))
+            .call(
+                0,
+                json!({"id": 5, "subscribe": {"channel": "delta-h", "delta": "fossil", "flag": 1}}),
+                1,
+            )
+            .api("publish", json!({"channel": "delta-h", "data": {"n": 2}}))
+            .recv(0, 1)
+            .call(
+                0,
+                json!({"id": 6, "subscribe": {"channel": "delta-h2", "type": 1}}),
+                1,
             ),
     );
     s.push(
