@@ -52,11 +52,11 @@ options! {
     "token_jwks_min_fetch_interval" = "10s" : "Least time between two fetches caused by tokens naming an unknown kid (a flood of made-up kids costs one fetch per interval).";
     "token_audience" = "" : "When set, client JWTs must carry this `aud`.";
     "token_issuer" = "" : "When set, client JWTs must carry this `iss`.";
-    "token_require_exp" = "false" : "Refuse connection and subscription tokens without `exp` (invalid token, 3500 / 103). Off, as in Centrifugo: such a token never expires.";
+    "token_require_exp" = "false" : "Refuse connection and subscription tokens without `exp` (invalid token, 3500). Off, as in Centrifugo: such a token never expires.";
     "api_key" = "" : "Key of the server HTTP API (X-API-Key or `Authorization: apikey`). Empty disables the API (404).";
     "log" = "info,lsm_tree=warn,fjall=warn" : "Log filter (tracing EnvFilter syntax), e.g. `info,herald=debug`.";
     "log_format" = "text" : "`text` for humans, `json` for machines.";
-    "client_message_size_limit" = "65536" : "Largest client frame in bytes; a larger one closes the connection with WebSocket code 1009 (message too big).";
+    "client_message_size_limit" = "65536" : "Largest client frame in bytes; a larger one closes the connection with WebSocket code 1009 (message too big), whatever its size.";
     "client_read_buffer_size" = "1024" : "Bytes each connection reads from its socket per read call, and the read buffer it keeps while idle; larger frames are read in several calls. Small keeps idle connections cheap.";
     "client_queue_max_bytes" = "1048576" : "Bound of each connection's outbound queue in bytes; a client past it is disconnected with 3008 (slow).";
     "client_channel_limit" = "128" : "Subscriptions per connection; one more is error 106 (limit exceeded).";
@@ -65,6 +65,7 @@ options! {
     "client_stale_timeout" = "10s" : "A connection that sends no connect within this is closed with 3502 (stale).";
     "client_expired_close_delay" = "25s" : "Grace after a connection or subscription token's exp for the client to refresh before it is closed (3005) or unsubscribed.";
     "client_recovery_limit" = "300" : "Most publications a recovering subscribe returns; more missed gives `recovered: false`.";
+    "client_subscribe_to_user_personal_channel" = "false" : "Subscribe every authenticated user on connect, server-side, to their personal channel `#user` (in the connect reply's `subs`), as Centrifugo's client.subscribe_to_user_personal_channel (v5: user_subscribe_to_personal).";
     "client_publish_timeout" = "10s" : "How long a publish waits for the store commit before answering error 100: the publication may still be stored, so the server API's error names the `idempotency_key` to retry with (the generated one when the request had none), and the client protocol's says a retry may store a second copy (not temporary).";
     "history_page_limit" = "1000" : "Largest history page (client history, server API history, sync HTTP).";
     "ingest_partitions" = "16" : "Partitions of the HERALD_INGEST stream; fixed when the stream is created.";
@@ -250,6 +251,8 @@ pub struct ClientConfig {
     pub recovery_limit: usize,
     pub publish_timeout: Duration,
     pub history_page_limit: usize,
+    /// Server-side subscription of every user to `#user` on connect.
+    pub subscribe_to_personal: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -600,6 +603,10 @@ impl Config {
                 recovery_limit: p.parse("client_recovery_limit", parse_positive),
                 publish_timeout: p.parse("client_publish_timeout", parse_duration_positive),
                 history_page_limit: p.parse("history_page_limit", parse_positive),
+                subscribe_to_personal: p.parse(
+                    "client_subscribe_to_user_personal_channel",
+                    parse_bool,
+                ),
             },
             ingest: IngestConfig {
                 partitions: p.parse("ingest_partitions", |s| {

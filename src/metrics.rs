@@ -301,7 +301,7 @@ pub mod labels {
     /// code a backend chose through the server API.
     pub const DISCONNECT_CODES: &[&str] = &[
         "1009", "3000", "3001", "3004", "3005", "3006", "3008", "3009", "3010", "3011", "3012",
-        "3500", "3501", "3502", "3503", "3504", "3505", "3506", "custom",
+        "3500", "3501", "3502", "3503", "3504", "3505", "3506", "3508", "custom",
     ];
     /// `method` of [`super::COMMANDS_TOTAL`] (a pong is not counted).
     pub const COMMAND_METHODS: &[&str] = &[
@@ -835,6 +835,7 @@ mod tests {
             Disconnect::CONNECTION_LIMIT,
             Disconnect::CHANNEL_LIMIT,
             Disconnect::MESSAGE_SIZE_LIMIT,
+            Disconnect::NOT_AVAILABLE,
         ] {
             let code = d.code.to_string();
             assert!(labels::DISCONNECT_CODES.contains(&code.as_str()), "{code}");

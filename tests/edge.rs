@@ -238,7 +238,12 @@ async fn reconnecting_client_recovers_exactly_what_it_missed() {
     let s = &r["subscribe"];
     assert_eq!(s["recovered"], true, "{r}");
     assert_eq!(s["was_recovering"], true);
-    assert_eq!(s["offset"], 53);
+    assert_eq!(
+        s["positioned"], true,
+        "a history subscription is positioned"
+    );
+    // As Centrifugo: the offset the client recovered from.
+    assert_eq!(s["offset"], offset);
     let pubs = s["publications"]
         .as_array()
         .expect("recovered publications");
@@ -408,13 +413,6 @@ async fn private_channel_needs_a_subscription_token() {
     let r = c
         .call(
             "subscribe",
-            json!({"channel": "$board", "token": h.sub_token("someone-else", "$board")}),
-        )
-        .await;
-    assert_eq!(r["error"]["code"], 103);
-    let r = c
-        .call(
-            "subscribe",
             json!({"channel": "$board", "token": h.sub_token("dave", "$board")}),
         )
         .await;
@@ -431,6 +429,27 @@ async fn private_channel_needs_a_subscription_token() {
         .call("publish", json!({"channel": "$board", "data": "x"}))
         .await;
     assert_eq!(r["publish"]["offset"], 1, "{r}");
+    // An expired token: an empty answer, the subscription keeps its expiry.
+    let expired = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "dave", "channel": "$board", "exp": herald::auth::now_secs() - 60}),
+        &jsonwebtoken::EncodingKey::from_secret(common::node::SECRET.as_bytes()),
+    )
+    .expect("token");
+    let r = c
+        .call(
+            "sub_refresh",
+            json!({"channel": "$board", "token": expired}),
+        )
+        .await;
+    assert_eq!(r["sub_refresh"], json!({}), "{r}");
+    // A token of another user ends the connection (3500), as Centrifugo.
+    c.send(
+        "subscribe",
+        json!({"channel": "$other", "token": h.sub_token("someone-else", "$other")}),
+    )
+    .await;
+    assert_eq!(c.closed().await.code, 3500);
 }
 
 #[tokio::test]
@@ -446,6 +465,15 @@ async fn ephemeral_namespace_delivers_without_offsets() {
     let (mut b, _) = WsClient::connect(h.addr, &h.token("b")).await;
     let r = a.call("subscribe", json!({"channel": "live:scores"})).await;
     assert!(r["subscribe"].get("recoverable").is_none(), "{r}");
+    assert!(r["subscribe"].get("positioned").is_none(), "{r}");
+    // Asking to recover where there is no history: only `was_recovering`.
+    let r = b
+        .call(
+            "subscribe",
+            json!({"channel": "live:other", "recover": true, "offset": 3, "epoch": "e"}),
+        )
+        .await;
+    assert_eq!(r["subscribe"], json!({"was_recovering": true}), "{r}");
     let r = b
         .call(
             "publish",
@@ -469,11 +497,24 @@ async fn refresh_extends_the_connection() {
     assert_eq!(reply["connect"]["ping"], 25);
     let r = c.call("refresh", json!({"token": h.token("erin")})).await;
     assert_eq!(r["refresh"]["expires"], true, "{r}");
+    // Centrifugo's reply is {expires, ttl} only.
+    assert!(r["refresh"].get("client").is_none(), "{r}");
+    assert!(r["refresh"].get("version").is_none(), "{r}");
     // A token of another user on refresh ends the connection.
     c.send("refresh", json!({"token": h.token("mallory")}))
         .await;
     let closed = c.closed().await;
     assert_eq!(closed.code, 3500);
+    // An expired token on refresh ends it too, as expired (3005).
+    let (mut c, _) = WsClient::connect(h.addr, &h.token("erin")).await;
+    let expired = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "erin", "exp": herald::auth::now_secs() - 60}),
+        &jsonwebtoken::EncodingKey::from_secret(common::node::SECRET.as_bytes()),
+    )
+    .expect("token");
+    c.send("refresh", json!({"token": expired})).await;
+    assert_eq!(c.closed().await.code, 3005);
 }
 
 #[tokio::test]

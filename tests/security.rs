@@ -344,6 +344,9 @@ async fn a_huge_exp_does_not_kill_the_session() {
         .api("subscribe", json!({"user": "bob", "channel": "news"}))
         .await;
     assert_eq!(r, json!({"result": {}}));
+    // The refresh push (the new expiry, as Centrifugo), then the subscribe.
+    let p = bob.push().await;
+    assert_eq!(p["refresh"]["expires"], true, "{p}");
     let p = bob.push().await;
     assert_eq!(p["channel"], "news", "{p}");
     let r = bob.call("ping", json!({})).await;

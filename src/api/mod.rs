@@ -61,8 +61,8 @@
 //!   nothing is sent.
 //!   - `disconnect {user, client?, session?, whitelist?, disconnect?: {code,
 //!     reason}}` closes the connections, except those whose client id is in
-//!     `whitelist`, with the given code and reason (`disconnect` push and
-//!     WebSocket close frame). Default 3503 "force disconnect" (terminal: the
+//!     `whitelist`, with the given code and reason (the WebSocket close
+//!     frame, as Centrifugo). Default 3503 "force disconnect" (terminal: the
 //!     SDKs do not reconnect). `code` must be 3000–4999 and `reason` at most
 //!     [`MAX_DISCONNECT_REASON_BYTES`] (it travels in the close frame), else
 //!     107. Codes 3500–3999 and 4500–4999 are terminal, others reconnect.
@@ -79,7 +79,8 @@
 //!     unsubscribe".
 //!   - `refresh {user, client?, session?, expired?, expire_at?}`: `expired:
 //!     true` closes with 3005 (connection expired). Otherwise the connection
-//!     now expires at `expire_at` (unix seconds), closed 3005
+//!     now expires at `expire_at` (unix seconds), told so by a `refresh`
+//!     push (`expires`, `ttl`) as in Centrifugo, and is closed 3005
 //!     `client_expired_close_delay` after it unless the client refreshes its
 //!     token; without `expire_at` it no longer expires (as in Centrifugo).
 //!     An `expire_at` further ahead than [`crate::auth::MAX_TOKEN_LIFETIME`]

@@ -61,15 +61,6 @@ impl Close {
             Self::Custom { reason, .. } => reason,
         }
     }
-
-    /// Whether the SDK should reconnect: the protocol's rule applies to
-    /// custom codes too (3500–3999 and 4500–4999 are terminal).
-    pub fn reconnect(&self) -> bool {
-        match self {
-            Self::Named(d) => d.reconnect(),
-            Self::Custom { code, .. } => Disconnect::new(*code, "").reconnect(),
-        }
-    }
 }
 
 /// What the writer takes out in one go.
@@ -301,14 +292,12 @@ mod tests {
     }
 
     #[test]
-    fn custom_close_follows_the_reconnect_rule() {
+    fn custom_close_keeps_its_code_and_reason() {
         let c = |code| Close::Custom {
             code,
             reason: "r".into(),
         };
-        assert!(c(4000).reconnect());
-        assert!(!c(4500).reconnect());
-        assert!(!c(3503).reconnect());
+        assert_eq!(c(4500).code(), 4500);
         assert_eq!(c(4500).reason(), "r");
         assert_eq!(Close::from(Disconnect::SHUTDOWN).code(), 3001);
     }

@@ -106,8 +106,9 @@ impl From<ProtocolError> for ErrorBody {
     }
 }
 
-/// Why the server closes a connection: sent as the WebSocket close code and
-/// reason, and as a `disconnect` push just before.
+/// Why the server closes a connection: sent as the WebSocket Close frame's
+/// code and reason (the only place a disconnect is said on a WebSocket, as in
+/// Centrifugo). Codes 3000–3499 and 4000–4499 ask the SDK to reconnect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Disconnect {
     pub code: u16,
@@ -131,14 +132,10 @@ impl Disconnect {
     pub const CONNECTION_LIMIT: Self = Self::new(3504, "connection limit");
     pub const CHANNEL_LIMIT: Self = Self::new(3505, "channel limit");
     pub const MESSAGE_SIZE_LIMIT: Self = Self::new(3506, "message size limit");
+    pub const NOT_AVAILABLE: Self = Self::new(3508, "not available");
 
     pub const fn new(code: u16, reason: &'static str) -> Self {
         Self { code, reason }
-    }
-
-    /// Codes below 3500 ask the client to reconnect.
-    pub fn reconnect(self) -> bool {
-        self.code < 3500 || (4000..4500).contains(&self.code)
     }
 }
 
@@ -162,14 +159,6 @@ impl Unsubscribe {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reconnect_ranges() {
-        assert!(Disconnect::SLOW.reconnect());
-        assert!(Disconnect::NO_PONG.reconnect());
-        assert!(!Disconnect::INVALID_TOKEN.reconnect());
-        assert!(!Disconnect::STALE.reconnect());
-    }
 
     #[test]
     fn error_codes_match_centrifugo() {

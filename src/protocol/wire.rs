@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::codes::{Disconnect, ProtocolError, Unsubscribe};
+use super::codes::{ProtocolError, Unsubscribe};
 
 fn is_zero_u32(v: &u32) -> bool {
     *v == 0
@@ -151,6 +151,10 @@ pub struct SubscribeRequest {
     pub positioned: bool,
     pub recoverable: bool,
     pub join_leave: bool,
+    /// Subscription type: 0 a plain subscription (the only kind Herald has;
+    /// others are map subscriptions in Centrifugo).
+    #[serde(rename = "type")]
+    pub kind: i32,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -376,8 +380,6 @@ pub struct HistoryResult {
 
 #[derive(Debug, Default, Serialize)]
 pub struct RefreshResult {
-    pub client: String,
-    pub version: String,
     #[serde(skip_serializing_if = "is_false")]
     pub expires: bool,
     #[serde(skip_serializing_if = "is_zero_u32")]
@@ -402,8 +404,10 @@ pub struct Push {
     pub unsubscribe: Option<UnsubscribePush>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subscribe: Option<SubscribeResult>,
+    /// The connection's new expiry, set by the server API (same fields as
+    /// the `refresh` reply).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub disconnect: Option<DisconnectPush>,
+    pub refresh: Option<RefreshResult>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub join: Option<JoinLeave>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -421,28 +425,10 @@ impl Push {
             ..Self::default()
         }
     }
-
-    pub fn disconnect(d: Disconnect) -> Self {
-        Self {
-            disconnect: Some(DisconnectPush {
-                code: d.code as u32,
-                reason: d.reason.into(),
-                reconnect: d.reconnect(),
-            }),
-            ..Self::default()
-        }
-    }
 }
 
 #[derive(Debug, Serialize)]
 pub struct UnsubscribePush {
     pub code: u32,
     pub reason: String,
-}
-
-#[derive(Debug, Serialize)]
-pub struct DisconnectPush {
-    pub code: u32,
-    pub reason: String,
-    pub reconnect: bool,
 }

@@ -108,6 +108,7 @@ pub fn config_for(herald: &Config, port: u16, presence: &[&str]) -> Value {
             "queue_max_size": c.queue_max_bytes,
             "history_max_publication_limit": c.history_page_limit,
             "recovery_max_publication_limit": c.recovery_limit,
+            "subscribe_to_user_personal_channel": { "enabled": c.subscribe_to_personal },
         },
         "websocket": { "message_size_limit": c.message_size_limit },
         "http_api": {

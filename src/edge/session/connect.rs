@@ -1,6 +1,7 @@
 //! `connect`: authenticates the token, records the user in the registry and
-//! makes the server-side subscriptions of its `channels` claim; the reply
-//! lists them, and their publications follow it.
+//! makes the server-side subscriptions of its `channels` claim (and of the
+//! user's personal channel when configured); the reply lists them, and their
+//! publications follow it.
 //!
 //! Knows nothing of other commands beyond `subscribe`'s preparation.
 
@@ -22,8 +23,10 @@ impl Session {
         if self.authed.is_some() {
             return Err(Fail::Close(Disconnect::BAD_REQUEST));
         }
+        // No credentials at all: a bad request, as Centrifugo's (an
+        // anonymous connection has a token with an empty `sub`).
         if req.token.is_empty() {
-            return Err(Fail::Close(Disconnect::INVALID_TOKEN));
+            return Err(Fail::Close(Disconnect::BAD_REQUEST));
         }
         let claims = match self.edge.verifier.connect(&req.token) {
             Ok(c) => c,
@@ -42,10 +45,21 @@ impl Session {
         metrics::counter!(m::CONNECTS_TOTAL).increment(1);
 
         // Server-side subscriptions from the token's `channels` claim: the
-        // token already authorizes them.
+        // token already authorizes them. With
+        // `client_subscribe_to_user_personal_channel`, the user's personal
+        // channel first (not for an anonymous connection), as Centrifugo.
+        let personal = (self.edge.settings.client.subscribe_to_personal && !claims.sub.is_empty())
+            .then(|| format!("#{}", claims.sub));
         let mut prepared = Vec::new();
         let mut subs = std::collections::BTreeMap::new();
-        for name in &claims.channels {
+        let mut names: Vec<&String> = personal.iter().collect();
+        names.extend(
+            claims
+                .channels
+                .iter()
+                .filter(|c| Some(*c) != personal.as_ref()),
+        );
+        for name in names {
             let Ok(channel) = Channel::parse(name, &self.edge.settings.channels) else {
                 tracing::warn!("invalid channel in token channels claim");
                 continue;

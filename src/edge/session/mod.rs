@@ -48,8 +48,9 @@ use crate::protocol::{
 
 /// Closing because the client closed (never sent to it).
 const CLIENT_CLOSED: Disconnect = Disconnect::new(3000, "connection closed");
-/// WebSocket "message too big" for a frame over `client_message_size_limit`.
-pub const MESSAGE_TOO_BIG: Disconnect = Disconnect::new(1009, "message too big");
+/// WebSocket "message too big" for a frame over `client_message_size_limit`,
+/// with an empty reason as Centrifugo's, whatever the frame's size.
+pub const MESSAGE_TOO_BIG: Disconnect = Disconnect::new(1009, "");
 
 /// How a command fails: a reply error, or the end of the connection.
 enum Fail {
@@ -154,7 +155,7 @@ pub(super) async fn run(edge: Arc<Edge>, socket: WebSocket, id: SessionId) {
                     Some(Ok(Message::Close(_))) | None => break Some(CLIENT_CLOSED),
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "read failed");
-                        break Some(CLIENT_CLOSED);
+                        break Some(read_error_close(e));
                     }
                     Some(Ok(_)) => Ok(()),
                 },
@@ -179,6 +180,18 @@ pub(super) async fn run(edge: Arc<Edge>, socket: WebSocket, id: SessionId) {
         outbox.close(d);
     }
     // Dropping the session leaves every channel and the registry.
+}
+
+/// How a failed read closes the connection. A frame past twice the size
+/// limit is refused by tungstenite from its header, before it is read
+/// (memory bound): it gets the same 1009 as a frame just over the limit.
+/// Any other read error means the socket is gone.
+fn read_error_close(e: axum::Error) -> Disconnect {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    match e.into_inner().downcast::<WsError>() {
+        Ok(e) if matches!(*e, WsError::Capacity(_)) => MESSAGE_TOO_BIG,
+        _ => CLIENT_CLOSED,
+    }
 }
 
 impl Session {
@@ -262,6 +275,12 @@ impl Session {
         let id = cmd.id;
         let method = match cmd.method() {
             Ok(m) => m,
+            // No method Centrifugo knows, with an id: a bad request, as
+            // Centrifugo reads it (an empty command that expects a reply).
+            Err(ProtocolError::MethodNotFound) => {
+                tracing::debug!("command without a known method");
+                return Err(Disconnect::BAD_REQUEST);
+            }
             Err(e) if id == 0 => {
                 tracing::debug!(error = e.label(), "command without id");
                 return Err(Disconnect::BAD_REQUEST);
@@ -274,9 +293,19 @@ impl Session {
             }
         };
         let name = method.name();
-        if matches!(method, Method::Pong) {
-            self.pong_deadline = None;
-            return Ok(());
+        // As Centrifugo: a pong (`{}`) is only for an authenticated
+        // connection; every command but `send` carries an id.
+        match method {
+            Method::Pong if self.authed.is_some() => {
+                self.pong_deadline = None;
+                return Ok(());
+            }
+            Method::Send => {}
+            _ if id == 0 => {
+                tracing::debug!(method = name, "command without id");
+                return Err(Disconnect::BAD_REQUEST);
+            }
+            _ => {}
         }
         if self.authed.is_none() && !matches!(method, Method::Connect(_)) {
             return Err(Disconnect::BAD_REQUEST);
@@ -297,7 +326,8 @@ impl Session {
             Method::Presence(req) => self.presence(req).await,
             Method::PresenceStats(req) => self.presence_stats(req).await,
             Method::Rpc(req) => self.rpc(req).await,
-            Method::Send => Ok(None),
+            // No handler for async messages: Centrifugo closes with 3508.
+            Method::Send => Err(Fail::Close(Disconnect::NOT_AVAILABLE)),
             Method::Pong => Ok(None),
         };
         if name == "publish" {
@@ -308,9 +338,7 @@ impl Session {
             Ok(result) => {
                 metrics::counter!(m::COMMANDS_TOTAL, "method" => name, "result" => "ok")
                     .increment(1);
-                if let Some(result) = result
-                    && id != 0
-                {
+                if let Some(result) = result {
                     self.reply(&Reply::ok(id, result));
                 }
                 Ok(())
@@ -318,9 +346,7 @@ impl Session {
             Err(Fail::Error(e)) => {
                 metrics::counter!(m::COMMANDS_TOTAL, "method" => name, "result" => e.label())
                     .increment(1);
-                if id != 0 {
-                    self.reply(&Reply::error(id, ErrorBody::from(e)));
-                }
+                self.reply(&Reply::error(id, ErrorBody::from(e)));
                 Ok(())
             }
             Err(Fail::Close(d)) => {

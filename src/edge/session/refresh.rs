@@ -9,10 +9,12 @@ use crate::protocol::{
 };
 
 impl Session {
+    /// As Centrifugo: an expired token ends the connection (3005), a token
+    /// that is not valid for this user too (3500).
     pub(super) fn refresh(&mut self, req: RefreshRequest) -> Result<Option<ReplyResult>, Fail> {
         let claims = match self.edge.verifier.connect(&req.token) {
             Ok(c) => c,
-            Err(TokenError::Expired) => return Err(Fail::Error(ProtocolError::TokenExpired)),
+            Err(TokenError::Expired) => return Err(Fail::Close(Disconnect::EXPIRED)),
             Err(TokenError::Invalid) => return Err(Fail::Close(Disconnect::INVALID_TOKEN)),
         };
         let authed = self.authed.as_mut().ok_or(ProtocolError::Unauthorized)?;
@@ -23,17 +25,21 @@ impl Session {
             .exp
             .map(|exp| close_deadline(exp, self.edge.settings.client.expired_close_delay));
         Ok(Some(ReplyResult::Refresh(RefreshResult {
-            client: self.client_id.clone(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
             expires: claims.exp.is_some(),
             ttl: claims.exp.map_or(0, ttl),
         })))
     }
 
+    /// As Centrifugo: an expired token is answered with an empty result
+    /// (the subscription keeps its expiry and ends with it), a token for
+    /// another user or channel ends the connection (3500).
     pub(super) fn sub_refresh(
         &mut self,
         req: SubRefreshRequest,
     ) -> Result<Option<ReplyResult>, Fail> {
+        if req.channel.is_empty() {
+            return Err(Fail::Close(Disconnect::BAD_REQUEST));
+        }
         let user = self.user().to_string();
         let claims = match self
             .edge
@@ -41,8 +47,10 @@ impl Session {
             .subscription(&req.token, &user, &req.channel)
         {
             Ok(c) => c,
-            Err(TokenError::Expired) => return Err(Fail::Error(ProtocolError::TokenExpired)),
-            Err(TokenError::Invalid) => return Err(Fail::Error(ProtocolError::PermissionDenied)),
+            Err(TokenError::Expired) => {
+                return Ok(Some(ReplyResult::SubRefresh(SubRefreshResult::default())));
+            }
+            Err(TokenError::Invalid) => return Err(Fail::Close(Disconnect::INVALID_TOKEN)),
         };
         let sub = self
             .subs

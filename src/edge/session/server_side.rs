@@ -1,11 +1,12 @@
 //! What the server API asks of a session through its control queue:
-//! server-side subscribe and unsubscribe, a new connection expiry.
+//! server-side subscribe and unsubscribe, a new connection expiry (announced
+//! to the client with a `refresh` push).
 
 use super::subscribe::SubOptions;
-use super::{Session, close_deadline};
+use super::{Session, close_deadline, ttl};
 use crate::channel::Channel;
 use crate::edge::command::SessionCommand;
-use crate::protocol::{self, Push, Reply, Unsubscribe};
+use crate::protocol::{self, Push, RefreshResult, Reply, Unsubscribe};
 
 impl Session {
     /// One command of the server API (see `control`). Nothing is answered:
@@ -21,6 +22,14 @@ impl Session {
                 let grace = self.edge.settings.client.expired_close_delay;
                 if let Some(authed) = self.authed.as_mut() {
                     authed.expires_at = at.map(|exp| close_deadline(exp, grace));
+                    // As Centrifugo: the client learns its new expiry.
+                    self.reply(&Reply::push(Push {
+                        refresh: Some(RefreshResult {
+                            expires: at.is_some(),
+                            ttl: at.map_or(0, |exp| ttl(crate::auth::clamp_exp(exp))),
+                        }),
+                        ..Push::default()
+                    }));
                 }
             }
         }

@@ -15,7 +15,8 @@ use crate::channel::Channel;
 use crate::edge::presence::status_user;
 use crate::edge::registry::{FeedStatus, Member, Subscription};
 use crate::protocol::{
-    self, ClientInfo, ProtocolError, Reply, ReplyResult, SubscribeRequest, SubscribeResult,
+    self, ClientInfo, Disconnect, ProtocolError, Reply, ReplyResult, SubscribeRequest,
+    SubscribeResult,
 };
 
 /// What a new subscription records besides its registry entry.
@@ -97,7 +98,10 @@ impl Session {
         if !history {
             return Ok(Prepared {
                 subscription,
-                result: SubscribeResult::default(),
+                result: SubscribeResult {
+                    was_recovering: recover.is_some(),
+                    ..SubscribeResult::default()
+                },
                 position: 0,
                 epoch: String::new(),
                 presence,
@@ -121,8 +125,11 @@ impl Session {
                 return Err(Fail::Error(ProtocolError::Internal));
             }
         };
+        // A history subscription is positioned and recoverable, as
+        // Centrifugo's with `force_recovery` (which implies positioning).
         let mut result = SubscribeResult {
             recoverable: true,
+            positioned: true,
             epoch: page.epoch.clone(),
             offset: page.head,
             was_recovering: recover.is_some(),
@@ -140,7 +147,9 @@ impl Session {
                 && offset + 1 >= page.first_available
             {
                 result.recovered = true;
-                result.offset = last;
+                // As Centrifugo: the reply repeats the client's offset; the
+                // recovered publications carry their own.
+                result.offset = offset;
                 position = last;
                 result.publications = page.publications;
             }
@@ -161,6 +170,15 @@ impl Session {
         id: u32,
         req: SubscribeRequest,
     ) -> Result<Option<ReplyResult>, Fail> {
+        // An empty channel is a malformed command (Centrifugo: 3501).
+        if req.channel.is_empty() {
+            return Err(Fail::Close(Disconnect::BAD_REQUEST));
+        }
+        // Only plain subscriptions exist (no map subscriptions): any other
+        // type is refused as Centrifugo refuses one a namespace does not allow.
+        if req.kind != 0 {
+            return Err(Fail::Error(ProtocolError::PermissionDenied));
+        }
         let channels = self.edge.settings.channels.clone();
         let channel = Channel::parse(&req.channel, &channels)?;
         if let Some(existing) = self.subs.get(&req.channel) {
@@ -182,9 +200,8 @@ impl Session {
             {
                 Ok(c) => token_claims = Some(c),
                 Err(TokenError::Expired) => return Err(Fail::Error(ProtocolError::TokenExpired)),
-                Err(TokenError::Invalid) => {
-                    return Err(Fail::Error(ProtocolError::PermissionDenied));
-                }
+                // For another user or channel, or not ours: as Centrifugo.
+                Err(TokenError::Invalid) => return Err(Fail::Close(Disconnect::INVALID_TOKEN)),
             }
         }
         channel.check_subscribe(&user, token_claims.is_some())?;

@@ -10,14 +10,17 @@ use futures::stream::SplitSink;
 use super::CLIENT_CLOSED;
 use crate::edge::outbox::{Close, Outbox};
 use crate::metrics as m;
-use crate::protocol::{self, Disconnect, DisconnectPush, Push, Reply};
+use crate::protocol::Disconnect;
 
 /// How long the writer spends on the last frames of a closing connection.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Drains the outbox into the socket until the connection closes: one
-/// WebSocket frame per drain, then on close a `disconnect` push and the close
-/// frame carrying the code. Each write records its frames, bytes and the
+/// WebSocket frame per drain, then on close the Close frame carrying the
+/// disconnect code and reason. As in Centrifugo's WebSocket transport, the
+/// Close frame is the only place a disconnect is said: no `disconnect` push
+/// before it (SDKs that read such a push take the connection as closed
+/// without its code, and reconnect even after a terminal one). Each write records its frames, bytes and the
 /// delivery latency of its oldest publication.
 ///
 /// A write blocked by a client that stopped reading is abandoned as soon as
@@ -65,19 +68,6 @@ pub(super) async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: 
             };
             metrics::counter!(m::DISCONNECTS_TOTAL, "code" => label).increment(1);
             if d != Close::Named(CLIENT_CLOSED) {
-                let push = protocol::encode_reply(&Reply::push(Push {
-                    disconnect: Some(DisconnectPush {
-                        code: u32::from(d.code()),
-                        reason: d.reason().to_string(),
-                        reconnect: d.reconnect(),
-                    }),
-                    ..Push::default()
-                }));
-                if let Ok(text) = Utf8Bytes::try_from(push) {
-                    let _ =
-                        tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.send(Message::Text(text)))
-                            .await;
-                }
                 let frame = CloseFrame {
                     code: d.code(),
                     reason: d.reason().into(),
