@@ -29,8 +29,8 @@ use super::target::{Api, Herald, HeraldOptions, Nats};
 use super::{BenchError, Common};
 use herald::bus::ingest::{IngestMessage, ensure_stream};
 use herald::bus::subjects;
-use herald_client::{Client, ClientOptions};
 use herald::config::Config;
+use herald_client::{Client, ClientOptions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Via {

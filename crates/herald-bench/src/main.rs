@@ -75,7 +75,11 @@ impl BenchError {
 }
 
 #[derive(Parser)]
-#[command(name = "herald-bench", version, about = "Measure Herald beside a peer (see BENCHMARKS.md)")]
+#[command(
+    name = "herald-bench",
+    version,
+    about = "Measure Herald beside a peer (see BENCHMARKS.md)"
+)]
 pub struct BenchArgs {
     #[command(subcommand)]
     pub scenario: Scenario,

@@ -13,7 +13,12 @@ use serde_json::Value;
 /// scripts/install-tools.sh puts in `.tools/`.
 fn nats_server_bin() -> PathBuf {
     std::env::var_os("HERALD_TEST_NATS_SERVER").map_or_else(
-        || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../.tools/py/bin/nats-server")),
+        || {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../.tools/py/bin/nats-server"
+            ))
+        },
         PathBuf::from,
     )
 }
