@@ -28,8 +28,8 @@ export NODE_PATH="$root/.tools/node/node_modules${NODE_PATH:+:$NODE_PATH}"
 
 echo "test: cargo fmt --all -- --check"
 cargo fmt --all -- --check
-echo "test: cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
+echo "test: cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
 # A real CQL database for the ScyllaDB backend: one Apache Cassandra node on
 # loopback (scripts/cassandra.sh), unless HERALD_SCYLLA_NODES already names a
 # cluster. If it cannot start, the suite still runs and says why it skips.
@@ -49,5 +49,5 @@ if [ -n "${HERALD_SCYLLA_NODES:-}" ]; then
   echo "test: ScyllaDB contract suite against $HERALD_SCYLLA_NODES"
 fi
 echo "note: the centrifuge-java SDK run against Herald is skipped (ignored in tests/sdk.rs): the SDK speaks only Protobuf, which Herald does not serve yet (issue 15)"
-echo "test: cargo test --all-targets --no-fail-fast"
-cargo test --all-targets --no-fail-fast
+echo "test: cargo test --workspace --all-targets --no-fail-fast"
+cargo test --workspace --all-targets --no-fail-fast

@@ -17,15 +17,14 @@
 //! - [`metrics`]: metric names and the Prometheus recorder.
 //! - [`telemetry`]: the tracing subscriber, OTLP span export, trace context in headers.
 //! - [`limits`]: the open-file limit, raised at start.
-//! - [`client`]: a protocol v2 WebSocket client (tests and the bench tool).
-//! - [`bench`]: `herald bench`, the load generator and its peers.
+//!
+//! The protocol client the tests use (`crates/herald-client`) and the load
+//! generator (`crates/herald-bench`) are crates of their own.
 
 pub mod api;
 pub mod auth;
-pub mod bench;
 pub mod bus;
 pub mod channel;
-pub mod client;
 pub mod config;
 pub mod edge;
 pub mod jwks;

@@ -40,8 +40,13 @@ enum Command {
     Token(TokenArgs),
     /// Create or update the ScyllaDB schema (store = scylla); idempotent.
     Migrate(ConfigArgs),
-    /// Load generator: measure Herald beside a peer (see BENCHMARKS.md).
-    Bench(herald::bench::BenchArgs),
+    /// Load generator: runs `herald-bench` (built beside this binary by
+    /// `cargo build --release --workspace`) with the arguments that follow.
+    #[command(disable_help_flag = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(Args)]
@@ -119,12 +124,33 @@ fn load(args: &ConfigArgs, extra: &[(&str, &Option<String>)]) -> Result<Config, 
         })
 }
 
+/// `herald bench …` → `herald-bench …` beside this executable: the load
+/// generator is a crate of its own, so the server does not carry its
+/// dependencies.
+fn bench(args: &[std::ffi::OsString]) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let bench = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("herald-bench")))
+        .filter(|p| p.exists());
+    let Some(bench) = bench else {
+        eprintln!(
+            "herald bench: herald-bench is not beside this binary; build it with \
+             `cargo build --release -p herald-bench` (or --workspace)"
+        );
+        return ExitCode::FAILURE;
+    };
+    let e = std::process::Command::new(&bench).args(args).exec();
+    eprintln!("herald bench: cannot run {}: {e}", bench.display());
+    ExitCode::FAILURE
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (role, args) = match cli.command {
         Command::Token(t) => return token(t),
         Command::Migrate(a) => return migrate(a),
-        Command::Bench(a) => return herald::bench::run(a),
+        Command::Bench { args } => return bench(&args),
         Command::Serve(a) => (Role::Serve, a),
         Command::Edge(a) => (Role::Edge, a),
         Command::Writer(a) => (Role::Writer, a),

@@ -131,7 +131,7 @@ async fn wss_with_a_test_ca_and_certificate_rotation() {
         .expect_err("untrusted");
     assert!(e.starts_with("tls:"), "{e}");
     assert!(
-        herald::client::Client::connect(h.addr, &h.token("alice"))
+        herald_client::Client::connect(h.addr, &h.token("alice"))
             .await
             .is_err()
     );

@@ -1,4 +1,4 @@
-//! The tests' Centrifugo protocol v2 client: `herald::client::Client` (the
+//! The tests' Centrifugo protocol v2 client: `herald_client::Client` (the
 //! one `herald bench` uses too) with every failure turned into a panic, so a
 //! test reads as a script. Answers server pings (`{}`) by itself; keeps
 //! pushes until asked for. `auto_pong` and `pings_seen` are the inner
@@ -7,12 +7,12 @@
 use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
-use herald::client::{Client, ClientError};
+use herald_client::{Client, ClientError};
 use serde_json::Value;
 
-pub use herald::client::Closed;
+pub use herald_client::Closed;
 
-pub const WAIT: Duration = herald::client::DEFAULT_WAIT;
+pub const WAIT: Duration = herald_client::DEFAULT_WAIT;
 
 pub struct WsClient(Client);
 

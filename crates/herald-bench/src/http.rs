@@ -12,7 +12,7 @@ use hyper::Request;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
-use crate::client::{ClientError, tcp_connect};
+use herald_client::{ClientError, tcp_connect};
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]

@@ -21,7 +21,7 @@ use super::report::{Measured, Report, Row};
 use super::stats::{Count, Latencies, Progress, note};
 use super::target::{Herald, HeraldOptions};
 use super::{BenchError, Common};
-use crate::client::{Client, ClientError, ClientOptions};
+use herald_client::{Client, ClientError, ClientOptions};
 
 const READ_BUFFER: usize = 4096;
 

@@ -27,10 +27,10 @@ use super::report::{Measured, Report, Row};
 use super::stats::{Count, Latencies, Progress, note};
 use super::target::{Api, Herald, HeraldOptions, Nats};
 use super::{BenchError, Common};
-use crate::bus::ingest::{IngestMessage, ensure_stream};
-use crate::bus::subjects;
-use crate::client::{Client, ClientOptions};
-use crate::config::Config;
+use herald::bus::ingest::{IngestMessage, ensure_stream};
+use herald::bus::subjects;
+use herald::config::Config;
+use herald_client::{Client, ClientOptions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Via {

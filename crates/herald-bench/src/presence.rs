@@ -26,7 +26,7 @@ use super::report::{Measured, Report, Row};
 use super::stats::{Count, Latencies, note};
 use super::target::{Herald, HeraldOptions};
 use super::{BenchError, Common};
-use crate::client::{Client, ClientError, ClientOptions};
+use herald_client::{Client, ClientError, ClientOptions};
 
 #[derive(Args, Clone, Debug)]
 pub struct PresenceArgs {

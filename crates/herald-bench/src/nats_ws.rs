@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{ClientError, Closed, tcp_connect, ws_handshake};
+use herald_client::{ClientError, Closed, tcp_connect, ws_handshake};
 
 const CONNECT: &str = concat!(
     r#"CONNECT {"verbose":false,"pedantic":false,"tls_required":false,"#,

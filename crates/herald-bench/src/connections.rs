@@ -20,7 +20,7 @@ use super::stats::{Count, Progress, note};
 use super::sys::{cpu_seconds, rss_kib};
 use super::target::{Herald, HeraldOptions, Nats};
 use super::{BenchError, Common};
-use crate::client::{Client, ClientError, ClientOptions};
+use herald_client::{Client, ClientError, ClientOptions};
 
 const READ_BUFFER: usize = 4096;
 /// How long memory is left to settle before and after connecting.

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::nats_ws::{Event, NatsWs};
 use super::payload::{self, Stamp, now_us};
 use super::stats::{Count, Latencies, Order};
-use crate::client::{Client, ClientError};
+use herald_client::{Client, ClientError};
 
 /// How long a publisher waits for a confirmation before giving up.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);

@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::BenchError;
-use crate::client::ClientError;
+use herald_client::ClientError;
 
 /// Connections per loopback source address the bench aims for: well under
 /// the ~28k ephemeral ports of one address, leaving room for TIME_WAIT.
@@ -55,7 +55,7 @@ impl Sources {
 
 /// What stopped connection attempts, named for the operator.
 pub fn explain_os_error(code: i32, opened: usize) -> Option<String> {
-    let fds = crate::limits::fd_limit()
+    let fds = herald::limits::fd_limit()
         .map(|l| format!("soft {} / hard {}", l.soft, l.hard))
         .unwrap_or_else(|_| "unknown".into());
     let ports = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")

@@ -26,7 +26,7 @@ use super::report::{Measured, Report, Row};
 use super::stats::{Count, Latencies, Order, Progress, note};
 use super::target::{Herald, HeraldOptions, Nats};
 use super::{BenchError, Common, Rate};
-use crate::client::{Client, ClientError, ClientOptions};
+use herald_client::{Client, ClientError, ClientOptions};
 
 /// The namespace of channels without history the bench configures.
 const EPHEMERAL_NAMESPACE: &str = "bench_eph";

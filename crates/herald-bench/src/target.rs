@@ -19,7 +19,7 @@ use tokio::process::{Child, Command};
 
 use super::BenchError;
 use super::http::HttpConn;
-use crate::bus::server::NatsServer;
+use herald::bus::server::NatsServer;
 
 /// How long Herald may take to answer /health and store a first publish.
 const STARTUP: Duration = Duration::from_secs(30);
@@ -200,7 +200,7 @@ impl Herald {
 
     /// A connection token for `user`, valid for a day.
     pub fn token(&self, user: &str) -> String {
-        crate::auth::mint(&self.secret, user, None, Duration::from_secs(86_400))
+        herald::auth::mint(&self.secret, user, None, Duration::from_secs(86_400))
     }
 
     /// Stops Herald with SIGTERM and starts it again on the same port and
@@ -296,12 +296,41 @@ impl Herald {
     }
 }
 
+/// The `herald` binary measured: `--herald`, else `herald` beside this
+/// executable (`cargo build --release --workspace` puts both in
+/// target/release).
+static HERALD_BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Sets the binary [`Herald::start`] runs (once, before any start).
+pub fn set_herald_bin(path: Option<std::path::PathBuf>) {
+    let _ = HERALD_BIN.set(path.unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(|d| d.join("herald")))
+            .unwrap_or_else(|| "herald".into())
+    }));
+}
+
+fn herald_bin() -> Result<std::path::PathBuf, BenchError> {
+    let bin = HERALD_BIN.get().cloned().unwrap_or_else(|| "herald".into());
+    if !bin.exists() {
+        return Err(BenchError::setup(
+            "herald",
+            format!(
+                "{} does not exist: build the server (`cargo build --release -p herald`) or pass --herald PATH",
+                bin.display()
+            ),
+        ));
+    }
+    Ok(bin)
+}
+
 fn spawn(
     env: &[(String, String)],
     config_file: &Path,
     log_path: &Path,
 ) -> Result<(Child, u32), BenchError> {
-    let exe = std::env::current_exe().map_err(|e| BenchError::setup("this executable", e))?;
+    let exe = herald_bin()?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -1,15 +1,15 @@
-//! `herald bench <scenario>`: a load generator that measures Herald on this
+//! `herald-bench <scenario>` (also reached as `herald bench`): a load generator that measures Herald on this
 //! machine and, in the same run, a peer doing the same work — nats-server's
 //! own WebSocket listener for `fanout` and `connections`, raw JetStream
 //! publish-with-ack for `ingest` — and prints Herald's figure, the peer's and
 //! their ratio (BENCHMARKS.md holds the results).
 //!
-//! The bench starts what it measures: a nats-server and `herald serve` (this
-//! executable) with temporary directories and a secret and API key of its
+//! The bench starts what it measures: a nats-server and `herald serve` (the
+//! `herald` binary beside this one, or `--herald PATH`) with temporary directories and a secret and API key of its
 //! own, then the peer's nats-server; nothing to set up beforehand.
 //!
 //! Scenarios, one file each: [`fanout`], [`connections`], [`ingest`],
-//! [`recovery`], [`history`], [`presence`]. Client side: [`crate::client`] (the same
+//! [`recovery`], [`history`], [`presence`]. Client side: `herald_client` (the same
 //! protocol client the tests use), [`nats_ws`] (the peer's protocol),
 //! [`http`] (server API and sync HTTP), [`net`] (source addresses, connect
 //! limits). [`target`] starts the processes, [`stats`] measures,
@@ -40,9 +40,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
-use crate::client::ClientError;
+use herald_client::ClientError;
 
 /// What stopped a run.
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +75,12 @@ impl BenchError {
     }
 }
 
-#[derive(Args)]
+#[derive(Parser)]
+#[command(
+    name = "herald-bench",
+    version,
+    about = "Measure Herald beside a peer (see BENCHMARKS.md)"
+)]
 pub struct BenchArgs {
     #[command(subcommand)]
     pub scenario: Scenario,
@@ -119,6 +124,9 @@ pub struct Common {
     /// `.tools/py/bin/nats-server` when present, else `nats-server` on PATH.
     #[arg(long, env = "HERALD_TEST_NATS_SERVER", value_name = "PATH")]
     pub nats_server: Option<PathBuf>,
+    /// The herald binary to measure; default: `herald` beside this executable.
+    #[arg(long, value_name = "PATH")]
+    pub herald: Option<PathBuf>,
     /// Measure Herald only, not the peer.
     #[arg(long)]
     pub no_peer: bool,
@@ -150,7 +158,7 @@ impl Common {
     /// and of the server child (which inherits it); says so when it cannot.
     fn raise_fd_limit(&self, connections: usize) -> Result<(), BenchError> {
         let wanted = connections as u64 + FD_MARGIN;
-        let got = crate::limits::raise_fd_limit_to(wanted)
+        let got = herald::limits::raise_fd_limit_to(wanted)
             .map_err(|e| BenchError::Internal(e.to_string()))?;
         if got.soft < wanted {
             return Err(BenchError::Limit(format!(
@@ -220,7 +228,20 @@ impl std::fmt::Display for Rate {
 
 /// Runs one scenario and prints its report; exit 0 when every check holds,
 /// 1 when one fails or the run could not finish.
+fn main() -> ExitCode {
+    run(BenchArgs::parse())
+}
+
 pub fn run(args: BenchArgs) -> ExitCode {
+    let common = match &args.scenario {
+        Scenario::Fanout(a) => &a.common,
+        Scenario::Connections(a) => &a.common,
+        Scenario::Ingest(a) => &a.common,
+        Scenario::Recovery(a) => &a.common,
+        Scenario::History(a) => &a.common,
+        Scenario::Presence(a) => &a.common,
+    };
+    target::set_herald_bin(common.herald.clone());
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -243,7 +264,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
     match result {
         Ok(report) => output(&common, &report),
         Err(e) => {
-            eprintln!("herald bench: {e}");
+            eprintln!("herald-bench: {e}");
             ExitCode::FAILURE
         }
     }

@@ -1,23 +1,49 @@
-//! Smoke runs of `herald bench`: every scenario with tiny parameters, the
-//! real binary starting its own nats-server, Herald and peer. Correctness
+//! Smoke runs of `herald-bench`: every scenario with tiny parameters, the
+//! real binary starting its own nats-server, Herald (the `herald` binary
+//! beside it, which `cargo test --workspace` builds) and peer. Correctness
 //! only — nothing lost, duplicated or failed, counts equal to what was sent,
 //! the peer's figures present — never timing.
 
-mod common;
-
+use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
 
-/// Runs `herald bench <args> --json --quiet` and returns the report.
+/// The repository's nats-server: `$HERALD_TEST_NATS_SERVER`, else the one
+/// scripts/install-tools.sh puts in `.tools/`.
+fn nats_server_bin() -> PathBuf {
+    std::env::var_os("HERALD_TEST_NATS_SERVER").map_or_else(
+        || {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../.tools/py/bin/nats-server"
+            ))
+        },
+        PathBuf::from,
+    )
+}
+
+/// The server binary beside herald-bench (built by `cargo test --workspace`).
+fn herald_bin() -> PathBuf {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_herald-bench")).with_file_name("herald");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the workspace's tests (`cargo test --workspace`) or `cargo build -p herald` first",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs `herald-bench <args> --json --quiet` and returns the report.
 fn bench(args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .arg("bench")
+    let out = Command::new(env!("CARGO_BIN_EXE_herald-bench"))
         .args(args)
+        .arg("--herald")
+        .arg(herald_bin())
         .args(["--json", "--quiet", "--nats-server"])
-        .arg(common::nats_server_bin())
+        .arg(nats_server_bin())
         .output()
-        .expect("run herald bench");
+        .expect("run herald-bench");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
@@ -182,16 +208,16 @@ fn presence() {
 fn plot_and_hdr_files_are_written() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (png, hdr) = (dir.path().join("lat.png"), dir.path().join("lat.hdr"));
-    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["bench", "fanout", "--rooms", "1", "--subscribers", "2"])
+    let out = Command::new(env!("CARGO_BIN_EXE_herald-bench"))
+        .args(["fanout", "--rooms", "1", "--subscribers", "2"])
         .args(["--messages", "3", "--no-peer", "--quiet", "--nats-server"])
-        .arg(common::nats_server_bin())
+        .arg(nats_server_bin())
         .arg("--plot")
         .arg(&png)
         .arg("--hdr")
         .arg(&hdr)
         .output()
-        .expect("run herald bench");
+        .expect("run herald-bench");
     assert!(
         out.status.success(),
         "{}",
@@ -208,17 +234,18 @@ fn plot_and_hdr_files_are_written() {
 fn a_system_limit_is_named() {
     // More connections than the kernel lets any process have descriptors
     // (fs.nr_open), so even root cannot raise the limit far enough: the
-    // bench must say which limit stops it, before starting anything.
+    // bench must say which limit stops it, before starting anything. Run
+    // through the server's `herald bench` forwarder.
     let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .expect("read fs.nr_open")
         .trim()
         .parse()
         .expect("a number");
     let n = (nr_open + 1).to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+    let out = Command::new(herald_bin())
         .args(["bench", "connections", "--connections", &n, "--quiet"])
         .output()
-        .expect("run herald bench");
+        .expect("run herald-bench");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("system limit"), "{stderr}");
