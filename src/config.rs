@@ -31,6 +31,8 @@ options! {
     "internal_listen" = "" : "Optional second listener for /metrics and /health only; when set they leave the public listener.";
     "api_listen" = "" : "Optional listener for the server API alone; when set the API leaves the public listener. Recommended: a private address only backends reach.";
     "api_key_failures_per_minute" = "10" : "Requests with a missing or wrong API key allowed per client IP per minute (as a burst, refilled evenly); past it the API answers 429 with Retry-After. The IPs tracked are bounded (65536).";
+    "http_header_read_timeout" = "10s" : "Longest a client may take to send a complete HTTP request head on every listener, and the longest a keep-alive connection may stay idle between requests; then the connection is closed (slow-loris).";
+    "http_max_connections" = "65536" : "Most connections open at once on each listener, WebSockets included; one more is answered 503 and closed at once (counted in herald_limit_hits_total{limit=\"http_connections\"}), the open ones are not affected.";
     "tls_cert" = "" : "PEM certificate chain for TLS on the public listener (wss://, https://), with tls_key; reloaded when the file changes. Empty = plain HTTP (e.g. behind a TLS-terminating proxy).";
     "tls_key" = "" : "PEM private key of tls_cert.";
     "tls_internal" = "false" : "Serve internal_listen and api_listen with TLS too (same certificate).";
@@ -138,6 +140,8 @@ pub struct Config {
     pub api_listen: Option<SocketAddr>,
     /// Failed API key attempts allowed per client IP per minute.
     pub api_key_failures_per_minute: u32,
+    /// Header-read/idle timeout and connection cap of every listener.
+    pub http: crate::http_server::HttpLimits,
     /// TLS on the public listener; `None` = plain HTTP.
     pub tls: Option<crate::tls::TlsFiles>,
     /// TLS on `internal_listen` and `api_listen` too.
@@ -479,6 +483,10 @@ impl Config {
             api_key_failures_per_minute: p.parse("api_key_failures_per_minute", |s| {
                 parse_positive(s).map(|n| u32::try_from(n).unwrap_or(u32::MAX))
             }),
+            http: crate::http_server::HttpLimits {
+                header_read_timeout: p.parse("http_header_read_timeout", parse_duration_positive),
+                max_connections: p.parse("http_max_connections", parse_positive),
+            },
             tls: {
                 let cert = p.parse("tls_cert", |s| Ok(PathBuf::from(s)));
                 let key = p.parse("tls_key", |s| Ok(PathBuf::from(s)));

@@ -83,6 +83,9 @@ pub const STORE_ERRORS_TOTAL: &str = "herald_store_errors_total";
 // Server API.
 pub const API_REQUESTS_TOTAL: &str = "herald_api_requests_total";
 
+// Abuse limits (every role's listeners; the edge's clients).
+pub const LIMIT_HITS_TOTAL: &str = "herald_limit_hits_total";
+
 // NATS connection (every role).
 pub const NATS_CONNECTED: &str = "herald_nats_connected";
 pub const NATS_RECONNECTS_TOTAL: &str = "herald_nats_reconnects_total";
@@ -230,6 +233,10 @@ pub const HELP: &[(&str, &str)] = &[
     (
         API_REQUESTS_TOTAL,
         "Server API requests, by method and result.",
+    ),
+    (
+        LIMIT_HITS_TOTAL,
+        "Requests, commands and connections refused by an abuse limit, by limit.",
     ),
     (
         NATS_CONNECTED,
@@ -381,6 +388,9 @@ pub mod labels {
         "io",
         "locked",
     ];
+    /// `limit` of [`super::LIMIT_HITS_TOTAL`]: `http_connections` (a
+    /// listener's `http_max_connections`).
+    pub const LIMITS: &[&str] = &["http_connections"];
     /// `method` of [`super::API_REQUESTS_TOTAL`]; `unknown` for any other name.
     pub const API_METHODS: &[&str] = &[
         "publish",
@@ -491,6 +501,9 @@ fn register(role: RoleParts) {
     counter(NATS_RECONNECTS_TOTAL);
     for kind in NATS_PUBLISH_KINDS {
         metrics::counter!(NATS_PUBLISH_ERRORS_TOTAL, "kind" => *kind).increment(0);
+    }
+    for limit in LIMITS {
+        metrics::counter!(LIMIT_HITS_TOTAL, "limit" => *limit).increment(0);
     }
 
     if role.edge {

@@ -444,8 +444,14 @@ pub async fn start_with_shutdown(
             });
             match config.api_listen {
                 Some(addr) => {
-                    let (bound, task) =
-                        serve_http(addr, api, shutdown.clone(), internal_tls.clone()).await?;
+                    let (bound, task) = serve_http(
+                        addr,
+                        api,
+                        config.http,
+                        shutdown.clone(),
+                        internal_tls.clone(),
+                    )
+                    .await?;
                     http.push(task);
                     api_addr = Some(bound);
                 }
@@ -471,7 +477,8 @@ pub async fn start_with_shutdown(
         );
     let internal_addr = match config.internal_listen {
         Some(addr) => {
-            let (bound, task) = serve_http(addr, ops, shutdown.clone(), internal_tls).await?;
+            let (bound, task) =
+                serve_http(addr, ops, config.http, shutdown.clone(), internal_tls).await?;
             http.push(task);
             Some(bound)
         }
@@ -480,7 +487,8 @@ pub async fn start_with_shutdown(
             None
         }
     };
-    let (addr, task) = serve_http(config.listen, router, shutdown.clone(), tls).await?;
+    let (addr, task) =
+        serve_http(config.listen, router, config.http, shutdown.clone(), tls).await?;
     http.push(task);
     tracing::info!(role = role.name(), %addr, internal = ?internal_addr, api = ?api_addr, tls = config.tls.is_some(), "listening");
 
@@ -540,6 +548,7 @@ impl Readiness {
 async fn serve_http(
     addr: SocketAddr,
     router: Router,
+    limits: crate::http_server::HttpLimits,
     shutdown: CancellationToken,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
@@ -548,7 +557,10 @@ async fn serve_http(
         .with_context(|| format!("binding {addr}"))?;
     let bound = listener.local_addr()?;
     if let Some(tls) = tls {
-        return Ok((bound, crate::tls::serve(listener, router, tls, shutdown)?));
+        return Ok((
+            bound,
+            crate::tls::serve(listener, router, limits, tls, shutdown)?,
+        ));
     }
     // Pushes are small frames written as they come: without TCP_NODELAY,
     // Nagle's algorithm holds one back until the client's delayed ACK
@@ -558,15 +570,8 @@ async fn serve_http(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    let task = tokio::spawn(async move {
-        let serve = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { shutdown.cancelled().await });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "http listener stopped");
-        }
-    });
-    Ok((bound, task))
+    Ok((
+        bound,
+        crate::http_server::spawn(listener, router, limits, shutdown),
+    ))
 }

@@ -31,6 +31,17 @@ impl Session {
             Err(TokenError::Invalid) => return Err(Fail::Close(Disconnect::INVALID_TOKEN)),
         };
         tracing::Span::current().record("user", claims.sub.as_str());
+        // The `channels` claim counts against the channel limit like
+        // subscribes do, each name once (as Centrifugo: more closes 3505).
+        let mut seen = std::collections::BTreeSet::new();
+        let claimed: Vec<&String> = claims
+            .channels
+            .iter()
+            .filter(|n| seen.insert(n.as_str()))
+            .collect();
+        if claimed.len() > self.edge.settings.client.channel_limit {
+            return Err(Fail::Close(Disconnect::CHANNEL_LIMIT));
+        }
         self.authed = Some(Authed {
             user: claims.sub.clone(),
             conn_info: claims.info.clone(),
@@ -45,16 +56,11 @@ impl Session {
         // token already authorizes them.
         let mut prepared = Vec::new();
         let mut subs = std::collections::BTreeMap::new();
-        for name in &claims.channels {
+        for name in claimed {
             let Ok(channel) = Channel::parse(name, &self.edge.settings.channels) else {
                 tracing::warn!("invalid channel in token channels claim");
                 continue;
             };
-            if self.subs.contains_key(name)
-                || self.subs.len() >= self.edge.settings.client.channel_limit
-            {
-                continue;
-            }
             let recover = req
                 .subs
                 .get(name)

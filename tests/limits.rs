@@ -1,0 +1,179 @@
+//! Abuse limits, black box over real sockets against a real nats-server:
+//! slow-loris request heads and idle keep-alive connections are closed after
+//! `http_header_read_timeout`; past `http_max_connections` a new connection
+//! is answered 503 while the open ones keep working; the `channels` claim of
+//! a connection token counts against `client_channel_limit`, each name once.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::node::{SECRET, TestHerald, test_config};
+use common::ws::WsClient;
+use common::{TestNats, eventually};
+use herald::config::Config;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn herald_with(
+    nats: &TestNats,
+    dir: &tempfile::TempDir,
+    f: impl FnOnce(&mut Config),
+) -> TestHerald {
+    let mut config = test_config(nats, dir.path().join("data"));
+    f(&mut config);
+    TestHerald::start(config).await
+}
+
+fn hs256(claims: Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Reads until the server closes the connection (bounded); returns what it
+/// sent before closing.
+async fn read_to_close(tcp: &mut TcpStream, bound: Duration) -> Vec<u8> {
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(bound, tcp.read_to_end(&mut got)).await;
+    assert!(
+        read.is_ok(),
+        "the server kept the connection open past {bound:?}"
+    );
+    got
+}
+
+#[tokio::test]
+async fn half_sent_heads_and_idle_keep_alives_are_closed() {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let h = herald_with(&nats, &dir, |c| {
+        c.http.header_read_timeout = Duration::from_secs(1);
+    })
+    .await;
+
+    // A request head that never ends.
+    let started = Instant::now();
+    let mut slow = TcpStream::connect(h.addr).await.unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let got = read_to_close(&mut slow, Duration::from_secs(20)).await;
+    println!(
+        "half-sent head closed after {:?}, answer {:?}",
+        started.elapsed(),
+        String::from_utf8_lossy(&got)
+    );
+    assert!(!String::from_utf8_lossy(&got).contains("200 OK"));
+
+    // Nothing sent at all.
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(h.addr).await.unwrap();
+    read_to_close(&mut silent, Duration::from_secs(20)).await;
+    println!("silent connection closed after {:?}", started.elapsed());
+
+    // One complete request, then idle on keep-alive.
+    let mut idle = TcpStream::connect(h.addr).await.unwrap();
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let got = read_to_close(&mut idle, Duration::from_secs(20)).await;
+    println!("idle keep-alive closed after {:?}", started.elapsed());
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+
+    // A WebSocket (past its head) is not affected by the header timeout.
+    let (mut c, _) = WsClient::connect(h.addr, &h.token("alice")).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = c.call("ping", json!({})).await;
+    assert!(r.get("ping").is_some(), "{r}");
+}
+
+#[tokio::test]
+async fn past_the_connection_cap_new_connections_get_503_and_others_keep_working() {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let h = herald_with(&nats, &dir, |c| {
+        c.http.max_connections = 3;
+    })
+    .await;
+
+    // Three connections: two WebSockets and one idle TCP connection.
+    let (mut a, _) = WsClient::connect(h.addr, &h.token("alice")).await;
+    let (mut b, _) = WsClient::connect(h.addr, &h.token("bob")).await;
+    let held = TcpStream::connect(h.addr).await.unwrap();
+
+    // The fourth is answered 503 and closed, without reading its request.
+    let mut extra = TcpStream::connect(h.addr).await.unwrap();
+    let _ = extra
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let got = read_to_close(&mut extra, Duration::from_secs(10)).await;
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 503"), "{got}");
+
+    // The open ones are unaffected.
+    for c in [&mut a, &mut b] {
+        let r = c.call("ping", json!({})).await;
+        assert!(r.get("ping").is_some(), "{r}");
+    }
+
+    // A connection closing frees its place.
+    drop(held);
+    let metrics = eventually(
+        "a new connection is served once one closed",
+        Duration::from_secs(10),
+        || async {
+            let r = reqwest::get(h.url("/metrics")).await.ok()?;
+            (r.status() == 200).then_some(())?;
+            r.text().await.ok()
+        },
+    )
+    .await;
+    let hits = common::process::metric_value(
+        &metrics,
+        "herald_limit_hits_total",
+        &[("limit", "http_connections")],
+    )
+    .unwrap_or(0.0);
+    assert!(hits >= 1.0, "{hits}");
+}
+
+#[tokio::test]
+async fn the_channels_claim_counts_against_the_channel_limit_once_per_name() {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let h = herald_with(&nats, &dir, |c| c.client.channel_limit = 2).await;
+
+    // A name listed twice is one subscription, delivered once.
+    let token = hs256(json!({"sub": "alice", "channels": ["news", "news", "sport"]}));
+    let (mut c, reply) = WsClient::connect(h.addr, &token).await;
+    let subs = reply["connect"]["subs"].as_object().expect("subs");
+    assert_eq!(subs.len(), 2, "{reply}");
+    let r = h
+        .api("publish", json!({"channel": "news", "data": {"n": 1}}))
+        .await;
+    assert!(r.get("result").is_some(), "{r}");
+    let r = h
+        .api("publish", json!({"channel": "sport", "data": {"n": 2}}))
+        .await;
+    assert!(r.get("result").is_some(), "{r}");
+    let first = c.push().await;
+    assert_eq!(first["channel"], "news", "{first}");
+    let second = c.push().await;
+    assert_eq!(second["channel"], "sport", "{second}");
+    assert!(c.nothing_for(Duration::from_millis(300)).await);
+    // At the limit: one more subscribe is error 106.
+    let r = c.call("subscribe", json!({"channel": "extra"})).await;
+    assert_eq!(r["error"]["code"], 106, "{r}");
+
+    // More distinct names than the limit: closed with 3505 (channel limit).
+    let token = hs256(json!({"sub": "bob", "channels": ["a", "b", "c"]}));
+    let mut c = WsClient::open(h.addr).await;
+    c.send("connect", json!({"token": token})).await;
+    assert_eq!(c.closed().await.code, 3505);
+}
