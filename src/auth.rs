@@ -75,6 +75,10 @@ pub struct ConnectClaims {
     /// Connection info attached to this client's publications.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub info: Option<Box<RawValue>>,
+    /// The rate-limit tier (`[rate_limits.tiers.<name>]`); `None` or an
+    /// unknown name gets `rate_limit_default_tier`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
 }
 
 /// Only what tells a subscription token apart from a connection token.
@@ -349,6 +353,7 @@ pub fn mint(secret: &str, user: &str, channel: Option<&str>, ttl: Duration) -> S
                 iat: Some(now),
                 nbf: None,
                 channels: Vec::new(),
+                tier: None,
                 info: None,
             },
             &key,

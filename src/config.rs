@@ -33,6 +33,8 @@ options! {
     "api_key_failures_per_minute" = "10" : "Requests with a missing or wrong API key allowed per client IP per minute (as a burst, refilled evenly); past it the API answers 429 with Retry-After. The IPs tracked are bounded (65536).";
     "http_header_read_timeout" = "10s" : "Longest a client may take to send a complete HTTP request head on every listener, and the longest a keep-alive connection may stay idle between requests; then the connection is closed (slow-loris).";
     "http_max_connections" = "65536" : "Most connections open at once on each listener, WebSockets included; one more is answered 503 and closed at once (counted in herald_limit_hits_total{limit=\"http_connections\"}), the open ones are not affected.";
+    "rate_limit_default_tier" = "default" : "The rate-limit tier of connections whose token has no `tier` claim or names a tier not configured; must be a `[rate_limits.tiers.<name>]` table (`default` is built in: per connection 1000 commands per second in total; per user 5000 and 100 connects per second).";
+    "rate_limit_disconnect_multiple" = "4" : "A client refused with error 111 that keeps sending past this multiple of a limit (its burst and rate times this) is disconnected with 3013 (too many requests; SDKs reconnect after a backoff). 1 = disconnect at the first command over a limit.";
     "tls_cert" = "" : "PEM certificate chain for TLS on the public listener (wss://, https://), with tls_key; reloaded when the file changes. Empty = plain HTTP (e.g. behind a TLS-terminating proxy).";
     "tls_key" = "" : "PEM private key of tls_cert.";
     "tls_internal" = "false" : "Serve internal_listen and api_listen with TLS too (same certificate).";
@@ -142,6 +144,8 @@ pub struct Config {
     pub api_key_failures_per_minute: u32,
     /// Header-read/idle timeout and connection cap of every listener.
     pub http: crate::http_server::HttpLimits,
+    /// Per-connection and per-user command rates by tier.
+    pub rate_limits: RateLimits,
     /// TLS on the public listener; `None` = plain HTTP.
     pub tls: Option<crate::tls::TlsFiles>,
     /// TLS on `internal_listen` and `api_listen` too.
@@ -331,6 +335,160 @@ pub struct ChannelsConfig {
     pub namespaces: BTreeMap<String, NamespaceOptions>,
 }
 
+/// The command kinds a rate limit names: `[rate_limits.tiers.<name>]`
+/// `connection` and `user` tables map these to `"N/period"`.
+pub const RATE_KINDS: &[&str] = &[
+    "connect",
+    "subscribe",
+    "publish",
+    "history",
+    "presence",
+    "rpc",
+    "total",
+];
+
+/// A token bucket: `burst` commands at once, refilled at `burst` per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub burst: u32,
+    pub per: Duration,
+}
+
+/// One tier's limits by command kind (a key of [`RATE_KINDS`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TierLimits {
+    /// Per connection (`connect` does not apply: one per connection).
+    pub connection: BTreeMap<String, Rate>,
+    /// Per user, over the user's connections on one edge (`connect`: per
+    /// user on one edge whether connected or not).
+    pub user: BTreeMap<String, Rate>,
+}
+
+/// `rate_limit_*` options and the `[rate_limits.tiers.<name>]` tables.
+#[derive(Debug, Clone)]
+pub struct RateLimits {
+    pub default_tier: String,
+    pub disconnect_multiple: u32,
+    /// Always holds `default_tier`.
+    pub tiers: BTreeMap<String, TierLimits>,
+}
+
+/// The built-in `default` tier.
+pub fn builtin_default_tier() -> TierLimits {
+    let sec = Duration::from_secs(1);
+    TierLimits {
+        connection: BTreeMap::from([(
+            "total".to_string(),
+            Rate {
+                burst: 1000,
+                per: sec,
+            },
+        )]),
+        user: BTreeMap::from([
+            (
+                "connect".to_string(),
+                Rate {
+                    burst: 100,
+                    per: sec,
+                },
+            ),
+            (
+                "total".to_string(),
+                Rate {
+                    burst: 5000,
+                    per: sec,
+                },
+            ),
+        ]),
+    }
+}
+
+/// The tier table of the TOML file: `[rate_limits.tiers.<name>]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TierFile {
+    #[serde(default)]
+    connection: BTreeMap<String, String>,
+    #[serde(default)]
+    user: BTreeMap<String, String>,
+}
+
+/// `"N/period"`, e.g. `"10/1s"`: a burst of N refilled over the period.
+pub fn parse_rate(s: &str) -> Result<Rate, String> {
+    let (n, per) = s
+        .split_once('/')
+        .ok_or_else(|| format!("`{s}`: expected N/period, e.g. 10/1s"))?;
+    let burst: u32 = n
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("`{s}`: expected a whole number above 0 before the /"))?;
+    let per = humantime::parse_duration(per.trim())
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("`{s}`: expected a period after the /, e.g. 1s or 1m"))?;
+    Ok(Rate { burst, per })
+}
+
+fn tier_limits(name: &str, f: TierFile, errors: &mut Vec<String>) -> TierLimits {
+    let mut side = |which: &str, m: BTreeMap<String, String>| {
+        let mut out = BTreeMap::new();
+        for (kind, v) in m {
+            if !RATE_KINDS.contains(&kind.as_str()) {
+                errors.push(format!(
+                    "rate_limits.tiers.{name}.{which}.{kind}: unknown command kind (one of {})",
+                    RATE_KINDS.join(", ")
+                ));
+                continue;
+            }
+            match parse_rate(&v) {
+                Ok(r) => {
+                    out.insert(kind, r);
+                }
+                Err(e) => errors.push(format!("rate_limits.tiers.{name}.{which}.{kind}: {e}")),
+            }
+        }
+        out
+    };
+    TierLimits {
+        connection: side("connection", f.connection),
+        user: side("user", f.user),
+    }
+}
+
+fn parse_rate_limits(
+    origin: &str,
+    v: toml::Value,
+    out: &mut BTreeMap<String, TierFile>,
+    errors: &mut Vec<String>,
+) {
+    let toml::Value::Table(mut t) = v else {
+        errors.push(format!("{origin}: rate_limits: expected a table"));
+        return;
+    };
+    let Some(tiers) = t.remove("tiers") else {
+        return;
+    };
+    for k in t.keys() {
+        errors.push(format!("{origin}: rate_limits.{k}: unknown (only `tiers`)"));
+    }
+    let toml::Value::Table(tiers) = tiers else {
+        errors.push(format!(
+            "{origin}: rate_limits.tiers: expected a table of tables"
+        ));
+        return;
+    };
+    for (name, body) in tiers {
+        match body.try_into::<TierFile>() {
+            Ok(f) => {
+                out.insert(name, f);
+            }
+            Err(e) => errors.push(format!("{origin}: rate_limits.tiers.{name}: {e}")),
+        }
+    }
+}
+
 /// Every problem found while loading, each naming its option.
 #[derive(Debug)]
 pub struct ConfigErrors(pub Vec<String>);
@@ -411,6 +569,7 @@ impl Config {
         let mut errors = Vec::new();
         let mut raw: BTreeMap<&'static str, (String, String)> = BTreeMap::new();
         let mut namespaces = BTreeMap::new();
+        let mut tier_files = BTreeMap::new();
 
         if let Some((path, text)) = &sources.file {
             let origin = path.display().to_string();
@@ -420,6 +579,10 @@ impl Config {
                     for (k, v) in table {
                         if k == "namespaces" {
                             parse_namespaces(&origin, v, &mut namespaces, &mut errors);
+                            continue;
+                        }
+                        if k == "rate_limits" {
+                            parse_rate_limits(&origin, v, &mut tier_files, &mut errors);
                             continue;
                         }
                         match spec(&k) {
@@ -483,6 +646,13 @@ impl Config {
             api_key_failures_per_minute: p.parse("api_key_failures_per_minute", |s| {
                 parse_positive(s).map(|n| u32::try_from(n).unwrap_or(u32::MAX))
             }),
+            rate_limits: RateLimits {
+                default_tier: p.string("rate_limit_default_tier"),
+                disconnect_multiple: p.parse("rate_limit_disconnect_multiple", |s| {
+                    parse_positive(s).map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+                }),
+                tiers: BTreeMap::from([("default".to_string(), builtin_default_tier())]),
+            },
             http: crate::http_server::HttpLimits {
                 header_read_timeout: p.parse("http_header_read_timeout", parse_duration_positive),
                 max_connections: p.parse("http_max_connections", parse_positive),
@@ -681,6 +851,20 @@ impl Config {
                 anonymous: f.anonymous.unwrap_or(default_ns.anonymous),
             };
             config.channels.namespaces.insert(name, o);
+        }
+        for (name, f) in tier_files {
+            let t = tier_limits(&name, f, &mut errors);
+            config.rate_limits.tiers.insert(name, t);
+        }
+        if !config
+            .rate_limits
+            .tiers
+            .contains_key(&config.rate_limits.default_tier)
+        {
+            errors.push(format!(
+                "rate_limit_default_tier (HERALD_RATE_LIMIT_DEFAULT_TIER): no [rate_limits.tiers.{}] table",
+                config.rate_limits.default_tier
+            ));
         }
         if config.store == StoreBackend::Scylla && config.scylla.nodes.is_empty() {
             errors.push(
@@ -1012,6 +1196,39 @@ mod tests {
         assert!(text.contains("client_ping_interval"), "{text}");
         assert!(text.contains("HERALD_LISTEN"), "{text}");
         assert_eq!(e.0.len(), 3);
+    }
+
+    #[test]
+    fn rate_limit_tiers_parse_and_are_checked() {
+        let c = load(
+            Some("rate_limit_default_tier = \"free\"\n[rate_limits.tiers.free]\nconnection = { publish = \"10/1s\" }\nuser = { total = \"60/1m\" }"),
+            &[],
+            &[],
+        )
+        .unwrap();
+        let free = &c.rate_limits.tiers["free"];
+        assert_eq!(
+            free.connection["publish"],
+            Rate {
+                burst: 10,
+                per: Duration::from_secs(1)
+            }
+        );
+        assert_eq!(free.user["total"].per, Duration::from_secs(60));
+        assert_eq!(c.rate_limits.tiers["default"], builtin_default_tier());
+        let e = load(
+            Some("rate_limit_default_tier = \"gold\"\n[rate_limits.tiers.free]\nconnection = { jump = \"1/1s\", publish = \"0/1s\" }"),
+            &[],
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("rate_limits.tiers.free.connection.jump"), "{e}");
+        assert!(
+            e.contains("rate_limits.tiers.free.connection.publish"),
+            "{e}"
+        );
+        assert!(e.contains("rate_limit_default_tier"), "{e}");
     }
 
     #[test]

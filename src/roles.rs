@@ -416,6 +416,7 @@ pub async fn start_with_shutdown(
             EdgeSettings {
                 client: config.client.clone(),
                 channels: config.channels.clone(),
+                rate_limits: config.rate_limits.clone(),
             },
             nats.clone(),
             publisher.clone(),

@@ -177,3 +177,102 @@ async fn the_channels_claim_counts_against_the_channel_limit_once_per_name() {
     c.send("connect", json!({"token": token})).await;
     assert_eq!(c.closed().await.code, 3505);
 }
+
+/// A `tight` tier: per connection 3 publishes, per user 4 history reads and
+/// 2 connects, none refilled within the test (per hour); disconnect past 2×.
+fn tight_tier(c: &mut Config) {
+    let rate = |s: &str| herald::config::parse_rate(s).unwrap();
+    let mut t = herald::config::TierLimits::default();
+    t.connection.insert("publish".into(), rate("3/1h"));
+    t.user.insert("history".into(), rate("4/1h"));
+    t.user.insert("connect".into(), rate("2/1h"));
+    c.rate_limits.tiers.insert("tight".into(), t);
+    c.rate_limits.disconnect_multiple = 2;
+}
+
+fn code(reply: &Value) -> u64 {
+    reply["error"]["code"].as_u64().unwrap_or(0)
+}
+
+#[tokio::test]
+async fn command_rates_answer_111_then_close_3013_with_exact_counts() {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let h = herald_with(&nats, &dir, tight_tier).await;
+
+    // Per connection: publishes 1..=3 pass, 4..=6 get 111, the 7th closes.
+    let token = hs256(json!({"sub": "alice", "tier": "tight"}));
+    let (mut c, _) = WsClient::connect(h.addr, &token).await;
+    let mut codes = Vec::new();
+    for n in 0..6 {
+        let r = c
+            .call("publish", json!({"channel": "room", "data": {"n": n}}))
+            .await;
+        codes.push(code(&r));
+    }
+    assert_eq!(codes, [0, 0, 0, 111, 111, 111]);
+    c.send("publish", json!({"channel": "room", "data": {"n": 7}}))
+        .await;
+    assert_eq!(c.closed().await.code, 3013);
+
+    // Per user across two connections: history 1..=4 pass, 5..=8 get 111,
+    // the 9th closes the connection that sent it.
+    let token = hs256(json!({"sub": "bob", "tier": "tight"}));
+    let (mut b1, _) = WsClient::connect(h.addr, &token).await;
+    let (mut b2, _) = WsClient::connect(h.addr, &token).await;
+    let mut codes = Vec::new();
+    for n in 0..8 {
+        let c = if n % 2 == 0 { &mut b1 } else { &mut b2 };
+        let r = c
+            .call("history", json!({"channel": "news", "limit": 1}))
+            .await;
+        codes.push(code(&r));
+    }
+    assert_eq!(codes, [0, 0, 0, 0, 111, 111, 111, 111]);
+    b2.send("history", json!({"channel": "news", "limit": 1}))
+        .await;
+    assert_eq!(b2.closed().await.code, 3013);
+    // Other kinds and the other connection are not refused.
+    let r = b1
+        .call("publish", json!({"channel": "room", "data": {}}))
+        .await;
+    assert_eq!(code(&r), 0, "{r}");
+
+    // Per user connects: a third connect of the same user gets 111.
+    let token = hs256(json!({"sub": "dave", "tier": "tight"}));
+    let _d1 = WsClient::connect(h.addr, &token).await;
+    let _d2 = WsClient::connect(h.addr, &token).await;
+    let mut d3 = WsClient::open(h.addr).await;
+    let r = d3.call("connect", json!({"token": token})).await;
+    assert_eq!(code(&r), 111, "{r}");
+
+    // No tier claim, or an unknown one: the default tier, far above these.
+    for claims in [
+        json!({"sub": "carol"}),
+        json!({"sub": "erin", "tier": "nonexistent"}),
+    ] {
+        let (mut c, _) = WsClient::connect(h.addr, &hs256(claims)).await;
+        for n in 0..10 {
+            let r = c
+                .call("publish", json!({"channel": "room", "data": {"n": n}}))
+                .await;
+            assert_eq!(code(&r), 0, "{r}");
+        }
+    }
+
+    let metrics = reqwest::get(h.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let hits = |limit: &str| {
+        common::process::metric_value(&metrics, "herald_limit_hits_total", &[("limit", limit)])
+            .unwrap_or(0.0)
+    };
+    // At least: the recorder is shared by the tests of this binary.
+    assert!(hits("connection_rate") >= 3.0);
+    assert!(hits("user_rate") >= 4.0);
+    assert!(hits("rate_disconnect") >= 2.0);
+    assert!(hits("user_connect") >= 1.0);
+}

@@ -18,6 +18,7 @@ mod command;
 pub mod control;
 mod feed;
 pub mod outbox;
+mod rate;
 mod registry;
 mod session;
 mod subscriber;
@@ -50,6 +51,7 @@ const DRAIN_TICK: Duration = Duration::from_millis(50);
 pub struct EdgeSettings {
     pub client: ClientConfig,
     pub channels: ChannelsConfig,
+    pub rate_limits: crate::config::RateLimits,
 }
 
 /// What `info` reports about this node.
@@ -73,6 +75,8 @@ pub struct Edge {
     /// leave when the session drops them.
     registry: Arc<Registry>,
     next_session: AtomicU64,
+    /// Command rate limits by tier ([`rate`]).
+    rates: rate::Tiers,
     /// Set by `close_all`: new upgrades are refused with 503.
     closing: AtomicBool,
 }
@@ -94,6 +98,7 @@ impl Edge {
             },
         }));
         Arc::new(Self {
+            rates: rate::Tiers::new(&settings.rate_limits),
             settings,
             nats,
             publisher,

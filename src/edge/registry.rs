@@ -281,6 +281,9 @@ struct UserConn {
 #[derive(Default)]
 struct UserEntry {
     conns: HashMap<SessionId, UserConn>,
+    /// Command rate buckets of the user on this node (`edge::rate`),
+    /// made by the first connection asking.
+    rates: Option<Arc<super::rate::Buckets>>,
 }
 
 /// A connection of a user, as control finds it.
@@ -453,6 +456,22 @@ impl Connection {
                 },
             );
         self.user = Some(user);
+    }
+}
+
+impl Connection {
+    /// The user's rate buckets on this node, made by `make` when the user
+    /// has none yet; `None` before [`Connection::authenticate`].
+    pub fn user_rates(
+        &self,
+        make: impl FnOnce() -> super::rate::Buckets,
+    ) -> Option<Arc<super::rate::Buckets>> {
+        let user = self.user.as_ref()?;
+        let mut shard = self.registry.users[shard_of(&&**user)]
+            .lock()
+            .expect("user shard lock");
+        let entry = shard.get_mut(user)?;
+        Some(entry.rates.get_or_insert_with(|| Arc::new(make())).clone())
     }
 }
 

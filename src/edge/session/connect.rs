@@ -31,6 +31,10 @@ impl Session {
             Err(TokenError::Invalid) => return Err(Fail::Close(Disconnect::INVALID_TOKEN)),
         };
         tracing::Span::current().record("user", claims.sub.as_str());
+        let tier = self.edge.rates.tier(claims.tier.as_deref());
+        if !tier.connect(&claims.sub) {
+            return Err(Fail::Error(ProtocolError::TooManyRequests));
+        }
         // The `channels` claim counts against the channel limit like
         // subscribes do, each name once (as Centrifugo: more closes 3505).
         let mut seen = std::collections::BTreeSet::new();
@@ -50,6 +54,12 @@ impl Session {
                 .map(|exp| close_deadline(exp, self.edge.settings.client.expired_close_delay)),
         });
         self.conn.authenticate(&claims.sub);
+        self.rates = self.conn.user_rates(|| tier.user_buckets()).map(|user| {
+            super::super::rate::SessionRates {
+                connection: tier.connection_buckets(),
+                user,
+            }
+        });
         metrics::counter!(m::CONNECTS_TOTAL).increment(1);
 
         // Server-side subscriptions from the token's `channels` claim: the

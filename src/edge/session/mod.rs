@@ -80,6 +80,8 @@ struct Session {
     subs: HashMap<String, Subscription>,
     opened: Instant,
     pong_deadline: Option<Instant>,
+    /// Command rate buckets, set at connect (`edge::rate`).
+    rates: Option<super::rate::SessionRates>,
 }
 
 /// When a connection or subscription whose token expires at `exp` is closed
@@ -125,6 +127,7 @@ pub(super) async fn run(edge: Arc<Edge>, socket: WebSocket, id: SessionId) {
         subs: HashMap::new(),
         opened: Instant::now(),
         pong_deadline: None,
+        rates: None,
     };
     let span = tracing::debug_span!(
         "session",
@@ -280,7 +283,9 @@ impl Session {
             return Err(Disconnect::BAD_REQUEST);
         }
         let started = std::time::Instant::now();
+        let limited = self.rate_limit(&method);
         let outcome = match method {
+            _ if limited.is_err() => limited.map(|()| None),
             Method::Connect(req) => self.connect(id, req).await,
             Method::Subscribe(req) => self.subscribe(id, req).await,
             Method::Unsubscribe(req) => {
@@ -326,6 +331,25 @@ impl Session {
                     .increment(1);
                 Err(d)
             }
+        }
+    }
+
+    /// The command rate limits (`edge::rate`): error 111, or 3013 past the
+    /// disconnect multiple. `connect`'s own limit is checked in `connect`.
+    fn rate_limit(&self, method: &Method) -> Result<(), Fail> {
+        use super::rate::{Kind, Verdict};
+        let kind = match method {
+            Method::Subscribe(_) => Kind::Subscribe,
+            Method::Publish(_) => Kind::Publish,
+            Method::History(_) => Kind::History,
+            Method::Presence(_) | Method::PresenceStats(_) => Kind::Presence,
+            Method::Rpc => Kind::Rpc,
+            _ => return Ok(()),
+        };
+        match self.rates.as_ref().map(|r| r.check(kind)) {
+            Some(Verdict::Refuse) => Err(Fail::Error(ProtocolError::TooManyRequests)),
+            Some(Verdict::Disconnect) => Err(Fail::Close(Disconnect::TOO_MANY_REQUESTS)),
+            _ => Ok(()),
         }
     }
 
