@@ -33,6 +33,10 @@ options! {
     "api_key_failures_per_minute" = "10" : "Requests with a missing or wrong API key allowed per client IP per minute (as a burst, refilled evenly); past it the API answers 429 with Retry-After. The IPs tracked are bounded (65536).";
     "http_header_read_timeout" = "10s" : "Longest a client may take to send a complete HTTP request head on every listener, and the longest a keep-alive connection may stay idle between requests; then the connection is closed (slow-loris).";
     "http_max_connections" = "65536" : "Most connections open at once on each listener, WebSockets included; one more is answered 503 and closed at once (counted in herald_limit_hits_total{limit=\"http_connections\"}), the open ones are not affected.";
+    "api_rate_per_ip" = "1000/1s" : "Server API requests per client IP, as N/period (a burst of N refilled over the period); past it 429 with Retry-After and error 111. Empty = no limit.";
+    "api_rate_per_key" = "10000/1s" : "Server API requests per presented API key (right or wrong), as N/period; past it 429 with Retry-After. Empty = no limit.";
+    "sync_http_rate_per_ip" = "1000/1s" : "Sync HTTP API (/api/v1/…) requests per client IP, as N/period; past it 429 with Retry-After and error 111. Empty = no limit.";
+    "sync_http_rate_per_key" = "100/1s" : "Sync HTTP API requests per presented bearer token, as N/period; past it 429 with Retry-After. Empty = no limit.";
     "rate_limit_default_tier" = "default" : "The rate-limit tier of connections whose token has no `tier` claim or names a tier not configured; must be a `[rate_limits.tiers.<name>]` table (`default` is built in: per connection 1000 commands per second in total; per user 5000 and 100 connects per second).";
     "rate_limit_disconnect_multiple" = "4" : "A client refused with error 111 that keeps sending past this multiple of a limit (its burst and rate times this) is disconnected with 3013 (too many requests; SDKs reconnect after a backoff). 1 = disconnect at the first command over a limit.";
     "tls_cert" = "" : "PEM certificate chain for TLS on the public listener (wss://, https://), with tls_key; reloaded when the file changes. Empty = plain HTTP (e.g. behind a TLS-terminating proxy).";
@@ -144,6 +148,11 @@ pub struct Config {
     pub api_key_failures_per_minute: u32,
     /// Header-read/idle timeout and connection cap of every listener.
     pub http: crate::http_server::HttpLimits,
+    /// Request rates of the HTTP APIs (`None`: not limited).
+    pub api_rate_per_ip: Option<Rate>,
+    pub api_rate_per_key: Option<Rate>,
+    pub sync_http_rate_per_ip: Option<Rate>,
+    pub sync_http_rate_per_key: Option<Rate>,
     /// Per-connection and per-user command rates by tier.
     pub rate_limits: RateLimits,
     /// TLS on the public listener; `None` = plain HTTP.
@@ -431,6 +440,14 @@ pub fn parse_rate(s: &str) -> Result<Rate, String> {
     Ok(Rate { burst, per })
 }
 
+fn parse_optional_rate(s: &str) -> Result<Option<Rate>, String> {
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        parse_rate(s).map(Some)
+    }
+}
+
 fn tier_limits(name: &str, f: TierFile, errors: &mut Vec<String>) -> TierLimits {
     let mut side = |which: &str, m: BTreeMap<String, String>| {
         let mut out = BTreeMap::new();
@@ -646,6 +663,10 @@ impl Config {
             api_key_failures_per_minute: p.parse("api_key_failures_per_minute", |s| {
                 parse_positive(s).map(|n| u32::try_from(n).unwrap_or(u32::MAX))
             }),
+            api_rate_per_ip: p.parse("api_rate_per_ip", parse_optional_rate),
+            api_rate_per_key: p.parse("api_rate_per_key", parse_optional_rate),
+            sync_http_rate_per_ip: p.parse("sync_http_rate_per_ip", parse_optional_rate),
+            sync_http_rate_per_key: p.parse("sync_http_rate_per_key", parse_optional_rate),
             rate_limits: RateLimits {
                 default_tier: p.string("rate_limit_default_tier"),
                 disconnect_multiple: p.parse("rate_limit_disconnect_multiple", |s| {

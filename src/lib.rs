@@ -13,6 +13,7 @@
 //! - [`sync`]: history reads over HTTP and NATS request/reply.
 //! - [`api`]: the server HTTP API.
 //! - [`store`]: the `Store` trait, its contract suite, the embedded backend.
+//! - [`http_limit`]: per-IP and per-credential request rates of the HTTP APIs (429).
 //! - [`http_server`]: serves a router with header-read/idle timeouts and a connection cap.
 //! - [`roles`]: wires the roles of one process together.
 //! - [`metrics`]: metric names and the Prometheus recorder.
@@ -29,6 +30,7 @@ pub mod channel;
 pub mod client;
 pub mod config;
 pub mod edge;
+pub mod http_limit;
 pub mod http_server;
 pub mod jwks;
 pub mod limits;

@@ -391,13 +391,18 @@ pub mod labels {
     /// `limit` of [`super::LIMIT_HITS_TOTAL`]: `http_connections` (a
     /// listener's `http_max_connections`), `connection_rate` and `user_rate`
     /// (a command refused with 111), `rate_disconnect` (closed with 3013),
-    /// `user_connect` (a connect refused with 111).
+    /// `user_connect` (a connect refused with 111), `api_ip` / `api_key` /
+    /// `sync_ip` / `sync_key` (an HTTP API request answered 429).
     pub const LIMITS: &[&str] = &[
         "http_connections",
         "connection_rate",
         "user_rate",
         "rate_disconnect",
         "user_connect",
+        "api_ip",
+        "api_key",
+        "sync_ip",
+        "sync_key",
     ];
     /// `method` of [`super::API_REQUESTS_TOTAL`]; `unknown` for any other name.
     pub const API_METHODS: &[&str] = &[

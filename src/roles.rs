@@ -363,7 +363,12 @@ pub async fn start_with_shutdown(
             config.channels.clone(),
             SyncSettings::from_config(&config.sync),
         ));
-        router = router.merge(service.router(verifier.clone()));
+        let limit = crate::http_limit::RequestLimit::new(
+            config.sync_http_rate_per_ip,
+            config.sync_http_rate_per_key,
+            ("sync_ip", "sync_key"),
+        );
+        router = router.merge(limit.wrap(service.router(verifier.clone())));
         let (client, token) = (nats.clone(), shutdown.clone());
         let svc = service.clone();
         sync_service = Some(service.clone());
@@ -443,6 +448,12 @@ pub async fn start_with_shutdown(
                     config.api_key_failures_per_minute,
                 ),
             });
+            let api = crate::http_limit::RequestLimit::new(
+                config.api_rate_per_ip,
+                config.api_rate_per_key,
+                ("api_ip", "api_key"),
+            )
+            .wrap(api);
             match config.api_listen {
                 Some(addr) => {
                     let (bound, task) = serve_http(

@@ -276,3 +276,70 @@ async fn command_rates_answer_111_then_close_3013_with_exact_counts() {
     assert!(hits("rate_disconnect") >= 2.0);
     assert!(hits("user_connect") >= 1.0);
 }
+
+#[tokio::test]
+async fn http_apis_answer_429_with_retry_after_per_ip_and_per_credential() {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rate = |s: &str| Some(herald::config::parse_rate(s).unwrap());
+    let h = herald_with(&nats, &dir, |c| {
+        c.api_rate_per_ip = rate("5/1h");
+        c.sync_http_rate_per_key = rate("3/1h");
+    })
+    .await;
+    let http = reqwest::Client::new();
+
+    // Server API, per IP: 5 pass (right key or not), the 6th is 429.
+    let mut statuses = Vec::new();
+    for n in 0..6 {
+        let key = if n == 2 {
+            "wrong"
+        } else {
+            common::node::API_KEY
+        };
+        let r = http
+            .post(h.url("/api/info"))
+            .header("X-API-Key", key)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+        if r.status() == 429 {
+            let after: u64 = r.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(after >= 1, "{after}");
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["error"]["code"], 111, "{body}");
+        }
+    }
+    assert_eq!(statuses, [200, 200, 401, 200, 200, 429]);
+
+    // Sync HTTP, per token: 3 pass, the 4th is 429; another token passes.
+    let read = |token: String| {
+        let http = http.clone();
+        let url = h.url("/api/v1/channels/news/publications");
+        async move {
+            http.get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let alice = h.token("alice");
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(read(alice.clone()).await);
+    }
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    assert_eq!(read(h.token("bob")).await, 200);
+    // Other routes are not limited.
+    let r = http.get(h.url("/health")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
