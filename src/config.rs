@@ -68,6 +68,13 @@ options! {
     "client_read_buffer_size" = "1024" : "Bytes each connection reads from its socket per read call, and the read buffer it keeps while idle; larger frames are read in several calls. Small keeps idle connections cheap.";
     "client_queue_max_bytes" = "1048576" : "Bound of each connection's outbound queue in bytes; a client past it is disconnected with 3008 (slow).";
     "client_channel_limit" = "128" : "Subscriptions per connection; one more is error 106 (limit exceeded).";
+    "client_max_connections" = "0" : "Most client connections on this node; one more upgrade is answered 503 before the WebSocket is accepted. 0 = no cap besides http_max_connections.";
+    "client_max_connections_per_ip" = "0" : "Most client connections from one client IP on this node; one more upgrade is answered 429. 0 = no cap (set it on the open internet; behind a proxy set client_trusted_proxies and client_ip_header).";
+    "client_connect_rate_per_ip" = "" : "New client connections per client IP on this node, as N/period (a burst of N refilled over the period); one more upgrade is answered 429 with Retry-After. Empty = no limit.";
+    "client_max_connections_per_user" = "0" : "Most connections of one user on this node, applied at connect; past it client_user_limit_policy decides who loses (closed with 3504, connection limit). 0 = no cap.";
+    "client_user_limit_policy" = "refuse_new" : "Who loses past client_max_connections_per_user: `refuse_new` (the connecting one is closed with 3504) or `close_oldest` (the user's oldest connection on this node is closed with 3504).";
+    "client_trusted_proxies" = "" : "Comma-separated IPs or CIDRs of reverse proxies; only for connections from these is the client IP read from client_ip_header.";
+    "client_ip_header" = "" : "Header carrying the client IP when the peer is a trusted proxy, e.g. X-Forwarded-For (the rightmost address that is not a trusted proxy is used).";
     "client_ping_interval" = "25s" : "The server pings every client this often; announced in the connect reply.";
     "client_pong_timeout" = "8s" : "A client not answering a ping within this is disconnected with 3012 (no pong).";
     "client_stale_timeout" = "10s" : "A connection that sends no connect within this is closed with 3502 (stale).";
@@ -153,6 +160,8 @@ pub struct Config {
     pub api_rate_per_key: Option<Rate>,
     pub sync_http_rate_per_ip: Option<Rate>,
     pub sync_http_rate_per_key: Option<Rate>,
+    /// Client connection caps and the client IP (`edge::admission`).
+    pub connection_limits: ConnectionLimits,
     /// Per-connection and per-user command rates by tier.
     pub rate_limits: RateLimits,
     /// TLS on the public listener; `None` = plain HTTP.
@@ -382,6 +391,71 @@ pub struct RateLimits {
     pub tiers: BTreeMap<String, TierLimits>,
 }
 
+/// Who loses past the per-user connection cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UserLimitPolicy {
+    #[default]
+    RefuseNew,
+    CloseOldest,
+}
+
+/// An IP network (`10.0.0.0/8`, or one address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: std::net::IpAddr,
+    prefix: u32,
+}
+
+impl IpNet {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr::{V4, V6};
+        match (self.addr, ip) {
+            (V4(n), V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - self.prefix).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (V6(n), V6(a)) => {
+                let mask = u128::MAX.checked_shl(128 - self.prefix).unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for IpNet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, p) = s.split_once('/').unwrap_or((s, ""));
+        let addr: std::net::IpAddr = a
+            .parse()
+            .map_err(|_| format!("`{s}`: expected an IP or a CIDR"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = if p.is_empty() {
+            max
+        } else {
+            p.parse()
+                .ok()
+                .filter(|n| *n <= max)
+                .ok_or_else(|| format!("`{s}`: bad prefix length"))?
+        };
+        Ok(Self { addr, prefix })
+    }
+}
+
+/// The `client_max_*`, `client_connect_rate_per_ip`, trusted proxy options.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    pub max_connections: Option<usize>,
+    pub max_per_ip: Option<usize>,
+    pub connect_rate_per_ip: Option<Rate>,
+    pub max_per_user: Option<usize>,
+    pub user_policy: UserLimitPolicy,
+    pub trusted_proxies: Vec<IpNet>,
+    /// Lower-case header name.
+    pub ip_header: Option<String>,
+}
+
 /// The built-in `default` tier.
 pub fn builtin_default_tier() -> TierLimits {
     let sec = Duration::from_secs(1);
@@ -438,6 +512,15 @@ pub fn parse_rate(s: &str) -> Result<Rate, String> {
         .filter(|d| !d.is_zero())
         .ok_or_else(|| format!("`{s}`: expected a period after the /, e.g. 1s or 1m"))?;
     Ok(Rate { burst, per })
+}
+
+/// 0 = no cap.
+fn parse_cap(s: &str) -> Result<Option<usize>, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Ok(None),
+        Ok(n) => Ok(Some(n)),
+        Err(_) => Err("expected a whole number (0 = no cap)".into()),
+    }
 }
 
 fn parse_optional_rate(s: &str) -> Result<Option<Rate>, String> {
@@ -667,6 +750,32 @@ impl Config {
             api_rate_per_key: p.parse("api_rate_per_key", parse_optional_rate),
             sync_http_rate_per_ip: p.parse("sync_http_rate_per_ip", parse_optional_rate),
             sync_http_rate_per_key: p.parse("sync_http_rate_per_key", parse_optional_rate),
+            connection_limits: ConnectionLimits {
+                max_connections: p.parse("client_max_connections", parse_cap),
+                max_per_ip: p.parse("client_max_connections_per_ip", parse_cap),
+                connect_rate_per_ip: p.parse("client_connect_rate_per_ip", parse_optional_rate),
+                max_per_user: p.parse("client_max_connections_per_user", parse_cap),
+                user_policy: p.parse("client_user_limit_policy", |s| match s {
+                    "refuse_new" => Ok(UserLimitPolicy::RefuseNew),
+                    "close_oldest" => Ok(UserLimitPolicy::CloseOldest),
+                    _ => Err("expected `refuse_new` or `close_oldest`".into()),
+                }),
+                trusted_proxies: p.parse("client_trusted_proxies", |s| {
+                    s.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::parse)
+                        .collect()
+                }),
+                ip_header: p.parse("client_ip_header", |s| {
+                    if s.is_empty() {
+                        return Ok(None);
+                    }
+                    axum::http::HeaderName::from_bytes(s.trim().as_bytes())
+                        .map(|h| Some(h.as_str().to_string()))
+                        .map_err(|_| "expected an HTTP header name".to_string())
+                }),
+            },
             rate_limits: RateLimits {
                 default_tier: p.string("rate_limit_default_tier"),
                 disconnect_multiple: p.parse("rate_limit_disconnect_multiple", |s| {

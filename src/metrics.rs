@@ -392,13 +392,19 @@ pub mod labels {
     /// listener's `http_max_connections`), `connection_rate` and `user_rate`
     /// (a command refused with 111), `rate_disconnect` (closed with 3013),
     /// `user_connect` (a connect refused with 111), `api_ip` / `api_key` /
-    /// `sync_ip` / `sync_key` (an HTTP API request answered 429).
+    /// `sync_ip` / `sync_key` (an HTTP API request answered 429),
+    /// `node_connections` / `ip_connections` / `ip_connect_rate` (an upgrade
+    /// answered 503 / 429 / 429), `user_connections` (3504 at connect).
     pub const LIMITS: &[&str] = &[
         "http_connections",
         "connection_rate",
         "user_rate",
         "rate_disconnect",
         "user_connect",
+        "node_connections",
+        "ip_connections",
+        "ip_connect_rate",
+        "user_connections",
         "api_ip",
         "api_key",
         "sync_ip",

@@ -422,6 +422,7 @@ pub async fn start_with_shutdown(
                 client: config.client.clone(),
                 channels: config.channels.clone(),
                 rate_limits: config.rate_limits.clone(),
+                connection_limits: config.connection_limits.clone(),
             },
             nats.clone(),
             publisher.clone(),

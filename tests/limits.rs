@@ -343,3 +343,140 @@ async fn http_apis_answer_429_with_retry_after_per_ip_and_per_credential() {
     let r = http.get(h.url("/health")).send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// Opens a WebSocket with extra request headers: the socket, or the HTTP
+/// status and `Retry-After` of a refused upgrade.
+async fn upgrade(
+    addr: std::net::SocketAddr,
+    headers: &[(&str, &str)],
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+    (u16, Option<String>),
+> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{addr}/connection/websocket")
+        .into_client_request()
+        .unwrap();
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err((
+            r.status().as_u16(),
+            r.headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string()),
+        )),
+        Err(e) => panic!("upgrade failed: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn node_and_ip_caps_refuse_upgrades_before_the_websocket() {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let h = herald_with(&nats, &dir, |c| {
+        c.connection_limits.max_connections = Some(4);
+        c.connection_limits.max_per_ip = Some(2);
+        c.connection_limits.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        c.connection_limits.ip_header = Some("x-forwarded-for".into());
+    })
+    .await;
+    let xff = |ip: &'static str| [("x-forwarded-for", ip)];
+
+    // Per IP (from the trusted proxy's header): 2, the third is 429.
+    let _a1 = upgrade(h.addr, &xff("192.0.2.1")).await.unwrap();
+    let _a2 = upgrade(h.addr, &xff("203.0.113.9, 192.0.2.1"))
+        .await
+        .unwrap();
+    let refused = upgrade(h.addr, &xff("192.0.2.1")).await.err();
+    assert_eq!(refused.map(|r| r.0), Some(429));
+    // A client cannot forge its way out: the rightmost untrusted entry counts.
+    let refused = upgrade(h.addr, &xff("198.51.100.1, 192.0.2.1")).await.err();
+    assert_eq!(refused.map(|r| r.0), Some(429));
+
+    // Node-wide: 4 in all, the fifth is 503; the open ones keep working.
+    let (mut b, _) = WsClient::connect(h.addr, &h.token("bob")).await;
+    let _c = upgrade(h.addr, &xff("192.0.2.3")).await.unwrap();
+    let refused = upgrade(h.addr, &xff("192.0.2.4")).await.err();
+    assert_eq!(refused.map(|r| r.0), Some(503));
+    let r = b.call("ping", json!({})).await;
+    assert!(r.get("ping").is_some(), "{r}");
+    // A closed connection frees its place.
+    b.close().await;
+    eventually("a place frees up", Duration::from_secs(10), || async {
+        upgrade(h.addr, &xff("192.0.2.4")).await.ok().map(|_| ())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_untrusted_peer_cannot_pick_its_ip_and_the_connect_rate_is_per_ip() {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let h = herald_with(&nats, &dir, |c| {
+        c.connection_limits.connect_rate_per_ip = herald::config::parse_rate("3/1h").ok();
+        c.connection_limits.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
+        c.connection_limits.ip_header = Some("x-forwarded-for".into());
+    })
+    .await;
+    // The peer (127.0.0.1) is no trusted proxy: every header is ignored and
+    // all four count against 127.0.0.1: 3 pass, the 4th is 429.
+    let mut held = Vec::new();
+    for ip in ["192.0.2.1", "192.0.2.2", "192.0.2.3"] {
+        held.push(upgrade(h.addr, &[("x-forwarded-for", ip)]).await.unwrap());
+    }
+    let Err(refused) = upgrade(h.addr, &[("x-forwarded-for", "192.0.2.4")]).await else {
+        panic!("the fourth connect is not refused");
+    };
+    assert_eq!(refused.0, 429);
+    let after: u64 = refused.1.expect("Retry-After").parse().unwrap();
+    assert!(after >= 1, "{after}");
+}
+
+#[tokio::test]
+async fn the_per_user_cap_closes_the_newest_or_the_oldest() {
+    let nats = TestNats::start().await;
+    for (policy, dir) in [
+        (
+            herald::config::UserLimitPolicy::RefuseNew,
+            tempfile::tempdir().unwrap(),
+        ),
+        (
+            herald::config::UserLimitPolicy::CloseOldest,
+            tempfile::tempdir().unwrap(),
+        ),
+    ] {
+        let h = herald_with(&nats, &dir, |c| {
+            c.connection_limits.max_per_user = Some(2);
+            c.connection_limits.user_policy = policy;
+        })
+        .await;
+        let token = h.token("alice");
+        let (mut first, _) = WsClient::connect(h.addr, &token).await;
+        let (mut second, _) = WsClient::connect(h.addr, &token).await;
+        let (mut bob, _) = WsClient::connect(h.addr, &h.token("bob")).await;
+        let mut third = WsClient::open(h.addr).await;
+        third.send("connect", json!({"token": token})).await;
+        match policy {
+            herald::config::UserLimitPolicy::RefuseNew => {
+                assert_eq!(third.closed().await.code, 3504);
+                let r = first.call("ping", json!({})).await;
+                assert!(r.get("ping").is_some(), "{r}");
+            }
+            herald::config::UserLimitPolicy::CloseOldest => {
+                assert_eq!(first.closed().await.code, 3504);
+                let r = third.call("ping", json!({})).await;
+                assert!(r.get("ping").is_some(), "{r}");
+            }
+        }
+        for c in [&mut second, &mut bob] {
+            let r = c.call("ping", json!({})).await;
+            assert!(r.get("ping").is_some(), "{r}");
+        }
+    }
+}

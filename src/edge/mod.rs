@@ -14,6 +14,7 @@
 //! and closes the sessions evenly over `shutdown_drain`, so their reconnects
 //! reach the other nodes spread out rather than all at once.
 
+mod admission;
 mod command;
 pub mod control;
 mod feed;
@@ -28,8 +29,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -52,6 +53,7 @@ pub struct EdgeSettings {
     pub client: ClientConfig,
     pub channels: ChannelsConfig,
     pub rate_limits: crate::config::RateLimits,
+    pub connection_limits: crate::config::ConnectionLimits,
 }
 
 /// What `info` reports about this node.
@@ -75,6 +77,8 @@ pub struct Edge {
     /// leave when the session drops them.
     registry: Arc<Registry>,
     next_session: AtomicU64,
+    /// Connection caps checked before an upgrade ([`admission`]).
+    admission: admission::Admission,
     /// Command rate limits by tier ([`rate`]).
     rates: rate::Tiers,
     /// Set by `close_all`: new upgrades are refused with 503.
@@ -99,6 +103,7 @@ impl Edge {
         }));
         Arc::new(Self {
             rates: rate::Tiers::new(&settings.rate_limits),
+            admission: admission::Admission::new(settings.connection_limits.clone()),
             settings,
             nats,
             publisher,
@@ -168,10 +173,20 @@ fn due_by(n: usize, drain: Duration, elapsed: Duration) -> usize {
     usize::try_from(past).map_or(n, |p| p.saturating_add(1).min(n))
 }
 
-async fn upgrade(State(edge): State<Arc<Edge>>, ws: WebSocketUpgrade) -> Response {
+async fn upgrade(
+    State(edge): State<Arc<Edge>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
     if edge.closing.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
+    let ip = edge.admission.client_ip(peer, &headers);
+    let admitted = match edge.admission.admit(ip) {
+        Ok(a) => a,
+        Err(refused) => return *refused,
+    };
     let limit = edge.settings.client.message_size_limit;
     let id = edge.next_session.fetch_add(1, Ordering::Relaxed);
     // tungstenite's default read buffer is 128 KiB, kept for the connection's
@@ -190,7 +205,10 @@ async fn upgrade(State(edge): State<Arc<Edge>>, ws: WebSocketUpgrade) -> Respons
         // code; past that tungstenite stops reading (memory bound).
         .max_message_size(limit.saturating_mul(2))
         .max_frame_size(limit.saturating_mul(2))
-        .on_upgrade(move |socket| session::run(edge, socket, id))
+        .on_upgrade(move |socket| async move {
+            let _admitted = admitted;
+            session::run(edge, socket, id).await
+        })
 }
 
 #[cfg(test)]

@@ -460,6 +460,28 @@ impl Connection {
 }
 
 impl Connection {
+    /// The outboxes of the user's other connections on this node, oldest
+    /// first (session ids grow); empty before [`Connection::authenticate`].
+    pub fn user_others(&self) -> Vec<Arc<Outbox>> {
+        let Some(user) = &self.user else {
+            return Vec::new();
+        };
+        let shard = self.registry.users[shard_of(&&**user)]
+            .lock()
+            .expect("user shard lock");
+        let Some(entry) = shard.get(user) else {
+            return Vec::new();
+        };
+        let mut others: Vec<(SessionId, Arc<Outbox>)> = entry
+            .conns
+            .iter()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, c)| (*id, c.outbox.clone()))
+            .collect();
+        others.sort_by_key(|(id, _)| *id);
+        others.into_iter().map(|(_, o)| o).collect()
+    }
+
     /// The user's rate buckets on this node, made by `make` when the user
     /// has none yet; `None` before [`Connection::authenticate`].
     pub fn user_rates(

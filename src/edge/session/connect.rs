@@ -54,6 +54,7 @@ impl Session {
                 .map(|exp| close_deadline(exp, self.edge.settings.client.expired_close_delay)),
         });
         self.conn.authenticate(&claims.sub);
+        self.user_cap()?;
         self.rates = self.conn.user_rates(|| tier.user_buckets()).map(|user| {
             super::super::rate::SessionRates {
                 connection: tier.connection_buckets(),

@@ -334,6 +334,24 @@ impl Session {
         }
     }
 
+    /// The per-user connection cap (`edge::admission`), at connect: this
+    /// connection or the user's oldest ones here close with 3504.
+    fn user_cap(&self) -> Result<(), Fail> {
+        let Some(cap) = self.edge.admission.per_user() else {
+            return Ok(());
+        };
+        let others = self.conn.user_others();
+        match super::admission::user_over_cap(cap, &others) {
+            None => Err(Fail::Close(Disconnect::CONNECTION_LIMIT)),
+            Some(losers) => {
+                for o in losers {
+                    o.close(Disconnect::CONNECTION_LIMIT);
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// The command rate limits (`edge::rate`): error 111, or 3013 past the
     /// disconnect multiple. `connect`'s own limit is checked in `connect`.
     fn rate_limit(&self, method: &Method) -> Result<(), Fail> {
