@@ -75,6 +75,7 @@ options! {
     "client_user_limit_policy" = "refuse_new" : "Who loses past client_max_connections_per_user: `refuse_new` (the connecting one is closed with 3504) or `close_oldest` (the user's oldest connection on this node is closed with 3504).";
     "client_trusted_proxies" = "" : "Comma-separated IPs or CIDRs of reverse proxies; only for connections from these is the client IP read from client_ip_header.";
     "client_ip_header" = "" : "Header carrying the client IP when the peer is a trusted proxy, e.g. X-Forwarded-For (the rightmost address that is not a trusted proxy is used).";
+    "allowed_origins" = "" : "Comma-separated origins allowed to open a client WebSocket from a browser: exact (`https://app.example.com`) or with `*` wildcards (`https://*.example.com`, `*` = any). Empty = same origin only: an upgrade whose Origin is not its Host gets 403. An upgrade without Origin (servers, mobile SDKs) is always allowed.";
     "client_ping_interval" = "25s" : "The server pings every client this often; announced in the connect reply.";
     "client_pong_timeout" = "8s" : "A client not answering a ping within this is disconnected with 3012 (no pong).";
     "client_stale_timeout" = "10s" : "A connection that sends no connect within this is closed with 3502 (stale).";
@@ -160,6 +161,8 @@ pub struct Config {
     pub api_rate_per_key: Option<Rate>,
     pub sync_http_rate_per_ip: Option<Rate>,
     pub sync_http_rate_per_key: Option<Rate>,
+    /// Browser origins allowed to upgrade (`edge::origin`); empty = same origin.
+    pub allowed_origins: Vec<String>,
     /// Client connection caps and the client IP (`edge::admission`).
     pub connection_limits: ConnectionLimits,
     /// Per-connection and per-user command rates by tier.
@@ -750,6 +753,13 @@ impl Config {
             api_rate_per_key: p.parse("api_rate_per_key", parse_optional_rate),
             sync_http_rate_per_ip: p.parse("sync_http_rate_per_ip", parse_optional_rate),
             sync_http_rate_per_key: p.parse("sync_http_rate_per_key", parse_optional_rate),
+            allowed_origins: p.parse("allowed_origins", |s| {
+                Ok(s.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect())
+            }),
             connection_limits: ConnectionLimits {
                 max_connections: p.parse("client_max_connections", parse_cap),
                 max_per_ip: p.parse("client_max_connections_per_ip", parse_cap),

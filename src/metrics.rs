@@ -394,7 +394,8 @@ pub mod labels {
     /// `user_connect` (a connect refused with 111), `api_ip` / `api_key` /
     /// `sync_ip` / `sync_key` (an HTTP API request answered 429),
     /// `node_connections` / `ip_connections` / `ip_connect_rate` (an upgrade
-    /// answered 503 / 429 / 429), `user_connections` (3504 at connect).
+    /// answered 503 / 429 / 429), `user_connections` (3504 at connect),
+    /// `origin` (an upgrade from a browser origin not allowed: 403).
     pub const LIMITS: &[&str] = &[
         "http_connections",
         "connection_rate",
@@ -405,6 +406,7 @@ pub mod labels {
         "ip_connections",
         "ip_connect_rate",
         "user_connections",
+        "origin",
         "api_ip",
         "api_key",
         "sync_ip",

@@ -423,6 +423,7 @@ pub async fn start_with_shutdown(
                 channels: config.channels.clone(),
                 rate_limits: config.rate_limits.clone(),
                 connection_limits: config.connection_limits.clone(),
+                allowed_origins: config.allowed_origins.clone(),
             },
             nats.clone(),
             publisher.clone(),

@@ -480,3 +480,49 @@ async fn the_per_user_cap_closes_the_newest_or_the_oldest() {
         }
     }
 }
+
+#[tokio::test]
+async fn forged_origins_are_refused_with_403() {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let h = herald_with(&nats, &dir, |_| {}).await;
+    let own = format!("http://{}", h.addr);
+    let status = |r: Result<_, (u16, Option<String>)>| r.err().map_or(101, |e| e.0);
+
+    // None configured: same origin, or no Origin at all.
+    assert_eq!(status(upgrade(h.addr, &[]).await), 101);
+    assert_eq!(
+        status(upgrade(h.addr, &[("origin", own.as_str())]).await),
+        101
+    );
+    for forged in ["https://evil.example", "null", "http://127.0.0.1:1"] {
+        assert_eq!(
+            status(upgrade(h.addr, &[("origin", forged)]).await),
+            403,
+            "{forged}"
+        );
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let h = herald_with(&nats, &dir, |c| {
+        c.allowed_origins = vec!["https://*.example.com".into()];
+    })
+    .await;
+    let own = format!("http://{}", h.addr);
+    assert_eq!(
+        status(upgrade(h.addr, &[("origin", "https://app.example.com")]).await),
+        101
+    );
+    assert_eq!(status(upgrade(h.addr, &[]).await), 101);
+    for forged in [
+        "https://example.com.evil.net",
+        "http://app.example.com",
+        own.as_str(),
+    ] {
+        assert_eq!(
+            status(upgrade(h.addr, &[("origin", forged)]).await),
+            403,
+            "{forged}"
+        );
+    }
+}

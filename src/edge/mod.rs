@@ -18,6 +18,7 @@ mod admission;
 mod command;
 pub mod control;
 mod feed;
+mod origin;
 pub mod outbox;
 mod rate;
 mod registry;
@@ -54,6 +55,7 @@ pub struct EdgeSettings {
     pub channels: ChannelsConfig,
     pub rate_limits: crate::config::RateLimits,
     pub connection_limits: crate::config::ConnectionLimits,
+    pub allowed_origins: Vec<String>,
 }
 
 /// What `info` reports about this node.
@@ -181,6 +183,10 @@ async fn upgrade(
 ) -> Response {
     if edge.closing.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    if !origin::allowed(&edge.settings.allowed_origins, &headers) {
+        metrics::counter!(crate::metrics::LIMIT_HITS_TOTAL, "limit" => "origin").increment(1);
+        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
     let ip = edge.admission.client_ip(peer, &headers);
     let admitted = match edge.admission.admit(ip) {
