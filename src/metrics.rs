@@ -422,6 +422,8 @@ pub mod labels {
         "subscribe",
         "unsubscribe",
         "refresh",
+        "revoke_token",
+        "invalidate_user_tokens",
     ];
     /// What a request for an unknown method can get.
     pub const API_UNKNOWN_RESULTS: &[&str] =

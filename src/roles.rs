@@ -431,6 +431,15 @@ pub async fn start_with_shutdown(
             verifier.clone(),
             config.sync.timeout,
         );
+        e.set_revocations(
+            crate::revocation::Revocations::open(
+                nats.clone(),
+                config.nats.kv_replicas,
+                shutdown.clone(),
+            )
+            .await
+            .context("opening the revocations bucket")?,
+        );
         control_task = Some(
             e.serve_control(shutdown.clone())
                 .await

@@ -77,6 +77,17 @@
 //!     An `expire_at` further ahead than [`crate::auth::MAX_TOKEN_LIFETIME`]
 //!     counts as that far (no deadline computed from it can overflow).
 //!
+//! - Revocation (`crate::revocation`), stored in NATS KV and enforced by
+//!   every edge; `{}` once stored:
+//!   - `revoke_token {jti, expire_at}`: the token with this `jti` no longer
+//!     connects, refreshes or subscribes, and a connection holding it closes
+//!     with 3500, until `expire_at` (unix seconds, the token's `exp`).
+//!   - `invalidate_user_tokens {user, issued_before?, expire_at}`: the same
+//!     for every token of `user` with an `iat` before `issued_before`
+//!     (default now; no `iat` counts as before), until `expire_at` (the
+//!     latest `exp` among them). Missing fields are 107; an `expire_at`
+//!     already past stores nothing.
+//!
 //! Publish failures map to error 100 "internal server error" whatever their
 //! kind (timeout, backpressure, NATS or writer unavailable, writer refusal):
 //! the caller retries with the same idempotency key, which is safe (I3).
@@ -190,6 +201,8 @@ enum Method {
     Subscribe,
     Unsubscribe,
     Refresh,
+    RevokeToken,
+    InvalidateUserTokens,
 }
 
 impl Method {
@@ -203,6 +216,8 @@ impl Method {
             "subscribe" => Some(Self::Subscribe),
             "unsubscribe" => Some(Self::Unsubscribe),
             "refresh" => Some(Self::Refresh),
+            "revoke_token" => Some(Self::RevokeToken),
+            "invalidate_user_tokens" => Some(Self::InvalidateUserTokens),
             _ => None,
         }
     }
@@ -218,6 +233,8 @@ impl Method {
             Some(Self::Subscribe) => "subscribe",
             Some(Self::Unsubscribe) => "unsubscribe",
             Some(Self::Refresh) => "refresh",
+            Some(Self::RevokeToken) => "revoke_token",
+            Some(Self::InvalidateUserTokens) => "invalidate_user_tokens",
             None => "unknown",
         }
     }
@@ -432,6 +449,10 @@ impl Api {
             Method::Subscribe => raw(&self.subscribe(decode(body)?).await?),
             Method::Unsubscribe => raw(&self.unsubscribe(decode(body)?).await?),
             Method::Refresh => raw(&self.refresh(decode(body)?).await?),
+            Method::RevokeToken => raw(&self.revoke_token(decode(body)?).await?),
+            Method::InvalidateUserTokens => {
+                raw(&self.invalidate_user_tokens(decode(body)?).await?)
+            }
         }
     }
 

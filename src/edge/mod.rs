@@ -79,6 +79,8 @@ pub struct Edge {
     /// leave when the session drops them.
     registry: Arc<Registry>,
     next_session: AtomicU64,
+    /// Revoked tokens (`crate::revocation`), set once at start.
+    revocations: std::sync::OnceLock<Arc<crate::revocation::Revocations>>,
     /// Connection caps checked before an upgrade ([`admission`]).
     admission: admission::Admission,
     /// Command rate limits by tier ([`rate`]).
@@ -106,6 +108,7 @@ impl Edge {
         Arc::new(Self {
             rates: rate::Tiers::new(&settings.rate_limits),
             admission: admission::Admission::new(settings.connection_limits.clone()),
+            revocations: std::sync::OnceLock::new(),
             settings,
             nats,
             publisher,
@@ -123,6 +126,23 @@ impl Edge {
         Router::new()
             .route("/connection/websocket", get(upgrade))
             .with_state(self.clone())
+    }
+
+    /// Enforces these revocations from now on (set once).
+    pub fn set_revocations(&self, r: Arc<crate::revocation::Revocations>) {
+        let _ = self.revocations.set(r);
+    }
+
+    /// The revocations in force, for the server API.
+    pub fn revocations(&self) -> Option<&Arc<crate::revocation::Revocations>> {
+        self.revocations.get()
+    }
+
+    /// Whether a token of `user` with this `jti` and `iat` is revoked.
+    fn revoked(&self, user: &str, jti: Option<&str>, iat: Option<u64>) -> bool {
+        self.revocations
+            .get()
+            .is_some_and(|r| r.is_revoked(user, jti, iat))
     }
 
     pub fn stats(&self) -> EdgeStats {

@@ -31,6 +31,13 @@ impl Session {
             Err(TokenError::Invalid) => return Err(Fail::Close(Disconnect::INVALID_TOKEN)),
         };
         tracing::Span::current().record("user", claims.sub.as_str());
+        if self
+            .edge
+            .revoked(&claims.sub, claims.jti.as_deref(), claims.iat)
+        {
+            return Err(Fail::Close(Disconnect::INVALID_TOKEN));
+        }
+        self.token = (claims.jti.clone(), claims.iat);
         let tier = self.edge.rates.tier(claims.tier.as_deref());
         if !tier.connect(&claims.sub) {
             return Err(Fail::Error(ProtocolError::TooManyRequests));

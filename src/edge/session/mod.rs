@@ -80,6 +80,8 @@ struct Session {
     subs: HashMap<String, Subscription>,
     opened: Instant,
     pong_deadline: Option<Instant>,
+    /// The connection token's `jti` and `iat`, checked against revocations.
+    token: (Option<String>, Option<u64>),
     /// Command rate buckets, set at connect (`edge::rate`).
     rates: Option<super::rate::SessionRates>,
 }
@@ -127,8 +129,10 @@ pub(super) async fn run(edge: Arc<Edge>, socket: WebSocket, id: SessionId) {
         subs: HashMap::new(),
         opened: Instant::now(),
         pong_deadline: None,
+        token: (None, None),
         rates: None,
     };
+    let mut revocations = edge.revocations().map(|r| r.changes());
     let span = tracing::debug_span!(
         "session",
         id,
@@ -168,6 +172,7 @@ pub(super) async fn run(edge: Arc<Edge>, socket: WebSocket, id: SessionId) {
                     Ok(())
                 }
                 _ = tokio::time::sleep_until(deadline) => s.on_deadline(),
+                Some(()) = revocation_changed(&mut revocations) => s.check_revoked(),
             };
             if let Err(d) = step {
                 break Some(d);
@@ -182,7 +187,29 @@ pub(super) async fn run(edge: Arc<Edge>, socket: WebSocket, id: SessionId) {
     // Dropping the session leaves every channel and the registry.
 }
 
+/// Resolves when the revocations change; never without them.
+async fn revocation_changed(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) -> Option<()> {
+    match rx {
+        Some(rx) => rx.changed().await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
 impl Session {
+    /// A revoked connection token closes the session (3500, terminal).
+    fn check_revoked(&self) -> Result<(), Disconnect> {
+        let Some(authed) = &self.authed else {
+            return Ok(());
+        };
+        if self
+            .edge
+            .revoked(&authed.user, self.token.0.as_deref(), self.token.1)
+        {
+            return Err(Disconnect::INVALID_TOKEN);
+        }
+        Ok(())
+    }
+
     fn next_deadline(&self) -> Instant {
         let far = Instant::now() + Duration::from_secs(3600);
         let mut next = far;
