@@ -49,6 +49,9 @@ pub enum Kind {
     History = 3,
     Presence = 4,
     Rpc = 5,
+    /// Any other command (refresh, sub_refresh, unsubscribe, ping, send):
+    /// counted in `total` only.
+    Other = TOTAL as isize,
 }
 
 /// The index of `total` in [`RATE_KINDS`].
@@ -194,7 +197,11 @@ impl Buckets {
 
     /// Spends one `kind` command (and one of the total).
     pub fn check(&self, kind: Kind) -> Verdict {
-        let slots = [kind as usize, TOTAL];
+        let slots: &[usize] = if kind == Kind::Other {
+            &[TOTAL]
+        } else {
+            &[kind as usize, TOTAL]
+        };
         let over_wide = slots.iter().any(|&i| {
             self.slots[i]
                 .as_ref()
@@ -204,7 +211,7 @@ impl Buckets {
             metrics::counter!(m::LIMIT_HITS_TOTAL, "limit" => "rate_disconnect").increment(1);
             return Verdict::Disconnect;
         }
-        for i in slots {
+        for &i in slots {
             if let Some((strict, _)) = &self.slots[i]
                 && strict.check().is_err()
             {
@@ -276,10 +283,12 @@ mod tests {
     #[test]
     fn total_covers_every_kind() {
         let b = tiers(4).tier(Some("unknown")).connection_buckets();
-        for _ in 0..10 {
+        for _ in 0..9 {
             assert_eq!(b.check(Kind::History), Verdict::Allow);
         }
+        assert_eq!(b.check(Kind::Other), Verdict::Allow);
         assert_eq!(b.check(Kind::Subscribe), Verdict::Refuse);
+        assert_eq!(b.check(Kind::Other), Verdict::Refuse);
     }
 
     #[test]

@@ -389,7 +389,8 @@ impl Session {
             Method::History(_) => Kind::History,
             Method::Presence(_) | Method::PresenceStats(_) => Kind::Presence,
             Method::Rpc => Kind::Rpc,
-            _ => return Ok(()),
+            Method::Connect(_) | Method::Pong => return Ok(()),
+            _ => Kind::Other,
         };
         match self.rates.as_ref().map(|r| r.check(kind)) {
             Some(Verdict::Refuse) => Err(Fail::Error(ProtocolError::TooManyRequests)),
