@@ -12,7 +12,9 @@
 //! `herald_http_connections_refused_total`) while the open ones keep working.
 //!
 //! The cap counts a connection from accept to close, WebSocket sessions
-//! included: the permit travels with the socket into the upgrade.
+//! included: the permit travels with the socket into the upgrade. With TLS a
+//! connection counts once its handshake is done; handshakes in progress are
+//! bounded by [`crate::tls`] (`MAX_HANDSHAKES`, `HANDSHAKE_TIMEOUT`).
 //!
 //! Knows nothing of routes or roles.
 
