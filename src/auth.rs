@@ -75,6 +75,13 @@ pub struct ConnectClaims {
     /// Connection info attached to this client's publications.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub info: Option<Box<RawValue>>,
+    /// The token's id, for `revoke_token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// The rate-limit tier (`[rate_limits.tiers.<name>]`); `None` or an
+    /// unknown name gets `rate_limit_default_tier`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
 }
 
 /// Only what tells a subscription token apart from a connection token.
@@ -99,6 +106,9 @@ pub struct SubscriptionClaims {
     /// Channel info attached to this client's publications in the channel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub info: Option<Box<RawValue>>,
+    /// The token's id, for `revoke_token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
 }
 
 pub fn now_secs() -> u64 {
@@ -333,6 +343,7 @@ pub fn mint(secret: &str, user: &str, channel: Option<&str>, ttl: Duration) -> S
             &header,
             &SubscriptionClaims {
                 sub: user.into(),
+                jti: None,
                 channel: channel.into(),
                 exp: Some(exp),
                 iat: Some(now),
@@ -349,6 +360,8 @@ pub fn mint(secret: &str, user: &str, channel: Option<&str>, ttl: Duration) -> S
                 iat: Some(now),
                 nbf: None,
                 channels: Vec::new(),
+                jti: None,
+                tier: None,
                 info: None,
             },
             &key,

@@ -31,6 +31,14 @@ options! {
     "internal_listen" = "" : "Optional second listener for /metrics and /health only; when set they leave the public listener.";
     "api_listen" = "" : "Optional listener for the server API alone; when set the API leaves the public listener. Recommended: a private address only backends reach.";
     "api_key_failures_per_minute" = "10" : "Requests with a missing or wrong API key allowed per client IP per minute (as a burst, refilled evenly); past it the API answers 429 with Retry-After. The IPs tracked are bounded (65536).";
+    "http_header_read_timeout" = "10s" : "Longest a client may take to send a complete HTTP request head on every listener, and the longest a keep-alive connection may stay idle between requests; then the connection is closed (slow-loris).";
+    "http_max_connections" = "65536" : "Most connections open at once on each listener, WebSockets included; one more is answered 503 and closed at once (counted in herald_limit_hits_total{limit=\"http_connections\"}), the open ones are not affected.";
+    "api_rate_per_ip" = "1000/1s" : "Server API requests per client IP, as N/period (a burst of N refilled over the period); past it 429 with Retry-After and error 111. Empty = no limit.";
+    "api_rate_per_key" = "10000/1s" : "Server API requests per presented API key (right or wrong), as N/period; past it 429 with Retry-After. Empty = no limit.";
+    "sync_http_rate_per_ip" = "1000/1s" : "Sync HTTP API (/api/v1/…) requests per client IP, as N/period; past it 429 with Retry-After and error 111. Empty = no limit.";
+    "sync_http_rate_per_key" = "100/1s" : "Sync HTTP API requests per presented bearer token, as N/period; past it 429 with Retry-After. Empty = no limit.";
+    "rate_limit_default_tier" = "default" : "The rate-limit tier of connections whose token has no `tier` claim or names a tier not configured; must be a `[rate_limits.tiers.<name>]` table (`default` is built in: per connection 1000 commands per second in total; per user 5000 and 100 connects per second).";
+    "rate_limit_disconnect_multiple" = "4" : "A client refused with error 111 that keeps sending past this multiple of a limit (its burst and rate times this) is disconnected with 3013 (too many requests; SDKs reconnect after a backoff). 1 = disconnect at the first command over a limit.";
     "tls_cert" = "" : "PEM certificate chain for TLS on the public listener (wss://, https://), with tls_key; reloaded when the file changes. Empty = plain HTTP (e.g. behind a TLS-terminating proxy).";
     "tls_key" = "" : "PEM private key of tls_cert.";
     "tls_internal" = "false" : "Serve internal_listen and api_listen with TLS too (same certificate).";
@@ -60,6 +68,14 @@ options! {
     "client_read_buffer_size" = "1024" : "Bytes each connection reads from its socket per read call, and the read buffer it keeps while idle; larger frames are read in several calls. Small keeps idle connections cheap.";
     "client_queue_max_bytes" = "1048576" : "Bound of each connection's outbound queue in bytes; a client past it is disconnected with 3008 (slow).";
     "client_channel_limit" = "128" : "Subscriptions per connection; one more is error 106 (limit exceeded).";
+    "client_max_connections" = "0" : "Most client connections on this node; one more upgrade is answered 503 before the WebSocket is accepted. 0 = no cap besides http_max_connections.";
+    "client_max_connections_per_ip" = "0" : "Most client connections from one client IP on this node; one more upgrade is answered 429. 0 = no cap (set it on the open internet; behind a proxy set client_trusted_proxies and client_ip_header).";
+    "client_connect_rate_per_ip" = "" : "New client connections per client IP on this node, as N/period (a burst of N refilled over the period); one more upgrade is answered 429 with Retry-After. Empty = no limit.";
+    "client_max_connections_per_user" = "0" : "Most connections of one user on this node, applied at connect; past it client_user_limit_policy decides who loses (closed with 3504, connection limit). 0 = no cap.";
+    "client_user_limit_policy" = "refuse_new" : "Who loses past client_max_connections_per_user: `refuse_new` (the connecting one is closed with 3504) or `close_oldest` (the user's oldest connection on this node is closed with 3504).";
+    "client_trusted_proxies" = "" : "Comma-separated IPs or CIDRs of reverse proxies; only for connections from these is the client IP read from client_ip_header.";
+    "client_ip_header" = "" : "Header carrying the client IP when the peer is a trusted proxy, e.g. X-Forwarded-For (the rightmost address that is not a trusted proxy is used).";
+    "allowed_origins" = "" : "Comma-separated origins allowed to open a client WebSocket from a browser: exact (`https://app.example.com`) or with `*` wildcards (`https://*.example.com`, `*` = any). Empty = same origin only: an upgrade whose Origin is not its Host gets 403. An upgrade without Origin (servers, mobile SDKs) is always allowed.";
     "client_ping_interval" = "25s" : "The server pings every client this often; announced in the connect reply.";
     "client_pong_timeout" = "8s" : "A client not answering a ping within this is disconnected with 3012 (no pong).";
     "client_stale_timeout" = "10s" : "A connection that sends no connect within this is closed with 3502 (stale).";
@@ -150,6 +166,19 @@ pub struct Config {
     pub api_listen: Option<SocketAddr>,
     /// Failed API key attempts allowed per client IP per minute.
     pub api_key_failures_per_minute: u32,
+    /// Header-read/idle timeout and connection cap of every listener.
+    pub http: crate::http_server::HttpLimits,
+    /// Request rates of the HTTP APIs (`None`: not limited).
+    pub api_rate_per_ip: Option<Rate>,
+    pub api_rate_per_key: Option<Rate>,
+    pub sync_http_rate_per_ip: Option<Rate>,
+    pub sync_http_rate_per_key: Option<Rate>,
+    /// Browser origins allowed to upgrade (`edge::origin`); empty = same origin.
+    pub allowed_origins: Vec<String>,
+    /// Client connection caps and the client IP (`edge::admission`).
+    pub connection_limits: ConnectionLimits,
+    /// Per-connection and per-user command rates by tier.
+    pub rate_limits: RateLimits,
     /// TLS on the public listener; `None` = plain HTTP.
     pub tls: Option<crate::tls::TlsFiles>,
     /// TLS on `internal_listen` and `api_listen` too.
@@ -358,6 +387,242 @@ pub struct ChannelsConfig {
     pub namespaces: BTreeMap<String, NamespaceOptions>,
 }
 
+/// The command kinds a rate limit names: `[rate_limits.tiers.<name>]`
+/// `connection` and `user` tables map these to `"N/period"`.
+pub const RATE_KINDS: &[&str] = &[
+    "connect",
+    "subscribe",
+    "publish",
+    "history",
+    "presence",
+    "rpc",
+    "total",
+];
+
+/// A token bucket: `burst` commands at once, refilled at `burst` per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub burst: u32,
+    pub per: Duration,
+}
+
+/// One tier's limits by command kind (a key of [`RATE_KINDS`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TierLimits {
+    /// Per connection (`connect` does not apply: one per connection).
+    pub connection: BTreeMap<String, Rate>,
+    /// Per user, over the user's connections on one edge (`connect`: per
+    /// user on one edge whether connected or not).
+    pub user: BTreeMap<String, Rate>,
+}
+
+/// `rate_limit_*` options and the `[rate_limits.tiers.<name>]` tables.
+#[derive(Debug, Clone)]
+pub struct RateLimits {
+    pub default_tier: String,
+    pub disconnect_multiple: u32,
+    /// Always holds `default_tier`.
+    pub tiers: BTreeMap<String, TierLimits>,
+}
+
+/// Who loses past the per-user connection cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UserLimitPolicy {
+    #[default]
+    RefuseNew,
+    CloseOldest,
+}
+
+/// An IP network (`10.0.0.0/8`, or one address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: std::net::IpAddr,
+    prefix: u32,
+}
+
+impl IpNet {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr::{V4, V6};
+        match (self.addr, ip) {
+            (V4(n), V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - self.prefix).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (V6(n), V6(a)) => {
+                let mask = u128::MAX.checked_shl(128 - self.prefix).unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for IpNet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, p) = s.split_once('/').unwrap_or((s, ""));
+        let addr: std::net::IpAddr = a
+            .parse()
+            .map_err(|_| format!("`{s}`: expected an IP or a CIDR"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = if p.is_empty() {
+            max
+        } else {
+            p.parse()
+                .ok()
+                .filter(|n| *n <= max)
+                .ok_or_else(|| format!("`{s}`: bad prefix length"))?
+        };
+        Ok(Self { addr, prefix })
+    }
+}
+
+/// The `client_max_*`, `client_connect_rate_per_ip`, trusted proxy options.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    pub max_connections: Option<usize>,
+    pub max_per_ip: Option<usize>,
+    pub connect_rate_per_ip: Option<Rate>,
+    pub max_per_user: Option<usize>,
+    pub user_policy: UserLimitPolicy,
+    pub trusted_proxies: Vec<IpNet>,
+    /// Lower-case header name.
+    pub ip_header: Option<String>,
+}
+
+/// The built-in `default` tier.
+pub fn builtin_default_tier() -> TierLimits {
+    let sec = Duration::from_secs(1);
+    TierLimits {
+        connection: BTreeMap::from([(
+            "total".to_string(),
+            Rate {
+                burst: 1000,
+                per: sec,
+            },
+        )]),
+        user: BTreeMap::from([
+            (
+                "connect".to_string(),
+                Rate {
+                    burst: 100,
+                    per: sec,
+                },
+            ),
+            (
+                "total".to_string(),
+                Rate {
+                    burst: 5000,
+                    per: sec,
+                },
+            ),
+        ]),
+    }
+}
+
+/// The tier table of the TOML file: `[rate_limits.tiers.<name>]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TierFile {
+    #[serde(default)]
+    connection: BTreeMap<String, String>,
+    #[serde(default)]
+    user: BTreeMap<String, String>,
+}
+
+/// `"N/period"`, e.g. `"10/1s"`: a burst of N refilled over the period.
+pub fn parse_rate(s: &str) -> Result<Rate, String> {
+    let (n, per) = s
+        .split_once('/')
+        .ok_or_else(|| format!("`{s}`: expected N/period, e.g. 10/1s"))?;
+    let burst: u32 = n
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("`{s}`: expected a whole number above 0 before the /"))?;
+    let per = humantime::parse_duration(per.trim())
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("`{s}`: expected a period after the /, e.g. 1s or 1m"))?;
+    Ok(Rate { burst, per })
+}
+
+/// 0 = no cap.
+fn parse_cap(s: &str) -> Result<Option<usize>, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Ok(None),
+        Ok(n) => Ok(Some(n)),
+        Err(_) => Err("expected a whole number (0 = no cap)".into()),
+    }
+}
+
+fn parse_optional_rate(s: &str) -> Result<Option<Rate>, String> {
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        parse_rate(s).map(Some)
+    }
+}
+
+fn tier_limits(name: &str, f: TierFile, errors: &mut Vec<String>) -> TierLimits {
+    let mut side = |which: &str, m: BTreeMap<String, String>| {
+        let mut out = BTreeMap::new();
+        for (kind, v) in m {
+            if !RATE_KINDS.contains(&kind.as_str()) {
+                errors.push(format!(
+                    "rate_limits.tiers.{name}.{which}.{kind}: unknown command kind (one of {})",
+                    RATE_KINDS.join(", ")
+                ));
+                continue;
+            }
+            match parse_rate(&v) {
+                Ok(r) => {
+                    out.insert(kind, r);
+                }
+                Err(e) => errors.push(format!("rate_limits.tiers.{name}.{which}.{kind}: {e}")),
+            }
+        }
+        out
+    };
+    TierLimits {
+        connection: side("connection", f.connection),
+        user: side("user", f.user),
+    }
+}
+
+fn parse_rate_limits(
+    origin: &str,
+    v: toml::Value,
+    out: &mut BTreeMap<String, TierFile>,
+    errors: &mut Vec<String>,
+) {
+    let toml::Value::Table(mut t) = v else {
+        errors.push(format!("{origin}: rate_limits: expected a table"));
+        return;
+    };
+    let Some(tiers) = t.remove("tiers") else {
+        return;
+    };
+    for k in t.keys() {
+        errors.push(format!("{origin}: rate_limits.{k}: unknown (only `tiers`)"));
+    }
+    let toml::Value::Table(tiers) = tiers else {
+        errors.push(format!(
+            "{origin}: rate_limits.tiers: expected a table of tables"
+        ));
+        return;
+    };
+    for (name, body) in tiers {
+        match body.try_into::<TierFile>() {
+            Ok(f) => {
+                out.insert(name, f);
+            }
+            Err(e) => errors.push(format!("{origin}: rate_limits.tiers.{name}: {e}")),
+        }
+    }
+}
+
 /// Every problem found while loading, each naming its option.
 #[derive(Debug)]
 pub struct ConfigErrors(pub Vec<String>);
@@ -441,6 +706,7 @@ impl Config {
         let mut errors = Vec::new();
         let mut raw: BTreeMap<&'static str, (String, String)> = BTreeMap::new();
         let mut namespaces = BTreeMap::new();
+        let mut tier_files = BTreeMap::new();
 
         if let Some((path, text)) = &sources.file {
             let origin = path.display().to_string();
@@ -450,6 +716,10 @@ impl Config {
                     for (k, v) in table {
                         if k == "namespaces" {
                             parse_namespaces(&origin, v, &mut namespaces, &mut errors);
+                            continue;
+                        }
+                        if k == "rate_limits" {
+                            parse_rate_limits(&origin, v, &mut tier_files, &mut errors);
                             continue;
                         }
                         match spec(&k) {
@@ -520,6 +790,54 @@ impl Config {
             api_key_failures_per_minute: p.parse("api_key_failures_per_minute", |s| {
                 parse_positive(s).map(|n| u32::try_from(n).unwrap_or(u32::MAX))
             }),
+            api_rate_per_ip: p.parse("api_rate_per_ip", parse_optional_rate),
+            api_rate_per_key: p.parse("api_rate_per_key", parse_optional_rate),
+            sync_http_rate_per_ip: p.parse("sync_http_rate_per_ip", parse_optional_rate),
+            sync_http_rate_per_key: p.parse("sync_http_rate_per_key", parse_optional_rate),
+            allowed_origins: p.parse("allowed_origins", |s| {
+                Ok(s.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect())
+            }),
+            connection_limits: ConnectionLimits {
+                max_connections: p.parse("client_max_connections", parse_cap),
+                max_per_ip: p.parse("client_max_connections_per_ip", parse_cap),
+                connect_rate_per_ip: p.parse("client_connect_rate_per_ip", parse_optional_rate),
+                max_per_user: p.parse("client_max_connections_per_user", parse_cap),
+                user_policy: p.parse("client_user_limit_policy", |s| match s {
+                    "refuse_new" => Ok(UserLimitPolicy::RefuseNew),
+                    "close_oldest" => Ok(UserLimitPolicy::CloseOldest),
+                    _ => Err("expected `refuse_new` or `close_oldest`".into()),
+                }),
+                trusted_proxies: p.parse("client_trusted_proxies", |s| {
+                    s.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::parse)
+                        .collect()
+                }),
+                ip_header: p.parse("client_ip_header", |s| {
+                    if s.is_empty() {
+                        return Ok(None);
+                    }
+                    axum::http::HeaderName::from_bytes(s.trim().as_bytes())
+                        .map(|h| Some(h.as_str().to_string()))
+                        .map_err(|_| "expected an HTTP header name".to_string())
+                }),
+            },
+            rate_limits: RateLimits {
+                default_tier: p.string("rate_limit_default_tier"),
+                disconnect_multiple: p.parse("rate_limit_disconnect_multiple", |s| {
+                    parse_positive(s).map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+                }),
+                tiers: BTreeMap::from([("default".to_string(), builtin_default_tier())]),
+            },
+            http: crate::http_server::HttpLimits {
+                header_read_timeout: p.parse("http_header_read_timeout", parse_duration_positive),
+                max_connections: p.parse("http_max_connections", parse_positive),
+            },
             tls: {
                 let cert = p.parse("tls_cert", |s| Ok(PathBuf::from(s)));
                 let key = p.parse("tls_key", |s| Ok(PathBuf::from(s)));
@@ -750,6 +1068,20 @@ impl Config {
                 anonymous: f.anonymous.unwrap_or(base.anonymous),
             };
             config.channels.namespaces.insert(name, o);
+        }
+        for (name, f) in tier_files {
+            let t = tier_limits(&name, f, &mut errors);
+            config.rate_limits.tiers.insert(name, t);
+        }
+        if !config
+            .rate_limits
+            .tiers
+            .contains_key(&config.rate_limits.default_tier)
+        {
+            errors.push(format!(
+                "rate_limit_default_tier (HERALD_RATE_LIMIT_DEFAULT_TIER): no [rate_limits.tiers.{}] table",
+                config.rate_limits.default_tier
+            ));
         }
         if config.store == StoreBackend::Scylla && config.scylla.nodes.is_empty() {
             errors.push(
@@ -1089,6 +1421,39 @@ mod tests {
         assert!(text.contains("client_ping_interval"), "{text}");
         assert!(text.contains("HERALD_LISTEN"), "{text}");
         assert_eq!(e.0.len(), 3);
+    }
+
+    #[test]
+    fn rate_limit_tiers_parse_and_are_checked() {
+        let c = load(
+            Some("rate_limit_default_tier = \"free\"\n[rate_limits.tiers.free]\nconnection = { publish = \"10/1s\" }\nuser = { total = \"60/1m\" }"),
+            &[],
+            &[],
+        )
+        .unwrap();
+        let free = &c.rate_limits.tiers["free"];
+        assert_eq!(
+            free.connection["publish"],
+            Rate {
+                burst: 10,
+                per: Duration::from_secs(1)
+            }
+        );
+        assert_eq!(free.user["total"].per, Duration::from_secs(60));
+        assert_eq!(c.rate_limits.tiers["default"], builtin_default_tier());
+        let e = load(
+            Some("rate_limit_default_tier = \"gold\"\n[rate_limits.tiers.free]\nconnection = { jump = \"1/1s\", publish = \"0/1s\" }"),
+            &[],
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("rate_limits.tiers.free.connection.jump"), "{e}");
+        assert!(
+            e.contains("rate_limits.tiers.free.connection.publish"),
+            "{e}"
+        );
+        assert!(e.contains("rate_limit_default_tier"), "{e}");
     }
 
     #[test]

@@ -13,6 +13,9 @@
 //! - [`sync`]: history reads over HTTP and NATS request/reply.
 //! - [`api`]: the server HTTP API.
 //! - [`store`]: the `Store` trait, its contract suite, the embedded backend.
+//! - [`http_limit`]: per-IP and per-credential request rates of the HTTP APIs (429).
+//! - [`http_server`]: serves a router with header-read/idle timeouts and a connection cap.
+//! - [`revocation`]: revoked tokens in a NATS KV bucket, watched by every edge.
 //! - [`roles`]: wires the roles of one process together.
 //! - [`metrics`]: metric names and the Prometheus recorder.
 //! - [`telemetry`]: the tracing subscriber, OTLP span export, trace context in headers.
@@ -27,10 +30,13 @@ pub mod bus;
 pub mod channel;
 pub mod config;
 pub mod edge;
+pub mod http_limit;
+pub mod http_server;
 pub mod jwks;
 pub mod limits;
 pub mod metrics;
 pub mod protocol;
+pub mod revocation;
 pub mod roles;
 pub mod secrets;
 pub mod store;

@@ -86,6 +86,9 @@ pub const STORE_ERRORS_TOTAL: &str = "herald_store_errors_total";
 // Server API.
 pub const API_REQUESTS_TOTAL: &str = "herald_api_requests_total";
 
+// Abuse limits (every role's listeners; the edge's clients).
+pub const LIMIT_HITS_TOTAL: &str = "herald_limit_hits_total";
+
 // NATS connection (every role).
 pub const NATS_CONNECTED: &str = "herald_nats_connected";
 pub const NATS_RECONNECTS_TOTAL: &str = "herald_nats_reconnects_total";
@@ -247,6 +250,10 @@ pub const HELP: &[(&str, &str)] = &[
         "Server API requests, by method and result.",
     ),
     (
+        LIMIT_HITS_TOTAL,
+        "Requests, commands and connections refused by an abuse limit, by limit.",
+    ),
+    (
         NATS_CONNECTED,
         "1 while the NATS connection is up, 0 while it is down.",
     ),
@@ -396,6 +403,30 @@ pub mod labels {
         "io",
         "locked",
     ];
+    /// `limit` of [`super::LIMIT_HITS_TOTAL`]: `http_connections` (a
+    /// listener's `http_max_connections`), `connection_rate` and `user_rate`
+    /// (a command refused with 111), `rate_disconnect` (closed with 3013),
+    /// `user_connect` (a connect refused with 111), `api_ip` / `api_key` /
+    /// `sync_ip` / `sync_key` (an HTTP API request answered 429),
+    /// `node_connections` / `ip_connections` / `ip_connect_rate` (an upgrade
+    /// answered 503 / 429 / 429), `user_connections` (3504 at connect),
+    /// `origin` (an upgrade from a browser origin not allowed: 403).
+    pub const LIMITS: &[&str] = &[
+        "http_connections",
+        "connection_rate",
+        "user_rate",
+        "rate_disconnect",
+        "user_connect",
+        "node_connections",
+        "ip_connections",
+        "ip_connect_rate",
+        "user_connections",
+        "origin",
+        "api_ip",
+        "api_key",
+        "sync_ip",
+        "sync_key",
+    ];
     /// `method` of [`super::API_REQUESTS_TOTAL`]; `unknown` for any other name.
     pub const API_METHODS: &[&str] = &[
         "publish",
@@ -409,6 +440,8 @@ pub mod labels {
         "presence",
         "presence_stats",
         "user_status",
+        "revoke_token",
+        "invalidate_user_tokens",
     ];
     /// What a request for an unknown method can get.
     pub const API_UNKNOWN_RESULTS: &[&str] =
@@ -509,6 +542,9 @@ fn register(role: RoleParts) {
     counter(NATS_RECONNECTS_TOTAL);
     for kind in NATS_PUBLISH_KINDS {
         metrics::counter!(NATS_PUBLISH_ERRORS_TOTAL, "kind" => *kind).increment(0);
+    }
+    for limit in LIMITS {
+        metrics::counter!(LIMIT_HITS_TOTAL, "limit" => *limit).increment(0);
     }
 
     if role.edge {

@@ -368,7 +368,12 @@ pub async fn start_with_shutdown(
             config.channels.clone(),
             SyncSettings::from_config(&config.sync),
         ));
-        router = router.merge(service.router(verifier.clone()));
+        let limit = crate::http_limit::RequestLimit::new(
+            config.sync_http_rate_per_ip,
+            config.sync_http_rate_per_key,
+            ("sync_ip", "sync_key"),
+        );
+        router = router.merge(limit.wrap(service.router(verifier.clone())));
         let (client, token) = (nats.clone(), shutdown.clone());
         let svc = service.clone();
         sync_service = Some(service.clone());
@@ -423,12 +428,24 @@ pub async fn start_with_shutdown(
                 channels: config.channels.clone(),
                 presence: config.presence.clone(),
                 kv_replicas: config.nats.kv_replicas,
+                rate_limits: config.rate_limits.clone(),
+                connection_limits: config.connection_limits.clone(),
+                allowed_origins: config.allowed_origins.clone(),
             },
             nats.clone(),
             publisher.clone(),
             sync_client.clone(),
             verifier.clone(),
             config.sync.timeout,
+        );
+        e.set_revocations(
+            crate::revocation::Revocations::open(
+                nats.clone(),
+                config.nats.kv_replicas,
+                shutdown.clone(),
+            )
+            .await
+            .context("opening the revocations bucket")?,
         );
         let control = e
             .serve_control(shutdown.clone())
@@ -456,10 +473,22 @@ pub async fn start_with_shutdown(
                     config.api_key_failures_per_minute,
                 ),
             });
+            let api = crate::http_limit::RequestLimit::new(
+                config.api_rate_per_ip,
+                config.api_rate_per_key,
+                ("api_ip", "api_key"),
+            )
+            .wrap(api);
             match config.api_listen {
                 Some(addr) => {
-                    let (bound, task) =
-                        serve_http(addr, api, shutdown.clone(), internal_tls.clone()).await?;
+                    let (bound, task) = serve_http(
+                        addr,
+                        api,
+                        config.http,
+                        shutdown.clone(),
+                        internal_tls.clone(),
+                    )
+                    .await?;
                     http.push(task);
                     api_addr = Some(bound);
                 }
@@ -485,7 +514,8 @@ pub async fn start_with_shutdown(
         );
     let internal_addr = match config.internal_listen {
         Some(addr) => {
-            let (bound, task) = serve_http(addr, ops, shutdown.clone(), internal_tls).await?;
+            let (bound, task) =
+                serve_http(addr, ops, config.http, shutdown.clone(), internal_tls).await?;
             http.push(task);
             Some(bound)
         }
@@ -494,7 +524,8 @@ pub async fn start_with_shutdown(
             None
         }
     };
-    let (addr, task) = serve_http(config.listen, router, shutdown.clone(), tls).await?;
+    let (addr, task) =
+        serve_http(config.listen, router, config.http, shutdown.clone(), tls).await?;
     http.push(task);
     tracing::info!(role = role.name(), %addr, internal = ?internal_addr, api = ?api_addr, tls = config.tls.is_some(), "listening");
 
@@ -554,6 +585,7 @@ impl Readiness {
 async fn serve_http(
     addr: SocketAddr,
     router: Router,
+    limits: crate::http_server::HttpLimits,
     shutdown: CancellationToken,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
@@ -562,7 +594,10 @@ async fn serve_http(
         .with_context(|| format!("binding {addr}"))?;
     let bound = listener.local_addr()?;
     if let Some(tls) = tls {
-        return Ok((bound, crate::tls::serve(listener, router, tls, shutdown)?));
+        return Ok((
+            bound,
+            crate::tls::serve(listener, router, limits, tls, shutdown)?,
+        ));
     }
     // Pushes are small frames written as they come: without TCP_NODELAY,
     // Nagle's algorithm holds one back until the client's delayed ACK
@@ -572,15 +607,8 @@ async fn serve_http(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    let task = tokio::spawn(async move {
-        let serve = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { shutdown.cancelled().await });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "http listener stopped");
-        }
-    });
-    Ok((bound, task))
+    Ok((
+        bound,
+        crate::http_server::spawn(listener, router, limits, shutdown),
+    ))
 }

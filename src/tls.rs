@@ -196,27 +196,19 @@ pub fn setup(
 }
 
 /// Serves `router` over TLS on `listener` until `shutdown` fires (then
-/// gracefully, like the plain listeners), with `ConnectInfo<SocketAddr>`.
+/// gracefully, like the plain listeners), with `ConnectInfo<SocketAddr>` and
+/// the listener bounds of [`crate::http_server`].
 pub fn serve(
     listener: TcpListener,
     router: axum::Router,
+    limits: crate::http_server::HttpLimits,
     config: Arc<rustls::ServerConfig>,
     shutdown: CancellationToken,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = TlsListener::new(listener, config, shutdown.clone())?;
-    // tap_io only for axum's ConnectInfo<SocketAddr> (TCP_NODELAY is set
-    // when accepting).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |_| {});
-    Ok(tokio::spawn(async move {
-        let serve = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { shutdown.cancelled().await });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "https listener stopped");
-        }
-    }))
+    Ok(crate::http_server::spawn(
+        listener, router, limits, shutdown,
+    ))
 }
 
 /// An axum listener yielding TLS streams: an accept task hands each TCP

@@ -120,6 +120,21 @@ pub(super) struct RefreshRequest {
     expire_at: Option<u64>,
 }
 
+#[derive(Debug, Deserialize)]
+pub(super) struct RevokeTokenRequest {
+    #[serde(default)]
+    jti: String,
+    expire_at: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct InvalidateUserTokensRequest {
+    #[serde(default)]
+    user: String,
+    issued_before: Option<u64>,
+    expire_at: Option<u64>,
+}
+
 /// The result of the control methods: `{}`, meaning "sent".
 #[derive(Debug, Serialize)]
 pub(super) struct Sent {}
@@ -463,6 +478,46 @@ impl Api {
             expire_at: req.expire_at.map(crate::auth::clamp_exp),
         };
         self.control(req.target, op).await
+    }
+
+    pub(super) async fn revoke_token(&self, req: RevokeTokenRequest) -> Result<Sent, Failure> {
+        let expire_at = req.expire_at.filter(|_| !req.jti.is_empty());
+        let expire_at = expire_at.ok_or(ProtocolError::BadRequest)?;
+        let r = self
+            .state
+            .edge
+            .revocations()
+            .ok_or(ProtocolError::NotAvailable)?;
+        if expire_at > crate::auth::now_secs() {
+            r.revoke_token(&req.jti, expire_at).await.map_err(|e| {
+                tracing::warn!(error = %e, "revoke_token not stored");
+                ProtocolError::Internal
+            })?;
+        }
+        Ok(Sent {})
+    }
+
+    pub(super) async fn invalidate_user_tokens(
+        &self,
+        req: InvalidateUserTokensRequest,
+    ) -> Result<Sent, Failure> {
+        let expire_at = req.expire_at.filter(|_| !req.user.is_empty());
+        let expire_at = expire_at.ok_or(ProtocolError::BadRequest)?;
+        let r = self
+            .state
+            .edge
+            .revocations()
+            .ok_or(ProtocolError::NotAvailable)?;
+        let before = req.issued_before.unwrap_or_else(crate::auth::now_secs);
+        if expire_at > crate::auth::now_secs() {
+            r.invalidate_user(&req.user, before, expire_at)
+                .await
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "invalidate_user_tokens not stored");
+                    ProtocolError::Internal
+                })?;
+        }
+        Ok(Sent {})
     }
 
     pub(super) fn info(&self) -> InfoResult {

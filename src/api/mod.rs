@@ -86,6 +86,17 @@
 //!     An `expire_at` further ahead than [`crate::auth::MAX_TOKEN_LIFETIME`]
 //!     counts as that far (no deadline computed from it can overflow).
 //!
+//! - Revocation (`crate::revocation`), stored in NATS KV and enforced by
+//!   every edge; `{}` once stored:
+//!   - `revoke_token {jti, expire_at}`: the token with this `jti` no longer
+//!     connects, refreshes or subscribes, and a connection holding it closes
+//!     with 3500, until `expire_at` (unix seconds, the token's `exp`).
+//!   - `invalidate_user_tokens {user, issued_before?, expire_at}`: the same
+//!     for every token of `user` with an `iat` before `issued_before`
+//!     (default now; no `iat` counts as before), until `expire_at` (the
+//!     latest `exp` among them). Missing fields are 107; an `expire_at`
+//!     already past stores nothing.
+//!
 //! Publish failures map to error 100 "internal server error" whatever their
 //! kind (timeout, backpressure, NATS or writer unavailable, writer refusal):
 //! the caller retries with the same idempotency key, which is safe (I3).
@@ -202,6 +213,8 @@ enum Method {
     Presence,
     PresenceStats,
     UserStatus,
+    RevokeToken,
+    InvalidateUserTokens,
 }
 
 impl Method {
@@ -218,6 +231,8 @@ impl Method {
             "presence" => Some(Self::Presence),
             "presence_stats" => Some(Self::PresenceStats),
             "user_status" => Some(Self::UserStatus),
+            "revoke_token" => Some(Self::RevokeToken),
+            "invalidate_user_tokens" => Some(Self::InvalidateUserTokens),
             _ => None,
         }
     }
@@ -236,6 +251,8 @@ impl Method {
             Some(Self::Presence) => "presence",
             Some(Self::PresenceStats) => "presence_stats",
             Some(Self::UserStatus) => "user_status",
+            Some(Self::RevokeToken) => "revoke_token",
+            Some(Self::InvalidateUserTokens) => "invalidate_user_tokens",
             None => "unknown",
         }
     }
@@ -453,6 +470,10 @@ impl Api {
             Method::Presence => raw(&self.presence(decode(body)?).await?),
             Method::PresenceStats => raw(&self.presence_stats(decode(body)?).await?),
             Method::UserStatus => raw(&self.user_status(decode(body)?).await?),
+            Method::RevokeToken => raw(&self.revoke_token(decode(body)?).await?),
+            Method::InvalidateUserTokens => {
+                raw(&self.invalidate_user_tokens(decode(body)?).await?)
+            }
         }
     }
 

@@ -15,11 +15,14 @@
 //! and closes the sessions evenly over `shutdown_drain`, so their reconnects
 //! reach the other nodes spread out rather than all at once.
 
+mod admission;
 mod command;
 pub mod control;
 mod feed;
+mod origin;
 pub mod outbox;
 pub mod presence;
+mod rate;
 mod registry;
 mod session;
 mod subscriber;
@@ -29,8 +32,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -56,6 +59,9 @@ pub struct EdgeSettings {
     pub presence: PresenceConfig,
     /// Replicas of the status KV bucket.
     pub kv_replicas: usize,
+    pub rate_limits: crate::config::RateLimits,
+    pub connection_limits: crate::config::ConnectionLimits,
+    pub allowed_origins: Vec<String>,
 }
 
 /// What `info` reports about this node.
@@ -83,6 +89,12 @@ pub struct Edge {
     /// The registry's presence events, until `serve_presence` takes them.
     events: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<PresenceEvent>>>,
     next_session: AtomicU64,
+    /// Revoked tokens (`crate::revocation`), set once at start.
+    revocations: std::sync::OnceLock<Arc<crate::revocation::Revocations>>,
+    /// Connection caps checked before an upgrade ([`admission`]).
+    admission: admission::Admission,
+    /// Command rate limits by tier ([`rate`]).
+    rates: rate::Tiers,
     /// Set by `close_all`: new upgrades are refused with 503.
     closing: AtomicBool,
 }
@@ -110,6 +122,9 @@ impl Edge {
             events_tx,
         );
         Arc::new(Self {
+            rates: rate::Tiers::new(&settings.rate_limits),
+            admission: admission::Admission::new(settings.connection_limits.clone()),
+            revocations: std::sync::OnceLock::new(),
             settings,
             nats,
             publisher,
@@ -152,6 +167,23 @@ impl Edge {
     /// Presence across edges, for the server API.
     pub fn presence(&self) -> &Presence {
         &self.presence
+    }
+
+    /// Enforces these revocations from now on (set once).
+    pub fn set_revocations(&self, r: Arc<crate::revocation::Revocations>) {
+        let _ = self.revocations.set(r);
+    }
+
+    /// The revocations in force, for the server API.
+    pub fn revocations(&self) -> Option<&Arc<crate::revocation::Revocations>> {
+        self.revocations.get()
+    }
+
+    /// Whether a token of `user` with this `jti` and `iat` is revoked.
+    fn revoked(&self, user: &str, jti: Option<&str>, iat: Option<u64>) -> bool {
+        self.revocations
+            .get()
+            .is_some_and(|r| r.is_revoked(user, jti, iat))
     }
 
     pub fn stats(&self) -> EdgeStats {
@@ -204,10 +236,24 @@ fn due_by(n: usize, drain: Duration, elapsed: Duration) -> usize {
     usize::try_from(past).map_or(n, |p| p.saturating_add(1).min(n))
 }
 
-async fn upgrade(State(edge): State<Arc<Edge>>, ws: WebSocketUpgrade) -> Response {
+async fn upgrade(
+    State(edge): State<Arc<Edge>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
     if edge.closing.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
+    if !origin::allowed(&edge.settings.allowed_origins, &headers) {
+        metrics::counter!(crate::metrics::LIMIT_HITS_TOTAL, "limit" => "origin").increment(1);
+        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+    }
+    let ip = edge.admission.client_ip(peer, &headers);
+    let admitted = match edge.admission.admit(ip) {
+        Ok(a) => a,
+        Err(refused) => return *refused,
+    };
     let limit = edge.settings.client.message_size_limit;
     let id = edge.next_session.fetch_add(1, Ordering::Relaxed);
     // tungstenite's default read buffer is 128 KiB, kept for the connection's
@@ -226,7 +272,10 @@ async fn upgrade(State(edge): State<Arc<Edge>>, ws: WebSocketUpgrade) -> Respons
         // code; past that tungstenite stops reading (memory bound).
         .max_message_size(limit.saturating_mul(2))
         .max_frame_size(limit.saturating_mul(2))
-        .on_upgrade(move |socket| session::run(edge, socket, id))
+        .on_upgrade(move |socket| async move {
+            let _admitted = admitted;
+            session::run(edge, socket, id).await
+        })
 }
 
 #[cfg(test)]

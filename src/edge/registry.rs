@@ -381,6 +381,9 @@ struct UserEntry {
     conns: HashMap<SessionId, UserConn>,
     /// When the last connection closed (unix ms), while not yet recorded.
     last_seen: Option<u64>,
+    /// Command rate buckets of the user on this node (`edge::rate`),
+    /// made by the first connection asking.
+    rates: Option<Arc<super::rate::Buckets>>,
 }
 
 /// A connection of a user, as control finds it.
@@ -660,6 +663,44 @@ impl Connection {
         }
         drop(shard);
         self.user = Some(user);
+    }
+}
+
+impl Connection {
+    /// The outboxes of the user's other connections on this node, oldest
+    /// first (session ids grow); empty before [`Connection::authenticate`].
+    pub fn user_others(&self) -> Vec<Arc<Outbox>> {
+        let Some(user) = &self.user else {
+            return Vec::new();
+        };
+        let shard = self.registry.users[shard_of(&&**user)]
+            .lock()
+            .expect("user shard lock");
+        let Some(entry) = shard.get(user) else {
+            return Vec::new();
+        };
+        let mut others: Vec<(SessionId, Arc<Outbox>)> = entry
+            .conns
+            .iter()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, c)| (*id, c.outbox.clone()))
+            .collect();
+        others.sort_by_key(|(id, _)| *id);
+        others.into_iter().map(|(_, o)| o).collect()
+    }
+
+    /// The user's rate buckets on this node, made by `make` when the user
+    /// has none yet; `None` before [`Connection::authenticate`].
+    pub fn user_rates(
+        &self,
+        make: impl FnOnce() -> super::rate::Buckets,
+    ) -> Option<Arc<super::rate::Buckets>> {
+        let user = self.user.as_ref()?;
+        let mut shard = self.registry.users[shard_of(&&**user)]
+            .lock()
+            .expect("user shard lock");
+        let entry = shard.get_mut(user)?;
+        Some(entry.rates.get_or_insert_with(|| Arc::new(make())).clone())
     }
 }
 

@@ -125,6 +125,7 @@ impl Disconnect {
     pub const INSUFFICIENT_STATE: Self = Self::new(3010, "insufficient state");
     pub const FORCE_RECONNECT: Self = Self::new(3011, "force reconnect");
     pub const NO_PONG: Self = Self::new(3012, "no pong");
+    pub const TOO_MANY_REQUESTS: Self = Self::new(3013, "too many requests");
     pub const INVALID_TOKEN: Self = Self::new(3500, "invalid token");
     pub const BAD_REQUEST: Self = Self::new(3501, "bad request");
     pub const STALE: Self = Self::new(3502, "stale");

@@ -168,13 +168,21 @@ impl Herald {
             ("api_key".into(), api_key.clone()),
             // The bench's clients publish (off by default).
             ("channel_client_publish".into(), "true".into()),
+            // The bench measures capacity, not abuse limits: every load
+            // comes from one IP, and the tier below limits nothing.
+            ("api_rate_per_ip".into(), String::new()),
+            ("api_rate_per_key".into(), String::new()),
+            ("sync_http_rate_per_ip".into(), String::new()),
+            ("sync_http_rate_per_key".into(), String::new()),
+            ("rate_limit_default_tier".into(), "bench".into()),
         ];
         for (k, v) in &opts.options {
             env.retain(|(key, _)| key != k);
             env.push(((*k).to_string(), v.clone()));
         }
         let config_file = dir.path().join("herald.toml");
-        std::fs::write(&config_file, &opts.toml)
+        let toml = format!("{}\n[rate_limits.tiers.bench]\n", opts.toml);
+        std::fs::write(&config_file, toml)
             .map_err(|e| BenchError::setup("Herald's config file", e))?;
         let log_path = dir.path().join("herald.log");
         let (child, pid) = spawn(&env, &config_file, &log_path)?;

@@ -34,6 +34,28 @@ impl Session {
             Err(TokenError::Invalid) => return Err(Fail::Close(Disconnect::INVALID_TOKEN)),
         };
         tracing::Span::current().record("user", claims.sub.as_str());
+        if self
+            .edge
+            .revoked(&claims.sub, claims.jti.as_deref(), claims.iat)
+        {
+            return Err(Fail::Close(Disconnect::INVALID_TOKEN));
+        }
+        self.token = (claims.jti.clone(), claims.iat);
+        let tier = self.edge.rates.tier(claims.tier.as_deref());
+        if !tier.connect(&claims.sub) {
+            return Err(Fail::Error(ProtocolError::TooManyRequests));
+        }
+        // The `channels` claim counts against the channel limit like
+        // subscribes do, each name once (as Centrifugo: more closes 3505).
+        let mut seen = std::collections::BTreeSet::new();
+        let claimed: Vec<&String> = claims
+            .channels
+            .iter()
+            .filter(|n| seen.insert(n.as_str()))
+            .collect();
+        if claimed.len() > self.edge.settings.client.channel_limit {
+            return Err(Fail::Close(Disconnect::CHANNEL_LIMIT));
+        }
         self.authed = Some(Authed {
             user: claims.sub.clone(),
             conn_info: claims.info.clone(),
@@ -42,6 +64,13 @@ impl Session {
                 .map(|exp| close_deadline(exp, self.edge.settings.client.expired_close_delay)),
         });
         self.conn.authenticate(&claims.sub);
+        self.user_cap()?;
+        self.rates = self.conn.user_rates(|| tier.user_buckets()).map(|user| {
+            super::super::rate::SessionRates {
+                connection: tier.connection_buckets(),
+                user,
+            }
+        });
         metrics::counter!(m::CONNECTS_TOTAL).increment(1);
 
         // Server-side subscriptions from the token's `channels` claim: the
@@ -54,9 +83,8 @@ impl Session {
         let mut subs = std::collections::BTreeMap::new();
         let mut names: Vec<&String> = personal.iter().collect();
         names.extend(
-            claims
-                .channels
-                .iter()
+            claimed
+                .into_iter()
                 .filter(|c| Some(*c) != personal.as_ref()),
         );
         for name in names {
@@ -64,11 +92,6 @@ impl Session {
                 tracing::warn!("invalid channel in token channels claim");
                 continue;
             };
-            if self.subs.contains_key(name)
-                || self.subs.len() >= self.edge.settings.client.channel_limit
-            {
-                continue;
-            }
             let recover = req
                 .subs
                 .get(name)

@@ -83,6 +83,10 @@ struct Session {
     subs: HashMap<String, Subscription>,
     opened: Instant,
     pong_deadline: Option<Instant>,
+    /// The connection token's `jti` and `iat`, checked against revocations.
+    token: (Option<String>, Option<u64>),
+    /// Command rate buckets, set at connect (`edge::rate`).
+    rates: Option<super::rate::SessionRates>,
 }
 
 /// When a connection or subscription whose token expires at `exp` is closed
@@ -128,7 +132,10 @@ pub(super) async fn run(edge: Arc<Edge>, socket: WebSocket, id: SessionId) {
         subs: HashMap::new(),
         opened: Instant::now(),
         pong_deadline: None,
+        token: (None, None),
+        rates: None,
     };
+    let mut revocations = edge.revocations().map(|r| r.changes());
     let span = tracing::debug_span!(
         "session",
         id,
@@ -168,6 +175,7 @@ pub(super) async fn run(edge: Arc<Edge>, socket: WebSocket, id: SessionId) {
                     Ok(())
                 }
                 _ = tokio::time::sleep_until(deadline) => s.on_deadline(),
+                Some(()) = revocation_changed(&mut revocations) => s.check_revoked(),
             };
             if let Err(d) = step {
                 break Some(d);
@@ -194,7 +202,29 @@ fn read_error_close(e: axum::Error) -> Disconnect {
     }
 }
 
+/// Resolves when the revocations change; never without them.
+async fn revocation_changed(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) -> Option<()> {
+    match rx {
+        Some(rx) => rx.changed().await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
 impl Session {
+    /// A revoked connection token closes the session (3500, terminal).
+    fn check_revoked(&self) -> Result<(), Disconnect> {
+        let Some(authed) = &self.authed else {
+            return Ok(());
+        };
+        if self
+            .edge
+            .revoked(&authed.user, self.token.0.as_deref(), self.token.1)
+        {
+            return Err(Disconnect::INVALID_TOKEN);
+        }
+        Ok(())
+    }
+
     fn next_deadline(&self) -> Instant {
         let far = Instant::now() + Duration::from_secs(3600);
         let mut next = far;
@@ -311,7 +341,9 @@ impl Session {
             return Err(Disconnect::BAD_REQUEST);
         }
         let started = std::time::Instant::now();
+        let limited = self.rate_limit(&method);
         let outcome = match method {
+            _ if limited.is_err() => limited.map(|()| None),
             Method::Connect(req) => self.connect(id, req).await,
             Method::Subscribe(req) => self.subscribe(id, req).await,
             Method::Unsubscribe(req) => {
@@ -354,6 +386,44 @@ impl Session {
                     .increment(1);
                 Err(d)
             }
+        }
+    }
+
+    /// The per-user connection cap (`edge::admission`), at connect: this
+    /// connection or the user's oldest ones here close with 3504.
+    fn user_cap(&self) -> Result<(), Fail> {
+        let Some(cap) = self.edge.admission.per_user() else {
+            return Ok(());
+        };
+        let others = self.conn.user_others();
+        match super::admission::user_over_cap(cap, &others) {
+            None => Err(Fail::Close(Disconnect::CONNECTION_LIMIT)),
+            Some(losers) => {
+                for o in losers {
+                    o.close(Disconnect::CONNECTION_LIMIT);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The command rate limits (`edge::rate`): error 111, or 3013 past the
+    /// disconnect multiple. `connect`'s own limit is checked in `connect`.
+    fn rate_limit(&self, method: &Method) -> Result<(), Fail> {
+        use super::rate::{Kind, Verdict};
+        let kind = match method {
+            Method::Subscribe(_) => Kind::Subscribe,
+            Method::Publish(_) => Kind::Publish,
+            Method::History(_) => Kind::History,
+            Method::Presence(_) | Method::PresenceStats(_) => Kind::Presence,
+            Method::Rpc(_) => Kind::Rpc,
+            Method::Connect(_) | Method::Pong => return Ok(()),
+            _ => Kind::Other,
+        };
+        match self.rates.as_ref().map(|r| r.check(kind)) {
+            Some(Verdict::Refuse) => Err(Fail::Error(ProtocolError::TooManyRequests)),
+            Some(Verdict::Disconnect) => Err(Fail::Close(Disconnect::TOO_MANY_REQUESTS)),
+            _ => Ok(()),
         }
     }
 

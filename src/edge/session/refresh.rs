@@ -18,9 +18,14 @@ impl Session {
             Err(TokenError::Invalid) => return Err(Fail::Close(Disconnect::INVALID_TOKEN)),
         };
         let authed = self.authed.as_mut().ok_or(ProtocolError::Unauthorized)?;
-        if claims.sub != authed.user {
+        if claims.sub != authed.user
+            || self
+                .edge
+                .revoked(&claims.sub, claims.jti.as_deref(), claims.iat)
+        {
             return Err(Fail::Close(Disconnect::INVALID_TOKEN));
         }
+        self.token = (claims.jti.clone(), claims.iat);
         authed.expires_at = claims
             .exp
             .map(|exp| close_deadline(exp, self.edge.settings.client.expired_close_delay));
@@ -46,7 +51,8 @@ impl Session {
             .verifier
             .subscription(&req.token, &user, &req.channel)
         {
-            Ok(c) => c,
+            Ok(c) if !self.edge.revoked(&user, c.jti.as_deref(), c.iat) => c,
+            Ok(_) => return Err(Fail::Close(Disconnect::INVALID_TOKEN)),
             Err(TokenError::Expired) => {
                 return Ok(Some(ReplyResult::SubRefresh(SubRefreshResult::default())));
             }

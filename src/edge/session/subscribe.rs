@@ -198,6 +198,9 @@ impl Session {
                 .verifier
                 .subscription(&req.token, &user, &req.channel)
             {
+                Ok(c) if self.edge.revoked(&user, c.jti.as_deref(), c.iat) => {
+                    return Err(Fail::Error(ProtocolError::PermissionDenied));
+                }
                 Ok(c) => token_claims = Some(c),
                 Err(TokenError::Expired) => return Err(Fail::Error(ProtocolError::TokenExpired)),
                 // For another user or channel, or not ours: as Centrifugo.
