@@ -187,11 +187,7 @@ async fn writer_stopped_under_load(stop: Stop, takeover: Takeover, load: Load) {
         outage.stopping,
         outage.successor_healthy
     );
-    assert_eq!(v.acked, load.total());
-    assert_eq!(v.lost, 0, "{v:?}");
-    assert_eq!(v.duplicated, 0, "{v:?}");
-    assert_eq!(v.not_dense, 0, "{v:?}");
-    assert_eq!(v.stored, v.acked, "{v:?}");
+    v.assert_clean(load.total());
     assert!(failover.is_some(), "publishes succeeded after the stop");
     drop(store);
 }
@@ -412,22 +408,10 @@ async fn nats_restart_every_role_reconnects_and_nothing_acknowledged_is_lost() {
          by edge/serve {filled:?}",
         v.acked, v.stored, v.lost, v.duplicated, v.not_dense,
     );
-    assert_eq!(v.acked, load.total());
-    assert_eq!(v.lost, 0, "{v:?}");
-    assert_eq!(v.duplicated, 0, "{v:?}");
-    assert_eq!(v.not_dense, 0, "{v:?}");
-    assert_eq!(v.stored, v.acked, "{v:?}");
+    v.assert_clean(load.total());
     for task in followers {
         let f = task.await.expect("follower");
-        let t = f.tally(per_channel);
-        println!(
-            "  follower {} on {}: {t:?}, resubscribes {}, reconnects {}, recovered:false {}, \
-             errors retried {}",
-            f.user, f.channel, f.resubscribes, f.reconnects, f.unrecovered, f.errors
-        );
-        assert_eq!(t.missed, 0, "{}: {t:?}", f.user);
-        assert_eq!(t.duplicated, 0, "{}: {t:?}", f.user);
-        assert_eq!(t.out_of_order, 0, "{}: {t:?}", f.user);
+        f.assert_complete(per_channel);
     }
 }
 

@@ -137,22 +137,10 @@ async fn a_node_killed_under_load_loses_nothing_acknowledged_and_subscribers_mis
         v.not_dense,
         cluster.node_of("herald-serve").await.map(|i| i + 1),
     );
-    assert_eq!(v.acked, load.total());
-    assert_eq!(v.lost, 0, "{v:?}");
-    assert_eq!(v.not_dense, 0, "{v:?}");
-    assert_eq!(v.stored, v.acked, "{v:?}");
-    assert_eq!(v.duplicated, 0, "{v:?}");
+    v.assert_clean(load.total());
     for task in followers {
         let f = task.await.expect("follower");
-        let t = f.tally(per_channel);
-        println!(
-            "  follower {} on {}: {t:?}, resubscribes {}, reconnects {}, recovered:false {}, \
-             errors retried {}",
-            f.user, f.channel, f.resubscribes, f.reconnects, f.unrecovered, f.errors
-        );
-        assert_eq!(t.missed, 0, "{}: {t:?}", f.user);
-        assert_eq!(t.duplicated, 0, "{}: {t:?}", f.user);
-        assert_eq!(t.out_of_order, 0, "{}: {t:?}", f.user);
+        f.assert_complete(per_channel);
         assert_eq!(f.reconnects, 0, "{}: no client needs a reconnect", f.user);
     }
 }

@@ -145,18 +145,7 @@ impl NatsCluster {
         if let Some(mut child) = node.child.take() {
             let _ = child.wait().await;
         }
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], node.port));
-        eventually(
-            "the killed node's port refuses connections",
-            Duration::from_secs(10),
-            || async move {
-                tokio::net::TcpStream::connect(addr)
-                    .await
-                    .is_err()
-                    .then_some(())
-            },
-        )
-        .await;
+        super::port_refuses(node.port).await;
     }
 
     /// Starts node `i` again on its ports and store; waits until it serves.

@@ -390,6 +390,25 @@ impl Follower {
         }
     }
 
+    /// Prints the follower's figures and panics unless it received every
+    /// offset `start+1 ..= head` once and in order.
+    pub fn assert_complete(&self, head: u64) {
+        let t = self.tally(head);
+        println!(
+            "  follower {} on {}: {t:?}, resubscribes {}, reconnects {}, recovered:false {}, \
+             errors retried {}",
+            self.user,
+            self.channel,
+            self.resubscribes,
+            self.reconnects,
+            self.unrecovered,
+            self.errors
+        );
+        assert_eq!(t.missed, 0, "{}: {t:?}", self.user);
+        assert_eq!(t.duplicated, 0, "{}: {t:?}", self.user);
+        assert_eq!(t.out_of_order, 0, "{}: {t:?}", self.user);
+    }
+
     /// Delivery counts against offsets `start+1 ..= head`.
     pub fn tally(&self, head: u64) -> Tally {
         let mut seen = BTreeSet::new();

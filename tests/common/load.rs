@@ -135,6 +135,18 @@ pub struct Verdict {
     pub not_dense: usize,
 }
 
+impl Verdict {
+    /// Panics unless all `acked` publishes are stored exactly once, at
+    /// their acknowledged offsets, with every channel dense.
+    pub fn assert_clean(&self, acked: usize) {
+        assert_eq!(self.acked, acked, "{self:?}");
+        assert_eq!(self.lost, 0, "{self:?}");
+        assert_eq!(self.duplicated, 0, "{self:?}");
+        assert_eq!(self.not_dense, 0, "{self:?}");
+        assert_eq!(self.stored, self.acked, "{self:?}");
+    }
+}
+
 /// Every stored publication of `channel`, oldest first.
 pub async fn history(api: &Api, channel: &str) -> Vec<Value> {
     let mut out: Vec<Value> = Vec::new();

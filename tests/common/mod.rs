@@ -91,18 +91,7 @@ impl TestNats {
     pub async fn kill(&mut self) {
         let pid = self.server.pid().expect("nats-server is running");
         process::signal(pid, "KILL");
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port()));
-        eventually(
-            "the killed nats-server's port refuses connections",
-            Duration::from_secs(10),
-            || async move {
-                tokio::net::TcpStream::connect(addr)
-                    .await
-                    .is_err()
-                    .then_some(())
-            },
-        )
-        .await;
+        port_refuses(self.port()).await;
     }
 
     /// Starts the server again on the same port and store (after
@@ -118,6 +107,23 @@ impl TestNats {
         self.kill().await;
         self.start_again().await;
     }
+}
+
+/// Waits (at most 10 s) until 127.0.0.1:`port` refuses connections, e.g.
+/// after its server was killed.
+pub async fn port_refuses(port: u16) {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    eventually(
+        &format!("port {port} refuses connections"),
+        Duration::from_secs(10),
+        || async move {
+            tokio::net::TcpStream::connect(addr)
+                .await
+                .is_err()
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 /// Polls `check` until it returns `Some`, at most `limit`; panics with `what`.
