@@ -686,16 +686,7 @@ impl Inner {
     /// files of the tables a compaction replaced are removed at fjall's next
     /// memtable flush (after the next writes).
     fn compact(&self) -> StoreResult<()> {
-        for keyspace in [
-            &self.messages,
-            &self.channels,
-            &self.keys,
-            &self.keys_by_time,
-        ] {
-            keyspace
-                .rotate_memtable_and_wait()
-                .map_err(|e| map_err("flushing a memtable", e))?;
-        }
+        self.flush()?;
         self.messages
             .major_compact()
             .map_err(|e| map_err("compacting publications", e))
