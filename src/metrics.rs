@@ -393,6 +393,14 @@ pub mod labels {
         "idempotent_offset",
         "idempotent_offsets",
         "purge_expired_keys",
+        "add_members",
+        "remove_members",
+        "is_member",
+        "members",
+        "advance_markers",
+        "markers",
+        "conversations",
+        "positions",
     ];
     /// `kind` of [`super::STORE_ERRORS_TOTAL`] (`StoreErrorKind::label`).
     pub const STORE_ERROR_KINDS: &[&str] = &[

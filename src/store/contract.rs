@@ -1185,11 +1185,13 @@ pub async fn history_expiry(store: &SharedStore) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let head = store.position(&short).await.expect("position");
     assert_eq!(
-        store.position(&short).await.expect("position"),
-        position(20, "e"),
+        (head.head, head.epoch.as_str()),
+        (20, "e"),
         "the head stays"
     );
+    assert!(head.time_ms > 0, "the head keeps its time: {head:?}");
     assert!(
         store
             .read(&short, backward(0, None, 10))
@@ -1277,12 +1279,22 @@ fn options(idempotency_retention: Duration) -> StoreOptions {
     }
 }
 
+/// The position the suite's publications leave: the head's `time_ms` is
+/// what [`publication`] and [`raw`] give it (0 when empty).
 fn position(head: u64, epoch: &str) -> Position {
     Position {
         head,
         epoch: epoch.into(),
+        time_ms: if head == 0 {
+            0
+        } else {
+            PUBLICATION_TIME_MS + head
+        },
     }
 }
+
+/// `time_ms` of the suite's publication at offset 0 (offset `o` has this + o).
+const PUBLICATION_TIME_MS: u64 = 1_700_000_000_000;
 
 /// The publication the suite stores at `offset` of `channel`: its data names
 /// both, so a read from the wrong channel or offset cannot pass.
@@ -1292,7 +1304,7 @@ fn publication(channel: &str, offset: u64) -> StoredPublication {
         offset,
         data: Bytes::from(data),
         info: (offset % 2 == 0).then(|| Bytes::from(format!(r#"{{"user":"u{offset}"}}"#))),
-        time_ms: 1_700_000_000_000 + offset,
+        time_ms: PUBLICATION_TIME_MS + offset,
     }
 }
 
@@ -1301,7 +1313,7 @@ fn raw(offset: u64, data: &str, info: Option<&str>) -> StoredPublication {
         offset,
         data: Bytes::copy_from_slice(data.as_bytes()),
         info: info.map(|i| Bytes::copy_from_slice(i.as_bytes())),
-        time_ms: 1_700_000_000_000 + offset,
+        time_ms: PUBLICATION_TIME_MS + offset,
     }
 }
 

@@ -47,13 +47,17 @@ use tokio::sync::oneshot;
 use crate::config::ChannelsConfig;
 
 use super::{
-    ChannelAppend, Direction, Position, ReadRange, Store, StoreError, StoreErrorKind, StoreOptions,
-    StoreResult, StoredPublication,
+    ChannelAppend, Conversation, Direction, Markers, Position, ReadRange, Store, StoreError,
+    StoreErrorKind, StoreOptions, StoreResult, StoredPublication,
 };
+
+mod im;
 
 /// Version byte leading every value this module writes, so a later layout can
 /// be told apart from this one.
 const VALUE_V1: u8 = 1;
+/// Version byte of a channel head value that carries the head's `time_ms`.
+const POSITION_V2: u8 = 2;
 /// Flag bit in a v1 publication value: an info length and info follow the time.
 const HAS_INFO: u8 = 1;
 /// Expired idempotency keys deleted per write batch by `purge_expired_keys`,
@@ -73,6 +77,8 @@ const MESSAGES: &str = "messages";
 const CHANNELS: &str = "channels";
 const KEYS: &str = "idempotency";
 const KEYS_BY_TIME: &str = "idempotency_by_time";
+const MEMBERS: &str = "members";
+const CONVERSATIONS: &str = "conversations";
 
 /// The fjall-backed `Store`. Cheap to share behind an `Arc`; dropping it
 /// stops the committer (after the commit in hand), closes the database and
@@ -83,6 +89,10 @@ pub struct EmbeddedStore {
     /// `append` call being awaited (the writer has one per partition).
     commits: Option<mpsc::Sender<Job>>,
     committer: Option<JoinHandle<()>>,
+    /// Membership and marker changes for the IM committer (`im`), and its
+    /// thread. At most one job per call being awaited.
+    im_commits: Option<mpsc::Sender<im::Job>>,
+    im_committer: Option<JoinHandle<()>>,
     /// The expiry thread and the sender whose drop stops it.
     expiry: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
 }
@@ -109,6 +119,10 @@ struct Inner {
     keys: Keyspace,
     /// stored-at ms (u64 BE) ++ escaped channel ++ key -> empty; the purge index.
     keys_by_time: Keyspace,
+    /// escaped channel ++ user -> empty: current members (`im`).
+    members: Keyspace,
+    /// escaped user ++ channel -> standing, markers, updated_ms (`im`).
+    conversations: Keyspace,
     retention: Duration,
     /// Held by a group commit from reading the heads to the fsync, and by
     /// each purge chunk, so no write slips between a check and its commit.
@@ -143,6 +157,8 @@ impl EmbeddedStore {
             channels: open_keyspace(CHANNELS)?,
             keys: open_keyspace(KEYS)?,
             keys_by_time: open_keyspace(KEYS_BY_TIME)?,
+            members: open_keyspace(MEMBERS)?,
+            conversations: open_keyspace(CONVERSATIONS)?,
             db,
             retention: options.idempotency_retention,
             write_lock: Mutex::new(()),
@@ -161,11 +177,26 @@ impl EmbeddedStore {
                     )
                 })?
         };
+        let (im_commits, im_jobs) = mpsc::channel();
+        let im_committer = {
+            let inner = Arc::clone(&inner);
+            std::thread::Builder::new()
+                .name("herald-store-im".into())
+                .spawn(move || inner.im_loop(&im_jobs))
+                .map_err(|e| {
+                    StoreError::new(
+                        StoreErrorKind::Unavailable,
+                        format!("starting the store's IM committer thread: {e}"),
+                    )
+                })?
+        };
         tracing::info!(dir = %dir.display(), "embedded store open");
         Ok(Self {
             inner,
             commits: Some(commits),
             committer: Some(committer),
+            im_commits: Some(im_commits),
+            im_committer: Some(im_committer),
             expiry: None,
         })
     }
@@ -219,6 +250,24 @@ impl EmbeddedStore {
             .db
             .disk_space()
             .map_err(|e| map_err("measuring disk space", e))
+    }
+
+    /// Queues a membership or marker change for the IM committer and waits
+    /// for the fsync that made it durable.
+    async fn im_change(&self, op: im::Op) -> StoreResult<im::Done> {
+        let stopped = || {
+            StoreError::new(
+                StoreErrorKind::Unavailable,
+                "the store's IM committer stopped",
+            )
+        };
+        let (done, result) = oneshot::channel();
+        self.im_commits
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send((op, done))
+            .map_err(|_| stopped())?;
+        result.await.map_err(|_| stopped())?
     }
 
     /// Runs blocking fjall work off the async runtime.
@@ -326,6 +375,121 @@ impl Store for EmbeddedStore {
         tracing::debug!(purged, "idempotency keys purged");
         Ok(purged)
     }
+
+    async fn add_members(
+        &self,
+        channel: &str,
+        users: &[&str],
+        now_ms: u64,
+    ) -> StoreResult<Vec<String>> {
+        let op = im::Op::Add {
+            channel: channel.to_owned(),
+            users: users.iter().map(|u| (*u).to_owned()).collect(),
+            now_ms,
+        };
+        match self.im_change(op).await? {
+            im::Done::Users(users) => Ok(users),
+            im::Done::Markers(..) => Err(mismatched()),
+        }
+    }
+
+    async fn remove_members(
+        &self,
+        channel: &str,
+        users: &[&str],
+        now_ms: u64,
+    ) -> StoreResult<Vec<String>> {
+        let op = im::Op::Remove {
+            channel: channel.to_owned(),
+            users: users.iter().map(|u| (*u).to_owned()).collect(),
+            now_ms,
+        };
+        match self.im_change(op).await? {
+            im::Done::Users(users) => Ok(users),
+            im::Done::Markers(..) => Err(mismatched()),
+        }
+    }
+
+    async fn is_member(&self, channel: &str, user: &str) -> StoreResult<bool> {
+        let (channel, user) = (channel.to_owned(), user.to_owned());
+        self.blocking(move |inner| inner.is_member(&channel, &user))
+            .await
+    }
+
+    async fn members(
+        &self,
+        channel: &str,
+        after: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, Markers)>> {
+        let (channel, after) = (channel.to_owned(), after.to_owned());
+        self.blocking(move |inner| inner.members(&channel, &after, limit))
+            .await
+    }
+
+    async fn advance_markers(
+        &self,
+        user: &str,
+        channel: &str,
+        read: u64,
+        delivered: u64,
+        now_ms: u64,
+    ) -> StoreResult<(Markers, bool)> {
+        let op = im::Op::Advance {
+            user: user.to_owned(),
+            channel: channel.to_owned(),
+            read,
+            delivered,
+            now_ms,
+        };
+        match self.im_change(op).await? {
+            im::Done::Markers(markers, moved) => Ok((markers, moved)),
+            im::Done::Users(_) => Err(mismatched()),
+        }
+    }
+
+    async fn markers(&self, user: &str, channel: &str) -> StoreResult<Markers> {
+        let (user, channel) = (user.to_owned(), channel.to_owned());
+        self.blocking(move |inner| inner.markers(&user, &channel))
+            .await
+    }
+
+    async fn conversations(&self, user: &str) -> StoreResult<Vec<Conversation>> {
+        let user = user.to_owned();
+        self.blocking(move |inner| inner.conversations(&user)).await
+    }
+
+    /// One blocking call and one snapshot for all of them.
+    async fn positions(&self, channels: &[&str]) -> StoreResult<Vec<Position>> {
+        if channels.is_empty() {
+            return Ok(Vec::new());
+        }
+        let channels: Vec<String> = channels.iter().map(|c| (*c).to_owned()).collect();
+        self.blocking(move |inner| {
+            let snapshot = inner.db.snapshot();
+            channels
+                .iter()
+                .map(|channel| {
+                    let value = snapshot
+                        .get(&inner.channels, channel.as_bytes())
+                        .map_err(|e| map_err("reading a channel head", e))?;
+                    match value {
+                        Some(v) => decode_position(&v).ok_or_else(|| corrupt_position(channel)),
+                        None => Ok(Position::default()),
+                    }
+                })
+                .collect()
+        })
+        .await
+    }
+}
+
+/// The IM committer answered a call with another call's kind of result.
+fn mismatched() -> StoreError {
+    StoreError::new(
+        StoreErrorKind::Corrupt,
+        "the IM committer answered with the wrong kind of result",
+    )
 }
 
 impl Drop for EmbeddedStore {
@@ -344,6 +508,12 @@ impl Drop for EmbeddedStore {
             && committer.join().is_err()
         {
             tracing::error!("the store's committer thread panicked");
+        }
+        drop(self.im_commits.take());
+        if let Some(committer) = self.im_committer.take()
+            && committer.join().is_err()
+        {
+            tracing::error!("the store's IM committer thread panicked");
         }
     }
 }
@@ -478,6 +648,7 @@ impl Inner {
                 Position {
                     head: p.last,
                     epoch: p.epoch.clone(),
+                    time_ms: p.last_time_ms,
                 },
             );
         }
@@ -540,6 +711,8 @@ impl Inner {
             &self.channels,
             &self.keys,
             &self.keys_by_time,
+            &self.members,
+            &self.conversations,
         ] {
             keyspace
                 .rotate_memtable_and_wait()
@@ -745,6 +918,8 @@ struct Prepared {
     epoch: String,
     first: u64,
     last: u64,
+    /// `time_ms` of the last publication: the head's, stored with it.
+    last_time_ms: u64,
     /// (message key, publication value)
     rows: Vec<(Vec<u8>, Vec<u8>)>,
     /// (idempotency key in the `idempotency` keyspace, offset)
@@ -795,6 +970,7 @@ fn prepare(batch: &[ChannelAppend]) -> StoreResult<Vec<Prepared>> {
                 epoch: append.epoch.clone(),
                 first,
                 last,
+                last_time_ms: last_pub.time_ms,
                 rows,
                 keys,
             })
@@ -878,23 +1054,32 @@ fn decode_publication(offset: u64, value: &[u8]) -> Option<StoredPublication> {
     })
 }
 
-/// v1: version, head (u64 BE), epoch (UTF-8, the rest).
+/// v2: version, head (u64 BE), time_ms of the head (u64 BE), epoch (UTF-8,
+/// the rest). (v1, still read: version, head, epoch; time_ms reads 0.)
 fn encode_position(pos: &Position) -> Vec<u8> {
-    let mut out = Vec::with_capacity(9 + pos.epoch.len());
-    out.push(VALUE_V1);
+    let mut out = Vec::with_capacity(17 + pos.epoch.len());
+    out.push(POSITION_V2);
     out.extend_from_slice(&pos.head.to_be_bytes());
+    out.extend_from_slice(&pos.time_ms.to_be_bytes());
     out.extend_from_slice(pos.epoch.as_bytes());
     out
 }
 
 fn decode_position(value: &[u8]) -> Option<Position> {
-    let (&VALUE_V1, rest) = value.split_first()? else {
-        return None;
+    let (&version, rest) = value.split_first()?;
+    let (head, rest) = rest.split_first_chunk::<8>()?;
+    let (time_ms, epoch) = match version {
+        VALUE_V1 => (0, rest),
+        POSITION_V2 => {
+            let (time, epoch) = rest.split_first_chunk::<8>()?;
+            (u64::from_be_bytes(*time), epoch)
+        }
+        _ => return None,
     };
-    let (head, epoch) = rest.split_first_chunk::<8>()?;
     Some(Position {
         head: u64::from_be_bytes(*head),
         epoch: String::from_utf8(epoch.to_vec()).ok()?,
+        time_ms,
     })
 }
 
@@ -1000,8 +1185,21 @@ mod tests {
         let pos = Position {
             head: 4097,
             epoch: "ép".into(),
+            time_ms: 1_700_000_000_456,
         };
         assert_eq!(decode_position(&encode_position(&pos)), Some(pos));
+        // A head stored before `time_ms` was (v1) still reads, with time 0.
+        let mut v1 = vec![VALUE_V1];
+        v1.extend_from_slice(&7u64.to_be_bytes());
+        v1.extend_from_slice(b"ep");
+        assert_eq!(
+            decode_position(&v1),
+            Some(Position {
+                head: 7,
+                epoch: "ep".into(),
+                time_ms: 0
+            })
+        );
         assert_eq!(decode_key_value(&encode_key_value(5, 77)), Some((5, 77)));
         assert_eq!(decode_publication(1, &[2, 0, 0]), None);
         assert_eq!(decode_key_value(&[1, 0]), None);
@@ -1103,12 +1301,10 @@ mod expiry_tests {
             assert_eq!(left(&store, c), 0, "{c}");
         }
         assert_eq!(left(&store, "keep"), 10, "no retention, nothing deleted");
+        let head = store.inner.stored_position("short:a").expect("head");
         assert_eq!(
-            store.inner.stored_position("short:a").expect("head"),
-            Some(Position {
-                head: 10,
-                epoch: "e".into()
-            })
+            head.map(|p| (p.head, p.epoch, p.time_ms > 0)),
+            Some((10, "e".into(), true))
         );
     }
 

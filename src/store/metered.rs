@@ -18,7 +18,8 @@ use async_trait::async_trait;
 use metrics::Histogram;
 
 use super::{
-    ChannelAppend, Position, ReadRange, SharedStore, Store, StoreResult, StoredPublication,
+    ChannelAppend, Conversation, Markers, Position, ReadRange, SharedStore, Store, StoreResult,
+    StoredPublication,
 };
 use crate::metrics as m;
 
@@ -31,16 +32,32 @@ enum Op {
     IdempotentOffset,
     IdempotentOffsets,
     PurgeExpiredKeys,
+    AddMembers,
+    RemoveMembers,
+    IsMember,
+    Members,
+    AdvanceMarkers,
+    Markers,
+    Conversations,
+    Positions,
 }
 
 impl Op {
-    const ALL: [Op; 6] = [
+    const ALL: [Op; 14] = [
         Op::Append,
         Op::Read,
         Op::Position,
         Op::IdempotentOffset,
         Op::IdempotentOffsets,
         Op::PurgeExpiredKeys,
+        Op::AddMembers,
+        Op::RemoveMembers,
+        Op::IsMember,
+        Op::Members,
+        Op::AdvanceMarkers,
+        Op::Markers,
+        Op::Conversations,
+        Op::Positions,
     ];
 
     fn label(self) -> &'static str {
@@ -51,6 +68,14 @@ impl Op {
             Op::IdempotentOffset => "idempotent_offset",
             Op::IdempotentOffsets => "idempotent_offsets",
             Op::PurgeExpiredKeys => "purge_expired_keys",
+            Op::AddMembers => "add_members",
+            Op::RemoveMembers => "remove_members",
+            Op::IsMember => "is_member",
+            Op::Members => "members",
+            Op::AdvanceMarkers => "advance_markers",
+            Op::Markers => "markers",
+            Op::Conversations => "conversations",
+            Op::Positions => "positions",
         }
     }
 }
@@ -59,7 +84,7 @@ pub struct Metered {
     inner: SharedStore,
     backend: &'static str,
     /// One histogram per [`Op`], resolved once.
-    latency: [Histogram; 6],
+    latency: [Histogram; Op::ALL.len()],
 }
 
 /// Wraps `inner` (a `backend` store: `embedded`, `scylla`) and registers its
@@ -145,6 +170,78 @@ impl Store for Metered {
 
     async fn purge_expired_keys(&self) -> StoreResult<u64> {
         self.measure(Op::PurgeExpiredKeys, self.inner.purge_expired_keys())
+            .await
+    }
+
+    async fn add_members(
+        &self,
+        channel: &str,
+        users: &[&str],
+        now_ms: u64,
+    ) -> StoreResult<Vec<String>> {
+        self.measure(
+            Op::AddMembers,
+            self.inner.add_members(channel, users, now_ms),
+        )
+        .await
+    }
+
+    async fn remove_members(
+        &self,
+        channel: &str,
+        users: &[&str],
+        now_ms: u64,
+    ) -> StoreResult<Vec<String>> {
+        self.measure(
+            Op::RemoveMembers,
+            self.inner.remove_members(channel, users, now_ms),
+        )
+        .await
+    }
+
+    async fn is_member(&self, channel: &str, user: &str) -> StoreResult<bool> {
+        self.measure(Op::IsMember, self.inner.is_member(channel, user))
+            .await
+    }
+
+    async fn members(
+        &self,
+        channel: &str,
+        after: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, Markers)>> {
+        self.measure(Op::Members, self.inner.members(channel, after, limit))
+            .await
+    }
+
+    async fn advance_markers(
+        &self,
+        user: &str,
+        channel: &str,
+        read: u64,
+        delivered: u64,
+        now_ms: u64,
+    ) -> StoreResult<(Markers, bool)> {
+        self.measure(
+            Op::AdvanceMarkers,
+            self.inner
+                .advance_markers(user, channel, read, delivered, now_ms),
+        )
+        .await
+    }
+
+    async fn markers(&self, user: &str, channel: &str) -> StoreResult<Markers> {
+        self.measure(Op::Markers, self.inner.markers(user, channel))
+            .await
+    }
+
+    async fn conversations(&self, user: &str) -> StoreResult<Vec<Conversation>> {
+        self.measure(Op::Conversations, self.inner.conversations(user))
+            .await
+    }
+
+    async fn positions(&self, channels: &[&str]) -> StoreResult<Vec<Position>> {
+        self.measure(Op::Positions, self.inner.positions(channels))
             .await
     }
 }

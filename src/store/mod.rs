@@ -6,9 +6,14 @@
 //! dense offset, the channel's head and epoch, and idempotency keys. It refuses
 //! a batch that would not continue a channel densely from its head, which makes
 //! a second writer (or a stale retry) fail loudly instead of corrupting I1.
+//!
+//! For IM conversations (`im`) it also keeps channel memberships, each
+//! user's read / delivered markers per channel and each user's conversation
+//! set; it does not decide who may set them (the edge does).
 
 pub mod contract;
 pub mod embedded;
+pub mod im;
 pub mod metered;
 pub mod scylla;
 
@@ -17,6 +22,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+
+pub use im::{Conversation, Markers, Standing};
 
 /// A stored publication. `data` and `info` are raw JSON as received.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +41,9 @@ pub struct StoredPublication {
 pub struct Position {
     pub head: u64,
     pub epoch: String,
+    /// `time_ms` of the head publication (0 when empty), stored by `append`
+    /// in the same write as the head.
+    pub time_ms: u64,
 }
 
 /// Everything one writer batch stores for one channel.
@@ -157,6 +167,66 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes idempotency keys older than the retention. Called periodically.
     async fn purge_expired_keys(&self) -> StoreResult<u64>;
+
+    /// Adds members; idempotent. Each added user's row becomes `Member` (from
+    /// nothing, `Participant` or `Removed`, markers kept), updated_ms = now_ms.
+    /// Returns the users that were not members before, in input order.
+    async fn add_members(
+        &self,
+        channel: &str,
+        users: &[&str],
+        now_ms: u64,
+    ) -> StoreResult<Vec<String>>;
+
+    /// Removes members; idempotent. Their rows become `Removed` (updated_ms =
+    /// now_ms, markers kept); a user who is not a member keeps their row as
+    /// it is. Returns the users that were members before, in input order.
+    async fn remove_members(
+        &self,
+        channel: &str,
+        users: &[&str],
+        now_ms: u64,
+    ) -> StoreResult<Vec<String>>;
+
+    async fn is_member(&self, channel: &str, user: &str) -> StoreResult<bool>;
+
+    /// Current members sorted by user id, strictly after `after` ("" = from
+    /// the start), at most `limit`, each with their markers.
+    async fn members(
+        &self,
+        channel: &str,
+        after: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, Markers)>>;
+
+    /// Moves the user's markers forward ([`Markers::advanced`]: read :=
+    /// max(read, given read), delivered := max(delivered, given delivered,
+    /// new read)). Never moves back, also under concurrent calls from several
+    /// processes. The caller has already clamped to the channel's head. Puts
+    /// the channel into the user's conversation set as `Participant` when the
+    /// user has no row there; updates updated_ms only when a marker moved (or
+    /// the row is new). Returns the markers after the call and whether they
+    /// changed.
+    async fn advance_markers(
+        &self,
+        user: &str,
+        channel: &str,
+        read: u64,
+        delivered: u64,
+        now_ms: u64,
+    ) -> StoreResult<(Markers, bool)>;
+
+    /// The user's markers in a channel (zero when none).
+    async fn markers(&self, user: &str, channel: &str) -> StoreResult<Markers>;
+
+    /// The user's whole conversation set (every standing), any order.
+    async fn conversations(&self, user: &str) -> StoreResult<Vec<Conversation>>;
+
+    /// Positions of many channels in their order; the default asks
+    /// [`Store::position`] for each, concurrently.
+    async fn positions(&self, channels: &[&str]) -> StoreResult<Vec<Position>> {
+        futures::future::try_join_all(channels.iter().map(|c| self.position(c))).await
+    }
 }
 
 pub type SharedStore = Arc<dyn Store>;

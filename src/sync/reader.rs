@@ -349,6 +349,7 @@ mod tests {
         let position = Position {
             head: 3,
             epoch: "e".into(),
+            time_ms: 0,
         };
         let page = encode(vec![p], position, 1).unwrap();
         assert_eq!(page.last_offset, Some(3));

@@ -225,6 +225,7 @@ impl HeadCache {
                     Position {
                         head: last.offset,
                         epoch: a.epoch.clone(),
+                        time_ms: last.time_ms,
                     },
                 );
             }
@@ -304,6 +305,7 @@ mod tests {
             Position {
                 head: 41,
                 epoch: "old".into(),
+                ..Default::default()
             },
         );
         let plan = sequence(&[entry("a", "x")], &known, 0, &mut || {
@@ -322,6 +324,7 @@ mod tests {
             Position {
                 head: 5,
                 epoch: "ep".into(),
+                ..Default::default()
             },
         );
         known.set_stored_key("a", "k", 3);
@@ -387,6 +390,7 @@ mod tests {
             Position {
                 head: 10,
                 epoch: "b".into(),
+                ..Default::default()
             },
         );
         let entries: Vec<Entry> = (0..30)
@@ -419,6 +423,7 @@ mod tests {
             Position {
                 head: 1,
                 epoch: "ep".into(),
+                ..Default::default()
             },
         );
         known.set_stored_key("a", "k", 1);
@@ -441,7 +446,8 @@ mod tests {
             cache.get("a"),
             Some(&Position {
                 head: 2,
-                epoch: "e1".into()
+                epoch: "e1".into(),
+                time_ms: 0
             })
         );
         cache.insert("b", Position::default());
