@@ -116,7 +116,7 @@ pub async fn run(args: HistoryArgs) -> Result<Report, BenchError> {
             "payload_bytes": args.payload,
         }),
         herald: m,
-        peer: None,
+        peers: Vec::new(),
         rows,
         notes: vec![
             "cold: random pages of random channels right after a restart; hot: the newest page of the hot channels".into(),

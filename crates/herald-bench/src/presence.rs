@@ -115,7 +115,7 @@ pub async fn run(args: PresenceArgs) -> Result<Report, BenchError> {
             "queries": args.queries,
         }),
         herald: m,
-        peer: None,
+        peers: Vec::new(),
         rows,
         notes: vec![
             "one herald serve (a single edge: every query gathers one answer over NATS)".into(),

@@ -90,7 +90,7 @@ pub async fn run(args: RecoveryArgs) -> Result<Report, BenchError> {
             "sources": sources.len(),
         }),
         herald: r?,
-        peer: None,
+        peers: Vec::new(),
         rows: vec![
             Row::herald("clients", "clients"),
             Row::herald("publications recovered", "recovered_publications"),
