@@ -239,7 +239,8 @@ fn ingest() {
         / figure(&r, "centrifugo", "client_publishes_per_sec");
     let got = ratio(&r, "centrifugo", "client_publishes_per_sec");
     assert!(
-        (got - expected).abs() <= 0.01 * expected,
+        // The JSON rounds to 3 decimals.
+        (got - expected).abs() <= 0.0006 + 0.01 * expected,
         "client path against Centrifugo's client path: {got} vs {expected}"
     );
 }
