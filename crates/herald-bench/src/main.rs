@@ -204,11 +204,15 @@ impl Common {
         }
         if let Some(p) = self.peer.iter().find(|p| !available.contains(p)) {
             let names: Vec<&str> = available.iter().map(|p| p.flag()).collect();
-            return Err(BenchError::Internal(format!(
-                "{scenario} has no peer {}; its peers: {}",
-                p.flag(),
-                names.join(", ")
-            )));
+            return Err(BenchError::Internal(if names.is_empty() {
+                format!("{scenario} has no peer {}; it has none", p.flag())
+            } else {
+                format!(
+                    "{scenario} has no peer {}; its peers: {}",
+                    p.flag(),
+                    names.join(", ")
+                )
+            }));
         }
         Ok(available
             .iter()

@@ -338,6 +338,15 @@ fn peers_are_chosen_with_peer() {
         stderr.contains("fanout has no peer jetstream; its peers: nats-ws, centrifugo"),
         "{stderr}"
     );
+    let out = command(&["recovery", "--clients", "1", "--peer", "centrifugo"])
+        .output()
+        .expect("run herald-bench");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("recovery has no peer centrifugo; it has none"),
+        "{stderr}"
+    );
 }
 
 #[test]
