@@ -10,8 +10,8 @@
 //! processes do not collide. Needs root and `ip netns` (iproute2);
 //! [`Netns::create`] says visibly why it returns `None` otherwise. The
 //! namespace and its veths are removed when the handle drops, also when the
-//! test panics; leftovers of a killed run with the same pid are removed
-//! before creating.
+//! test panics; leftovers of killed runs (a namespace named after a pid that
+//! no longer runs) are removed before creating.
 //!
 //! Knows nothing of Herald or NATS.
 
@@ -74,17 +74,21 @@ impl Netns {
             skip("network namespaces need root (run the suite as root, as CI does)".into());
             return None;
         }
+        remove_leftovers();
         let pid = std::process::id();
+        let (name, veths) = names(pid, links);
         let ns = Self {
-            name: format!("herald-test-{pid}"),
-            links: (0..links)
-                .map(|i| {
+            name,
+            links: veths
+                .into_iter()
+                .enumerate()
+                .map(|(i, root_if)| {
                     let base = (pid % 8192) * 8 + u32::try_from(i).unwrap_or(0) * 4;
                     let addr = |host: u32| {
                         Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + base + host)
                     };
                     Link {
-                        root_if: format!("hr{pid}l{i}"),
+                        root_if,
                         root: addr(1),
                         inside: addr(2),
                     }
@@ -162,6 +166,39 @@ impl Netns {
             let _ = ip(&["link", "del", &link.root_if]);
         }
         let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+/// The namespace and veth names of test process `pid`.
+fn names(pid: u32, links: usize) -> (String, Vec<String>) {
+    (
+        format!("herald-test-{pid}"),
+        (0..links).map(|i| format!("hr{pid}l{i}")).collect(),
+    )
+}
+
+/// Removes the namespaces (and veths) of test processes that no longer run:
+/// a run killed before its guards dropped.
+fn remove_leftovers() {
+    let Ok(out) = ip(&["netns", "list"]) else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(pid) = line
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.strip_prefix("herald-test-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let (name, veths) = names(pid, 2);
+            for veth in veths {
+                let _ = ip(&["link", "del", &veth]);
+            }
+            let _ = ip(&["netns", "del", &name]);
+        }
     }
 }
 
