@@ -57,9 +57,13 @@ use super::{
 /// Version byte leading every value this module writes, so a later layout can
 /// be told apart from this one.
 const VALUE_V1: u8 = 1;
+/// Version byte of a publication value carrying its idempotency key: a
+/// binary that knows only v1 refuses it as corrupt instead of reading the
+/// key as data.
+const VALUE_V2: u8 = 2;
 /// Flag bit in a v1 publication value: an info length and info follow the time.
 const HAS_INFO: u8 = 1;
-/// Flag bit in a v1 publication value: a key length and the publication's
+/// Flag bit in a v2 publication value: a key length and the publication's
 /// idempotency key follow (after the info), so expiry can delete the key.
 const HAS_KEY: u8 = 2;
 /// Expired idempotency keys deleted per write batch by `purge_expired_keys`,
@@ -877,13 +881,14 @@ fn key_time_key(stored_at: u64, primary: &[u8]) -> Vec<u8> {
     out
 }
 
-/// v1: version, flags, time_ms (u64 BE), [info length (u32 BE), info],
-/// [key length (u32 BE), idempotency key], data.
+/// v1: version, flags, time_ms (u64 BE), [info length (u32 BE), info], data;
+/// v2 (with an idempotency key): the same with [key length (u32 BE), key]
+/// after the info.
 fn encode_publication(p: &StoredPublication, key: Option<&str>) -> Vec<u8> {
     let info_len = p.info.as_ref().map_or(0, |i| 4 + i.len());
     let key_len = key.map_or(0, |k| 4 + k.len());
     let mut out = Vec::with_capacity(10 + info_len + key_len + p.data.len());
-    out.push(VALUE_V1);
+    out.push(if key.is_some() { VALUE_V2 } else { VALUE_V1 });
     let mut flags = 0;
     if p.info.is_some() {
         flags |= HAS_INFO;
@@ -907,7 +912,8 @@ fn encode_publication(p: &StoredPublication, key: Option<&str>) -> Vec<u8> {
     out
 }
 
-/// A v1 publication value split into time, info, idempotency key and data.
+/// A v1 or v2 publication value split into time, info, idempotency key and
+/// data.
 struct PublicationParts<'a> {
     time_ms: u64,
     info: Option<&'a [u8]>,
@@ -916,13 +922,15 @@ struct PublicationParts<'a> {
 }
 
 fn split_publication(value: &[u8]) -> Option<PublicationParts<'_>> {
-    let (&VALUE_V1, rest) = value.split_first()? else {
+    let (&version, rest) = value.split_first()?;
+    if version != VALUE_V1 && version != VALUE_V2 {
         return None;
-    };
+    }
     let (&flags, rest) = rest.split_first()?;
     let (time, rest) = rest.split_first_chunk::<8>()?;
     let (info, rest) = length_prefixed(flags & HAS_INFO != 0, rest)?;
-    let (key, data) = length_prefixed(flags & HAS_KEY != 0, rest)?;
+    let has_key = version == VALUE_V2 && flags & HAS_KEY != 0;
+    let (key, data) = length_prefixed(has_key, rest)?;
     Some(PublicationParts {
         time_ms: u64::from_be_bytes(*time),
         info,
@@ -1076,6 +1084,7 @@ mod tests {
         for p in [with_info, without_info] {
             for key in [None, Some("k-1")] {
                 let value = encode_publication(&p, key);
+                assert_eq!(value[0], if key.is_some() { VALUE_V2 } else { VALUE_V1 });
                 assert_eq!(publication_key(&value), key);
                 assert_eq!(decode_publication(9, &value), Some(p.clone()));
             }
