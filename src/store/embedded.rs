@@ -23,6 +23,10 @@
 //! and a retry arriving after its publication expired is stored again as a
 //! new publication at a new offset (history then holds that one copy; a
 //! subscriber that received the first copy live receives the second too).
+//! Within JetStream's `ingest_duplicate_window` (a namespace whose retention
+//! is shorter than that window) such a retry is dropped by JetStream as a
+//! duplicate and its offset lookup finds no key: the publish times out (code
+//! 100) until the window has passed.
 //! Bounded work per pass: at most [`EXPIRY_CHANNELS_PER_PASS`] channels
 //! visited and [`EXPIRY_PER_PASS`] publications deleted (in write batches of
 //! [`PURGE_CHUNK`], each under the write lock); the next pass resumes where
