@@ -105,7 +105,7 @@ options! {
     "store_wait_for_lock" = "false" : "`serve`/`writer`/`sync`: when another process holds the embedded store, wait for it (a standby that takes over when the active one dies) instead of exiting.";
     "shutdown_drain" = "5s" : "On SIGTERM, edges close client connections with 3001 spread over this period, so reconnects do not arrive all at once.";
     "sync_timeout" = "5s" : "How long an edge waits for a sync reply (recovery, history).";
-    "idempotency_retention" = "24h" : "How long the store remembers idempotency keys (I3).";
+    "idempotency_retention" = "24h" : "How long the store remembers idempotency keys (I3); in a namespace with a shorter history_retention a key expires with its publication, and a retry after that is stored as a new publication.";
     "otlp_endpoint" = "" : "Base URL of an OpenTelemetry OTLP/HTTP receiver (plain http, e.g. `http://127.0.0.1:4318`); spans are sent as protobuf to its `/v1/traces`. Empty = no trace export.";
     "otlp_service_name" = "" : "`service.name` of exported spans; empty = `herald-<role>` (herald-serve, herald-edge, herald-writer, herald-sync).";
     "otlp_sample_ratio" = "1.0" : "Share of new traces (API requests and client publishes without a sampled caller trace) that are exported, 0.0 to 1.0; a caller's `traceparent` decision is always followed.";
