@@ -55,6 +55,9 @@ fn now() -> u64 {
 #[derive(Clone, Default)]
 struct Backend {
     calls: Arc<Mutex<Vec<Value>>>,
+    /// The client port of every call, in order: how many connections the
+    /// calls came over (keep-alive pooling).
+    peers: Arc<Mutex<Vec<u16>>>,
 }
 
 impl Backend {
@@ -68,7 +71,11 @@ impl Backend {
             .expect("bind backend");
         let addr = listener.local_addr().expect("backend addr");
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await;
         });
         (backend, addr)
     }
@@ -76,6 +83,13 @@ impl Backend {
     /// The calls since the last `take`.
     fn take(&self) -> Vec<Value> {
         std::mem::take(&mut *self.calls.lock().expect("calls"))
+    }
+
+    /// (calls, distinct connections) so far.
+    fn connections(&self) -> (usize, usize) {
+        let peers = self.peers.lock().expect("peers");
+        let distinct: std::collections::BTreeSet<u16> = peers.iter().copied().collect();
+        (peers.len(), distinct.len())
     }
 }
 
@@ -102,6 +116,7 @@ fn mode(kind: &str, body: &Value) -> String {
 
 async fn answer(
     State(backend): State<Backend>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
     Path(kind): Path<String>,
     headers: HeaderMap,
     body: String,
@@ -111,6 +126,7 @@ async fn answer(
         .iter()
         .filter_map(|h| Some((*h, headers.get(*h)?.to_str().ok()?)))
         .collect();
+    backend.peers.lock().expect("peers").push(peer.port());
     backend
         .calls
         .lock()
@@ -497,6 +513,9 @@ async fn script(addr: SocketAddr, backend: &Backend) -> Observations {
     erin.send("subscribe", json!({ "channel": "pxr:gone-1" }))
         .await;
     got.extend(erin.collect(3).await);
+    // Then nothing more: pxr:keep-1 lives on (its refresh may come after
+    // the unsubscribe of the other).
+    got.extend(erin.collect(1).await);
     run.record("sub_refresh", got);
     run.seen
 }
@@ -538,11 +557,18 @@ fn normalise(v: &mut Value) {
 /// whether a publication overtakes the reply to the publish that caused it
 /// is not specified (Centrifugo's broker delivers first, Herald replies
 /// first), as in tests/conformance.rs.
-fn split(v: &Value) -> Value {
+/// Applied after `normalise`. The expiry steps' calls are sorted: which of two connections or
+/// subscriptions expiring in the same second is refreshed first is not
+/// specified.
+fn split(step: &str, v: &Value) -> Value {
     let client = v["client"].as_array().cloned().unwrap_or_default();
     let (pushes, replies): (Vec<Value>, Vec<Value>) =
         client.into_iter().partition(|m| m.get("push").is_some());
-    json!({ "backend": v["backend"], "replies": replies, "pushes": pushes })
+    let mut backend = v["backend"].as_array().cloned().unwrap_or_default();
+    if step.contains("refresh") {
+        backend.sort_by_key(|c| c.to_string());
+    }
+    json!({ "backend": backend, "replies": replies, "pushes": pushes })
 }
 
 fn step<'a>(seen: &'a Observations, name: &str) -> &'a Value {
@@ -761,6 +787,31 @@ async fn proxies_answer_as_centrifugo() {
     eprintln!("script ran in {:?} on each server", started.elapsed());
 
     check_herald(&herald_seen);
+    // Keep-alive: the calls share pooled connections (only a call given up
+    // at its timeout loses its connection).
+    let (calls, connections) = herald_backend.connections();
+    eprintln!("herald: {calls} proxy calls over {connections} connections");
+    assert!(
+        calls >= 30 && connections * 4 <= calls,
+        "{calls} calls over {connections} connections"
+    );
+    // `herald.*` RPCs are Herald's own, never proxied.
+    let mut c = Ws::open(herald.addr).await;
+    c.send(
+        "connect",
+        json!({ "data": { "mode": "ok", "user": "hal" } }),
+    )
+    .await;
+    c.collect(1).await;
+    herald_backend.take();
+    c.send(
+        "rpc",
+        json!({ "method": "herald.user_status", "data": { "users": ["hal"] } }),
+    )
+    .await;
+    let got = c.collect(1).await;
+    assert_eq!(got[0]["error"]["code"], 108, "{got:?}");
+    assert_eq!(herald_backend.take(), Vec::<Value>::new());
     // Every failed call was counted, by result.
     for (kind, result, at_least) in [
         ("connect", "ok", 1.0),
@@ -784,9 +835,10 @@ async fn proxies_answer_as_centrifugo() {
     if let Some(centrifugo_seen) = centrifugo_seen {
         let mut differences = Vec::new();
         for ((step, h), (_, c)) in herald_seen.iter().zip(&centrifugo_seen) {
-            let (mut h, mut c) = (split(h), split(c));
+            let (mut h, mut c) = (h.clone(), c.clone());
             normalise(&mut h);
             normalise(&mut c);
+            let (h, c) = (split(step, &h), split(step, &c));
             if h != c {
                 differences.push(format!(
                     "step {step:?}:\n  herald:     {h}\n  centrifugo: {c}"
