@@ -194,10 +194,11 @@ async fn answer(
 
 // ---------------------------------------------------------------- config
 
-/// One proxy per kind, named after it, at `backend`; the namespaces `px`
-/// (subscribe and publish proxied), `pxr` (subscribe and sub_refresh
-/// proxied) and `plain` (none).
-fn proxies(backend: SocketAddr) -> ProxiesConfig {
+/// One proxy per kind, named after it, at `backend`, and `down` where
+/// nothing listens (`down_port`); the namespaces `px` (subscribe and publish
+/// proxied), `pxr` (subscribe and sub_refresh proxied), `pxdown` (publish
+/// to `down`) and `plain` (none).
+fn proxies(backend: SocketAddr, down_port: u16) -> ProxiesConfig {
     let proxy = |name: &str| ProxyConfig {
         name: name.to_string(),
         endpoint: format!("http://{backend}/{name}"),
@@ -214,8 +215,13 @@ fn proxies(backend: SocketAddr) -> ProxiesConfig {
         "sub_refresh",
         "rpc",
     ];
+    let mut all: Vec<ProxyConfig> = names.iter().map(|n| proxy(n)).collect();
+    all.push(ProxyConfig {
+        endpoint: format!("http://127.0.0.1:{down_port}/publish"),
+        ..proxy("down")
+    });
     ProxiesConfig {
-        proxies: names.iter().map(|n| proxy(n)).collect(),
+        proxies: all,
         connect: Some("connect".into()),
         refresh: Some("refresh".into()),
         rpc: Some("rpc".into()),
@@ -226,6 +232,14 @@ fn proxies(backend: SocketAddr) -> ProxiesConfig {
                 NamespaceProxies {
                     subscribe: Some("subscribe".into()),
                     publish: Some("publish".into()),
+                    sub_refresh: None,
+                },
+            ),
+            (
+                "pxdown".to_string(),
+                NamespaceProxies {
+                    subscribe: None,
+                    publish: Some("down".into()),
                     sub_refresh: None,
                 },
             ),
@@ -241,16 +255,21 @@ fn proxies(backend: SocketAddr) -> ProxiesConfig {
     }
 }
 
-fn config(nats: &common::TestNats, dir: std::path::PathBuf, backend: SocketAddr) -> Config {
+fn config(
+    nats: &common::TestNats,
+    dir: std::path::PathBuf,
+    backend: SocketAddr,
+    down_port: u16,
+) -> Config {
     let mut c = test_config(nats, dir);
     let base = NamespaceOptions {
         client_publish: true,
         ..c.channels.default.clone()
     };
-    for ns in ["px", "pxr", "plain"] {
+    for ns in ["px", "pxr", "pxdown", "plain"] {
         c.channels.namespaces.insert(ns.into(), base.clone());
     }
-    c.proxies = proxies(backend);
+    c.proxies = proxies(backend, down_port);
     // Expired subscriptions are refreshed after this grace (both servers).
     c.client.expired_close_delay = Duration::from_secs(1);
     c
@@ -458,6 +477,16 @@ async fn script(addr: SocketAddr, backend: &Backend) -> Observations {
             got,
         );
     }
+
+    // A backend that cannot be reached.
+    alice
+        .send(
+            "publish",
+            json!({ "channel": "pxdown:x", "data": { "text": "no" } }),
+        )
+        .await;
+    let got = alice.collect(1).await;
+    run.record("publish backend down", got);
 
     // rpc.
     for (step, method) in [
@@ -680,7 +709,12 @@ fn check_herald(seen: &Observations) {
         step(seen, "publish refused")["client"][0]["error"]["code"],
         1001
     );
-    for name in ["publish timed out", "publish garbage", "publish http 500"] {
+    for name in [
+        "publish timed out",
+        "publish garbage",
+        "publish http 500",
+        "publish backend down",
+    ] {
         let s = step(seen, name);
         assert_eq!(s["client"][0]["error"], error_100, "{name}: {s}");
     }
@@ -779,7 +813,7 @@ fn check_herald(seen: &Observations) {
 }
 
 /// The counters of Herald's `/metrics` for a proxy, kind and result.
-async fn proxy_count(herald: &TestHerald, kind: &str, result: &str) -> f64 {
+async fn proxy_count(herald: &TestHerald, proxy: &str, kind: &str, result: &str) -> f64 {
     let text = reqwest::get(herald.url("/metrics"))
         .await
         .expect("metrics")
@@ -789,7 +823,7 @@ async fn proxy_count(herald: &TestHerald, kind: &str, result: &str) -> f64 {
     text.lines()
         .filter(|l| {
             l.starts_with("herald_proxy_requests_total{")
-                && l.contains(&format!("proxy=\"{kind}\""))
+                && l.contains(&format!("proxy=\"{proxy}\""))
                 && l.contains(&format!("kind=\"{kind}\""))
                 && l.contains(&format!("result=\"{result}\""))
         })
@@ -802,14 +836,21 @@ async fn proxies_answer_as_centrifugo() {
     let nats = common::TestNats::start().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let (herald_backend, herald_backend_addr) = Backend::start().await;
-    let herald_config = config(&nats, dir.path().to_path_buf(), herald_backend_addr);
+    // Nothing listens there (a free port, not bound).
+    let down_port = common::process::free_port();
+    let herald_config = config(
+        &nats,
+        dir.path().to_path_buf(),
+        herald_backend_addr,
+        down_port,
+    );
     let herald = TestHerald::start(herald_config.clone()).await;
 
     let have_centrifugo = centrifugo_bin().exists();
     let (centrifugo_backend, centrifugo_backend_addr) = Backend::start().await;
     let centrifugo = if have_centrifugo {
         let mut c = herald_config.clone();
-        c.proxies = proxies(centrifugo_backend_addr);
+        c.proxies = proxies(centrifugo_backend_addr, down_port);
         Some(TestCentrifugo::start(&c, &[]).await)
     } else {
         eprintln!(
@@ -857,22 +898,23 @@ async fn proxies_answer_as_centrifugo() {
     assert_eq!(got[0]["error"]["code"], 108, "{got:?}");
     assert_eq!(herald_backend.take(), Vec::<Value>::new());
     // Every failed call was counted, by result.
-    for (kind, result, at_least) in [
-        ("connect", "ok", 1.0),
-        ("connect", "error", 1.0),
-        ("connect", "disconnect", 1.0),
-        ("connect", "timeout", 1.0),
-        ("connect", "invalid", 1.0),
-        ("connect", "status", 1.0),
-        ("publish", "timeout", 1.0),
-        ("rpc", "invalid", 1.0),
-        ("refresh", "ok", 1.0),
-        ("sub_refresh", "ok", 1.0),
+    for (proxy, kind, result) in [
+        ("connect", "connect", "ok"),
+        ("connect", "connect", "error"),
+        ("connect", "connect", "disconnect"),
+        ("connect", "connect", "timeout"),
+        ("connect", "connect", "invalid"),
+        ("connect", "connect", "status"),
+        ("publish", "publish", "timeout"),
+        ("down", "publish", "unavailable"),
+        ("rpc", "rpc", "invalid"),
+        ("refresh", "refresh", "ok"),
+        ("sub_refresh", "sub_refresh", "ok"),
     ] {
-        let n = proxy_count(&herald, kind, result).await;
+        let n = proxy_count(&herald, proxy, kind, result).await;
         assert!(
-            n >= at_least,
-            "herald_proxy_requests_total {kind}/{result} = {n}"
+            n >= 1.0,
+            "herald_proxy_requests_total {proxy}/{kind}/{result} = {n}"
         );
     }
 

@@ -76,6 +76,10 @@ impl Kind {
 /// refresh.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
+    /// Not a configured proxy (`Config::load` refuses such names, so only a
+    /// caller's mistake).
+    #[error("no proxy named {0:?}")]
+    Unknown(String),
     #[error("no answer within the proxy timeout")]
     Timeout,
     #[error("backend unreachable: {0}")]
@@ -92,7 +96,7 @@ impl CallError {
     fn label(&self) -> &'static str {
         match self {
             CallError::Timeout => "timeout",
-            CallError::Unavailable(_) => "unavailable",
+            CallError::Unknown(_) | CallError::Unavailable(_) => "unavailable",
             CallError::Status(_) => "status",
             CallError::Body(_) | CallError::Invalid(_) => "invalid",
         }
@@ -233,9 +237,8 @@ impl Proxies {
         forwarded: &HeaderMap,
     ) -> Result<Answer<R>, CallError> {
         let Some(endpoint) = self.by_name.get(proxy) else {
-            // Config::load refuses unknown names; a proxy left out above
-            // (unparsable endpoint) is unreachable.
-            return Err(CallError::Status(StatusCode::NOT_FOUND));
+            tracing::warn!(proxy, kind = kind.label(), "no such proxy");
+            return Err(CallError::Unknown(proxy.to_string()));
         };
         let started = Instant::now();
         let outcome = tokio::time::timeout(
