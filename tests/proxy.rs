@@ -872,6 +872,21 @@ async fn proxies_answer_as_centrifugo() {
     eprintln!("script ran in {:?} on each server", started.elapsed());
 
     check_herald(&herald_seen);
+    // One captured request per kind, for the record (`--nocapture`).
+    for kind in [
+        "connect",
+        "refresh",
+        "subscribe",
+        "publish",
+        "sub_refresh",
+        "rpc",
+    ] {
+        let call = herald_seen
+            .iter()
+            .flat_map(|(_, o)| o["backend"].as_array().cloned().unwrap_or_default())
+            .find(|c| c["kind"] == kind);
+        eprintln!("captured {kind}: {}", call.unwrap_or_default());
+    }
     // Keep-alive: the calls share pooled connections (only a call given up
     // at its timeout loses its connection).
     let (calls, connections) = herald_backend.connections();
