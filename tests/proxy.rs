@@ -563,6 +563,22 @@ async fn script(addr: SocketAddr, backend: &Backend) -> Observations {
     // the unsubscribe of the other).
     got.extend(erin.collect(1).await);
     run.record("sub_refresh", got);
+
+    // Refreshed server side, a client's own refresh is a bad request.
+    erin.send(
+        "sub_refresh",
+        json!({ "channel": "pxr:keep-1", "token": "anything" }),
+    )
+    .await;
+    let got = erin.collect(1).await;
+    run.record("client sub_refresh of a proxied subscription", got);
+    t.send(
+        "refresh",
+        json!({ "token": herald::auth::mint(SECRET, "tom", None, Duration::from_secs(3600)) }),
+    )
+    .await;
+    let got = t.collect(1).await;
+    run.record("client refresh with a refresh proxy", got);
     run.seen
 }
 
@@ -794,6 +810,13 @@ fn check_herald(seen: &Observations) {
         "{s}"
     );
 
+    for name in [
+        "client sub_refresh of a proxied subscription",
+        "client refresh with a refresh proxy",
+    ] {
+        let s = step(seen, name);
+        assert_eq!(s["client"][0]["closed"]["code"], 3501, "{name}: {s}");
+    }
     let s = step(seen, "sub_refresh");
     let client = s["client"].as_array().expect("list");
     let unsub = client

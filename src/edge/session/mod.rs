@@ -383,6 +383,14 @@ impl Session {
             }
             Method::Publish(req) => self.publish(req.channel, req.data).await,
             Method::History(req) => self.history(req).await,
+            // Refreshed server side by the proxies: a client refresh is a
+            // bad request, as Centrifugo's "server-side refresh expected".
+            Method::Refresh(_) if self.proxy.server_refresh => {
+                Err(Fail::Close(Disconnect::BAD_REQUEST))
+            }
+            Method::SubRefresh(req) if self.proxy.server_sub_refresh.contains(&req.channel) => {
+                Err(Fail::Close(Disconnect::BAD_REQUEST))
+            }
             Method::Refresh(req) => self.refresh(req),
             Method::SubRefresh(req) => self.sub_refresh(req),
             Method::Ping => Ok(Some(ReplyResult::Ping(Empty {}))),
