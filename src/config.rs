@@ -105,7 +105,7 @@ options! {
     "store_wait_for_lock" = "false" : "`serve`/`writer`/`sync`: when another process holds the embedded store, wait for it (a standby that takes over when the active one dies) instead of exiting.";
     "shutdown_drain" = "5s" : "On SIGTERM, edges close client connections with 3001 spread over this period, so reconnects do not arrive all at once.";
     "sync_timeout" = "5s" : "How long an edge waits for a sync reply (recovery, history).";
-    "idempotency_retention" = "24h" : "How long the store remembers idempotency keys (I3).";
+    "idempotency_retention" = "24h" : "How long the store remembers idempotency keys (I3); in a namespace with a shorter history_retention a key expires with its publication, and a retry after that is stored as a new publication.";
     "otlp_endpoint" = "" : "Base URL of an OpenTelemetry OTLP/HTTP receiver (plain http, e.g. `http://127.0.0.1:4318`); spans are sent as protobuf to its `/v1/traces`. Empty = no trace export.";
     "otlp_service_name" = "" : "`service.name` of exported spans; empty = `herald-<role>` (herald-serve, herald-edge, herald-writer, herald-sync).";
     "otlp_sample_ratio" = "1.0" : "Share of new traces (API requests and client publishes without a sampled caller trace) that are exported, 0.0 to 1.0; a caller's `traceparent` decision is always followed.";
@@ -121,6 +121,19 @@ options! {
     "channel_force_push_join_leave" = "false" : "Default namespace: join and leave pushes go to every subscriber, asked or not (on for `dm`).";
     "presence_ttl" = "60s" : "An edge that sent no heartbeat for this long is dead: its connections leave every presence, join/leave (leave pushes) and user status. Edges heartbeat every third of it.";
     "user_status_for_clients" = "false" : "Clients may call the RPC method `herald.user_status` (other users' online status).";
+    "proxies" = "" : "Named HTTP proxies to the application backend, as Centrifugo v6's `proxies`: in the file `[[proxies]]` tables, in the environment or a flag a JSON array of the same objects. Each has `name`, `endpoint` (an http:// URL), `timeout` (default 1s), `http_headers` (names of the client's WebSocket upgrade request headers to forward, e.g. cookie), `static_http_headers` (a table of headers sent with every request) and `include_connection_meta` (send the `meta` the connect proxy gave). The *_proxy_enabled options below use them by name. Empty = none.";
+    "client_connect_proxy_enabled" = "false" : "A client connecting without a token is authorized by the proxy named by client_connect_proxy_name (Centrifugo's client.proxy.connect); a client with a token is verified by the token as before.";
+    "client_connect_proxy_name" = "default" : "The proxy (a `proxies` name) client_connect_proxy_enabled uses.";
+    "client_refresh_proxy_enabled" = "false" : "A connection with an expiry is refreshed server side by the proxy named by client_refresh_proxy_name when the expiry comes (Centrifugo's client.proxy.refresh): the connect reply announces no expiry, and a backend answering `expired` closes the connection with 3005.";
+    "client_refresh_proxy_name" = "default" : "The proxy client_refresh_proxy_enabled uses.";
+    "rpc_proxy_enabled" = "false" : "Client RPC calls go to the proxy named by rpc_proxy_name (Centrifugo's rpc.without_namespace proxy_enabled); methods starting with `herald.` are Herald's own and never proxied.";
+    "rpc_proxy_name" = "default" : "The proxy rpc_proxy_enabled uses.";
+    "channel_subscribe_proxy_enabled" = "false" : "Default namespace: a subscribe without a token is authorized by the proxy named by channel_subscribe_proxy_name instead of the namespace's permissions (Centrifugo's subscribe_proxy_enabled; user-limited channels keep their own rule, private ones still need a token).";
+    "channel_subscribe_proxy_name" = "default" : "Default namespace: the proxy channel_subscribe_proxy_enabled uses.";
+    "channel_publish_proxy_enabled" = "false" : "Default namespace: client publishes go to the proxy named by channel_publish_proxy_name, which may refuse them or replace their data before they are stored, instead of the client_publish permission (Centrifugo's publish_proxy_enabled).";
+    "channel_publish_proxy_name" = "default" : "Default namespace: the proxy channel_publish_proxy_enabled uses.";
+    "channel_sub_refresh_proxy_enabled" = "false" : "Default namespace: subscriptions the subscribe proxy gave an expiry are refreshed server side by the proxy named by channel_sub_refresh_proxy_name when it comes (Centrifugo's sub_refresh_proxy_enabled); a backend answering `expired` ends the subscription (unsubscribe 2501, subscription expired).";
+    "channel_sub_refresh_proxy_name" = "default" : "Default namespace: the proxy channel_sub_refresh_proxy_enabled uses.";
 }
 
 /// The namespace that exists without configuration, with the default
@@ -204,6 +217,8 @@ pub struct Config {
     pub otlp: OtlpConfig,
     pub channels: ChannelsConfig,
     pub presence: PresenceConfig,
+    /// Proxies to the application backend and where they are used.
+    pub proxies: ProxiesConfig,
 }
 
 /// Presence, join/leave and user status across edges (`presence_ttl`,
@@ -357,6 +372,53 @@ pub struct ScyllaConfig {
     /// The CQL replication map `herald migrate` creates the keyspace with.
     pub replication: String,
     pub request_timeout: Duration,
+}
+
+/// One named proxy (`[[proxies]]`): Centrifugo v6's `proxies` entry with
+/// its HTTP options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    pub name: String,
+    /// An `http://` URL.
+    pub endpoint: String,
+    /// The whole call, connect to last body byte.
+    pub timeout: Duration,
+    /// Lower-cased names of upgrade request headers forwarded.
+    pub http_headers: Vec<String>,
+    /// Headers sent with every request (forwarded ones win).
+    pub static_http_headers: BTreeMap<String, String>,
+    pub include_connection_meta: bool,
+}
+
+/// Which proxies a namespace uses; `None` = not proxied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamespaceProxies {
+    pub subscribe: Option<String>,
+    pub publish: Option<String>,
+    pub sub_refresh: Option<String>,
+}
+
+/// The proxies and their use: connection-wide (`client_*_proxy_*`, `rpc_*`)
+/// and per namespace (`[namespaces.<name>]` `*_proxy_enabled`/`_name`,
+/// else the `channel_*_proxy_*` defaults). Every name used is one of
+/// `proxies` (checked at load).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProxiesConfig {
+    pub proxies: Vec<ProxyConfig>,
+    pub connect: Option<String>,
+    pub refresh: Option<String>,
+    pub rpc: Option<String>,
+    pub default_namespace: NamespaceProxies,
+    /// Only namespaces with a table; the others use `default_namespace`.
+    pub namespaces: BTreeMap<String, NamespaceProxies>,
+}
+
+impl ProxiesConfig {
+    /// The proxies of the namespace `ns` (`None`: the default namespace).
+    pub fn namespace(&self, ns: Option<&str>) -> &NamespaceProxies {
+        ns.and_then(|n| self.namespaces.get(n))
+            .unwrap_or(&self.default_namespace)
+    }
 }
 
 /// Per-namespace channel options.
@@ -654,6 +716,27 @@ struct NamespaceFile {
     presence: Option<bool>,
     join_leave: Option<bool>,
     force_push_join_leave: Option<bool>,
+    subscribe_proxy_enabled: Option<bool>,
+    subscribe_proxy_name: Option<String>,
+    publish_proxy_enabled: Option<bool>,
+    publish_proxy_name: Option<String>,
+    sub_refresh_proxy_enabled: Option<bool>,
+    sub_refresh_proxy_name: Option<String>,
+}
+
+/// One `[[proxies]]` entry as written (TOML or JSON).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProxyFile {
+    name: String,
+    endpoint: String,
+    timeout: Option<String>,
+    #[serde(default)]
+    http_headers: Vec<String>,
+    #[serde(default)]
+    static_http_headers: BTreeMap<String, String>,
+    #[serde(default)]
+    include_connection_meta: bool,
 }
 
 /// Where the raw values come from, lowest precedence first.
@@ -722,6 +805,17 @@ impl Config {
                             parse_rate_limits(&origin, v, &mut tier_files, &mut errors);
                             continue;
                         }
+                        // `[[proxies]]` tables: kept as the JSON the
+                        // environment form uses, parsed once below.
+                        if let ("proxies", toml::Value::Array(_)) = (k.as_str(), &v) {
+                            match serde_json::to_string(&v) {
+                                Ok(json) => {
+                                    raw.insert("proxies", (json, format!("{origin}: proxies")));
+                                }
+                                Err(e) => errors.push(format!("{origin}: proxies: {e}")),
+                            }
+                            continue;
+                        }
                         match spec(&k) {
                             None => errors.push(format!("{origin}: unknown option `{k}`")),
                             Some(s) => {
@@ -764,6 +858,42 @@ impl Config {
             presence: p.parse("channel_presence", parse_bool),
             join_leave: p.parse("channel_join_leave", parse_bool),
             force_push_join_leave: p.parse("channel_force_push_join_leave", parse_bool),
+        };
+        let proxy_list = p.parse("proxies", parse_proxies);
+        let proxy_name = |p: &mut Parser<'_>, enabled: &'static str, name: &'static str| {
+            p.parse(enabled, parse_bool).then(|| p.string(name))
+        };
+        let proxies = ProxiesConfig {
+            connect: proxy_name(
+                &mut p,
+                "client_connect_proxy_enabled",
+                "client_connect_proxy_name",
+            ),
+            refresh: proxy_name(
+                &mut p,
+                "client_refresh_proxy_enabled",
+                "client_refresh_proxy_name",
+            ),
+            rpc: proxy_name(&mut p, "rpc_proxy_enabled", "rpc_proxy_name"),
+            default_namespace: NamespaceProxies {
+                subscribe: proxy_name(
+                    &mut p,
+                    "channel_subscribe_proxy_enabled",
+                    "channel_subscribe_proxy_name",
+                ),
+                publish: proxy_name(
+                    &mut p,
+                    "channel_publish_proxy_enabled",
+                    "channel_publish_proxy_name",
+                ),
+                sub_refresh: proxy_name(
+                    &mut p,
+                    "channel_sub_refresh_proxy_enabled",
+                    "channel_sub_refresh_proxy_name",
+                ),
+            },
+            namespaces: BTreeMap::new(),
+            proxies: proxy_list,
         };
         let presence = PresenceConfig {
             ttl: p.parse("presence_ttl", parse_duration_positive),
@@ -1005,6 +1135,7 @@ impl Config {
                 default: default_ns.clone(),
             },
             presence,
+            proxies,
         };
         let mut config = config;
         // Built in, so one-to-one chats (`dm:#alice,bob`) work with no
@@ -1032,6 +1163,33 @@ impl Config {
             },
         );
         for (name, f) in namespaces {
+            let d = &config.proxies.default_namespace;
+            let pick = |enabled: Option<bool>, n: &Option<String>, default: &Option<String>| {
+                // As the channel_* defaults: enabled or not, and the name,
+                // each inherited unless the table sets it.
+                let enabled = enabled.unwrap_or(default.is_some());
+                enabled.then(|| {
+                    n.clone()
+                        .or_else(|| default.clone())
+                        .unwrap_or_else(|| "default".to_string())
+                })
+            };
+            let bound = NamespaceProxies {
+                subscribe: pick(
+                    f.subscribe_proxy_enabled,
+                    &f.subscribe_proxy_name,
+                    &d.subscribe,
+                ),
+                publish: pick(f.publish_proxy_enabled, &f.publish_proxy_name, &d.publish),
+                sub_refresh: pick(
+                    f.sub_refresh_proxy_enabled,
+                    &f.sub_refresh_proxy_name,
+                    &d.sub_refresh,
+                ),
+            };
+            if bound != *d {
+                config.proxies.namespaces.insert(name.clone(), bound);
+            }
             let history_retention = match f.history_retention.as_deref().map(parse_retention) {
                 None => default_ns.history_retention,
                 Some(Ok(r)) => r,
@@ -1083,6 +1241,7 @@ impl Config {
                 config.rate_limits.default_tier
             ));
         }
+        check_proxy_names(&config.proxies, &mut errors);
         if config.store == StoreBackend::Scylla && config.scylla.nodes.is_empty() {
             errors.push(
                 "scylla_nodes (HERALD_SCYLLA_NODES): must list at least one host:port when store = scylla"
@@ -1141,6 +1300,95 @@ fn parse_namespaces(
             }
             Err(e) => errors.push(format!("{origin}: namespaces.{name}: {e}")),
         }
+    }
+}
+
+/// `proxies`: a JSON array of `[[proxies]]` objects; empty = none.
+fn parse_proxies(s: &str) -> Result<Vec<ProxyConfig>, String> {
+    if s.is_empty() {
+        return Ok(Vec::new());
+    }
+    let files: Vec<ProxyFile> =
+        serde_json::from_str(s).map_err(|e| format!("expected a JSON array of proxies: {e}"))?;
+    let mut out: Vec<ProxyConfig> = Vec::with_capacity(files.len());
+    for f in files {
+        let at = |e: String| format!("proxy {:?}: {e}", f.name);
+        if f.name.is_empty() || out.iter().any(|p| p.name == f.name) {
+            return Err(at("names must be non-empty and unique".into()));
+        }
+        let endpoint = f.endpoint.trim().to_string();
+        match endpoint.parse::<hyper::Uri>() {
+            Ok(u) if u.scheme_str() == Some("http") && u.host().is_some() => {}
+            Ok(u) if u.scheme_str() == Some("https") => {
+                return Err(at(
+                    "https endpoints are not supported yet: use http:// (e.g. a local sidecar)"
+                        .into(),
+                ));
+            }
+            _ => {
+                return Err(at(format!(
+                    "endpoint {endpoint:?}: expected an http:// URL"
+                )));
+            }
+        }
+        let timeout = match f.timeout.as_deref() {
+            None => Duration::from_secs(1),
+            Some(t) => parse_duration_positive(t).map_err(|e| at(format!("timeout: {e}")))?,
+        };
+        let mut http_headers = Vec::new();
+        for h in &f.http_headers {
+            let h = axum::http::HeaderName::from_bytes(h.trim().as_bytes())
+                .map_err(|_| at(format!("http_headers: {h:?} is not a header name")))?;
+            http_headers.push(h.as_str().to_string());
+        }
+        for (k, v) in &f.static_http_headers {
+            axum::http::HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| at(format!("static_http_headers: {k:?} is not a header name")))?;
+            axum::http::HeaderValue::from_str(v).map_err(|_| {
+                at(format!(
+                    "static_http_headers: the value of {k:?} is not a header value"
+                ))
+            })?;
+        }
+        out.push(ProxyConfig {
+            name: f.name,
+            endpoint,
+            timeout,
+            http_headers,
+            static_http_headers: f.static_http_headers,
+            include_connection_meta: f.include_connection_meta,
+        });
+    }
+    Ok(out)
+}
+
+/// Every proxy an option enables must be one of `proxies`.
+fn check_proxy_names(c: &ProxiesConfig, errors: &mut Vec<String>) {
+    let known = |n: &str| c.proxies.iter().any(|p| p.name == n);
+    let mut check = |what: String, name: &Option<String>| {
+        if let Some(n) = name
+            && !known(n)
+        {
+            errors.push(format!("{what}: no proxy named {n:?} in `proxies`"));
+        }
+    };
+    check("client_connect_proxy_name".into(), &c.connect);
+    check("client_refresh_proxy_name".into(), &c.refresh);
+    check("rpc_proxy_name".into(), &c.rpc);
+    let d = &c.default_namespace;
+    check("channel_subscribe_proxy_name".into(), &d.subscribe);
+    check("channel_publish_proxy_name".into(), &d.publish);
+    check("channel_sub_refresh_proxy_name".into(), &d.sub_refresh);
+    for (ns, p) in &c.namespaces {
+        check(
+            format!("namespaces.{ns}.subscribe_proxy_name"),
+            &p.subscribe,
+        );
+        check(format!("namespaces.{ns}.publish_proxy_name"), &p.publish);
+        check(
+            format!("namespaces.{ns}.sub_refresh_proxy_name"),
+            &p.sub_refresh,
+        );
     }
 }
 
@@ -1337,6 +1585,111 @@ mod tests {
                 .map(|(a, b)| (a.to_string(), b.to_string()))
                 .collect(),
         })
+    }
+
+    #[test]
+    fn proxies_from_toml_tables_and_namespaces() {
+        let c = load(
+            Some(
+                r#"
+client_connect_proxy_enabled = true
+channel_publish_proxy_enabled = true
+channel_publish_proxy_name = "app"
+[[proxies]]
+name = "default"
+endpoint = "http://127.0.0.1:3000/centrifugo"
+timeout = "250ms"
+http_headers = ["Cookie"]
+static_http_headers = { "X-Secret" = "s" }
+[[proxies]]
+name = "app"
+endpoint = "http://app:8080/p"
+include_connection_meta = true
+[namespaces.chat]
+subscribe_proxy_enabled = true
+publish_proxy_enabled = false
+[namespaces.feed]
+history = false
+"#,
+            ),
+            &[],
+            &[],
+        )
+        .expect("loads");
+        let p = &c.proxies;
+        assert_eq!(p.proxies.len(), 2);
+        assert_eq!(p.proxies[0].timeout, Duration::from_millis(250));
+        assert_eq!(p.proxies[0].http_headers, vec!["cookie".to_string()]);
+        assert_eq!(p.proxies[1].timeout, Duration::from_secs(1));
+        assert!(p.proxies[1].include_connection_meta);
+        assert_eq!(p.connect.as_deref(), Some("default"));
+        assert_eq!(p.refresh, None);
+        let chat = p.namespace(Some("chat"));
+        assert_eq!(chat.subscribe.as_deref(), Some("default"));
+        assert_eq!(chat.publish, None);
+        // A table that says nothing about proxies keeps the defaults.
+        assert_eq!(p.namespace(Some("feed")).publish.as_deref(), Some("app"));
+        assert_eq!(p.namespace(None).publish.as_deref(), Some("app"));
+    }
+
+    #[test]
+    fn proxies_from_the_environment_as_json() {
+        let c = load(
+            None,
+            &[
+                (
+                    "HERALD_PROXIES",
+                    r#"[{"name":"rpc","endpoint":"http://10.0.0.1:9000/rpc","timeout":"2s"}]"#,
+                ),
+                ("HERALD_RPC_PROXY_ENABLED", "true"),
+                ("HERALD_RPC_PROXY_NAME", "rpc"),
+            ],
+            &[],
+        )
+        .expect("loads");
+        assert_eq!(c.proxies.rpc.as_deref(), Some("rpc"));
+        assert_eq!(c.proxies.proxies[0].timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn bad_proxies_are_each_reported() {
+        let e = load(
+            Some(
+                r#"
+client_refresh_proxy_enabled = true
+[[proxies]]
+name = "a"
+endpoint = "https://secure/p"
+[namespaces.chat]
+publish_proxy_enabled = true
+publish_proxy_name = "nope"
+"#,
+            ),
+            &[],
+            &[],
+        )
+        .expect_err("refused")
+        .to_string();
+        assert!(e.contains("https endpoints are not supported"), "{e}");
+        assert!(
+            e.contains("client_refresh_proxy_name: no proxy named \"default\""),
+            "{e}"
+        );
+        assert!(
+            e.contains("namespaces.chat.publish_proxy_name: no proxy named \"nope\""),
+            "{e}"
+        );
+        let e = load(
+            None,
+            &[(
+                "HERALD_PROXIES",
+                r#"[{"name":"a","endpoint":"http://x/","timeout":"soon"}]"#,
+            )],
+            &[],
+        )
+        .expect_err("refused")
+        .to_string();
+        assert!(e.contains("timeout"), "{e}");
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! - [`writer`]: assigns offsets, commits batches, publishes, acks.
 //! - [`sync`]: history reads over HTTP and NATS request/reply.
 //! - [`api`]: the server HTTP API.
+//! - [`proxy`]: Centrifugo-compatible HTTP proxies to the application backend.
 //! - [`store`]: the `Store` trait, its contract suite, the embedded backend.
 //! - [`http_limit`]: per-IP and per-credential request rates of the HTTP APIs (429).
 //! - [`http_server`]: serves a router with header-read/idle timeouts and a connection cap.
@@ -36,6 +37,7 @@ pub mod jwks;
 pub mod limits;
 pub mod metrics;
 pub mod protocol;
+pub mod proxy;
 pub mod revocation;
 pub mod roles;
 pub mod secrets;

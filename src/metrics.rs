@@ -86,6 +86,10 @@ pub const STORE_ERRORS_TOTAL: &str = "herald_store_errors_total";
 // Server API.
 pub const API_REQUESTS_TOTAL: &str = "herald_api_requests_total";
 
+// Proxies to the application backend (edge).
+pub const PROXY_REQUESTS_TOTAL: &str = "herald_proxy_requests_total";
+pub const PROXY_SECONDS: &str = "herald_proxy_request_seconds";
+
 // Abuse limits (every role's listeners; the edge's clients).
 pub const LIMIT_HITS_TOTAL: &str = "herald_limit_hits_total";
 
@@ -250,6 +254,14 @@ pub const HELP: &[(&str, &str)] = &[
         "Server API requests, by method and result.",
     ),
     (
+        PROXY_REQUESTS_TOTAL,
+        "Calls to the application backend's proxies, by proxy (a configured name), kind (connect, refresh, subscribe, publish, sub_refresh, rpc) and result (ok, error, disconnect: the backend's answer; timeout, unavailable, status, invalid: no usable answer).",
+    ),
+    (
+        PROXY_SECONDS,
+        "Duration of calls to the application backend's proxies, by proxy and kind.",
+    ),
+    (
         LIMIT_HITS_TOTAL,
         "Requests, commands and connections refused by an abuse limit, by limit.",
     ),
@@ -344,7 +356,7 @@ pub mod labels {
         "unrecoverable_position",
     ];
     /// `result` of [`super::COMMANDS_TOTAL`] besides [`PROTOCOL_ERRORS`].
-    pub const COMMAND_OUTCOMES: &[&str] = &["ok", "disconnect"];
+    pub const COMMAND_OUTCOMES: &[&str] = &["ok", "disconnect", "backend_error"];
     /// What a command without a known method can fail with.
     pub const UNKNOWN_METHOD_ERRORS: &[&str] = &["method_not_found", "bad_request"];
     /// `result` of [`super::GAPS_FILLED_TOTAL`].

@@ -431,6 +431,7 @@ pub async fn start_with_shutdown(
                 rate_limits: config.rate_limits.clone(),
                 connection_limits: config.connection_limits.clone(),
                 allowed_origins: config.allowed_origins.clone(),
+                proxies: config.proxies.clone(),
             },
             nats.clone(),
             publisher.clone(),

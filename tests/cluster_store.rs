@@ -15,78 +15,39 @@
 //! directory (the standby/restart cases are tests/crash.rs), so there is no
 //! second writer to take over and no split brain to fence.
 //!
-//! Resources: one nats-server, at most seven herald processes, modest loads
-//! (a few thousand publishes); the tests take turns (`SERIAL`).
+//! The network-namespace partition test runs its cut writer in its own
+//! namespace (tests/common/netns.rs, root and `ip netns` needed, else it
+//! says it skips) against a 3-node NATS cluster.
+//!
+//! Resources: one nats-server (three for the namespace test), at most seven
+//! herald processes, modest loads (a few thousand publishes); the tests take
+//! turns (`SERIAL`).
 
 mod common;
 
-use std::io::Write as _;
+use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::cluster::NatsCluster;
 use common::follower::{Conn, token};
 use common::load::{Ack, Load, join_all, verify};
+use common::netns::Netns;
 use common::process::{HeraldProcess, Spec, metric_value};
 use common::proxy::Proxy;
+use common::scylla::{SharedStore, scylla_nodes};
 use common::{TestNats, eventually};
 use serde_json::json;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Ingest partitions, as `SharedStore::spec` sets them.
 const PARTITIONS: usize = 4;
 const OWNED: &str = "herald_writer_partitions_owned";
 /// Successful store appends (one per batch) of a writer.
 const COMMITS: &str = "herald_writer_commit_seconds_count";
-
-/// The CQL contact points, or `None` after saying on the real stderr (shown
-/// by `cargo test` even for passing tests) why the test is skipped.
-fn scylla_nodes(test: &str) -> Option<String> {
-    match std::env::var("HERALD_SCYLLA_NODES") {
-        Ok(n) if !n.trim().is_empty() => Some(n),
-        _ => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "{test}: skipped: HERALD_SCYLLA_NODES not set (scripts/test.sh starts a Cassandra \
-                 node and sets it; or scripts/cassandra.sh start)"
-            );
-            None
-        }
-    }
-}
-
-/// A fresh keyspace on the CQL node, created by `herald migrate`; the spec
-/// maker for every role on it.
-struct SharedStore {
-    nodes: String,
-    keyspace: String,
-}
-
-impl SharedStore {
-    async fn create(nodes: String, prefix: &str) -> Self {
-        let keyspace = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
-        let s = Self { nodes, keyspace };
-        let mut migrate = HeraldProcess::spawn(s.spec("migrate", "migrate", "nats://127.0.0.1:1"));
-        let status = migrate.wait(Duration::from_secs(120)).await;
-        assert!(
-            status.success(),
-            "herald migrate: {status}\n{}",
-            migrate.log()
-        );
-        s
-    }
-
-    /// `role` on the shared keyspace.
-    fn spec(&self, role: &'static str, name: &str, nats_url: &str) -> Spec {
-        Spec::new(role, name, nats_url)
-            .set("store", "scylla")
-            .set("scylla_nodes", &self.nodes)
-            .set("scylla_keyspace", &self.keyspace)
-            .set("scylla_request_timeout", "10s")
-            .set("ingest_partitions", PARTITIONS)
-    }
-}
 
 async fn owned(p: &HeraldProcess) -> f64 {
     p.metric(OWNED, &[]).await
@@ -716,6 +677,176 @@ async fn writer_frozen_and_resumed_after_takeover_overwrites_nothing() {
         v.lost,
         v.duplicated,
         v.not_dense
+    );
+    v.assert_clean(load.total());
+}
+
+/// §4 with a real partition: writer-1 runs in its own network namespace and
+/// reaches the 3-node NATS cluster through one veth pair and Cassandra (and
+/// the test, for its metrics) through another. Setting the NATS link down
+/// drops every packet silently while writer-1 stays alive with its store
+/// up: it must stop committing before writer-2 takes its partitions (I8's
+/// fence); after the heal the store holds no duplicate and no gap. Skips,
+/// saying why, when not root or `ip netns` does not work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_partitioned_by_netns_stops_committing_before_another_takes_over() {
+    let test = "writer_partitioned_by_netns_stops_committing_before_another_takes_over";
+    let Some(nodes) = scylla_nodes(test) else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    // Dropped last: the namespace and veths go even when an assert fails.
+    let Some(netns) = Netns::create(test, 2) else {
+        return;
+    };
+    const NATS_LINK: usize = 0;
+    const KEPT_LINK: usize = 1;
+    let cluster = NatsCluster::start().await;
+    let store = SharedStore::create(nodes.clone(), "herald_netns").await;
+    let (nats_side, kept_side) = (&netns.links[NATS_LINK], &netns.links[KEPT_LINK]);
+    // Forwarders on the root ends of the links (the servers listen on
+    // loopback); the cut is the link, not these.
+    let mut forwarders = Vec::new();
+    let mut nats_urls = Vec::new();
+    for node in &cluster.nodes {
+        let to = SocketAddr::from(([127, 0, 0, 1], node.port));
+        let p = Proxy::start_on((nats_side.root, 0).into(), to).await;
+        nats_urls.push(format!("nats://{}", p.addr));
+        forwarders.push(p);
+    }
+    let mut cql = Vec::new();
+    for node in nodes.split(',') {
+        let to = std::net::ToSocketAddrs::to_socket_addrs(node.trim())
+            .ok()
+            .and_then(|mut a| a.next())
+            .expect("HERALD_SCYLLA_NODES: host:port");
+        let p = Proxy::start_on((kept_side.root, 0).into(), to).await;
+        cql.push(p.addr.to_string());
+        forwarders.push(p);
+    }
+    let replicated = |s: Spec| s.set("ingest_replicas", 3).set("nats_kv_replicas", 3);
+    let urls = cluster.urls();
+    let mut w1 = HeraldProcess::start(
+        replicated(store.spec("writer", "writer-1 (in its netns)", &nats_urls.join(",")))
+            .set("scylla_nodes", cql.join(","))
+            .in_netns(&netns.name, kept_side.inside),
+    )
+    .await;
+    let w2 = HeraldProcess::start(replicated(store.spec("writer", "writer-2", &urls))).await;
+    let _sync = HeraldProcess::start(replicated(store.spec("sync", "sync", &urls))).await;
+    let edge = HeraldProcess::start(replicated(store.spec("edge", "edge", &urls))).await;
+    wait_shares("both writers hold partitions", &[&w1, &w2], |c| c >= 1.0).await;
+    let w2_share = owned(&w2).await;
+
+    let load = Load {
+        publishers: 4,
+        channels: 20,
+        per_publisher: 200,
+        window: 4,
+    };
+    let api = edge.api();
+    let acked = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let tasks = load.spawn(&api, &acked);
+    eventually(
+        "a quarter of the load acknowledged",
+        Duration::from_secs(120),
+        || async { (acked.load(Ordering::SeqCst) >= load.total() / 4).then_some(()) },
+    )
+    .await;
+    let commits_at_cut = w1.metric(COMMITS, &[]).await;
+    assert!(commits_at_cut > 0.0, "writer-1 committed before the cut");
+    netns.cut(NATS_LINK);
+    let cut = Instant::now();
+    let acked_at_cut = acked.load(Ordering::SeqCst);
+
+    // Sample both writers (writer-1 over the kept link) until writer-2
+    // holds every partition.
+    let mut w1_last_commit = (cut, commits_at_cut);
+    let mut w1_dropped: Option<Instant> = None;
+    let mut w2_took: Option<(Instant, f64)> = None;
+    let deadline = cut + Duration::from_secs(60);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "writer-2 never took every partition"
+        );
+        let m1 = w1.metrics().await;
+        let c1 = metric_value(&m1, COMMITS, &[]).unwrap_or(0.0);
+        let o1 = metric_value(&m1, OWNED, &[]).unwrap_or(0.0);
+        let o2 = owned(&w2).await;
+        let now = Instant::now();
+        if c1 > w1_last_commit.1 {
+            w1_last_commit = (now, c1);
+        }
+        if o1 == 0.0 && w1_dropped.is_none() {
+            w1_dropped = Some(now);
+        }
+        if o2 > w2_share && w2_took.is_none() {
+            w2_took = Some((now, c1));
+        }
+        if o2 == PARTITIONS as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let all_moved = cut.elapsed();
+    let (took_at, w1_commits_at_takeover) = w2_took.expect("writer-2 took a partition");
+    // Publications continue through writer-2 while writer-1 stays cut,
+    // alive, with its store up.
+    let acked_at_takeover = acked.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let acked_while_cut = acked.load(Ordering::SeqCst) - acked_at_takeover;
+    let w1_commits_before_heal = w1.metric(COMMITS, &[]).await;
+    assert!(w1.try_status().is_none(), "writer-1 is still running");
+    netns.heal(NATS_LINK);
+    let healed = Instant::now();
+    wait_shares(
+        "writer-1 takes a share again after the heal",
+        &[&w1, &w2],
+        |c| c >= 1.0,
+    )
+    .await;
+    let rebalanced = healed.elapsed();
+    let acks = join_all(tasks).await;
+    let load_time = t0.elapsed();
+    let pause = longest_pause(&acks);
+    let retried = acks.iter().filter(|a| a.attempts > 1).count();
+    let channels: Vec<String> = (0..load.channels).map(|i| load.channel(i)).collect();
+    let v = verify(&api, &acks, &channels).await;
+    let since_cut = |t: Instant| t - cut;
+    println!(
+        "{test}: timeline (link down at {:.2?} after the load began, {acked_at_cut} acknowledged \
+         then; writer_failover_timeout 2s): writer-1 last commit {:.2?} after the cut \
+         ({commits_at_cut} store appends before the cut, {w1_commits_before_heal} at the end of \
+         the cut); writer-1 owned 0 partitions at {:?}; writer-2 took over (first of writer-1's \
+         partitions) at {:.2?}, writer-1's appends then {w1_commits_at_takeover}; writer-2 owned \
+         all {PARTITIONS} at {all_moved:.2?}; {acked_while_cut} acknowledged in the 2 s after; \
+         heal at {:.2?}; writer-1 back with a share {rebalanced:.2?} after the heal. Load: {} \
+         publishes in {load_time:.1?}, acknowledged {}, stored {}, lost {}, duplicated {}, \
+         channels not dense {}; retried {retried}; longest pause between two acknowledgements \
+         {pause:.2?}",
+        cut - t0,
+        since_cut(w1_last_commit.0),
+        w1_dropped.map(since_cut),
+        since_cut(took_at),
+        since_cut(healed),
+        load.total(),
+        v.acked,
+        v.stored,
+        v.lost,
+        v.duplicated,
+        v.not_dense
+    );
+    assert!(acked_while_cut > 0, "publications continued during the cut");
+    // I8: nothing committed by writer-1 once writer-2 held its partitions.
+    assert_eq!(
+        w1_commits_before_heal, w1_commits_at_takeover,
+        "writer-1 committed after writer-2 took over"
+    );
+    assert!(
+        w1_last_commit.0 <= took_at,
+        "writer-1's last commit was seen before writer-2's takeover"
     );
     v.assert_clean(load.total());
 }

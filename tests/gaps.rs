@@ -7,6 +7,8 @@
 //! delivering further, or, past its fill limit, ends the subscriptions with
 //! `unsubscribe` 2500 so clients resubscribe and recover. A history reset
 //! (a new epoch) while the edge runs ends its subscriptions the same way.
+//! A subscribe in flight when the gap turns out unfillable is told too (on
+//! a shared CQL store, so sync can be stopped alone; skipped without one).
 
 mod common;
 
@@ -16,6 +18,7 @@ use common::TestNats;
 use common::follower::{Conn, Follower, token};
 use common::process::{HeraldProcess, Spec};
 use common::proxy::Proxy;
+use common::scylla::{SharedStore, scylla_nodes};
 use serde_json::json;
 
 struct Cluster {
@@ -237,5 +240,164 @@ async fn history_reset_while_an_edge_runs_ends_subscriptions_with_2500() {
     assert_eq!(s["recovered"], serde_json::Value::Null, "{reply}");
     assert_eq!(s["epoch"], new_epoch.as_str(), "{reply}");
     assert_eq!(s["offset"], 1, "{reply}");
+    drop(nats);
+}
+
+/// Issue 19 a, black-box: a subscribe in flight when its channel's feed
+/// fails must not come back to life. Writer, sync and edges are separate
+/// processes on a shared store (so sync alone can be delayed: SIGSTOP, a
+/// real stall). Client A is live on the proxied edge; the edge misses
+/// offsets 4..=6 (proxy cut); sync is stopped; offset 7 reaches the edge,
+/// whose gap fill from sync waits and fails at `sync_timeout` (an unfillable
+/// gap) and ends every subscription of the channel. Client B subscribed
+/// meanwhile, its position read also waiting on sync; sync resumes right
+/// after the failure, so B's read succeeds after its subscription ended.
+/// B must be told (an error reply, or its reply then `unsubscribe` 2500),
+/// and may subscribe again and receive what follows; it must not be left
+/// "subscribed" to a feed that no longer delivers to it.
+#[tokio::test]
+async fn a_subscribe_in_flight_when_its_feed_fails_is_told() {
+    let test = "a_subscribe_in_flight_when_its_feed_fails_is_told";
+    let Some(nodes) = scylla_nodes(test) else {
+        return;
+    };
+    let nats = TestNats::start().await;
+    let store = SharedStore::create(nodes, "herald_gap_a").await;
+    let url = nats.url();
+    let _writer = HeraldProcess::start(store.spec("writer", "writer", url)).await;
+    let sync = HeraldProcess::start(store.spec("sync", "sync (stopped)", url)).await;
+    let publisher = HeraldProcess::start(store.spec("edge", "edge (publishes)", url)).await;
+    let target = format!("127.0.0.1:{}", nats.port())
+        .parse()
+        .expect("nats addr");
+    let proxy = Proxy::start(target).await;
+    let sync_timeout = Duration::from_secs(3);
+    let edge = HeraldProcess::start(
+        store
+            .spec("edge", "edge (proxied)", &proxy.url())
+            .set("client_recovery_limit", 100)
+            .set("sync_timeout", format!("{}s", sync_timeout.as_secs())),
+    )
+    .await;
+    let api = publisher.api();
+    let limit = Duration::from_secs(10);
+    let publish = |channel: &'static str, n: u64| {
+        let api = api.clone();
+        async move {
+            let r = api
+                .ok(
+                    "publish",
+                    &json!({"channel": channel, "data": {"n": n}}),
+                    limit,
+                )
+                .await;
+            r["offset"].as_u64().expect("offset")
+        }
+    };
+    let ch = "gap-in-flight";
+    let mut a = Conn::open(edge.addr(), &token("user-a"))
+        .await
+        .expect("connect A");
+    a.call("subscribe", json!({"channel": ch}))
+        .await
+        .expect("A subscribes");
+    let mut probe = Conn::open(edge.addr(), &token("user-probe"))
+        .await
+        .expect("connect the probe");
+    probe
+        .call("subscribe", json!({"channel": "gap-probe"}))
+        .await
+        .expect("probe subscribes");
+    for n in 1..=3 {
+        publish(ch, n).await;
+    }
+    let offset_of = |p: &serde_json::Value| p["pub"]["offset"].as_u64();
+    while a
+        .push(limit)
+        .await
+        .expect("A connected")
+        .and_then(|p| offset_of(&p))
+        != Some(3)
+    {}
+
+    proxy.cut();
+    for n in 4..=6 {
+        assert_eq!(publish(ch, n).await, n);
+    }
+    proxy.restore();
+    // The edge is back on NATS once a probe publication (published after
+    // the restore) reaches it: as a publication, or as `unsubscribe` 2500
+    // when the first ones were missed while reconnecting.
+    let reconnected = tokio::time::Instant::now();
+    loop {
+        publish("gap-probe", 0).await;
+        let mut delivered = false;
+        while let Some(p) = probe.push(Duration::from_millis(300)).await.expect("probe") {
+            delivered |= p["channel"] == "gap-probe";
+        }
+        if delivered {
+            break;
+        }
+        assert!(
+            reconnected.elapsed() < Duration::from_secs(20),
+            "the edge never reconnected"
+        );
+    }
+
+    common::process::signal(sync.pid, "STOP");
+    let stopped = tokio::time::Instant::now();
+    assert_eq!(publish(ch, 7).await, 7, "the writer commits without sync");
+    // The edge's fill of 4..=6 now waits on sync; B subscribes half-way.
+    tokio::time::sleep(sync_timeout / 2).await;
+    let mut b = Conn::open(edge.addr(), &token("user-b"))
+        .await
+        .expect("connect B");
+    let b_subscribe = tokio::spawn(async move {
+        let reply = b.call("subscribe", json!({"channel": ch})).await;
+        (b, reply)
+    });
+    let failed = loop {
+        match a.push(limit).await.expect("A connected") {
+            Some(p) if p["unsubscribe"].is_object() => break p,
+            Some(_) => {}
+            None => panic!("the unfillable gap did not end A's subscription"),
+        }
+    };
+    common::process::signal(sync.pid, "CONT");
+    let resumed = stopped.elapsed();
+    assert_eq!(failed["unsubscribe"]["code"], 2500, "{failed}");
+
+    let (mut b, reply) = b_subscribe.await.expect("B's task");
+    let reply = reply.expect("B gets a reply to its subscribe");
+    let told = if reply.get("error").is_some() {
+        format!("error reply {}", reply["error"])
+    } else {
+        assert!(reply["subscribe"].is_object(), "{reply}");
+        let push = b
+            .push(Duration::from_secs(5))
+            .await
+            .expect("B connected")
+            .unwrap_or_else(|| {
+                panic!("B was left subscribed after its feed failed (reply {reply}, no push)")
+            });
+        assert_eq!(push["channel"], ch, "{push}");
+        assert_eq!(push["unsubscribe"]["code"], 2500, "{push}");
+        format!("reply then unsubscribe {}", push["unsubscribe"])
+    };
+    // Told, B subscribes again (not "already subscribed") and is live.
+    let again = b
+        .call("subscribe", json!({"channel": ch}))
+        .await
+        .expect("B resubscribes");
+    assert_eq!(again["subscribe"]["offset"], 7, "{again}");
+    let next = publish(ch, 8).await;
+    let got = b.push(limit).await.expect("B connected");
+    println!(
+        "{test}: sync stopped {:.2?} (the edge's sync_timeout {sync_timeout:?}); B was told: \
+         {told}; B live again at offset 7, then received {:?}",
+        resumed,
+        got.as_ref().and_then(offset_of)
+    );
+    assert_eq!(got.as_ref().and_then(offset_of), Some(next), "{got:?}");
     drop(nats);
 }

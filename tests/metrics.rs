@@ -60,7 +60,13 @@ async fn a_scrape_under_load_is_valid_complete_and_follows_the_load() {
     let promtool = promtool();
     let mut nats = TestNats::start().await;
     let data = tempfile::tempdir().expect("temp dir");
-    let herald = HeraldProcess::start(Spec::serve("serve", nats.url(), data.path())).await;
+    let mut spec = Spec::serve("serve", nats.url(), data.path());
+    // A configured proxy (never called here): its series exist at 0.
+    spec.options.insert(
+        "proxies".into(),
+        r#"[{"name":"backend","endpoint":"http://127.0.0.1:9/proxy"}]"#.into(),
+    );
+    let herald = HeraldProcess::start(spec).await;
     let addr = herald.addr();
     let api = herald.api();
 

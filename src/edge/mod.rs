@@ -62,6 +62,8 @@ pub struct EdgeSettings {
     pub rate_limits: crate::config::RateLimits,
     pub connection_limits: crate::config::ConnectionLimits,
     pub allowed_origins: Vec<String>,
+    /// Proxies to the application backend and where they are used.
+    pub proxies: crate::config::ProxiesConfig,
 }
 
 /// What `info` reports about this node.
@@ -97,6 +99,8 @@ pub struct Edge {
     rates: rate::Tiers,
     /// Set by `close_all`: new upgrades are refused with 503.
     closing: AtomicBool,
+    /// The application backend's proxies (`crate::proxy`).
+    proxies: crate::proxy::Proxies,
 }
 
 impl Edge {
@@ -122,6 +126,7 @@ impl Edge {
             events_tx,
         );
         Arc::new(Self {
+            proxies: crate::proxy::Proxies::new(&settings.proxies),
             rates: rate::Tiers::new(&settings.rate_limits),
             admission: admission::Admission::new(settings.connection_limits.clone()),
             revocations: std::sync::OnceLock::new(),
@@ -256,6 +261,7 @@ async fn upgrade(
     };
     let limit = edge.settings.client.message_size_limit;
     let id = edge.next_session.fetch_add(1, Ordering::Relaxed);
+    let forwarded = edge.proxies.forwarded_headers(&headers);
     // tungstenite's default read buffer is 128 KiB, kept for the connection's
     // life; `client_read_buffer_size` (1 KiB) keeps idle connections cheap.
     let read_buffer = edge.settings.client.read_buffer_size;
@@ -274,7 +280,7 @@ async fn upgrade(
         .max_frame_size(limit.saturating_mul(2))
         .on_upgrade(move |socket| async move {
             let _admitted = admitted;
-            session::run(edge, socket, id).await
+            session::run(edge, socket, id, forwarded).await
         })
 }
 

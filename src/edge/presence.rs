@@ -607,30 +607,14 @@ impl Presence {
         Ok(answers.into_iter().flat_map(|a| a.members).collect())
     }
 
-    /// Clients and users in `channel`. Users are exact while every edge has
-    /// at most `STATS_USER_LIST_LIMIT` distinct ones there (a user on two
-    /// edges counts once); past that the edges' counts are summed (a user
-    /// connected through two edges counts twice).
+    /// Clients and users in `channel` (see [`combine_stats`]).
     pub async fn stats(&self, channel: &str) -> Result<Stats, PresenceError> {
         let answers = self
             .gather(&Query::Stats {
                 channel: channel.to_string(),
             })
             .await?;
-        let num_clients = answers.iter().map(|a| a.clients).sum();
-        let num_users = if answers.iter().all(|a| a.user_list.is_some()) {
-            let users: HashSet<&str> = answers
-                .iter()
-                .flat_map(|a| a.user_list.iter().flatten().map(String::as_str))
-                .collect();
-            users.len() as u64
-        } else {
-            answers.iter().map(|a| a.users).sum()
-        };
-        Ok(Stats {
-            num_clients,
-            num_users,
-        })
+        Ok(combine_stats(&answers))
     }
 
     /// The status of each of `users` (at most [`MAX_STATUS_USERS`], the
@@ -684,6 +668,28 @@ impl Presence {
     }
 }
 
+/// The edges' stats answers as one. Users are exact while every edge has at
+/// most `STATS_USER_LIST_LIMIT` distinct ones there (their lists' union: a
+/// user on two edges counts once); past that the edges' counts are summed (a
+/// user connected through k edges counts k times; never an undercount).
+/// `docs/compatibility.md` states this deviation from Centrifugo.
+fn combine_stats(answers: &[Answer]) -> Stats {
+    let num_clients = answers.iter().map(|a| a.clients).sum();
+    let num_users = if answers.iter().all(|a| a.user_list.is_some()) {
+        let users: HashSet<&str> = answers
+            .iter()
+            .flat_map(|a| a.user_list.iter().flatten().map(String::as_str))
+            .collect();
+        users.len() as u64
+    } else {
+        answers.iter().map(|a| a.users).sum()
+    };
+    Stats {
+        num_clients,
+        num_users,
+    }
+}
+
 fn parse_ms(v: &[u8]) -> u64 {
     std::str::from_utf8(v)
         .ok()
@@ -713,5 +719,40 @@ mod tests {
         let a: Answer = serde_json::from_str(r#"{"edge":"e","clients":3,"users":2}"#).unwrap();
         assert_eq!((a.clients, a.users, a.more), (3, 2, false));
         assert!(a.user_list.is_none());
+    }
+
+    /// The bound `docs/compatibility.md` states for `num_users`.
+    #[test]
+    fn users_are_exact_within_the_list_limit_and_summed_past_it() {
+        use crate::edge::registry::STATS_USER_LIST_LIMIT;
+        let answer = |edge: &str, users: std::ops::Range<usize>, listed: bool| {
+            let list: Vec<String> = users.clone().map(|u| format!("u{u}")).collect();
+            Answer {
+                edge: edge.into(),
+                clients: list.len() as u64,
+                users: list.len() as u64,
+                user_list: listed.then_some(list),
+                ..Answer::default()
+            }
+        };
+        // u5..u9 on both edges: counted once.
+        let small = [answer("a", 0..10, true), answer("b", 5..20, true)];
+        assert_eq!(
+            combine_stats(&small),
+            Stats {
+                num_clients: 25,
+                num_users: 20
+            }
+        );
+        // Past the limit on one edge: the shared users count twice.
+        let n = STATS_USER_LIST_LIMIT + 1;
+        let large = [answer("a", 0..n, false), answer("b", 0..10, true)];
+        assert_eq!(
+            combine_stats(&large),
+            Stats {
+                num_clients: n as u64 + 10,
+                num_users: n as u64 + 10
+            }
+        );
     }
 }

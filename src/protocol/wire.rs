@@ -307,7 +307,13 @@ pub struct PresenceStatsResult {
 
 #[derive(Debug, Serialize)]
 pub struct RpcResult {
+    /// `null` is left out, as Centrifugo's reply to an RPC without data.
+    #[serde(skip_serializing_if = "is_null")]
     pub data: Box<RawValue>,
+}
+
+fn is_null(v: &RawValue) -> bool {
+    v.get() == "null"
 }
 
 /// The body of a `join` or `leave` push.
@@ -328,6 +334,9 @@ pub struct ConnectResult {
     pub expires: bool,
     #[serde(skip_serializing_if = "is_zero_u32")]
     pub ttl: u32,
+    /// Data a connect proxy's backend gave for the client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<Box<RawValue>>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub subs: BTreeMap<String, SubscribeResult>,
     #[serde(skip_serializing_if = "is_zero_u32")]
@@ -355,6 +364,9 @@ pub struct SubscribeResult {
     pub offset: u64,
     #[serde(skip_serializing_if = "is_false")]
     pub positioned: bool,
+    /// Data a subscribe proxy's backend gave for the client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<Box<RawValue>>,
     #[serde(skip_serializing_if = "is_false")]
     pub was_recovering: bool,
 }

@@ -1152,8 +1152,8 @@ pub const EXPIRY_GRACE: Duration = Duration::from_secs(30);
 /// the expiry thread). Publications of `short:` disappear within
 /// [`EXPIRY_GRACE`]; the head stays; reads (forward, backward, from an
 /// expired offset) return what is left, never an error; the idempotency key
-/// of an expired publication still answers its offset (it lives for the
-/// idempotency retention, so a late retry is still a duplicate); offsets keep
+/// of an expired publication expired with it (a late retry is a new
+/// publication), while a kept publication's key still answers; offsets keep
 /// counting at head + 1; `long:` keeps everything.
 pub async fn history_expiry(store: &SharedStore) {
     let now = || {
@@ -1220,6 +1220,11 @@ pub async fn history_expiry(store: &SharedStore) {
     );
     assert_eq!(
         store.idempotent_offset(&short, "k1").await.expect("key"),
+        None,
+        "the key of an expired publication expires with it"
+    );
+    assert_eq!(
+        store.idempotent_offset(&long, "k1").await.expect("key"),
         Some(1)
     );
 

@@ -17,9 +17,16 @@
 //! the first one still kept: time does not decrease with the offset), then
 //! the idempotency keys older than `idempotency_retention`. A channel's
 //! head stays, so offsets stay dense and keep counting; reads return what is
-//! left. Keys of expired publications are not deleted with them: they keep
-//! answering until `idempotency_retention` (as with ScyllaDB), so a late
-//! retry of an expired publication is still a duplicate, not a new one.
+//! left. A publication's row carries its idempotency key, so the pass deletes
+//! the key with the publication (when the key still points at it): in a
+//! namespace with a `history_retention` a key answers for at most that long,
+//! and a retry arriving after its publication expired is stored again as a
+//! new publication at a new offset (history then holds that one copy; a
+//! subscriber that received the first copy live receives the second too).
+//! Within JetStream's `ingest_duplicate_window` (a namespace whose retention
+//! is shorter than that window) such a retry is dropped by JetStream as a
+//! duplicate and its offset lookup finds no key: the publish times out (code
+//! 100) until the window has passed.
 //! Bounded work per pass: at most [`EXPIRY_CHANNELS_PER_PASS`] channels
 //! visited and [`EXPIRY_PER_PASS`] publications deleted (in write batches of
 //! [`PURGE_CHUNK`], each under the write lock); the next pass resumes where
@@ -56,10 +63,17 @@ mod im;
 /// Version byte leading every value this module writes, so a later layout can
 /// be told apart from this one.
 const VALUE_V1: u8 = 1;
+/// Version byte of a publication value carrying its idempotency key: a
+/// binary that knows only v1 refuses it as corrupt instead of reading the
+/// key as data.
+const VALUE_V2: u8 = 2;
 /// Version byte of a channel head value that carries the head's `time_ms`.
 const POSITION_V2: u8 = 2;
 /// Flag bit in a v1 publication value: an info length and info follow the time.
 const HAS_INFO: u8 = 1;
+/// Flag bit in a v2 publication value: a key length and the publication's
+/// idempotency key follow (after the info), so expiry can delete the key.
+const HAS_KEY: u8 = 2;
 /// Expired idempotency keys deleted per write batch by `purge_expired_keys`,
 /// so a purge never holds the write lock (and stalls appends) for long.
 const PURGE_CHUNK: usize = 1024;
@@ -102,6 +116,8 @@ pub struct EmbeddedStore {
 pub struct ExpiryPass {
     pub channels_visited: usize,
     pub publications_deleted: u64,
+    /// Idempotency keys deleted with their expired publications.
+    pub keys_deleted: u64,
     pub keys_purged: u64,
     pub compacted: bool,
 }
@@ -762,11 +778,13 @@ impl Inner {
                 else {
                     continue;
                 };
-                pass.publications_deleted += self.expire_channel(
+                let (publications, keys) = self.expire_channel(
                     channel,
                     expiry_cutoff(now, retention),
                     max_deleted - pass.publications_deleted,
                 )?;
+                pass.publications_deleted += publications;
+                pass.keys_deleted += keys;
                 if pass.publications_deleted >= max_deleted {
                     // This channel may have more: the next pass starts here.
                     next = name.to_vec();
@@ -796,11 +814,13 @@ impl Inner {
     }
 
     /// Deletes the publications of `channel` stored at or before `cutoff`
-    /// (ms), oldest first, at most `budget`; returns how many.
-    fn expire_channel(&self, channel: &str, cutoff: u64, budget: u64) -> StoreResult<u64> {
+    /// (ms), oldest first, at most `budget`, and each one's idempotency key
+    /// while it still points at that publication; returns how many of each.
+    fn expire_channel(&self, channel: &str, cutoff: u64, budget: u64) -> StoreResult<(u64, u64)> {
         let prefix = channel_prefix(channel);
         let (start, end) = (message_key(&prefix, 0), message_key(&prefix, u64::MAX));
         let mut deleted = 0u64;
+        let mut keys_deleted = 0u64;
         loop {
             let _guard = self
                 .write_lock
@@ -835,6 +855,28 @@ impl Inner {
                     reached_kept = true;
                     break;
                 }
+                if let Some(idempotency_key) = publication_key(&value) {
+                    let offset = key
+                        .get(prefix.len()..)
+                        .and_then(|o| <[u8; 8]>::try_from(o).ok())
+                        .map(u64::from_be_bytes);
+                    let primary = key_key(channel, idempotency_key);
+                    // Under the write lock: no commit stores this key again
+                    // between the read and the delete.
+                    let stored = self
+                        .keys
+                        .get(&primary)
+                        .map_err(|e| map_err("reading an idempotency key", e))?
+                        .as_deref()
+                        .and_then(decode_key_value);
+                    if let Some((key_offset, stored_at)) = stored
+                        && Some(key_offset) == offset
+                    {
+                        batch.remove(&self.keys_by_time, key_time_key(stored_at, &primary));
+                        batch.remove(&self.keys, primary);
+                        keys_deleted += 1;
+                    }
+                }
                 batch.remove(&self.messages, key);
                 in_batch += 1;
             }
@@ -845,7 +887,7 @@ impl Inner {
             }
             deleted += in_batch as u64;
             if reached_kept || in_batch < room || deleted >= budget {
-                return Ok(deleted);
+                return Ok((deleted, keys_deleted));
             }
         }
     }
@@ -942,6 +984,8 @@ fn prepare(batch: &[ChannelAppend]) -> StoreResult<Vec<Prepared>> {
             }
             let (first, last) = (first_pub.offset, last_pub.offset);
             let prefix = channel_prefix(channel);
+            let key_of: HashMap<u64, &str> =
+                append.idempotency_keys.iter().map(|(key, offset)| (*offset, key.as_str())).collect();
             let mut rows = Vec::with_capacity(append.publications.len());
             for (i, publication) in append.publications.iter().enumerate() {
                 if u64::try_from(i).ok().and_then(|i| first.checked_add(i)) != Some(publication.offset) {
@@ -950,7 +994,10 @@ fn prepare(batch: &[ChannelAppend]) -> StoreResult<Vec<Prepared>> {
                         publication.offset
                     )));
                 }
-                rows.push((message_key(&prefix, publication.offset), encode_publication(publication)));
+                rows.push((
+                    message_key(&prefix, publication.offset),
+                    encode_publication(publication, key_of.get(&publication.offset).copied()),
+                ));
             }
             let keys = append
                 .idempotency_keys
@@ -1014,44 +1061,88 @@ fn key_time_key(stored_at: u64, primary: &[u8]) -> Vec<u8> {
     out
 }
 
-/// v1: version, flags, time_ms (u64 BE), [info length (u32 BE), info], data.
-fn encode_publication(p: &StoredPublication) -> Vec<u8> {
+/// v1: version, flags, time_ms (u64 BE), [info length (u32 BE), info], data;
+/// v2 (with an idempotency key): the same with [key length (u32 BE), key]
+/// after the info.
+fn encode_publication(p: &StoredPublication, key: Option<&str>) -> Vec<u8> {
     let info_len = p.info.as_ref().map_or(0, |i| 4 + i.len());
-    let mut out = Vec::with_capacity(10 + info_len + p.data.len());
-    out.push(VALUE_V1);
-    out.push(if p.info.is_some() { HAS_INFO } else { 0 });
+    let key_len = key.map_or(0, |k| 4 + k.len());
+    let mut out = Vec::with_capacity(10 + info_len + key_len + p.data.len());
+    out.push(if key.is_some() { VALUE_V2 } else { VALUE_V1 });
+    let mut flags = 0;
+    if p.info.is_some() {
+        flags |= HAS_INFO;
+    }
+    if key.is_some() {
+        flags |= HAS_KEY;
+    }
+    out.push(flags);
     out.extend_from_slice(&p.time_ms.to_be_bytes());
+    // Messages are bounded far below 4 GiB by the ingest size limit.
+    let len_of = |b: &[u8]| u32::try_from(b.len()).unwrap_or(u32::MAX).to_be_bytes();
     if let Some(info) = &p.info {
-        // Messages are bounded far below 4 GiB by the ingest size limit.
-        let len = u32::try_from(info.len()).unwrap_or(u32::MAX);
-        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&len_of(info));
         out.extend_from_slice(info);
+    }
+    if let Some(key) = key {
+        out.extend_from_slice(&len_of(key.as_bytes()));
+        out.extend_from_slice(key.as_bytes());
     }
     out.extend_from_slice(&p.data);
     out
 }
 
-fn decode_publication(offset: u64, value: &[u8]) -> Option<StoredPublication> {
+/// A v1 or v2 publication value split into time, info, idempotency key and
+/// data.
+struct PublicationParts<'a> {
+    time_ms: u64,
+    info: Option<&'a [u8]>,
+    key: Option<&'a [u8]>,
+    data: &'a [u8],
+}
+
+fn split_publication(value: &[u8]) -> Option<PublicationParts<'_>> {
     let (&version, rest) = value.split_first()?;
-    if version != VALUE_V1 {
+    if version != VALUE_V1 && version != VALUE_V2 {
         return None;
     }
     let (&flags, rest) = rest.split_first()?;
     let (time, rest) = rest.split_first_chunk::<8>()?;
-    let (info, data) = if flags & HAS_INFO != 0 {
-        let (len, rest) = rest.split_first_chunk::<4>()?;
-        let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
-        let (info, data) = rest.split_at_checked(len)?;
-        (Some(Bytes::copy_from_slice(info)), data)
-    } else {
-        (None, rest)
-    };
+    let (info, rest) = length_prefixed(flags & HAS_INFO != 0, rest)?;
+    let has_key = version == VALUE_V2 && flags & HAS_KEY != 0;
+    let (key, data) = length_prefixed(has_key, rest)?;
+    Some(PublicationParts {
+        time_ms: u64::from_be_bytes(*time),
+        info,
+        key,
+        data,
+    })
+}
+
+/// A field of `rest` (u32 BE length, bytes) when `present`, and what follows.
+fn length_prefixed(present: bool, rest: &[u8]) -> Option<(Option<&[u8]>, &[u8])> {
+    if !present {
+        return Some((None, rest));
+    }
+    let (len, rest) = rest.split_first_chunk::<4>()?;
+    let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
+    let (field, rest) = rest.split_at_checked(len)?;
+    Some((Some(field), rest))
+}
+
+fn decode_publication(offset: u64, value: &[u8]) -> Option<StoredPublication> {
+    let parts = split_publication(value)?;
     Some(StoredPublication {
         offset,
-        data: Bytes::copy_from_slice(data),
-        info,
-        time_ms: u64::from_be_bytes(*time),
+        data: Bytes::copy_from_slice(parts.data),
+        info: parts.info.map(Bytes::copy_from_slice),
+        time_ms: parts.time_ms,
     })
+}
+
+/// The idempotency key a publication value carries, if any.
+fn publication_key(value: &[u8]) -> Option<&str> {
+    std::str::from_utf8(split_publication(value)?.key?).ok()
 }
 
 /// v2: version, head (u64 BE), time_ms of the head (u64 BE), epoch (UTF-8,
@@ -1180,7 +1271,12 @@ mod tests {
             ..with_info.clone()
         };
         for p in [with_info, without_info] {
-            assert_eq!(decode_publication(9, &encode_publication(&p)), Some(p));
+            for key in [None, Some("k-1")] {
+                let value = encode_publication(&p, key);
+                assert_eq!(value[0], if key.is_some() { VALUE_V2 } else { VALUE_V1 });
+                assert_eq!(publication_key(&value), key);
+                assert_eq!(decode_publication(9, &value), Some(p.clone()));
+            }
         }
         let pos = Position {
             head: 4097,
@@ -1324,6 +1420,63 @@ mod expiry_tests {
             .collect();
         assert_eq!(deleted, vec![7, 7, 6, 0]);
         assert_eq!(left(&store, "short:a") + left(&store, "short:b"), 0);
+    }
+
+    /// Issue 16 §6: the key of an expired publication goes with it (from
+    /// both keyspaces); the key of a kept publication stays; a late retry
+    /// with the expired key is then a new publication.
+    #[tokio::test]
+    async fn a_pass_deletes_the_keys_of_the_publications_it_deletes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store_with(dir.path(), &["short:a", "keep"], 3);
+        assert_eq!(
+            store.idempotent_offset("short:a", "k").await.expect("key"),
+            Some(1)
+        );
+        let pass = store
+            .inner
+            .expire_bounded(&namespaces(), 100, 1000)
+            .expect("pass");
+        assert_eq!(
+            store.idempotent_offset("short:a", "k").await.expect("key"),
+            None
+        );
+        assert_eq!((pass.publications_deleted, pass.keys_deleted), (3, 1));
+        assert_eq!(
+            store.idempotent_offset("keep", "k").await.expect("key"),
+            Some(1)
+        );
+        let primary = key_key("short:a", "k");
+        assert_eq!(store.inner.keys.get(&primary).expect("get"), None);
+        let indexed = store
+            .inner
+            .db
+            .snapshot()
+            .iter(&store.inner.keys_by_time)
+            .filter_map(|g| g.key().ok())
+            .filter(|k| k.get(8..) == Some(primary.as_slice()))
+            .count();
+        assert_eq!(indexed, 0, "the key's time index entry goes too");
+
+        let retry = ChannelAppend {
+            channel: "short:a".into(),
+            epoch: "e".into(),
+            publications: vec![StoredPublication {
+                offset: 4,
+                data: Bytes::from_static(b"{}"),
+                info: None,
+                time_ms: now_ms(),
+            }],
+            idempotency_keys: vec![("k".into(), 4)],
+        };
+        store
+            .append(&[retry])
+            .await
+            .expect("a late retry is stored anew");
+        assert_eq!(
+            store.idempotent_offset("short:a", "k").await.expect("key"),
+            Some(4)
+        );
     }
 }
 

@@ -32,7 +32,9 @@
 //! timestamp (was written by the same append), so a key a failed append left
 //! behind never answers for another publication.
 //!
-//! Idempotency keys expire by TTL (the retention when they were written); a
+//! Idempotency keys expire by TTL (the idempotency retention when they were
+//! written, or the publication's history TTL when shorter: a key expires with
+//! its publication, and a late retry is a new publication); a
 //! lookup also ignores, and deletes, a key older than the current retention, so
 //! shortening the retention takes effect at once. `purge_expired_keys` has
 //! nothing to scan: it reports the keys such lookups deleted since its last
@@ -738,6 +740,11 @@ impl ScyllaStore {
             .into_iter()
             .map(|(channel, key, offset)| {
                 let version = versions.get(channel).copied().unwrap_or_default();
+                // A key expires with its publication (issue 16 §6).
+                let ttl = match self.history_ttl(channel) {
+                    0 => ttl,
+                    history => ttl.min(history),
+                };
                 self.write_key(channel, key, offset, stored_at, ttl, version)
             })
             .collect();
@@ -1133,13 +1140,10 @@ impl Store for ScyllaStore {
                 .maybe_first_row::<(Option<i64>,)>()
                 .map_err(corrupt)?
                 .and_then(|(t,)| t);
-            return Ok(match row_written_at {
-                Some(t) => (t == written_at).then_some(offset),
-                // Expired with its namespace's history retention: the key
-                // still answers (its TTL is the idempotency retention).
-                None if self.history_ttl(channel) > 0 => Some(offset),
-                None => None,
-            });
+            // No row: the publication expired with its namespace's history
+            // retention (and the key with it, by its own TTL), or a failed
+            // append left the key behind. Neither answers.
+            return Ok(row_written_at.and_then(|t| (t == written_at).then_some(offset)));
         }
         // Older than the current retention: delete it, but only the write we
         // read (a delete at that timestamp does not shadow a later store).

@@ -8,7 +8,11 @@
 //! enough to hold every test's publications, `force_recovery` like Herald's
 //! recoverable history, publish/history/presence for clients as Herald
 //! allows them, anonymous users where the namespace allows them,
-//! user-limited channels, private namespaces needing a subscription token). The binary is `$HERALD_TEST_CENTRIFUGO`, else
+//! user-limited channels, private namespaces needing a subscription token;
+//! Herald's `proxies` as Centrifugo's named `proxies`, the connect and
+//! refresh proxies inline under `client.proxy`, each namespace's
+//! `*_proxy_enabled`/`_name`, and the RPC proxy for methods without
+//! namespace). The binary is `$HERALD_TEST_CENTRIFUGO`, else
 //! `.tools/centrifugo/centrifugo` (scripts/install-tools.sh builds it).
 //!
 //! Knows nothing of what a test checks: how to configure, start and stop it.
@@ -18,7 +22,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use herald::config::{Config, NamespaceOptions};
+use herald::config::{Config, NamespaceOptions, NamespaceProxies, ProxyConfig};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
@@ -77,6 +81,31 @@ fn namespace_options(o: &NamespaceOptions, presence: bool) -> Value {
     v
 }
 
+/// One proxy in Centrifugo's terms (the fields of its `Proxy` type).
+fn proxy(p: &ProxyConfig) -> Value {
+    json!({
+        "endpoint": p.endpoint,
+        "timeout": duration(p.timeout),
+        "http_headers": p.http_headers,
+        "include_connection_meta": p.include_connection_meta,
+        "http": { "static_headers": p.static_http_headers },
+    })
+}
+
+/// A namespace's `*_proxy_enabled` and `*_proxy_name`.
+fn namespace_proxies(v: &mut Value, p: &NamespaceProxies) {
+    for (kind, name) in [
+        ("subscribe", &p.subscribe),
+        ("publish", &p.publish),
+        ("sub_refresh", &p.sub_refresh),
+    ] {
+        if let Some(name) = name {
+            v[format!("{kind}_proxy_enabled")] = json!(true);
+            v[format!("{kind}_proxy_name")] = json!(name);
+        }
+    }
+}
+
 /// Centrifugo's config equivalent to `herald`, listening on `port`; the
 /// namespaces in `presence` also get presence and join/leave.
 pub fn config_for(herald: &Config, port: u16, presence: &[&str]) -> Value {
@@ -88,10 +117,47 @@ pub fn config_for(herald: &Config, port: u16, presence: &[&str]) -> Value {
         .map(|(name, o)| {
             let mut v = namespace_options(o, presence.contains(&name.as_str()));
             v["name"] = json!(name);
+            namespace_proxies(&mut v, herald.proxies.namespace(Some(name)));
             v
         })
         .collect();
+    let proxies = &herald.proxies;
+    let named = |n: &Option<String>| {
+        n.as_ref()
+            .and_then(|n| proxies.proxies.iter().find(|p| p.name == *n))
+    };
+    let inline = |n: &Option<String>| match named(n) {
+        Some(p) => {
+            let mut v = proxy(p);
+            v["enabled"] = json!(true);
+            v
+        }
+        None => json!({ "enabled": false }),
+    };
+    let mut without_namespace = namespace_options(&herald.channels.default, presence.contains(&""));
+    namespace_proxies(&mut without_namespace, &proxies.default_namespace);
+    let named_proxies: Vec<Value> = proxies
+        .proxies
+        .iter()
+        .map(|p| {
+            let mut v = proxy(p);
+            v["name"] = json!(p.name);
+            v
+        })
+        .collect();
+    // Centrifugo checks subscription expiry (and so calls sub_refresh
+    // proxies) only on its presence update interval (27 s by default).
+    let sub_refresh = proxies.default_namespace.sub_refresh.is_some()
+        || proxies.namespaces.values().any(|p| p.sub_refresh.is_some());
+    let presence_update = if sub_refresh { "1s" } else { "27s" };
     json!({
+        "proxies": named_proxies,
+        "rpc": {
+            "without_namespace": match &proxies.rpc {
+                Some(n) => json!({ "proxy_enabled": true, "proxy_name": n }),
+                None => json!({}),
+            },
+        },
         "http_server": { "address": "127.0.0.1", "port": port },
         "log": { "level": "info" },
         "health": { "enabled": true },
@@ -104,18 +170,24 @@ pub fn config_for(herald: &Config, port: u16, presence: &[&str]) -> Value {
             "pong_timeout": duration(c.pong_timeout),
             "stale_close_delay": duration(c.stale_timeout),
             "expired_close_delay": duration(c.expired_close_delay),
+            "expired_sub_close_delay": duration(c.expired_close_delay),
             "channel_limit": c.channel_limit,
             "queue_max_size": c.queue_max_bytes,
             "history_max_publication_limit": c.history_page_limit,
             "recovery_max_publication_limit": c.recovery_limit,
             "subscribe_to_user_personal_channel": { "enabled": c.subscribe_to_personal },
+            "presence_update_interval": presence_update,
+            "proxy": {
+                "connect": inline(&proxies.connect),
+                "refresh": inline(&proxies.refresh),
+            },
         },
         "websocket": { "message_size_limit": c.message_size_limit },
         "http_api": {
             "key": herald.api_key.as_ref().map(|s| s.expose()).unwrap_or_default(),
         },
         "channel": {
-            "without_namespace": namespace_options(&herald.channels.default, presence.contains(&"")),
+            "without_namespace": without_namespace,
             "namespaces": namespaces,
         },
     })

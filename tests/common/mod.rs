@@ -13,9 +13,11 @@ pub mod cluster;
 pub mod follower;
 pub mod ingest;
 pub mod load;
+pub mod netns;
 pub mod node;
 pub mod process;
 pub mod proxy;
+pub mod scylla;
 pub mod ws;
 
 use std::future::Future;

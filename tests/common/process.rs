@@ -11,7 +11,7 @@
 //! process.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -53,6 +53,12 @@ pub struct Spec {
     pub role: &'static str,
     pub name: String,
     pub port: u16,
+    /// The address it listens on (with `port`): loopback, or its address in
+    /// `netns`.
+    pub host: IpAddr,
+    /// A network namespace to run it in (`ip netns exec`), see
+    /// [`Spec::in_netns`].
+    pub netns: Option<String>,
     /// Option key (`client_recovery_limit`) → value; passed as `HERALD_<KEY>`.
     pub options: BTreeMap<String, String>,
 }
@@ -66,6 +72,8 @@ impl Spec {
             role,
             name: name.to_string(),
             port,
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            netns: None,
             options: BTreeMap::new(),
         };
         for (k, v) in [
@@ -113,8 +121,17 @@ impl Spec {
         self.set("listen", listen)
     }
 
+    /// Runs in the network namespace `netns` (tests/common/netns.rs),
+    /// listening on `host`, its address there that the test reaches.
+    pub fn in_netns(mut self, netns: &str, host: Ipv4Addr) -> Self {
+        self.netns = Some(netns.to_string());
+        self.host = IpAddr::V4(host);
+        let listen = format!("{host}:{}", self.port);
+        self.set("listen", listen)
+    }
+
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        SocketAddr::new(self.host, self.port)
     }
 }
 
@@ -185,7 +202,16 @@ impl HeraldProcess {
     pub fn spawn(spec: Spec) -> Self {
         let log = tempfile::NamedTempFile::new().expect("log file");
         let stderr = log.reopen().expect("log file handle");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+        let herald = env!("CARGO_BIN_EXE_herald");
+        let mut command = match &spec.netns {
+            // `ip netns exec` execs herald: the pid stays the same.
+            Some(netns) => {
+                let mut c = Command::new(super::netns::ip_bin());
+                c.args(["netns", "exec", netns, herald]);
+                c
+            }
+            None => Command::new(herald),
+        };
         command.arg(spec.role);
         // Only the spec configures the process, not the test's environment.
         for (name, _) in std::env::vars() {

@@ -31,7 +31,14 @@ pub struct Proxy {
 impl Proxy {
     /// Listens on a free loopback port and forwards to `target`.
     pub async fn start(target: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), target).await
+    }
+
+    /// Listens on `bind` (port 0: a free one) and forwards to `target`, e.g.
+    /// on a veth address so a process in a network namespace reaches a
+    /// server that listens on loopback.
+    pub async fn start_on(bind: SocketAddr, target: SocketAddr) -> Self {
+        let listener = TcpListener::bind(bind).await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let state = Arc::new(Mutex::new(State::default()));
         let shared = state.clone();

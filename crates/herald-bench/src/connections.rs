@@ -2,8 +2,9 @@
 //! to a room; measures the server's resident memory per connection (RSS
 //! delta / N, from /proc/<pid>/status of the server the bench started), the
 //! connect rate, and the server's CPU while the clients sit idle answering
-//! pings. The peer is nats-server's WebSocket listener with the same ping
-//! interval, the same connection count and rooms as subjects.
+//! pings. The peers, with the same ping interval and connection count:
+//! nats-server's WebSocket listener (rooms as subjects) and Centrifugo
+//! (driven as Herald is: the same client protocol, tokens and channels).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,19 +13,18 @@ use clap::Args;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use super::centrifugo::{Centrifugo, CentrifugoOptions};
 use super::drive::{Deliveries, HeraldSub, NatsSub, Subscriber, subscriber_loop};
 use super::nats_ws::NatsWs;
 use super::net::{Sources, open_all};
-use super::report::{Measured, Report, Row};
+use super::report::{Measured, Peer, Report, Row};
 use super::stats::{Count, Progress, note};
 use super::sys::{cpu_seconds, rss_kib};
 use super::target::{Herald, HeraldOptions, Nats};
-use super::{BenchError, Common};
+use super::{BenchError, Common, PeerKind};
 use herald_client::{Client, ClientError, ClientOptions};
 
 const READ_BUFFER: usize = 4096;
-/// How long memory is left to settle before and after connecting.
-const SETTLE: Duration = Duration::from_secs(2);
 /// Herald's default pong timeout, kept unless the ping interval is shorter.
 const PONG_TIMEOUT: Duration = Duration::from_secs(8);
 
@@ -41,8 +41,12 @@ pub struct ConnectionsArgs {
     /// How long the connections stay idle while the server's CPU is measured.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub idle: Duration,
+    /// How long the server's memory is left to settle before and after
+    /// connecting.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub settle: Duration,
     /// The server's ping interval (Herald's client_ping_interval, the
-    /// peer's ping_interval).
+    /// peers' ping_interval).
     #[arg(long, default_value = "25s", value_parser = humantime::parse_duration)]
     pub ping_interval: Duration,
 }
@@ -55,15 +59,26 @@ pub async fn run(args: ConnectionsArgs) -> Result<Report, BenchError> {
     }
     args.common.raise_fd_limit(args.connections)?;
     let sources = Sources::new(args.common.sources, args.connections);
+    let kinds = args
+        .common
+        .peers("connections", &[PeerKind::NatsWs, PeerKind::Centrifugo])?;
     let herald = herald_run(&args, &sources).await?;
-    let peer = if args.common.no_peer {
-        None
-    } else {
-        Some((
-            "nats-server ws".to_string(),
-            peer_run(&args, &sources).await?,
-        ))
-    };
+    let mut peers = Vec::new();
+    for kind in kinds {
+        let measured = match kind {
+            PeerKind::NatsWs => nats_run(&args, &sources).await?,
+            PeerKind::Centrifugo => centrifugo_run(&args, &sources).await?,
+            other => {
+                return Err(BenchError::Internal(format!(
+                    "connections has no peer {other:?}"
+                )));
+            }
+        };
+        peers.push(Peer {
+            name: kind.name().into(),
+            measured,
+        });
+    }
     Ok(Report {
         scenario: "connections",
         params: json!({
@@ -71,10 +86,11 @@ pub async fn run(args: ConnectionsArgs) -> Result<Report, BenchError> {
             "room_size": args.room_size,
             "idle_s": args.idle.as_secs_f64(),
             "ping_interval_s": args.ping_interval.as_secs_f64(),
+            "settle_s": args.settle.as_secs_f64(),
             "sources": sources.len(),
         }),
         herald,
-        peer,
+        peers,
         rows: vec![
             Row::both("connections", "connections"),
             Row::both("connect rate (conn/s)", "connect_per_sec"),
@@ -124,7 +140,7 @@ async fn measure(
         stop,
     } = readers;
     let n = readers.len();
-    tokio::time::sleep(SETTLE).await;
+    tokio::time::sleep(args.settle).await;
     let rss_after =
         rss_kib(pid).ok_or_else(|| BenchError::Server("the server has exited".into()))?;
     let mut m = Measured::default();
@@ -165,9 +181,15 @@ async fn measure(
     Ok(m)
 }
 
+/// The pong timeout both Herald and Centrifugo get: Herald's default,
+/// or half the ping interval when that is shorter (both require it below
+/// the ping interval).
+fn pong_timeout(args: &ConnectionsArgs) -> Duration {
+    (args.ping_interval / 2).min(PONG_TIMEOUT)
+}
+
 async fn herald_run(args: &ConnectionsArgs, sources: &Sources) -> Result<Measured, BenchError> {
-    let quiet = args.common.quiet;
-    note(quiet, "starting nats-server and herald serve…");
+    note(args.common.quiet, "starting nats-server and herald serve…");
     let mut herald = Herald::start(
         &args.common.nats_bin(),
         &HeraldOptions {
@@ -176,34 +198,65 @@ async fn herald_run(args: &ConnectionsArgs, sources: &Sources) -> Result<Measure
                     "client_ping_interval",
                     format!("{}ms", args.ping_interval.as_millis()),
                 ),
-                // Herald requires the pong timeout below the ping interval.
                 (
                     "client_pong_timeout",
-                    format!(
-                        "{}ms",
-                        (args.ping_interval / 2).min(PONG_TIMEOUT).as_millis()
-                    ),
+                    format!("{}ms", pong_timeout(args).as_millis()),
                 ),
             ],
             toml: String::new(),
         },
     )
     .await?;
-    let pid = herald.pid();
-    tokio::time::sleep(SETTLE).await;
-    let rss_before = rss_kib(pid).ok_or_else(|| BenchError::Server("herald has exited".into()))?;
-    let addr = herald.addr;
+    let tokens = (0..args.connections)
+        .map(|i| herald.token(&format!("u{i}")))
+        .collect();
+    let r = protocol_run("herald", args, sources, herald.addr, herald.pid(), tokens).await;
+    // A failure because Herald died says so, with its log.
+    herald.check_alive()?;
+    r
+}
+
+async fn centrifugo_run(args: &ConnectionsArgs, sources: &Sources) -> Result<Measured, BenchError> {
+    note(args.common.quiet, "starting the peer: centrifugo…");
+    let mut centrifugo = Centrifugo::start(
+        &args.common.centrifugo_bin(),
+        &CentrifugoOptions {
+            ping_interval: args.ping_interval,
+            pong_timeout: pong_timeout(args),
+            ephemeral_namespace: None,
+        },
+    )
+    .await?;
+    let tokens = (0..args.connections)
+        .map(|i| centrifugo.token(&format!("u{i}")))
+        .collect();
+    let (addr, pid) = (centrifugo.addr, centrifugo.pid());
+    let r = protocol_run("centrifugo", args, sources, addr, pid, tokens).await;
+    centrifugo.check_alive()?;
+    r
+}
+
+/// The run against a server speaking Herald's client protocol (Herald or
+/// Centrifugo) at `addr`, process `pid`; one token per connection.
+async fn protocol_run(
+    label: &str,
+    args: &ConnectionsArgs,
+    sources: &Sources,
+    addr: std::net::SocketAddr,
+    pid: u32,
+    tokens: Vec<String>,
+) -> Result<Measured, BenchError> {
+    let quiet = args.common.quiet;
+    tokio::time::sleep(args.settle).await;
+    let rss_before =
+        rss_kib(pid).ok_or_else(|| BenchError::Server(format!("{label} has exited")))?;
     let room_size = args.room_size;
-    let tokens: Arc<Vec<String>> = Arc::new(
-        (0..args.connections)
-            .map(|i| herald.token(&format!("u{i}")))
-            .collect(),
-    );
+    let tokens = Arc::new(tokens);
     let opened = Arc::new(Count::default());
     let n = args.connections;
     let (shared, stop) = (Arc::new(Deliveries::default()), CancellationToken::new());
     let _stop_guard = stop.clone().drop_guard();
-    let progress = progress("herald", quiet, opened.clone(), n);
+    let progress = progress(label, quiet, opened.clone(), n);
     let connected = {
         let sources = sources.clone();
         let (shared, stop) = (shared.clone(), stop.clone());
@@ -236,32 +289,24 @@ async fn herald_run(args: &ConnectionsArgs, sources: &Sources) -> Result<Measure
         .await
     };
     progress.finish().await;
-    let (tasks, took) = match connected {
-        Ok(c) => c,
-        Err(e) => {
-            herald.check_alive()?;
-            return Err(e);
-        }
-    };
+    let (tasks, took) = connected?;
     let readers = Readers {
         tasks,
         shared,
         stop,
     };
-    let m = measure(
-        "herald",
+    measure(
+        label,
         args,
         pid,
         rss_before,
         readers,
         n as f64 / took.as_secs_f64(),
     )
-    .await?;
-    herald.check_alive()?;
-    Ok(m)
+    .await
 }
 
-async fn peer_run(args: &ConnectionsArgs, sources: &Sources) -> Result<Measured, BenchError> {
+async fn nats_run(args: &ConnectionsArgs, sources: &Sources) -> Result<Measured, BenchError> {
     let quiet = args.common.quiet;
     note(
         quiet,
@@ -272,7 +317,7 @@ async fn peer_run(args: &ConnectionsArgs, sources: &Sources) -> Result<Measured,
         .ws_addr
         .ok_or_else(|| BenchError::Internal("the peer has no websocket listener".into()))?;
     let pid = nats.pid()?;
-    tokio::time::sleep(SETTLE).await;
+    tokio::time::sleep(args.settle).await;
     let rss_before =
         rss_kib(pid).ok_or_else(|| BenchError::Server("nats-server has exited".into()))?;
     let room_size = args.room_size;

@@ -5,8 +5,10 @@
 //! time travels in the payload), and checks every delivery per subscriber:
 //! by offset for history channels, by sequence number otherwise.
 //!
-//! The peer does the same through nats-server's WebSocket listener: rooms
-//! are subjects, the publisher's PUB is confirmed by a PONG.
+//! The peers: nats-server's WebSocket listener (rooms are subjects, the
+//! publisher's PUB is confirmed by a PONG), and Centrifugo driven exactly as
+//! Herald is (the same client protocol, channels, namespace without history
+//! for the ephemeral mode, history channels checked by offset).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +17,7 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use super::centrifugo::{Centrifugo, CentrifugoOptions};
 use super::drive::{
     Deliveries, HeraldPub, HeraldSub, NatsPub, NatsSub, Pace, Published, publisher_loop,
     subscriber_loop,
@@ -22,10 +25,10 @@ use super::drive::{
 use super::nats_ws::NatsWs;
 use super::net::{Sources, open_all};
 use super::payload::now_us;
-use super::report::{Measured, Report, Row};
+use super::report::{Measured, Peer, Report, Row};
 use super::stats::{Count, Latencies, Order, Progress, note};
 use super::target::{Herald, HeraldOptions, Nats};
-use super::{BenchError, Common, Rate};
+use super::{BenchError, Common, PeerKind, Rate};
 use herald_client::{Client, ClientError, ClientOptions};
 
 /// The namespace of channels without history the bench configures.
@@ -104,15 +107,26 @@ pub async fn run(args: FanoutArgs) -> Result<Report, BenchError> {
     let total = args.connections() + args.rooms;
     args.common.raise_fd_limit(total)?;
     let sources = Sources::new(args.common.sources, total);
+    let kinds = args
+        .common
+        .peers("fanout", &[PeerKind::NatsWs, PeerKind::Centrifugo])?;
     let herald = herald_run(&args, &sources).await?;
-    let peer = if args.common.no_peer {
-        None
-    } else {
-        Some((
-            "nats-server ws".to_string(),
-            peer_run(&args, &sources).await?,
-        ))
-    };
+    let mut peers = Vec::new();
+    for kind in kinds.iter().copied() {
+        let measured = match kind {
+            PeerKind::NatsWs => nats_run(&args, &sources).await?,
+            PeerKind::Centrifugo => centrifugo_run(&args, &sources).await?,
+            other => {
+                return Err(BenchError::Internal(format!(
+                    "fanout has no peer {other:?}"
+                )));
+            }
+        };
+        peers.push(Peer {
+            name: kind.name().into(),
+            measured,
+        });
+    }
     let mut rows = vec![
         Row::both("connections", "connections"),
         Row::both("connect rate (conn/s)", "connect_per_sec"),
@@ -131,15 +145,32 @@ pub async fn run(args: FanoutArgs) -> Result<Report, BenchError> {
         rows.push(Row::both(label, key));
     }
     let mut notes = vec![format!(
-        "{} mode; the peer publishes to NATS subjects (no history) and counts a PONG after each PUB as its confirmation",
+        "{} mode",
         match args.mode {
             Mode::Ephemeral => "ephemeral",
             Mode::History => "history",
         }
     )];
+    if kinds.contains(&PeerKind::NatsWs) {
+        notes.push(
+            "nats-server ws publishes to NATS subjects (no history) and counts a PONG after each PUB as its confirmation"
+                .into(),
+        );
+    }
+    if kinds.contains(&PeerKind::Centrifugo) {
+        notes.push(match args.mode {
+            Mode::Ephemeral => {
+                "centrifugo: the same client protocol and generator as Herald, memory engine, a namespace without history".into()
+            }
+            Mode::History => {
+                "centrifugo: the same client protocol and generator as Herald, memory engine, history kept in memory (recoverable, checked by offset)".into()
+            }
+        });
+    }
     if args.mode == Mode::History {
-        notes
-            .push("Herald stores every publication before delivering it; the peer does not".into());
+        notes.push(
+            "Herald stores (fsync) every publication before delivering it; the peers do not".into(),
+        );
     }
     Ok(Report {
         scenario: "fanout",
@@ -156,7 +187,7 @@ pub async fn run(args: FanoutArgs) -> Result<Report, BenchError> {
             "sources": sources.len(),
         }),
         herald,
-        peer,
+        peers,
         rows,
         notes,
     })
@@ -170,8 +201,7 @@ fn channel(mode: Mode, room: usize) -> String {
 }
 
 async fn herald_run(args: &FanoutArgs, sources: &Sources) -> Result<Measured, BenchError> {
-    let quiet = args.common.quiet;
-    note(quiet, "starting nats-server and herald serve…");
+    note(args.common.quiet, "starting nats-server and herald serve…");
     let mut herald = Herald::start(
         &args.common.nats_bin(),
         &HeraldOptions {
@@ -180,21 +210,53 @@ async fn herald_run(args: &FanoutArgs, sources: &Sources) -> Result<Measured, Be
         },
     )
     .await?;
-    let addr = herald.addr;
-    let (rooms, mode) = (args.rooms, args.mode);
-    let tokens: Arc<Vec<String>> = Arc::new(
-        (0..args.connections() + rooms)
-            .map(|i| herald.token(&format!("u{i}")))
-            .collect(),
-    );
+    let tokens = (0..args.connections() + args.rooms)
+        .map(|i| herald.token(&format!("u{i}")))
+        .collect();
+    let r = protocol_run("herald", args, sources, herald.addr, tokens).await;
+    // A failure because Herald died says so, with its log.
+    herald.check_alive()?;
+    r
+}
 
+async fn centrifugo_run(args: &FanoutArgs, sources: &Sources) -> Result<Measured, BenchError> {
+    note(args.common.quiet, "starting the peer: centrifugo…");
+    let mut centrifugo = Centrifugo::start(
+        &args.common.centrifugo_bin(),
+        &CentrifugoOptions {
+            ephemeral_namespace: Some(EPHEMERAL_NAMESPACE),
+            ..CentrifugoOptions::default()
+        },
+    )
+    .await?;
+    let tokens = (0..args.connections() + args.rooms)
+        .map(|i| centrifugo.token(&format!("u{i}")))
+        .collect();
+    let r = protocol_run("centrifugo", args, sources, centrifugo.addr, tokens).await;
+    centrifugo.check_alive()?;
+    r
+}
+
+/// The run against a server speaking Herald's client protocol (Herald or
+/// Centrifugo) at `addr`; `tokens` holds one per subscriber, then one per
+/// publisher.
+async fn protocol_run(
+    label: &str,
+    args: &FanoutArgs,
+    sources: &Sources,
+    addr: std::net::SocketAddr,
+    tokens: Vec<String>,
+) -> Result<Measured, BenchError> {
+    let quiet = args.common.quiet;
+    let (rooms, mode) = (args.rooms, args.mode);
+    let tokens = Arc::new(tokens);
     let opened = Arc::new(Count::default());
     let n = args.connections();
     let shared = Arc::new(Deliveries::default());
     let stop = CancellationToken::new();
     // Subscribers left behind by a failed run stop with it.
     let _stop_guard = stop.clone().drop_guard();
-    let progress = connect_progress("herald", quiet, opened.clone(), n);
+    let progress = connect_progress(label, quiet, opened.clone(), n);
     let (readers, took) = {
         let (sources, tokens) = (sources.clone(), tokens.clone());
         let (shared, stop) = (shared.clone(), stop.clone());
@@ -230,8 +292,7 @@ async fn herald_run(args: &FanoutArgs, sources: &Sources) -> Result<Measured, Be
                 }
             },
         )
-        .await
-        .map_err(|e| with_server_state(e, &mut herald))?
+        .await?
     };
     progress.finish().await;
 
@@ -253,8 +314,8 @@ async fn herald_run(args: &FanoutArgs, sources: &Sources) -> Result<Measured, Be
         .await?
         .0
     };
-    let m = measure(
-        "herald",
+    measure(
+        label,
         args,
         readers,
         shared,
@@ -262,12 +323,10 @@ async fn herald_run(args: &FanoutArgs, sources: &Sources) -> Result<Measured, Be
         publishers,
         n as f64 / took.as_secs_f64(),
     )
-    .await;
-    herald.check_alive()?;
-    m
+    .await
 }
 
-async fn peer_run(args: &FanoutArgs, sources: &Sources) -> Result<Measured, BenchError> {
+async fn nats_run(args: &FanoutArgs, sources: &Sources) -> Result<Measured, BenchError> {
     let quiet = args.common.quiet;
     note(
         quiet,
@@ -358,14 +417,6 @@ fn connect_progress(label: &str, quiet: bool, opened: Arc<Count>, n: usize) -> P
     Progress::start(format!("{label} connect"), quiet, move || {
         format!("{} / {n} connected", opened.get())
     })
-}
-
-/// A failed connect phase, with Herald's exit and log if it died.
-fn with_server_state(e: BenchError, herald: &mut Herald) -> BenchError {
-    match herald.check_alive() {
-        Err(dead) => BenchError::Server(format!("{e}; {dead}")),
-        Ok(()) => e,
-    }
 }
 
 type Reader = (usize, tokio::task::JoinHandle<Order>);

@@ -64,6 +64,8 @@ pub async fn run(args: HistoryArgs) -> Result<Report, BenchError> {
             "--channels, --fill, --page-size and --concurrency must be at least 1".into(),
         ));
     }
+    // No peer: a --peer names one this scenario does not have.
+    args.common.peers("history", &[])?;
     args.common
         .raise_fd_limit(args.concurrency + fill::WORKERS)?;
     let quiet = args.common.quiet;
@@ -116,7 +118,7 @@ pub async fn run(args: HistoryArgs) -> Result<Report, BenchError> {
             "payload_bytes": args.payload,
         }),
         herald: m,
-        peer: None,
+        peers: Vec::new(),
         rows,
         notes: vec![
             "cold: random pages of random channels right after a restart; hot: the newest page of the hot channels".into(),

@@ -4,11 +4,17 @@
 //! acknowledged publishes per second and publish→reply latency, and checks
 //! that the offsets each channel handed out are exactly 1..n.
 //!
-//! The peer is raw JetStream publish-with-ack (async-nats) into a stream
-//! created by the very code that creates Herald's ingest stream
-//! (`bus::ingest::ensure_stream`, same settings), with the same payload
-//! (an `IngestMessage`), the same `Nats-Msg-Id` deduplication header and the
-//! same number of concurrent publishers, each waiting for its ack.
+//! The peers:
+//! - `jetstream`: raw JetStream publish-with-ack (async-nats) into a stream
+//!   created by the very code that creates Herald's ingest stream
+//!   (`bus::ingest::ensure_stream`, same settings), with the same payload
+//!   (an `IngestMessage`), the same `Nats-Msg-Id` deduplication header and
+//!   the same number of concurrent publishers, each waiting for its ack;
+//! - `jetstream sync`: the same against a nats-server with
+//!   `sync_interval: always` (every write fsynced before its ack, as Herald's
+//!   commit is): the equal-durability cost beside the transport speed;
+//! - `centrifugo`: Herald's own paths (client protocol `publish`, server API
+//!   `publish`) against Centrifugo's memory engine with history on.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -21,12 +27,13 @@ use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use serde_json::json;
 
+use super::centrifugo::{Centrifugo, CentrifugoOptions};
 use super::net::{Sources, open_all};
 use super::payload::{self, now_us};
-use super::report::{Measured, Report, Row};
+use super::report::{Measured, Peer, Report, Row};
 use super::stats::{Count, Latencies, Progress, note};
 use super::target::{Api, Herald, HeraldOptions, Nats};
-use super::{BenchError, Common};
+use super::{BenchError, Common, PeerKind};
 use herald::bus::ingest::{IngestMessage, ensure_stream};
 use herald::bus::subjects;
 use herald::config::Config;
@@ -92,29 +99,67 @@ pub async fn run(args: IngestArgs) -> Result<Report, BenchError> {
     }
     args.common.raise_fd_limit(args.publishers * 2)?;
     let sources = Sources::new(args.common.sources, args.publishers);
+    let kinds = args.common.peers(
+        "ingest",
+        &[
+            PeerKind::Jetstream,
+            PeerKind::JetstreamSync,
+            PeerKind::Centrifugo,
+        ],
+    )?;
     let quiet = args.common.quiet;
     note(quiet, "starting nats-server and herald serve…");
     let mut herald = Herald::start(&args.common.nats_bin(), &HeraldOptions::default()).await?;
     let mut m = Measured::default();
     let mut rows = Vec::new();
     if matches!(args.via, Via::Client | Via::Both) {
-        let r = client_path(&args, &herald, &sources).await;
+        let tokens = (0..args.publishers)
+            .map(|i| herald.token(&format!("pub{i}")))
+            .collect();
+        let r = client_path("herald", &args, herald.addr, tokens, true, &sources).await;
         herald.check_alive()?;
-        add_path(&mut m, "client", r?);
+        add_path(&mut m, "client", r?, true);
         rows.extend(path_rows("client", "client"));
     }
     if matches!(args.via, Via::Api | Via::Both) {
-        let r = api_path(&args, &herald, &sources).await;
+        let mut apis = Vec::with_capacity(args.publishers);
+        for i in 0..args.publishers {
+            apis.push(herald.api(Some(sources.pick(i))).await?);
+        }
+        let r = api_path("herald", &args, apis).await;
         herald.check_alive()?;
-        add_path(&mut m, "api", r?);
+        add_path(&mut m, "api", r?, true);
         rows.extend(path_rows("API", "api"));
     }
     drop(herald);
-    let peer = if args.common.no_peer {
-        None
-    } else {
-        Some(("jetstream".to_string(), peer_run(&args).await?))
-    };
+    let mut peers = Vec::new();
+    let mut notes = vec!["Herald acknowledges after its store commit (fsync)".to_string()];
+    for kind in kinds {
+        let (measured, note) = match kind {
+            PeerKind::Jetstream => (
+                jetstream_run(&args, false).await?,
+                "jetstream acknowledges after its write, fsynced within sync_interval (default 2 minutes)",
+            ),
+            PeerKind::JetstreamSync => (
+                jetstream_run(&args, true).await?,
+                "jetstream sync (sync_interval: always) acknowledges after fsyncing the write: Herald's durability",
+            ),
+            PeerKind::Centrifugo => (
+                centrifugo_run(&args, &sources).await?,
+                "centrifugo acknowledges after appending to its in-memory history (memory engine, no disk); its client publish reply carries no offset, so each channel's history offset is checked instead",
+            ),
+            other => {
+                return Err(BenchError::Internal(format!(
+                    "ingest has no peer {other:?}"
+                )));
+            }
+        };
+        notes.push(note.into());
+        peers.push(Peer {
+            name: kind.name().into(),
+            measured,
+        });
+    }
     Ok(Report {
         scenario: "ingest",
         params: json!({
@@ -125,25 +170,27 @@ pub async fn run(args: IngestArgs) -> Result<Report, BenchError> {
             "via": format!("{:?}", args.via).to_lowercase(),
         }),
         herald: m,
-        peer,
+        peers,
         rows,
-        notes: vec![
-            "Herald acknowledges after the store commit (fsync); JetStream after its own (lazy fsync) write".into(),
-        ],
+        notes,
     })
 }
 
-fn add_path(m: &mut Measured, path: &str, r: PathResult) {
+/// The figures and checks of one path; `by_offset`: the replies carried
+/// offsets, checked 1..n per channel (all but Centrifugo's client publish).
+fn add_path(m: &mut Measured, path: &str, r: PathResult, by_offset: bool) {
     m.set(&format!("{path}_publishes"), r.acked as f64);
     m.set(
         &format!("{path}_publishes_per_sec"),
         r.acked as f64 / r.secs.max(1e-6),
     );
     m.latency(&format!("{path}_publish"), r.latency);
-    let (gaps, duplicates) = offset_check(&r.offsets);
     m.check(&format!("{path}_errors"), r.errors);
-    m.check(&format!("{path}_offset_gaps"), gaps);
-    m.check(&format!("{path}_offset_duplicates"), duplicates);
+    if by_offset {
+        let (gaps, duplicates) = offset_check(&r.offsets);
+        m.check(&format!("{path}_offset_gaps"), gaps);
+        m.check(&format!("{path}_offset_duplicates"), duplicates);
+    }
 }
 
 /// Per channel, the offsets handed out must be exactly 1..n: counts the
@@ -204,22 +251,31 @@ trait PathPublisher: Send + 'static {
 }
 
 /// Client protocol `publish` on one WebSocket, into `ingc-<c>`.
-struct ClientPublisher(Client);
+struct ClientPublisher {
+    client: Client,
+    /// The reply must carry the offset (Herald's extension); Centrifugo's
+    /// is an empty object.
+    offsets: bool,
+}
 
 impl PathPublisher for ClientPublisher {
     async fn publish(&mut self, c: usize, data: String) -> Result<Outcome, String> {
         let channel = serde_json::to_string(&format!("ingc-{c}")).unwrap_or_default();
         let id = self
-            .0
+            .client
             .send_raw(
                 "publish",
                 &format!(r#"{{"channel":{channel},"data":{data}}}"#),
             )
             .await
             .map_err(|e| e.to_string())?;
-        let reply = self.0.reply(id).await.map_err(|e| e.to_string())?;
-        Ok(match reply["publish"]["offset"].as_u64() {
-            Some(o) => Outcome::Stored(o),
+        let reply = self.client.reply(id).await.map_err(|e| e.to_string())?;
+        Ok(match reply.get("publish") {
+            Some(r) => match r["offset"].as_u64() {
+                Some(o) => Outcome::Stored(o),
+                None if !self.offsets => Outcome::Acked,
+                None => Outcome::Refused,
+            },
             None => Outcome::Refused,
         })
     }
@@ -272,15 +328,16 @@ impl PathPublisher for JetStreamPublisher {
     }
 }
 
+/// The client protocol path against `addr` (Herald, or Centrifugo without
+/// `offsets` in its replies), one token per publisher.
 async fn client_path(
+    label: &str,
     args: &IngestArgs,
-    herald: &Herald,
+    addr: std::net::SocketAddr,
+    tokens: Vec<String>,
+    offsets: bool,
     sources: &Sources,
 ) -> Result<PathResult, BenchError> {
-    let addr = herald.addr;
-    let tokens: Vec<String> = (0..args.publishers)
-        .map(|i| herald.token(&format!("pub{i}")))
-        .collect();
     let (clients, _) = {
         let sources = sources.clone();
         open_all(
@@ -302,20 +359,22 @@ async fn client_path(
         )
         .await?
     };
-    let publishers = clients.into_iter().map(ClientPublisher).collect();
-    drive("herald client publish", args, publishers).await
+    let publishers = clients
+        .into_iter()
+        .map(|client| ClientPublisher { client, offsets })
+        .collect();
+    drive(&format!("{label} client publish"), args, publishers).await
 }
 
+/// The server API path: `publishers` connections to Herald's or
+/// Centrifugo's API.
 async fn api_path(
+    label: &str,
     args: &IngestArgs,
-    herald: &Herald,
-    sources: &Sources,
+    publishers: Vec<Api>,
 ) -> Result<PathResult, BenchError> {
-    let mut publishers = Vec::with_capacity(args.publishers);
-    for i in 0..args.publishers {
-        publishers.push(ApiPublisher(herald.api(Some(sources.pick(i))).await?));
-    }
-    drive("herald API publish", args, publishers).await
+    let publishers = publishers.into_iter().map(ApiPublisher).collect();
+    drive(&format!("{label} API publish"), args, publishers).await
 }
 
 /// Runs every publisher on its share of `--messages` (one publish in flight
@@ -383,12 +442,21 @@ async fn drive<P: PathPublisher>(
     })
 }
 
-async fn peer_run(args: &IngestArgs) -> Result<Measured, BenchError> {
+/// A JetStream peer: the default `sync_interval`, or `always` (`sync`).
+async fn jetstream_run(args: &IngestArgs, sync: bool) -> Result<Measured, BenchError> {
     note(
         args.common.quiet,
-        "starting the peer: nats-server for raw JetStream publish-with-ack…",
+        if sync {
+            "starting the peer: nats-server (sync_interval: always) for JetStream publish-with-ack…"
+        } else {
+            "starting the peer: nats-server for raw JetStream publish-with-ack…"
+        },
     );
-    let nats = Nats::start(&args.common.nats_bin()).await?;
+    let nats = if sync {
+        Nats::start_sync_always(&args.common.nats_bin()).await?
+    } else {
+        Nats::start(&args.common.nats_bin()).await?
+    };
     let client = async_nats::connect(&nats.server.url)
         .await
         .map_err(|e| BenchError::setup("a NATS connection to the peer", e))?;
@@ -410,7 +478,12 @@ async fn peer_run(args: &IngestArgs) -> Result<Measured, BenchError> {
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| BenchError::Internal(format!("peer client info: {e}")))?;
-    let r = drive("jetstream publish", args, publishers).await?;
+    let label = if sync {
+        "jetstream sync publish"
+    } else {
+        "jetstream publish"
+    };
+    let r = drive(label, args, publishers).await?;
     let stored = stream
         .info()
         .await
@@ -424,4 +497,71 @@ async fn peer_run(args: &IngestArgs) -> Result<Measured, BenchError> {
     m.check("not_in_stream", r.acked.saturating_sub(stored));
     drop(nats);
     Ok(m)
+}
+
+/// Centrifugo: the same paths as Herald's (`--via`), into the same channels.
+/// Its client publish reply carries no offset, so after that path every
+/// channel's history must end at the number of publications sent into it.
+async fn centrifugo_run(args: &IngestArgs, sources: &Sources) -> Result<Measured, BenchError> {
+    note(args.common.quiet, "starting the peer: centrifugo…");
+    let mut centrifugo =
+        Centrifugo::start(&args.common.centrifugo_bin(), &CentrifugoOptions::default()).await?;
+    let mut m = Measured::default();
+    if matches!(args.via, Via::Client | Via::Both) {
+        let tokens = (0..args.publishers)
+            .map(|i| centrifugo.token(&format!("pub{i}")))
+            .collect();
+        let r = client_path("centrifugo", args, centrifugo.addr, tokens, false, sources).await;
+        centrifugo.check_alive()?;
+        add_path(&mut m, "client", r?, false);
+        let mut api = centrifugo.api(None).await?;
+        let mut mismatch = 0u64;
+        for c in 0..args.channels {
+            let top = api
+                .top_offset(&format!("ingc-{c}"))
+                .await
+                .map_err(|e| BenchError::Server(format!("centrifugo history: {e}")))?;
+            mismatch += top.abs_diff(sent_into(c, args.channels, args.messages));
+        }
+        m.check("client_history_mismatch", mismatch);
+    }
+    if matches!(args.via, Via::Api | Via::Both) {
+        let mut apis = Vec::with_capacity(args.publishers);
+        for i in 0..args.publishers {
+            apis.push(centrifugo.api(Some(sources.pick(i))).await?);
+        }
+        let r = api_path("centrifugo", args, apis).await;
+        centrifugo.check_alive()?;
+        add_path(&mut m, "api", r?, true);
+    }
+    Ok(m)
+}
+
+/// How many of `messages` go into channel `c` of `channels` (see [`share`]:
+/// publication `j` goes into channel `j % channels`).
+fn sent_into(c: usize, channels: usize, messages: u64) -> u64 {
+    let (c, channels) = (c as u64, channels as u64);
+    if c >= messages {
+        0
+    } else {
+        (messages - c).div_ceil(channels)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sent_into_counts_each_channels_share() {
+        for (channels, messages) in [(4usize, 30u64), (1000, 20_000), (7, 3), (1, 5)] {
+            let mut counted = vec![0u64; channels];
+            for j in 0..messages {
+                counted[(j % channels as u64) as usize] += 1;
+            }
+            for (c, n) in counted.iter().enumerate() {
+                assert_eq!(sent_into(c, channels, messages), *n, "{c} of {channels}");
+            }
+        }
+    }
 }

@@ -1,23 +1,30 @@
 //! `herald-bench <scenario>` (also reached as `herald bench`): a load generator that measures Herald on this
-//! machine and, in the same run, a peer doing the same work — nats-server's
-//! own WebSocket listener for `fanout` and `connections`, raw JetStream
-//! publish-with-ack for `ingest` — and prints Herald's figure, the peer's and
-//! their ratio (BENCHMARKS.md holds the results).
+//! machine and, in the same run, peers doing the same work, and prints
+//! Herald's figure, each peer's and the ratio Herald ÷ peer. The peers
+//! ([`PeerKind`]; `--peer` picks some, `--no-peer` none):
+//! nats-server's own WebSocket listener and Centrifugo for `fanout` and
+//! `connections`; raw JetStream publish-with-ack (default `sync_interval`
+//! and `sync_interval: always`) and Centrifugo for `ingest`
+//! (BENCHMARKS.md holds the results).
 //!
 //! The bench starts what it measures: a nats-server and `herald serve` (the
-//! `herald` binary beside this one, or `--herald PATH`) with temporary directories and a secret and API key of its
-//! own, then the peer's nats-server; nothing to set up beforehand.
+//! `herald` binary beside this one, or `--herald PATH`) with temporary
+//! directories and a secret and API key of its own, then each peer, one at
+//! a time; nothing to set up beforehand.
 //!
 //! Scenarios, one file each: [`fanout`], [`connections`], [`ingest`],
 //! [`recovery`], [`history`], [`presence`]. Client side: `herald_client` (the same
-//! protocol client the tests use), [`nats_ws`] (the peer's protocol),
-//! [`http`] (server API and sync HTTP), [`net`] (source addresses, connect
-//! limits). [`target`] starts the processes, [`stats`] measures,
-//! [`report`] and [`plot`] show.
+//! protocol client the tests use, also the one that drives Centrifugo),
+//! [`nats_ws`] (the NATS peer's protocol), [`http`] (server API and sync
+//! HTTP), [`net`] (source addresses, connect limits). [`target`] and
+//! [`centrifugo`] start the processes, [`stats`] measures, [`report`] and
+//! [`plot`] show.
 //!
-//! Correctness is checked on every run (lost, duplicated, failed); a run
-//! whose checks fail exits 1. Timing is reported, never asserted.
+//! Correctness is checked on every run (lost, duplicated, failed) for Herald
+//! and every peer; a run whose checks fail exits 1. Timing is reported,
+//! never asserted.
 
+mod centrifugo;
 mod connections;
 mod drive;
 mod fanout;
@@ -40,7 +47,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use herald_client::ClientError;
 
@@ -79,7 +86,7 @@ impl BenchError {
 #[command(
     name = "herald-bench",
     version,
-    about = "Measure Herald beside a peer (see BENCHMARKS.md)"
+    about = "Measure Herald beside its peers (see BENCHMARKS.md)"
 )]
 pub struct BenchArgs {
     #[command(subcommand)]
@@ -127,9 +134,18 @@ pub struct Common {
     /// The herald binary to measure; default: `herald` beside this executable.
     #[arg(long, value_name = "PATH")]
     pub herald: Option<PathBuf>,
-    /// Measure Herald only, not the peer.
-    #[arg(long)]
+    /// The Centrifugo binary (the `centrifugo` peer); default
+    /// `.tools/centrifugo/centrifugo` when present, else `centrifugo` on PATH.
+    #[arg(long, env = "HERALD_TEST_CENTRIFUGO", value_name = "PATH")]
+    pub centrifugo: Option<PathBuf>,
+    /// Measure Herald only, no peer.
+    #[arg(long, conflicts_with = "peer")]
     pub no_peer: bool,
+    /// The peers to measure beside Herald (repeat or separate with commas);
+    /// default: every peer of the scenario (fanout and connections:
+    /// nats-ws, centrifugo; ingest: jetstream, jetstream-sync, centrifugo).
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "PEER")]
+    pub peer: Vec<PeerKind>,
     /// Loopback source addresses to spread connections over (127.0.0.2, …);
     /// default: one per 10,000 connections, plus one.
     #[arg(long)]
@@ -142,7 +158,80 @@ pub struct Common {
     pub quiet: bool,
 }
 
+/// A program measured beside Herald, doing the same work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PeerKind {
+    /// nats-server's own WebSocket listener (`fanout`, `connections`).
+    NatsWs,
+    /// Raw JetStream publish-with-ack, nats-server's default `sync_interval`
+    /// (fsync every 2 minutes) (`ingest`).
+    Jetstream,
+    /// The same with `sync_interval: always` (fsync before each ack): the
+    /// durability of Herald's commit (`ingest`).
+    JetstreamSync,
+    /// Centrifugo v6 with its memory engine, driven by the same client
+    /// protocol as Herald (`fanout`, `connections`, `ingest`).
+    Centrifugo,
+}
+
+impl PeerKind {
+    /// The peer's name in the table and in the JSON report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::NatsWs => "nats-server ws",
+            Self::Jetstream => "jetstream",
+            Self::JetstreamSync => "jetstream sync",
+            Self::Centrifugo => "centrifugo",
+        }
+    }
+
+    fn flag(self) -> &'static str {
+        match self {
+            Self::NatsWs => "nats-ws",
+            Self::Jetstream => "jetstream",
+            Self::JetstreamSync => "jetstream-sync",
+            Self::Centrifugo => "centrifugo",
+        }
+    }
+}
+
 impl Common {
+    /// The peers to run among those `scenario` has (`available`, in the
+    /// order they run): none with `--no-peer`, the `--peer` ones, else all.
+    fn peers(&self, scenario: &str, available: &[PeerKind]) -> Result<Vec<PeerKind>, BenchError> {
+        if self.no_peer {
+            return Ok(Vec::new());
+        }
+        if let Some(p) = self.peer.iter().find(|p| !available.contains(p)) {
+            let names: Vec<&str> = available.iter().map(|p| p.flag()).collect();
+            return Err(BenchError::Internal(if names.is_empty() {
+                format!("{scenario} has no peer {}; it has none", p.flag())
+            } else {
+                format!(
+                    "{scenario} has no peer {}; its peers: {}",
+                    p.flag(),
+                    names.join(", ")
+                )
+            }));
+        }
+        Ok(available
+            .iter()
+            .copied()
+            .filter(|p| self.peer.is_empty() || self.peer.contains(p))
+            .collect())
+    }
+
+    fn centrifugo_bin(&self) -> PathBuf {
+        if let Some(p) = &self.centrifugo {
+            return p.clone();
+        }
+        let local = PathBuf::from(".tools/centrifugo/centrifugo");
+        if local.exists() {
+            return local;
+        }
+        PathBuf::from("centrifugo")
+    }
+
     fn nats_bin(&self) -> PathBuf {
         if let Some(p) = &self.nats_server {
             return p.clone();

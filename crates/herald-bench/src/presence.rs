@@ -58,6 +58,8 @@ pub async fn run(args: PresenceArgs) -> Result<Report, BenchError> {
             "--members, --concurrency, --cycles and --queries must be at least 1".into(),
         ));
     }
+    // No peer: a --peer names one this scenario does not have.
+    args.common.peers("presence", &[])?;
     let largest = args.members.iter().copied().max().unwrap_or(0);
     args.common.raise_fd_limit(largest + args.concurrency + 1)?;
     let quiet = args.common.quiet;
@@ -115,7 +117,7 @@ pub async fn run(args: PresenceArgs) -> Result<Report, BenchError> {
             "queries": args.queries,
         }),
         herald: m,
-        peer: None,
+        peers: Vec::new(),
         rows,
         notes: vec![
             "one herald serve (a single edge: every query gathers one answer over NATS)".into(),

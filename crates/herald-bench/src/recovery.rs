@@ -60,6 +60,8 @@ pub async fn run(args: RecoveryArgs) -> Result<Report, BenchError> {
             "--clients and --channels must be at least 1".into(),
         ));
     }
+    // No peer: a --peer names one this scenario does not have.
+    args.common.peers("recovery", &[])?;
     // The first connections are closed before the reconnects open, so the
     // descriptors needed are one per client; the closed sockets linger in
     // TIME_WAIT holding their ports (not descriptors) while the same number
@@ -90,7 +92,7 @@ pub async fn run(args: RecoveryArgs) -> Result<Report, BenchError> {
             "sources": sources.len(),
         }),
         herald: r?,
-        peer: None,
+        peers: Vec::new(),
         rows: vec![
             Row::herald("clients", "clients"),
             Row::herald("publications recovered", "recovered_publications"),

@@ -1,6 +1,7 @@
 //! What a run found and how it is shown: the figures and checks of Herald
-//! and of the peer, the table at the end (Herald, peer, ratio), `--json`,
-//! and the HDR percentile distribution file (`--hdr`).
+//! and of each peer, the table at the end (Herald, then each peer and the
+//! ratio Herald ÷ that peer), `--json`, and the HDR percentile distribution
+//! file (`--hdr`).
 //!
 //! Knows the output formats, not how figures were measured.
 
@@ -73,30 +74,35 @@ fn json_number(v: f64) -> Value {
     }
 }
 
-/// One line of the table: a Herald figure and, when there is one, the
-/// peer's figure it is compared with.
+/// One line of the table: a Herald figure and, when peers have one, the
+/// peer figure it is compared with.
 pub struct Row {
     pub label: String,
     pub key: String,
-    pub peer_key: Option<String>,
+    /// The keys a peer's figure is looked up under, first found wins: the
+    /// same key as Herald's, then a peer's generic one (`ingest`: Herald's
+    /// `client_publishes_per_sec` against Centrifugo's same key, else a
+    /// JetStream peer's `publishes_per_sec`).
+    pub peer_keys: Vec<String>,
 }
 
 impl Row {
-    /// Herald's `key` beside the peer's same `key`.
+    /// Herald's `key` beside each peer's same `key`.
     pub fn both(label: &str, key: &str) -> Self {
         Self {
             label: label.into(),
             key: key.into(),
-            peer_key: Some(key.into()),
+            peer_keys: vec![key.into()],
         }
     }
 
-    /// Herald's `key` beside the peer's `peer_key`.
+    /// Herald's `key` beside each peer's same `key`, or its `peer_key` when
+    /// it has no such figure.
     pub fn versus(label: &str, key: &str, peer_key: &str) -> Self {
         Self {
             label: label.into(),
             key: key.into(),
-            peer_key: Some(peer_key.into()),
+            peer_keys: vec![key.into(), peer_key.into()],
         }
     }
 
@@ -105,9 +111,20 @@ impl Row {
         Self {
             label: label.into(),
             key: key.into(),
-            peer_key: None,
+            peer_keys: Vec::new(),
         }
     }
+
+    /// `peer`'s figure for this row.
+    fn peer_value(&self, peer: &Measured) -> Option<f64> {
+        self.peer_keys.iter().find_map(|k| peer.get(k))
+    }
+}
+
+/// A peer's name (as in the table and the JSON) and figures.
+pub struct Peer {
+    pub name: String,
+    pub measured: Measured,
 }
 
 /// A whole run.
@@ -115,28 +132,41 @@ pub struct Report {
     pub scenario: &'static str,
     pub params: Value,
     pub herald: Measured,
-    /// The peer's name and figures, when it ran.
-    pub peer: Option<(String, Measured)>,
+    /// The peers that ran, in the order they are shown.
+    pub peers: Vec<Peer>,
     pub rows: Vec<Row>,
     pub notes: Vec<String>,
 }
 
 impl Report {
     pub fn ok(&self) -> bool {
-        self.herald.ok() && self.peer.as_ref().is_none_or(|(_, p)| p.ok())
+        self.herald.ok() && self.peers.iter().all(|p| p.measured.ok())
     }
 
-    fn ratio(&self, row: &Row) -> Option<f64> {
+    /// Herald ÷ `peer` on `row`.
+    fn ratio(&self, row: &Row, peer: &Peer) -> Option<f64> {
         let h = self.herald.get(&row.key)?;
-        let p = self.peer.as_ref()?.1.get(row.peer_key.as_deref()?)?;
+        let p = row.peer_value(&peer.measured)?;
         (p != 0.0).then(|| h / p)
     }
 
     pub fn json(&self) -> Value {
-        let ratios: Map<String, Value> = self
-            .rows
+        let peers: Map<String, Value> = self
+            .peers
             .iter()
-            .filter_map(|r| Some((r.key.clone(), json_number(self.ratio(r)?))))
+            .map(|p| (p.name.clone(), p.measured.json()))
+            .collect();
+        let ratios: Map<String, Value> = self
+            .peers
+            .iter()
+            .map(|p| {
+                let by_key: Map<String, Value> = self
+                    .rows
+                    .iter()
+                    .filter_map(|r| Some((r.key.clone(), json_number(self.ratio(r, p)?))))
+                    .collect();
+                (p.name.clone(), Value::Object(by_key))
+            })
             .collect();
         json!({
             "scenario": self.scenario,
@@ -145,23 +175,19 @@ impl Report {
             "machine": Machine::read(),
             "params": self.params,
             "herald": self.herald.json(),
-            "peer": self.peer.as_ref().map(|(name, p)| {
-                let mut v = p.json();
-                v["name"] = json!(name);
-                v
-            }),
+            "peers": peers,
             "ratios": ratios,
             "notes": self.notes,
             "ok": self.ok(),
         })
     }
 
-    /// The table printed at the end.
+    /// The table printed at the end: Herald's column, then each peer's
+    /// column followed by the ratio Herald ÷ that peer.
     pub fn table(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "\n{}", command_line());
         let _ = writeln!(out, "{} — {}", utc_now(), Machine::read().summary());
-        let peer_name = self.peer.as_ref().map(|(n, _)| n.as_str());
         let label_w = self
             .rows
             .iter()
@@ -169,22 +195,23 @@ impl Report {
             .max()
             .unwrap_or(6)
             .max(6);
-        let col = peer_name.map_or(12, |n| n.len().max(12));
+        let widths: Vec<usize> = self
+            .peers
+            .iter()
+            .map(|p| p.name.chars().count().max(12))
+            .collect();
         let _ = write!(out, "{:<label_w$}  {:>12}", "", "herald");
-        if let Some(n) = peer_name {
-            let _ = write!(out, "  {n:>col$}  {:>7}", "ratio");
+        for (p, col) in self.peers.iter().zip(&widths) {
+            let _ = write!(out, "  {:>col$}  {:>7}", p.name, "ratio");
         }
         out.push('\n');
         for row in &self.rows {
             let h = self.herald.get(&row.key);
             let _ = write!(out, "{:<label_w$}  {:>12}", row.label, fmt(h));
-            if self.peer.is_some() {
-                let p = row
-                    .peer_key
-                    .as_deref()
-                    .and_then(|k| self.peer.as_ref()?.1.get(k));
-                let ratio = self.ratio(row).map_or("".into(), |r| format!("{r:.2}"));
-                let _ = write!(out, "  {:>col$}  {:>7}", fmt(p), ratio);
+            for (p, col) in self.peers.iter().zip(&widths) {
+                let v = row.peer_value(&p.measured);
+                let ratio = self.ratio(row, p).map_or("".into(), |r| format!("{r:.2}"));
+                let _ = write!(out, "  {:>col$}  {:>7}", fmt(v), ratio);
             }
             out.push('\n');
         }
@@ -196,8 +223,11 @@ impl Report {
                 .join(", ")
         };
         let _ = writeln!(out, "checks (herald): {}", checks(&self.herald));
-        if let Some((n, p)) = &self.peer {
-            let _ = writeln!(out, "checks ({n}): {}", checks(p));
+        for p in &self.peers {
+            let _ = writeln!(out, "checks ({}): {}", p.name, checks(&p.measured));
+        }
+        if !self.peers.is_empty() {
+            let _ = writeln!(out, "ratio: herald ÷ the peer on its left");
         }
         for n in &self.notes {
             let _ = writeln!(out, "note: {n}");
@@ -214,7 +244,7 @@ impl Report {
         out
     }
 
-    /// Every latency distribution of the run, Herald's then the peer's.
+    /// Every latency distribution of the run, Herald's then each peer's.
     pub fn curves(&self) -> Vec<(String, &Histogram<u64>)> {
         let mut out: Vec<(String, &Histogram<u64>)> = self
             .herald
@@ -222,8 +252,13 @@ impl Report {
             .iter()
             .map(|(k, h)| (format!("herald {k}"), h))
             .collect();
-        if let Some((name, p)) = &self.peer {
-            out.extend(p.latencies.iter().map(|(k, h)| (format!("{name} {k}"), h)));
+        for p in &self.peers {
+            out.extend(
+                p.measured
+                    .latencies
+                    .iter()
+                    .map(|(k, h)| (format!("{} {k}", p.name), h)),
+            );
         }
         out
     }
@@ -324,22 +359,47 @@ mod tests {
     fn ratios_and_checks() {
         let mut h = Measured::default();
         h.set("rate", 200.0);
+        h.set("client_rate", 300.0);
         h.check("lost", 0);
-        let mut p = Measured::default();
-        p.set("rate", 100.0);
-        p.check("lost", 1);
+        let mut same = Measured::default();
+        same.set("rate", 100.0);
+        same.set("client_rate", 150.0);
+        same.check("lost", 0);
+        let mut generic = Measured::default();
+        generic.set("rate", 50.0);
+        generic.set("publishes", 600.0);
+        generic.check("lost", 1);
         let r = Report {
             scenario: "x",
             params: json!({}),
             herald: h,
-            peer: Some(("peer".into(), p)),
-            rows: vec![Row::both("rate", "rate")],
+            peers: vec![
+                Peer {
+                    name: "same".into(),
+                    measured: same,
+                },
+                Peer {
+                    name: "generic".into(),
+                    measured: generic,
+                },
+            ],
+            rows: vec![
+                Row::both("rate", "rate"),
+                Row::versus("client rate", "client_rate", "publishes"),
+            ],
             notes: vec![],
         };
         let j = r.json();
-        assert_eq!(j["ratios"]["rate"], 2);
-        assert_eq!(j["peer"]["checks"]["lost"], 1);
-        assert_eq!(j["ok"], false);
-        assert!(r.table().contains("2.00"));
+        assert_eq!(j["ratios"]["same"]["rate"], 2);
+        assert_eq!(j["ratios"]["generic"]["rate"], 4);
+        // A peer's own key first, its generic one otherwise.
+        assert_eq!(j["ratios"]["same"]["client_rate"], 2);
+        assert_eq!(j["ratios"]["generic"]["client_rate"], 0.5);
+        assert_eq!(j["peers"]["same"]["checks"]["lost"], 0);
+        assert_eq!(j["peers"]["generic"]["checks"]["lost"], 1);
+        assert_eq!(j["ok"], false, "one peer's failed check fails the run");
+        let table = r.table();
+        assert!(table.contains("2.00") && table.contains("4.00") && table.contains("0.50"));
+        assert!(table.contains("checks (generic): lost 1"), "{table}");
     }
 }

@@ -1,7 +1,10 @@
 //! What the bench measures, started by the bench itself: a nats-server with
 //! JetStream for Herald (free port, temporary directory), and `herald serve`
 //! as a child process (this very executable) with a temporary data dir and a
-//! secret and API key chosen here; and the peers' nats-servers.
+//! secret and API key chosen here; the peers' nats-servers (WebSocket
+//! listener, JetStream, JetStream with `sync_interval: always`); and the
+//! server API client that Herald and Centrifugo ([`super::centrifugo`])
+//! share.
 //!
 //! Every child dies with the bench (kill on drop; nats-servers also get
 //! PR_SET_PDEATHSIG), and temporary directories are removed on drop.
@@ -52,7 +55,7 @@ impl Drop for TempDir {
 }
 
 /// A port that was free a moment ago.
-fn free_port() -> Result<u16, BenchError> {
+pub fn free_port() -> Result<u16, BenchError> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -74,6 +77,25 @@ impl Nats {
         let server = NatsServer::start(bin, dir.path())
             .await
             .map_err(|e| BenchError::setup("nats-server", e))?;
+        Ok(Self {
+            server,
+            ws_addr: None,
+            _dir: dir,
+        })
+    }
+
+    /// The equal-durability JetStream peer: JetStream with
+    /// `sync_interval: always`, so the server fsyncs every write before it
+    /// acknowledges it, as Herald's store commit does (the default syncs
+    /// every two minutes).
+    pub async fn start_sync_always(bin: &Path) -> Result<Self, BenchError> {
+        let dir = TempDir::new("nats-sync")?;
+        let conf = dir.path().join("peer.conf");
+        std::fs::write(&conf, "jetstream {\n  sync_interval: always\n}\n")
+            .map_err(|e| BenchError::setup("the peer's config", e))?;
+        let server = NatsServer::start_with_config(bin, dir.path(), &conf)
+            .await
+            .map_err(|e| BenchError::setup("nats-server (sync_interval: always)", e))?;
         Ok(Self {
             server,
             ws_addr: None,
@@ -294,13 +316,7 @@ impl Herald {
 
     /// A server API client on its own connection.
     pub async fn api(&self, source: Option<std::net::IpAddr>) -> Result<Api, BenchError> {
-        let conn = HttpConn::open(self.addr, source)
-            .await
-            .map_err(|e| BenchError::Server(format!("connecting to the server API: {e}")))?;
-        Ok(Api {
-            conn,
-            key: self.api_key.clone(),
-        })
+        Api::open(self.addr, &self.api_key, source).await
     }
 }
 
@@ -380,7 +396,8 @@ fn spawn(
     Ok((child, pid))
 }
 
-/// The server API over one keep-alive connection.
+/// The server API over one keep-alive connection: Herald's, or Centrifugo's
+/// (the same paths, `X-API-Key` header and `result` objects).
 pub struct Api {
     conn: HttpConn,
     key: String,
@@ -396,12 +413,37 @@ pub enum ApiError {
 }
 
 impl Api {
+    /// Connects to the server API at `addr` (from `source` when given).
+    pub async fn open(
+        addr: SocketAddr,
+        key: &str,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<Self, BenchError> {
+        let conn = HttpConn::open(addr, source)
+            .await
+            .map_err(|e| BenchError::Server(format!("connecting to the server API: {e}")))?;
+        Ok(Self {
+            conn,
+            key: key.into(),
+        })
+    }
+
     /// `publish {channel, data}`; the `result` object (offset and epoch for
     /// a history channel).
     pub async fn publish(&mut self, channel: &str, data: &Value) -> Result<Value, ApiError> {
         let body = json!({ "channel": channel, "data": data });
         self.call("publish", body.to_string().into_bytes().into())
             .await
+    }
+
+    /// `history {channel, limit: 0}`: the channel's latest offset (0 when
+    /// nothing was published into it).
+    pub async fn top_offset(&mut self, channel: &str) -> Result<u64, ApiError> {
+        let body = json!({ "channel": channel, "limit": 0 });
+        let r = self
+            .call("history", body.to_string().into_bytes().into())
+            .await?;
+        Ok(r["offset"].as_u64().unwrap_or(0))
     }
 
     /// `publish` with `data` given as JSON text (no re-encoding).

@@ -1,10 +1,11 @@
 //! Smoke runs of `herald-bench`: every scenario with tiny parameters, the
 //! real binary starting its own nats-server, Herald (the `herald` binary
-//! beside it, which `cargo test --workspace` builds) and peer. Correctness
-//! only — nothing lost, duplicated or failed, counts equal to what was sent,
-//! the peer's figures present — never timing.
+//! beside it, which `cargo test --workspace` builds) and every peer of the
+//! scenario (nats-servers, Centrifugo from `.tools/`). Correctness only —
+//! nothing lost, duplicated or failed, counts equal to what was sent, each
+//! peer's figures and ratios present — never timing.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
@@ -23,6 +24,26 @@ fn nats_server_bin() -> PathBuf {
     )
 }
 
+/// The repository's Centrifugo: `$HERALD_TEST_CENTRIFUGO`, else the one
+/// scripts/install-tools.sh puts in `.tools/`.
+fn centrifugo_bin() -> PathBuf {
+    let bin = std::env::var_os("HERALD_TEST_CENTRIFUGO").map_or_else(
+        || {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../.tools/centrifugo/centrifugo"
+            ))
+        },
+        PathBuf::from,
+    );
+    assert!(
+        bin.exists(),
+        "{} is missing: run scripts/install-tools.sh (the bench's Centrifugo peer)",
+        bin.display()
+    );
+    bin
+}
+
 /// The server binary beside herald-bench (built by `cargo test --workspace`).
 fn herald_bin() -> PathBuf {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_herald-bench")).with_file_name("herald");
@@ -34,29 +55,66 @@ fn herald_bin() -> PathBuf {
     bin
 }
 
-/// Runs `herald-bench <args> --json --quiet` and returns the report.
-fn bench(args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_herald-bench"))
-        .args(args)
+/// `herald-bench <args> --json --quiet` with the repository's binaries.
+fn command(args: &[&str]) -> Command {
+    command_with(args, &centrifugo_bin())
+}
+
+/// [`command`] with this Centrifugo binary.
+fn command_with(args: &[&str], centrifugo: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_herald-bench"));
+    c.args(args)
         .arg("--herald")
         .arg(herald_bin())
         .args(["--json", "--quiet", "--nats-server"])
         .arg(nats_server_bin())
-        .output()
-        .expect("run herald-bench");
+        .arg("--centrifugo")
+        .arg(centrifugo);
+    c
+}
+
+/// Runs `herald-bench <args> --json --quiet` and returns the report.
+fn bench(args: &[&str]) -> Value {
+    report(command(args))
+}
+
+/// Runs a bench command and returns its report; it must succeed.
+fn report(mut command: Command) -> Value {
+    let out = command.output().expect("run herald-bench");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "herald bench {args:?} failed ({}):\n{stderr}",
+        "{command:?} failed ({}):\n{stderr}",
         out.status
     );
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("bench printed no JSON report ({e}):\n{stderr}"))
 }
 
-/// Every correctness check of `side` ("herald" or "peer") is zero.
+/// The figures of `side`: "herald" or a peer's name.
+fn side<'a>(report: &'a Value, side: &str) -> &'a Value {
+    let v = if side == "herald" {
+        &report["herald"]
+    } else {
+        &report["peers"][side]
+    };
+    assert!(v.is_object(), "no figures for {side}: {report}");
+    v
+}
+
+/// The peers the report holds, by name.
+fn peer_names(report: &Value) -> Vec<&str> {
+    report["peers"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no peers object: {report}"))
+        .keys()
+        .map(String::as_str)
+        .collect()
+}
+
+/// Every correctness check of `side` ("herald" or a peer's name) is zero.
 fn checks_zero(report: &Value, side: &str) {
-    let checks = report[side]["checks"]
+    let checks = self::side(report, side)["checks"]
         .as_object()
         .unwrap_or_else(|| panic!("{side} has no checks: {report}"));
     assert!(!checks.is_empty(), "{side} has no checks");
@@ -67,9 +125,16 @@ fn checks_zero(report: &Value, side: &str) {
 }
 
 fn figure(report: &Value, side: &str, key: &str) -> f64 {
-    report[side][key]
+    self::side(report, side)[key]
         .as_f64()
         .unwrap_or_else(|| panic!("{side}.{key} missing: {report}"))
+}
+
+/// Herald ÷ `peer` on `key`.
+fn ratio(report: &Value, peer: &str, key: &str) -> f64 {
+    report["ratios"][peer][key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no ratio {key} for {peer}: {report}"))
 }
 
 fn fanout(mode: &str) {
@@ -84,15 +149,18 @@ fn fanout(mode: &str) {
         "--messages",
         "5",
     ]);
-    for side in ["herald", "peer"] {
+    assert_eq!(peer_names(&r), ["centrifugo", "nats-server ws"]);
+    for side in ["herald", "nats-server ws", "centrifugo"] {
         checks_zero(&r, side);
         assert_eq!(figure(&r, side, "connections"), 6.0);
         assert_eq!(figure(&r, side, "published"), 10.0, "2 rooms × 5");
         assert_eq!(figure(&r, side, "deliveries"), 30.0, "10 × 3 subscribers");
         assert!(figure(&r, side, "delivery_p99_ms") > 0.0);
     }
-    assert_eq!(r["peer"]["name"], "nats-server ws");
-    assert!(r["ratios"]["deliveries_per_sec"].as_f64().is_some());
+    for peer in ["nats-server ws", "centrifugo"] {
+        assert!(ratio(&r, peer, "deliveries_per_sec") > 0.0);
+        assert_eq!(ratio(&r, peer, "deliveries"), 1.0);
+    }
 }
 
 #[test]
@@ -117,8 +185,11 @@ fn connections() {
         "2s",
         "--ping-interval",
         "1s",
+        "--settle",
+        "300ms",
     ]);
-    for side in ["herald", "peer"] {
+    assert_eq!(peer_names(&r), ["centrifugo", "nats-server ws"]);
+    for side in ["herald", "nats-server ws", "centrifugo"] {
         checks_zero(&r, side);
         assert_eq!(figure(&r, side, "connections"), 12.0);
         assert!(figure(&r, side, "rss_after_mib") > 0.0);
@@ -127,6 +198,8 @@ fn connections() {
             "every client answered a ping"
         );
     }
+    assert!(ratio(&r, "centrifugo", "rss_after_mib") > 0.0);
+    assert!(ratio(&r, "nats-server ws", "rss_after_mib") > 0.0);
 }
 
 #[test]
@@ -140,13 +213,36 @@ fn ingest() {
         "--messages",
         "30",
     ]);
-    checks_zero(&r, "herald");
-    checks_zero(&r, "peer");
-    assert_eq!(figure(&r, "herald", "client_publishes"), 30.0);
-    assert_eq!(figure(&r, "herald", "api_publishes"), 30.0);
-    assert_eq!(figure(&r, "peer", "publishes"), 30.0);
-    assert_eq!(r["peer"]["name"], "jetstream");
-    assert!(r["ratios"]["client_publishes_per_sec"].as_f64().is_some());
+    assert_eq!(
+        peer_names(&r),
+        ["centrifugo", "jetstream", "jetstream sync"]
+    );
+    for side in ["herald", "jetstream", "jetstream sync", "centrifugo"] {
+        checks_zero(&r, side);
+    }
+    for side in ["herald", "centrifugo"] {
+        assert_eq!(figure(&r, side, "client_publishes"), 30.0);
+        assert_eq!(figure(&r, side, "api_publishes"), 30.0);
+    }
+    // Centrifugo's client publish reply has no offset: its history is checked.
+    assert!(side(&r, "centrifugo")["checks"]["client_history_mismatch"].is_u64());
+    for peer in ["jetstream", "jetstream sync"] {
+        assert_eq!(figure(&r, peer, "publishes"), 30.0);
+    }
+    // Each Herald path against each peer: Centrifugo's same path, the
+    // JetStream peers' one publish figure.
+    for peer in ["jetstream", "jetstream sync", "centrifugo"] {
+        assert!(ratio(&r, peer, "client_publishes_per_sec") > 0.0);
+        assert!(ratio(&r, peer, "api_publishes_per_sec") > 0.0);
+    }
+    let expected = figure(&r, "herald", "client_publishes_per_sec")
+        / figure(&r, "centrifugo", "client_publishes_per_sec");
+    let got = ratio(&r, "centrifugo", "client_publishes_per_sec");
+    assert!(
+        // The JSON rounds to 3 decimals.
+        (got - expected).abs() <= 0.0006 + 0.01 * expected,
+        "client path against Centrifugo's client path: {got} vs {expected}"
+    );
 }
 
 #[test]
@@ -163,7 +259,7 @@ fn recovery() {
     checks_zero(&r, "herald");
     assert_eq!(figure(&r, "herald", "clients"), 8.0);
     assert_eq!(figure(&r, "herald", "recovered_publications"), 40.0);
-    assert!(r["peer"].is_null());
+    assert!(peer_names(&r).is_empty(), "recovery has no peer");
 }
 
 #[test]
@@ -202,6 +298,55 @@ fn presence() {
     assert_eq!(figure(&r, "herald", "off_cycles"), 10.0);
     assert!(figure(&r, "herald", "stats_10_p50_ms") > 0.0);
     assert!(figure(&r, "herald", "presence_10_p99_ms") > 0.0);
+}
+
+#[test]
+fn peers_are_chosen_with_peer() {
+    // Centrifugo named relative to the working directory, as in
+    // BENCHMARKS.md's commands (it runs in a directory of its own).
+    centrifugo_bin();
+    let mut c = command_with(
+        &[
+            "ingest",
+            "--publishers",
+            "2",
+            "--channels",
+            "2",
+            "--messages",
+            "10",
+            "--peer",
+            "jetstream-sync,centrifugo",
+        ],
+        Path::new(".tools/centrifugo/centrifugo"),
+    );
+    c.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+    let r = report(c);
+    assert_eq!(peer_names(&r), ["centrifugo", "jetstream sync"]);
+    checks_zero(&r, "jetstream sync");
+    checks_zero(&r, "centrifugo");
+    assert_eq!(figure(&r, "jetstream sync", "publishes"), 10.0);
+    assert_eq!(figure(&r, "centrifugo", "client_publishes"), 10.0);
+
+    // A peer the scenario does not have is refused, naming those it has.
+    let out = command(&["fanout", "--rooms", "1", "--subscribers", "1"])
+        .args(["--messages", "1", "--peer", "jetstream"])
+        .output()
+        .expect("run herald-bench");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("fanout has no peer jetstream; its peers: nats-ws, centrifugo"),
+        "{stderr}"
+    );
+    let out = command(&["recovery", "--clients", "1", "--peer", "centrifugo"])
+        .output()
+        .expect("run herald-bench");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("recovery has no peer centrifugo; it has none"),
+        "{stderr}"
+    );
 }
 
 #[test]

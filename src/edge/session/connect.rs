@@ -1,4 +1,5 @@
-//! `connect`: authenticates the token, records the user in the registry and
+//! `connect`: authenticates the token (or, without one, asks the connect
+//! proxy: `proxied`), records the user in the registry and
 //! makes the server-side subscriptions of its `channels` claim (and of the
 //! user's personal channel when configured); the reply lists them, and their
 //! publications follow it.
@@ -23,23 +24,43 @@ impl Session {
         if self.authed.is_some() {
             return Err(Fail::Close(Disconnect::BAD_REQUEST));
         }
-        // No credentials at all: a bad request, as Centrifugo's (an
-        // anonymous connection has a token with an empty `sub`).
-        if req.token.is_empty() {
-            return Err(Fail::Close(Disconnect::BAD_REQUEST));
-        }
-        let claims = match self.edge.verifier.connect(&req.token) {
-            Ok(c) => c,
-            Err(TokenError::Expired) => return Err(Fail::Error(ProtocolError::TokenExpired)),
-            Err(TokenError::Invalid) => return Err(Fail::Close(Disconnect::INVALID_TOKEN)),
+        // No credentials at all: the connect proxy decides, or it is a bad
+        // request, as Centrifugo's (an anonymous connection has a token
+        // with an empty `sub`).
+        let mut granted = None;
+        let claims = if req.token.is_empty() {
+            let Some(proxy) = self.edge.proxies.config().connect.clone() else {
+                return Err(Fail::Close(Disconnect::BAD_REQUEST));
+            };
+            let grant = self.connect_by_proxy(&proxy, &req).await?;
+            let claims = grant.claims.clone();
+            granted = Some(grant);
+            claims
+        } else {
+            match self.edge.verifier.connect(&req.token) {
+                Ok(c) => c,
+                Err(TokenError::Expired) => return Err(Fail::Error(ProtocolError::TokenExpired)),
+                Err(TokenError::Invalid) => return Err(Fail::Close(Disconnect::INVALID_TOKEN)),
+            }
         };
         tracing::Span::current().record("user", claims.sub.as_str());
-        if self
-            .edge
-            .revoked(&claims.sub, claims.jti.as_deref(), claims.iat)
+        if granted.is_none()
+            && self
+                .edge
+                .revoked(&claims.sub, claims.jti.as_deref(), claims.iat)
         {
             return Err(Fail::Close(Disconnect::INVALID_TOKEN));
         }
+        // With a refresh proxy every expiring connection, token or not, is
+        // refreshed server side (Centrifugo's): not announced, and at the
+        // expiry itself (no grace for a client refresh).
+        let server_refresh = claims.exp.is_some() && self.edge.proxies.config().refresh.is_some();
+        self.proxy.server_refresh = server_refresh;
+        let grace = if server_refresh {
+            std::time::Duration::ZERO
+        } else {
+            self.edge.settings.client.expired_close_delay
+        };
         self.token = (claims.jti.clone(), claims.iat);
         let tier = self.edge.rates.tier(claims.tier.as_deref());
         if !tier.connect(&claims.sub) {
@@ -59,9 +80,7 @@ impl Session {
         self.authed = Some(Authed {
             user: claims.sub.clone(),
             conn_info: claims.info.clone(),
-            expires_at: claims
-                .exp
-                .map(|exp| close_deadline(exp, self.edge.settings.client.expired_close_delay)),
+            expires_at: claims.exp.map(|exp| close_deadline(exp, grace)),
         });
         self.conn.authenticate(&claims.sub);
         self.user_cap()?;
@@ -88,9 +107,14 @@ impl Session {
                 .filter(|c| Some(*c) != personal.as_ref()),
         );
         for name in names {
-            let Ok(channel) = Channel::parse(name, &self.edge.settings.channels) else {
-                tracing::warn!("invalid channel in token channels claim");
-                continue;
+            let channel = match Channel::parse(name, &self.edge.settings.channels) {
+                Ok(c) => c,
+                // As Centrifugo: a proxy's channel in no namespace is an error.
+                Err(e) if granted.is_some() => return Err(Fail::Error(e)),
+                Err(_) => {
+                    tracing::warn!("invalid channel in token channels claim");
+                    continue;
+                }
             };
             let recover = req
                 .subs
@@ -106,11 +130,20 @@ impl Session {
         for (name, p, _) in &mut prepared {
             subs.insert(name.clone(), std::mem::take(&mut p.result));
         }
+        let (data, mut chan_info) = match granted {
+            Some(g) => (g.data, g.chan_info),
+            None => (None, Default::default()),
+        };
         let result = ConnectResult {
             client: self.client_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            expires: claims.exp.is_some(),
-            ttl: claims.exp.map_or(0, ttl),
+            expires: claims.exp.is_some() && !server_refresh,
+            ttl: if server_refresh {
+                0
+            } else {
+                claims.exp.map_or(0, ttl)
+            },
+            data,
             subs,
             ping: self.edge.settings.client.ping_interval.as_secs().max(1) as u32,
             pong: true,
@@ -119,7 +152,9 @@ impl Session {
         let _ = self.outbox.push(reply);
         // The token authorized these, private channels included.
         for (name, p, private) in prepared {
-            self.go_live(name, p, Vec::new(), SubOptions::granted(private));
+            let mut opts = SubOptions::granted(private);
+            opts.chan_info = chan_info.remove(&name);
+            self.go_live(name, p, Vec::new(), opts);
         }
         // The reply was queued above, before the publications.
         Ok(None)

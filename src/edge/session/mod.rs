@@ -3,7 +3,8 @@
 //! subscription preparation every way of subscribing shares), `publish`,
 //! `history`, `refresh` (and `sub_refresh`), `presence` (and
 //! `presence_stats`, `rpc`), `server_side` (the server API's control
-//! commands) — and the writer task (`writer`: the outbox into the
+//! commands), `proxied` (what the application backend decides through the
+//! proxies) — and the writer task (`writer`: the outbox into the
 //! socket). `unsubscribe`, `ping` and `pong` are one line each, here.
 //!
 //! Owns the connection's protocol state — authenticated user, subscriptions
@@ -17,6 +18,7 @@
 mod connect;
 mod history;
 mod presence;
+mod proxied;
 mod publish;
 mod refresh;
 mod server_side;
@@ -55,6 +57,8 @@ pub const MESSAGE_TOO_BIG: Disconnect = Disconnect::new(1009, "");
 /// How a command fails: a reply error, or the end of the connection.
 enum Fail {
     Error(ProtocolError),
+    /// An error a proxy's backend answered, code and message as given.
+    Backend(ErrorBody),
     Close(Disconnect),
 }
 
@@ -87,6 +91,9 @@ struct Session {
     token: (Option<String>, Option<u64>),
     /// Command rate buckets, set at connect (`edge::rate`).
     rates: Option<super::rate::SessionRates>,
+    /// Forwarded headers, connection meta and server-side refreshes of the
+    /// proxies (`proxied`).
+    proxy: proxied::ProxyState,
 }
 
 /// When a connection or subscription whose token expires at `exp` is closed
@@ -109,7 +116,13 @@ fn ttl(exp: u64) -> u32 {
     exp.saturating_sub(now_secs()).clamp(1, u64::from(u32::MAX)) as u32
 }
 
-pub(super) async fn run(edge: Arc<Edge>, socket: WebSocket, id: SessionId) {
+/// `headers`: the upgrade request's headers the proxies forward.
+pub(super) async fn run(
+    edge: Arc<Edge>,
+    socket: WebSocket,
+    id: SessionId,
+    headers: axum::http::HeaderMap,
+) {
     let (sink, mut stream) = socket.split();
     let outbox = Arc::new(Outbox::new(edge.settings.client.queue_max_bytes));
     tokio::spawn(writer::write_loop(sink, outbox.clone()));
@@ -134,6 +147,10 @@ pub(super) async fn run(edge: Arc<Edge>, socket: WebSocket, id: SessionId) {
         pong_deadline: None,
         token: (None, None),
         rates: None,
+        proxy: proxied::ProxyState {
+            headers,
+            ..Default::default()
+        },
     };
     let mut revocations = edge.revocations().map(|r| r.changes());
     let span = tracing::debug_span!(
@@ -174,7 +191,7 @@ pub(super) async fn run(edge: Arc<Edge>, socket: WebSocket, id: SessionId) {
                     s.send_ping();
                     Ok(())
                 }
-                _ = tokio::time::sleep_until(deadline) => s.on_deadline(),
+                _ = tokio::time::sleep_until(deadline) => Box::pin(s.on_deadline()).await,
                 Some(()) = revocation_changed(&mut revocations) => s.check_revoked(),
             };
             if let Err(d) = step {
@@ -247,7 +264,7 @@ impl Session {
         next
     }
 
-    fn on_deadline(&mut self) -> Result<(), Disconnect> {
+    async fn on_deadline(&mut self) -> Result<(), Disconnect> {
         let now = Instant::now();
         let Some(authed) = &self.authed else {
             return if now >= self.opened + self.edge.settings.client.stale_timeout {
@@ -257,7 +274,13 @@ impl Session {
             };
         };
         if authed.expires_at.is_some_and(|e| now >= e) {
-            return Err(Disconnect::EXPIRED);
+            if !self.proxy.server_refresh {
+                return Err(Disconnect::EXPIRED);
+            }
+            let exp = self.refresh_by_proxy().await?;
+            if let Some(a) = self.authed.as_mut() {
+                a.expires_at = Some(close_deadline(exp, Duration::ZERO));
+            }
         }
         if self.pong_deadline.is_some_and(|p| now >= p) {
             return Err(Disconnect::NO_PONG);
@@ -269,6 +292,14 @@ impl Session {
             .map(|(c, _)| c.clone())
             .collect();
         for channel in expired {
+            if let Some(exp) = self.sub_refreshed_by_proxy(&channel).await {
+                let grace = self.edge.settings.client.expired_close_delay;
+                if let Some(sub) = self.subs.get_mut(&channel) {
+                    sub.expires_at = Some(close_deadline(exp, grace));
+                }
+                continue;
+            }
+            self.proxy.server_sub_refresh.remove(&channel);
             if let Some(sub) = self.subs.remove(&channel) {
                 sub.end(Unsubscribe::EXPIRED);
             }
@@ -352,12 +383,23 @@ impl Session {
             }
             Method::Publish(req) => self.publish(req.channel, req.data).await,
             Method::History(req) => self.history(req).await,
+            // Refreshed server side by the proxies: a client refresh is a
+            // bad request, as Centrifugo's "server-side refresh expected".
+            Method::Refresh(_) if self.proxy.server_refresh => {
+                Err(Fail::Close(Disconnect::BAD_REQUEST))
+            }
+            Method::SubRefresh(req) if self.proxy.server_sub_refresh.contains(&req.channel) => {
+                Err(Fail::Close(Disconnect::BAD_REQUEST))
+            }
             Method::Refresh(req) => self.refresh(req),
             Method::SubRefresh(req) => self.sub_refresh(req),
             Method::Ping => Ok(Some(ReplyResult::Ping(Empty {}))),
             Method::Presence(req) => self.presence(req).await,
             Method::PresenceStats(req) => self.presence_stats(req).await,
-            Method::Rpc(req) => self.rpc(req).await,
+            Method::Rpc(req) => match self.rpc_proxy(&req.method) {
+                Some(proxy) => self.rpc_by_proxy(&proxy, req).await,
+                None => self.rpc(req).await,
+            },
             // No handler for async messages: Centrifugo closes with 3508.
             Method::Send => Err(Fail::Close(Disconnect::NOT_AVAILABLE)),
             Method::Pong => Ok(None),
@@ -379,6 +421,12 @@ impl Session {
                 metrics::counter!(m::COMMANDS_TOTAL, "method" => name, "result" => e.label())
                     .increment(1);
                 self.reply(&Reply::error(id, ErrorBody::from(e)));
+                Ok(())
+            }
+            Err(Fail::Backend(e)) => {
+                metrics::counter!(m::COMMANDS_TOTAL, "method" => name, "result" => "backend_error")
+                    .increment(1);
+                self.reply(&Reply::error(id, e));
                 Ok(())
             }
             Err(Fail::Close(d)) => {

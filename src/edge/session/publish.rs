@@ -18,9 +18,30 @@ impl Session {
     ) -> Result<Option<ReplyResult>, Fail> {
         let data = data.ok_or(ProtocolError::BadRequest)?;
         let channel = Channel::parse(&channel_name, &self.edge.settings.channels)?;
+        // A namespace's publish proxy decides instead of its permission, and
+        // may replace the data or keep it out of history (`proxied`).
+        let proxy = self
+            .edge
+            .proxies
+            .config()
+            .namespace(channel.namespace)
+            .publish
+            .clone();
+        let mut history = channel.options.history;
+        let data = match proxy {
+            Some(proxy) => {
+                let grant = self.publish_by_proxy(&proxy, &channel_name, &data).await?;
+                history &= !grant.skip_history;
+                grant.data.unwrap_or(data)
+            }
+            None => {
+                let sub = self.subs.get(&channel_name).filter(|s| !s.is_ended());
+                let authorized_private = sub.is_some_and(|s| s.private);
+                channel.check_client_publish(self.user(), authorized_private)?;
+                data
+            }
+        };
         let sub = self.subs.get(&channel_name).filter(|s| !s.is_ended());
-        let authorized_private = sub.is_some_and(|s| s.private);
-        channel.check_client_publish(self.user(), authorized_private)?;
         let authed = self.authed.as_ref().ok_or(ProtocolError::Unauthorized)?;
         let info = ClientInfo {
             user: authed.user.clone(),
@@ -43,7 +64,7 @@ impl Session {
                 data: &data,
                 info: Some(&info),
                 idempotency_key: None,
-                history: channel.options.history,
+                history,
             })
             .instrument(span)
             .await

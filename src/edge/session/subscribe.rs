@@ -207,27 +207,73 @@ impl Session {
                 Err(TokenError::Invalid) => return Err(Fail::Close(Disconnect::INVALID_TOKEN)),
             }
         }
-        channel.check_subscribe(&user, token_claims.is_some())?;
+        // Without a token, a namespace's subscribe proxy decides instead of
+        // its permissions (as Centrifugo: not for private channels, which
+        // need a token, nor for user-limited ones, which have their rule).
+        let proxy = self
+            .edge
+            .proxies
+            .config()
+            .namespace(channel.namespace)
+            .subscribe
+            .clone()
+            .filter(|_| {
+                req.token.is_empty()
+                    && !channel.private
+                    && !channel.personal
+                    && !channel.no_user_allowed
+                    && channel.allowed_users.is_empty()
+            });
+        let granted = match proxy {
+            Some(proxy) => Some(self.subscribe_by_proxy(&proxy, &req).await?),
+            None => None,
+        };
+        if granted.is_none() {
+            channel.check_subscribe(&user, token_claims.is_some())?;
+        }
         if channel.namespace == Some(crate::config::BUILTIN_STATUS_NAMESPACE) && user.is_empty() {
             // Watching needs an authenticated user.
             return Err(Fail::Error(ProtocolError::PermissionDenied));
         }
         let recover = req.recover.then(|| (req.offset, req.epoch.clone()));
         let mut p = self.prepare(&channel, recover, req.join_leave).await?;
-        if let Some(exp) = token_claims.as_ref().and_then(|c| c.exp) {
+        let exp = match &granted {
+            Some(g) => g.expire_at,
+            None => token_claims.as_ref().and_then(|c| c.exp),
+        };
+        // A proxy-granted expiry with a sub_refresh proxy is refreshed
+        // server side, not announced; as Centrifugo, after the same grace.
+        let server_refresh = granted.is_some()
+            && exp.is_some()
+            && self
+                .edge
+                .proxies
+                .config()
+                .namespace(channel.namespace)
+                .sub_refresh
+                .is_some();
+        if let Some(exp) = exp.filter(|_| !server_refresh) {
             p.result.expires = true;
             p.result.ttl = ttl(exp);
         }
+        if server_refresh {
+            self.proxy.server_sub_refresh.insert(req.channel.clone());
+        } else {
+            self.proxy.server_sub_refresh.remove(&req.channel);
+        }
+        let (chan_info, data) = match granted {
+            Some(g) => (g.info, g.data),
+            None => (token_claims.and_then(|c| c.info), None),
+        };
+        p.result.data = data;
+        let grace = self.edge.settings.client.expired_close_delay;
         let reply = protocol::encode_reply(&Reply::ok(
             id,
             ReplyResult::Subscribe(std::mem::take(&mut p.result)),
         ));
         let sub = SubOptions {
-            expires_at: token_claims
-                .as_ref()
-                .and_then(|c| c.exp)
-                .map(|exp| close_deadline(exp, self.edge.settings.client.expired_close_delay)),
-            chan_info: token_claims.and_then(|c| c.info),
+            expires_at: exp.map(|exp| close_deadline(exp, grace)),
+            chan_info,
             private: channel.private,
         };
         self.go_live(req.channel.clone(), p, vec![reply], sub);
