@@ -2,7 +2,8 @@
 //! dispatches each command to its file — `connect`, `subscribe` (and the
 //! subscription preparation every way of subscribing shares), `publish`,
 //! `history`, `refresh` (and `sub_refresh`), `presence` (and
-//! `presence_stats`, `rpc`), `server_side` (the server API's control
+//! `presence_stats`, `rpc`), `im` (the `herald.*` conversation RPC methods
+//! and the membership rule), `server_side` (the server API's control
 //! commands) — and the writer task (`writer`: the outbox into the
 //! socket). `unsubscribe`, `ping` and `pong` are one line each, here.
 //!
@@ -16,6 +17,7 @@
 
 mod connect;
 mod history;
+mod im;
 mod presence;
 mod publish;
 mod refresh;
@@ -357,7 +359,7 @@ impl Session {
             Method::Ping => Ok(Some(ReplyResult::Ping(Empty {}))),
             Method::Presence(req) => self.presence(req).await,
             Method::PresenceStats(req) => self.presence_stats(req).await,
-            Method::Rpc(req) => self.rpc(req).await,
+            Method::Rpc(req) => Box::pin(self.rpc(req)).await,
             // No handler for async messages: Centrifugo closes with 3508.
             Method::Send => Err(Fail::Close(Disconnect::NOT_AVAILABLE)),
             Method::Pong => Ok(None),

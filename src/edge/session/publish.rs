@@ -21,6 +21,7 @@ impl Session {
         let sub = self.subs.get(&channel_name).filter(|s| !s.is_ended());
         let authorized_private = sub.is_some_and(|s| s.private);
         channel.check_client_publish(self.user(), authorized_private)?;
+        self.require_member(&channel).await?;
         let authed = self.authed.as_ref().ok_or(ProtocolError::Unauthorized)?;
         let info = ClientInfo {
             user: authed.user.clone(),
@@ -57,6 +58,9 @@ impl Session {
                     }
                 }
             })?;
+        if channel.options.history {
+            self.after_publish(&channel, published.offset).await;
+        }
         Ok(Some(ReplyResult::Publish(PublishResult {
             offset: published.offset,
             epoch: published.epoch,
