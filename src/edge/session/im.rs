@@ -203,7 +203,7 @@ impl Session {
             .await
             .map_err(sync_failed)?;
         if m.changed {
-            self.markers_changed(&channel, m).await;
+            self.markers_changed(&channel, m, true).await;
         }
         answer(&json!({
             "channel": channel.name,
@@ -229,15 +229,17 @@ impl Session {
             .mark(self.user(), channel.name, offset, offset)
             .await
         {
-            Ok(m) if m.changed => self.markers_changed(channel, m).await,
+            // No live receipt: the others know the publisher has read its
+            // own message (one push fewer per publish for every subscriber).
+            Ok(m) if m.changed => self.markers_changed(channel, m, false).await,
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "publisher's read marker not moved"),
         }
     }
 
-    /// Tells the user's other devices, and (live receipts) the channel's
-    /// other subscribed members.
-    async fn markers_changed(&self, channel: &Channel<'_>, m: Marked) {
+    /// Tells the user's other devices, and, with `receipt`, the channel's
+    /// other subscribed members (live receipts).
+    async fn markers_changed(&self, channel: &Channel<'_>, m: Marked, receipt: bool) {
         let user = self.user().to_string();
         let marker = json!({
             "herald": "marker",
@@ -252,7 +254,7 @@ impl Session {
         {
             tracing::warn!(error = %e, "marker push not sent");
         }
-        if !channel.options.receipts || !has_members(channel) {
+        if !receipt || !channel.options.receipts || !has_members(channel) {
             return;
         }
         let receipt = json!({
