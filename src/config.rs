@@ -1511,6 +1511,26 @@ mod tests {
         assert!(load(None, &[("HERALD_PRESENCE_TTL", "0s")], &[]).is_err());
     }
 
+    /// `membership` and `receipts` per namespace; the default namespace's
+    /// `membership` never reaches the built-in `status` namespace.
+    #[test]
+    fn conversation_options_by_namespace() {
+        let c = load(
+            Some("[namespaces.group]\nmembership = true\nreceipts = false"),
+            &[("HERALD_CHANNEL_MEMBERSHIP", "true")],
+            &[],
+        )
+        .unwrap();
+        let group = &c.channels.namespaces["group"];
+        assert!(group.membership && !group.receipts);
+        assert!(c.channels.default.membership && c.channels.default.receipts);
+        let status = &c.channels.namespaces[BUILTIN_STATUS_NAMESPACE];
+        assert!(!status.membership && !status.receipts);
+        let defaults = load(None, &[], &[]).unwrap();
+        assert!(!defaults.channels.default.membership && defaults.channels.default.receipts);
+        assert_eq!(defaults.client.conversation_cache_size, 100_000);
+    }
+
     #[test]
     fn scylla_options_parse_and_validate_by_name() {
         let c = load(
