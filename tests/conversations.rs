@@ -402,6 +402,17 @@ async fn membership_is_enforced_and_removal_ends_subscriptions() {
     assert_eq!(r["error"]["code"], 103, "{r}");
     let members = api_ok(&api, "members", json!({"channel": team})).await;
     assert_eq!(members["members"].as_array().map(Vec::len), Some(1));
+    // History over HTTP: members only.
+    let http = reqwest::Client::new();
+    for (user, status) in [("alice", 200), ("carol", 403)] {
+        let resp = http
+            .get(c.serve.url("/api/v1/channels/team/publications"))
+            .bearer_auth(token(user))
+            .send()
+            .await
+            .expect("http");
+        assert_eq!(resp.status(), status, "{user}'s history over HTTP");
+    }
 
     // Bad member lists.
     assert_eq!(
