@@ -12,6 +12,9 @@
 //! - [`Gate`]: at most one event per (user, channel) per period — typing
 //!   (extras dropped) and live receipts (extras coalesced: the latest goes
 //!   out when the period ends).
+//!   Kept per edge, not shared: a user on devices connected to two edges at
+//!   once can cause one per edge per period (a shared limiter would cost a
+//!   NATS round trip per keystroke).
 //! - [`Seen`]: the user-limited channels (`dm:#alice,bob`) whose member
 //!   rows this edge has already written, so a publish does not write them
 //!   again.
