@@ -25,6 +25,8 @@
 //! against storage that keeps data from earlier runs (a shared ScyllaDB
 //! keyspace). It does not know any backend.
 
+pub mod im;
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -57,6 +59,9 @@ where
     restart_keeps_everything(&open).await;
     unknown_channel(&open).await;
     bytes_round_trip(&open).await;
+    // Boxed: inline, the IM cases' futures would grow this one's stack
+    // frame in a debug build past what a test thread has.
+    Box::pin(im::run_all(&open)).await;
 }
 
 /// The cases for a backend on which several handles (processes) can append
@@ -72,6 +77,13 @@ where
     stale_writer_cannot_overwrite(&open).await;
     leftover_key_never_answers_for_another_message(&open).await;
     failed_appends_are_retried(&open).await;
+    // Markers and memberships changed through several handles at once.
+    let handles = vec![
+        open(options(DAY), None).await,
+        open(options(DAY), None).await,
+        open(options(DAY), None).await,
+    ];
+    Box::pin(im::run_shared(&handles)).await;
 }
 
 /// What the writer does after an append error: it retries the same batch.

@@ -65,6 +65,8 @@ use super::{
 };
 use crate::config::{ChannelsConfig, ScyllaConfig, ScyllaConsistency};
 
+mod im;
+
 /// Offsets per `messages` partition: 2^12.
 pub const BUCKET_BITS: u32 = 12;
 
@@ -87,6 +89,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 2,
         file: "002_fence.cql",
         cql: include_str!("../../schema/002_fence.cql"),
+    },
+    Migration {
+        version: 3,
+        file: "003_conversations.cql",
+        cql: include_str!("../../schema/003_conversations.cql"),
     },
 ];
 
@@ -429,6 +436,8 @@ pub struct ScyllaStore {
     /// [`FENCE_CACHE_MAX`] entries (cleared when full: a miss only costs a
     /// read and a claim).
     fences: std::sync::Mutex<HashMap<String, Held>>,
+    /// Memberships, markers and conversation sets (`im`).
+    im: im::Im,
 }
 
 /// A fencing token held by this handle, with the head and epoch it committed.
@@ -446,16 +455,15 @@ struct ChannelRow {
     committed: Option<(u64, String)>,
     /// The fencing token (`None`: never taken, or a row from schema version 1).
     version: Option<i64>,
+    /// `time_ms` of the head publication (0 before schema version 3).
+    time_ms: u64,
 }
 
 /// The next fencing token after `old`: larger than it, and than the current
 /// time in microseconds, so the writes stamped with it also win over rows
 /// written with ordinary (clock) timestamps before the fence existed.
 fn next_version(old: Option<i64>) -> i64 {
-    let now_us = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
-    old.map_or(0, |v| v.saturating_add(1)).max(now_us)
+    old.map_or(0, |v| v.saturating_add(1)).max(now_us())
 }
 
 impl ScyllaStore {
@@ -480,7 +488,9 @@ impl ScyllaStore {
         let statements = Statements {
             read_head: prepare(
                 &session,
-                format!("SELECT head, epoch, version FROM {ks}.channels WHERE channel = ?"),
+                format!(
+                    "SELECT head, epoch, version, head_time_ms FROM {ks}.channels WHERE channel = ?"
+                ),
             )
             .await?,
             claim: prepare_lwt(
@@ -491,7 +501,7 @@ impl ScyllaStore {
             commit: prepare_lwt(
                 &session,
                 format!(
-                    "UPDATE {ks}.channels SET head = ?, epoch = ?, version = ? \
+                    "UPDATE {ks}.channels SET head = ?, epoch = ?, head_time_ms = ?, version = ? \
                      WHERE channel = ? IF version = ?"
                 ),
             )
@@ -538,6 +548,9 @@ impl ScyllaStore {
             )
             .await?,
         };
+        // Boxed: inline, its futures would make `connect`'s much larger (a
+        // debug build's test thread overflowed its stack).
+        let im = im::Im::new(Box::pin(im::Statements::prepare(&session, ks)).await?);
         tracing::info!(keyspace = %ks, nodes = %settings.cluster.nodes.join(","), "scylla store connected");
         Ok(Self {
             session,
@@ -548,6 +561,7 @@ impl ScyllaStore {
             purged: AtomicU64::new(0),
             hook: None,
             fences: std::sync::Mutex::new(HashMap::new()),
+            im,
         })
     }
 
@@ -589,16 +603,17 @@ impl ScyllaStore {
             .map_err(|e| execution_error("reading a channel head", e))?;
         let rows = rows_result(result)?;
         let row = rows
-            .maybe_first_row::<(Option<i64>, Option<String>, Option<i64>)>()
+            .maybe_first_row::<(Option<i64>, Option<String>, Option<i64>, Option<i64>)>()
             .map_err(corrupt)?;
         Ok(match row {
             None => ChannelRow::default(),
-            Some((head, epoch, version)) => ChannelRow {
+            Some((head, epoch, version, time_ms)) => ChannelRow {
                 committed: match (head, epoch) {
                     (Some(head), Some(epoch)) if head > 0 => Some((from_i64(head)?, epoch)),
                     _ => None,
                 },
                 version,
+                time_ms: time_ms.map(from_i64).transpose()?.unwrap_or(0),
             },
         })
     }
@@ -862,6 +877,9 @@ impl Store for ScyllaStore {
                 (*c, state)
             })
             .collect();
+        // The time of each channel's last publication in the batch: the
+        // head's, committed with it.
+        let mut head_times: HashMap<&str, u64> = HashMap::new();
         for entry in batch {
             let current = heads.entry(entry.channel.as_str()).or_default();
             let (head, epoch) = match current {
@@ -881,8 +899,9 @@ impl Store for ScyllaStore {
                     &format!("first offset {first} does not continue head {head}"),
                 ));
             }
-            let last = entry.publications[entry.publications.len() - 1].offset;
-            *current = Some((last, entry.epoch.clone()));
+            let last = &entry.publications[entry.publications.len() - 1];
+            *current = Some((last.offset, entry.epoch.clone()));
+            head_times.insert(entry.channel.as_str(), last.time_ms);
         }
         self.step(AppendStep::HeadsRead).await?;
 
@@ -927,13 +946,21 @@ impl Store for ScyllaStore {
             .map(|channel| {
                 let version = versions[channel];
                 let (head, epoch) = heads[channel].clone().expect("checked above");
+                let time_ms = head_times.get(channel).copied().unwrap_or(0);
                 let next = next_version(Some(version));
                 async move {
                     let applied = self
                         .conditional(
                             "writing a channel head",
                             &self.statements.commit,
-                            (to_i64(head)?, epoch.as_str(), next, *channel, version),
+                            (
+                                to_i64(head)?,
+                                epoch.as_str(),
+                                to_i64(time_ms)?,
+                                next,
+                                *channel,
+                                version,
+                            ),
                         )
                         .await?;
                     if !applied {
@@ -1054,11 +1081,12 @@ impl Store for ScyllaStore {
     }
 
     async fn position(&self, channel: &str) -> StoreResult<Position> {
-        Ok(match self.head(channel).await? {
+        let row = self.channel_row(channel).await?;
+        Ok(match row.committed {
             Some((head, epoch)) => Position {
                 head,
                 epoch,
-                time_ms: 0,
+                time_ms: row.time_ms,
             },
             None => Position::default(),
         })
@@ -1127,48 +1155,73 @@ impl Store for ScyllaStore {
         Ok(self.purged.swap(0, Ordering::Relaxed))
     }
 
-    async fn add_members(&self, _: &str, _: &[&str], _: u64) -> StoreResult<Vec<String>> {
-        Err(im_pending())
+    async fn add_members(
+        &self,
+        channel: &str,
+        users: &[&str],
+        now_ms: u64,
+    ) -> StoreResult<Vec<String>> {
+        self.im
+            .add_members(&self.session, channel, users, now_ms)
+            .await
     }
 
-    async fn remove_members(&self, _: &str, _: &[&str], _: u64) -> StoreResult<Vec<String>> {
-        Err(im_pending())
+    async fn remove_members(
+        &self,
+        channel: &str,
+        users: &[&str],
+        now_ms: u64,
+    ) -> StoreResult<Vec<String>> {
+        self.im
+            .remove_members(&self.session, channel, users, now_ms)
+            .await
     }
 
-    async fn is_member(&self, _: &str, _: &str) -> StoreResult<bool> {
-        Err(im_pending())
+    async fn is_member(&self, channel: &str, user: &str) -> StoreResult<bool> {
+        self.im.is_member(&self.session, channel, user).await
     }
 
-    async fn members(&self, _: &str, _: &str, _: usize) -> StoreResult<Vec<(String, Markers)>> {
-        Err(im_pending())
+    async fn members(
+        &self,
+        channel: &str,
+        after: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, Markers)>> {
+        self.im.members(&self.session, channel, after, limit).await
     }
 
     async fn advance_markers(
         &self,
-        _: &str,
-        _: &str,
-        _: u64,
-        _: u64,
-        _: u64,
+        user: &str,
+        channel: &str,
+        read: u64,
+        delivered: u64,
+        now_ms: u64,
     ) -> StoreResult<(Markers, bool)> {
-        Err(im_pending())
+        self.im
+            .advance_markers(&self.session, user, channel, read, delivered, now_ms)
+            .await
     }
 
-    async fn markers(&self, _: &str, _: &str) -> StoreResult<Markers> {
-        Err(im_pending())
+    async fn markers(&self, user: &str, channel: &str) -> StoreResult<Markers> {
+        self.im.markers(&self.session, user, channel).await
     }
 
-    async fn conversations(&self, _: &str) -> StoreResult<Vec<Conversation>> {
-        Err(im_pending())
+    async fn conversations(&self, user: &str) -> StoreResult<Vec<Conversation>> {
+        self.im.conversations(&self.session, user).await
+    }
+
+    /// One point read per channel, at most [`CONCURRENCY`] at a time.
+    async fn positions(&self, channels: &[&str]) -> StoreResult<Vec<Position>> {
+        all_bounded(channels.iter().map(|c| self.position(c)).collect()).await
     }
 }
 
-/// The IM rows are not in this backend yet (schema 003 comes next).
-fn im_pending() -> StoreError {
-    StoreError::new(
-        StoreErrorKind::Unavailable,
-        "IM conversations are not implemented on ScyllaDB yet",
-    )
+/// The clock in µs: the write timestamp of membership changes.
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 fn now_ms_i64() -> i64 {
