@@ -26,6 +26,7 @@ where
     membership_races_end_consistent(std::slice::from_ref(&store)).await;
     members_paging(&store).await;
     conversation_sets(&store).await;
+    conversations_at_scale(&store).await;
     drop(store);
     im_rows_survive_a_restart(open).await;
 }
@@ -540,6 +541,54 @@ pub async fn conversation_sets(store: &SharedStore) {
             .expect("conversations")
             .is_empty()
     );
+}
+
+/// Rows in the conversation set of the scale case: what the spec asks a
+/// user's set to handle.
+pub const SCALE_ROWS: u64 = 10_000;
+
+/// A user with [`SCALE_ROWS`] conversations (markers set from 64 tasks at
+/// once): `conversations` returns every row with its markers. Prints how
+/// long the call took (`cargo test -- --nocapture` shows it).
+pub async fn conversations_at_scale(store: &SharedStore) {
+    const TASKS: u64 = 64;
+    let u = user("scale", "u");
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let (store, u) = (store.clone(), u.clone());
+            tokio::spawn(async move {
+                for i in (t..SCALE_ROWS).step_by(TASKS as usize) {
+                    let ch = channel(&format!("scale-{i:05}"));
+                    store
+                        .advance_markers(&u, &ch, i % 7, i % 11, 1 + i)
+                        .await
+                        .expect("advance");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("advance task");
+    }
+    let written = started.elapsed();
+    let started = std::time::Instant::now();
+    let all = store.conversations(&u).await.expect("conversations");
+    let read = started.elapsed();
+    eprintln!(
+        "contract: {SCALE_ROWS} marker advances from {TASKS} tasks in {written:?}; \
+         conversations() of {SCALE_ROWS} rows in {read:?}"
+    );
+    assert_eq!(all.len() as u64, SCALE_ROWS);
+    let by_channel: BTreeMap<&str, &Conversation> =
+        all.iter().map(|c| (c.channel.as_str(), c)).collect();
+    for i in (0..SCALE_ROWS).step_by(97) {
+        let ch = channel(&format!("scale-{i:05}"));
+        let row = by_channel.get(ch.as_str()).expect("every channel listed");
+        let read = i % 7;
+        assert_eq!(row.markers, m(read, (i % 11).max(read)), "{ch}");
+        assert_eq!(row.standing, Standing::Participant, "{ch}");
+    }
 }
 
 /// `positions` answers in the order asked, with each head's `time_ms`
