@@ -196,6 +196,8 @@ mod tests {
             presence: false,
             join_leave: false,
             force_push_join_leave: false,
+            membership: false,
+            receipts: true,
         };
         let mut namespaces = BTreeMap::new();
         namespaces.insert("dm".to_string(), default.clone());

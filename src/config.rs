@@ -83,6 +83,7 @@ options! {
     "client_recovery_limit" = "300" : "Most publications a recovering subscribe returns; more missed gives `recovered: false`.";
     "client_subscribe_to_user_personal_channel" = "false" : "Subscribe every authenticated user on connect, server-side, to their personal channel `#user` (in the connect reply's `subs`), as Centrifugo's client.subscribe_to_user_personal_channel (v5: user_subscribe_to_personal).";
     "client_publish_timeout" = "10s" : "How long a publish waits for the store commit before answering error 100: the publication may still be stored, so the server API's error names the `idempotency_key` to retry with (the generated one when the request had none), and the client protocol's says a retry may store a second copy (not temporary).";
+    "client_conversation_cache_size" = "100000" : "Per edge, the most (user, channel) pairs the typing limit and the live-receipt coalescing remember, and the most user-limited channels whose member rows it remembers writing. Full: entries idle for a second are forgotten, then typing events and live receipts are dropped (counted); the channel set is cleared (rows are written again, idempotently).";
     "history_page_limit" = "1000" : "Largest history page (client history, server API history, sync HTTP).";
     "ingest_partitions" = "16" : "Partitions of the HERALD_INGEST stream; fixed when the stream is created.";
     "ingest_duplicate_window" = "2m" : "JetStream duplicate window of the ingest stream (short-term idempotency).";
@@ -119,6 +120,8 @@ options! {
     "channel_presence" = "false" : "Default namespace: clients and the server API may ask a channel's presence and presence stats (on for the built-in `dm` namespace).";
     "channel_join_leave" = "false" : "Default namespace: join and leave pushes go to subscribers that ask for them (`join_leave` in subscribe; on for `dm`).";
     "channel_force_push_join_leave" = "false" : "Default namespace: join and leave pushes go to every subscriber, asked or not (on for `dm`).";
+    "channel_membership" = "false" : "Default namespace: only members (server API `add_members`) may subscribe, publish, read history and set markers; a removed member's subscriptions end. User-limited channels (`ns:#a,b`) always have their listed users as members.";
+    "channel_receipts" = "true" : "Default namespace: members subscribed to a conversation get live read/delivered receipts of the others (at most one per member per second); off for large rooms.";
     "presence_ttl" = "60s" : "An edge that sent no heartbeat for this long is dead: its connections leave every presence, join/leave (leave pushes) and user status. Edges heartbeat every third of it.";
     "user_status_for_clients" = "false" : "Clients may call the RPC method `herald.user_status` (other users' online status).";
     "proxies" = "" : "Named HTTP proxies to the application backend, as Centrifugo v6's `proxies`: in the file `[[proxies]]` tables, in the environment or a flag a JSON array of the same objects. Each has `name`, `endpoint` (an http:// URL), `timeout` (default 1s), `http_headers` (names of the client's WebSocket upgrade request headers to forward, e.g. cookie), `static_http_headers` (a table of headers sent with every request) and `include_connection_meta` (send the `meta` the connect proxy gave). The *_proxy_enabled options below use them by name. Empty = none.";
@@ -297,6 +300,8 @@ pub struct ClientConfig {
     pub history_page_limit: usize,
     /// Server-side subscription of every user to `#user` on connect.
     pub subscribe_to_personal: bool,
+    /// Bound of the edge's IM maps (`edge::im`).
+    pub conversation_cache_size: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -441,6 +446,10 @@ pub struct NamespaceOptions {
     pub join_leave: bool,
     /// Join/leave pushes to every subscriber (`force_push_join_leave`).
     pub force_push_join_leave: bool,
+    /// Only members subscribe, publish, read history and set markers.
+    pub membership: bool,
+    /// Live receipts to subscribed members.
+    pub receipts: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -722,6 +731,8 @@ struct NamespaceFile {
     publish_proxy_name: Option<String>,
     sub_refresh_proxy_enabled: Option<bool>,
     sub_refresh_proxy_name: Option<String>,
+    membership: Option<bool>,
+    receipts: Option<bool>,
 }
 
 /// One `[[proxies]]` entry as written (TOML or JSON).
@@ -858,6 +869,8 @@ impl Config {
             presence: p.parse("channel_presence", parse_bool),
             join_leave: p.parse("channel_join_leave", parse_bool),
             force_push_join_leave: p.parse("channel_force_push_join_leave", parse_bool),
+            membership: p.parse("channel_membership", parse_bool),
+            receipts: p.parse("channel_receipts", parse_bool),
         };
         let proxy_list = p.parse("proxies", parse_proxies);
         let proxy_name = |p: &mut Parser<'_>, enabled: &'static str, name: &'static str| {
@@ -1055,6 +1068,7 @@ impl Config {
                     "client_subscribe_to_user_personal_channel",
                     parse_bool,
                 ),
+                conversation_cache_size: p.parse("client_conversation_cache_size", parse_positive),
             },
             ingest: IngestConfig {
                 partitions: p.parse("ingest_partitions", |s| {
@@ -1159,6 +1173,9 @@ impl Config {
                 presence: false,
                 join_leave: false,
                 force_push_join_leave: false,
+                // Watching a user's status is no conversation.
+                membership: false,
+                receipts: false,
                 ..default_ns.clone()
             },
         );
@@ -1224,6 +1241,8 @@ impl Config {
                     Some(n) => (n > 0).then_some(n),
                 },
                 anonymous: f.anonymous.unwrap_or(base.anonymous),
+                membership: f.membership.unwrap_or(base.membership),
+                receipts: f.receipts.unwrap_or(base.receipts),
             };
             config.channels.namespaces.insert(name, o);
         }
@@ -1843,6 +1862,26 @@ publish_proxy_name = "nope"
         assert!(room.presence && !room.join_leave && room.history);
         assert_eq!(c.presence.ttl, Duration::from_secs(5));
         assert!(load(None, &[("HERALD_PRESENCE_TTL", "0s")], &[]).is_err());
+    }
+
+    /// `membership` and `receipts` per namespace; the default namespace's
+    /// `membership` never reaches the built-in `status` namespace.
+    #[test]
+    fn conversation_options_by_namespace() {
+        let c = load(
+            Some("[namespaces.group]\nmembership = true\nreceipts = false"),
+            &[("HERALD_CHANNEL_MEMBERSHIP", "true")],
+            &[],
+        )
+        .unwrap();
+        let group = &c.channels.namespaces["group"];
+        assert!(group.membership && !group.receipts);
+        assert!(c.channels.default.membership && c.channels.default.receipts);
+        let status = &c.channels.namespaces[BUILTIN_STATUS_NAMESPACE];
+        assert!(!status.membership && !status.receipts);
+        let defaults = load(None, &[], &[]).unwrap();
+        assert!(!defaults.channels.default.membership && defaults.channels.default.receipts);
+        assert_eq!(defaults.client.conversation_cache_size, 100_000);
     }
 
     #[test]

@@ -54,6 +54,7 @@ pub const CONTROL_TOTAL: &str = "herald_edge_control_total";
 pub const PRESENCE_EDGES: &str = "herald_edge_presence_edges";
 pub const PRESENCE_EVENTS_DROPPED_TOTAL: &str = "herald_edge_presence_events_dropped_total";
 pub const PRESENCE_GATHER_TIMEOUTS_TOTAL: &str = "herald_edge_presence_gather_timeouts_total";
+pub const EDGE_IM_DROPPED_TOTAL: &str = "herald_edge_im_dropped_total";
 
 // Writer.
 pub const WRITER_BATCHES_TOTAL: &str = "herald_writer_batches_total";
@@ -121,6 +122,10 @@ pub const HELP: &[(&str, &str)] = &[
     (
         PRESENCE_EVENTS_DROPPED_TOTAL,
         "Join, leave and user status events dropped because the edge's presence queue was full.",
+    ),
+    (
+        EDGE_IM_DROPPED_TOTAL,
+        "Typing events and live receipts dropped because the edge's limiter was full (client_conversation_cache_size), by kind.",
     ),
     (
         PRESENCE_GATHER_TIMEOUTS_TOTAL,
@@ -363,7 +368,15 @@ pub mod labels {
     pub const GAP_RESULTS: &[&str] = &["filled", "failed"];
     /// `op` of [`super::CONTROL_TOTAL`]; an undecodable message counts as
     /// `unknown`/`invalid`.
-    pub const CONTROL_OPS: &[&str] = &["disconnect", "subscribe", "unsubscribe", "refresh"];
+    pub const CONTROL_OPS: &[&str] = &[
+        "disconnect",
+        "subscribe",
+        "unsubscribe",
+        "refresh",
+        "message",
+    ];
+    /// `kind` of [`super::EDGE_IM_DROPPED_TOTAL`].
+    pub const IM_DROP_KINDS: &[&str] = &["typing", "receipt"];
     pub const CONTROL_RESULTS: &[&str] = &["local", "none"];
     /// `source` of [`super::PUBLISH_SECONDS`].
     pub const PUBLISH_SOURCES: &[&str] = &["client", "api"];
@@ -462,6 +475,11 @@ pub mod labels {
         "user_status",
         "revoke_token",
         "invalidate_user_tokens",
+        "add_members",
+        "remove_members",
+        "members",
+        "conversations",
+        "unread",
     ];
     /// What a request for an unknown method can get.
     pub const API_UNKNOWN_RESULTS: &[&str] =
@@ -613,6 +631,9 @@ fn register(role: RoleParts) {
             }
         }
         metrics::counter!(CONTROL_TOTAL, "op" => "unknown", "result" => "invalid").increment(0);
+        for kind in IM_DROP_KINDS {
+            metrics::counter!(EDGE_IM_DROPPED_TOTAL, "kind" => *kind).increment(0);
+        }
         for source in PUBLISH_SOURCES {
             let _ = metrics::histogram!(PUBLISH_SECONDS, "source" => *source);
         }

@@ -1523,6 +1523,8 @@ fn conformance_config(nats: &common::TestNats, data_dir: std::path::PathBuf) -> 
             presence: true,
             join_leave: true,
             force_push_join_leave: true,
+            membership: false,
+            receipts: true,
             ..base.clone()
         },
     );

@@ -86,6 +86,8 @@
 //!     An `expire_at` further ahead than [`crate::auth::MAX_TOKEN_LIFETIME`]
 //!     counts as that far (no deadline computed from it can overflow).
 //!
+//! - IM conversations (`conversations`): `add_members`, `remove_members`,
+//!   `members`, and a user's `conversations` and `unread`.
 //! - Revocation (`crate::revocation`), stored in NATS KV and enforced by
 //!   every edge; `{}` once stored:
 //!   - `revoke_token {jti, expire_at}`: the token with this `jti` no longer
@@ -111,6 +113,7 @@
 //! [`Publisher`], reads through [`SyncClient`], asks the [`Edge`] for counts
 //! and hands it control messages to send.
 
+mod conversations;
 pub mod limit;
 mod methods;
 
@@ -215,6 +218,11 @@ enum Method {
     UserStatus,
     RevokeToken,
     InvalidateUserTokens,
+    AddMembers,
+    RemoveMembers,
+    Members,
+    Conversations,
+    Unread,
 }
 
 impl Method {
@@ -233,6 +241,11 @@ impl Method {
             "user_status" => Some(Self::UserStatus),
             "revoke_token" => Some(Self::RevokeToken),
             "invalidate_user_tokens" => Some(Self::InvalidateUserTokens),
+            "add_members" => Some(Self::AddMembers),
+            "remove_members" => Some(Self::RemoveMembers),
+            "members" => Some(Self::Members),
+            "conversations" => Some(Self::Conversations),
+            "unread" => Some(Self::Unread),
             _ => None,
         }
     }
@@ -253,6 +266,11 @@ impl Method {
             Some(Self::UserStatus) => "user_status",
             Some(Self::RevokeToken) => "revoke_token",
             Some(Self::InvalidateUserTokens) => "invalidate_user_tokens",
+            Some(Self::AddMembers) => "add_members",
+            Some(Self::RemoveMembers) => "remove_members",
+            Some(Self::Members) => "members",
+            Some(Self::Conversations) => "conversations",
+            Some(Self::Unread) => "unread",
             None => "unknown",
         }
     }
@@ -474,6 +492,11 @@ impl Api {
             Method::InvalidateUserTokens => {
                 raw(&self.invalidate_user_tokens(decode(body)?).await?)
             }
+            Method::AddMembers => raw(&self.add_members(decode(body)?).await?),
+            Method::RemoveMembers => raw(&self.remove_members(decode(body)?).await?),
+            Method::Members => raw(&self.members(decode(body)?).await?),
+            Method::Conversations => raw(&self.conversations(decode(body)?).await?),
+            Method::Unread => raw(&self.unread(decode(body)?).await?),
         }
     }
 

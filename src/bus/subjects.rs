@@ -49,6 +49,10 @@ pub const EDGE_HEADER: &str = "Herald-Edge";
 /// Header of a status change hint on a `status:<user>` channel subject: the
 /// user's online status changed on some edge; the payload is the user.
 pub const STATUS_HINT_HEADER: &str = "Herald-Status";
+/// Header of an async message for a channel's subscribers (typing, receipts,
+/// member changes; `edge::im`), value `1`; the payload is
+/// `edge::im::ChannelMessage` JSON.
+pub const MESSAGE_HEADER: &str = "Herald-Message";
 
 /// The key of a user's last-seen time in [`STATUS_BUCKET`].
 pub fn status_key(user: &str) -> String {

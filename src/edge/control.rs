@@ -52,7 +52,7 @@ use crate::protocol::Disconnect;
 ///
 /// `{"user":"alice","client":"<id>"?,"op":"disconnect"|"subscribe"|
 /// "unsubscribe"|"refresh", …op fields}`; see [`ControlOp`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ControlMessage {
     pub user: String,
     /// Only this connection (the `client` of its connect reply); absent: all
@@ -63,7 +63,7 @@ pub struct ControlMessage {
     pub op: ControlOp,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ControlOp {
     /// Close with this code and reason; connections whose client id is in
@@ -83,6 +83,11 @@ pub enum ControlOp {
     Unsubscribe {
         channel: String,
     },
+    /// An async `message` push with this `data` (marker sync, member
+    /// changes; `edge::im`), straight into each connection's outbox.
+    Message {
+        data: serde_json::Value,
+    },
     /// `expired`: close with 3005. Otherwise the connection now expires at
     /// `expire_at` (unix seconds; absent: never).
     Refresh {
@@ -101,6 +106,7 @@ impl ControlOp {
             Self::Subscribe { .. } => "subscribe",
             Self::Unsubscribe { .. } => "unsubscribe",
             Self::Refresh { .. } => "refresh",
+            Self::Message { .. } => "message",
         }
     }
 }
@@ -203,9 +209,13 @@ impl Edge {
             ControlOp::Disconnect { whitelist, .. } => whitelist,
             _ => &[],
         };
-        let targets = self
-            .registry
-            .targets(&msg.user, msg.client.as_deref(), except);
+        // `Message` addresses all of the user's connections but `client`
+        // (the device that caused it already knows).
+        let (only, except): (Option<&str>, Vec<String>) = match &msg.op {
+            ControlOp::Message { .. } => (None, msg.client.iter().cloned().collect()),
+            _ => (msg.client.as_deref(), except.to_vec()),
+        };
+        let targets = self.registry.targets(&msg.user, only, &except);
         let result = if targets.is_empty() { "none" } else { "local" };
         metrics::counter!(m::CONTROL_TOTAL, "op" => label, "result" => result).increment(1);
         if targets.is_empty() {
@@ -226,6 +236,13 @@ impl Edge {
                 };
                 for t in targets {
                     t.outbox.close(close.clone());
+                }
+            }
+            ControlOp::Message { data } => {
+                let frame = crate::protocol::message_push(data.to_string().as_bytes());
+                // An overflowing outbox closes itself (3008).
+                for t in targets {
+                    let _ = t.outbox.push(frame.clone());
                 }
             }
             ControlOp::Refresh { expired: true, .. } => {

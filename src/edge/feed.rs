@@ -24,6 +24,10 @@
 //! publication without offset; hints are handled one at a time, in order, so
 //! the last push reflects a read made after the last change.
 //!
+//! A channel message (header `MESSAGE_HEADER`: typing, live receipts,
+//! member changes) becomes an async `message` push for every subscriber
+//! but those of the user the header names.
+//!
 //! Knows nothing of subscribers or sessions.
 
 use std::collections::HashMap;
@@ -227,6 +231,19 @@ async fn run(deps: FeedDeps, feed: FeedHandle) {
             }
             if let Some(f) = join_leave_push(&channel, join, &msg.payload) {
                 feed.deliver_join_leave(f);
+            }
+            continue;
+        }
+        if header_string(&msg, subjects::MESSAGE_HEADER).is_some() {
+            type Incoming = super::im::ChannelMessage<String, Box<serde_json::value::RawValue>>;
+            match serde_json::from_slice::<Incoming>(&msg.payload) {
+                Ok(m) => {
+                    feed.deliver_message(
+                        protocol::message_push(m.data.get().as_bytes()),
+                        &m.except,
+                    );
+                }
+                Err(e) => tracing::debug!(error = %e, "invalid channel message"),
             }
             continue;
         }

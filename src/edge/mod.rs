@@ -4,8 +4,10 @@
 //! ([`registry`]), with each subscriber's position ([`subscriber`]) and one
 //! NATS subscription per channel ([`feed`]), bounds every connection's
 //! outbound queue ([`outbox`]), and applies the server API's per-user
-//! commands arriving over NATS ([`control`]), and answers presence,
-//! join/leave and user status across edges ([`presence`]).
+//! commands arriving over NATS ([`control`]), answers presence,
+//! join/leave and user status across edges ([`presence`]), and sends the
+//! pushes of IM conversations (marker sync, typing, receipts, member
+//! changes; [`im`]).
 //!
 //! Thin (I6): it holds connection state only. Publishes go through the
 //! [`Publisher`]; every read (positions, recovery, history, gap fills) goes
@@ -19,6 +21,7 @@ mod admission;
 mod command;
 pub mod control;
 mod feed;
+pub mod im;
 mod origin;
 pub mod outbox;
 pub mod presence;
@@ -101,6 +104,8 @@ pub struct Edge {
     closing: AtomicBool,
     /// The application backend's proxies (`crate::proxy`).
     proxies: crate::proxy::Proxies,
+    /// Typing limit, receipt coalescing, written member rows ([`im`]).
+    im: im::Im,
 }
 
 impl Edge {
@@ -125,8 +130,10 @@ impl Edge {
             }),
             events_tx,
         );
+        let im = im::Im::new(settings.client.conversation_cache_size);
         Arc::new(Self {
             proxies: crate::proxy::Proxies::new(&settings.proxies),
+            im,
             rates: rate::Tiers::new(&settings.rate_limits),
             admission: admission::Admission::new(settings.connection_limits.clone()),
             revocations: std::sync::OnceLock::new(),

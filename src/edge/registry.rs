@@ -58,6 +58,18 @@ const SHARDS: usize = 64;
 
 pub use super::subscriber::SessionId;
 
+/// Who subscribes and how, for [`Registry::subscribe`].
+#[derive(Debug, Clone, Copy)]
+pub struct SubscribeAs<'a> {
+    pub user: &'a str,
+    /// Bound of the subscribe-time buffer.
+    pub buffer_limit: usize,
+    /// The channel keeps history (publications carry offsets).
+    pub history: bool,
+    /// Receives join and leave pushes.
+    pub join_leave: bool,
+}
+
 /// Presence events a registry emits, in the order they happened per
 /// connection; the edge's presence task publishes them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,6 +187,13 @@ impl FeedHandle {
             },
             true,
         )
+    }
+
+    /// Gives an async message push to every subscriber of the channel but
+    /// those of `except_user`. Returns how many it was handed to.
+    pub fn deliver_message(&self, frame: bytes::Bytes, except_user: &str) -> usize {
+        self.channels
+            .deliver_except_user(&self.channel, self.feed_id, frame, except_user)
     }
 
     /// Publications were lost that the feed could not fetch: every current
@@ -332,6 +351,39 @@ impl Channels {
         subscribers.len()
     }
 
+    fn deliver_except_user(
+        &self,
+        channel: &str,
+        feed_id: u64,
+        frame: bytes::Bytes,
+        except_user: &str,
+    ) -> usize {
+        let subscribers: Vec<Arc<Subscriber>> = {
+            let shard = self.shard(channel).lock().expect("channel shard lock");
+            match shard.get(channel) {
+                Some(e) if e.feed_id == feed_id => e
+                    .subscribers
+                    .values()
+                    .filter(|s| except_user.is_empty() || &*s.user != except_user)
+                    .cloned()
+                    .collect(),
+                _ => return 0,
+            }
+        };
+        let p = Publication {
+            offset: None,
+            epoch: None,
+            frame,
+            committed_us: None,
+        };
+        for sub in &subscribers {
+            if !sub.deliver(&p) {
+                self.remove(sub);
+            }
+        }
+        subscribers.len()
+    }
+
     fn fail_all(&self, channel: &str, feed_id: u64) {
         let ended: Vec<Arc<Subscriber>> = {
             let mut shard = self.shard(channel).lock().expect("channel shard lock");
@@ -451,11 +503,22 @@ impl Registry {
         session: SessionId,
         channel: &str,
         outbox: Arc<Outbox>,
-        buffer_limit: usize,
-        history: bool,
-        join_leave: bool,
+        how: SubscribeAs<'_>,
     ) -> (Subscription, watch::Receiver<FeedStatus>) {
-        let subscriber = Subscriber::new(session, channel.into(), outbox, buffer_limit, join_leave);
+        let SubscribeAs {
+            user,
+            buffer_limit,
+            history,
+            join_leave,
+        } = how;
+        let subscriber = Subscriber::new(
+            session,
+            channel.into(),
+            outbox,
+            buffer_limit,
+            join_leave,
+            user.into(),
+        );
         let (status, feed) = self.channels.add(subscriber.clone(), history);
         if let Some(feed) = feed {
             self.feeds.subscribe(feed);
@@ -865,9 +928,9 @@ mod tests {
     #[test]
     fn presence_entries_join_and_leave_with_their_subscription() {
         let (r, feeds, mut rx) = registry_with_events();
-        let (mut a, _) = r.subscribe(1, "c", outbox(), 1 << 20, true, true);
-        let (mut b, _) = r.subscribe(2, "c", outbox(), 1 << 20, true, false);
-        let (mut c, _) = r.subscribe(3, "c", outbox(), 1 << 20, true, false);
+        let (mut a, _) = r.subscribe(1, "c", outbox(), how(true));
+        let (mut b, _) = r.subscribe(2, "c", outbox(), how(false));
+        let (mut c, _) = r.subscribe(3, "c", outbox(), how(false));
         a.join_presence(member("ca", "alice"), true);
         a.join_presence(member("ca", "alice"), true); // no double join
         b.join_presence(member("cb", "alice"), true);
@@ -910,8 +973,8 @@ mod tests {
     fn join_leave_pushes_go_to_those_asking() {
         let (r, feeds) = registry();
         let (wants, o1) = (outbox(), outbox());
-        let (a, _) = r.subscribe(1, "c", wants.clone(), 1 << 20, true, true);
-        let (b, _) = r.subscribe(2, "c", o1.clone(), 1 << 20, true, false);
+        let (a, _) = r.subscribe(1, "c", wants.clone(), how(true));
+        let (b, _) = r.subscribe(2, "c", o1.clone(), how(false));
         assert!(a.subscriber.go_live([], 0, ""));
         assert!(b.subscriber.go_live([], 0, ""));
         let n = feeds.with_last(|f| f.deliver_join_leave(bytes::Bytes::from_static(b"J")));
@@ -958,11 +1021,20 @@ mod tests {
         Arc::new(Outbox::new(1 << 20))
     }
 
+    fn how(join_leave: bool) -> SubscribeAs<'static> {
+        SubscribeAs {
+            user: "u",
+            buffer_limit: 1 << 20,
+            history: true,
+            join_leave,
+        }
+    }
+
     #[test]
     fn first_subscriber_starts_the_feed_and_the_last_stops_it() {
         let (r, feeds) = registry();
-        let (a, _) = r.subscribe(1, "c", outbox(), 1 << 20, true, false);
-        let (b, _) = r.subscribe(2, "c", outbox(), 1 << 20, true, false);
+        let (a, _) = r.subscribe(1, "c", outbox(), how(false));
+        let (b, _) = r.subscribe(2, "c", outbox(), how(false));
         assert_eq!(feeds.started(), 1);
         assert_eq!(r.channel_counts(), (1, 2));
         drop(a);
@@ -976,7 +1048,7 @@ mod tests {
     fn publications_reach_live_subscribers_in_order() {
         let (r, feeds) = registry();
         let o = outbox();
-        let (s, mut status) = r.subscribe(1, "c", o.clone(), 1 << 20, true, false);
+        let (s, mut status) = r.subscribe(1, "c", o.clone(), how(false));
         feeds.with_last(|f| f.ready());
         assert_eq!(*status.borrow_and_update(), FeedStatus::Ready);
         feeds.with_last(|f| f.deliver(&publication(3, "e")));
@@ -995,7 +1067,7 @@ mod tests {
     fn failed_while_subscribing_is_told_and_gets_nothing() {
         let (r, feeds) = registry();
         let o = outbox();
-        let (s, _) = r.subscribe(1, "c", o.clone(), 1 << 20, true, false);
+        let (s, _) = r.subscribe(1, "c", o.clone(), how(false));
         feeds.with_last(|f| f.fail_all());
         assert!(
             !s.subscriber
@@ -1014,7 +1086,7 @@ mod tests {
     fn unsubscribed_then_delivered_queues_nothing() {
         let (r, _feeds) = registry();
         let o = outbox();
-        let (s, _) = r.subscribe(1, "c", o.clone(), 1 << 20, true, false);
+        let (s, _) = r.subscribe(1, "c", o.clone(), how(false));
         assert!(s.subscriber.go_live([], 5, "e"));
         let copied = s.subscriber.clone();
         drop(s);
@@ -1028,14 +1100,14 @@ mod tests {
     fn an_ended_feed_leaves_no_dead_entry() {
         let (r, feeds) = registry();
         let o = outbox();
-        let (a, _) = r.subscribe(1, "c", o.clone(), 1 << 20, true, false);
+        let (a, _) = r.subscribe(1, "c", o.clone(), how(false));
         assert!(a.subscriber.go_live([], 0, ""));
-        let (b, mut waiting) = r.subscribe(2, "c", outbox(), 1 << 20, true, false);
+        let (b, mut waiting) = r.subscribe(2, "c", outbox(), how(false));
         feeds.with_last(|f| f.ended());
         assert!(a.is_ended() && b.is_ended());
         assert_eq!(*waiting.borrow_and_update(), FeedStatus::Failed);
         assert!(frames(&o)[0].contains("\"code\":2500"));
-        let (c, status) = r.subscribe(3, "c", outbox(), 1 << 20, true, false);
+        let (c, status) = r.subscribe(3, "c", outbox(), how(false));
         assert_eq!(feeds.started(), 2, "a new feed for the next subscriber");
         assert_eq!(*status.borrow(), FeedStatus::Starting);
         // The old feed's late calls touch nothing of the new entry.

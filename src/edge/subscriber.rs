@@ -89,6 +89,9 @@ pub struct Subscriber {
     buffer_limit: usize,
     /// Receives join and leave pushes (asked, or forced by the namespace).
     pub join_leave: bool,
+    /// The subscribing user: a channel message from this user skips it
+    /// (typing is for the other members).
+    pub user: Arc<str>,
     state: Mutex<State>,
 }
 
@@ -99,6 +102,7 @@ impl Subscriber {
         outbox: Arc<Outbox>,
         buffer_limit: usize,
         join_leave: bool,
+        user: Arc<str>,
     ) -> Arc<Self> {
         Arc::new(Self {
             session,
@@ -106,6 +110,7 @@ impl Subscriber {
             outbox,
             buffer_limit,
             join_leave,
+            user,
             state: Mutex::new(State::Buffering {
                 pending: Vec::new(),
                 bytes: 0,
@@ -269,7 +274,10 @@ pub(super) mod tests {
 
     fn subscriber() -> (Arc<Subscriber>, Arc<Outbox>) {
         let o = Arc::new(Outbox::new(1 << 20));
-        (Subscriber::new(1, "c".into(), o.clone(), 1 << 20, false), o)
+        (
+            Subscriber::new(1, "c".into(), o.clone(), 1 << 20, false, "u".into()),
+            o,
+        )
     }
 
     #[test]

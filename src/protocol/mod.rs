@@ -64,6 +64,16 @@ pub fn publication_push(channel: &str, publication: &[u8]) -> Bytes {
     b.freeze()
 }
 
+/// An async message push, `{"push":{"message":{"data":<data>}}}` (the SDKs'
+/// client `message` event), built from raw JSON `data` without parsing it.
+pub fn message_push(data: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(data.len() + 32);
+    b.put_slice(br#"{"push":{"message":{"data":"#);
+    b.put_slice(data);
+    b.put_slice(b"}}}");
+    b.freeze()
+}
+
 /// Encodes a protocol `Publication` object from raw parts without parsing
 /// them: `{"data":<data>,"info":<info>,"offset":<offset>,"epoch":<epoch>}`
 /// (info and a zero offset omitted). `data` and `info` must be valid JSON.
@@ -107,6 +117,13 @@ mod tests {
         assert_eq!(a.id, 1);
         assert!(matches!(a.method(), Ok(Method::Connect(c)) if c.token == "t"));
         assert!(matches!(b.method(), Ok(Method::Subscribe(s)) if s.channel == "news"));
+    }
+
+    #[test]
+    fn message_push_wraps_raw_data() {
+        let v: serde_json::Value =
+            serde_json::from_slice(&message_push(br#"{"herald":"typing"}"#)).unwrap();
+        assert_eq!(v["push"]["message"]["data"]["herald"], "typing");
     }
 
     #[test]

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::wire::{Page, SyncReply, SyncRequest};
+use super::conversations;
+use super::wire::{ImRequest, Marked, MemberMarkers, Page, SyncReply, SyncRequest};
 use crate::bus::publisher::{LookupError, OffsetLookup};
 use crate::bus::subjects;
 
@@ -129,6 +130,129 @@ impl SyncClient {
             _ => Err(SyncClientError::Decode(
                 "expected an idempotency answer".into(),
             )),
+        }
+    }
+}
+
+/// IM conversations: membership, markers, the conversation list.
+impl SyncClient {
+    async fn im(&self, req: ImRequest) -> Result<SyncReply, SyncClientError> {
+        self.call(&SyncRequest::Im(req)).await
+    }
+
+    fn unexpected<T>(what: &str) -> Result<T, SyncClientError> {
+        Err(SyncClientError::Decode(format!("expected {what}")))
+    }
+
+    /// Adds members; returns those that were not members before.
+    pub async fn add_members(
+        &self,
+        channel: &str,
+        users: &[String],
+    ) -> Result<Vec<String>, SyncClientError> {
+        let req = ImRequest::AddMembers {
+            channel: channel.to_string(),
+            users: users.to_vec(),
+        };
+        match self.im(req).await? {
+            SyncReply::Users(u) => Ok(u),
+            _ => Self::unexpected("users"),
+        }
+    }
+
+    /// Removes members; returns those that were members before.
+    pub async fn remove_members(
+        &self,
+        channel: &str,
+        users: &[String],
+    ) -> Result<Vec<String>, SyncClientError> {
+        let req = ImRequest::RemoveMembers {
+            channel: channel.to_string(),
+            users: users.to_vec(),
+        };
+        match self.im(req).await? {
+            SyncReply::Users(u) => Ok(u),
+            _ => Self::unexpected("users"),
+        }
+    }
+
+    pub async fn is_member(&self, channel: &str, user: &str) -> Result<bool, SyncClientError> {
+        let req = ImRequest::IsMember {
+            channel: channel.to_string(),
+            user: user.to_string(),
+        };
+        match self.im(req).await? {
+            SyncReply::Flag(f) => Ok(f),
+            _ => Self::unexpected("a flag"),
+        }
+    }
+
+    /// Members after `after` (user id order), at most `limit`.
+    pub async fn members(
+        &self,
+        channel: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<MemberMarkers>, SyncClientError> {
+        let req = ImRequest::Members {
+            channel: channel.to_string(),
+            after: after.to_string(),
+            limit,
+        };
+        match self.im(req).await? {
+            SyncReply::Members(m) => Ok(m),
+            _ => Self::unexpected("members"),
+        }
+    }
+
+    /// Moves `user`'s markers in `channel` forward (clamped to the head).
+    pub async fn mark(
+        &self,
+        user: &str,
+        channel: &str,
+        read: u64,
+        delivered: u64,
+    ) -> Result<Marked, SyncClientError> {
+        let req = ImRequest::Mark {
+            user: user.to_string(),
+            channel: channel.to_string(),
+            read,
+            delivered,
+        };
+        match self.im(req).await? {
+            SyncReply::Marked(m) => Ok(m),
+            _ => Self::unexpected("markers"),
+        }
+    }
+
+    pub async fn conversations(
+        &self,
+        user: &str,
+        limit: usize,
+        cursor: Option<String>,
+        since: Option<u64>,
+    ) -> Result<conversations::Page, SyncClientError> {
+        let req = ImRequest::Conversations {
+            user: user.to_string(),
+            limit,
+            cursor,
+            since,
+        };
+        match self.im(req).await? {
+            SyncReply::Conversations(p) => Ok(p),
+            _ => Self::unexpected("conversations"),
+        }
+    }
+
+    pub async fn unread(&self, user: &str) -> Result<conversations::Unread, SyncClientError> {
+        match self
+            .im(ImRequest::Unread {
+                user: user.to_string(),
+            })
+            .await?
+        {
+            SyncReply::Unread(u) => Ok(u),
+            _ => Self::unexpected("unread counts"),
         }
     }
 }

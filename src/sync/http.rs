@@ -34,7 +34,12 @@
 //! that order: token, channel, permission, query, read. 401 answers carry
 //! `WWW-Authenticate: Bearer`.
 //!
-//! Knows tokens and HTTP; reads through `SyncService::read`.
+//! `GET /api/v1/users/me/conversations?limit=&cursor=&since=` (same bearer
+//! token): the user's conversation list, as `herald.conversations` answers
+//! it (`conversations`); a bad limit, cursor or query is 400. History in a
+//! `membership` namespace is only for members (403 otherwise).
+//!
+//! Knows tokens and HTTP; reads through `SyncService::read` and the IM calls.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -50,6 +55,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tracing::Instrument;
 
+use super::conversations as conv;
 use super::{ReadError, SyncService};
 use crate::auth::{TokenError, Verifier};
 use crate::channel::Channel;
@@ -69,6 +75,7 @@ struct HttpState {
 pub(super) fn router(service: Arc<SyncService>, verifier: Verifier) -> Router {
     Router::new()
         .route("/api/v1/channels/{channel}/publications", get(publications))
+        .route("/api/v1/users/me/conversations", get(conversations))
         .with_state(HttpState { service, verifier })
 }
 
@@ -287,6 +294,12 @@ async fn page(
         }
     })?;
     authorize(&state.verifier, headers, &user, &channel)?;
+    if channel.options.membership
+        && channel.allowed_users.is_empty()
+        && !state.service.is_member(&name, &user).await?
+    {
+        return Err(HttpError::forbidden("not a member"));
+    }
     let Query(query) = query.map_err(|e| HttpError::bad_request(e.body_text()))?;
     let range = range_of(&query, state.service.settings().page_limit)?;
     let read = state.service.read(&name, range).await?;
@@ -325,6 +338,74 @@ async fn publications(
         }
     };
     span.record("result", result);
+    ::metrics::counter!(metrics::SYNC_REQUESTS_TOTAL, "source" => SOURCE, "result" => result)
+        .increment(1);
+    ::metrics::histogram!(metrics::SYNC_SECONDS, "source" => SOURCE)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    limit: Option<usize>,
+    cursor: Option<String>,
+    since: Option<u64>,
+}
+
+/// `GET /api/v1/users/me/conversations?limit=&cursor=&since=`: the token's
+/// user's conversation list, as `herald.conversations` answers it.
+async fn conversations(
+    State(state): State<HttpState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let started = Instant::now();
+    let answer = async {
+        let user = authenticate(&state.verifier, &headers)?;
+        if user.is_empty() {
+            return Err(HttpError::forbidden(
+                "anonymous users have no conversations",
+            ));
+        }
+        let Query(q) = query.map_err(|e| HttpError::bad_request(e.body_text()))?;
+        let limit = match q.limit {
+            None => conv::DEFAULT_PAGE,
+            Some(n) if (1..=conv::MAX_PAGE).contains(&n) => n,
+            Some(_) => {
+                return Err(HttpError::bad_request(format!(
+                    "limit must be 1 to {}",
+                    conv::MAX_PAGE
+                )));
+            }
+        };
+        let cursor = match q.cursor.as_deref() {
+            None => None,
+            Some(c) => {
+                Some(conv::Cursor::decode(c).ok_or_else(|| HttpError::bad_request("bad cursor"))?)
+            }
+        };
+        let page = state
+            .service
+            .conversations(
+                &user,
+                conv::Query {
+                    limit,
+                    cursor,
+                    since: q.since,
+                },
+            )
+            .await?;
+        Ok(Json(page).into_response())
+    }
+    .await;
+    let (response, result) = match answer {
+        Ok(response) => (response, "ok"),
+        Err(e) => {
+            let result = e.result;
+            (e.into_response(), result)
+        }
+    };
     ::metrics::counter!(metrics::SYNC_REQUESTS_TOTAL, "source" => SOURCE, "result" => result)
         .increment(1);
     ::metrics::histogram!(metrics::SYNC_SECONDS, "source" => SOURCE)

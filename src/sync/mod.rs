@@ -7,12 +7,18 @@
 //! coalescing of identical concurrent reads (`coalesce`) and the store reads
 //! with their timeout and history retention (`reader`).
 //!
-//! Owns no state but the in-flight reads: it never writes the store and does
-//! not know how offsets are assigned.
+//! It also answers IM conversation requests (`im`: membership, markers, the
+//! conversation list composed by `conversations`), the only writes it makes
+//! to the store — membership and marker rows, never publications.
+//!
+//! Owns no state but the in-flight reads; does not know how offsets are
+//! assigned.
 
 pub mod client;
 mod coalesce;
+pub mod conversations;
 mod http;
+mod im;
 mod reader;
 mod responder;
 pub mod wire;
@@ -119,7 +125,7 @@ impl SyncService {
         self.pages.in_flight()
     }
 
-    fn channel<'a>(&self, name: &'a str) -> Result<Channel<'a>, ReadError> {
+    pub(crate) fn channel<'a>(&self, name: &'a str) -> Result<Channel<'a>, ReadError> {
         Channel::parse(name, &self.channels).map_err(|e| match e {
             ProtocolError::UnknownChannel => ReadError::UnknownNamespace,
             _ => ReadError::BadChannel,

@@ -146,7 +146,15 @@ impl Reader {
         self.store_calls.load(Ordering::Relaxed)
     }
 
-    async fn timed<T>(&self, call: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
+    /// The store, for the IM calls (`super::im`), which go through [`Self::timed`].
+    pub(super) fn store(&self) -> &SharedStore {
+        &self.store
+    }
+
+    pub(super) async fn timed<T>(
+        &self,
+        call: impl Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
         self.store_calls.fetch_add(1, Ordering::Relaxed);
         match tokio::time::timeout(self.timeout, call).await {
             Ok(result) => result,

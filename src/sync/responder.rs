@@ -74,6 +74,7 @@ async fn answer(service: &SyncService, payload: &[u8]) -> (Bytes, &'static str) 
     let kind = match &request {
         SyncRequest::Read { .. } => "read",
         SyncRequest::Idempotency { .. } => "idempotency",
+        SyncRequest::Im(_) => "im",
     };
     tracing::Span::current().record("request", kind);
     match request {
@@ -99,6 +100,10 @@ async fn answer(service: &SyncService, payload: &[u8]) -> (Bytes, &'static str) 
                 Err(e) => failed(e),
             }
         }
+        SyncRequest::Im(req) => match service.im(req).await {
+            Ok(reply) => (to_bytes(&reply), "ok"),
+            Err(e) => failed(e),
+        },
         SyncRequest::Idempotency { channel, key } => {
             match service.idempotency(&channel, &key).await {
                 Ok((offset, epoch)) => (to_bytes(&SyncReply::Idempotency { offset, epoch }), "ok"),

@@ -21,6 +21,63 @@ pub enum SyncRequest {
     },
     /// The offset a (channel, idempotency key) was stored at, if any.
     Idempotency { channel: String, key: String },
+    /// IM conversations (`SyncService`'s im part); the asker has checked
+    /// the channel name and the caller's permission.
+    Im(ImRequest),
+}
+
+/// Membership, markers and the conversation list.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ImRequest {
+    /// → `Users`: those not members before.
+    AddMembers { channel: String, users: Vec<String> },
+    /// → `Users`: those members before.
+    RemoveMembers { channel: String, users: Vec<String> },
+    /// → `Flag`.
+    IsMember { channel: String, user: String },
+    /// → `Members`: members after `after` by user id, with their markers.
+    Members {
+        channel: String,
+        after: String,
+        limit: usize,
+    },
+    /// → `Marked`: moves the markers forward, clamped to the head.
+    Mark {
+        user: String,
+        channel: String,
+        read: u64,
+        delivered: u64,
+    },
+    /// → `Conversations`.
+    Conversations {
+        user: String,
+        limit: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cursor: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<u64>,
+    },
+    /// → `Unread`.
+    Unread { user: String },
+}
+
+/// One member and their markers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemberMarkers {
+    pub user: String,
+    pub read: u64,
+    pub delivered: u64,
+}
+
+/// The markers after a `Mark`, whether they moved, and the head they were
+/// clamped to.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Marked {
+    pub read: u64,
+    pub delivered: u64,
+    pub changed: bool,
+    pub head: u64,
 }
 
 /// A page: publications as protocol `Publication` JSON objects (with
@@ -49,6 +106,12 @@ pub enum SyncReply {
         offset: Option<u64>,
         epoch: String,
     },
+    Users(Vec<String>),
+    Flag(bool),
+    Members(Vec<MemberMarkers>),
+    Marked(Marked),
+    Conversations(super::conversations::Page),
+    Unread(super::conversations::Unread),
     Error {
         /// `bad_request` (bad channel name, undecodable request),
         /// `unknown_channel` (no such namespace), `not_available` (the

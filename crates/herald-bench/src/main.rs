@@ -26,6 +26,7 @@
 
 mod centrifugo;
 mod connections;
+mod conversations;
 mod drive;
 mod fanout;
 mod fill;
@@ -113,6 +114,10 @@ pub enum Scenario {
     /// Subscribe/unsubscribe rate with presence on and off; presence_stats
     /// and presence latency in rooms of 100, 1,000 and 10,000 members.
     Presence(presence::PresenceArgs),
+    /// Publish rate into 2-member and N-member conversations (markers on)
+    /// vs a plain channel; `herald.conversations` and `herald.unread`
+    /// latency for a user with many conversations.
+    Conversations(conversations::ConversationsArgs),
 }
 
 /// Options every scenario takes.
@@ -329,6 +334,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
         Scenario::Recovery(a) => &a.common,
         Scenario::History(a) => &a.common,
         Scenario::Presence(a) => &a.common,
+        Scenario::Conversations(a) => &a.common,
     };
     target::set_herald_bin(common.herald.clone());
     let runtime = match tokio::runtime::Runtime::new() {
@@ -346,6 +352,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
             Scenario::Recovery(a) => (a.common.clone(), recovery::run(a).await),
             Scenario::History(a) => (a.common.clone(), history::run(a).await),
             Scenario::Presence(a) => (a.common.clone(), presence::run(a).await),
+            Scenario::Conversations(a) => (a.common.clone(), conversations::run(a).await),
         }
     });
     // Children and connections go before the exit.

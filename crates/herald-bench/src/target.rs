@@ -453,6 +453,12 @@ impl Api {
         self.call("publish", body.into_bytes().into()).await
     }
 
+    /// Any method with a JSON body; the `result` object.
+    pub async fn method(&mut self, method: &str, body: &Value) -> Result<Value, ApiError> {
+        self.call(method, body.to_string().into_bytes().into())
+            .await
+    }
+
     async fn call(&mut self, method: &str, body: bytes::Bytes) -> Result<Value, ApiError> {
         let path = format!("/api/{method}");
         let (status, text) = self

@@ -350,6 +350,31 @@ fn peers_are_chosen_with_peer() {
 }
 
 #[test]
+fn conversations() {
+    let r = bench(&[
+        "conversations",
+        "--publishes",
+        "5",
+        "--concurrency",
+        "2",
+        "--members",
+        "3",
+        "--conversations",
+        "60",
+        "--with-messages",
+        "7",
+        "--queries",
+        "3",
+    ]);
+    checks_zero(&r, "herald");
+    for kind in ["plain", "dm", "group"] {
+        assert_eq!(figure(&r, "herald", &format!("{kind}_publishes")), 10.0);
+    }
+    assert!(figure(&r, "herald", "list_p50_ms") > 0.0);
+    assert!(figure(&r, "herald", "unread_p99_ms") > 0.0);
+}
+
+#[test]
 fn plot_and_hdr_files_are_written() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (png, hdr) = (dir.path().join("lat.png"), dir.path().join("lat.hdr"));

@@ -18,6 +18,7 @@ impl Session {
             .get(&req.channel)
             .is_some_and(|s| s.private && !s.is_ended());
         channel.check_history(self.user(), authorized_private)?;
+        self.require_member(&channel).await?;
         let page_limit = self.edge.settings.client.history_page_limit;
         let limit = match req.limit {
             0 => 0,

@@ -2,7 +2,8 @@
 //! dispatches each command to its file — `connect`, `subscribe` (and the
 //! subscription preparation every way of subscribing shares), `publish`,
 //! `history`, `refresh` (and `sub_refresh`), `presence` (and
-//! `presence_stats`, `rpc`), `server_side` (the server API's control
+//! `presence_stats`, `rpc`), `im` (the `herald.*` conversation RPC methods
+//! and the membership rule), `server_side` (the server API's control
 //! commands), `proxied` (what the application backend decides through the
 //! proxies) — and the writer task (`writer`: the outbox into the
 //! socket). `unsubscribe`, `ping` and `pong` are one line each, here.
@@ -17,6 +18,7 @@
 
 mod connect;
 mod history;
+mod im;
 mod presence;
 mod proxied;
 mod publish;
@@ -398,7 +400,7 @@ impl Session {
             Method::PresenceStats(req) => self.presence_stats(req).await,
             Method::Rpc(req) => match self.rpc_proxy(&req.method) {
                 Some(proxy) => self.rpc_by_proxy(&proxy, req).await,
-                None => self.rpc(req).await,
+                None => Box::pin(self.rpc(req)).await,
             },
             // No handler for async messages: Centrifugo closes with 3508.
             Method::Send => Err(Fail::Close(Disconnect::NOT_AVAILABLE)),

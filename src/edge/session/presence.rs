@@ -1,5 +1,6 @@
-//! `presence`, `presence_stats` and `rpc` (the one RPC method Herald
-//! serves itself, `herald.user_status`).
+//! `presence`, `presence_stats` and `rpc`: methods starting with `herald.`
+//! are Herald's own — `herald.user_status` here, the conversation methods in
+//! `im`; any other method is 108.
 //!
 //! As Centrifugo with `allow_presence_for_subscriber`: a client asks the
 //! presence of a channel it is subscribed to; 108 where the namespace has
@@ -69,12 +70,30 @@ impl Session {
         })))
     }
 
+    /// Herald's own methods (`herald.` prefix): `herald.user_status`, and
+    /// the conversation methods (`im`); any other method is 108.
+    pub(super) async fn rpc(&mut self, req: RpcRequest) -> Result<Option<ReplyResult>, Fail> {
+        if !req.method.starts_with("herald.") {
+            return Err(Fail::Error(ProtocolError::NotAvailable));
+        }
+        if req.method == USER_STATUS_METHOD {
+            return self.user_status(req).await;
+        }
+        if self.user().is_empty() {
+            // Conversations are a user's; an anonymous connection has none.
+            return Err(Fail::Error(ProtocolError::PermissionDenied));
+        }
+        match self.rpc_im(&req.method, req.data.as_deref()).await {
+            Some(outcome) => outcome,
+            None => Err(Fail::Error(ProtocolError::NotAvailable)),
+        }
+    }
+
     /// `herald.user_status` with `{"users": [...]}` (at most
     /// `MAX_STATUS_USERS`, else 107) when `user_status_for_clients` is on;
-    /// any other method, or that one switched off, is 108 as before.
-    pub(super) async fn rpc(&self, req: RpcRequest) -> Result<Option<ReplyResult>, Fail> {
-        if req.method != USER_STATUS_METHOD || !self.edge.settings.presence.user_status_for_clients
-        {
+    /// switched off it is 108.
+    async fn user_status(&self, req: RpcRequest) -> Result<Option<ReplyResult>, Fail> {
+        if !self.edge.settings.presence.user_status_for_clients {
             return Err(Fail::Error(ProtocolError::NotAvailable));
         }
         let data = req.data.as_deref().map_or("{}", RawValue::get);

@@ -18,6 +18,7 @@ impl Session {
     ) -> Result<Option<ReplyResult>, Fail> {
         let data = data.ok_or(ProtocolError::BadRequest)?;
         let channel = Channel::parse(&channel_name, &self.edge.settings.channels)?;
+        self.require_member(&channel).await?;
         // A namespace's publish proxy decides instead of its permission, and
         // may replace the data or keep it out of history (`proxied`).
         let proxy = self
@@ -78,6 +79,9 @@ impl Session {
                     }
                 }
             })?;
+        if channel.options.history {
+            self.after_publish(&channel, published.offset).await;
+        }
         Ok(Some(ReplyResult::Publish(PublishResult {
             offset: published.offset,
             epoch: published.epoch,

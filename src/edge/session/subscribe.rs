@@ -13,7 +13,7 @@ use super::{Fail, Session, close_deadline, ttl};
 use crate::auth::TokenError;
 use crate::channel::Channel;
 use crate::edge::presence::status_user;
-use crate::edge::registry::{FeedStatus, Member, Subscription};
+use crate::edge::registry::{FeedStatus, Member, SubscribeAs, Subscription};
 use crate::protocol::{
     self, ClientInfo, Disconnect, ProtocolError, Reply, ReplyResult, SubscribeRequest,
     SubscribeResult,
@@ -72,9 +72,12 @@ impl Session {
             self.id,
             channel.name,
             self.outbox.clone(),
-            client.queue_max_bytes,
-            history,
-            receives,
+            SubscribeAs {
+                user: self.user(),
+                buffer_limit: client.queue_max_bytes,
+                history,
+                join_leave: receives,
+            },
         );
         let ready = tokio::time::timeout(self.edge.sync_timeout, async {
             status
@@ -231,6 +234,7 @@ impl Session {
         if granted.is_none() {
             channel.check_subscribe(&user, token_claims.is_some())?;
         }
+        self.require_member(&channel).await?;
         if channel.namespace == Some(crate::config::BUILTIN_STATUS_NAMESPACE) && user.is_empty() {
             // Watching needs an authenticated user.
             return Err(Fail::Error(ProtocolError::PermissionDenied));
