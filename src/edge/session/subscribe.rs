@@ -210,6 +210,7 @@ impl Session {
                 Err(TokenError::Invalid) => return Err(Fail::Close(Disconnect::INVALID_TOKEN)),
             }
         }
+        self.require_member(&channel).await?;
         // Without a token, a namespace's subscribe proxy decides instead of
         // its permissions (as Centrifugo: not for private channels, which
         // need a token, nor for user-limited ones, which have their rule).
@@ -234,7 +235,6 @@ impl Session {
         if granted.is_none() {
             channel.check_subscribe(&user, token_claims.is_some())?;
         }
-        self.require_member(&channel).await?;
         if channel.namespace == Some(crate::config::BUILTIN_STATUS_NAMESPACE) && user.is_empty() {
             // Watching needs an authenticated user.
             return Err(Fail::Error(ProtocolError::PermissionDenied));
