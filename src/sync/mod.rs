@@ -7,6 +7,9 @@
 //! coalescing of identical concurrent reads (`coalesce`) and the store reads
 //! with their timeout and history retention (`reader`).
 //!
+//! The HTTP API refuses revoked tokens once [`SyncService::set_revocations`]
+//! was given the process's revocations.
+//!
 //! Owns no state but the in-flight reads: it never writes the store and does
 //! not know how offsets are assigned.
 
@@ -16,6 +19,8 @@ mod http;
 mod reader;
 mod responder;
 pub mod wire;
+
+pub use http::{RequestBytes, check_request as check_http_request};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,6 +87,8 @@ pub struct SyncService {
     /// True while the NATS responder's queue subscription is in place
     /// (readiness of the sync role).
     ready: std::sync::atomic::AtomicBool,
+    /// The revocations the HTTP API enforces, once set.
+    revocations: std::sync::OnceLock<Arc<crate::revocation::Revocations>>,
 }
 
 impl SyncService {
@@ -92,7 +99,17 @@ impl SyncService {
             pages: Coalescer::new(settings.coalesce_capacity),
             settings,
             ready: std::sync::atomic::AtomicBool::new(false),
+            revocations: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The HTTP API refuses these revoked tokens from now on (set once).
+    pub fn set_revocations(&self, r: Arc<crate::revocation::Revocations>) {
+        let _ = self.revocations.set(r);
+    }
+
+    fn revocations(&self) -> Option<&crate::revocation::Revocations> {
+        self.revocations.get().map(|r| &**r)
     }
 
     /// Whether this instance answers NATS requests (for `/health`).
