@@ -21,6 +21,7 @@
 //! - [`metrics`]: metric names and the Prometheus recorder.
 //! - [`telemetry`]: the tracing subscriber, OTLP span export, trace context in headers.
 //! - [`limits`]: the open-file limit, raised at start.
+//! - `fuzzing`: the entry points of the fuzz targets (`fuzz/`) and their corpus replay.
 //!
 //! The protocol client the tests use (`crates/herald-client`) and the load
 //! generator (`crates/herald-bench`) are crates of their own.
@@ -31,6 +32,8 @@ pub mod bus;
 pub mod channel;
 pub mod config;
 pub mod edge;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http_limit;
 pub mod http_server;
 pub mod jwks;

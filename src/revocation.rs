@@ -83,6 +83,40 @@ fn unkey(k: &str) -> Option<(&str, String)> {
     Some((kind, String::from_utf8(id).ok()?))
 }
 
+/// Applies one bucket entry (`value` `None`: deleted) to `state`; false when
+/// the key is not one of ours.
+fn apply_entry(state: &mut State, key: &str, value: Option<&[u8]>) -> bool {
+    let Some((kind, id)) = unkey(key) else {
+        return false;
+    };
+    let value = value.and_then(|v| serde_json::from_slice::<Entry>(v).ok());
+    let live = value.filter(|v| v.until > now_secs());
+    match (kind, live) {
+        ("jti", Some(v)) => {
+            state.jtis.insert(id, v.until);
+        }
+        ("jti", None) => {
+            state.jtis.remove(&id);
+        }
+        ("user", Some(v)) => {
+            state
+                .users
+                .insert(id, (v.before.unwrap_or(v.until), v.until));
+        }
+        ("user", None) => {
+            state.users.remove(&id);
+        }
+        _ => return false,
+    }
+    true
+}
+
+/// Applies one bucket entry (key and value as read from NATS KV) to an empty
+/// revocation state, as the watch does; for [`crate::fuzzing`].
+pub fn check_entry(key: &str, value: &[u8]) -> bool {
+    apply_entry(&mut State::default(), key, Some(value))
+}
+
 impl Revocations {
     /// Opens (or creates) the bucket; the watch runs until `shutdown`.
     pub async fn open(
@@ -178,35 +212,17 @@ impl Revocations {
     }
 
     fn apply(&self, entry: &kv::Entry) {
-        let Some((kind, id)) = unkey(&entry.key) else {
-            return;
-        };
         let value = match entry.operation {
-            Operation::Put => serde_json::from_slice::<Entry>(&entry.value).ok(),
+            Operation::Put => Some(&entry.value[..]),
             Operation::Delete | Operation::Purge => None,
         };
-        {
+        let changed = {
             let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-            let live = value.filter(|v| v.until > now_secs());
-            match (kind, live) {
-                ("jti", Some(v)) => {
-                    state.jtis.insert(id, v.until);
-                }
-                ("jti", None) => {
-                    state.jtis.remove(&id);
-                }
-                ("user", Some(v)) => {
-                    state
-                        .users
-                        .insert(id, (v.before.unwrap_or(v.until), v.until));
-                }
-                ("user", None) => {
-                    state.users.remove(&id);
-                }
-                _ => return,
-            }
+            apply_entry(&mut state, &entry.key, value)
+        };
+        if changed {
+            self.changed.send_modify(|g| *g += 1);
         }
-        self.changed.send_modify(|g| *g += 1);
     }
 
     /// Drops expired entries from memory and purges them from the bucket.

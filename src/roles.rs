@@ -359,6 +359,22 @@ pub async fn start_with_shutdown(
         "ingest stream ready"
     );
 
+    // One watch of the revocations bucket per process, enforced by its edge
+    // (sessions) and its sync HTTP API alike.
+    let revocations = if role.has_sync() || role.has_edge() {
+        Some(
+            crate::revocation::Revocations::open(
+                nats.clone(),
+                config.nats.kv_replicas,
+                shutdown.clone(),
+            )
+            .await
+            .context("opening the revocations bucket")?,
+        )
+    } else {
+        None
+    };
+
     let mut router = Router::new();
     let mut sync_task = None;
     let mut sync_service = None;
@@ -368,6 +384,9 @@ pub async fn start_with_shutdown(
             config.channels.clone(),
             SyncSettings::from_config(&config.sync),
         ));
+        if let Some(r) = &revocations {
+            service.set_revocations(r.clone());
+        }
         let limit = crate::http_limit::RequestLimit::new(
             config.sync_http_rate_per_ip,
             config.sync_http_rate_per_key,
@@ -439,15 +458,9 @@ pub async fn start_with_shutdown(
             verifier.clone(),
             config.sync.timeout,
         );
-        e.set_revocations(
-            crate::revocation::Revocations::open(
-                nats.clone(),
-                config.nats.kv_replicas,
-                shutdown.clone(),
-            )
-            .await
-            .context("opening the revocations bucket")?,
-        );
+        if let Some(r) = &revocations {
+            e.set_revocations(r.clone());
+        }
         let control = e
             .serve_control(shutdown.clone())
             .await

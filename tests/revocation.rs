@@ -170,3 +170,121 @@ async fn revoked_tokens_are_closed_and_refused_on_every_edge() {
     )
     .await;
 }
+
+/// A sync HTTP page request: status, JSON body and `WWW-Authenticate`.
+async fn page(
+    addr: std::net::SocketAddr,
+    channel: &str,
+    token: &str,
+    sub_token: Option<&str>,
+) -> (u16, Value, Option<String>) {
+    let channel =
+        percent_encoding::utf8_percent_encode(channel, percent_encoding::NON_ALPHANUMERIC);
+    let mut req = reqwest::Client::new()
+        .get(format!(
+            "http://{addr}/api/v1/channels/{channel}/publications"
+        ))
+        .bearer_auth(token);
+    if let Some(s) = sub_token {
+        req = req.header("X-Herald-Subscription-Token", s);
+    }
+    let resp = req.send().await.expect("sync request");
+    let status = resp.status().as_u16();
+    let www = resp
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, resp.json().await.expect("sync json"), www)
+}
+
+/// The sync HTTP API refuses tokens revoked by `revoke_token` and
+/// `invalidate_user_tokens` exactly as it refuses invalid ones: connection
+/// tokens 401 "invalid token" (with `WWW-Authenticate: Bearer`), subscription
+/// tokens 403 "invalid subscription token". Other tokens still read.
+#[tokio::test]
+async fn revoked_tokens_are_refused_by_the_sync_http_api() {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let serve = TestHerald::start(test_config(&nats, dir.path().join("data"))).await;
+    let addr = serve.addr;
+    let exp = now() + 3600;
+    let invalid = page(addr, "news", "not.a.token", None).await;
+    assert_eq!(invalid.0, 401, "{invalid:?}");
+    assert_eq!(
+        invalid.1,
+        json!({"error": {"code": 401, "message": "invalid token"}})
+    );
+
+    let h1 = hs256(json!({"sub": "alice", "jti": "h1", "iat": now(), "exp": exp}));
+    let h2 = hs256(json!({"sub": "alice", "jti": "h2", "iat": now(), "exp": exp}));
+    assert_eq!(page(addr, "news", &h1, None).await.0, 200);
+    let r = serve
+        .api("revoke_token", json!({"jti": "h1", "expire_at": exp}))
+        .await;
+    assert_eq!(r, json!({"result": {}}));
+    let refused = eventually("h1 is refused", Duration::from_secs(10), || {
+        let h1 = h1.clone();
+        async move {
+            let r = page(addr, "news", &h1, None).await;
+            (r.0 != 200).then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(
+        refused, invalid,
+        "a revoked token is answered as an invalid one"
+    );
+    assert_eq!(refused.2.as_deref(), Some("Bearer"));
+    assert_eq!(page(addr, "news", &h2, None).await.0, 200, "h2 not revoked");
+
+    // invalidate_user_tokens: carol's token issued before, not the one after.
+    let old = hs256(json!({"sub": "carol", "iat": now() - 10, "exp": exp}));
+    assert_eq!(page(addr, "news", &old, None).await.0, 200);
+    let r = serve
+        .api(
+            "invalidate_user_tokens",
+            json!({"user": "carol", "issued_before": now() - 1, "expire_at": exp}),
+        )
+        .await;
+    assert_eq!(r, json!({"result": {}}));
+    let refused = eventually(
+        "carol's old token is refused",
+        Duration::from_secs(10),
+        || {
+            let old = old.clone();
+            async move {
+                let r = page(addr, "news", &old, None).await;
+                (r.0 != 200).then_some(r)
+            }
+        },
+    )
+    .await;
+    assert_eq!(refused, invalid);
+    let fresh = hs256(json!({"sub": "carol", "iat": now() + 1, "exp": exp}));
+    assert_eq!(page(addr, "news", &fresh, None).await.0, 200);
+
+    // A revoked subscription token for a private channel.
+    let bob = serve.token("bob");
+    let bad_sub = page(addr, "$secret", &bob, Some("not.a.token")).await;
+    assert_eq!(bad_sub.0, 403, "{bad_sub:?}");
+    let s1 = hs256(json!({"sub": "bob", "channel": "$secret", "jti": "hs1", "exp": exp}));
+    let s2 = hs256(json!({"sub": "bob", "channel": "$secret", "jti": "hs2", "exp": exp}));
+    assert_eq!(page(addr, "$secret", &bob, Some(&s1)).await.0, 200);
+    let r = serve
+        .api("revoke_token", json!({"jti": "hs1", "expire_at": exp}))
+        .await;
+    assert_eq!(r, json!({"result": {}}));
+    let refused = eventually("hs1 is refused", Duration::from_secs(10), || {
+        let (bob, s1) = (bob.clone(), s1.clone());
+        async move {
+            let r = page(addr, "$secret", &bob, Some(&s1)).await;
+            (r.0 != 200).then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(
+        refused, bad_sub,
+        "a revoked subscription token is answered as an invalid one"
+    );
+    assert_eq!(page(addr, "$secret", &bob, Some(&s2)).await.0, 200);
+}

@@ -153,3 +153,98 @@ async fn wss_with_a_test_ca_and_certificate_rotation() {
     )
     .await;
 }
+
+/// Runs tests/sdk/centrifuge_js_wss.mjs (the official JavaScript SDK on
+/// Node) against `wss://localhost:<port>`, trusting `ca_pem` through
+/// `NODE_EXTRA_CA_CERTS` when given; returns its exit success and report.
+async fn js_sdk_over_wss(
+    port: u16,
+    token: &str,
+    channel: &str,
+    ca_pem: Option<&Path>,
+    timeout_ms: u64,
+) -> (bool, serde_json::Value, String) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let modules = root.join(".tools/node/node_modules");
+    assert!(
+        modules.join("centrifuge/package.json").exists()
+            && modules.join("ws/package.json").exists(),
+        "{} lacks centrifuge or ws: run scripts/install-tools.sh to install the client SDKs",
+        modules.display()
+    );
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg(root.join("tests/sdk/centrifuge_js_wss.mjs"))
+        .env("HERALD_NODE_MODULES", &modules)
+        .env(
+            "HERALD_WSS",
+            format!("wss://localhost:{port}/connection/websocket"),
+        )
+        .env("HERALD_TOKEN", token)
+        .env("HERALD_CHANNEL", channel)
+        .env("HERALD_TIMEOUT_MS", timeout_ms.to_string())
+        .env_remove("NODE_EXTRA_CA_CERTS")
+        .env_remove("NODE_TLS_REJECT_UNAUTHORIZED")
+        .kill_on_drop(true);
+    if let Some(ca) = ca_pem {
+        cmd.env("NODE_EXTRA_CA_CERTS", ca);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("the SDK script finishes")
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let report = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or(serde_json::Value::Null);
+    (
+        out.status.success(),
+        report,
+        format!("--- stdout\n{stdout}\n--- stderr\n{stderr}"),
+    )
+}
+
+/// The official JavaScript SDK connects over `wss://` to Herald serving a
+/// certificate of a test CA that Node trusts only through
+/// `NODE_EXTRA_CA_CERTS`, subscribes, publishes and receives its own
+/// publication; without the CA it cannot connect.
+#[tokio::test]
+async fn javascript_sdk_over_wss_trusting_a_test_ca() {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("Herald SDK test CA");
+    ca.issue(dir.path());
+    let ca_pem = dir.path().join("ca.pem");
+    std::fs::write(&ca_pem, ca.issuer.pem()).unwrap();
+    let mut config = test_config(&nats, dir.path().join("data"));
+    config.tls = Some(TlsFiles {
+        cert: dir.path().join("server.crt"),
+        key: dir.path().join("server.key"),
+        reload_interval: Duration::from_secs(60),
+    });
+    let h = TestHerald::start(config).await;
+    // The built-in `dm` namespace lets its users publish from clients.
+    let channel = "dm:#alice,bob";
+    let token = h.token("alice");
+
+    let (ok, report, output) =
+        js_sdk_over_wss(h.addr.port(), &token, channel, Some(&ca_pem), 10_000).await;
+    assert!(ok && report["ok"] == true, "SDK over wss failed: {output}");
+    assert_eq!(
+        report["received"],
+        serde_json::json!({"over": "wss", "n": 1}),
+        "{output}"
+    );
+    assert!(report["client"].is_string(), "{output}");
+    println!("JavaScript SDK over wss: {report}");
+
+    // The same SDK without the test CA is refused by its own TLS check.
+    let (ok, report, output) = js_sdk_over_wss(h.addr.port(), &token, channel, None, 3_000).await;
+    assert!(
+        !ok && report["ok"] == false,
+        "connected without trusting the CA: {output}"
+    );
+    println!("JavaScript SDK over wss without the CA: {report}");
+}

@@ -227,6 +227,94 @@ fn disconnect_close(d: Option<DisconnectObject>) -> Result<(u16, String), Protoc
     }
 }
 
+/// The page size of a `history` request: none or 0 reads only the
+/// position, a negative limit or one above `max` reads `max`.
+fn history_limit(limit: Option<i64>, max: usize) -> usize {
+    match limit {
+        None | Some(0) => 0,
+        Some(n) if n < 0 => max,
+        Some(n) => usize::try_from(n).map_or(max, |n| n.min(max)),
+    }
+}
+
+/// Decodes a request body as `method` does and runs the method's checks that
+/// need no I/O (channel names, keys, codes, sizes), in the method's order.
+/// For the fuzz targets and the corpus replay ([`crate::fuzzing`]).
+pub(super) fn check_request(
+    method: super::Method,
+    body: &[u8],
+    channels: &crate::config::ChannelsConfig,
+) -> Result<(), Failure> {
+    use super::{Method as M, decode};
+    let channel = |name: &str| Channel::parse(name, channels).map(|_| ());
+    match method {
+        M::Publish => {
+            let req: PublishRequest = decode(body)?;
+            req.data.ok_or(ProtocolError::BadRequest)?;
+            idempotency_key(req.idempotency_key.as_deref())?;
+            channel(&req.channel)?;
+        }
+        M::Broadcast => {
+            let req: BroadcastRequest = decode(body)?;
+            req.data.ok_or(ProtocolError::BadRequest)?;
+            if req.channels.is_empty() {
+                return Err(ProtocolError::BadRequest.into());
+            }
+            idempotency_key(req.idempotency_key.as_deref())?;
+            for c in &req.channels {
+                let _ = channel(c);
+            }
+        }
+        M::History => {
+            let req: HistoryRequest = decode(body)?;
+            channel(&req.channel)?;
+            history_limit(req.limit, 100);
+        }
+        M::Info => {
+            decode::<InfoRequest>(body)?;
+        }
+        M::Disconnect => {
+            let req: DisconnectRequest = decode(body)?;
+            disconnect_close(req.disconnect)?;
+        }
+        M::Subscribe => {
+            let req: SubscribeRequest = decode(body)?;
+            channel(&req.channel)?;
+        }
+        M::Unsubscribe => {
+            let req: UnsubscribeRequest = decode(body)?;
+            channel(&req.channel)?;
+        }
+        M::Refresh => {
+            let req: RefreshRequest = decode(body)?;
+            req.expire_at.map(crate::auth::clamp_exp);
+        }
+        M::Presence | M::PresenceStats => {
+            let req: ChannelOnly = decode(body)?;
+            channel(&req.channel)?;
+        }
+        M::UserStatus => {
+            let req: UserStatusRequest = decode(body)?;
+            if req.users.len() > MAX_STATUS_USERS || req.users.iter().any(String::is_empty) {
+                return Err(ProtocolError::BadRequest.into());
+            }
+        }
+        M::RevokeToken => {
+            let req: RevokeTokenRequest = decode(body)?;
+            req.expire_at
+                .filter(|_| !req.jti.is_empty())
+                .ok_or(ProtocolError::BadRequest)?;
+        }
+        M::InvalidateUserTokens => {
+            let req: InvalidateUserTokensRequest = decode(body)?;
+            req.expire_at
+                .filter(|_| !req.user.is_empty())
+                .ok_or(ProtocolError::BadRequest)?;
+        }
+    }
+    Ok(())
+}
+
 fn presence_failed(e: PresenceError) -> Failure {
     tracing::warn!(error = %e, "presence query failed");
     ProtocolError::Internal.into()
@@ -333,12 +421,7 @@ impl Api {
         if !channel.options.history {
             return Err(ProtocolError::NotAvailable.into());
         }
-        let max = self.state.history_page_limit;
-        let limit = match req.limit {
-            None | Some(0) => 0,
-            Some(n) if n < 0 => max,
-            Some(n) => usize::try_from(n).map_or(max, |n| n.min(max)),
-        };
+        let limit = history_limit(req.limit, self.state.history_page_limit);
         let since = req.since.as_ref().map(|s| s.offset);
         let (after, before) = match (req.reverse, since) {
             (false, s) => (s.unwrap_or(0), None),

@@ -468,11 +468,7 @@ impl Api {
             .map_err(|_| {
                 Failure::Transport(StatusCode::PAYLOAD_TOO_LARGE, ProtocolError::BadRequest)
             })?;
-        let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
-            b"{}"
-        } else {
-            &body
-        };
+        let body = blank_is_empty_object(&body);
         match method {
             Method::Publish => raw(&self.publish(decode(body)?).await?),
             Method::Broadcast => raw(&self.broadcast(decode(body)?).await?),
@@ -520,6 +516,32 @@ fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
     scheme
         .eq_ignore_ascii_case(b"apikey")
         .then(|| key.trim_ascii())
+}
+
+/// An empty (or all-whitespace) body counts as `{}`.
+fn blank_is_empty_object(body: &[u8]) -> &[u8] {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    }
+}
+
+/// Runs a request body through the decoding and the I/O-free checks of the
+/// method `name`, as [`router`] would after the key check; for the fuzz
+/// targets and their corpus replay ([`crate::fuzzing`]). `Err` holds the
+/// HTTP status and error code the API would answer.
+pub fn check_request(name: &str, body: &[u8], channels: &ChannelsConfig) -> Result<(), (u16, u32)> {
+    let Some(method) = Method::from_name(name) else {
+        return Err((404, ProtocolError::MethodNotFound.code()));
+    };
+    if body.len() > MAX_BODY_BYTES {
+        return Err((413, ProtocolError::BadRequest.code()));
+    }
+    methods::check_request(method, blank_is_empty_object(body), channels).map_err(|f| match f {
+        Failure::Transport(status, e) => (status.as_u16(), e.code()),
+        Failure::Method(e) => (200, e.error.code()),
+    })
 }
 
 /// Decodes a request body; anything but JSON of the method's shape is 400.

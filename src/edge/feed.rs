@@ -112,6 +112,14 @@ impl Joined {
     }
 }
 
+/// Decodes a join/leave message of a channel subject as a feed does, and a
+/// publication of a gap-filling page; for [`crate::fuzzing`].
+pub fn check_feed_message(channel: &str, payload: &[u8]) {
+    let _ = serde_json::from_slice::<ClientOnly>(payload);
+    let _ = join_leave_push(channel, true, payload);
+    let _ = serde_json::from_slice::<OffsetOnly>(payload);
+}
+
 /// `{"push":{"channel":…,"join"|"leave":{"info":<info>}}}`.
 fn join_leave_push(channel: &str, join: bool, info: &[u8]) -> Option<bytes::Bytes> {
     let info =

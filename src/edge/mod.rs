@@ -41,6 +41,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+pub use self::feed::check_feed_message;
 use self::feed::{FeedDeps, NatsFeeds};
 use self::presence::Presence;
 use self::registry::{PresenceEvent, Registry};

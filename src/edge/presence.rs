@@ -143,6 +143,14 @@ struct Beat {
     bye: bool,
 }
 
+/// Decodes a presence message between edges (heartbeat, query, answer) as
+/// the edge does; for [`crate::fuzzing`].
+pub fn check_wire_message(payload: &[u8]) {
+    let _ = serde_json::from_slice::<Beat>(payload);
+    let _ = serde_json::from_slice::<Query>(payload);
+    let _ = serde_json::from_slice::<Answer>(payload);
+}
+
 /// One user's status, as the API and the RPC answer it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct UserStatus {

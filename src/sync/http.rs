@@ -14,6 +14,9 @@
 //!
 //! Headers: `Authorization: Bearer <connection token>` (required);
 //! `X-Herald-Subscription-Token: <subscription token>` for private channels.
+//! Tokens revoked by the server API (`revoke_token`,
+//! `invalidate_user_tokens`; [`crate::revocation`]) are refused as invalid
+//! ones: 401 "invalid token", 403 "invalid subscription token".
 //! Who may read is who may subscribe (`Channel::check_history`).
 //!
 //! 200: `{"publications":[{"data":..,"info":..,"offset":N}], "epoch":"..",
@@ -60,6 +63,7 @@ use super::{ReadError, SyncService};
 use crate::auth::{TokenError, Verifier};
 use crate::channel::Channel;
 use crate::metrics;
+use crate::revocation::Revocations;
 use crate::store::{Direction, ReadRange};
 
 pub const SUBSCRIPTION_TOKEN_HEADER: &str = "x-herald-subscription-token";
@@ -175,8 +179,13 @@ fn token_error(e: TokenError) -> HttpError {
     }
 }
 
-/// The user of the bearer connection token.
-fn authenticate(verifier: &Verifier, headers: &HeaderMap) -> Result<String, HttpError> {
+/// The user of the bearer connection token. A revoked token
+/// ([`crate::revocation`]) is refused like an invalid one.
+fn authenticate(
+    verifier: &Verifier,
+    revocations: Option<&Revocations>,
+    headers: &HeaderMap,
+) -> Result<String, HttpError> {
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| HttpError::unauthorized("missing bearer token"))?;
@@ -195,13 +204,19 @@ fn authenticate(verifier: &Verifier, headers: &HeaderMap) -> Result<String, Http
             ));
         }
     };
-    Ok(verifier.connect(token).map_err(token_error)?.sub)
+    let claims = verifier.connect(token).map_err(token_error)?;
+    if revocations.is_some_and(|r| r.is_revoked(&claims.sub, claims.jti.as_deref(), claims.iat)) {
+        return Err(token_error(TokenError::Invalid));
+    }
+    Ok(claims.sub)
 }
 
-/// May `user` read `channel`? Private channels need a valid subscription
-/// token in `X-Herald-Subscription-Token`; other channels ignore the header.
+/// May `user` read `channel`? Private channels need a valid, unrevoked
+/// subscription token in `X-Herald-Subscription-Token`; other channels
+/// ignore the header.
 fn authorize(
     verifier: &Verifier,
+    revocations: Option<&Revocations>,
     headers: &HeaderMap,
     user: &str,
     channel: &Channel<'_>,
@@ -216,6 +231,11 @@ fn authorize(
                 .to_str()
                 .map_err(|_| HttpError::forbidden("invalid subscription token"))?;
             match verifier.subscription(token.trim(), user, channel.name) {
+                Ok(c)
+                    if revocations.is_some_and(|r| r.is_revoked(user, c.jti.as_deref(), c.iat)) =>
+                {
+                    return Err(HttpError::forbidden("invalid subscription token"));
+                }
                 Ok(_) => true,
                 Err(TokenError::Expired) => return Err(HttpError::unauthorized("token expired")),
                 Err(TokenError::Invalid) => {
@@ -278,13 +298,60 @@ fn next_cursor(
     }
 }
 
+/// What the fuzz targets and their corpus replay give [`check_request`]:
+/// one request's outside bytes, and the page the store would answer with.
+pub struct RequestBytes<'a> {
+    /// The `{channel}` path segment, still percent-encoded.
+    pub path_channel: &'a str,
+    /// The query string, without `?`.
+    pub query: &'a str,
+    pub authorization: &'a [u8],
+    pub subscription_token: &'a [u8],
+    pub head: u64,
+    pub first_available: u64,
+    pub last_offset: Option<u64>,
+}
+
+/// Runs one request's bytes through the checks of a page request, in the
+/// same order and with the same functions, short of the store read; for
+/// [`crate::fuzzing`]. `Err` is the HTTP status the request would get.
+pub fn check_request(
+    verifier: &Verifier,
+    channels: &crate::config::ChannelsConfig,
+    page_limit: usize,
+    req: &RequestBytes<'_>,
+) -> Result<(), u16> {
+    let status = |e: HttpError| e.status.as_u16();
+    let mut headers = HeaderMap::new();
+    for (name, value) in [
+        (header::AUTHORIZATION.as_str(), req.authorization),
+        (SUBSCRIPTION_TOKEN_HEADER, req.subscription_token),
+    ] {
+        if let Ok(v) = HeaderValue::from_bytes(value) {
+            headers.insert(name, v);
+        }
+    }
+    let user = authenticate(verifier, None, &headers).map_err(status)?;
+    let name = percent_encoding::percent_decode_str(req.path_channel)
+        .decode_utf8()
+        .map_err(|_| 400u16)?;
+    let channel = Channel::parse(&name, channels).map_err(|_| 400u16)?;
+    authorize(verifier, None, &headers, &user, &channel).map_err(status)?;
+    let uri: axum::http::Uri = format!("/p?{}", req.query).parse().map_err(|_| 400u16)?;
+    let Query(query) = Query::<PageQuery>::try_from_uri(&uri).map_err(|_| 400u16)?;
+    let range = range_of(&query, page_limit).map_err(status)?;
+    let _ = next_cursor(&range, req.last_offset, req.head, req.first_available);
+    Ok(())
+}
+
 async fn page(
     state: &HttpState,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<PageQuery>, QueryRejection>,
     headers: &HeaderMap,
 ) -> Result<Response, HttpError> {
-    let user = authenticate(&state.verifier, headers)?;
+    let revocations = state.service.revocations();
+    let user = authenticate(&state.verifier, revocations, headers)?;
     let Path(name) = path.map_err(|e| HttpError::bad_request(e.body_text()))?;
     let channel = Channel::parse(&name, &state.service.channels).map_err(|e| {
         if e == crate::protocol::ProtocolError::UnknownChannel {
@@ -293,7 +360,7 @@ async fn page(
             HttpError::from(ReadError::BadChannel)
         }
     })?;
-    authorize(&state.verifier, headers, &user, &channel)?;
+    authorize(&state.verifier, revocations, headers, &user, &channel)?;
     if channel.options.membership
         && channel.allowed_users.is_empty()
         && !state.service.is_member(&name, &user).await?
@@ -362,7 +429,7 @@ async fn conversations(
 ) -> Response {
     let started = Instant::now();
     let answer = async {
-        let user = authenticate(&state.verifier, &headers)?;
+        let user = authenticate(&state.verifier, state.service.revocations(), &headers)?;
         if user.is_empty() {
             return Err(HttpError::forbidden(
                 "anonymous users have no conversations",

@@ -11,6 +11,9 @@
 //! conversation list composed by `conversations`), the only writes it makes
 //! to the store — membership and marker rows, never publications.
 //!
+//! The HTTP API refuses revoked tokens once [`SyncService::set_revocations`]
+//! was given the process's revocations.
+//!
 //! Owns no state but the in-flight reads; does not know how offsets are
 //! assigned.
 
@@ -22,6 +25,8 @@ mod im;
 mod reader;
 mod responder;
 pub mod wire;
+
+pub use http::{RequestBytes, check_request as check_http_request};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,6 +93,8 @@ pub struct SyncService {
     /// True while the NATS responder's queue subscription is in place
     /// (readiness of the sync role).
     ready: std::sync::atomic::AtomicBool,
+    /// The revocations the HTTP API enforces, once set.
+    revocations: std::sync::OnceLock<Arc<crate::revocation::Revocations>>,
 }
 
 impl SyncService {
@@ -98,7 +105,17 @@ impl SyncService {
             pages: Coalescer::new(settings.coalesce_capacity),
             settings,
             ready: std::sync::atomic::AtomicBool::new(false),
+            revocations: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The HTTP API refuses these revoked tokens from now on (set once).
+    pub fn set_revocations(&self, r: Arc<crate::revocation::Revocations>) {
+        let _ = self.revocations.set(r);
+    }
+
+    fn revocations(&self) -> Option<&crate::revocation::Revocations> {
+        self.revocations.get().map(|r| &**r)
     }
 
     /// Whether this instance answers NATS requests (for `/health`).

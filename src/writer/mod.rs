@@ -24,6 +24,8 @@ mod partition;
 mod pending;
 pub mod sequencer;
 
+pub use partition::check_ingest;
+
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;

@@ -514,6 +514,12 @@ fn reply_subject(msg: &jetstream::Message) -> Option<&str> {
         .filter(|s| !s.is_empty())
 }
 
+/// Decodes and checks one ingest message as the writer does; for
+/// [`crate::fuzzing`].
+pub fn check_ingest(payload: &[u8]) -> Result<(), &'static str> {
+    decode(payload).map(|_| ())
+}
+
 /// Decodes and checks one ingest message. `data` and `info` stay raw JSON:
 /// the decoded strings become `Bytes` without another copy.
 fn decode(payload: &[u8]) -> Result<Entry, &'static str> {
