@@ -134,6 +134,9 @@ impl Disconnect {
     pub const CHANNEL_LIMIT: Self = Self::new(3505, "channel limit");
     pub const MESSAGE_SIZE_LIMIT: Self = Self::new(3506, "message size limit");
     pub const NOT_AVAILABLE: Self = Self::new(3508, "not available");
+    /// WebSocket "message too big" for a frame over
+    /// `client_message_size_limit`, with an empty reason as Centrifugo's.
+    pub const MESSAGE_TOO_BIG: Self = Self::new(1009, "");
 
     pub const fn new(code: u16, reason: &'static str) -> Self {
         Self { code, reason }

@@ -1,14 +1,18 @@
-//! Centrifugo bidirectional client protocol v2, JSON encoding.
+//! Centrifugo bidirectional client protocol v2, JSON encoding, and the
+//! Protobuf encoding in [`protobuf`].
 //!
 //! Owns the wire types (commands in, replies and pushes out), the frame codec
 //! (several newline-separated JSON objects per WebSocket frame) and the error,
-//! disconnect and unsubscribe codes of `codes.md`.
+//! disconnect and unsubscribe codes of `codes.md`. The Protobuf codec turns
+//! binary frames into the same [`Command`] values and the same [`Reply`]
+//! values into bytes.
 //!
 //! Knows nothing of tokio, axum, NATS or the store: it turns bytes into typed
 //! commands and typed replies into bytes. Client `data` stays raw JSON
 //! (`RawValue`) end to end so a payload is never re-parsed.
 
 pub mod codes;
+pub mod protobuf;
 mod wire;
 
 pub use codes::{Disconnect, ProtocolError, Unsubscribe};
@@ -23,6 +27,13 @@ pub enum DecodeError {
     Json(#[from] serde_json::Error),
     #[error("frame holds no command")]
     Empty,
+}
+
+/// The most commands a JSON frame of `len` bytes can hold: each is at least
+/// `{}` and all but the last end with a newline. The Protobuf codec, whose
+/// smallest command is one byte, holds its frames to the same bound.
+pub fn max_commands(len: usize) -> usize {
+    len.saturating_add(1) / 3
 }
 
 /// Decodes one WebSocket text frame into its commands. Blank lines are skipped.
@@ -124,6 +135,20 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_slice(&message_push(br#"{"herald":"typing"}"#)).unwrap();
         assert_eq!(v["push"]["message"]["data"]["herald"], "typing");
+    }
+
+    #[test]
+    fn max_commands_is_what_a_json_frame_holds() {
+        for len in 0..40 {
+            // The densest JSON frame: `{}` commands separated by newlines.
+            let densest = (1..=40)
+                .map(|n| vec!["{}"; n].join("\n"))
+                .filter(|f| f.len() <= len)
+                .map(|f| decode_commands(&f).unwrap().len())
+                .max()
+                .unwrap_or(0);
+            assert_eq!(max_commands(len), densest, "frame of {len} bytes");
+        }
     }
 
     #[test]

@@ -24,18 +24,22 @@ fn is_false(v: &bool) -> bool {
 pub struct Command {
     #[serde(default)]
     pub id: u32,
-    connect: Option<ConnectRequest>,
-    subscribe: Option<SubscribeRequest>,
-    unsubscribe: Option<ChannelRequest>,
-    publish: Option<PublishRequest>,
-    presence: Option<ChannelRequest>,
-    presence_stats: Option<ChannelRequest>,
-    history: Option<HistoryRequest>,
-    ping: Option<serde::de::IgnoredAny>,
-    send: Option<serde::de::IgnoredAny>,
-    rpc: Option<RpcRequest>,
-    refresh: Option<RefreshRequest>,
-    sub_refresh: Option<SubRefreshRequest>,
+    pub(super) connect: Option<ConnectRequest>,
+    pub(super) subscribe: Option<SubscribeRequest>,
+    pub(super) unsubscribe: Option<ChannelRequest>,
+    pub(super) publish: Option<PublishRequest>,
+    pub(super) presence: Option<ChannelRequest>,
+    pub(super) presence_stats: Option<ChannelRequest>,
+    pub(super) history: Option<HistoryRequest>,
+    pub(super) ping: Option<serde::de::IgnoredAny>,
+    pub(super) send: Option<serde::de::IgnoredAny>,
+    pub(super) rpc: Option<RpcRequest>,
+    pub(super) refresh: Option<RefreshRequest>,
+    pub(super) sub_refresh: Option<SubRefreshRequest>,
+    /// Set by the Protobuf decoder for a command whose `data` is not JSON
+    /// (Herald keeps payloads as JSON): the command is a bad request.
+    #[serde(skip)]
+    pub(super) data_not_json: bool,
 }
 
 /// The method a command carries, taken out of the command.
@@ -81,8 +85,11 @@ impl Method {
 impl Command {
     /// Takes the single method out of the command. No method and no id is a
     /// pong; no known method with an id is `MethodNotFound`; more than one
-    /// method is `BadRequest`.
+    /// method, or `data` that is not JSON, is `BadRequest`.
     pub fn method(self) -> Result<Method, ProtocolError> {
+        if self.data_not_json {
+            return Err(ProtocolError::BadRequest);
+        }
         let mut found = Vec::with_capacity(1);
         if let Some(v) = self.connect {
             found.push(Method::Connect(v));
