@@ -77,6 +77,8 @@ fn fixture() -> &'static Fixture {
             presence: true,
             join_leave: false,
             force_push_join_leave: false,
+            membership: false,
+            receipts: true,
         };
         channels
             .namespaces

@@ -26,6 +26,7 @@ use serde_json::json;
 
 use super::{Api, Failure};
 use crate::channel::Channel;
+use crate::config::ChannelsConfig;
 use crate::edge::control::{ControlMessage, ControlOp};
 use crate::protocol::ProtocolError;
 use crate::sync::client::SyncClientError;
@@ -107,29 +108,53 @@ fn limit(v: Option<&serde_json::Value>, default: usize, max: usize) -> Result<us
     }
 }
 
+/// A channel whose members the application manages.
+fn membership_channel(name: &str, channels: &ChannelsConfig) -> Result<(), Failure> {
+    let c = Channel::parse(name, channels)?;
+    if !c.options.membership || !c.allowed_users.is_empty() {
+        return Err(ProtocolError::BadRequest.into());
+    }
+    Ok(())
+}
+
+fn change_checked(req: &MembersChange, channels: &ChannelsConfig) -> Result<(), Failure> {
+    membership_channel(&req.channel, channels)?;
+    if req.users.is_empty() || req.users.iter().any(String::is_empty) {
+        return Err(ProtocolError::BadRequest.into());
+    }
+    if req.users.len() > MAX_MEMBERS_PER_CALL {
+        return Err(ProtocolError::LimitExceeded.into());
+    }
+    Ok(())
+}
+
+/// Decodes a body of one of this module's methods and runs the checks that
+/// need no I/O (for `methods::check_request`, the fuzz targets' entry).
+pub(super) fn check_request(
+    method: super::Method,
+    body: &[u8],
+    channels: &ChannelsConfig,
+) -> Result<(), Failure> {
+    use super::{Method as M, decode};
+    match method {
+        M::AddMembers | M::RemoveMembers => change_checked(&decode(body)?, channels),
+        M::Members => {
+            let req: MembersRequest = decode(body)?;
+            Channel::parse(&req.channel, channels)?;
+            limit(req.limit.as_ref(), MAX_MEMBERS_PAGE, MAX_MEMBERS_PAGE).map(|_| ())
+        }
+        M::Conversations => {
+            let req: ConversationsRequest = decode(body)?;
+            limit(req.limit.as_ref(), DEFAULT_PAGE, MAX_PAGE).map(|_| ())
+        }
+        M::Unread => decode::<UserOnly>(body).map(|_| ()),
+        _ => Ok(()),
+    }
+}
+
 impl Api {
-    /// A channel whose members the application manages.
-    fn membership_channel(&self, name: &str) -> Result<(), Failure> {
-        let c = Channel::parse(name, &self.state.channels)?;
-        if !c.options.membership || !c.allowed_users.is_empty() {
-            return Err(ProtocolError::BadRequest.into());
-        }
-        Ok(())
-    }
-
-    fn change_checked(&self, req: &MembersChange) -> Result<(), Failure> {
-        self.membership_channel(&req.channel)?;
-        if req.users.is_empty() || req.users.iter().any(String::is_empty) {
-            return Err(ProtocolError::BadRequest.into());
-        }
-        if req.users.len() > MAX_MEMBERS_PER_CALL {
-            return Err(ProtocolError::LimitExceeded.into());
-        }
-        Ok(())
-    }
-
     pub(super) async fn add_members(&self, req: MembersChange) -> Result<UsersResult, Failure> {
-        self.change_checked(&req)?;
+        change_checked(&req, &self.state.channels)?;
         let sync = &self.state.sync;
         let users = sync
             .add_members(&req.channel, &req.users)
@@ -140,7 +165,7 @@ impl Api {
     }
 
     pub(super) async fn remove_members(&self, req: MembersChange) -> Result<UsersResult, Failure> {
-        self.change_checked(&req)?;
+        change_checked(&req, &self.state.channels)?;
         let sync = &self.state.sync;
         let users = sync
             .remove_members(&req.channel, &req.users)

@@ -311,6 +311,9 @@ pub(super) fn check_request(
                 .filter(|_| !req.user.is_empty())
                 .ok_or(ProtocolError::BadRequest)?;
         }
+        M::AddMembers | M::RemoveMembers | M::Members | M::Conversations | M::Unread => {
+            super::conversations::check_request(method, body, channels)?;
+        }
     }
     Ok(())
 }

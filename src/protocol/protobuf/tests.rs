@@ -391,6 +391,7 @@ fn every_reply_round_trips() {
         offset: 2,
         positioned: true,
         was_recovering: true,
+        data: None,
     };
     let info = r#"{"user":"u","client":"c1","chan_info":"ci"}"#;
     let list = [
@@ -404,6 +405,7 @@ fn every_reply_round_trips() {
                 subs: [("news".to_owned(), sub())].into(),
                 ping: 25,
                 pong: true,
+                data: None,
             }),
         ),
         Reply::ok(2, ReplyResult::Subscribe(sub())),
