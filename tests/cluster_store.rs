@@ -67,6 +67,64 @@ async fn wait_shares(what: &str, writers: &[&HeraldProcess], each: impl Fn(f64) 
     .await;
 }
 
+/// When writer-1 last committed, when it dropped its partitions, when
+/// writer-2 first took one (with writer-1's commit count then), and when
+/// writer-2 held every partition: both partition tests' timeline.
+struct Takeover {
+    w1_last_commit: (Instant, f64),
+    w1_dropped: Option<Instant>,
+    took_at: Instant,
+    w1_commits_at_takeover: f64,
+    all_moved: Duration,
+}
+
+/// Samples both writers from `cut` until writer-2 (which held `w2_share`
+/// partitions before) holds every partition.
+async fn sample_takeover(
+    w1: &HeraldProcess,
+    w2: &HeraldProcess,
+    w2_share: f64,
+    cut: Instant,
+    commits_at_cut: f64,
+) -> Takeover {
+    let mut w1_last_commit = (cut, commits_at_cut);
+    let mut w1_dropped: Option<Instant> = None;
+    let mut w2_took: Option<(Instant, f64)> = None;
+    let deadline = cut + Duration::from_secs(60);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "writer-2 never took every partition"
+        );
+        let m1 = w1.metrics().await;
+        let c1 = metric_value(&m1, COMMITS, &[]).unwrap_or(0.0);
+        let o1 = metric_value(&m1, OWNED, &[]).unwrap_or(0.0);
+        let o2 = owned(w2).await;
+        let now = Instant::now();
+        if c1 > w1_last_commit.1 {
+            w1_last_commit = (now, c1);
+        }
+        if o1 == 0.0 && w1_dropped.is_none() {
+            w1_dropped = Some(now);
+        }
+        if o2 > w2_share && w2_took.is_none() {
+            w2_took = Some((now, c1));
+        }
+        if o2 == PARTITIONS as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (took_at, w1_commits_at_takeover) = w2_took.expect("writer-2 took a partition");
+    Takeover {
+        w1_last_commit,
+        w1_dropped,
+        took_at,
+        w1_commits_at_takeover,
+        all_moved: cut.elapsed(),
+    }
+}
+
 /// The longest stretch without any acknowledgement between the first and
 /// the last one: how long publishers paused.
 fn longest_pause(acks: &[Ack]) -> Duration {
@@ -389,36 +447,13 @@ async fn writer_cut_from_nats_stops_committing_before_another_takes_over() {
     // Sample both writers until writer-2 holds every partition: when
     // writer-1 last committed, when writer-1 dropped its partitions, when
     // writer-2 first took one of them.
-    let mut w1_last_commit = (cut, commits_at_cut);
-    let mut w1_dropped: Option<Instant> = None;
-    let mut w2_took: Option<(Instant, f64)> = None;
-    let deadline = cut + Duration::from_secs(60);
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "writer-2 never took every partition"
-        );
-        let m1 = w1.metrics().await;
-        let c1 = metric_value(&m1, COMMITS, &[]).unwrap_or(0.0);
-        let o1 = metric_value(&m1, OWNED, &[]).unwrap_or(0.0);
-        let o2 = owned(&w2).await;
-        let now = Instant::now();
-        if c1 > w1_last_commit.1 {
-            w1_last_commit = (now, c1);
-        }
-        if o1 == 0.0 && w1_dropped.is_none() {
-            w1_dropped = Some(now);
-        }
-        if o2 > w2_share && w2_took.is_none() {
-            w2_took = Some((now, c1));
-        }
-        if o2 == PARTITIONS as f64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let all_moved = cut.elapsed();
-    let (took_at, w1_commits_at_takeover) = w2_took.expect("writer-2 took a partition");
+    let Takeover {
+        w1_last_commit,
+        w1_dropped,
+        took_at,
+        w1_commits_at_takeover,
+        all_moved,
+    } = sample_takeover(&w1, &w2, w2_share, cut, commits_at_cut).await;
     // Writer-1 stays cut a while longer, alive, with its store up.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let w1_commits_before_heal = w1.metric(COMMITS, &[]).await;
@@ -762,36 +797,13 @@ async fn writer_partitioned_by_netns_stops_committing_before_another_takes_over(
 
     // Sample both writers (writer-1 over the kept link) until writer-2
     // holds every partition.
-    let mut w1_last_commit = (cut, commits_at_cut);
-    let mut w1_dropped: Option<Instant> = None;
-    let mut w2_took: Option<(Instant, f64)> = None;
-    let deadline = cut + Duration::from_secs(60);
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "writer-2 never took every partition"
-        );
-        let m1 = w1.metrics().await;
-        let c1 = metric_value(&m1, COMMITS, &[]).unwrap_or(0.0);
-        let o1 = metric_value(&m1, OWNED, &[]).unwrap_or(0.0);
-        let o2 = owned(&w2).await;
-        let now = Instant::now();
-        if c1 > w1_last_commit.1 {
-            w1_last_commit = (now, c1);
-        }
-        if o1 == 0.0 && w1_dropped.is_none() {
-            w1_dropped = Some(now);
-        }
-        if o2 > w2_share && w2_took.is_none() {
-            w2_took = Some((now, c1));
-        }
-        if o2 == PARTITIONS as f64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let all_moved = cut.elapsed();
-    let (took_at, w1_commits_at_takeover) = w2_took.expect("writer-2 took a partition");
+    let Takeover {
+        w1_last_commit,
+        w1_dropped,
+        took_at,
+        w1_commits_at_takeover,
+        all_moved,
+    } = sample_takeover(&w1, &w2, w2_share, cut, commits_at_cut).await;
     // Publications continue through writer-2 while writer-1 stays cut,
     // alive, with its store up.
     let acked_at_takeover = acked.load(Ordering::SeqCst);
