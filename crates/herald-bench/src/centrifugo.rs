@@ -29,8 +29,7 @@ use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
 use super::BenchError;
-use super::http::HttpConn;
-use super::target::{Api, TempDir, free_port};
+use super::target::{self, Api, TempDir, free_port};
 use herald::config::Config;
 
 /// Publications kept per channel: a cap above what any run publishes into
@@ -237,38 +236,22 @@ impl Centrifugo {
 
     /// An error naming the exit and the log's end if Centrifugo has exited.
     pub fn check_alive(&mut self) -> Result<(), BenchError> {
-        match self.child.try_wait() {
-            Ok(Some(status)) => Err(BenchError::Server(format!(
-                "centrifugo exited ({status}); the end of its log:\n{}",
-                self.log_tail()
-            ))),
-            _ => Ok(()),
-        }
+        target::exited("centrifugo", &mut self.child, &self.log_path)
     }
 
     fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        target::log_tail(&self.log_path)
     }
 
     async fn wait_ready(&mut self) -> Result<(), BenchError> {
-        let deadline = tokio::time::Instant::now() + STARTUP;
-        loop {
-            self.check_alive()?;
-            if let Ok(mut c) = HttpConn::open(self.addr, None).await
-                && let Ok((200, _)) = c.request("GET", "/health", &[], None).await
-            {
-                break;
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(BenchError::Server(format!(
-                    "centrifugo did not answer /health within {STARTUP:?}:\n{}",
-                    self.log_tail()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        target::wait_health(
+            "centrifugo",
+            self.addr,
+            &mut self.child,
+            &self.log_path,
+            STARTUP,
+        )
+        .await?;
         // The API key and the history configuration work: a publish into a
         // history channel answers with its offset.
         let mut api = self.api(None).await?;

@@ -264,39 +264,19 @@ impl Herald {
 
     /// An error naming the exit and the log's end if Herald has exited.
     pub fn check_alive(&mut self) -> Result<(), BenchError> {
-        match self.child.try_wait() {
-            Ok(Some(status)) => Err(BenchError::Server(format!(
-                "herald exited ({status}); the end of its log:\n{}",
-                self.log_tail()
-            ))),
-            _ => Ok(()),
-        }
-    }
-
-    /// The last lines Herald logged.
-    pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        exited("herald", &mut self.child, &self.log_path)
     }
 
     async fn wait_ready(&mut self) -> Result<(), BenchError> {
         let deadline = tokio::time::Instant::now() + STARTUP;
-        loop {
-            self.check_alive()?;
-            if let Ok(mut c) = HttpConn::open(self.addr, None).await
-                && let Ok((200, _)) = c.request("GET", "/health", &[], None).await
-            {
-                break;
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(BenchError::Server(format!(
-                    "herald did not answer /health within {STARTUP:?}:\n{}",
-                    self.log_tail()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_health(
+            "herald",
+            self.addr,
+            &mut self.child,
+            &self.log_path,
+            STARTUP,
+        )
+        .await?;
         // A first stored publication: the writer owns its partitions.
         let mut api = self.api(None).await?;
         loop {
@@ -473,5 +453,51 @@ impl Api {
                 body: String::from_utf8_lossy(&text).into_owned(),
             }),
         }
+    }
+}
+
+/// A server child's end: `Err` naming `what` with its log's last lines once
+/// it has exited.
+pub(crate) fn exited(what: &str, child: &mut Child, log: &Path) -> Result<(), BenchError> {
+    match child.try_wait() {
+        Ok(Some(status)) => Err(BenchError::Server(format!(
+            "{what} exited ({status}); the end of its log:\n{}",
+            log_tail(log)
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The last 20 lines of a child's log file.
+pub(crate) fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// Waits until the server at `addr` answers `GET /health` with 200, failing
+/// when its child exits or after `within`.
+pub(crate) async fn wait_health(
+    what: &str,
+    addr: SocketAddr,
+    child: &mut Child,
+    log: &Path,
+    within: Duration,
+) -> Result<(), BenchError> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        exited(what, child, log)?;
+        if let Ok(mut c) = HttpConn::open(addr, None).await
+            && let Ok((200, _)) = c.request("GET", "/health", &[], None).await
+        {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(BenchError::Server(format!(
+                "{what} did not answer /health within {within:?}:\n{}",
+                log_tail(log)
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
