@@ -827,31 +827,20 @@ async fn bad_input_is_refused_and_nothing_is_stored() {
     );
 }
 
-/// `path` under the project root, installed by scripts/install-tools.sh.
-fn tool(relative: &str) -> std::path::PathBuf {
-    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/install-tools.sh",
-        path.display()
-    );
-    path
-}
-
 /// The unmodified official JavaScript SDK (`centrifuge` on Node) through
 /// `client.rpc`: alice's two devices on two edges, unread, read on one and
 /// the `message` event on the other (tests/sdk/conversations_js.mjs).
 #[tokio::test]
 async fn javascript_sdk_markers_and_unread_through_rpc() {
     let _turn = SERIAL.lock().await;
-    let modules = tool(".tools/node/node_modules");
-    tool(".tools/node/node_modules/centrifuge/package.json");
+    let modules = common::tool("node/node_modules");
+    common::tool("node/node_modules/centrifuge/package.json");
     let c = cluster().await;
     let ws = |p: &HeraldProcess| format!("ws://{}/connection/websocket", p.addr());
     let out = tokio::time::timeout(
         Duration::from_secs(60),
         tokio::process::Command::new("node")
-            .arg(tool("tests/sdk/conversations_js.mjs"))
+            .arg(common::root().join("tests/sdk/conversations_js.mjs"))
             .env("HERALD_NODE_MODULES", &modules)
             .env("HERALD_WS_A", ws(&c.a))
             .env("HERALD_WS_B", ws(&c.b))

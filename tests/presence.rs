@@ -579,28 +579,17 @@ async fn sdk_script(c: &Cluster, mut cmd: tokio::process::Command) -> Value {
     report
 }
 
-/// `path` under the project root, installed by scripts/install-tools.sh.
-fn tool(relative: &str) -> std::path::PathBuf {
-    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/install-tools.sh",
-        path.display()
-    );
-    path
-}
-
 /// The official JavaScript SDK (`centrifuge` on Node): `presence()`,
 /// `presenceStats()`, join/leave events and `rpc('herald.user_status')`,
 /// alice and bob on two different edges (tests/sdk/presence_js.mjs).
 #[tokio::test]
 async fn javascript_sdk_presence_join_leave_and_rpc() {
     let _turn = SERIAL.lock().await;
-    let modules = tool(".tools/node/node_modules");
-    tool(".tools/node/node_modules/centrifuge/package.json");
+    let modules = common::tool("node/node_modules");
+    common::tool("node/node_modules/centrifuge/package.json");
     let c = cluster().await;
     let mut cmd = tokio::process::Command::new("node");
-    cmd.arg(tool("tests/sdk/presence_js.mjs"))
+    cmd.arg(common::root().join("tests/sdk/presence_js.mjs"))
         .env("HERALD_NODE_MODULES", &modules);
     let report = sdk_script(&c, cmd).await;
     assert_eq!(report["stats"], json!({"numClients": 2, "numUsers": 2}));
@@ -612,11 +601,11 @@ async fn javascript_sdk_presence_join_leave_and_rpc() {
 #[tokio::test]
 async fn python_sdk_presence_join_leave_and_rpc() {
     let _turn = SERIAL.lock().await;
-    let py = tool(".tools/py");
-    tool(".tools/py/centrifuge/client.py");
+    let py = common::tool("py");
+    common::tool("py/centrifuge/client.py");
     let c = cluster().await;
     let mut cmd = tokio::process::Command::new("python3");
-    cmd.arg(tool("tests/sdk/presence_py.py"))
+    cmd.arg(common::root().join("tests/sdk/presence_py.py"))
         .env("PYTHONPATH", &py)
         .env("PYTHONDONTWRITEBYTECODE", "1");
     let report = sdk_script(&c, cmd).await;
