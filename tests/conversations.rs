@@ -170,6 +170,15 @@ async fn markers_sync_to_the_other_device_and_unread_is_exact() {
     let mut phone = connect(&c.a, "alice").await;
     let mut laptop = connect(&c.b, "alice").await;
     let mut bob = connect(&c.a, "bob").await;
+    // A DM's members are its listed users before anything happened in it.
+    let before = json!([
+        {"user": "alice", "read": 0, "delivered": 0},
+        {"user": "bob", "read": 0, "delivered": 0},
+    ]);
+    let m = api_ok(&c.serve.api(), "members", json!({"channel": DM})).await;
+    assert_eq!(m["members"], before);
+    let r = rpc(&mut bob, "herald.receipts", json!({"channel": DM})).await;
+    assert_eq!(r["receipts"], before);
     for i in 1..=3 {
         assert_eq!(
             publish(&mut bob, DM, json!({"text": format!("hi {i}")})).await,
