@@ -177,9 +177,15 @@ impl Tier {
     }
 }
 
-/// The buckets of one connection or one user.
+/// The strict and the wide bucket of one limit.
+type Pair = (DefaultDirectRateLimiter, DefaultDirectRateLimiter);
+
+/// The buckets of one connection or one user: only the limits the tier sets
+/// (the default tier sets one of seven), so an idle connection carries what
+/// its limits need and no room for the others (one is kept per connection).
 pub struct Buckets {
-    slots: [Option<(DefaultDirectRateLimiter, DefaultDirectRateLimiter)>; SLOTS],
+    /// (slot, its buckets), slots ascending.
+    slots: Box<[(usize, Pair)]>,
     /// `limit` label of [`m::LIMIT_HITS_TOTAL`] for its refusals.
     label: &'static str,
 }
@@ -187,12 +193,21 @@ pub struct Buckets {
 impl Buckets {
     fn new(quotas: &[QuotaPair; SLOTS], label: &'static str) -> Self {
         Self {
-            slots: std::array::from_fn(|i| {
-                quotas[i]
-                    .map(|(strict, wide)| (RateLimiter::direct(strict), RateLimiter::direct(wide)))
-            }),
+            slots: quotas
+                .iter()
+                .enumerate()
+                .filter_map(|(i, q)| {
+                    q.map(|(strict, wide)| {
+                        (i, (RateLimiter::direct(strict), RateLimiter::direct(wide)))
+                    })
+                })
+                .collect(),
             label,
         }
+    }
+
+    fn slot(&self, i: usize) -> Option<&Pair> {
+        self.slots.iter().find(|(s, _)| *s == i).map(|(_, p)| p)
     }
 
     /// Spends one `kind` command (and one of the total).
@@ -202,17 +217,15 @@ impl Buckets {
         } else {
             &[kind as usize, TOTAL]
         };
-        let over_wide = slots.iter().any(|&i| {
-            self.slots[i]
-                .as_ref()
-                .is_some_and(|(_, wide)| wide.check().is_err())
-        });
+        let over_wide = slots
+            .iter()
+            .any(|&i| self.slot(i).is_some_and(|(_, wide)| wide.check().is_err()));
         if over_wide {
             metrics::counter!(m::LIMIT_HITS_TOTAL, "limit" => "rate_disconnect").increment(1);
             return Verdict::Disconnect;
         }
         for &i in slots {
-            if let Some((strict, _)) = &self.slots[i]
+            if let Some((strict, _)) = self.slot(i)
                 && strict.check().is_err()
             {
                 metrics::counter!(m::LIMIT_HITS_TOTAL, "limit" => self.label).increment(1);
