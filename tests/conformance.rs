@@ -25,6 +25,14 @@
 //! another and use their own channels and users. The ping scripts get their
 //! own pair of servers with a short ping interval.
 //!
+//! The same scripts also run over the Protobuf protocol (subprotocol
+//! `centrifuge-protobuf`): each JSON command a script sends is sent as the
+//! equivalent Protobuf `Command` (a frame that is not such commands, bad
+//! input, goes as it is), and each `Reply` received is compared as the JSON
+//! the JSON protocol would carry (`herald_client::protobuf`). Over Protobuf a
+//! documented difference may not show (the Protobuf messages have no field
+//! for some of Herald's JSON extensions), so there it is not required to.
+//!
 //! Knows nothing of either server's internals: only what goes over the
 //! WebSocket and the HTTP API.
 
@@ -48,6 +56,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use common::centrifugo::TestCentrifugo;
 use common::node::{API_KEY, SECRET, TestHerald, test_config};
 use herald::config::{Config, NamespaceOptions};
+use herald_client::protobuf as pbc;
 
 /// How long a step waits for the replies and pushes it collects. Only a
 /// step where one server sends fewer messages than the other waits this
@@ -139,6 +148,8 @@ struct Step {
 struct Script {
     name: &'static str,
     steps: Vec<Step>,
+    /// Not run over Protobuf: what it sends has no Protobuf equivalent.
+    json_only: bool,
 }
 
 impl Script {
@@ -146,7 +157,15 @@ impl Script {
         Self {
             name,
             steps: Vec::new(),
+            json_only: false,
         }
+    }
+
+    /// Runs over JSON only (e.g. a JSON value of the wrong type, which a
+    /// Protobuf field cannot carry).
+    fn json_only(mut self) -> Self {
+        self.json_only = true;
+        self
     }
 
     fn step(mut self, action: Action) -> Self {
@@ -945,6 +964,7 @@ fn scripts() -> Vec<Script> {
     );
     s.push(
         Script::new("history with a limit of the wrong type")
+            .json_only()
             .connect(0, &token("u-badtype"))
             .send(
                 0,
@@ -1060,7 +1080,40 @@ fn scripts() -> Vec<Script> {
     s.push(
         Script::new("the centrifuge-protobuf subprotocol")
             .open_protocol(0, "centrifuge-protobuf")
-            .differs("protobuf-subprotocol"),
+            .call(
+                0,
+                json!({"id": 1, "connect": {"token": token("u-protobuf")}}),
+                1,
+            )
+            .call(0, json!({"id": 2, "subscribe": {"channel": "feed:pb"}}), 1)
+            .call(
+                0,
+                json!({"id": 3, "publish": {"channel": "feed:pb", "data": {"x": [1, 2.5]}}}),
+                2,
+            ),
+    );
+    s.push(
+        Script::new("Protobuf: a publish whose data is not JSON")
+            .open_protocol(0, "centrifuge-protobuf")
+            .call(
+                0,
+                json!({"id": 1, "connect": {"token": token("u-protobuf-bytes")}}),
+                1,
+            )
+            .send_binary(0, {
+                use prost::Message as _;
+                pbc::pb::Command {
+                    id: 2,
+                    publish: Some(pbc::pb::PublishRequest {
+                        channel: "feed:bytes".into(),
+                        data: bytes::Bytes::from_static(&[0xde, 0xad, 0xbe, 0xef]),
+                    }),
+                    ..pbc::pb::Command::default()
+                }
+                .encode_length_delimited_to_vec()
+            })
+            .recv(0, 1)
+            .differs("protobuf-binary-data"),
     );
     s.push(
         Script::new("an unknown subprotocol")
@@ -1111,6 +1164,8 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 struct Conn {
     ws: Ws,
+    /// Speaks Protobuf: commands are sent and replies read as Protobuf.
+    protobuf: bool,
     pending: VecDeque<Value>,
     closed: Option<Value>,
     /// Server pings (`{}`) seen so far.
@@ -1148,6 +1203,23 @@ impl Conn {
                     self.pending.push_back(v);
                 }
             }
+            Some(Ok(Message::Binary(b))) if self.protobuf => match pbc::replies(b.clone()) {
+                Ok(replies) => {
+                    for r in replies {
+                        if pbc::is_ping(&r) {
+                            self.pings += 1;
+                            if self.pong {
+                                let _ = self.ws.send(Message::binary(pbc::PONG.to_vec())).await;
+                            }
+                            continue;
+                        }
+                        self.pending.push_back(pbc::reply_json(&r));
+                    }
+                }
+                Err(_) => self
+                    .pending
+                    .push_back(json!({"undecodable binary": b.len()})),
+            },
             Some(Ok(Message::Binary(b))) => self.pending.push_back(json!({"binary": b.len()})),
             Some(Ok(Message::Close(frame))) => {
                 self.closed = Some(match frame {
@@ -1178,8 +1250,34 @@ fn split(messages: impl Iterator<Item = Value>) -> Value {
     json!({"replies": replies, "pushes": pushes})
 }
 
-/// Runs `script` against the server at `addr`: one observation per step.
-async fn run(script: &Script, addr: SocketAddr) -> Vec<Value> {
+/// A frame of JSON commands (one per line) as the equivalent Protobuf
+/// commands; `None` if any line is not one command of a known method.
+fn protobuf_frame(text: &str) -> Option<Vec<u8>> {
+    use prost::Message as _;
+    let mut out = Vec::new();
+    for line in text.split('\n').map(str::trim).filter(|l| !l.is_empty()) {
+        let v: Value = serde_json::from_str(line).ok()?;
+        let obj = v.as_object()?;
+        let id = u32::try_from(obj.get("id").map_or(Some(0), Value::as_u64)?).ok()?;
+        let methods: Vec<(&String, &Value)> = obj.iter().filter(|(k, _)| *k != "id").collect();
+        match methods.as_slice() {
+            [] => out.extend(
+                pbc::pb::Command {
+                    id,
+                    ..pbc::pb::Command::default()
+                }
+                .encode_length_delimited_to_vec(),
+            ),
+            [(method, params)] => out.extend(pbc::command(id, method, params)?),
+            _ => return None,
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Runs `script` against the server at `addr`: one observation per step;
+/// over Protobuf when `protobuf` (see the module doc).
+async fn run(script: &Script, addr: SocketAddr, protobuf: bool) -> Vec<Value> {
     let http = reqwest::Client::new();
     let mut conns: HashMap<usize, Conn> = HashMap::new();
     let mut vars: HashMap<&'static str, String> = HashMap::new();
@@ -1190,6 +1288,7 @@ async fn run(script: &Script, addr: SocketAddr) -> Vec<Value> {
                 let mut request = format!("ws://{addr}/connection/websocket")
                     .into_client_request()
                     .expect("request");
+                let protocol = protocol.or(protobuf.then_some(pbc::SUBPROTOCOL));
                 if let Some(p) = protocol {
                     request
                         .headers_mut()
@@ -1209,6 +1308,7 @@ async fn run(script: &Script, addr: SocketAddr) -> Vec<Value> {
                             *conn,
                             Conn {
                                 ws,
+                                protobuf: protocol.as_deref() == Some(pbc::SUBPROTOCOL),
                                 pending: VecDeque::new(),
                                 closed: None,
                                 pings: 0,
@@ -1231,7 +1331,11 @@ async fn run(script: &Script, addr: SocketAddr) -> Vec<Value> {
                     out.push(json!("not open"));
                     continue;
                 };
-                match c.ws.send(Message::text(text)).await {
+                let msg = match protobuf_frame(&text).filter(|_| c.protobuf) {
+                    Some(bytes) => Message::binary(bytes),
+                    None => Message::text(text),
+                };
+                match c.ws.send(msg).await {
                     Ok(()) => json!("sent"),
                     Err(e) => json!({"send failed": e.to_string()}),
                 }
@@ -1546,15 +1650,21 @@ fn conformance_config(nats: &common::TestNats, data_dir: std::path::PathBuf) -> 
 }
 
 /// Runs every script against both servers (at the same time), one script
-/// after another; panics listing every difference not documented at its
-/// step.
-async fn compare(scripts: Vec<Script>, centrifugo: SocketAddr, herald: SocketAddr) {
+/// after another, over Protobuf when `protobuf`; panics listing every
+/// difference not documented at its step.
+async fn compare(scripts: Vec<Script>, centrifugo: SocketAddr, herald: SocketAddr, protobuf: bool) {
     let documented = documented();
     let mut failures = Vec::new();
     let mut report = Vec::new();
     for script in scripts {
+        if protobuf && script.json_only {
+            continue;
+        }
         let started = std::time::Instant::now();
-        let (c, h) = tokio::join!(run(&script, centrifugo), run(&script, herald));
+        let (c, h) = tokio::join!(
+            run(&script, centrifugo, protobuf),
+            run(&script, herald, protobuf)
+        );
         println!("ran [{}] in {:?}", script.name, started.elapsed());
         let (c, h) = (prepare(c, &script), prepare(h, &script));
         for (i, ((step, c), h)) in script.steps.iter().zip(&c).zip(&h).enumerate() {
@@ -1574,6 +1684,7 @@ async fn compare(scripts: Vec<Script>, centrifugo: SocketAddr, herald: SocketAdd
                 (false, _) => failures.push(format!(
                     "{what}\n  undocumented difference\n  centrifugo: {c}\n  herald:     {h}"
                 )),
+                (true, Some(_)) if protobuf => {}
                 (true, Some(id)) => failures.push(format!(
                     "{what}\n  `{id}` is documented here but both answered the same: {c}"
                 )),
@@ -1602,7 +1713,20 @@ async fn herald_answers_as_centrifugo() {
         TestCentrifugo::start(&config, PRESENCE_NAMESPACES),
         TestHerald::start(config.clone())
     );
-    compare(scripts(), centrifugo.addr, herald.addr).await;
+    compare(scripts(), centrifugo.addr, herald.addr, false).await;
+}
+
+/// Every script over the Protobuf protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_answers_as_centrifugo_over_protobuf() {
+    let nats = common::TestNats::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = conformance_config(&nats, dir.path().join("data"));
+    let (centrifugo, herald) = tokio::join!(
+        TestCentrifugo::start(&config, PRESENCE_NAMESPACES),
+        TestHerald::start(config.clone())
+    );
+    compare(scripts(), centrifugo.addr, herald.addr, true).await;
 }
 
 /// `client_subscribe_to_user_personal_channel` with its own pair of servers.
@@ -1616,7 +1740,7 @@ async fn personal_channel_subscription_as_centrifugo() {
         TestCentrifugo::start(&config, PRESENCE_NAMESPACES),
         TestHerald::start(config.clone())
     );
-    compare(personal_scripts(), centrifugo.addr, herald.addr).await;
+    compare(personal_scripts(), centrifugo.addr, herald.addr, false).await;
 }
 
 /// Pings with their own pair of servers: a short ping interval for these
@@ -1633,5 +1757,6 @@ async fn pings_and_a_missing_pong_as_centrifugo() {
         TestCentrifugo::start(&config, PRESENCE_NAMESPACES),
         TestHerald::start(config.clone())
     );
-    compare(ping_scripts(), centrifugo.addr, herald.addr).await;
+    compare(ping_scripts(), centrifugo.addr, herald.addr, false).await;
+    compare(ping_scripts(), centrifugo.addr, herald.addr, true).await;
 }

@@ -22,6 +22,13 @@
 //! One more Python script (`centrifuge_py_disconnect.py`) checks only that a
 //! terminal disconnect from the server API leaves the SDK disconnected.
 //!
+//! The JavaScript and Python scripts also run over the Protobuf protocol
+//! (`HERALD_PROTOBUF=1`: the JS SDK's `centrifuge/build/protobuf`, the
+//! Python SDK's `use_protobuf=True`; the WebSocket subprotocol
+//! `centrifuge-protobuf`), publishing JSON text as bytes; centrifuge-java
+//! speaks only Protobuf. The harness's own checks read over JSON, so they
+//! also check that JSON and Protobuf clients share a channel.
+//!
 //! The scripts depend on nothing Herald-only: they take the server's
 //! addresses, key and tokens in the environment (see [`script_env`]), so
 //! the same scripts also run against Centrifugo (the `*_against_centrifugo`
@@ -261,10 +268,16 @@ fn script_env(server: &Server, cuttable: &Proxy) -> Vec<(&'static str, String)> 
 /// alice's network when it asks, and returns its JSON report; fails the
 /// test with the script's output unless it exited 0 reporting `"ok": true`.
 async fn run(sdk: Sdk, server: &Server) -> Value {
+    run_over(sdk, server, false).await
+}
+
+/// [`run`], with the SDK speaking Protobuf when `protobuf`.
+async fn run_over(sdk: Sdk, server: &Server, protobuf: bool) -> Value {
     let what = sdk.name();
     let proxy = Proxy::start(server.addr).await;
     let mut cmd = sdk.command();
     cmd.envs(script_env(server, &proxy))
+        .env("HERALD_PROTOBUF", if protobuf { "1" } else { "0" })
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -442,16 +455,28 @@ async fn python_sdk_stays_disconnected_after_a_terminal_disconnect() {
 }
 
 /// centrifuge-java speaks only the Protobuf flavour of the protocol
-/// (WebSocket subprotocol `centrifuge-protobuf`), which Herald does not serve
-/// yet (issue 15): Herald upgrades without the subprotocol and closes the
-/// first binary frame with 3501, and the SDK ends disconnected. The script
-/// runs against Centrifugo; drop the `ignore` when Herald serves Protobuf.
+/// (WebSocket subprotocol `centrifuge-protobuf`).
 #[tokio::test]
-#[ignore = "centrifuge-java speaks only Protobuf, which Herald does not serve yet (issue 15)"]
 async fn java_sdk_connects_publishes_reads_history_and_recovers() {
     let (_nats, _dir, h) = node().await;
     let server = Server::herald(&h);
     let report = run(Sdk::Java, &server).await;
+    check(&server, &report).await;
+}
+
+#[tokio::test]
+async fn javascript_sdk_over_protobuf_connects_publishes_reads_history_and_recovers() {
+    let (_nats, _dir, h) = node().await;
+    let server = Server::herald(&h);
+    let report = run_over(Sdk::JavaScript, &server, true).await;
+    check(&server, &report).await;
+}
+
+#[tokio::test]
+async fn python_sdk_over_protobuf_connects_publishes_reads_history_and_recovers() {
+    let (_nats, _dir, h) = node().await;
+    let server = Server::herald(&h);
+    let report = run_over(Sdk::Python, &server, true).await;
     check(&server, &report).await;
 }
 
@@ -483,13 +508,28 @@ async fn go_sdk_script_passes_against_centrifugo() {
     check(&server, &report).await;
 }
 
-/// centrifuge-java against the reference: it speaks Protobuf, which
-/// Centrifugo serves (Herald's run above waits for issue 15).
+/// centrifuge-java against the reference: it speaks Protobuf.
 #[tokio::test]
 async fn java_sdk_script_passes_against_centrifugo() {
     let (_nats, _dir, c) = centrifugo().await;
     let server = Server::centrifugo(&c);
     let report = run(Sdk::Java, &server).await;
+    check(&server, &report).await;
+}
+
+#[tokio::test]
+async fn javascript_sdk_over_protobuf_script_passes_against_centrifugo() {
+    let (_nats, _dir, c) = centrifugo().await;
+    let server = Server::centrifugo(&c);
+    let report = run_over(Sdk::JavaScript, &server, true).await;
+    check(&server, &report).await;
+}
+
+#[tokio::test]
+async fn python_sdk_over_protobuf_script_passes_against_centrifugo() {
+    let (_nats, _dir, c) = centrifugo().await;
+    let server = Server::centrifugo(&c);
+    let report = run_over(Sdk::Python, &server, true).await;
     check(&server, &report).await;
 }
 

@@ -34,6 +34,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -46,7 +47,7 @@ use super::outbox::Close;
 use super::registry::Target;
 use crate::bus::subjects;
 use crate::metrics as m;
-use crate::protocol::Disconnect;
+use crate::protocol::{Disconnect, SharedPush};
 
 /// One control message, as published on `herald.user.<token>`.
 ///
@@ -239,10 +240,12 @@ impl Edge {
                 }
             }
             ControlOp::Message { data } => {
-                let frame = crate::protocol::message_push(data.to_string().as_bytes());
+                let push = SharedPush::message(Bytes::from(data.to_string()));
                 // An overflowing outbox closes itself (3008).
                 for t in targets {
-                    let _ = t.outbox.push(frame.clone());
+                    if let Some(frame) = push.frame(t.outbox.encoding()) {
+                        let _ = t.outbox.push(frame.clone());
+                    }
                 }
             }
             ControlOp::Refresh { expired: true, .. } => {

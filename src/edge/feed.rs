@@ -2,7 +2,8 @@
 //! edge's one NATS subscription to a channel subject, alive while the channel
 //! has local subscribers (the registry starts it and tells it to stop).
 //!
-//! It encodes each publication into a push frame once and hands it to the
+//! It wraps each publication into a push, encoded at most once per encoding
+//! its subscribers speak (JSON, Protobuf; on first use), and hands it to the
 //! registry with its offset and epoch. For history channels it keeps the
 //! channel's last offset and epoch: a duplicate is dropped, and a gap (offset
 //! n+2 right after n, e.g. a core NATS message lost in a reconnect or a slow
@@ -41,7 +42,7 @@ use super::registry::{FeedHandle, Feeds};
 use super::subscriber::Publication;
 use crate::bus::subjects;
 use crate::metrics::GaugeHold;
-use crate::protocol;
+use crate::protocol::{self, SharedPush};
 use crate::sync::client::SyncClient;
 use crate::telemetry;
 
@@ -116,12 +117,16 @@ impl Joined {
 /// publication of a gap-filling page; for [`crate::fuzzing`].
 pub fn check_feed_message(channel: &str, payload: &[u8]) {
     let _ = serde_json::from_slice::<ClientOnly>(payload);
-    let _ = join_leave_push(channel, true, payload);
+    if let Some(push) = join_leave_push(channel, true, payload) {
+        let _ = push.frame(protocol::Encoding::Json);
+        let _ = push.frame(protocol::Encoding::Protobuf);
+    }
     let _ = serde_json::from_slice::<OffsetOnly>(payload);
 }
 
-/// `{"push":{"channel":…,"join"|"leave":{"info":<info>}}}`.
-fn join_leave_push(channel: &str, join: bool, info: &[u8]) -> Option<bytes::Bytes> {
+/// `{"push":{"channel":…,"join"|"leave":{"info":<info>}}}`, or its
+/// Protobuf counterpart; `None` if `info` is not JSON.
+fn join_leave_push(channel: &str, join: bool, info: &[u8]) -> Option<Arc<SharedPush>> {
     let info =
         serde_json::value::RawValue::from_string(String::from_utf8(info.to_vec()).ok()?).ok()?;
     let body = protocol::JoinLeave { info };
@@ -130,14 +135,12 @@ fn join_leave_push(channel: &str, join: bool, info: &[u8]) -> Option<bytes::Byte
     } else {
         (None, Some(body))
     };
-    Some(protocol::encode_reply(&protocol::Reply::push(
-        protocol::Push {
-            channel: channel.to_string(),
-            join,
-            leave,
-            ..protocol::Push::default()
-        },
-    )))
+    Some(SharedPush::push(protocol::Reply::push(protocol::Push {
+        channel: channel.to_string(),
+        join,
+        leave,
+        ..protocol::Push::default()
+    })))
 }
 
 #[derive(Deserialize)]
@@ -246,10 +249,8 @@ async fn run(deps: FeedDeps, feed: FeedHandle) {
             type Incoming = super::im::ChannelMessage<String, Box<serde_json::value::RawValue>>;
             match serde_json::from_slice::<Incoming>(&msg.payload) {
                 Ok(m) => {
-                    feed.deliver_message(
-                        protocol::message_push(m.data.get().as_bytes()),
-                        &m.except,
-                    );
+                    let data = bytes::Bytes::copy_from_slice(m.data.get().as_bytes());
+                    feed.deliver_message(SharedPush::message(data), &m.except);
                 }
                 Err(e) => tracing::debug!(error = %e, "invalid channel message"),
             }
@@ -296,11 +297,11 @@ async fn run(deps: FeedDeps, feed: FeedHandle) {
 
 /// Reads `user`'s status and pushes it to the channel's subscribers.
 async fn push_status(feed: &FeedHandle, deps: &FeedDeps, user: &str) {
-    if let Some(frame) = deps.presence.status_push(feed.channel(), user).await {
+    if let Some(publication) = deps.presence.status_publication(user).await {
         feed.deliver(&Publication {
             offset: None,
             epoch: None,
-            frame,
+            frame: SharedPush::publication(feed.channel().clone(), publication),
             committed_us: None,
         });
     }
@@ -328,7 +329,8 @@ fn deliver(
         )
     });
     let _entered = span.enter();
-    let frame = protocol::publication_push(feed.channel(), &msg.payload);
+    // Encoded lazily, once per encoding its subscribers speak.
+    let frame = SharedPush::publication(feed.channel().clone(), msg.payload.clone());
     let subscribers = feed.deliver(&Publication {
         offset,
         epoch,
@@ -374,7 +376,10 @@ async fn fill_gap(
             Ok(o) if o.offset == expected => {
                 frames.push((
                     o.offset,
-                    protocol::publication_push(channel, p.get().as_bytes()),
+                    SharedPush::publication(
+                        feed.channel().clone(),
+                        bytes::Bytes::copy_from_slice(p.get().as_bytes()),
+                    ),
                 ));
                 expected += 1;
             }
@@ -418,9 +423,15 @@ mod tests {
         assert_eq!(dead, [info("c2")]);
         assert!(j.take_dead(|e| e == "b").is_empty(), "once");
         assert_eq!(j.count, 1);
+        let push = join_leave_push("ch", false, &info("c3")).expect("valid info");
         let v: serde_json::Value =
-            serde_json::from_slice(&join_leave_push("ch", false, &info("c3")).expect("valid info"))
-                .unwrap();
+            serde_json::from_slice(push.frame(protocol::Encoding::Json).unwrap()).unwrap();
+        let pb = push.frame(protocol::Encoding::Protobuf).unwrap().clone();
+        let pb = <protocol::protobuf::pb::Reply as prost::Message>::decode_length_delimited(pb)
+            .unwrap()
+            .push
+            .unwrap();
+        assert_eq!(pb.leave.unwrap().info.unwrap().client, "c3");
         assert_eq!(v["push"]["channel"], "ch");
         assert_eq!(v["push"]["leave"]["info"]["client"], "c3");
         assert!(join_leave_push("ch", true, b"not json").is_none());

@@ -1,5 +1,6 @@
 //! The edge role: terminates client WebSockets (`GET /connection/websocket`),
-//! speaks the Centrifugo protocol ([`session`], one file per command), keeps
+//! speaks the Centrifugo protocol in JSON or Protobuf (the encoding is
+//! negotiated at the upgrade and fixed for the connection) ([`session`], one file per command), keeps
 //! the registry of who is connected and subscribed, by channel and by user
 //! ([`registry`]), with each subscriber's position ([`subscriber`]) and one
 //! NATS subscription per channel ([`feed`]), bounds every connection's
@@ -36,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -48,7 +49,7 @@ use self::registry::{PresenceEvent, Registry};
 use crate::auth::Verifier;
 use crate::bus::publisher::Publisher;
 use crate::config::{ChannelsConfig, ClientConfig, PresenceConfig};
-use crate::protocol::Disconnect;
+use crate::protocol::{Disconnect, Encoding};
 use crate::sync::client::SyncClient;
 
 /// How long `close_all` waits, after the drain, for sessions to finish closing.
@@ -253,6 +254,7 @@ async fn upgrade(
     State(edge): State<Arc<Edge>>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: axum::http::HeaderMap,
+    RawQuery(query): RawQuery,
     ws: WebSocketUpgrade,
 ) -> Response {
     if edge.closing.load(Ordering::SeqCst) {
@@ -273,6 +275,13 @@ async fn upgrade(
     // tungstenite's default read buffer is 128 KiB, kept for the connection's
     // life; `client_read_buffer_size` (1 KiB) keeps idle connections cheap.
     let read_buffer = edge.settings.client.read_buffer_size;
+    // As Centrifugo: the `centrifuge-protobuf` subprotocol (or
+    // `format=protobuf` in the query) selects the binary encoding.
+    let ws = ws.protocols(Encoding::SUBPROTOCOLS);
+    let encoding = Encoding::negotiate(
+        ws.selected_protocol().and_then(|p| p.to_str().ok()),
+        query.as_deref(),
+    );
     ws.read_buffer_size(read_buffer)
         .write_buffer_size(0)
         .max_write_buffer_size(
@@ -288,7 +297,7 @@ async fn upgrade(
         .max_frame_size(limit.saturating_mul(2))
         .on_upgrade(move |socket| async move {
             let _admitted = admitted;
-            session::run(edge, socket, id, forwarded).await
+            session::run(edge, socket, id, encoding, forwarded).await
         })
 }
 

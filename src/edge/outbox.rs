@@ -3,7 +3,8 @@
 //! Bounded in bytes (`client_queue_max_bytes`). Overflow policy: the client is
 //! too slow, the queue is dropped and the connection closed with 3008 (I7).
 //! The writer task drains everything queued into one WebSocket frame
-//! (newline-separated, as the protocol allows), so a burst costs one write.
+//! (newline-separated JSON, or Protobuf frames back to back, as the
+//! connection's [`Encoding`] joins them), so a burst costs one write.
 //!
 //! Producers: the session (replies), the registry's subscribers (publications), the edge (close,
 //! also on a server API `disconnect`). The only consumer is the connection's
@@ -17,12 +18,12 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::edge_io;
-use crate::protocol::Disconnect;
+use crate::protocol::{Disconnect, Encoding};
 
 /// Why a frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +66,8 @@ impl Close {
 
 /// What the writer takes out in one go.
 pub struct Batch {
-    /// Everything queued, joined with `\n`; empty when nothing was queued.
+    /// Everything queued, joined as the encoding joins frames; empty when
+    /// nothing was queued.
     pub frame: Bytes,
     pub frames: usize,
     /// Set when the connection must close after writing `frame`.
@@ -99,6 +101,8 @@ struct Inner {
 pub struct Outbox {
     inner: Mutex<Inner>,
     limit: usize,
+    /// The connection's encoding: every frame queued is in it.
+    encoding: Encoding,
     /// Wakes the writer task; a permit is stored if it is not waiting.
     wake: Notify,
     /// Fires once the connection starts closing, for the session's read loop.
@@ -106,7 +110,12 @@ pub struct Outbox {
 }
 
 impl Outbox {
+    /// The outbox of a JSON connection.
     pub fn new(limit: usize) -> Self {
+        Self::with_encoding(limit, Encoding::Json)
+    }
+
+    pub fn with_encoding(limit: usize, encoding: Encoding) -> Self {
         Self {
             inner: Mutex::new(Inner {
                 queue: VecDeque::new(),
@@ -115,12 +124,19 @@ impl Outbox {
                 committed_us: None,
             }),
             limit,
+            encoding,
             wake: Notify::new(),
             closing: CancellationToken::new(),
         }
     }
 
-    /// Queues one frame (one JSON object, no trailing newline).
+    /// The encoding of every frame queued here.
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    /// Queues one frame (one JSON object without a trailing newline, or one
+    /// length-delimited Protobuf `Reply`).
     pub fn push(&self, frame: Bytes) -> Result<(), PushError> {
         self.push_stamped(frame, None)
     }
@@ -207,14 +223,8 @@ impl Outbox {
             0 => Bytes::new(),
             1 => inner.queue.pop_front().unwrap_or_default(),
             _ => {
-                let mut out = BytesMut::with_capacity(inner.bytes + frames);
-                for (i, f) in inner.queue.drain(..).enumerate() {
-                    if i > 0 {
-                        out.extend_from_slice(b"\n");
-                    }
-                    out.extend_from_slice(&f);
-                }
-                out.freeze()
+                let bytes = inner.bytes;
+                self.encoding.join(inner.queue.drain(..), bytes)
             }
         };
         let queued = QueuedBytes(std::mem::take(&mut inner.bytes));
@@ -252,6 +262,16 @@ mod tests {
         assert_eq!(b.frames, 2);
         assert!(b.close.is_none());
         assert_eq!(o.queued_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn protobuf_frames_are_concatenated_without_separator() {
+        let o = Outbox::with_encoding(1024, Encoding::Protobuf);
+        o.push(Bytes::from_static(&[1, 0x08])).unwrap();
+        o.push(Bytes::from_static(&[0])).unwrap();
+        let b = o.next_batch().await;
+        assert_eq!(&b.frame[..], &[1, 0x08, 0]);
+        assert_eq!(b.frames, 2);
     }
 
     #[tokio::test]

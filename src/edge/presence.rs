@@ -667,12 +667,12 @@ impl Presence {
             .collect())
     }
 
-    /// The `status:<user>` publication push of `user`'s current status.
-    pub async fn status_push(&self, channel: &str, user: &str) -> Option<Bytes> {
+    /// The publication object (JSON, no offset) of `user`'s current status,
+    /// which a `status:<user>` channel pushes.
+    pub async fn status_publication(&self, user: &str) -> Option<Bytes> {
         let status = self.user_status(&[user.to_string()]).await.ok()?.pop()?;
         let data = serde_json::to_vec(&status).ok()?;
-        let publication = crate::protocol::encode_publication(&data, None, 0, "");
-        Some(crate::protocol::publication_push(channel, &publication))
+        Some(crate::protocol::encode_publication(&data, None, 0, ""))
     }
 }
 

@@ -52,7 +52,7 @@ use super::command::ControlSender;
 use super::outbox::Outbox;
 use super::subscriber::{Publication, Subscriber};
 use crate::metrics as m;
-use crate::protocol::Unsubscribe;
+use crate::protocol::{SharedPush, Unsubscribe};
 
 const SHARDS: usize = 64;
 
@@ -175,7 +175,7 @@ impl FeedHandle {
     }
 
     /// Gives a join or leave push to the subscribers that receive them.
-    pub fn deliver_join_leave(&self, frame: bytes::Bytes) -> usize {
+    pub fn deliver_join_leave(&self, frame: Arc<SharedPush>) -> usize {
         self.channels.deliver_filtered(
             &self.channel,
             self.feed_id,
@@ -191,7 +191,7 @@ impl FeedHandle {
 
     /// Gives an async message push to every subscriber of the channel but
     /// those of `except_user`. Returns how many it was handed to.
-    pub fn deliver_message(&self, frame: bytes::Bytes, except_user: &str) -> usize {
+    pub fn deliver_message(&self, frame: Arc<SharedPush>, except_user: &str) -> usize {
         self.channels
             .deliver_except_user(&self.channel, self.feed_id, frame, except_user)
     }
@@ -355,7 +355,7 @@ impl Channels {
         &self,
         channel: &str,
         feed_id: u64,
-        frame: bytes::Bytes,
+        frame: Arc<SharedPush>,
         except_user: &str,
     ) -> usize {
         let subscribers: Vec<Arc<Subscriber>> = {
@@ -977,7 +977,9 @@ mod tests {
         let (b, _) = r.subscribe(2, "c", o1.clone(), how(false));
         assert!(a.subscriber.go_live([], 0, ""));
         assert!(b.subscriber.go_live([], 0, ""));
-        let n = feeds.with_last(|f| f.deliver_join_leave(bytes::Bytes::from_static(b"J")));
+        let n = feeds.with_last(|f| {
+            f.deliver_join_leave(SharedPush::fixed(bytes::Bytes::from_static(b"J")))
+        });
         assert_eq!(n, 1);
         assert_eq!(frames(&wants), ["J"]);
         assert!(frames(&o1).is_empty());

@@ -11,27 +11,28 @@
 //! copied it earlier hands it.
 //!
 //! Knows nothing of the registry, feeds, NATS or the session: only its outbox
-//! and the protocol's push encoding.
+//! (and the encoding it speaks) and the protocol's push encoding.
 
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
 use super::outbox::Outbox;
-use crate::protocol::{self, Disconnect, Push, Reply, Unsubscribe};
+use crate::protocol::{Disconnect, Push, Reply, SharedPush, Unsubscribe};
 
 /// A session's id on this node.
 pub type SessionId = u64;
 
-/// One publication of a channel, encoded once and shared by every subscriber.
+/// One publication of a channel (or another push of its feed), encoded once
+/// per encoding and shared by every subscriber.
 #[derive(Debug, Clone)]
 pub struct Publication {
     /// Its offset (history channels); `None` for channels without history.
     pub offset: Option<u64>,
     /// The channel's epoch when it was stored; `None` when not known.
     pub epoch: Option<Arc<str>>,
-    /// The `pub` push frame.
-    pub frame: Bytes,
+    /// The push, built in each encoding on first use.
+    pub frame: Arc<SharedPush>,
     /// When it became deliverable (unix microseconds), for the delivery latency.
     pub committed_us: Option<u64>,
 }
@@ -123,7 +124,17 @@ impl Subscriber {
     }
 
     fn unsubscribe_push(&self, reason: Unsubscribe) -> Bytes {
-        protocol::encode_reply(&Reply::push(Push::unsubscribe(&self.channel, reason)))
+        // An unsubscribe push has nothing Herald did not write: it encodes.
+        self.outbox
+            .encoding()
+            .encode_reply(&Reply::push(Push::unsubscribe(&self.channel, reason)))
+            .unwrap_or_default()
+    }
+
+    /// `p` in this subscriber's encoding; `None` when it cannot be encoded
+    /// in it (skipped, see [`SharedPush::frame`]).
+    fn frame<'a>(&self, p: &'a Publication) -> Option<&'a Bytes> {
+        p.frame.frame(self.outbox.encoding())
     }
 
     /// Queues `head` (the subscribe reply, or a server-side subscribe push and
@@ -175,7 +186,14 @@ impl Subscriber {
                 }
                 Step::Deliver => {}
             }
-            if self.outbox.push_stamped(p.frame, p.committed_us).is_err() {
+            let Some(frame) = self.frame(&p) else {
+                continue;
+            };
+            if self
+                .outbox
+                .push_stamped(frame.clone(), p.committed_us)
+                .is_err()
+            {
                 return false;
             }
         }
@@ -192,7 +210,7 @@ impl Subscriber {
         match &mut *state {
             State::Ended { .. } => false,
             State::Buffering { pending, bytes } => {
-                *bytes += p.frame.len();
+                *bytes += self.frame(p).map_or(0, Bytes::len);
                 if *bytes > self.buffer_limit {
                     *state = State::Ended { notice: None };
                     drop(state);
@@ -215,7 +233,10 @@ impl Subscriber {
                 // A full outbox closes the connection itself (3008); a closed
                 // one drops the frame. Either way the subscription has ended.
                 Step::Deliver => {
-                    let queued = self.outbox.push_stamped(p.frame.clone(), p.committed_us);
+                    let Some(frame) = self.frame(p) else {
+                        return true;
+                    };
+                    let queued = self.outbox.push_stamped(frame.clone(), p.committed_us);
                     if queued.is_err() {
                         *state = State::Ended { notice: None };
                     }
@@ -267,7 +288,7 @@ pub(super) mod tests {
         Publication {
             offset: Some(offset),
             epoch: Some(epoch.into()),
-            frame: Bytes::from(format!("P{offset}{epoch}")),
+            frame: SharedPush::fixed(Bytes::from(format!("P{offset}{epoch}"))),
             committed_us: None,
         }
     }
@@ -349,6 +370,50 @@ pub(super) mod tests {
         assert!(s.deliver(&publication(1, "A")));
         assert!(!s.deliver(&publication(2, "B")));
         assert_eq!(frames(&o).len(), 2);
+    }
+
+    /// A Protobuf connection's subscriber queues the Protobuf frame of a
+    /// shared push (built once, whatever the number of subscribers) and its
+    /// own unsubscribe push in Protobuf; a JSON one the JSON frame.
+    #[test]
+    fn each_subscriber_gets_the_push_in_its_connections_encoding() {
+        use crate::protocol::Encoding;
+        use crate::protocol::protobuf::pb;
+        use prost::Message;
+        let pb_outbox = Arc::new(Outbox::with_encoding(1 << 20, Encoding::Protobuf));
+        let pb_sub = Subscriber::new(1, "c".into(), pb_outbox.clone(), 1 << 20, false, "u".into());
+        let (json_sub, json_outbox) = subscriber();
+        let object = crate::protocol::encode_publication(b"{\"x\":1}", None, 5, "e");
+        let p = Publication {
+            offset: Some(5),
+            epoch: Some("e".into()),
+            frame: SharedPush::publication("c".into(), object),
+            committed_us: None,
+        };
+        for s in [&pb_sub, &json_sub] {
+            assert!(s.go_live([], 4, "e"));
+            assert!(s.deliver(&p));
+        }
+        let pb_first = p.frame.frame(Encoding::Protobuf).unwrap().as_ptr();
+        assert!(!pb_sub.deliver(&publication(7, "e")), "a gap");
+        let mut frame = futures::executor::block_on(pb_outbox.next_batch()).frame;
+        let push = pb::Reply::decode_length_delimited(&mut frame)
+            .unwrap()
+            .push
+            .unwrap();
+        assert_eq!(&push.r#pub.unwrap().data[..], b"{\"x\":1}");
+        let unsub = pb::Reply::decode_length_delimited(&mut frame)
+            .unwrap()
+            .push
+            .unwrap();
+        assert_eq!(unsub.unsubscribe.unwrap().code, 2500);
+        assert!(frame.is_empty(), "two frames back to back");
+        assert_eq!(
+            p.frame.frame(Encoding::Protobuf).unwrap().as_ptr(),
+            pb_first
+        );
+        let v: serde_json::Value = serde_json::from_str(&frames(&json_outbox)[0]).unwrap();
+        assert_eq!(v["push"]["pub"]["data"]["x"], 1);
     }
 
     /// Issue 19 b: once its session dropped it, a subscriber queues nothing,

@@ -5,17 +5,19 @@
 //! (several newline-separated JSON objects per WebSocket frame) and the error,
 //! disconnect and unsubscribe codes of `codes.md`. The Protobuf codec turns
 //! binary frames into the same [`Command`] values and the same [`Reply`]
-//! values into bytes.
+//! values into bytes; [`Encoding`] is a connection's choice between the two.
 //!
 //! Knows nothing of tokio, axum, NATS or the store: it turns bytes into typed
 //! commands and typed replies into bytes. Client `data` stays raw JSON
 //! (`RawValue`) end to end so a payload is never re-parsed.
 
 pub mod codes;
+mod encoding;
 pub mod protobuf;
 mod wire;
 
 pub use codes::{Disconnect, ProtocolError, Unsubscribe};
+pub use encoding::{BadFrame, Encoding, SharedPush};
 pub use wire::*;
 
 use bytes::{BufMut, Bytes, BytesMut};

@@ -11,8 +11,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-/// The fields every request starts with. Herald serves JSON over WebSocket
-/// only, so `transport`, `protocol` and `encoding` are constant.
+/// The fields every request starts with. Herald serves WebSocket only, so
+/// `transport` is constant; `protocol` is the client's (`json` or
+/// `protobuf`); `encoding` of the request's payloads is always `json`
+/// (Herald's payloads are JSON, so no `b64data`).
 #[derive(Debug, Serialize)]
 pub struct Base<'a> {
     pub client: &'a str,
@@ -22,11 +24,11 @@ pub struct Base<'a> {
 }
 
 impl<'a> Base<'a> {
-    pub fn new(client: &'a str) -> Self {
+    pub fn new(client: &'a str, protocol: &'static str) -> Self {
         Self {
             client,
             transport: "websocket",
-            protocol: "json",
+            protocol,
             encoding: "json",
         }
     }
@@ -214,7 +216,7 @@ mod tests {
     #[test]
     fn requests_leave_out_empty_fields_but_user() {
         let r = RefreshRequest {
-            base: Base::new("c1"),
+            base: Base::new("c1", "json"),
             user: "",
             channel: None,
             meta: None,
@@ -224,7 +226,7 @@ mod tests {
             r#"{"client":"c1","transport":"websocket","protocol":"json","encoding":"json","user":""}"#
         );
         let c = ConnectRequest {
-            base: Base::new("c1"),
+            base: Base::new("c1", "json"),
             data: None,
             name: "js",
             version: "",

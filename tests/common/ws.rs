@@ -7,7 +7,7 @@
 use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
-use herald_client::{Client, ClientError};
+use herald_client::{Client, ClientError, ClientOptions, Encoding};
 use serde_json::Value;
 
 pub use herald_client::Closed;
@@ -15,6 +15,13 @@ pub use herald_client::Closed;
 pub const WAIT: Duration = herald_client::DEFAULT_WAIT;
 
 pub struct WsClient(Client);
+
+fn protobuf() -> ClientOptions {
+    ClientOptions {
+        encoding: Encoding::Protobuf,
+        ..ClientOptions::default()
+    }
+}
 
 impl Deref for WsClient {
     type Target = Client;
@@ -42,6 +49,27 @@ impl WsClient {
     pub async fn connect(addr: std::net::SocketAddr, token: &str) -> (Self, Value) {
         let (c, reply) = or_panic(Client::connect(addr, token).await, "connect");
         (Self(c), reply)
+    }
+
+    /// Opens a connection speaking Protobuf (subprotocol `centrifuge-protobuf`).
+    pub async fn open_protobuf(addr: std::net::SocketAddr) -> Self {
+        Self(or_panic(
+            Client::open_with(addr, &protobuf()).await,
+            "websocket handshake",
+        ))
+    }
+
+    /// [`WsClient::connect`] over Protobuf.
+    pub async fn connect_protobuf(addr: std::net::SocketAddr, token: &str) -> (Self, Value) {
+        let (c, reply) = or_panic(
+            Client::connect_with(addr, token, &protobuf()).await,
+            "connect",
+        );
+        (Self(c), reply)
+    }
+
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) {
+        or_panic(self.0.send_binary(bytes).await, "send");
     }
 
     pub async fn send_text(&mut self, text: &str) {

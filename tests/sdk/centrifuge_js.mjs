@@ -15,6 +15,10 @@
 //   HERALD_FORBIDDEN_CHANNEL a channel alice may not subscribe to (error 103)
 //   HERALD_MISSED          how many publications alice misses while offline
 //   HERALD_SDK_DEBUG=1     the SDK's debug log on stderr
+//   HERALD_PROTOBUF=1      use the SDK's Protobuf build (`centrifuge/build/protobuf`,
+//                          WebSocket subprotocol `centrifuge-protobuf`): payloads are
+//                          bytes, so the script sends JSON text as bytes and parses
+//                          what it receives, as an application mixing encodings does
 //
 // Alice connects through the harness's cuttable proxy: the script prints
 // {"control":"cut"} (every connection dropped, no WebSocket close frame, new
@@ -36,7 +40,8 @@ const env = (name) => {
 };
 
 const require = createRequire(path.join(env('HERALD_NODE_MODULES'), 'noop.js'));
-const { Centrifuge } = require('centrifuge');
+const PROTOBUF = process.env.HERALD_PROTOBUF === '1';
+const { Centrifuge } = require(PROTOBUF ? 'centrifuge/build/protobuf' : 'centrifuge');
 const WebSocket = require('ws');
 
 const WS = env('HERALD_WS');
@@ -46,6 +51,11 @@ const DEBUG = process.env.HERALD_SDK_DEBUG === '1';
 const STEP_TIMEOUT_MS = 8000;
 
 class Failure extends Error {}
+
+/** A payload as the SDK takes it: JSON bytes in the Protobuf build. */
+const out = (v) => (PROTOBUF ? new TextEncoder().encode(JSON.stringify(v)) : v);
+/** A received payload as a JSON value. */
+const dataOf = (d) => (PROTOBUF ? JSON.parse(new TextDecoder().decode(d)) : d);
 
 function check(cond, what, details) {
   if (!cond) {
@@ -92,7 +102,7 @@ async function apiPublish(data) {
 function plainPub(ctx) {
   return {
     offset: ctx.offset,
-    data: ctx.data,
+    data: dataOf(ctx.data),
     user: ctx.info ? ctx.info.user : undefined,
   };
 }
@@ -159,21 +169,21 @@ async function main() {
 
     // 3. Publications by someone else arrive with offsets 1, 2, 3.
     for (let i = 0; i < 3; i++) {
-      await bob.publish(CHANNEL, { from: 'bob', i });
+      await bob.publish(CHANNEL, out({ from: 'bob', i }));
     }
     await until('3 publications from bob', () => pubs.length >= 3);
     eq(pubs.slice(0, 3), [1, 2, 3].map((offset, i) => ({ offset, data: { from: 'bob', i }, user: 'bob' })),
       'bob\'s publications as alice sees them');
 
     // 4. Publish from the SDK; history by limit, since and reverse.
-    const published = await sub.publish({ from: 'alice' });
+    const published = await sub.publish(out({ from: 'alice' }));
     check(published !== null && typeof published === 'object', 'publish resolves', published);
     await until('alice\'s own publication', () => pubs.length >= 4);
     eq(pubs[3], { offset: 4, data: { from: 'alice' }, user: 'alice' }, 'alice\'s own publication');
 
     const all = await sub.history({ limit: 10 });
     eq(all.publications.map((p) => p.offset), [1, 2, 3, 4], 'history limit 10');
-    eq(all.publications.map((p) => p.data), [0, 1, 2].map((i) => ({ from: 'bob', i })).concat([{ from: 'alice' }]),
+    eq(all.publications.map((p) => dataOf(p.data)), [0, 1, 2].map((i) => ({ from: 'bob', i })).concat([{ from: 'alice' }]),
       'history data');
     eq(all.publications[0].info && all.publications[0].info.user, 'bob', 'history carries publisher info');
     eq(all.offset, 4, 'history stream top');
@@ -223,7 +233,7 @@ async function main() {
     await until(`${MISSED} recovered publications`, () => pubs.length >= 4 + MISSED);
 
     // Then live ones again.
-    await bob.publish(CHANNEL, { live: 0 });
+    await bob.publish(CHANNEL, out({ live: 0 }));
     eq(await apiPublish({ live: 1 }), 6 + MISSED, 'server API publish offset');
     await until('2 live publications after recovery', () => pubs.length >= 6 + MISSED);
     await new Promise((r) => setTimeout(r, 100));

@@ -15,6 +15,10 @@ conformance run: nothing here is Herald-only) and passes, in the environment:
   HERALD_FORBIDDEN_CHANNEL a channel alice may not subscribe to (error 103)
   HERALD_MISSED          how many publications alice misses while offline
   HERALD_SDK_DEBUG=1     the SDK's debug log (every frame) on stderr
+  HERALD_PROTOBUF=1      the SDK's Protobuf protocol (`use_protobuf=True`, WebSocket
+                         subprotocol `centrifuge-protobuf`): payloads are bytes, so
+                         the script sends JSON text as bytes and parses what it
+                         receives, as an application mixing encodings does
 and PYTHONPATH holding the `centrifuge` package.
 
 Alice connects through the harness's cuttable proxy: the script prints
@@ -49,6 +53,19 @@ STEP_TIMEOUT = 8.0
 
 class Failure(Exception):
     pass
+
+
+PROTOBUF = os.environ.get("HERALD_PROTOBUF") == "1"
+
+
+def out(value):
+    """A payload as the SDK takes it: JSON bytes with Protobuf."""
+    return json.dumps(value).encode() if PROTOBUF else value
+
+
+def data_of(data):
+    """A received payload as a JSON value."""
+    return json.loads(data) if PROTOBUF else data
 
 
 def env(name):
@@ -142,7 +159,7 @@ class NewsEvents(SubscriptionEventHandler):
         p = ctx.pub
         self.pubs.append({
             "offset": p.offset,
-            "data": p.data,
+            "data": data_of(p.data),
             "user": p.info.user if p.info else None,
         })
 
@@ -174,8 +191,9 @@ async def scenario():
         min_reconnect_delay=0.1,
         max_reconnect_delay=0.4,
         proxy=None,
+        use_protobuf=PROTOBUF,
     )
-    bob = Client(ws, token=env("HERALD_TOKEN_PUBLISHER"), proxy=None)
+    bob = Client(ws, token=env("HERALD_TOKEN_PUBLISHER"), proxy=None, use_protobuf=PROTOBUF)
     news = NewsEvents()
     sub = alice.new_subscription(channel, events=news)
     subscribed, pubs = news.subscribed, news.pubs
@@ -206,20 +224,20 @@ async def scenario():
 
         # 3. Publications by someone else arrive with offsets 1, 2, 3.
         for i in range(3):
-            await bob.publish(channel, {"from": "bob", "i": i})
+            await bob.publish(channel, out({"from": "bob", "i": i}))
         await until("3 publications from bob", lambda: len(pubs) >= 3)
         eq(pubs[:3], [{"offset": o, "data": {"from": "bob", "i": i}, "user": "bob"}
                       for i, o in enumerate([1, 2, 3])], "bob's publications as alice sees them")
 
         # 4. Publish from the SDK; history by limit, since and reverse.
-        await sub.publish({"from": "alice"})
+        await sub.publish(out({"from": "alice"}))
         await until("alice's own publication", lambda: len(pubs) >= 4)
         eq(pubs[3], {"offset": 4, "data": {"from": "alice"}, "user": "alice"},
            "alice's own publication")
 
         everything = await sub.history(limit=10)
         eq([p.offset for p in everything.publications], [1, 2, 3, 4], "history limit 10")
-        eq([p.data for p in everything.publications],
+        eq([data_of(p.data) for p in everything.publications],
            [{"from": "bob", "i": i} for i in range(3)] + [{"from": "alice"}], "history data")
         eq(everything.publications[0].info.user, "bob", "history carries publisher info")
         eq(everything.offset, 4, "history stream top")
@@ -274,7 +292,7 @@ async def scenario():
         await until(f"{missed_n} recovered publications", lambda: len(pubs) >= 4 + missed_n)
 
         # Then live ones again.
-        await bob.publish(channel, {"live": 0})
+        await bob.publish(channel, out({"live": 0}))
         eq(await api_publish(channel, {"live": 1}), 6 + missed_n, "server API publish offset")
         await until("2 live publications after recovery", lambda: len(pubs) >= 6 + missed_n)
         await asyncio.sleep(0.1)

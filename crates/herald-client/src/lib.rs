@@ -1,4 +1,5 @@
-//! A Centrifugo protocol v2 client over a real WebSocket (JSON), used by the
+//! A Centrifugo protocol v2 client over a real WebSocket (JSON, or Protobuf
+//! with [`ClientOptions::encoding`]; see [`protobuf`]), used by the
 //! integration tests (through `tests/common/ws.rs`, which turns its errors
 //! into panics) and by `herald bench`.
 //!
@@ -6,16 +7,24 @@
 //! - [`Client::call`], [`Client::reply`], [`Client::push`]: commands and
 //!   their replies, with pushes that arrive meanwhile kept in order as JSON
 //!   values; what tests and a bench's setup phase want.
-//! - [`Client::recv`]: one raw text frame at a time, without parsing; what a
-//!   bench's hot loop wants (it decodes only the fields it checks).
+//! - [`Client::recv`]: one raw frame at a time; what a bench's hot loop
+//!   wants (it decodes only the fields it checks from JSON text; a Protobuf
+//!   frame comes as its decoded `Reply` messages).
+//!
+//! Both encodings read alike through the first way: commands are given as
+//! JSON values and replies and pushes come back as the JSON values the JSON
+//! encoding carries.
 //!
 //! Both answer the server's pings (`{}`) by themselves unless
 //! [`Client::auto_pong`] is off. Connections can be opened from a chosen
 //! local address ([`ClientOptions::source`]), so a load generator can spread
 //! many sockets over several loopback addresses.
 //!
-//! Knows the frame format (newline-separated JSON objects) and the reply/push
-//! shapes; knows nothing of channels, tokens or what a caller checks.
+//! Knows the frame formats (newline-separated JSON objects; length-delimited
+//! Protobuf messages) and the reply/push shapes; knows nothing of channels,
+//! tokens or what a caller checks.
+
+pub mod protobuf;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -26,6 +35,8 @@ use serde_json::{Value, json};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 
@@ -34,6 +45,26 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(10);
 
 /// The server's ping and the client's pong: an empty JSON object.
 const PING: &str = "{}";
+
+/// The client protocol's encoding a connection asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Encoding {
+    #[default]
+    Json,
+    /// The `centrifuge-protobuf` WebSocket subprotocol.
+    Protobuf,
+}
+
+impl std::str::FromStr for Encoding {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "json" => Ok(Self::Json),
+            "protobuf" => Ok(Self::Protobuf),
+            _ => Err(format!("unknown encoding {s:?} (json or protobuf)")),
+        }
+    }
+}
 
 /// How a connection is opened.
 #[derive(Debug, Clone)]
@@ -48,6 +79,8 @@ pub struct ClientOptions {
     pub read_buffer: usize,
     /// How long [`Client::reply`] and [`Client::push`] wait.
     pub wait: Duration,
+    /// JSON, or Protobuf (asked for with the subprotocol).
+    pub encoding: Encoding,
 }
 
 impl Default for ClientOptions {
@@ -57,6 +90,7 @@ impl Default for ClientOptions {
             path: "/connection/websocket".into(),
             read_buffer: 4096,
             wait: DEFAULT_WAIT,
+            encoding: Encoding::Json,
         }
     }
 }
@@ -107,22 +141,46 @@ impl ClientError {
     }
 }
 
-/// One text frame from the server: one or more newline-separated JSON
-/// objects.
-pub struct Frame(Utf8Bytes);
+/// One frame from the server: newline-separated JSON objects (text), or
+/// Protobuf `Reply` messages (binary, decoded).
+pub enum Frame {
+    Text(Utf8Bytes),
+    /// The frame's replies and pushes, pings left out.
+    Binary(Vec<protobuf::pb::Reply>),
+}
 
 impl Frame {
-    /// The frame's JSON objects, pings left out.
+    /// The frame's JSON objects, pings left out; none in a binary frame.
     pub fn lines(&self) -> impl Iterator<Item = &str> {
-        self.0
-            .as_str()
-            .split('\n')
+        let text = match self {
+            Self::Text(t) => t.as_str(),
+            Self::Binary(_) => "",
+        };
+        text.split('\n')
             .map(str::trim)
             .filter(|l| !l.is_empty() && *l != PING)
     }
 
-    pub fn text(&self) -> &str {
-        self.0.as_str()
+    /// The frame's Protobuf replies and pushes; none in a text frame.
+    pub fn replies(&self) -> &[protobuf::pb::Reply] {
+        match self {
+            Self::Text(_) => &[],
+            Self::Binary(r) => r,
+        }
+    }
+
+    /// The frame's replies and pushes as JSON values, whatever the encoding.
+    pub fn values(&self) -> Result<Vec<Value>, ClientError> {
+        match self {
+            Self::Text(_) => self
+                .lines()
+                .map(|line| {
+                    serde_json::from_str(line)
+                        .map_err(|e| ClientError::BadFrame(format!("invalid JSON ({e}): {line}")))
+                })
+                .collect(),
+            Self::Binary(r) => Ok(r.iter().map(protobuf::reply_json).collect()),
+        }
     }
 }
 
@@ -170,12 +228,34 @@ pub async fn ws_handshake(
     path: &str,
     read_buffer: usize,
 ) -> Result<WebSocketStream<TcpStream>, ClientError> {
+    ws_handshake_as(addr, stream, path, read_buffer, None).await
+}
+
+/// [`ws_handshake`] asking for `subprotocol` (the server must accept it).
+pub async fn ws_handshake_as(
+    addr: SocketAddr,
+    stream: TcpStream,
+    path: &str,
+    read_buffer: usize,
+    subprotocol: Option<&'static str>,
+) -> Result<WebSocketStream<TcpStream>, ClientError> {
     let config = WebSocketConfig::default()
         .read_buffer_size(read_buffer)
         .write_buffer_size(0)
         .max_write_buffer_size(16 << 20);
-    let url = format!("ws://{addr}{path}");
-    tokio_tungstenite::client_async_with_config(url, stream, Some(config))
+    let handshake = |source| ClientError::Handshake {
+        addr,
+        source: Box::new(source),
+    };
+    let mut request = format!("ws://{addr}{path}")
+        .into_client_request()
+        .map_err(handshake)?;
+    if let Some(p) = subprotocol {
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(p));
+    }
+    tokio_tungstenite::client_async_with_config(request, stream, Some(config))
         .await
         .map(|(ws, _)| ws)
         .map_err(|e| ClientError::Handshake {
@@ -190,9 +270,10 @@ pub struct Client {
     replies: HashMap<u32, Value>,
     pushes: VecDeque<Value>,
     wait: Duration,
+    encoding: Encoding,
     /// A frame received whose pong was being sent when the caller stopped
     /// waiting: returned by the next [`Client::recv`].
-    ready: Option<Utf8Bytes>,
+    ready: Option<Frame>,
     /// A pong owed to the server (its sending was interrupted).
     pong_due: bool,
     /// Answer server pings automatically.
@@ -211,13 +292,15 @@ impl Client {
         let stream = tcp_connect(addr, opts.source)
             .await
             .map_err(|source| ClientError::Connect { addr, source })?;
-        let ws = ws_handshake(addr, stream, &opts.path, opts.read_buffer).await?;
+        let subprotocol = (opts.encoding == Encoding::Protobuf).then_some(protobuf::SUBPROTOCOL);
+        let ws = ws_handshake_as(addr, stream, &opts.path, opts.read_buffer, subprotocol).await?;
         Ok(Self {
             ws,
             next_id: 1,
             replies: HashMap::new(),
             pushes: VecDeque::new(),
             wait: opts.wait,
+            encoding: opts.encoding,
             ready: None,
             pong_due: false,
             auto_pong: true,
@@ -243,11 +326,33 @@ impl Client {
         Ok((c, reply))
     }
 
+    /// The encoding this connection speaks.
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    /// Sends one text frame as it is, whatever the encoding.
     pub async fn send_text(&mut self, text: &str) -> Result<(), ClientError> {
         self.ws
             .send(Message::text(text))
             .await
             .map_err(|e| ClientError::Send(Box::new(e)))
+    }
+
+    /// Sends one binary frame as it is, whatever the encoding.
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) -> Result<(), ClientError> {
+        self.ws
+            .send(Message::binary(bytes))
+            .await
+            .map_err(|e| ClientError::Send(Box::new(e)))
+    }
+
+    /// The pong (and ping) of this encoding.
+    async fn send_pong(&mut self) -> Result<(), ClientError> {
+        match self.encoding {
+            Encoding::Json => self.send_text(PING).await,
+            Encoding::Protobuf => self.send_binary(protobuf::PONG.to_vec()).await,
+        }
     }
 
     /// Sends one command and returns its id.
@@ -260,8 +365,48 @@ impl Client {
     pub async fn send_raw(&mut self, method: &str, params_json: &str) -> Result<u32, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
+        if self.encoding == Encoding::Protobuf {
+            let params: Value = serde_json::from_str(params_json)
+                .map_err(|e| ClientError::BadFrame(format!("params are not JSON: {e}")))?;
+            let bytes = protobuf::command(id, method, &params)
+                .ok_or_else(|| ClientError::BadFrame(format!("no method {method:?}")))?;
+            self.send_binary(bytes).await?;
+            return Ok(id);
+        }
         let method = serde_json::to_string(method).unwrap_or_default();
         self.send_text(&format!(r#"{{"id":{id},{method}:{params_json}}}"#))
+            .await?;
+        Ok(id)
+    }
+
+    /// Sends a `publish` of `data_json` (JSON text, carried as it is: the
+    /// `data` bytes over Protobuf) into `channel`; returns its id. A load
+    /// generator's publish, without building a `Value`.
+    pub async fn send_publish(
+        &mut self,
+        channel: &str,
+        data_json: &str,
+    ) -> Result<u32, ClientError> {
+        if self.encoding == Encoding::Json {
+            let channel = serde_json::to_string(channel).unwrap_or_default();
+            return self
+                .send_raw(
+                    "publish",
+                    &format!(r#"{{"channel":{channel},"data":{data_json}}}"#),
+                )
+                .await;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let command = protobuf::pb::Command {
+            id,
+            publish: Some(protobuf::pb::PublishRequest {
+                channel: channel.to_owned(),
+                data: bytes::Bytes::copy_from_slice(data_json.as_bytes()),
+            }),
+            ..protobuf::pb::Command::default()
+        };
+        self.send_binary(prost::Message::encode_length_delimited_to_vec(&command))
             .await?;
         Ok(id)
     }
@@ -352,8 +497,8 @@ impl Client {
         Ok(self.pushes.is_empty() && self.replies.is_empty())
     }
 
-    /// The next text frame, raw; pings in it are counted and answered (when
-    /// [`Client::auto_pong`]) and left out of [`Frame::lines`]. Replies and
+    /// The next frame, raw (a binary one decoded); pings in it are counted
+    /// and answered (when [`Client::auto_pong`]) and left out of it. Replies and
     /// pushes kept by earlier calls are not returned here: see
     /// [`Client::take_pushes`].
     ///
@@ -361,32 +506,30 @@ impl Client {
     /// a pong interrupted by the cancellation is sent by the next call.
     pub async fn recv(&mut self) -> Result<Frame, ClientError> {
         if self.pong_due {
-            self.send_text(PING).await?;
+            self.send_pong().await?;
             self.pong_due = false;
         }
-        if let Some(text) = self.ready.take() {
-            return Ok(Frame(text));
+        if let Some(frame) = self.ready.take() {
+            return Ok(frame);
         }
         loop {
-            match self.ws.next().await {
+            let (frame, pings) = match self.ws.next().await {
                 Some(Ok(Message::Text(text))) => {
                     let pings = text
                         .as_str()
                         .split('\n')
                         .filter(|l| l.trim() == PING)
                         .count();
-                    if pings == 0 || !self.auto_pong {
-                        self.pings_seen += pings;
-                        return Ok(Frame(text));
-                    }
-                    self.pings_seen += pings;
-                    self.ready = Some(text);
-                    self.pong_due = true;
-                    self.send_text(PING).await?;
-                    self.pong_due = false;
-                    if let Some(text) = self.ready.take() {
-                        return Ok(Frame(text));
-                    }
+                    (Frame::Text(text), pings)
+                }
+                Some(Ok(Message::Binary(bytes))) => {
+                    let mut replies = protobuf::replies(bytes).map_err(|e| {
+                        ClientError::BadFrame(format!("undecodable binary frame: {e}"))
+                    })?;
+                    let before = replies.len();
+                    replies.retain(|r| !protobuf::is_ping(r));
+                    let pings = before - replies.len();
+                    (Frame::Binary(replies), pings)
                 }
                 Some(Ok(Message::Close(frame))) => {
                     return Err(ClientError::Closed(frame.map_or(
@@ -400,7 +543,7 @@ impl Client {
                         },
                     )));
                 }
-                Some(Ok(_)) => {}
+                Some(Ok(_)) => continue,
                 Some(Err(e)) => {
                     return Err(ClientError::Closed(Closed {
                         code: 1006,
@@ -413,6 +556,17 @@ impl Client {
                         reason: "eof".into(),
                     }));
                 }
+            };
+            self.pings_seen += pings;
+            if pings == 0 || !self.auto_pong {
+                return Ok(frame);
+            }
+            self.ready = Some(frame);
+            self.pong_due = true;
+            self.send_pong().await?;
+            self.pong_due = false;
+            if let Some(frame) = self.ready.take() {
+                return Ok(frame);
             }
         }
     }
@@ -423,9 +577,7 @@ impl Client {
             Err(_) => return Ok(()),
             Ok(f) => f?,
         };
-        for line in frame.lines() {
-            let v: Value = serde_json::from_str(line)
-                .map_err(|e| ClientError::BadFrame(format!("invalid JSON ({e}): {line}")))?;
+        for v in frame.values()? {
             if let Some(id) = v.get("id").and_then(Value::as_u64) {
                 self.replies.insert(id as u32, v);
             } else if let Some(p) = v.get("push") {

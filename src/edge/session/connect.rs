@@ -12,7 +12,7 @@ use crate::auth::TokenError;
 use crate::channel::Channel;
 use crate::metrics as m;
 use crate::protocol::{
-    self, ConnectRequest, ConnectResult, Disconnect, ProtocolError, Reply, ReplyResult,
+    ConnectRequest, ConnectResult, Disconnect, ProtocolError, Reply, ReplyResult,
 };
 
 impl Session {
@@ -148,8 +148,7 @@ impl Session {
             ping: self.edge.settings.client.ping_interval.as_secs().max(1) as u32,
             pong: true,
         };
-        let reply = protocol::encode_reply(&Reply::ok(id, ReplyResult::Connect(result)));
-        let _ = self.outbox.push(reply);
+        self.reply(&Reply::ok(id, ReplyResult::Connect(result)));
         // The token authorized these, private channels included.
         for (name, p, private) in prepared {
             let mut opts = SubOptions::granted(private);

@@ -46,8 +46,8 @@ use super::registry::{Connection, SessionId, Subscription};
 use crate::auth::now_secs;
 use crate::metrics as m;
 use crate::protocol::{
-    self, Command, Disconnect, Empty, ErrorBody, Method, ProtocolError, Reply, ReplyResult,
-    Unsubscribe,
+    BadFrame, Command, Disconnect, Empty, Encoding, ErrorBody, Method, ProtocolError, Reply,
+    ReplyResult, Unsubscribe,
 };
 
 /// Closing because the client closed (never sent to it).
@@ -118,15 +118,20 @@ fn ttl(exp: u64) -> u32 {
     exp.saturating_sub(now_secs()).clamp(1, u64::from(u32::MAX)) as u32
 }
 
-/// `headers`: the upgrade request's headers the proxies forward.
+/// `encoding`: what the upgrade negotiated. `headers`: the upgrade
+/// request's headers the proxies forward.
 pub(super) async fn run(
     edge: Arc<Edge>,
     socket: WebSocket,
     id: SessionId,
+    encoding: Encoding,
     headers: axum::http::HeaderMap,
 ) {
     let (sink, mut stream) = socket.split();
-    let outbox = Arc::new(Outbox::new(edge.settings.client.queue_max_bytes));
+    let outbox = Arc::new(Outbox::with_encoding(
+        edge.settings.client.queue_max_bytes,
+        encoding,
+    ));
     tokio::spawn(writer::write_loop(sink, outbox.clone()));
     let client_id = uuid::Uuid::new_v4().to_string();
     let (control_tx, mut control) = mpsc::channel(SESSION_CONTROL_QUEUE);
@@ -159,6 +164,7 @@ pub(super) async fn run(
         "session",
         id,
         client = %s.client_id,
+        encoding = encoding.name(),
         user = tracing::field::Empty
     );
     let reason = async {
@@ -168,16 +174,13 @@ pub(super) async fn run(
             let step = tokio::select! {
                 _ = outbox.closing() => break None,
                 msg = stream.next() => match msg {
-                    Some(Ok(Message::Text(text))) => {
-                        let io = m::edge_io();
-                        io.messages_in.increment(1);
-                        io.bytes_in.increment(text.len() as u64);
-                        // Boxed: a command's future is large and lives only
-                        // while the command runs; inline, every idle
-                        // connection's task would carry its size.
-                        Box::pin(s.handle_frame(text.as_str())).await
-                    }
-                    Some(Ok(Message::Binary(_))) => Err(Disconnect::BAD_REQUEST),
+                    // As Centrifugo, text or binary alike: the bytes are
+                    // read in the connection's encoding.
+                    Some(Ok(Message::Text(text))) => Box::pin(s.handle_frame(text.into())).await,
+                    // Boxed: a command's future is large and lives only
+                    // while the command runs; inline, every idle
+                    // connection's task would carry its size.
+                    Some(Ok(Message::Binary(bytes))) => Box::pin(s.handle_frame(bytes)).await,
                     Some(Ok(Message::Close(_))) | None => break Some(CLIENT_CLOSED),
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "read failed");
@@ -310,21 +313,46 @@ impl Session {
     }
 
     fn send_ping(&mut self) {
-        let _ = self.outbox.push(Bytes::from_static(protocol::PING_FRAME));
+        let _ = self.outbox.push(self.encoding().ping_frame());
         if self.pong_deadline.is_none() {
             self.pong_deadline = Some(Instant::now() + self.edge.settings.client.pong_timeout);
         }
     }
 
-    fn reply(&self, reply: &Reply) {
-        let _ = self.outbox.push(protocol::encode_reply(reply));
+    /// The connection's encoding, fixed at the upgrade.
+    fn encoding(&self) -> Encoding {
+        self.outbox.encoding()
     }
 
-    async fn handle_frame(&mut self, text: &str) -> Result<(), Disconnect> {
-        if text.len() > self.edge.settings.client.message_size_limit {
-            return Err(MESSAGE_TOO_BIG);
+    /// `reply` in the connection's encoding. A reply that cannot be encoded
+    /// (only bytes Herald did not write can cause it) closes the connection
+    /// with 3004.
+    fn encode(&self, reply: &Reply) -> Option<Bytes> {
+        match self.encoding().encode_reply(reply) {
+            Ok(frame) => Some(frame),
+            Err(e) => {
+                tracing::error!(error = %e, "reply not encodable");
+                self.outbox.close(Disconnect::SERVER_ERROR);
+                None
+            }
         }
-        let commands = protocol::decode_commands(text).map_err(|_| Disconnect::BAD_REQUEST)?;
+    }
+
+    fn reply(&self, reply: &Reply) {
+        if let Some(frame) = self.encode(reply) {
+            let _ = self.outbox.push(frame);
+        }
+    }
+
+    async fn handle_frame(&mut self, frame: Bytes) -> Result<(), Disconnect> {
+        let io = m::edge_io();
+        io.messages_in.increment(1);
+        io.bytes_in.increment(frame.len() as u64);
+        let limit = self.edge.settings.client.message_size_limit;
+        let commands = self
+            .encoding()
+            .decode_commands(frame, limit)
+            .map_err(|BadFrame(d)| d)?;
         for cmd in commands {
             self.handle_command(cmd).await?;
             if self.outbox.is_closing() {

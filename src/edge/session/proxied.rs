@@ -119,7 +119,7 @@ impl Session {
         req: &crate::protocol::ConnectRequest,
     ) -> Result<ProxyGrant, Fail> {
         let body = wire::ConnectRequest {
-            base: wire::Base::new(&self.client_id),
+            base: wire::Base::new(&self.client_id, self.encoding().name()),
             data: req.data.as_deref(),
             name: &req.name,
             version: &req.version,
@@ -171,7 +171,7 @@ impl Session {
             return Err(Disconnect::EXPIRED);
         };
         let body = wire::RefreshRequest {
-            base: wire::Base::new(&self.client_id),
+            base: wire::Base::new(&self.client_id, self.encoding().name()),
             user: self.user(),
             channel: None,
             meta: self.meta_for(&proxy),
@@ -209,7 +209,7 @@ impl Session {
         req: &crate::protocol::SubscribeRequest,
     ) -> Result<SubscribeGrant, Fail> {
         let body = wire::SubscribeRequest {
-            base: wire::Base::new(&self.client_id),
+            base: wire::Base::new(&self.client_id, self.encoding().name()),
             user: self.user(),
             channel: &req.channel,
             token: &req.token,
@@ -240,7 +240,7 @@ impl Session {
     /// decides: `Some(exp)` lives on, `None` ends it (2501).
     pub(super) async fn sub_refresh_by_proxy(&mut self, proxy: &str, channel: &str) -> Option<u64> {
         let body = wire::RefreshRequest {
-            base: wire::Base::new(&self.client_id),
+            base: wire::Base::new(&self.client_id, self.encoding().name()),
             user: self.user(),
             channel: Some(channel),
             meta: self.meta_for(proxy),
@@ -291,7 +291,7 @@ impl Session {
         data: &RawValue,
     ) -> Result<PublishGrant, Fail> {
         let body = wire::PublishRequest {
-            base: wire::Base::new(&self.client_id),
+            base: wire::Base::new(&self.client_id, self.encoding().name()),
             user: self.user(),
             channel,
             data,
@@ -327,7 +327,7 @@ impl Session {
         req: RpcRequest,
     ) -> Result<Option<crate::protocol::ReplyResult>, Fail> {
         let body = wire::RpcRequest {
-            base: wire::Base::new(&self.client_id),
+            base: wire::Base::new(&self.client_id, self.encoding().name()),
             user: self.user(),
             method: &req.method,
             data: req.data.as_deref(),

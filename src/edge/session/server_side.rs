@@ -6,7 +6,7 @@ use super::subscribe::SubOptions;
 use super::{Session, close_deadline, ttl};
 use crate::channel::Channel;
 use crate::edge::command::SessionCommand;
-use crate::protocol::{self, Push, RefreshResult, Reply, Unsubscribe};
+use crate::protocol::{Disconnect, Push, RefreshResult, Reply, Unsubscribe};
 
 impl Session {
     /// One command of the server API (see `control`). Nothing is answered:
@@ -65,16 +65,27 @@ impl Session {
         };
         let recovered = std::mem::take(&mut p.result.publications);
         let mut head = Vec::with_capacity(recovered.len() + 1);
-        head.push(protocol::encode_reply(&Reply::push(Push {
+        let Some(push) = self.encode(&Reply::push(Push {
             channel: name.clone(),
             subscribe: Some(std::mem::take(&mut p.result)),
             ..Push::default()
-        })));
-        head.extend(
-            recovered
-                .iter()
-                .map(|publication| protocol::publication_push(&name, publication.get().as_bytes())),
-        );
+        })) else {
+            return;
+        };
+        head.push(push);
+        for publication in &recovered {
+            match self
+                .encoding()
+                .publication_push(&name, publication.get().as_bytes())
+            {
+                Ok(frame) => head.push(frame),
+                Err(e) => {
+                    tracing::error!(error = %e, "recovered publication not encodable");
+                    self.outbox.close(Disconnect::SERVER_ERROR);
+                    return;
+                }
+            }
+        }
         // The backend authorized it, private channels included.
         self.go_live(name, p, head, SubOptions::granted(private));
     }

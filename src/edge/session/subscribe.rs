@@ -15,8 +15,7 @@ use crate::channel::Channel;
 use crate::edge::presence::status_user;
 use crate::edge::registry::{FeedStatus, Member, SubscribeAs, Subscription};
 use crate::protocol::{
-    self, ClientInfo, Disconnect, ProtocolError, Reply, ReplyResult, SubscribeRequest,
-    SubscribeResult,
+    ClientInfo, Disconnect, ProtocolError, Reply, ReplyResult, SubscribeRequest, SubscribeResult,
 };
 
 /// What a new subscription records besides its registry entry.
@@ -93,7 +92,8 @@ impl Session {
         // the feed, whose push follows this one.
         let status = match status_user(channel.name) {
             Some(user) if channel.namespace == Some(crate::config::BUILTIN_STATUS_NAMESPACE) => {
-                self.edge.presence.status_push(channel.name, user).await
+                let publication = self.edge.presence.status_publication(user).await;
+                publication.and_then(|p| self.encoding().publication_push(channel.name, &p).ok())
             }
             _ => None,
         };
@@ -271,10 +271,13 @@ impl Session {
         };
         p.result.data = data;
         let grace = self.edge.settings.client.expired_close_delay;
-        let reply = protocol::encode_reply(&Reply::ok(
+        let Some(reply) = self.encode(&Reply::ok(
             id,
             ReplyResult::Subscribe(std::mem::take(&mut p.result)),
-        ));
+        )) else {
+            // Closing (3004): the subscription is dropped.
+            return Ok(None);
+        };
         let sub = SubOptions {
             expires_at: exp.map(|exp| close_deadline(exp, grace)),
             chan_info,

@@ -10,13 +10,13 @@ use futures::stream::SplitSink;
 use super::CLIENT_CLOSED;
 use crate::edge::outbox::{Close, Outbox};
 use crate::metrics as m;
-use crate::protocol::Disconnect;
+use crate::protocol::{Disconnect, Encoding};
 
 /// How long the writer spends on the last frames of a closing connection.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Drains the outbox into the socket until the connection closes: one
-/// WebSocket frame per drain, then on close the Close frame carrying the
+/// WebSocket frame per drain (text for JSON, binary for Protobuf), then on close the Close frame carrying the
 /// disconnect code and reason. As in Centrifugo's WebSocket transport, the
 /// Close frame is the only place a disconnect is said: no `disconnect` push
 /// before it (SDKs that read such a push take the connection as closed
@@ -32,12 +32,18 @@ pub(super) async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: 
         let batch = outbox.next_batch().await;
         if !batch.frame.is_empty() {
             let len = batch.frame.len() as u64;
-            let Ok(text) = Utf8Bytes::try_from(batch.frame) else {
-                tracing::error!("outbound frame is not UTF-8");
-                outbox.close(Disconnect::SERVER_ERROR);
-                continue;
+            let message = match outbox.encoding() {
+                Encoding::Protobuf => Message::Binary(batch.frame),
+                Encoding::Json => {
+                    let Ok(text) = Utf8Bytes::try_from(batch.frame) else {
+                        tracing::error!("outbound frame is not UTF-8");
+                        outbox.close(Disconnect::SERVER_ERROR);
+                        continue;
+                    };
+                    Message::Text(text)
+                }
             };
-            let send = sink.send(Message::Text(text));
+            let send = sink.send(message);
             tokio::pin!(send);
             let sent = tokio::select! {
                 r = &mut send => r.is_ok(),

@@ -267,13 +267,30 @@ pub fn encode_reply(reply: &Reply) -> Result<Bytes, EncodeError> {
             })
         }
         Some(ReplyResult::Rpc(r)) => {
+            // `null` is no data, as the JSON reply leaves it out.
+            let data = Some(&*r.data).filter(|d| d.get() != "null");
             out.rpc = Some(pb::RpcResult {
-                data: Bytes::copy_from_slice(r.data.get().as_bytes()),
+                data: raw_bytes(data),
             })
         }
         Some(ReplyResult::Push(p)) => out.push = Some(push(p)?),
     }
     Ok(Bytes::from(out.encode_length_delimited_to_vec()))
+}
+
+/// An async message push (the SDKs' client `message` event) carrying
+/// `data` as it is: the Protobuf counterpart of [`super::message_push`].
+pub fn message_push(data: &[u8]) -> Bytes {
+    let reply = pb::Reply {
+        push: Some(pb::Push {
+            message: Some(pb::Message {
+                data: Bytes::copy_from_slice(data),
+            }),
+            ..pb::Push::default()
+        }),
+        ..pb::Reply::default()
+    };
+    Bytes::from(reply.encode_length_delimited_to_vec())
 }
 
 /// Builds the length-delimited push of a publication from its JSON object
@@ -381,6 +398,7 @@ fn subscribe_result(r: &SubscribeResult) -> Result<pb::SubscribeResult, EncodeEr
         recovered: r.recovered,
         offset: r.offset,
         positioned: r.positioned,
+        data: raw_bytes(r.data.as_deref()),
         was_recovering: r.was_recovering,
         ..pb::SubscribeResult::default()
     })
@@ -392,6 +410,7 @@ fn connect_result(r: &ConnectResult) -> Result<pb::ConnectResult, EncodeError> {
         version: r.version.clone(),
         expires: r.expires,
         ttl: r.ttl,
+        data: raw_bytes(r.data.as_deref()),
         subs: r
             .subs
             .iter()
@@ -415,7 +434,7 @@ fn push(p: &Push) -> Result<pb::Push, EncodeError> {
             epoch: s.epoch.clone(),
             offset: s.offset,
             positioned: s.positioned,
-            data: Bytes::new(),
+            data: raw_bytes(s.data.as_deref()),
         }),
         refresh: p.refresh.as_ref().map(|r| pb::Refresh {
             expires: r.expires,
