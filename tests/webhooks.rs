@@ -358,10 +358,18 @@ async fn a_receiver_outage_and_a_dispatcher_crash_lose_nothing() {
     // Receiver down: activity goes on, clients notice nothing.
     let outage = Instant::now();
     server.kill().await;
+    let mut slowest = Duration::ZERO;
     for _ in 0..4 {
         let u = next_user();
+        let started = Instant::now();
         session(edge.addr(), &u, &token(&u), true, &mut expected).await;
+        slowest = slowest.max(started.elapsed());
     }
+    // Clients notice nothing: a whole session takes what it takes anyway.
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a session took {slowest:?}"
+    );
     publish(&edge, 5, &mut expected).await;
 
     // The dispatcher's process dies mid-outage and comes back.
@@ -457,7 +465,7 @@ async fn a_receiver_outage_and_a_dispatcher_crash_lose_nothing() {
     assert_eq!(events.len(), want_total);
     let retries = serve.metric("herald_webhook_retries_total", &[]).await;
     println!(
-        "webhooks outage: {} events, {} duplicates on the wire, receiver down {:.1}s, caught up {:.1}s after it came back; retries counted by the new dispatcher: {retries}",
+        "webhooks outage: {} events, {} duplicates on the wire, receiver down {:.1}s, caught up {:.1}s after it came back; retries counted by the new dispatcher: {retries}; slowest client session during the outage {slowest:?}",
         events.len(),
         duplicates,
         down_for.as_secs_f64(),
@@ -494,9 +502,11 @@ async fn an_event_failing_past_max_age_is_given_up_and_its_user_goes_on() {
     // Answered 500 until past max age: given up, counted. (Metrics are
     // per test process: only this test gives events up or retries.)
     let (first, _) = WsClient::connect(herald.addr, &herald.token("alice")).await;
-    common::eventually("alice's event given up", Duration::from_secs(10), || async {
-        (metric("herald_webhook_events_expired_total").await? >= 1.0).then_some(())
-    })
+    common::eventually(
+        "alice's event given up",
+        Duration::from_secs(10),
+        || async { (metric("herald_webhook_events_expired_total").await? >= 1.0).then_some(()) },
+    )
     .await;
     assert!(receiver.all().is_empty());
     // alice's next event goes out: her lane did not stay blocked.
@@ -521,7 +531,50 @@ async fn an_event_failing_past_max_age_is_given_up_and_its_user_goes_on() {
             .unwrap();
         common::process::metric_value(&text, "herald_webhook_retries_total", &[]).unwrap()
     };
-    assert!(retries >= 3.0, "retried with backoff before giving up: {retries}");
+    assert!(
+        retries >= 3.0,
+        "retried with backoff before giving up: {retries}"
+    );
     first.close().await;
     second.close().await;
+}
+
+#[tokio::test]
+async fn a_full_emit_queue_drops_and_counts_without_slowing_clients() {
+    let mut nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&nats, dir.path().to_path_buf());
+    config.webhooks.endpoints = vec![format!("http://127.0.0.1:{}/hook", free_port())];
+    config.webhooks.secret = Some(Secret::new(HOOK_SECRET));
+    config.webhooks.emit_queue = 2;
+    let herald = TestHerald::start(config).await;
+    // JetStream unreachable: the emitter cannot store events, the queue fills.
+    nats.kill().await;
+    let mut slowest = Duration::ZERO;
+    for i in 0..10 {
+        let started = Instant::now();
+        let (c, _) = WsClient::connect(herald.addr, &herald.token(&format!("q{i}"))).await;
+        c.close().await;
+        slowest = slowest.max(started.elapsed());
+    }
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a connect took {slowest:?}"
+    );
+    let dropped = common::eventually("drops counted", Duration::from_secs(10), || {
+        let url = herald.url("/metrics");
+        async move {
+            let text = reqwest::get(url).await.ok()?.text().await.ok()?;
+            common::process::metric_value(
+                &text,
+                "herald_webhook_events_dropped_total",
+                &[("reason", "queue_full")],
+            )
+            .filter(|d| *d >= 10.0)
+        }
+    })
+    .await;
+    println!(
+        "emit queue of 2, NATS down: {dropped} events dropped and counted; slowest connect+close {slowest:?}"
+    );
 }
