@@ -238,9 +238,20 @@ pub struct Config {
     pub presence: PresenceConfig,
     /// Proxies to the application backend and where they are used.
     pub proxies: ProxiesConfig,
-    /// Event webhooks (`crate::webhooks`).
+    /// Event webhooks (the webhooks module).
     pub webhooks: WebhookConfig,
 }
+
+/// The event types `webhook_events` may name (the webhooks module's `Kind`).
+pub const WEBHOOK_EVENT_TYPES: &[&str] = &[
+    "connected",
+    "disconnected",
+    "subscribed",
+    "unsubscribed",
+    "user_online",
+    "user_offline",
+    "published",
+];
 
 /// The `webhook_*` options.
 #[derive(Debug, Clone)]
@@ -248,7 +259,8 @@ pub struct WebhookConfig {
     /// Empty: webhooks off.
     pub endpoints: Vec<String>,
     pub secret: Option<Secret>,
-    pub events: std::collections::BTreeSet<crate::webhooks::Kind>,
+    /// Event types to emit, each one of [`WEBHOOK_EVENT_TYPES`].
+    pub events: std::collections::BTreeSet<String>,
     pub timeout: Duration,
     pub retry_initial: Duration,
     pub retry_max: Duration,
@@ -929,8 +941,11 @@ impl Config {
                     .map(str::trim)
                     .filter(|k| !k.is_empty())
                     .map(|k| {
-                        crate::webhooks::Kind::parse(k)
-                            .ok_or_else(|| format!("unknown event type {k:?}"))
+                        if WEBHOOK_EVENT_TYPES.contains(&k) {
+                            Ok(k.to_string())
+                        } else {
+                            Err(format!("unknown event type {k:?}"))
+                        }
                     })
                     .collect()
             }),

@@ -489,7 +489,7 @@ async fn an_event_failing_past_max_age_is_given_up_and_its_user_goes_on() {
     config.webhooks.retry_initial = Duration::from_millis(50);
     config.webhooks.retry_max = Duration::from_millis(200);
     config.webhooks.max_age = Duration::from_secs(1);
-    config.webhooks.events = [herald::webhooks::Kind::Connected].into();
+    config.webhooks.events = ["connected".to_string()].into();
     let herald = TestHerald::start(config).await;
     let metric = |name: &'static str| {
         let url = herald.url("/metrics");

@@ -80,7 +80,7 @@ impl Emitter {
             inner: Some(Arc::new(Inner {
                 tx,
                 status: status_tx,
-                kinds: cfg.events.clone(),
+                kinds: cfg.events.iter().filter_map(|k| Kind::parse(k)).collect(),
             })),
         };
         let js = jetstream::new(nats);
@@ -330,7 +330,7 @@ impl PublishedEvents {
         cfg: &WebhookConfig,
         channels: &ChannelsConfig,
     ) -> Option<Self> {
-        (cfg.enabled() && cfg.events.contains(&Kind::Published)).then(|| Self {
+        (cfg.enabled() && cfg.events.contains(Kind::Published.label())).then(|| Self {
             js: jetstream::new(nats),
             cfg: cfg.clone(),
             channels: channels.clone(),

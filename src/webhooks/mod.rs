@@ -370,5 +370,8 @@ mod tests {
         let head: Head = serde_json::from_slice(&serde_json::to_vec(&p).unwrap()).unwrap();
         assert_eq!((head.kind, head.time_ms), (Kind::Published, 1));
         assert!(Kind::ALL.iter().all(|k| Kind::parse(k.label()) == Some(*k)));
+        let labels: Vec<&str> = Kind::ALL.iter().map(|k| k.label()).collect();
+        assert_eq!(labels, crate::config::WEBHOOK_EVENT_TYPES);
+        assert_eq!(labels, crate::metrics::labels::WEBHOOK_TYPES);
     }
 }
