@@ -578,3 +578,65 @@ async fn a_full_emit_queue_drops_and_counts_without_slowing_clients() {
         "emit queue of 2, NATS down: {dropped} events dropped and counted; slowest connect+close {slowest:?}"
     );
 }
+
+#[tokio::test]
+async fn a_user_on_two_edges_is_online_once_and_offline_once() {
+    let nats = TestNats::start().await;
+    let receiver = Receiver::default();
+    let port = free_port();
+    let _server = receiver.start(port).await;
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = |s: Spec| {
+        s.set("webhook_endpoints", format!("http://127.0.0.1:{port}/hook"))
+            .set("webhook_secret", HOOK_SECRET)
+            .set("webhook_events", "user_online,user_offline,disconnected")
+    };
+    let _serve = HeraldProcess::start(hooks(Spec::serve(
+        "serve",
+        nats.url(),
+        &dir.path().join("data"),
+    )))
+    .await;
+    let a = HeraldProcess::start(hooks(Spec::edge("edge-a", nats.url()))).await;
+    let b = HeraldProcess::start(hooks(Spec::edge("edge-b", nats.url()))).await;
+    let token = herald::auth::mint(
+        common::node::SECRET,
+        "carol",
+        None,
+        Duration::from_secs(3600),
+    );
+    let count = |t: &'static str| {
+        let events = receiver.events();
+        events.iter().filter(|e| e["type"] == t).count()
+    };
+    let disconnected = |n: usize| {
+        common::eventually(
+            "the disconnect",
+            Duration::from_secs(10),
+            move || async move { (count("disconnected") >= n).then_some(()) },
+        )
+    };
+
+    let (on_a, _) = WsClient::connect(a.addr(), &token).await;
+    common::eventually("carol online", Duration::from_secs(10), || async {
+        (count("user_online") == 1).then_some(())
+    })
+    .await;
+    // A second connection through another edge: still the same online user.
+    let (on_b, _) = WsClient::connect(b.addr(), &token).await;
+    on_a.close().await;
+    disconnected(1).await;
+    // The offline check of edge A's last connection runs after the
+    // disconnect; give it its gather time before judging.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(count("user_online"), 1, "{:?}", receiver.events());
+    assert_eq!(count("user_offline"), 0, "carol is still on edge B");
+    on_b.close().await;
+    disconnected(2).await;
+    common::eventually("carol offline", Duration::from_secs(10), || async {
+        (count("user_offline") == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!((count("user_online"), count("user_offline")), (1, 1));
+}
