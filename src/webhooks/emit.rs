@@ -9,6 +9,11 @@
 //! answer publishes (NATS down, the stream full): the publishing task retries
 //! the event in hand with backoff and takes no more meanwhile.
 //!
+//! Order: one task publishes a process's events in queue order on one NATS
+//! connection, so the stream holds them in that order. A publish refused
+//! while a later one of the same round was stored is retried after it
+//! (JetStream drops a repeated id): only a JetStream error can reorder.
+//!
 //! Knows nothing of sessions or presence beyond [`StatusSource`].
 
 use std::collections::BTreeSet;
