@@ -29,7 +29,7 @@ use crate::config::{ChannelsConfig, NamespaceOptions};
 use crate::protocol::ProtocolError;
 
 pub const MAX_CHANNEL_BYTES: usize = 255;
-const NAMESPACE_SEPARATOR: char = ':';
+pub const NAMESPACE_SEPARATOR: char = ':';
 const USER_BOUNDARY: char = '#';
 const USER_SEPARATOR: char = ',';
 const PRIVATE_PREFIX: char = '$';
@@ -199,6 +199,7 @@ mod tests {
             membership: false,
             receipts: true,
             track_publishers: true,
+            publish_events: false,
         };
         let mut namespaces = BTreeMap::new();
         namespaces.insert("dm".to_string(), default.clone());

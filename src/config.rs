@@ -125,6 +125,22 @@ options! {
     "channel_track_publishers" = "true" : "Default namespace: in a history channel without members (an open channel), a client's publish moves the publisher's read marker to it and lists the channel in their conversations, as in channels with members (own messages are never unread). One marker write per client publish: set false where publishes are no conversation (telemetry, game state).";
     "presence_ttl" = "60s" : "An edge that sent no heartbeat for this long is dead: its connections leave every presence, join/leave (leave pushes) and user status. Edges heartbeat every third of it.";
     "user_status_for_clients" = "false" : "Clients may call the RPC method `herald.user_status` (other users' online status).";
+    "channel_publish_events" = "false" : "Default namespace: with webhooks on, every publication stored in the namespace is also sent as a `published` event (channel, offset, epoch, data, info), after the writer's commit.";
+    "webhook_endpoints" = "" : "Comma-separated http:// URLs that receive the event webhooks (README, Event webhooks); each event is POSTed to every one. Empty = webhooks off: no event is emitted. Set the webhook_* options alike on every process (edges emit, writers emit `published` and dispatch).";
+    "webhook_secret" = "" : "Key of the HMAC-SHA256 signature of each event body (header X-Herald-Signature: sha256=<hex>); required with webhook_endpoints.";
+    "webhook_events" = "connected,disconnected,subscribed,unsubscribed,user_online,user_offline,published" : "Comma-separated event types to emit (`published` only in namespaces with publish_events).";
+    "webhook_timeout" = "5s" : "Longest one POST may take (connect, send, answer); past it the attempt failed and is retried.";
+    "webhook_retry_initial" = "500ms" : "Wait after an event's first failed delivery; doubled after each further failure (±20 % jitter) up to webhook_retry_max.";
+    "webhook_retry_max" = "60s" : "Longest wait between two delivery attempts of one event.";
+    "webhook_max_age" = "24h" : "An event still not delivered this long after it happened is given up: acked, counted in herald_webhook_events_expired_total and logged. Its user's next events follow.";
+    "webhook_concurrency" = "64" : "Events being delivered at once (each from a different key: one user's events go one at a time, in order).";
+    "webhook_max_pending" = "10000" : "Events the dispatcher holds at once (the consumer's max_ack_pending); more wait in the stream.";
+    "webhook_emit_queue" = "65536" : "Per process, events waiting to be stored in the events stream; full (JetStream down or the stream full): a new event is dropped and counted in herald_webhook_events_dropped_total{reason=\"queue_full\"}, the client is never slowed.";
+    "webhook_stream" = "HERALD_EVENTS" : "Name of the JetStream stream holding events until they are delivered (created at start, work-queue retention).";
+    "webhook_subject" = "herald.events" : "Subject prefix of events (`<prefix>.<type>`); the stream takes `<prefix>.>`.";
+    "webhook_stream_replicas" = "1" : "Replicas of the events stream (1, 3 or 5; a cluster needs that many nodes).";
+    "webhook_stream_max_age" = "72h" : "Events older than this leave the stream undelivered; at least webhook_max_age.";
+    "webhook_stream_max_bytes" = "1073741824" : "Bytes the events stream may hold; full: new events are refused (dropped, counted) and undelivered ones kept.";
     "proxies" = "" : "Named HTTP proxies to the application backend, as Centrifugo v6's `proxies`: in the file `[[proxies]]` tables, in the environment or a flag a JSON array of the same objects. Each has `name`, `endpoint` (an http:// URL), `timeout` (default 1s), `http_headers` (names of the client's WebSocket upgrade request headers to forward, e.g. cookie), `static_http_headers` (a table of headers sent with every request) and `include_connection_meta` (send the `meta` the connect proxy gave). The *_proxy_enabled options below use them by name. Empty = none.";
     "client_connect_proxy_enabled" = "false" : "A client connecting without a token is authorized by the proxy named by client_connect_proxy_name (Centrifugo's client.proxy.connect); a client with a token is verified by the token as before.";
     "client_connect_proxy_name" = "default" : "The proxy (a `proxies` name) client_connect_proxy_enabled uses.";
@@ -223,6 +239,47 @@ pub struct Config {
     pub presence: PresenceConfig,
     /// Proxies to the application backend and where they are used.
     pub proxies: ProxiesConfig,
+    /// Event webhooks (the webhooks module).
+    pub webhooks: WebhookConfig,
+}
+
+/// The event types `webhook_events` may name (the webhooks module's `Kind`).
+pub const WEBHOOK_EVENT_TYPES: &[&str] = &[
+    "connected",
+    "disconnected",
+    "subscribed",
+    "unsubscribed",
+    "user_online",
+    "user_offline",
+    "published",
+];
+
+/// The `webhook_*` options.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// Empty: webhooks off.
+    pub endpoints: Vec<String>,
+    pub secret: Option<Secret>,
+    /// Event types to emit, each one of [`WEBHOOK_EVENT_TYPES`].
+    pub events: std::collections::BTreeSet<String>,
+    pub timeout: Duration,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    pub max_age: Duration,
+    pub concurrency: usize,
+    pub max_pending: i64,
+    pub emit_queue: usize,
+    pub stream: String,
+    pub subject: String,
+    pub stream_replicas: usize,
+    pub stream_max_age: Duration,
+    pub stream_max_bytes: i64,
+}
+
+impl WebhookConfig {
+    pub fn enabled(&self) -> bool {
+        !self.endpoints.is_empty()
+    }
 }
 
 /// Presence, join/leave and user status across edges (`presence_ttl`,
@@ -454,6 +511,8 @@ pub struct NamespaceOptions {
     /// A client publish into an open history channel moves the publisher's
     /// read marker (always so in channels with members).
     pub track_publishers: bool,
+    /// Stored publications are sent as `published` webhook events.
+    pub publish_events: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -738,6 +797,7 @@ struct NamespaceFile {
     membership: Option<bool>,
     receipts: Option<bool>,
     track_publishers: Option<bool>,
+    publish_events: Option<bool>,
 }
 
 /// One `[[proxies]]` entry as written (TOML or JSON).
@@ -877,7 +937,71 @@ impl Config {
             membership: p.parse("channel_membership", parse_bool),
             receipts: p.parse("channel_receipts", parse_bool),
             track_publishers: p.parse("channel_track_publishers", parse_bool),
+            publish_events: p.parse("channel_publish_events", parse_bool),
         };
+        let webhooks = WebhookConfig {
+            endpoints: p.parse("webhook_endpoints", parse_endpoints),
+            secret: p.optional_secret("webhook_secret"),
+            events: p.parse("webhook_events", |s| {
+                s.split(',')
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(|k| {
+                        if WEBHOOK_EVENT_TYPES.contains(&k) {
+                            Ok(k.to_string())
+                        } else {
+                            Err(format!("unknown event type {k:?}"))
+                        }
+                    })
+                    .collect()
+            }),
+            timeout: p.parse("webhook_timeout", parse_duration_positive),
+            retry_initial: p.parse("webhook_retry_initial", parse_duration_positive),
+            retry_max: p.parse("webhook_retry_max", parse_duration_positive),
+            max_age: p.parse("webhook_max_age", parse_duration_positive),
+            concurrency: p.parse("webhook_concurrency", parse_positive),
+            max_pending: p.parse("webhook_max_pending", |s| {
+                parse_positive(s).map(|n| n as i64)
+            }),
+            emit_queue: p.parse("webhook_emit_queue", parse_positive),
+            stream: p.parse("webhook_stream", |s| {
+                if !s.is_empty()
+                    && s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                {
+                    Ok(s.to_string())
+                } else {
+                    Err("expected letters, digits, `_` or `-`".into())
+                }
+            }),
+            subject: p.parse("webhook_subject", |s| {
+                if !s.is_empty()
+                    && s.split('.').all(|t| {
+                        !t.is_empty() && !t.contains(['*', '>']) && !t.contains(char::is_whitespace)
+                    })
+                {
+                    Ok(s.to_string())
+                } else {
+                    Err("expected dot-separated tokens without wildcards".into())
+                }
+            }),
+            stream_replicas: p.parse("webhook_stream_replicas", parse_replicas),
+            stream_max_age: p.parse("webhook_stream_max_age", parse_duration_positive),
+            stream_max_bytes: p.parse("webhook_stream_max_bytes", |s| {
+                parse_positive(s).map(|n| n as i64)
+            }),
+        };
+        if webhooks.enabled() && webhooks.secret.is_none() {
+            p.errors.push(
+                "webhook_secret (HERALD_WEBHOOK_SECRET): required with webhook_endpoints".into(),
+            );
+        }
+        if webhooks.stream_max_age < webhooks.max_age {
+            p.errors.push("webhook_stream_max_age (HERALD_WEBHOOK_STREAM_MAX_AGE): must be at least webhook_max_age".into());
+        }
+        if webhooks.retry_initial > webhooks.retry_max {
+            p.errors.push("webhook_retry_initial (HERALD_WEBHOOK_RETRY_INITIAL): must not exceed webhook_retry_max".into());
+        }
         let proxy_list = p.parse("proxies", parse_proxies);
         let proxy_name = |p: &mut Parser<'_>, enabled: &'static str, name: &'static str| {
             p.parse(enabled, parse_bool).then(|| p.string(name))
@@ -1156,6 +1280,7 @@ impl Config {
             },
             presence,
             proxies,
+            webhooks,
         };
         let mut config = config;
         // Built in, so one-to-one chats (`dm:#alice,bob`) work with no
@@ -1251,6 +1376,7 @@ impl Config {
                 membership: f.membership.unwrap_or(base.membership),
                 receipts: f.receipts.unwrap_or(base.receipts),
                 track_publishers: f.track_publishers.unwrap_or(base.track_publishers),
+                publish_events: f.publish_events.unwrap_or(base.publish_events),
             };
             config.channels.namespaces.insert(name, o);
         }
@@ -1517,6 +1643,18 @@ fn parse_replicas(s: &str) -> Result<usize, String> {
         n @ 1..=5 => Ok(n),
         _ => Err("expected 1..=5 (JetStream's limit)".into()),
     }
+}
+
+/// Comma-separated http:// URLs (webhook receivers).
+fn parse_endpoints(s: &str) -> Result<Vec<String>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|e| match e.parse::<axum::http::Uri>() {
+            Ok(u) if u.scheme_str() == Some("http") && u.host().is_some() => Ok(e.to_string()),
+            _ => Err(format!("{e:?} is not an http:// URL")),
+        })
+        .collect()
 }
 
 fn parse_positive(s: &str) -> Result<usize, String> {
@@ -2002,6 +2140,48 @@ publish_proxy_name = "nope"
         ] {
             let e = load(None, &[(key, bad)], &[]).unwrap_err().to_string();
             assert!(e.contains(key), "{key}={bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn webhooks_are_off_by_default_and_checked_when_on() {
+        let c = Config::defaults();
+        assert!(!c.webhooks.enabled());
+        assert_eq!(c.webhooks.events.len(), 7);
+        assert!(!c.channels.default.publish_events);
+        let c = load(
+            Some("webhook_endpoints = \"http://a:1/h, http://b:2/h\"\nwebhook_secret = \"s\"\nwebhook_events = \"connected,published\"\n[namespaces.feed]\npublish_events = true"),
+            &[],
+            &[],
+        )
+        .unwrap();
+        assert!(c.webhooks.enabled());
+        assert_eq!(c.webhooks.endpoints, ["http://a:1/h", "http://b:2/h"]);
+        assert_eq!(c.webhooks.events.len(), 2);
+        assert!(c.channels.namespaces["feed"].publish_events);
+        for (env, needle) in [
+            (
+                &[("HERALD_WEBHOOK_ENDPOINTS", "http://a/h")][..],
+                "webhook_secret",
+            ),
+            (
+                &[("HERALD_WEBHOOK_ENDPOINTS", "https://a/h")][..],
+                "WEBHOOK_ENDPOINTS",
+            ),
+            (&[("HERALD_WEBHOOK_EVENTS", "connected,typo")][..], "typo"),
+            (
+                &[("HERALD_WEBHOOK_MAX_AGE", "100d")][..],
+                "webhook_stream_max_age",
+            ),
+            (
+                &[("HERALD_WEBHOOK_RETRY_INITIAL", "2m")][..],
+                "webhook_retry_initial",
+            ),
+            (&[("HERALD_WEBHOOK_SUBJECT", "a.*")][..], "WEBHOOK_SUBJECT"),
+            (&[("HERALD_WEBHOOK_STREAM", "a.b")][..], "WEBHOOK_STREAM"),
+        ] {
+            let e = load(None, env, &[]).unwrap_err().to_string();
+            assert!(e.contains(needle), "{env:?}: {e}");
         }
     }
 }

@@ -13,6 +13,7 @@
 //! - [`sync`]: history reads over HTTP and NATS request/reply.
 //! - [`api`]: the server HTTP API.
 //! - [`proxy`]: Centrifugo-compatible HTTP proxies to the application backend.
+//! - [`webhooks`]: durable event webhooks (emit, the events stream, the dispatcher).
 //! - [`store`]: the `Store` trait, its contract suite, the embedded backend.
 //! - [`http_limit`]: per-IP and per-credential request rates of the HTTP APIs (429).
 //! - [`http_server`]: serves a router with header-read/idle timeouts and a connection cap.
@@ -49,4 +50,5 @@ pub mod sync;
 pub mod telemetry;
 pub mod tls;
 pub mod tokens;
+pub mod webhooks;
 pub mod writer;

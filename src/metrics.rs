@@ -91,6 +91,15 @@ pub const API_REQUESTS_TOTAL: &str = "herald_api_requests_total";
 pub const PROXY_REQUESTS_TOTAL: &str = "herald_proxy_requests_total";
 pub const PROXY_SECONDS: &str = "herald_proxy_request_seconds";
 
+// Event webhooks (edge and writer emit; the writer holding partition 0 dispatches).
+pub const WEBHOOK_EMITTED_TOTAL: &str = "herald_webhook_events_emitted_total";
+pub const WEBHOOK_DROPPED_TOTAL: &str = "herald_webhook_events_dropped_total";
+pub const WEBHOOK_DELIVERED_TOTAL: &str = "herald_webhook_events_delivered_total";
+pub const WEBHOOK_RETRIES_TOTAL: &str = "herald_webhook_retries_total";
+pub const WEBHOOK_EXPIRED_TOTAL: &str = "herald_webhook_events_expired_total";
+pub const WEBHOOK_DELIVERY_SECONDS: &str = "herald_webhook_delivery_seconds";
+pub const WEBHOOK_REQUEST_SECONDS: &str = "herald_webhook_request_seconds";
+
 // Abuse limits (every role's listeners; the edge's clients).
 pub const LIMIT_HITS_TOTAL: &str = "herald_limit_hits_total";
 
@@ -265,6 +274,34 @@ pub const HELP: &[(&str, &str)] = &[
     (
         PROXY_SECONDS,
         "Duration of calls to the application backend's proxies, by proxy and kind.",
+    ),
+    (
+        WEBHOOK_EMITTED_TOTAL,
+        "Webhook events stored in the events stream, by type.",
+    ),
+    (
+        WEBHOOK_DROPPED_TOTAL,
+        "Webhook events lost before the events stream stored them, by reason (queue_full: the emit queue was full; publish_failed: JetStream refused them until shutdown or the writer's tries ran out).",
+    ),
+    (
+        WEBHOOK_DELIVERED_TOTAL,
+        "Webhook events every endpoint answered 2xx to, by type.",
+    ),
+    (
+        WEBHOOK_RETRIES_TOTAL,
+        "Webhook delivery attempts that failed and will be retried after a backoff.",
+    ),
+    (
+        WEBHOOK_EXPIRED_TOTAL,
+        "Webhook events given up undelivered after webhook_max_age, by type.",
+    ),
+    (
+        WEBHOOK_DELIVERY_SECONDS,
+        "Time from an event to its delivery (every endpoint answered 2xx).",
+    ),
+    (
+        WEBHOOK_REQUEST_SECONDS,
+        "Duration of one webhook POST, answered or not.",
     ),
     (
         LIMIT_HITS_TOTAL,
@@ -489,7 +526,19 @@ pub mod labels {
     /// channel subject (the writer's, or one without history), a reply (the
     /// writer's to a publisher, sync's to a request), a per-user control
     /// message.
-    pub const NATS_PUBLISH_KINDS: &[&str] = &["ingest", "channel", "reply", "control"];
+    pub const NATS_PUBLISH_KINDS: &[&str] = &["ingest", "channel", "reply", "control", "webhook"];
+    /// `type` of the webhook counters.
+    pub const WEBHOOK_TYPES: &[&str] = &[
+        "connected",
+        "disconnected",
+        "subscribed",
+        "unsubscribed",
+        "user_online",
+        "user_offline",
+        "published",
+    ];
+    /// `reason` of [`super::WEBHOOK_DROPPED_TOTAL`].
+    pub const WEBHOOK_DROP_REASONS: &[&str] = &["queue_full", "publish_failed"];
 }
 
 /// Latency buckets (seconds): 100 µs to 10 s.
@@ -538,6 +587,9 @@ fn build(role: &'static str) -> Metrics {
             b.set_buckets_for_metric(Matcher::Full(WRITER_INGEST_LAG_SECONDS.into()), LAG_BUCKETS)
         })
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(DELIVERY_SECONDS.into()), LAG_BUCKETS))
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(WEBHOOK_DELIVERY_SECONDS.into()), LAG_BUCKETS)
+        })
         .and_then(|b| {
             b.set_buckets_for_metric(Matcher::Full(WRITER_BATCH_SIZE.into()), SIZE_BUCKETS)
         })
@@ -676,6 +728,24 @@ fn register(role: RoleParts) {
         ] {
             let _ = metrics::histogram!(name);
         }
+    }
+
+    if role.edge || role.writer {
+        for t in WEBHOOK_TYPES {
+            metrics::counter!(WEBHOOK_EMITTED_TOTAL, "type" => *t).increment(0);
+        }
+        for reason in WEBHOOK_DROP_REASONS {
+            metrics::counter!(WEBHOOK_DROPPED_TOTAL, "reason" => *reason).increment(0);
+        }
+    }
+    if role.writer {
+        for t in WEBHOOK_TYPES {
+            metrics::counter!(WEBHOOK_DELIVERED_TOTAL, "type" => *t).increment(0);
+            metrics::counter!(WEBHOOK_EXPIRED_TOTAL, "type" => *t).increment(0);
+        }
+        counter(WEBHOOK_RETRIES_TOTAL);
+        let _ = metrics::histogram!(WEBHOOK_DELIVERY_SECONDS);
+        let _ = metrics::histogram!(WEBHOOK_REQUEST_SECONDS);
     }
 
     if role.sync {

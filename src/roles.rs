@@ -343,6 +343,11 @@ pub async fn start_with_shutdown(
         .map_or(config.nats.url.clone(), |c| c.url.clone());
     let js = async_nats::jetstream::new(nats.clone());
     bus::ingest::ensure_stream(&js, &config.ingest).await?;
+    if config.webhooks.enabled() && (role.has_edge() || role.has_writer()) {
+        crate::webhooks::ensure_stream(&js, &config.webhooks)
+            .await
+            .map_err(|e| anyhow::anyhow!("creating the webhook events stream: {e}"))?;
+    }
     let info = nats.server_info();
     tracing::info!(
         url = %crate::secrets::redact_urls(&nats_url),
@@ -419,8 +424,14 @@ pub async fn start_with_shutdown(
             store.clone().expect("writer has a store"),
             shutdown.clone(),
         );
+        let hooks =
+            crate::webhooks::WriterHooks::new(nats.clone(), &config.webhooks, &config.channels);
         writer_task = Some(tokio::spawn(async move {
-            if let Err(e) = writer::run(client, store, settings, token.clone()).await {
+            let run = match writer::WriterInstance::new(client, store, settings) {
+                Ok(w) => w.with_webhooks(hooks).run(token.clone()).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = run {
                 tracing::error!(error = %e, "writer stopped");
                 token.cancel();
             }
@@ -469,9 +480,16 @@ pub async fn start_with_shutdown(
             .serve_presence(shutdown.clone())
             .await
             .context("starting presence (queries, heartbeats, status bucket)")?;
+        let webhooks = config
+            .webhooks
+            .enabled()
+            .then(|| e.start_webhooks(&config.webhooks, shutdown.clone()));
         control_task = Some(tokio::spawn(async move {
             let _ = control.await;
             let _ = presence.await;
+            if let Some(w) = webhooks {
+                let _ = w.await;
+            }
         }));
         router = router.merge(e.router());
         notes.api_enabled = config.api_key.is_some();

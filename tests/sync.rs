@@ -49,6 +49,7 @@ fn channels() -> ChannelsConfig {
         membership: false,
         receipts: true,
         track_publishers: true,
+        publish_events: false,
     };
     let mut namespaces = BTreeMap::new();
     namespaces.insert("dm".to_string(), default.clone());

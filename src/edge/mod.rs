@@ -108,6 +108,8 @@ pub struct Edge {
     proxies: crate::proxy::Proxies,
     /// Typing limit, receipt coalescing, written member rows ([`im`]).
     im: im::Im,
+    /// Event webhooks (`crate::webhooks`), set once at start when on.
+    webhooks: std::sync::OnceLock<crate::webhooks::Emitter>,
 }
 
 impl Edge {
@@ -150,7 +152,34 @@ impl Edge {
             events: std::sync::Mutex::new(Some(events)),
             next_session: AtomicU64::new(1),
             closing: AtomicBool::new(false),
+            webhooks: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Starts emitting event webhooks (call once, before accepting
+    /// connections); the task runs until `shutdown`, then publishes what is
+    /// queued.
+    pub fn start_webhooks(
+        &self,
+        cfg: &crate::config::WebhookConfig,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let (emitter, task) = crate::webhooks::Emitter::start(
+            self.nats.clone(),
+            cfg,
+            self.presence.clone(),
+            shutdown,
+        );
+        self.presence.set_webhooks(emitter.clone());
+        let _ = self.webhooks.set(emitter);
+        task
+    }
+
+    /// The event webhooks' emitter (off unless started).
+    fn webhooks(&self) -> &crate::webhooks::Emitter {
+        self.webhooks
+            .get()
+            .unwrap_or(&crate::webhooks::Emitter::OFF)
     }
 
     /// `GET /connection/websocket`.

@@ -177,6 +177,8 @@ pub struct Presence {
     edges: Mutex<HashMap<Arc<str>, Instant>>,
     deaths: broadcast::Sender<Arc<str>>,
     kv: OnceLock<kv::Store>,
+    /// Told of users' first and last connections here (event webhooks).
+    webhooks: OnceLock<crate::webhooks::Emitter>,
 }
 
 impl Presence {
@@ -190,7 +192,13 @@ impl Presence {
             kv_replicas,
             deaths: broadcast::channel(DEATH_QUEUE).0,
             kv: OnceLock::new(),
+            webhooks: OnceLock::new(),
         })
+    }
+
+    /// Tells `emitter` of users' first and last connections here from now on.
+    pub fn set_webhooks(&self, emitter: crate::webhooks::Emitter) {
+        let _ = self.webhooks.set(emitter);
     }
 
     pub fn id(&self) -> &Arc<str> {
@@ -454,10 +462,12 @@ impl Presence {
             PresenceEvent::Join { channel, info } => (channel, "join", info),
             PresenceEvent::Leave { channel, info } => (channel, "leave", info),
             PresenceEvent::UserOnline(user) => {
+                self.webhook_user(&user, None);
                 self.hint(&user).await;
                 return;
             }
             PresenceEvent::UserOffline { user, at } => {
+                self.webhook_user(&user, Some(at));
                 // Hinted at once (this edge answers the time until the bucket
                 // has it), then recorded.
                 self.hint(&user).await;
@@ -491,6 +501,12 @@ impl Presence {
         {
             metrics::counter!(m::NATS_PUBLISH_ERRORS_TOTAL, "kind" => "channel").increment(1);
             tracing::debug!(error = %e, "join/leave publish failed");
+        }
+    }
+
+    fn webhook_user(&self, user: &Arc<str>, offline_at: Option<u64>) {
+        if let Some(w) = self.webhooks.get() {
+            w.user_changed(user, offline_at);
         }
     }
 
@@ -673,6 +689,26 @@ impl Presence {
         let status = self.user_status(&[user.to_string()]).await.ok()?.pop()?;
         let data = serde_json::to_vec(&status).ok()?;
         Some(crate::protocol::encode_publication(&data, None, 0, ""))
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::webhooks::StatusSource for Presence {
+    /// Whether a live edge other than this one reports a connection of
+    /// `user`.
+    async fn online_elsewhere(&self, user: &str) -> Option<bool> {
+        let answers = self
+            .gather(&Query::Status {
+                users: vec![user.to_string()],
+            })
+            .await
+            .ok()?;
+        Some(
+            answers
+                .iter()
+                .filter(|a| a.edge.as_str() != &*self.id)
+                .any(|a| a.online.iter().any(|u| u == user)),
+        )
     }
 }
 

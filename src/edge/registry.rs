@@ -531,6 +531,7 @@ impl Registry {
             chan_info: None,
             private: false,
             member: None,
+            webhook: None,
         };
         (sub, status)
     }
@@ -808,6 +809,8 @@ pub struct Subscription {
     pub private: bool,
     /// Its presence entry, and whether its join was announced.
     member: Option<(Member, bool)>,
+    /// Emits the `unsubscribed` event when the subscription drops.
+    pub webhook: Option<crate::webhooks::Unsubscribed>,
 }
 
 impl Subscription {

@@ -15,6 +15,11 @@
 //! partition behind a [`Fence`] (the store's head check, not the lease, is
 //! what keeps I1 when two tasks overlap).
 //!
+//! With event webhooks on (`crate::webhooks::WriterHooks`), each batch's
+//! new publications become `published` events before the ack, and the task
+//! of partition 0 runs the webhook dispatcher beside it (one dispatcher for
+//! the whole deployment, failing over with the partition's lease).
+//!
 //! Knows nothing of sessions, HTTP or the client protocol beyond encoding a
 //! publication.
 
@@ -100,6 +105,8 @@ struct Shared {
     js: async_nats::jetstream::Context,
     store: SharedStore,
     settings: WriterSettings,
+    /// Event webhooks: `published` events, the dispatcher (partition 0).
+    webhooks: Option<crate::webhooks::WriterHooks>,
 }
 
 /// A writer: consumes the partitions it is told to.
@@ -142,6 +149,7 @@ impl Writer {
                 js,
                 store,
                 settings,
+                webhooks: None,
             }),
         })
     }
@@ -158,7 +166,19 @@ impl Writer {
         stop: CancellationToken,
         fence: Fence,
     ) -> impl Future<Output = ()> + Send + 'static {
-        partition::run(self.shared.clone(), partition, stop, fence)
+        let dispatcher = (partition == 0)
+            .then(|| self.shared.webhooks.as_ref())
+            .flatten()
+            .map(|w| w.dispatcher(stop.clone()));
+        let run = partition::run(self.shared.clone(), partition, stop, fence);
+        async move {
+            match dispatcher {
+                Some(d) => {
+                    tokio::join!(run, d);
+                }
+                None => run.await,
+            }
+        }
     }
 }
 
@@ -204,6 +224,15 @@ impl WriterInstance {
             id: Arc::from(uuid::Uuid::new_v4().simple().to_string()),
             owned: watch::Sender::new(BTreeSet::new()),
         })
+    }
+
+    /// Emits `published` events and dispatches events beside partition 0
+    /// (call before `run`).
+    pub fn with_webhooks(mut self, hooks: Option<crate::webhooks::WriterHooks>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.writer.shared) {
+            shared.webhooks = hooks;
+        }
+        self
     }
 
     pub fn handle(&self) -> WriterHandle {

@@ -216,6 +216,9 @@ impl Task {
         record_ingest_lag(&accepted, committed_us);
         let traced = Traced::new(&spans, &entries, &plan);
         self.publish(&plan, committed_us, &traced).await;
+        if let Some(w) = &self.shared.webhooks {
+            w.published(&plan.appends, committed_us / 1000).await;
+        }
         self.reply(&accepted, &plan).await;
         // `ack` only queues a publish on the connection (no round trip), so
         // these are pipelined behind the replies, in order.

@@ -83,6 +83,9 @@ impl Session {
             expires_at: claims.exp.map(|exp| close_deadline(exp, grace)),
         });
         self.conn.authenticate(&claims.sub);
+        self.edge
+            .webhooks()
+            .connected(&self.client_id, &claims.sub, claims.info.as_deref());
         self.user_cap()?;
         self.rates = self.conn.user_rates(|| tier.user_buckets()).map(|user| {
             super::super::rate::SessionRates {

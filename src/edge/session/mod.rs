@@ -209,6 +209,7 @@ pub(super) async fn run(
     if let Some(d) = reason {
         outbox.close(d);
     }
+    s.end_webhooks();
     // Dropping the session leaves every channel and the registry.
 }
 
@@ -503,6 +504,19 @@ impl Session {
             Some(Verdict::Disconnect) => Err(Fail::Close(Disconnect::TOO_MANY_REQUESTS)),
             _ => Ok(()),
         }
+    }
+
+    /// The `disconnected` event, after the subscriptions' `unsubscribed`.
+    fn end_webhooks(&mut self) {
+        let Some(authed) = &self.authed else { return };
+        self.subs.clear();
+        let (code, reason) = self.outbox.close_reason().map_or(
+            (CLIENT_CLOSED.code, CLIENT_CLOSED.reason.to_string()),
+            |c| (c.code(), c.reason().to_string()),
+        );
+        self.edge
+            .webhooks()
+            .disconnected(&self.client_id, &authed.user, code, &reason);
     }
 
     fn user(&self) -> &str {

@@ -325,6 +325,10 @@ impl Session {
                 );
             }
         }
+        sub.webhook = self
+            .edge
+            .webhooks()
+            .subscribed(&self.client_id, self.user(), &name);
         self.subs.insert(name, sub);
     }
 }
