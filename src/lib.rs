@@ -49,4 +49,5 @@ pub mod sync;
 pub mod telemetry;
 pub mod tls;
 pub mod tokens;
+pub mod web;
 pub mod writer;
