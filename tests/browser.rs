@@ -238,7 +238,8 @@ async fn a_page_that_lost_its_network_recovers_the_missed_messages() {
 /// The admin console: a wrong password is refused; logged in, the overview
 /// shows NATS and the writers, the channel page shows the demo users in the
 /// lobby's presence and pages a room's history both ways, the user page
-/// shows a demo user online, and a publish from the console shows its
+/// shows a demo user online and revoking another's tokens closes that
+/// user's page for good, and a publish from the console shows its
 /// offset and appears in the chat.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_console_finds_users_browses_history_and_publishes() {
@@ -257,6 +258,7 @@ async fn the_admin_console_finds_users_browses_history_and_publishes() {
         None,
     )
     .await;
+    assert_eq!(report["frankState"], "disconnected", "{report}");
     let published = report["publishedOffset"].as_u64().expect("an offset");
     let lobby = stored_texts(&h, "room:lobby").await;
     assert_eq!(

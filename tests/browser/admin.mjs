@@ -3,8 +3,8 @@
 // shows NATS connected and the writers' leases; the channel page finds the
 // demo users in the lobby's presence and pages room:random's history
 // (HERALD_ROOM_FILL publications) both ways; the user page shows erin
-// online; a publish from the console shows its offset and appears in
-// erin's chat.
+// online, and revoking frank's tokens disconnects his page; a publish from
+// the console shows its offset and appears in erin's chat.
 import { env, launch, person, check, shot, join, main } from './lib.mjs';
 
 const T = { timeout: 10000 };
@@ -81,7 +81,17 @@ main(async (errors) => {
   report.user = await page.textContent('#user-info');
   check(report.user.includes('room:lobby'), 'erin\'s conversations are listed', report.user);
 
-  // Publish into the lobby: the console shows the offset, erin's chat the text.
+  // Revoking frank's tokens closes his page for good (3500, terminal).
+  await page.fill('#user', 'frank');
+  await page.click('#user-form button');
+  await page.waitForFunction(() => document.querySelector('#user-info').textContent.includes('frank'), null, T);
+  await page.click('#revoke');
+  await page.waitForFunction(() => document.querySelector('#user-action-result').textContent.startsWith('revoked'), null, T);
+  await frank.page.waitForSelector('#state.disconnected', T);
+  report.frankState = await frank.page.textContent('#state');
+  await shot(page, 'admin-user');
+
+    // Publish into the lobby: the console shows the offset, erin's chat the text.
   await page.click('a[data-page="publish"]');
   await page.fill('#p-channel', 'room:lobby');
   await page.fill('#p-data', '{"text": "announcement from admin"}');

@@ -245,19 +245,37 @@ async function lookupUser(user) {
     el('div', { className: 'card' }, el('h2', {}, 'Conversations'),
       table(['Channel', 'Head', 'Read', 'Unread'], convs.conversations.map((c) => [c.channel, c.head, c.read, c.unread]))),
   );
-  $('#disconnect').hidden = false;
-  $('#disconnect').dataset.user = user;
-  $('#disconnect-result').textContent = '';
+  $('#user-actions').hidden = false;
+  $('#user-actions').dataset.user = user;
+  $('#user-action-result').textContent = '';
 }
 
-$('#disconnect').addEventListener('click', async () => {
-  const user = $('#disconnect').dataset.user;
+async function userAction(what, method, body) {
+  const out = $('#user-action-result');
   try {
-    await call('disconnect', { user, disconnect: { code: 3503, reason: 'disconnected by admin' } });
-    $('#disconnect-result').textContent = `sent: ${user}'s connections are closing on every node`;
+    await call(method, body);
+    out.textContent = what;
   } catch (e) {
-    $('#disconnect-result').textContent = String(e.message);
+    if (e instanceof LoggedOut) return showLogin();
+    out.textContent = String(e.message);
   }
+}
+
+$('#disconnect').addEventListener('click', () => {
+  const user = $('#user-actions').dataset.user;
+  userAction(`sent: ${user}'s connections are closing on every node`, 'disconnect',
+    { user, disconnect: { code: 3503, reason: 'disconnected by admin' } });
+});
+
+// invalidate_user_tokens: every token of the user issued before now stops
+// working; the entry is kept until expire_at, the latest exp among them.
+$('#revoke-form').addEventListener('submit', (e) => {
+  e.preventDefault();
+  const user = $('#user-actions').dataset.user;
+  const hours = Number($('#revoke-hours').value);
+  const expire_at = Math.floor(Date.now() / 1000) + Math.round(hours * 3600);
+  userAction(`revoked: ${user}'s tokens issued until now no longer connect, and their connections close`,
+    'invalidate_user_tokens', { user, expire_at });
 });
 
 // ---- publish
