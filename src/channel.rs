@@ -198,6 +198,7 @@ mod tests {
             force_push_join_leave: false,
             membership: false,
             receipts: true,
+            track_publishers: true,
         };
         let mut namespaces = BTreeMap::new();
         namespaces.insert("dm".to_string(), default.clone());

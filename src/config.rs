@@ -125,6 +125,7 @@ options! {
     "channel_force_push_join_leave" = "false" : "Default namespace: join and leave pushes go to every subscriber, asked or not (on for `dm`).";
     "channel_membership" = "false" : "Default namespace: only members (server API `add_members`) may subscribe, publish, read history and set markers; a removed member's subscriptions end. User-limited channels (`ns:#a,b`) always have their listed users as members.";
     "channel_receipts" = "true" : "Default namespace: members subscribed to a conversation get live read/delivered receipts of the others (at most one per member per second); off for large rooms.";
+    "channel_track_publishers" = "true" : "Default namespace: in a history channel without members (an open channel), a client's publish moves the publisher's read marker to it and lists the channel in their conversations, as in channels with members (own messages are never unread). One marker write per client publish: set false where publishes are no conversation (telemetry, game state).";
     "presence_ttl" = "60s" : "An edge that sent no heartbeat for this long is dead: its connections leave every presence, join/leave (leave pushes) and user status. Edges heartbeat every third of it.";
     "user_status_for_clients" = "false" : "Clients may call the RPC method `herald.user_status` (other users' online status).";
     "proxies" = "" : "Named HTTP proxies to the application backend, as Centrifugo v6's `proxies`: in the file `[[proxies]]` tables, in the environment or a flag a JSON array of the same objects. Each has `name`, `endpoint` (an http:// URL), `timeout` (default 1s), `http_headers` (names of the client's WebSocket upgrade request headers to forward, e.g. cookie), `static_http_headers` (a table of headers sent with every request) and `include_connection_meta` (send the `meta` the connect proxy gave). The *_proxy_enabled options below use them by name. Empty = none.";
@@ -458,6 +459,9 @@ pub struct NamespaceOptions {
     pub membership: bool,
     /// Live receipts to subscribed members.
     pub receipts: bool,
+    /// A client publish into an open history channel moves the publisher's
+    /// read marker (always so in channels with members).
+    pub track_publishers: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -741,6 +745,7 @@ struct NamespaceFile {
     sub_refresh_proxy_name: Option<String>,
     membership: Option<bool>,
     receipts: Option<bool>,
+    track_publishers: Option<bool>,
 }
 
 /// One `[[proxies]]` entry as written (TOML or JSON).
@@ -879,6 +884,7 @@ impl Config {
             force_push_join_leave: p.parse("channel_force_push_join_leave", parse_bool),
             membership: p.parse("channel_membership", parse_bool),
             receipts: p.parse("channel_receipts", parse_bool),
+            track_publishers: p.parse("channel_track_publishers", parse_bool),
         };
         let proxy_list = p.parse("proxies", parse_proxies);
         let proxy_name = |p: &mut Parser<'_>, enabled: &'static str, name: &'static str| {
@@ -1187,6 +1193,7 @@ impl Config {
                 // Watching a user's status is no conversation.
                 membership: false,
                 receipts: false,
+                track_publishers: false,
                 ..default_ns.clone()
             },
         );
@@ -1254,6 +1261,7 @@ impl Config {
                 anonymous: f.anonymous.unwrap_or(base.anonymous),
                 membership: f.membership.unwrap_or(base.membership),
                 receipts: f.receipts.unwrap_or(base.receipts),
+                track_publishers: f.track_publishers.unwrap_or(base.track_publishers),
             };
             config.channels.namespaces.insert(name, o);
         }

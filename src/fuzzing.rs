@@ -79,6 +79,7 @@ fn fixture() -> &'static Fixture {
             force_push_join_leave: false,
             membership: false,
             receipts: true,
+            track_publishers: true,
         };
         channels
             .namespaces

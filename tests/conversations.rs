@@ -170,6 +170,15 @@ async fn markers_sync_to_the_other_device_and_unread_is_exact() {
     let mut phone = connect(&c.a, "alice").await;
     let mut laptop = connect(&c.b, "alice").await;
     let mut bob = connect(&c.a, "bob").await;
+    // A DM's members are its listed users before anything happened in it.
+    let before = json!([
+        {"user": "alice", "read": 0, "delivered": 0},
+        {"user": "bob", "read": 0, "delivered": 0},
+    ]);
+    let m = api_ok(&c.serve.api(), "members", json!({"channel": DM})).await;
+    assert_eq!(m["members"], before);
+    let r = rpc(&mut bob, "herald.receipts", json!({"channel": DM})).await;
+    assert_eq!(r["receipts"], before);
     for i in 1..=3 {
         assert_eq!(
             publish(&mut bob, DM, json!({"text": format!("hi {i}")})).await,
@@ -880,4 +889,70 @@ async fn javascript_sdk_markers_and_unread_through_rpc() {
         json!({"total": 0, "conversations": 0})
     );
     assert_eq!(report["conversations"], json!([DM]));
+}
+
+/// In an open channel (no members: `channel_membership = false`) a client's
+/// publish moves the publisher's read marker and lists the channel in their
+/// conversations, on the other device too, exactly as in a conversation with
+/// members; with `track_publishers = false` it writes no marker, and the
+/// channel stays out of the publisher's list until they set one.
+#[tokio::test]
+async fn a_publish_in_an_open_channel_is_read_for_its_publisher() {
+    let _turn = SERIAL.lock().await;
+    let nats = TestNats::start().await;
+    for track in [true, false] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let serve = HeraldProcess::start(
+            Spec::serve("serve", nats.url(), &dir.path().join("data"))
+                .set("channel_history", true)
+                .set("channel_track_publishers", track),
+        )
+        .await;
+        let room = format!("room-{track}");
+        let mut alice = connect(&serve, "alice").await;
+        let mut laptop = connect(&serve, "alice").await;
+        let mut bob = connect(&serve, "bob").await;
+        assert_eq!(publish(&mut bob, &room, json!({"text": "hi"})).await, 1);
+        assert_eq!(
+            publish(&mut alice, &room, json!({"text": "hello"})).await,
+            2
+        );
+        let list = rpc(&mut laptop, "herald.conversations", json!({})).await;
+        let u = rpc(&mut laptop, "herald.unread", json!({})).await;
+        if track {
+            assert_eq!(list["conversations"].as_array().map(Vec::len), Some(1));
+            let c = &list["conversations"][0];
+            assert_eq!(c["channel"], room.as_str());
+            assert_eq!(
+                (c["read"].as_u64(), c["unread"].as_u64()),
+                (Some(2), Some(0))
+            );
+            assert_eq!(c["last"]["data"], json!({"text": "hello"}));
+            assert_eq!(u, json!({"total": 0, "conversations": 0}));
+            let m = message_of(&mut laptop, "marker", LIMIT)
+                .await
+                .expect("the other device hears of the publisher's marker");
+            assert_eq!(
+                (m["channel"].as_str(), m["read"].as_u64()),
+                (Some(room.as_str()), Some(2))
+            );
+            // bob published first and has not read alice's message.
+            let b = rpc(&mut bob, "herald.unread", json!({})).await;
+            assert_eq!(b, json!({"total": 1, "conversations": 1}));
+        } else {
+            assert_eq!(list["conversations"], json!([]), "no marker written");
+            assert_eq!(u, json!({"total": 0, "conversations": 0}));
+            // Setting a marker lists it; the publisher's own message counts
+            // as unread until then, as documented.
+            let r = rpc(
+                &mut alice,
+                "herald.read",
+                json!({"channel": room, "offset": 1}),
+            )
+            .await;
+            assert_eq!(r["unread"], 1);
+            let u = rpc(&mut laptop, "herald.unread", json!({})).await;
+            assert_eq!(u, json!({"total": 1, "conversations": 1}));
+        }
+    }
 }

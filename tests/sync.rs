@@ -48,6 +48,7 @@ fn channels() -> ChannelsConfig {
         force_push_join_leave: false,
         membership: false,
         receipts: true,
+        track_publishers: true,
     };
     let mut namespaces = BTreeMap::new();
     namespaces.insert("dm".to_string(), default.clone());

@@ -24,6 +24,34 @@ use crate::store::{Direction, ReadRange, Standing};
 /// Conversations whose last publication one page reads at once.
 const LAST_READS: usize = 32;
 
+/// The members of a user-limited channel (`dm:#alice,bob`): its listed
+/// users, always — before anyone published or set a marker there, their
+/// member rows do not exist yet — by user id after `after`, with the markers
+/// of the rows that do (`rows`, the store's page from the same `after`).
+fn listed_members(
+    listed: &[&str],
+    rows: impl Iterator<Item = MemberMarkers>,
+    after: &str,
+    limit: usize,
+) -> Vec<MemberMarkers> {
+    let rows: std::collections::HashMap<String, MemberMarkers> =
+        rows.map(|m| (m.user.clone(), m)).collect();
+    let mut users: Vec<&str> = listed.iter().copied().filter(|u| *u > after).collect();
+    users.sort_unstable();
+    users.dedup();
+    users
+        .into_iter()
+        .take(limit)
+        .map(|u| {
+            rows.get(u).cloned().unwrap_or(MemberMarkers {
+                user: u.to_string(),
+                read: 0,
+                delivered: 0,
+            })
+        })
+        .collect()
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -65,15 +93,20 @@ impl SyncService {
                 limit,
             } => {
                 let rows = self.call(store.members(&channel, &after, limit)).await?;
-                SyncReply::Members(
-                    rows.into_iter()
-                        .map(|(user, m)| MemberMarkers {
-                            user,
-                            read: m.read,
-                            delivered: m.delivered,
-                        })
-                        .collect(),
-                )
+                let rows = rows.into_iter().map(|(user, m)| MemberMarkers {
+                    user,
+                    read: m.read,
+                    delivered: m.delivered,
+                });
+                let listed = self
+                    .channel(&channel)
+                    .map(|c| c.allowed_users)
+                    .unwrap_or_default();
+                SyncReply::Members(if listed.is_empty() {
+                    rows.collect()
+                } else {
+                    listed_members(&listed, rows, &after, limit)
+                })
             }
             ImRequest::Mark {
                 user,
@@ -217,5 +250,35 @@ impl SyncService {
     /// `{total, conversations}` over the user's conversations.
     pub async fn unread(&self, user: &str) -> Result<Unread, ReadError> {
         Ok(conversations::unread(&self.entries(user).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(user: &str, read: u64) -> MemberMarkers {
+        MemberMarkers {
+            user: user.into(),
+            read,
+            delivered: read,
+        }
+    }
+
+    #[test]
+    fn a_user_limited_channel_lists_its_users_with_or_without_rows() {
+        let listed = ["bob", "alice", "bob"];
+        let none = listed_members(&listed, std::iter::empty(), "", 10);
+        assert_eq!(none, vec![m("alice", 0), m("bob", 0)]);
+        let some = listed_members(&listed, [m("bob", 4)].into_iter(), "", 10);
+        assert_eq!(some, vec![m("alice", 0), m("bob", 4)]);
+        assert_eq!(
+            listed_members(&listed, std::iter::empty(), "alice", 10),
+            vec![m("bob", 0)]
+        );
+        assert_eq!(
+            listed_members(&listed, std::iter::empty(), "", 1),
+            vec![m("alice", 0)]
+        );
     }
 }

@@ -3,7 +3,8 @@
 //! Two phases against one `herald serve`:
 //! - **publish**: `--concurrency` clients publish `--publishes` messages
 //!   each, as fast as replies come, into one channel of each kind: `plain`
-//!   (an open channel: no markers), `dm` (`dm:#p,q`, two members: each
+//!   (an open channel with `track_publishers = false`: no markers), `open`
+//!   (an open channel: each publish moves the publisher's read marker), `dm` (`dm:#p,q`, two members: each
 //!   publish also moves the publisher's read marker, and the first writes
 //!   the member rows) and `group` (a `membership` namespace with `--members`
 //!   members added through the server API: the same marker write, and the
@@ -54,7 +55,8 @@ pub struct ConversationsArgs {
     pub queries: usize,
 }
 
-const NAMESPACES: &str = "[namespaces.plain]\nclient_publish = true\n\
+const NAMESPACES: &str = "[namespaces.plain]\nclient_publish = true\ntrack_publishers = false\n\
+[namespaces.open]\nclient_publish = true\ntrack_publishers = true\n\
 [namespaces.group]\nclient_publish = true\nmembership = true\n";
 
 /// Members per `add_members` call (the server's limit).
@@ -95,6 +97,7 @@ pub async fn run(args: ConversationsArgs) -> Result<Report, BenchError> {
     }
     let kinds = [
         ("plain", "plain:room", "p"),
+        ("open", "open:room", "p"),
         ("dm", "dm:#p,q", "p"),
         ("group", "group:big", "m"),
     ];
@@ -152,7 +155,7 @@ pub async fn run(args: ConversationsArgs) -> Result<Report, BenchError> {
         peers: Vec::new(),
         rows,
         notes: vec![
-            "one herald serve; plain = open channel (no markers), dm = 2 members, group = --members members; markers move on every dm/group publish".into(),
+            "one herald serve; plain = open channel without markers (track_publishers = false), open = open channel (publisher's marker moves), dm = 2 members, group = --members members; markers move on every dm/group publish".into(),
         ],
     })
 }

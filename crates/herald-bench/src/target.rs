@@ -190,6 +190,10 @@ impl Herald {
             ("api_key".into(), api_key.clone()),
             // The bench's clients publish (off by default).
             ("channel_client_publish".into(), "true".into()),
+            // The transport scenarios compare the durable publish with
+            // peers that keep no read markers; what a marker per publish
+            // costs is the conversations scenario's `open` row.
+            ("channel_track_publishers".into(), "false".into()),
             // The bench measures capacity, not abuse limits: every load
             // comes from one IP, and the tier below limits nothing.
             ("api_rate_per_ip".into(), String::new()),

@@ -111,6 +111,11 @@ pub fn has_members(channel: &Channel<'_>) -> bool {
     channel.options.membership || !channel.allowed_users.is_empty()
 }
 
+/// Whether a client publish into `channel` moves the publisher's markers.
+fn tracks_publisher(channel: &Channel<'_>) -> bool {
+    has_members(channel) || channel.options.track_publishers
+}
+
 impl Session {
     /// The `herald.*` methods of this file; `None` for another name.
     pub(super) async fn rpc_im(
@@ -214,12 +219,14 @@ impl Session {
         }))
     }
 
-    /// After a client publish got `offset`: in a channel with members, the
-    /// publisher has read up to it (own messages are never unread). Done
-    /// before the publish reply, so an unread count asked after the reply is
-    /// exact. A failure here does not fail the publish (logged).
+    /// After a client publish got `offset`: in a channel with members, and
+    /// in an open one whose namespace has `track_publishers`, the publisher
+    /// has read up to it (own messages are never unread) and the channel is
+    /// in their conversations. Done before the publish reply, so an unread
+    /// count asked after the reply is exact. A failure here does not fail
+    /// the publish (logged).
     pub(super) async fn after_publish(&self, channel: &Channel<'_>, offset: u64) {
-        if offset == 0 || !has_members(channel) || self.user().is_empty() {
+        if offset == 0 || !tracks_publisher(channel) || self.user().is_empty() {
             return;
         }
         self.ensure_listed_members(channel).await;
