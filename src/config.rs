@@ -62,6 +62,9 @@ options! {
     "token_issuer" = "" : "When set, client JWTs must carry this `iss`.";
     "token_require_exp" = "false" : "Refuse connection and subscription tokens without `exp` (invalid token, 3500). Off, as in Centrifugo: such a token never expires.";
     "api_key" = "" : "Key of the server HTTP API (X-API-Key or `Authorization: apikey`). Empty disables the API (404).";
+    "admin_password" = "" : "Password of the admin console at /admin (on internal_listen when set, else on listen). Empty = no console (404). Use a long random one: it gives the whole server API.";
+    "admin_session_ttl" = "12h" : "How long an admin console login lasts (its HttpOnly, SameSite=Strict session cookie); then the console asks for the password again.";
+    "demo" = "false" : "Serve the demo chat at /demo and its token endpoint POST /demo/token, which mints a short-lived connection token for any name it is given: never on a server others can reach. `herald serve --demo` sets it.";
     "log" = "info,lsm_tree=warn,fjall=warn" : "Log filter (tracing EnvFilter syntax), e.g. `info,herald=debug`.";
     "log_format" = "text" : "`text` for humans, `json` for machines.";
     "client_message_size_limit" = "65536" : "Largest client frame in bytes; a larger one closes the connection with WebSocket code 1009 (message too big), whatever its size.";
@@ -222,6 +225,11 @@ pub struct Config {
     pub token_require_exp: bool,
     pub token: TokenConfig,
     pub api_key: Option<Secret>,
+    /// The admin console's password; `None` = no console (`crate::web::admin`).
+    pub admin_password: Option<Secret>,
+    pub admin_session_ttl: Duration,
+    /// The demo chat and its token endpoint (`crate::web::demo`).
+    pub demo: bool,
     pub log: String,
     pub log_format: LogFormat,
     pub client: ClientConfig,
@@ -1176,6 +1184,9 @@ impl Config {
                 issuer: p.parse("token_issuer", |s| Ok((!s.is_empty()).then(|| s.to_string()))),
             },
             api_key: p.optional_secret("api_key"),
+            admin_password: p.optional_secret("admin_password"),
+            admin_session_ttl: p.parse("admin_session_ttl", parse_duration_positive),
+            demo: p.parse("demo", parse_bool),
             log: p.string("log"),
             log_format: p.parse("log_format", |s| match s {
                 "text" => Ok(LogFormat::Text),

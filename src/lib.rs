@@ -50,5 +50,6 @@ pub mod sync;
 pub mod telemetry;
 pub mod tls;
 pub mod tokens;
+pub mod web;
 pub mod webhooks;
 pub mod writer;

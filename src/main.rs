@@ -72,6 +72,10 @@ struct RunArgs {
     /// NATS URL (nats_url).
     #[arg(long)]
     nats_url: Option<String>,
+    /// Serve the demo chat at /demo, with an endpoint that mints tokens for
+    /// any name (demo = true): never on a server others can reach.
+    #[arg(long)]
+    demo: bool,
 }
 
 #[derive(Args)]
@@ -156,9 +160,14 @@ fn main() -> ExitCode {
         Command::Writer(a) => (Role::Writer, a),
         Command::Sync(a) => (Role::Sync, a),
     };
+    let demo = args.demo.then(|| "true".to_string());
     let config = match load(
         &args.config,
-        &[("listen", &args.listen), ("nats_url", &args.nats_url)],
+        &[
+            ("listen", &args.listen),
+            ("nats_url", &args.nats_url),
+            ("demo", &demo),
+        ],
     ) {
         Ok(c) => c,
         Err(code) => return code,
@@ -285,6 +294,19 @@ fn announce(role: Role, running: &roles::Running, data_dir: &std::path::Path, tl
             }
         } else {
             eprintln!("server API disabled: set HERALD_API_KEY to enable it");
+        }
+        if running.notes.demo {
+            eprintln!(
+                "demo chat: {http}://{}/demo (open it in two windows; names are not checked: demo only)",
+                running.addr
+            );
+        }
+        if running.notes.admin {
+            let (addr, http) = match running.internal_addr {
+                Some(a) => (a, if tls.internal { "https" } else { "http" }),
+                None => (running.addr, http),
+            };
+            eprintln!("admin console: {http}://{addr}/admin");
         }
     }
 }

@@ -71,6 +71,10 @@ pub struct StartNotes {
     /// A nats-server child was started at this URL.
     pub started_nats: Option<String>,
     pub api_enabled: bool,
+    /// The demo chat is served at /demo.
+    pub demo: bool,
+    /// The admin console is served at /admin.
+    pub admin: bool,
 }
 
 /// A started process. Dropping it does not stop it: call [`Running::stop`].
@@ -273,9 +277,12 @@ async fn open_embedded(
 /// waiting for the store lock can be stopped.
 pub async fn start_with_shutdown(
     role: Role,
-    config: Config,
+    mut config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
+    if config.demo {
+        crate::web::demo::add_rooms(&mut config.channels);
+    }
     let metrics = crate::metrics::install(role);
     let mut notes = StartNotes::default();
     if role.has_writer() || role.has_sync() || role == Role::Serve {
@@ -439,6 +446,7 @@ pub async fn start_with_shutdown(
     }
 
     let mut edge = None;
+    let mut admin = None;
     let mut control_task = None;
     let mut http = Vec::new();
     let mut api_addr = None;
@@ -493,18 +501,49 @@ pub async fn start_with_shutdown(
         }));
         router = router.merge(e.router());
         notes.api_enabled = config.api_key.is_some();
+        let api_caller = crate::api::Caller::new(crate::api::ApiState {
+            key: config.api_key.clone(),
+            publisher,
+            sync: sync_client,
+            channels: config.channels.clone(),
+            history_page_limit: config.client.history_page_limit,
+            edge: e.clone(),
+            failures: crate::api::limit::FailureLimit::per_minute(
+                config.api_key_failures_per_minute,
+            ),
+        });
+        if config.demo {
+            let secret = token_secret
+                .clone()
+                .context("demo mints tokens: it needs token_hmac_secret")?;
+            router = router.merge(crate::web::demo::router(secret, api_caller.clone()));
+            notes.demo = true;
+        }
+        if let Some(password) = config.admin_password.clone() {
+            let metrics = metrics.clone();
+            admin = Some(crate::web::admin::router(
+                crate::web::admin::AdminSettings {
+                    password,
+                    session_ttl: config.admin_session_ttl,
+                    secure: if config.internal_listen.is_some() {
+                        internal_tls.is_some()
+                    } else {
+                        tls.is_some()
+                    },
+                    api: api_caller.clone(),
+                    edge: e.clone(),
+                    nats: nats.clone(),
+                    partitions: config.ingest.partitions,
+                    role: role.name(),
+                    metrics: Arc::new(move || metrics.render()),
+                    failures: crate::api::limit::FailureLimit::per_minute(
+                        config.api_key_failures_per_minute,
+                    ),
+                },
+            ));
+        }
         if notes.api_enabled {
-            let api = crate::api::router(crate::api::ApiState {
-                key: config.api_key.clone(),
-                publisher,
-                sync: sync_client,
-                channels: config.channels.clone(),
-                history_page_limit: config.client.history_page_limit,
-                edge: e.clone(),
-                failures: crate::api::limit::FailureLimit::per_minute(
-                    config.api_key_failures_per_minute,
-                ),
-            });
+            let api = crate::api::router(api_caller);
             let api = crate::http_limit::RequestLimit::new(
                 config.api_rate_per_ip,
                 config.api_rate_per_key,
@@ -544,6 +583,17 @@ pub async fn start_with_shutdown(
             "/metrics",
             get(move || std::future::ready(metrics.render())),
         );
+    if config.admin_password.is_some() && admin.is_none() {
+        tracing::warn!(
+            role = role.name(),
+            "admin_password is set but this role has no edge: no admin console"
+        );
+    }
+    notes.admin = admin.is_some();
+    let ops = match admin {
+        Some(a) => ops.merge(a),
+        None => ops,
+    };
     let internal_addr = match config.internal_listen {
         Some(addr) => {
             let (bound, task) =

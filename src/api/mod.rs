@@ -109,6 +109,10 @@
 //!
 //! Publication data stays raw JSON (`RawValue`) end to end: never re-parsed.
 //!
+//! [`Caller`] runs the same methods for a caller in the process that
+//! authorized the request itself (the admin console, `crate::web::admin`),
+//! whether or not `api_key` is set.
+//!
 //! Knows nothing of sessions, NATS subjects or the store: it publishes through
 //! [`Publisher`], reads through [`SyncClient`], asks the [`Edge`] for counts
 //! and hands it control messages to send.
@@ -178,19 +182,53 @@ struct Api {
     node: Node,
 }
 
-/// `POST /api/<method>`.
-pub fn router(state: ApiState) -> Router {
-    let api = Arc::new(Api {
-        state,
-        node: Node {
-            uid: uuid::Uuid::new_v4().to_string(),
-            name: host_name(),
-            started: Instant::now(),
-        },
-    });
+/// The API's methods for callers inside the process that authorized the
+/// request themselves (the admin console, `crate::web`): no key check, no
+/// failed-key budget; the same methods, bodies and replies as the HTTP API.
+#[derive(Clone)]
+pub struct Caller(Arc<Api>);
+
+impl Caller {
+    pub fn new(state: ApiState) -> Self {
+        Self(Arc::new(Api {
+            state,
+            node: Node {
+                uid: uuid::Uuid::new_v4().to_string(),
+                name: host_name(),
+                started: Instant::now(),
+            },
+        }))
+    }
+
+    /// `POST /api/<method>` with this body, answered as the HTTP API would
+    /// for a request with the right key: the status and the JSON body.
+    pub async fn call(&self, method: &str, body: &[u8]) -> (StatusCode, Vec<u8>) {
+        let method = Method::from_name(method);
+        let label = Method::label(method);
+        let outcome = match method {
+            Some(m) => self.0.run(m, blank_is_empty_object(body)).await,
+            None => Err(Failure::Transport(
+                StatusCode::NOT_FOUND,
+                ProtocolError::MethodNotFound,
+            )),
+        };
+        let (status, result, body) = reply(outcome);
+        metrics::counter!(API_REQUESTS_TOTAL, "method" => label, "result" => result).increment(1);
+        (status, body)
+    }
+
+    /// This node's uid, host name and uptime, as `info` reports them.
+    pub fn node(&self) -> (&str, &str, std::time::Duration) {
+        let n = &self.0.node;
+        (&n.uid, &n.name, n.started.elapsed())
+    }
+}
+
+/// `POST /api/<method>`, answered by `caller`.
+pub fn router(caller: Caller) -> Router {
     Router::new()
         .route("/api/{method}", post(handle))
-        .with_state(api)
+        .with_state(caller.0)
 }
 
 /// The host name for `info`, or "herald" where the OS does not say.
@@ -397,17 +435,7 @@ async fn handle(
             return too_many(label, wait);
         }
     }
-    let (status, result, body) = match outcome {
-        Ok(result) => (StatusCode::OK, "ok", json(&Outcome::Result(result))),
-        Err(Failure::Method(e)) => (
-            StatusCode::OK,
-            e.error.label(),
-            json(&Outcome::<()>::Error(e.into())),
-        ),
-        Err(Failure::Transport(status, e)) => {
-            (status, e.label(), json(&Outcome::<()>::Error(e.into())))
-        }
-    };
+    let (status, result, body) = reply(outcome);
     span.record("result", result);
     metrics::counter!(API_REQUESTS_TOTAL, "method" => label, "result" => result).increment(1);
     tracing::debug!(
@@ -417,6 +445,21 @@ async fn handle(
         "api request"
     );
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// The HTTP status, the metrics result label and the JSON body of an outcome.
+fn reply(outcome: Result<Box<RawValue>, Failure>) -> (StatusCode, &'static str, Vec<u8>) {
+    match outcome {
+        Ok(result) => (StatusCode::OK, "ok", json(&Outcome::Result(result))),
+        Err(Failure::Method(e)) => (
+            StatusCode::OK,
+            e.error.label(),
+            json(&Outcome::<()>::Error(e.into())),
+        ),
+        Err(Failure::Transport(status, e)) => {
+            (status, e.label(), json(&Outcome::<()>::Error(e.into())))
+        }
+    }
 }
 
 /// 429 with `Retry-After` (whole seconds, rounded up) and the server API
@@ -468,7 +511,11 @@ impl Api {
             .map_err(|_| {
                 Failure::Transport(StatusCode::PAYLOAD_TOO_LARGE, ProtocolError::BadRequest)
             })?;
-        let body = blank_is_empty_object(&body);
+        self.run(method, blank_is_empty_object(&body)).await
+    }
+
+    /// Runs an authorized request's method on its body.
+    async fn run(&self, method: Method, body: &[u8]) -> Result<Box<RawValue>, Failure> {
         match method {
             Method::Publish => raw(&self.publish(decode(body)?).await?),
             Method::Broadcast => raw(&self.broadcast(decode(body)?).await?),

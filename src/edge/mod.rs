@@ -239,6 +239,15 @@ impl Edge {
         }
     }
 
+    /// Subscriptions to `channel` and connections of `user` on this edge,
+    /// for the admin console.
+    pub fn local_counts(&self, channel: Option<&str>, user: Option<&str>) -> (usize, usize) {
+        (
+            channel.map_or(0, |c| self.registry.subscriber_count(c)),
+            user.map_or(0, |u| self.registry.targets(u, None, &[]).len()),
+        )
+    }
+
     /// Refuses new connections (503) and closes every session with `d` (e.g.
     /// 3001 shutdown, so SDKs reconnect elsewhere), spread evenly over
     /// `drain`: the i-th of n sessions at `drain * i / n`, a slice every

@@ -674,6 +674,16 @@ impl Registry {
         (channels, subs)
     }
 
+    /// Local subscriptions to `channel`.
+    pub fn subscriber_count(&self, channel: &str) -> usize {
+        let shard = self
+            .channels
+            .shard(channel)
+            .lock()
+            .expect("channel shard lock");
+        shard.get(channel).map_or(0, |e| e.subscribers.len())
+    }
+
     /// The user's connections here, only `client` if given, without `except`.
     pub fn targets(&self, user: &str, client: Option<&str>, except: &[String]) -> Vec<Target> {
         let shard = self.users[shard_of(&user)].lock().expect("user shard lock");
