@@ -135,6 +135,25 @@ async fn protobuf_and_json_clients_share_a_channel_byte_for_byte() {
         json!({"num_clients": 2, "num_users": 2})
     );
 
+    // Several commands in one frame; their replies, queued together, come
+    // back as length-delimited replies back to back (no separator).
+    let frame: Vec<u8> = (100..120)
+        .flat_map(|id| {
+            command(&pb::Command {
+                id,
+                history: Some(pb::HistoryRequest {
+                    channel: "news".into(),
+                    ..pb::HistoryRequest::default()
+                }),
+                ..pb::Command::default()
+            })
+        })
+        .collect();
+    pbc.send_binary(frame).await;
+    for id in 100..120 {
+        assert_eq!(pbc.reply(id).await["history"]["offset"], 2);
+    }
+
     // A server API publication and an error reply, over Protobuf.
     h.api("publish", json!({"channel": "news", "data": {"api": true}}))
         .await;
@@ -219,8 +238,10 @@ async fn pings_and_pongs_over_protobuf() {
         answers.pings_seen
     );
     assert_eq!(silent.closed().await.code, 3012);
-    let r = answers.call("ping", json!({})).await;
-    assert_eq!(r["ping"], json!({}), "{r}");
+    let r = answers
+        .call("history", json!({"channel": "pinged", "limit": 0}))
+        .await;
+    assert_eq!(r["history"]["offset"], 0, "still answering: {r}");
 }
 
 /// A Protobuf client loses its network (the connection is cut, no close
@@ -334,7 +355,8 @@ async fn bad_binary_input_closes_only_its_connection() {
     // A text frame on a Protobuf connection is read as Protobuf: JSON text is
     // garbage there.
     let (mut c, _) = WsClient::connect_protobuf(h.addr, &h.token("mallory")).await;
-    c.send_text(r#"{"id":2,"ping":{}}"#).await;
+    c.send_text(r#"{"id":2,"history":{"channel":"watch","limit":0}}"#)
+        .await;
     assert_eq!(
         c.closed().await.code,
         3501,
@@ -347,8 +369,9 @@ async fn bad_binary_input_closes_only_its_connection() {
     // A JSON connection reads binary frames as JSON: garbage closes it, JSON
     // in a binary frame is answered (as Centrifugo does).
     let (mut c, _) = WsClient::connect(h.addr, &h.token("mallory")).await;
-    c.send_binary(br#"{"id":7,"ping":{}}"#.to_vec()).await;
-    assert_eq!(c.reply(7).await["ping"], json!({}));
+    c.send_binary(br#"{"id":7,"history":{"channel":"watch","limit":0}}"#.to_vec())
+        .await;
+    assert_eq!(c.reply(7).await["history"]["offset"], 0);
     c.send_binary(vec![0xff, 0x00]).await;
     assert_eq!(
         c.closed().await.code,

@@ -21,8 +21,8 @@ use super::report::{Measured, Peer, Report, Row};
 use super::stats::{Count, Progress, note};
 use super::sys::{cpu_seconds, rss_kib};
 use super::target::{Herald, HeraldOptions, Nats};
-use super::{BenchError, Common, PeerKind};
-use herald_client::{Client, ClientError, ClientOptions};
+use super::{BenchError, Common, PeerKind, encoding_name, encoding_note};
+use herald_client::{Client, ClientError, ClientOptions, Encoding};
 
 const READ_BUFFER: usize = 4096;
 /// Herald's default pong timeout, kept unless the ping interval is shorter.
@@ -32,6 +32,11 @@ const PONG_TIMEOUT: Duration = Duration::from_secs(8);
 pub struct ConnectionsArgs {
     #[command(flatten)]
     pub common: Common,
+    /// The client protocol's encoding of Herald's and Centrifugo's clients:
+    /// `json`, or `protobuf` (subprotocol `centrifuge-protobuf`; payloads
+    /// are the same JSON text, carried as bytes).
+    #[arg(long, default_value = "json")]
+    pub encoding: Encoding,
     /// Idle connections to open.
     #[arg(long, default_value_t = 10_000)]
     pub connections: usize,
@@ -84,6 +89,7 @@ pub async fn run(args: ConnectionsArgs) -> Result<Report, BenchError> {
         params: json!({
             "connections": args.connections,
             "room_size": args.room_size,
+            "encoding": encoding_name(args.encoding),
             "idle_s": args.idle.as_secs_f64(),
             "ping_interval_s": args.ping_interval.as_secs_f64(),
             "settle_s": args.settle.as_secs_f64(),
@@ -100,9 +106,11 @@ pub async fn run(args: ConnectionsArgs) -> Result<Report, BenchError> {
             Row::both("server CPU while idle (%)", "idle_cpu_percent"),
             Row::both("pings answered", "pings"),
         ],
-        notes: vec![
+        notes: std::iter::once(
             "RSS per connection = (server RSS after connecting − before) / connections".into(),
-        ],
+        )
+        .chain(encoding_note(args.encoding))
+        .collect(),
     })
 }
 
@@ -257,6 +265,7 @@ async fn protocol_run(
     let (shared, stop) = (Arc::new(Deliveries::default()), CancellationToken::new());
     let _stop_guard = stop.clone().drop_guard();
     let progress = progress(label, quiet, opened.clone(), n);
+    let encoding = args.encoding;
     let connected = {
         let sources = sources.clone();
         let (shared, stop) = (shared.clone(), stop.clone());
@@ -265,6 +274,7 @@ async fn protocol_run(
             let opts = ClientOptions {
                 source: Some(sources.pick(i)),
                 read_buffer: READ_BUFFER,
+                encoding,
                 ..ClientOptions::default()
             };
             let token = tokens[i].clone();

@@ -110,6 +110,19 @@ impl Subscriber for HeraldSub {
                 });
             }
         }
+        // Protobuf: the publication's `data` bytes are the JSON stamp.
+        for p in frame
+            .replies()
+            .iter()
+            .filter_map(|r| r.push.as_ref()?.r#pub.as_ref())
+        {
+            if let Ok(stamp) = serde_json::from_slice::<Stamp>(&p.data) {
+                out.push(Delivery {
+                    number: if self.by_offset { p.offset } else { stamp.s },
+                    sent_us: stamp.t,
+                });
+            }
+        }
         Ok(())
     }
 
@@ -119,26 +132,27 @@ impl Subscriber for HeraldSub {
 }
 
 /// Herald's client as a publisher into one channel (client protocol
-/// `publish`; the reply is the confirmation).
+/// `publish`, JSON or Protobuf; the reply is the confirmation).
 pub struct HeraldPub {
     pub client: Client,
-    /// The channel name as a JSON string.
-    pub channel_json: String,
+    pub channel: String,
 }
 
 impl HeraldPub {
     pub fn new(client: Client, channel: &str) -> Self {
         Self {
             client,
-            channel_json: serde_json::to_string(channel).unwrap_or_default(),
+            channel: channel.to_owned(),
         }
     }
 }
 
 impl Publisher for HeraldPub {
     async fn publish(&mut self, data: &str) -> Result<Option<u32>, ClientError> {
-        let params = format!(r#"{{"channel":{},"data":{data}}}"#, self.channel_json);
-        self.client.send_raw("publish", &params).await.map(Some)
+        self.client
+            .send_publish(&self.channel, data)
+            .await
+            .map(Some)
     }
 
     async fn confirmations(&mut self, out: &mut Vec<Confirmation>) -> Result<(), ClientError> {
@@ -155,6 +169,12 @@ impl Publisher for HeraldPub {
                     ok: error.is_none(),
                 });
             }
+        }
+        for r in frame.replies().iter().filter(|r| r.id > 0) {
+            out.push(Confirmation {
+                id: Some(r.id),
+                ok: r.error.is_none(),
+            });
         }
         Ok(())
     }

@@ -28,8 +28,8 @@ use super::payload::now_us;
 use super::report::{Measured, Peer, Report, Row};
 use super::stats::{Count, Latencies, Order, Progress, note};
 use super::target::{Herald, HeraldOptions, Nats};
-use super::{BenchError, Common, PeerKind, Rate};
-use herald_client::{Client, ClientError, ClientOptions};
+use super::{BenchError, Common, PeerKind, Rate, encoding_name, encoding_note};
+use herald_client::{Client, ClientError, ClientOptions, Encoding};
 
 /// The namespace of channels without history the bench configures.
 const EPHEMERAL_NAMESPACE: &str = "bench_eph";
@@ -48,6 +48,11 @@ pub enum Mode {
 pub struct FanoutArgs {
     #[command(flatten)]
     pub common: Common,
+    /// The client protocol's encoding of Herald's and Centrifugo's clients:
+    /// `json`, or `protobuf` (subprotocol `centrifuge-protobuf`; payloads
+    /// are the same JSON text, carried as bytes).
+    #[arg(long, default_value = "json")]
+    pub encoding: Encoding,
     #[arg(long, value_enum, default_value = "ephemeral")]
     pub mode: Mode,
     /// Rooms (channels; subjects for the peer).
@@ -151,6 +156,7 @@ pub async fn run(args: FanoutArgs) -> Result<Report, BenchError> {
             Mode::History => "history",
         }
     )];
+    notes.extend(encoding_note(args.encoding));
     if kinds.contains(&PeerKind::NatsWs) {
         notes.push(
             "nats-server ws publishes to NATS subjects (no history) and counts a PONG after each PUB as its confirmation"
@@ -176,6 +182,7 @@ pub async fn run(args: FanoutArgs) -> Result<Report, BenchError> {
         scenario: "fanout",
         params: json!({
             "mode": format!("{:?}", args.mode).to_lowercase(),
+            "encoding": encoding_name(args.encoding),
             "rooms": args.rooms,
             "subscribers_per_room": args.subscribers,
             "connections": args.connections(),
@@ -248,7 +255,7 @@ async fn protocol_run(
     tokens: Vec<String>,
 ) -> Result<Measured, BenchError> {
     let quiet = args.common.quiet;
-    let (rooms, mode) = (args.rooms, args.mode);
+    let (rooms, mode, encoding) = (args.rooms, args.mode, args.encoding);
     let tokens = Arc::new(tokens);
     let opened = Arc::new(Count::default());
     let n = args.connections();
@@ -265,7 +272,7 @@ async fn protocol_run(
             args.common.connect_concurrency,
             opened.clone(),
             move |i| {
-                let opts = options(sources.pick(i));
+                let opts = options(sources.pick(i), encoding);
                 let token = tokens[i].clone();
                 let (shared, stop) = (shared.clone(), stop.clone());
                 async move {
@@ -303,7 +310,7 @@ async fn protocol_run(
             args.common.connect_concurrency,
             Arc::new(Count::default()),
             move |r| {
-                let opts = options(sources.pick(r));
+                let opts = options(sources.pick(r), encoding);
                 let token = tokens[n + r].clone();
                 async move {
                     let (client, _) = Client::connect_with(addr, &token, &opts).await?;
@@ -405,10 +412,11 @@ fn subject(room: usize) -> String {
     format!("bench.room.{room}")
 }
 
-fn options(source: std::net::IpAddr) -> ClientOptions {
+fn options(source: std::net::IpAddr, encoding: Encoding) -> ClientOptions {
     ClientOptions {
         source: Some(source),
         read_buffer: READ_BUFFER,
+        encoding,
         ..ClientOptions::default()
     }
 }

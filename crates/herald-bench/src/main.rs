@@ -120,6 +120,21 @@ pub enum Scenario {
     Conversations(conversations::ConversationsArgs),
 }
 
+/// The name of a client encoding in reports (`--encoding`).
+fn encoding_name(e: herald_client::Encoding) -> &'static str {
+    match e {
+        herald_client::Encoding::Json => "json",
+        herald_client::Encoding::Protobuf => "protobuf",
+    }
+}
+
+/// The report's note on the clients' encoding, when not JSON.
+fn encoding_note(e: herald_client::Encoding) -> Option<String> {
+    (e == herald_client::Encoding::Protobuf).then(|| {
+        "Herald's and Centrifugo's clients speak Protobuf (subprotocol centrifuge-protobuf); nats-server ws its own protocol".into()
+    })
+}
+
 /// Options every scenario takes.
 #[derive(Args, Clone, Debug)]
 pub struct Common {

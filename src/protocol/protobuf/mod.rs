@@ -20,7 +20,7 @@
 //! (`data` is borrowed, not parsed).
 //!
 //! Knows nothing of tokio, axum or NATS; knows nothing of which encoding a
-//! connection negotiated (the session picks the codec).
+//! connection negotiated (`super::Encoding` picks the codec).
 //!
 //! Differences from the JSON replies, all because `client.proto` has no field
 //! for them: the publish reply carries no `offset`/`epoch` (Herald's JSON
