@@ -622,8 +622,28 @@ async fn a_user_on_two_edges_is_online_once_and_offline_once() {
         (count("user_online") == 1).then_some(())
     })
     .await;
+    // Edge B answers carol online (its status gather reaches edge A)
+    // before her second connection opens there: the online check of that
+    // connection asks the same way.
+    let api_b = b.api();
+    common::eventually("edge B sees carol", Duration::from_secs(10), || {
+        let api_b = &api_b;
+        async move {
+            let r = api_b
+                .call("user_status", &serde_json::json!({"users": ["carol"]}))
+                .await
+                .ok()?;
+            (r["result"]["statuses"][0]["online"] == true).then_some(())
+        }
+    })
+    .await;
     // A second connection through another edge: still the same online user.
     let (on_b, _) = WsClient::connect(b.addr(), &token).await;
+    // Edge B's online check runs after the connect is answered and asks the
+    // other edges: closing A before it has asked would make carol offline
+    // there, and B would report her online again (at least once, not at most
+    // once: a change within one check's time may be reported twice).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     on_a.close().await;
     disconnected(1).await;
     // The offline check of edge A's last connection runs after the
