@@ -199,6 +199,7 @@ mod tests {
             membership: false,
             receipts: true,
             track_publishers: true,
+            push_unread_delay: None,
         };
         let mut namespaces = BTreeMap::new();
         namespaces.insert("dm".to_string(), default.clone());

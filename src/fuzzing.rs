@@ -80,6 +80,7 @@ fn fixture() -> &'static Fixture {
             membership: false,
             receipts: true,
             track_publishers: true,
+            push_unread_delay: None,
         };
         channels
             .namespaces

@@ -13,6 +13,7 @@
 //! - [`sync`]: history reads over HTTP and NATS request/reply.
 //! - [`api`]: the server HTTP API.
 //! - [`proxy`]: Centrifugo-compatible HTTP proxies to the application backend.
+//! - [`push`]: offline push notifications: the device registry.
 //! - [`store`]: the `Store` trait, its contract suite, the embedded backend.
 //! - [`http_limit`]: per-IP and per-credential request rates of the HTTP APIs (429).
 //! - [`http_server`]: serves a router with header-read/idle timeouts and a connection cap.
@@ -41,6 +42,7 @@ pub mod limits;
 pub mod metrics;
 pub mod protocol;
 pub mod proxy;
+pub mod push;
 pub mod revocation;
 pub mod roles;
 pub mod secrets;
