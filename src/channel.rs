@@ -200,6 +200,7 @@ mod tests {
             receipts: true,
             track_publishers: true,
             publish_events: false,
+            push_unread_delay: None,
         };
         let mut namespaces = BTreeMap::new();
         namespaces.insert("dm".to_string(), default.clone());

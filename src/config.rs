@@ -127,6 +127,27 @@ options! {
     "channel_receipts" = "true" : "Default namespace: members subscribed to a conversation get live read/delivered receipts of the others (at most one per member per second); off for large rooms.";
     "channel_track_publishers" = "true" : "Default namespace: in a history channel without members (an open channel), a client's publish moves the publisher's read marker to it and lists the channel in their conversations, as in channels with members (own messages are never unread). One marker write per client publish: set false where publishes are no conversation (telemetry, game state).";
     "presence_ttl" = "60s" : "An edge that sent no heartbeat for this long is dead: its connections leave every presence, join/leave (leave pushes) and user status. Edges heartbeat every third of it.";
+    "push_rate_per_provider" = "500/1s" : "Sends to each push provider per process, as N/period (a burst of N refilled over the period); past it sends wait in the queue. Empty = no limit.";
+    "push_concurrency" = "64" : "Sends in flight at once per process (the sends consumer's unacknowledged messages).";
+    "push_retry_backoff" = "1s" : "Delay before the first retry of a send the provider asked to retry (timeout, 429, 5xx); doubled per attempt, at least the provider's Retry-After.";
+    "push_retry_max_backoff" = "5m" : "Longest delay between two retries of a send.";
+    "push_retry_max_age" = "1h" : "A notification not sent this long after send_push_notification queued it is dropped (counted as expired); also the push stream's max_age.";
+    "push_queue_max_messages" = "1000000" : "Most jobs and per-device sends the push stream holds; when full, send_push_notification answers 106 (limit exceeded).";
+    "channel_push_unread_delay" = "0s" : "Default namespace: unread-aware push. A member of a conversation (a channel with members) who has an unread message there and no connected device for this long gets one push (coalesced per conversation), badge = their total unread; reading on any device first cancels it. 0s = off. Per namespace: `push_unread_delay`.";
+    "push_unread_max_pending" = "100000" : "Channels waiting for their unread-push delay per edge; past it a new one is not timed (counted in herald_push_unread_total{result=\"dropped\"}).";
+    "push_max_devices_per_user" = "20" : "Push devices (device_register, herald.device_register) one user may have; registering one more replaces the user's least recently registered device.";
+    "push_fcm_credentials_file" = "" : "FCM: path of the Firebase service-account JSON (`project_id`, `client_email`, `private_key`, `token_uri`); its key signs the RS256 assertion exchanged for an OAuth2 access token. Empty = no FCM sender.";
+    "push_fcm_endpoint" = "https://fcm.googleapis.com" : "FCM: base URL of the HTTP v1 API; messages go to `<endpoint>/v1/projects/<project_id>/messages:send`.";
+    "push_fcm_token_url" = "" : "FCM: OAuth2 token endpoint; empty = the service account's `token_uri`.";
+    "push_apns_key_file" = "" : "APNs: path of the `.p8` token-signing key (PEM, P-256) from the Apple developer account. Empty = no APNs sender.";
+    "push_apns_key_id" = "" : "APNs: the key's id (`kid` of the provider token).";
+    "push_apns_team_id" = "" : "APNs: the team id (`iss` of the provider token).";
+    "push_apns_topic" = "" : "APNs: the default `apns-topic` (the app's bundle id); a notification's `apns.headers` may set another.";
+    "push_apns_endpoint" = "https://api.push.apple.com" : "APNs: base URL (HTTP/2); https://api.sandbox.push.apple.com for development builds.";
+    "push_webpush_vapid_key_file" = "" : "Web Push: path of the VAPID private key (PEM, P-256; `openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt`). Empty = no Web Push sender.";
+    "push_webpush_vapid_subject" = "" : "Web Push: the VAPID `sub` claim, a `mailto:` or `https:` URL where the push service can reach the operator.";
+    "push_ca_file" = "" : "Extra PEM CA certificates trusted for the push providers' endpoints, beside the system's roots (a private gateway, tests).";
+    "push_timeout" = "10s" : "Longest one request to a push provider may take (token exchange included); a timed-out send is retried.";
     "user_status_for_clients" = "false" : "Clients may call the RPC method `herald.user_status` (other users' online status).";
     "channel_publish_events" = "false" : "Default namespace: with webhooks on, every publication stored in the namespace is also sent as a `published` event (channel, offset, epoch, data, info), after the writer's commit.";
     "webhook_endpoints" = "" : "Comma-separated http:// URLs that receive the event webhooks (README, Event webhooks); each event is POSTed to every one. Empty = webhooks off: no event is emitted. Set the webhook_* options alike on every process (edges emit, writers emit `published` and dispatch).";
@@ -249,6 +270,8 @@ pub struct Config {
     pub proxies: ProxiesConfig,
     /// Event webhooks (the webhooks module).
     pub webhooks: WebhookConfig,
+    /// Push notification providers (`push`).
+    pub push: PushConfig,
 }
 
 /// The event types `webhook_events` may name (the webhooks module's `Kind`).
@@ -288,6 +311,31 @@ impl WebhookConfig {
     pub fn enabled(&self) -> bool {
         !self.endpoints.is_empty()
     }
+}
+
+/// The push providers' credentials and endpoints (`push_*`); a provider
+/// without credentials has no sender.
+#[derive(Debug, Clone, Default)]
+pub struct PushConfig {
+    pub fcm_credentials_file: Option<PathBuf>,
+    pub fcm_endpoint: String,
+    pub fcm_token_url: Option<String>,
+    pub apns_key_file: Option<PathBuf>,
+    pub apns_key_id: String,
+    pub apns_team_id: String,
+    pub apns_topic: String,
+    pub apns_endpoint: String,
+    pub webpush_vapid_key_file: Option<PathBuf>,
+    pub webpush_vapid_subject: String,
+    pub ca_file: Option<PathBuf>,
+    pub timeout: Duration,
+    pub rate_per_provider: Option<Rate>,
+    pub concurrency: usize,
+    pub retry_backoff: Duration,
+    pub retry_max_backoff: Duration,
+    pub retry_max_age: Duration,
+    pub queue_max_messages: i64,
+    pub unread_max_pending: usize,
 }
 
 /// Presence, join/leave and user status across edges (`presence_ttl`,
@@ -390,6 +438,8 @@ pub struct WriterConfig {
 pub struct SyncConfig {
     pub timeout: Duration,
     pub page_limit: usize,
+    /// Push devices one user may have (`push::registry`).
+    pub max_devices_per_user: usize,
 }
 
 /// Which `Store` backend the writer and sync use.
@@ -521,6 +571,9 @@ pub struct NamespaceOptions {
     pub track_publishers: bool,
     /// Stored publications are sent as `published` webhook events.
     pub publish_events: bool,
+    /// Unread-aware push (`push::unread`): a member with an unread message
+    /// and no connected device this long gets a push. `None` = off.
+    pub push_unread_delay: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -806,6 +859,7 @@ struct NamespaceFile {
     receipts: Option<bool>,
     track_publishers: Option<bool>,
     publish_events: Option<bool>,
+    push_unread_delay: Option<String>,
 }
 
 /// One `[[proxies]]` entry as written (TOML or JSON).
@@ -946,6 +1000,7 @@ impl Config {
             receipts: p.parse("channel_receipts", parse_bool),
             track_publishers: p.parse("channel_track_publishers", parse_bool),
             publish_events: p.parse("channel_publish_events", parse_bool),
+            push_unread_delay: p.parse("channel_push_unread_delay", parse_retention),
         };
         let webhooks = WebhookConfig {
             endpoints: p.parse("webhook_endpoints", parse_endpoints),
@@ -1243,6 +1298,7 @@ impl Config {
             sync: SyncConfig {
                 timeout: p.parse("sync_timeout", parse_duration_positive),
                 page_limit: p.parse("history_page_limit", parse_positive),
+                max_devices_per_user: p.parse("push_max_devices_per_user", parse_positive),
             },
             idempotency_retention: p.parse("idempotency_retention", parse_duration_positive),
             store: p.parse("store", |s| match s {
@@ -1292,6 +1348,36 @@ impl Config {
             presence,
             proxies,
             webhooks,
+            push: PushConfig {
+                fcm_credentials_file: p.parse("push_fcm_credentials_file", parse_optional_path),
+                fcm_endpoint: p.parse("push_fcm_endpoint", parse_http_url),
+                fcm_token_url: p.parse("push_fcm_token_url", |s| {
+                    if s.is_empty() {
+                        Ok(None)
+                    } else {
+                        parse_http_url(s).map(Some)
+                    }
+                }),
+                apns_key_file: p.parse("push_apns_key_file", parse_optional_path),
+                apns_key_id: p.string("push_apns_key_id"),
+                apns_team_id: p.string("push_apns_team_id"),
+                apns_topic: p.string("push_apns_topic"),
+                apns_endpoint: p.parse("push_apns_endpoint", parse_http_url),
+                webpush_vapid_key_file: p
+                    .parse("push_webpush_vapid_key_file", parse_optional_path),
+                webpush_vapid_subject: p.string("push_webpush_vapid_subject"),
+                ca_file: p.parse("push_ca_file", parse_optional_path),
+                timeout: p.parse("push_timeout", parse_duration_positive),
+                rate_per_provider: p.parse("push_rate_per_provider", parse_optional_rate),
+                concurrency: p.parse("push_concurrency", parse_positive),
+                retry_backoff: p.parse("push_retry_backoff", parse_duration_positive),
+                retry_max_backoff: p.parse("push_retry_max_backoff", parse_duration_positive),
+                retry_max_age: p.parse("push_retry_max_age", parse_duration_positive),
+                unread_max_pending: p.parse("push_unread_max_pending", parse_positive),
+                queue_max_messages: p.parse("push_queue_max_messages", |s| {
+                    parse_positive(s).map(|n| i64::try_from(n).unwrap_or(i64::MAX))
+                }),
+            },
         };
         let mut config = config;
         // Built in, so one-to-one chats (`dm:#alice,bob`) work with no
@@ -1319,6 +1405,7 @@ impl Config {
                 membership: false,
                 receipts: false,
                 track_publishers: false,
+                push_unread_delay: None,
                 ..default_ns.clone()
             },
         );
@@ -1388,6 +1475,14 @@ impl Config {
                 receipts: f.receipts.unwrap_or(base.receipts),
                 track_publishers: f.track_publishers.unwrap_or(base.track_publishers),
                 publish_events: f.publish_events.unwrap_or(base.publish_events),
+                push_unread_delay: match f.push_unread_delay.as_deref().map(parse_retention) {
+                    None => base.push_unread_delay,
+                    Some(Ok(d)) => d,
+                    Some(Err(e)) => {
+                        errors.push(format!("namespaces.{name}.push_unread_delay: {e}"));
+                        None
+                    }
+                },
             };
             config.channels.namespaces.insert(name, o);
         }
@@ -1714,6 +1809,21 @@ fn parse_keyspace(s: &str) -> Result<String, String> {
         Ok(s.to_string())
     } else {
         Err("expected 1 to 48 letters, digits and `_`, starting with a letter".into())
+    }
+}
+
+fn parse_optional_path(s: &str) -> Result<Option<PathBuf>, String> {
+    Ok((!s.is_empty()).then(|| PathBuf::from(s)))
+}
+
+/// An http:// or https:// URL, without a trailing slash.
+fn parse_http_url(s: &str) -> Result<String, String> {
+    let ok = (s.starts_with("http://") || s.starts_with("https://"))
+        && s.parse::<axum::http::Uri>().is_ok();
+    if ok {
+        Ok(s.trim_end_matches('/').to_string())
+    } else {
+        Err("expected an http:// or https:// URL".into())
     }
 }
 

@@ -81,6 +81,7 @@ fn fixture() -> &'static Fixture {
             receipts: true,
             track_publishers: true,
             publish_events: false,
+            push_unread_delay: None,
         };
         channels
             .namespaces

@@ -14,6 +14,7 @@
 //! - [`api`]: the server HTTP API.
 //! - [`proxy`]: Centrifugo-compatible HTTP proxies to the application backend.
 //! - [`webhooks`]: durable event webhooks (emit, the events stream, the dispatcher).
+//! - [`push`]: offline push notifications: the device registry.
 //! - [`store`]: the `Store` trait, its contract suite, the embedded backend.
 //! - [`http_limit`]: per-IP and per-credential request rates of the HTTP APIs (429).
 //! - [`http_server`]: serves a router with header-read/idle timeouts and a connection cap.
@@ -42,6 +43,7 @@ pub mod limits;
 pub mod metrics;
 pub mod protocol;
 pub mod proxy;
+pub mod push;
 pub mod revocation;
 pub mod roles;
 pub mod secrets;

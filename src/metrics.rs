@@ -99,6 +99,12 @@ pub const WEBHOOK_RETRIES_TOTAL: &str = "herald_webhook_retries_total";
 pub const WEBHOOK_EXPIRED_TOTAL: &str = "herald_webhook_events_expired_total";
 pub const WEBHOOK_DELIVERY_SECONDS: &str = "herald_webhook_delivery_seconds";
 pub const WEBHOOK_REQUEST_SECONDS: &str = "herald_webhook_request_seconds";
+// Push notifications (the push worker: sync role; the API queues jobs).
+pub const PUSH_SENDS_TOTAL: &str = "herald_push_sends_total";
+pub const PUSH_SEND_SECONDS: &str = "herald_push_send_seconds";
+pub const PUSH_JOBS_TOTAL: &str = "herald_push_jobs_total";
+pub const PUSH_DEVICES_REMOVED_TOTAL: &str = "herald_push_devices_removed_total";
+pub const PUSH_UNREAD_TOTAL: &str = "herald_push_unread_total";
 
 // Abuse limits (every role's listeners; the edge's clients).
 pub const LIMIT_HITS_TOTAL: &str = "herald_limit_hits_total";
@@ -304,6 +310,26 @@ pub const HELP: &[(&str, &str)] = &[
         "Duration of one webhook POST, answered or not.",
     ),
     (
+        PUSH_SENDS_TOTAL,
+        "Notifications sent to a device, by provider (fcm, apns, webpush) and result (sent, invalid_token, retry, failed, expired, no_device, no_sender).",
+    ),
+    (
+        PUSH_SEND_SECONDS,
+        "Duration of one send to a push provider, by provider.",
+    ),
+    (
+        PUSH_JOBS_TOTAL,
+        "send_push_notification jobs, by result (queued, fanned_out, retry, expired, invalid).",
+    ),
+    (
+        PUSH_DEVICES_REMOVED_TOTAL,
+        "Devices removed because their provider called the token invalid, by provider.",
+    ),
+    (
+        PUSH_UNREAD_TOTAL,
+        "Unread-aware pushes, by result (queued; dropped: a channel not timed because push_unread_max_pending were waiting).",
+    ),
+    (
         LIMIT_HITS_TOTAL,
         "Requests, commands and connections refused by an abuse limit, by limit.",
     ),
@@ -463,6 +489,11 @@ pub mod labels {
         "markers",
         "conversations",
         "positions",
+        "put_device",
+        "remove_device",
+        "device",
+        "user_devices",
+        "topic_devices",
     ];
     /// `kind` of [`super::STORE_ERRORS_TOTAL`] (`StoreErrorKind::label`).
     pub const STORE_ERROR_KINDS: &[&str] = &[
@@ -517,6 +548,10 @@ pub mod labels {
         "members",
         "conversations",
         "unread",
+        "device_register",
+        "device_remove",
+        "device_list",
+        "send_push_notification",
     ];
     /// What a request for an unknown method can get.
     pub const API_UNKNOWN_RESULTS: &[&str] =

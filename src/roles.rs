@@ -415,6 +415,29 @@ pub async fn start_with_shutdown(
         }));
     }
 
+    let push_settings = crate::push::queue_settings(&config.push, config.nats.kv_replicas);
+    if role.has_edge() || role.has_sync() {
+        crate::push::queue::register_metrics();
+    }
+    if role.has_sync() {
+        let senders = crate::push::senders(&config.push)
+            .map_err(|e| anyhow::anyhow!("push notifications: {e}"))?;
+        if !senders.is_empty() {
+            let senders = crate::push::queue::Senders::new(senders, config.push.rate_per_provider);
+            let (js, store, token, settings) = (
+                js.clone(),
+                store.clone().expect("sync has a store"),
+                shutdown.clone(),
+                push_settings.clone(),
+            );
+            tokio::spawn(async move {
+                if let Err(e) = crate::push::queue::run(js, store, senders, settings, token).await {
+                    tracing::error!(error = %e, "push worker stopped");
+                }
+            });
+        }
+    }
+
     let mut writer_task = None;
     if role.has_writer() {
         let settings = WriterSettings {
@@ -500,6 +523,25 @@ pub async fn start_with_shutdown(
             }
         }));
         router = router.merge(e.router());
+        let push_queue = crate::push::queue::Enqueuer::new(js.clone(), &push_settings)
+            .await
+            .context("creating the push stream")?;
+        if crate::push::unread::enabled(&config.channels) {
+            let run = crate::push::unread::run(
+                nats.clone(),
+                config.channels.clone(),
+                sync_client.clone(),
+                e.presence_handle(),
+                push_queue.clone(),
+                config.push.unread_max_pending,
+                shutdown.clone(),
+            );
+            tokio::spawn(async move {
+                if let Err(e) = run.await {
+                    tracing::error!(error = %e, "unread push dispatcher stopped");
+                }
+            });
+        }
         notes.api_enabled = config.api_key.is_some();
         let api_caller = crate::api::Caller::new(crate::api::ApiState {
             key: config.api_key.clone(),
@@ -511,6 +553,7 @@ pub async fn start_with_shutdown(
             failures: crate::api::limit::FailureLimit::per_minute(
                 config.api_key_failures_per_minute,
             ),
+            push: push_queue,
         });
         if config.demo {
             let secret = token_secret

@@ -50,6 +50,7 @@ fn channels() -> ChannelsConfig {
         receipts: true,
         track_publishers: true,
         publish_events: false,
+        push_unread_delay: None,
     };
     let mut namespaces = BTreeMap::new();
     namespaces.insert("dm".to_string(), default.clone());
@@ -171,6 +172,7 @@ fn service(store: Arc<EmbeddedStore>, page_limit: usize) -> SyncService {
             store_timeout: Duration::from_secs(5),
             concurrency: 8,
             coalesce_capacity: 64,
+            max_devices_per_user: 20,
         },
     )
 }

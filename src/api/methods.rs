@@ -314,6 +314,9 @@ pub(super) fn check_request(
         M::AddMembers | M::RemoveMembers | M::Members | M::Conversations | M::Unread => {
             super::conversations::check_request(method, body, channels)?;
         }
+        M::DeviceRegister | M::DeviceRemove | M::DeviceList | M::SendPushNotification => {
+            super::push::check_request(method, body)?;
+        }
     }
     Ok(())
 }

@@ -88,6 +88,8 @@
 //!
 //! - IM conversations (`conversations`): `add_members`, `remove_members`,
 //!   `members`, and a user's `conversations` and `unread`.
+//! - Push notifications (`push`): `device_register`, `device_remove`,
+//!   `device_list`, `send_push_notification`.
 //! - Revocation (`crate::revocation`), stored in NATS KV and enforced by
 //!   every edge; `{}` once stored:
 //!   - `revoke_token {jti, expire_at}`: the token with this `jti` no longer
@@ -118,6 +120,8 @@
 //! and hands it control messages to send.
 
 mod conversations;
+mod push;
+pub use push::removed_id;
 pub mod limit;
 mod methods;
 
@@ -167,6 +171,8 @@ pub struct ApiState {
     pub edge: Arc<Edge>,
     /// The failed-key budget per client IP.
     pub failures: limit::FailureLimit,
+    /// Where `send_push_notification` queues its jobs.
+    pub push: crate::push::queue::Enqueuer,
 }
 
 /// What `info` says about this node besides the edge's counts; fixed when
@@ -261,6 +267,10 @@ enum Method {
     Members,
     Conversations,
     Unread,
+    DeviceRegister,
+    DeviceRemove,
+    DeviceList,
+    SendPushNotification,
 }
 
 impl Method {
@@ -284,6 +294,10 @@ impl Method {
             "members" => Some(Self::Members),
             "conversations" => Some(Self::Conversations),
             "unread" => Some(Self::Unread),
+            "device_register" => Some(Self::DeviceRegister),
+            "device_remove" => Some(Self::DeviceRemove),
+            "device_list" => Some(Self::DeviceList),
+            "send_push_notification" => Some(Self::SendPushNotification),
             _ => None,
         }
     }
@@ -309,6 +323,10 @@ impl Method {
             Some(Self::Members) => "members",
             Some(Self::Conversations) => "conversations",
             Some(Self::Unread) => "unread",
+            Some(Self::DeviceRegister) => "device_register",
+            Some(Self::DeviceRemove) => "device_remove",
+            Some(Self::DeviceList) => "device_list",
+            Some(Self::SendPushNotification) => "send_push_notification",
             None => "unknown",
         }
     }
@@ -540,6 +558,12 @@ impl Api {
             Method::Members => raw(&self.members(decode(body)?).await?),
             Method::Conversations => raw(&self.conversations(decode(body)?).await?),
             Method::Unread => raw(&self.unread(decode(body)?).await?),
+            Method::DeviceRegister => raw(&self.device_register(decode(body)?).await?),
+            Method::DeviceRemove => raw(&self.device_remove(decode(body)?).await?),
+            Method::DeviceList => raw(&self.device_list(decode(body)?).await?),
+            Method::SendPushNotification => {
+                raw(&self.send_push_notification(decode(body)?).await?)
+            }
         }
     }
 

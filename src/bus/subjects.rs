@@ -14,6 +14,16 @@ pub const SYNC: &str = "herald.sync.v1";
 /// Queue group every sync instance joins.
 pub const SYNC_QUEUE: &str = "sync";
 
+/// The JetStream stream of push notifications: `send_push_notification`
+/// jobs, and one message per device to send to.
+pub const PUSH_STREAM: &str = "HERALD_PUSH";
+pub const PUSH_WILDCARD: &str = "herald.push.>";
+pub const PUSH_JOBS: &str = "herald.push.job";
+pub const PUSH_SENDS: &str = "herald.push.send";
+/// The durable consumers of the push worker.
+pub const PUSH_JOBS_CONSUMER: &str = "herald-push-jobs";
+pub const PUSH_SENDS_CONSUMER: &str = "herald-push-sends";
+
 /// The KV bucket of writer membership and partition leases.
 pub const WRITERS_BUCKET: &str = "herald_writers";
 const MEMBER_KEY_PREFIX: &str = "member.";

@@ -113,6 +113,11 @@ pub struct Edge {
 }
 
 impl Edge {
+    /// Presence across edges, shared (the unread-aware push asks who is online).
+    pub fn presence_handle(&self) -> Arc<Presence> {
+        self.presence.clone()
+    }
+
     pub fn new(
         settings: EdgeSettings,
         nats: async_nats::Client,

@@ -25,6 +25,7 @@
 //! against storage that keeps data from earlier runs (a shared ScyllaDB
 //! keyspace). It does not know any backend.
 
+pub mod device;
 pub mod im;
 
 use std::future::Future;
@@ -62,6 +63,7 @@ where
     // Boxed: inline, the IM cases' futures would grow this one's stack
     // frame in a debug build past what a test thread has.
     Box::pin(im::run_all(&open)).await;
+    Box::pin(device::run_all(&open)).await;
 }
 
 /// The cases for a backend on which several handles (processes) can append

@@ -54,10 +54,11 @@ use tokio::sync::oneshot;
 use crate::config::ChannelsConfig;
 
 use super::{
-    ChannelAppend, Conversation, Direction, Markers, Position, ReadRange, Store, StoreError,
-    StoreErrorKind, StoreOptions, StoreResult, StoredPublication,
+    ChannelAppend, Conversation, Device, Direction, Markers, Position, ReadRange, Store,
+    StoreError, StoreErrorKind, StoreOptions, StoreResult, StoredPublication,
 };
 
+mod device;
 mod im;
 
 /// Version byte leading every value this module writes, so a later layout can
@@ -93,6 +94,9 @@ const KEYS: &str = "idempotency";
 const KEYS_BY_TIME: &str = "idempotency_by_time";
 const MEMBERS: &str = "members";
 const CONVERSATIONS: &str = "conversations";
+const DEVICES: &str = "push_devices";
+const USER_DEVICES: &str = "push_user_devices";
+const TOPIC_DEVICES: &str = "push_topic_devices";
 
 /// The fjall-backed `Store`. Cheap to share behind an `Arc`; dropping it
 /// stops the committer (after the commit in hand), closes the database and
@@ -139,6 +143,15 @@ struct Inner {
     members: Keyspace,
     /// escaped user ++ channel -> standing, markers, updated_ms (`im`).
     conversations: Keyspace,
+    /// device id -> device (`device`).
+    devices: Keyspace,
+    /// escaped user ++ device id -> empty (`device`).
+    user_devices: Keyspace,
+    /// escaped topic ++ device id -> empty (`device`).
+    topic_devices: Keyspace,
+    /// Held by a device put or remove from its read to its commit; only
+    /// inside `spawn_blocking`.
+    device_lock: Mutex<()>,
     retention: Duration,
     /// Held by a group commit from reading the heads to the fsync, and by
     /// each purge chunk, so no write slips between a check and its commit.
@@ -175,6 +188,10 @@ impl EmbeddedStore {
             keys_by_time: open_keyspace(KEYS_BY_TIME)?,
             members: open_keyspace(MEMBERS)?,
             conversations: open_keyspace(CONVERSATIONS)?,
+            devices: open_keyspace(DEVICES)?,
+            user_devices: open_keyspace(USER_DEVICES)?,
+            topic_devices: open_keyspace(TOPIC_DEVICES)?,
+            device_lock: Mutex::new(()),
             db,
             retention: options.idempotency_retention,
             write_lock: Mutex::new(()),
@@ -473,6 +490,43 @@ impl Store for EmbeddedStore {
     async fn conversations(&self, user: &str) -> StoreResult<Vec<Conversation>> {
         let user = user.to_owned();
         self.blocking(move |inner| inner.conversations(&user)).await
+    }
+
+    async fn put_device(&self, device: &Device) -> StoreResult<Option<Device>> {
+        let device = device.clone();
+        self.blocking(move |inner| inner.put_device(&device)).await
+    }
+
+    async fn remove_device(&self, id: &str) -> StoreResult<Option<Device>> {
+        let id = id.to_owned();
+        self.blocking(move |inner| inner.remove_device(&id)).await
+    }
+
+    async fn device(&self, id: &str) -> StoreResult<Option<Device>> {
+        let id = id.to_owned();
+        self.blocking(move |inner| inner.device(&id)).await
+    }
+
+    async fn user_devices(
+        &self,
+        user: &str,
+        after: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<Device>> {
+        let (user, after) = (user.to_owned(), after.to_owned());
+        self.blocking(move |inner| inner.indexed_devices(false, &user, &after, limit))
+            .await
+    }
+
+    async fn topic_devices(
+        &self,
+        topic: &str,
+        after: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<Device>> {
+        let (topic, after) = (topic.to_owned(), after.to_owned());
+        self.blocking(move |inner| inner.indexed_devices(true, &topic, &after, limit))
+            .await
     }
 
     /// One blocking call and one snapshot for all of them.

@@ -18,8 +18,8 @@ use async_trait::async_trait;
 use metrics::Histogram;
 
 use super::{
-    ChannelAppend, Conversation, Markers, Position, ReadRange, SharedStore, Store, StoreResult,
-    StoredPublication,
+    ChannelAppend, Conversation, Device, Markers, Position, ReadRange, SharedStore, Store,
+    StoreResult, StoredPublication,
 };
 use crate::metrics as m;
 
@@ -40,10 +40,15 @@ enum Op {
     Markers,
     Conversations,
     Positions,
+    PutDevice,
+    RemoveDevice,
+    Device,
+    UserDevices,
+    TopicDevices,
 }
 
 impl Op {
-    const ALL: [Op; 14] = [
+    const ALL: [Op; 19] = [
         Op::Append,
         Op::Read,
         Op::Position,
@@ -58,6 +63,11 @@ impl Op {
         Op::Markers,
         Op::Conversations,
         Op::Positions,
+        Op::PutDevice,
+        Op::RemoveDevice,
+        Op::Device,
+        Op::UserDevices,
+        Op::TopicDevices,
     ];
 
     fn label(self) -> &'static str {
@@ -76,6 +86,11 @@ impl Op {
             Op::Markers => "markers",
             Op::Conversations => "conversations",
             Op::Positions => "positions",
+            Op::PutDevice => "put_device",
+            Op::RemoveDevice => "remove_device",
+            Op::Device => "device",
+            Op::UserDevices => "user_devices",
+            Op::TopicDevices => "topic_devices",
         }
     }
 }
@@ -243,6 +258,43 @@ impl Store for Metered {
     async fn positions(&self, channels: &[&str]) -> StoreResult<Vec<Position>> {
         self.measure(Op::Positions, self.inner.positions(channels))
             .await
+    }
+
+    async fn put_device(&self, device: &Device) -> StoreResult<Option<Device>> {
+        self.measure(Op::PutDevice, self.inner.put_device(device))
+            .await
+    }
+
+    async fn remove_device(&self, id: &str) -> StoreResult<Option<Device>> {
+        self.measure(Op::RemoveDevice, self.inner.remove_device(id))
+            .await
+    }
+
+    async fn device(&self, id: &str) -> StoreResult<Option<Device>> {
+        self.measure(Op::Device, self.inner.device(id)).await
+    }
+
+    async fn user_devices(
+        &self,
+        user: &str,
+        after: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<Device>> {
+        self.measure(Op::UserDevices, self.inner.user_devices(user, after, limit))
+            .await
+    }
+
+    async fn topic_devices(
+        &self,
+        topic: &str,
+        after: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<Device>> {
+        self.measure(
+            Op::TopicDevices,
+            self.inner.topic_devices(topic, after, limit),
+        )
+        .await
     }
 }
 

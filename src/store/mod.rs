@@ -10,8 +10,12 @@
 //! For IM conversations (`im`) it also keeps channel memberships, each
 //! user's read / delivered markers per channel and each user's conversation
 //! set; it does not decide who may set them (the edge does).
+//!
+//! For push notifications (`device`) it keeps registered devices by id, by
+//! user and by topic; it does not know providers or per-user limits.
 
 pub mod contract;
+pub mod device;
 pub mod embedded;
 pub mod im;
 pub mod metered;
@@ -23,6 +27,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use device::{Device, Provider};
 pub use im::{Conversation, Markers, Standing};
 
 /// A stored publication. `data` and `info` are raw JSON as received.
@@ -227,6 +232,30 @@ pub trait Store: Send + Sync + 'static {
     async fn positions(&self, channels: &[&str]) -> StoreResult<Vec<Position>> {
         futures::future::try_join_all(channels.iter().map(|c| self.position(c))).await
     }
+
+    /// Stores a device by id (insert or replace), keeping the by-user and
+    /// by-topic views in step: a device moved to another user or other
+    /// topics leaves the old ones. Returns the row it replaced.
+    async fn put_device(&self, device: &Device) -> StoreResult<Option<Device>>;
+
+    /// Removes a device from every view; returns the row removed.
+    async fn remove_device(&self, id: &str) -> StoreResult<Option<Device>>;
+
+    async fn device(&self, id: &str) -> StoreResult<Option<Device>>;
+
+    /// The user's devices by id, strictly after `after` ("" = from the
+    /// start), at most `limit`.
+    async fn user_devices(&self, user: &str, after: &str, limit: usize)
+    -> StoreResult<Vec<Device>>;
+
+    /// The devices subscribed to `topic` by id, strictly after `after`, at
+    /// most `limit`.
+    async fn topic_devices(
+        &self,
+        topic: &str,
+        after: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<Device>>;
 }
 
 pub type SharedStore = Arc<dyn Store>;

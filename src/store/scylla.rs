@@ -62,11 +62,12 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::{Consistency, SerialConsistency};
 
 use super::{
-    AppendHook, AppendStep, ChannelAppend, Conversation, Direction, Markers, Position, ReadRange,
-    Store, StoreError, StoreErrorKind, StoreOptions, StoreResult, StoredPublication,
+    AppendHook, AppendStep, ChannelAppend, Conversation, Device, Direction, Markers, Position,
+    ReadRange, Store, StoreError, StoreErrorKind, StoreOptions, StoreResult, StoredPublication,
 };
 use crate::config::{ChannelsConfig, ScyllaConfig, ScyllaConsistency};
 
+mod device;
 mod im;
 
 /// Offsets per `messages` partition: 2^12.
@@ -96,6 +97,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 3,
         file: "003_conversations.cql",
         cql: include_str!("../../schema/003_conversations.cql"),
+    },
+    Migration {
+        version: 4,
+        file: "004_push_devices.cql",
+        cql: include_str!("../../schema/004_push_devices.cql"),
     },
 ];
 
@@ -440,6 +446,8 @@ pub struct ScyllaStore {
     fences: std::sync::Mutex<HashMap<String, Held>>,
     /// Memberships, markers and conversation sets (`im`).
     im: im::Im,
+    /// Push devices (`device`).
+    devices: device::Statements,
 }
 
 /// A fencing token held by this handle, with the head and epoch it committed.
@@ -553,6 +561,7 @@ impl ScyllaStore {
         // Boxed: inline, its futures would make `connect`'s much larger (a
         // debug build's test thread overflowed its stack).
         let im = im::Im::new(Box::pin(im::Statements::prepare(&session, ks)).await?);
+        let devices = Box::pin(device::Statements::prepare(&session, ks)).await?;
         tracing::info!(keyspace = %ks, nodes = %settings.cluster.nodes.join(","), "scylla store connected");
         Ok(Self {
             session,
@@ -564,6 +573,7 @@ impl ScyllaStore {
             hook: None,
             fences: std::sync::Mutex::new(HashMap::new()),
             im,
+            devices,
         })
     }
 
@@ -1213,6 +1223,42 @@ impl Store for ScyllaStore {
 
     async fn conversations(&self, user: &str) -> StoreResult<Vec<Conversation>> {
         self.im.conversations(&self.session, user).await
+    }
+
+    async fn put_device(&self, device: &Device) -> StoreResult<Option<Device>> {
+        let ts = self.im.timestamp();
+        self.devices.put_device(&self.session, ts, device).await
+    }
+
+    async fn remove_device(&self, id: &str) -> StoreResult<Option<Device>> {
+        let ts = self.im.timestamp();
+        self.devices.remove_device(&self.session, ts, id).await
+    }
+
+    async fn device(&self, id: &str) -> StoreResult<Option<Device>> {
+        self.devices.device(&self.session, id).await
+    }
+
+    async fn user_devices(
+        &self,
+        user: &str,
+        after: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<Device>> {
+        self.devices
+            .indexed(&self.session, false, user, after, limit)
+            .await
+    }
+
+    async fn topic_devices(
+        &self,
+        topic: &str,
+        after: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<Device>> {
+        self.devices
+            .indexed(&self.session, true, topic, after, limit)
+            .await
     }
 
     /// One point read per channel, at most [`CONCURRENCY`] at a time.

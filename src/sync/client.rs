@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::conversations;
-use super::wire::{ImRequest, Marked, MemberMarkers, Page, SyncReply, SyncRequest};
+use super::wire::{DeviceRequest, ImRequest, Marked, MemberMarkers, Page, SyncReply, SyncRequest};
 use crate::bus::publisher::{LookupError, OffsetLookup};
 use crate::bus::subjects;
 
@@ -253,6 +253,62 @@ impl SyncClient {
         {
             SyncReply::Unread(u) => Ok(u),
             _ => Self::unexpected("unread counts"),
+        }
+    }
+}
+
+/// The push device registry (`sync::device`).
+impl SyncClient {
+    async fn device_call(&self, req: DeviceRequest) -> Result<SyncReply, SyncClientError> {
+        self.call(&SyncRequest::Device(req)).await
+    }
+
+    /// Stores a checked device; returns it as stored and the ids of the
+    /// user's devices it evicted.
+    pub async fn register_device(
+        &self,
+        device: &crate::store::Device,
+    ) -> Result<(crate::store::Device, Vec<String>), SyncClientError> {
+        let req = DeviceRequest::Register {
+            device: device.clone(),
+        };
+        match self.device_call(req).await? {
+            SyncReply::Registered { device, evicted } => Ok((device, evicted)),
+            _ => Self::unexpected("a registered device"),
+        }
+    }
+
+    /// Removes a device (only `user`'s, when given); the device removed.
+    pub async fn remove_device(
+        &self,
+        id: &str,
+        user: Option<&str>,
+    ) -> Result<Option<crate::store::Device>, SyncClientError> {
+        let req = DeviceRequest::Remove {
+            id: id.to_string(),
+            user: user.map(str::to_string),
+        };
+        match self.device_call(req).await? {
+            SyncReply::Device(d) => Ok(d),
+            _ => Self::unexpected("a device"),
+        }
+    }
+
+    /// A page of the user's devices by id after `after`.
+    pub async fn devices(
+        &self,
+        user: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::store::Device>, SyncClientError> {
+        let req = DeviceRequest::List {
+            user: user.to_string(),
+            after: after.to_string(),
+            limit,
+        };
+        match self.device_call(req).await? {
+            SyncReply::Devices(d) => Ok(d),
+            _ => Self::unexpected("devices"),
         }
     }
 }

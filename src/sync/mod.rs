@@ -9,7 +9,8 @@
 //!
 //! It also answers IM conversation requests (`im`: membership, markers, the
 //! conversation list composed by `conversations`), the only writes it makes
-//! to the store — membership and marker rows, never publications.
+//! to the store — membership and marker rows, never publications — and
+//! push device requests (`device`: the device registry's rows).
 //!
 //! The HTTP API refuses revoked tokens once [`SyncService::set_revocations`]
 //! was given the process's revocations.
@@ -20,6 +21,7 @@
 pub mod client;
 mod coalesce;
 pub mod conversations;
+pub mod device;
 mod http;
 mod im;
 mod reader;
@@ -59,6 +61,8 @@ pub struct SyncSettings {
     pub concurrency: usize,
     /// Keys the coalescing map holds at most.
     pub coalesce_capacity: usize,
+    /// Push devices one user may have (`push::registry::register`).
+    pub max_devices_per_user: usize,
 }
 
 impl SyncSettings {
@@ -69,6 +73,7 @@ impl SyncSettings {
             store_timeout: config.timeout * 3 / 4,
             concurrency: DEFAULT_CONCURRENCY,
             coalesce_capacity: DEFAULT_COALESCE_CAPACITY,
+            max_devices_per_user: config.max_devices_per_user,
         }
     }
 }

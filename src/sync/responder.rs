@@ -75,6 +75,7 @@ async fn answer(service: &SyncService, payload: &[u8]) -> (Bytes, &'static str) 
         SyncRequest::Read { .. } => "read",
         SyncRequest::Idempotency { .. } => "idempotency",
         SyncRequest::Im(_) => "im",
+        SyncRequest::Device(_) => "device",
     };
     tracing::Span::current().record("request", kind);
     match request {
@@ -101,6 +102,10 @@ async fn answer(service: &SyncService, payload: &[u8]) -> (Bytes, &'static str) 
             }
         }
         SyncRequest::Im(req) => match service.im(req).await {
+            Ok(reply) => (to_bytes(&reply), "ok"),
+            Err(e) => failed(e),
+        },
+        SyncRequest::Device(req) => match service.device(req).await {
             Ok(reply) => (to_bytes(&reply), "ok"),
             Err(e) => failed(e),
         },

@@ -24,6 +24,31 @@ pub enum SyncRequest {
     /// IM conversations (`SyncService`'s im part); the asker has checked
     /// the channel name and the caller's permission.
     Im(ImRequest),
+    /// Push devices (`SyncService`'s device part); the asker has checked
+    /// the registration (`push::registry`).
+    Device(DeviceRequest),
+}
+
+/// The push device registry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceRequest {
+    /// → `Registered`: the device as stored, and the ids of the user's
+    /// devices it evicted (`push_max_devices_per_user`).
+    Register { device: crate::store::Device },
+    /// → `Device`: the device removed, if any. With `user`, only that
+    /// user's device is removed (a client removing its own).
+    Remove {
+        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+    },
+    /// → `Devices`: the user's devices by id after `after`.
+    List {
+        user: String,
+        after: String,
+        limit: usize,
+    },
 }
 
 /// Membership, markers and the conversation list.
@@ -112,6 +137,12 @@ pub enum SyncReply {
     Marked(Marked),
     Conversations(super::conversations::Page),
     Unread(super::conversations::Unread),
+    Device(Option<crate::store::Device>),
+    Registered {
+        device: crate::store::Device,
+        evicted: Vec<String>,
+    },
+    Devices(Vec<crate::store::Device>),
     Error {
         /// `bad_request` (bad channel name, undecodable request),
         /// `unknown_channel` (no such namespace), `not_available` (the

@@ -22,6 +22,7 @@ mod im;
 mod presence;
 mod proxied;
 mod publish;
+mod push;
 mod refresh;
 mod server_side;
 mod subscribe;

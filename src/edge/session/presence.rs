@@ -70,8 +70,9 @@ impl Session {
         })))
     }
 
-    /// Herald's own methods (`herald.` prefix): `herald.user_status`, and
-    /// the conversation methods (`im`); any other method is 108.
+    /// Herald's own methods (`herald.` prefix): `herald.user_status`, the
+    /// conversation methods (`im`) and the device methods (`push`); any
+    /// other method is 108.
     pub(super) async fn rpc(&mut self, req: RpcRequest) -> Result<Option<ReplyResult>, Fail> {
         if !req.method.starts_with("herald.") {
             return Err(Fail::Error(ProtocolError::NotAvailable));
@@ -83,7 +84,10 @@ impl Session {
             // Conversations are a user's; an anonymous connection has none.
             return Err(Fail::Error(ProtocolError::PermissionDenied));
         }
-        match self.rpc_im(&req.method, req.data.as_deref()).await {
+        if let Some(outcome) = self.rpc_im(&req.method, req.data.as_deref()).await {
+            return outcome;
+        }
+        match self.rpc_push(&req.method, req.data.as_deref()).await {
             Some(outcome) => outcome,
             None => Err(Fail::Error(ProtocolError::NotAvailable)),
         }

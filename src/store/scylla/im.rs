@@ -164,7 +164,7 @@ impl Im {
 
     /// A write timestamp for a membership change: the clock in µs, strictly
     /// greater than the last one this handle used.
-    fn timestamp(&self) -> i64 {
+    pub(super) fn timestamp(&self) -> i64 {
         let now = super::now_us();
         let mut last = self.clock.load(Ordering::Relaxed);
         loop {
