@@ -371,6 +371,13 @@ fn scripts() -> Vec<Script> {
             .closed(0),
     );
     s.push(
+        Script::new("a client ping command")
+            .connect(0, &token("u-pingcmd"))
+            .send(0, json!({"id": 2, "ping": {}}))
+            .recv(0, 1)
+            .differs("client-ping-command"),
+    );
+    s.push(
         Script::new("several commands in one frame")
             .open(0)
             .send_text(
