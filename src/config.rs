@@ -150,7 +150,7 @@ options! {
     "push_timeout" = "10s" : "Longest one request to a push provider may take (token exchange included); a timed-out send is retried.";
     "user_status_for_clients" = "false" : "Clients may call the RPC method `herald.user_status` (other users' online status).";
     "channel_publish_events" = "false" : "Default namespace: with webhooks on, every publication stored in the namespace is also sent as a `published` event (channel, offset, epoch, data, info), after the writer's commit.";
-    "webhook_endpoints" = "" : "Comma-separated http:// URLs that receive the event webhooks (README, Event webhooks); each event is POSTed to every one. Empty = webhooks off: no event is emitted. Set the webhook_* options alike on every process (edges emit, writers emit `published` and dispatch).";
+    "webhook_endpoints" = "" : "Comma-separated http:// or https:// URLs that receive the event webhooks (README, Event webhooks); each event is POSTed to every one. Empty = webhooks off: no event is emitted. Set the webhook_* options alike on every process (edges emit, writers emit `published` and dispatch).";
     "webhook_secret" = "" : "Key of the HMAC-SHA256 signature of each event body (header X-Herald-Signature: sha256=<hex>); required with webhook_endpoints.";
     "webhook_events" = "connected,disconnected,subscribed,unsubscribed,user_online,user_offline,published" : "Comma-separated event types to emit (`published` only in namespaces with publish_events).";
     "webhook_timeout" = "5s" : "Longest one POST may take (connect, send, answer); past it the attempt failed and is retried.";
@@ -165,7 +165,8 @@ options! {
     "webhook_stream_replicas" = "1" : "Replicas of the events stream (1, 3 or 5; a cluster needs that many nodes).";
     "webhook_stream_max_age" = "72h" : "Events older than this leave the stream undelivered; at least webhook_max_age.";
     "webhook_stream_max_bytes" = "1073741824" : "Bytes the events stream may hold; full: new events are refused (dropped, counted) and undelivered ones kept.";
-    "proxies" = "" : "Named HTTP proxies to the application backend, as Centrifugo v6's `proxies`: in the file `[[proxies]]` tables, in the environment or a flag a JSON array of the same objects. Each has `name`, `endpoint` (an http:// URL), `timeout` (default 1s), `http_headers` (names of the client's WebSocket upgrade request headers to forward, e.g. cookie), `static_http_headers` (a table of headers sent with every request) and `include_connection_meta` (send the `meta` the connect proxy gave). The *_proxy_enabled options below use them by name. Empty = none.";
+    "backend_ca_file" = "" : "Extra PEM CA certificates trusted for https:// proxy and webhook endpoints, beside the system's roots (a backend with a private CA). Checked at start. Empty = the system's roots.";
+    "proxies" = "" : "Named HTTP proxies to the application backend, as Centrifugo v6's `proxies`: in the file `[[proxies]]` tables, in the environment or a flag a JSON array of the same objects. Each has `name`, `endpoint` (an http:// or https:// URL), `timeout` (default 1s), `http_headers` (names of the client's WebSocket upgrade request headers to forward, e.g. cookie), `static_http_headers` (a table of headers sent with every request) and `include_connection_meta` (send the `meta` the connect proxy gave). The *_proxy_enabled options below use them by name. Empty = none.";
     "client_connect_proxy_enabled" = "false" : "A client connecting without a token is authorized by the proxy named by client_connect_proxy_name (Centrifugo's client.proxy.connect); a client with a token is verified by the token as before.";
     "client_connect_proxy_name" = "default" : "The proxy (a `proxies` name) client_connect_proxy_enabled uses.";
     "client_refresh_proxy_enabled" = "false" : "A connection with an expiry is refreshed server side by the proxy named by client_refresh_proxy_name when the expiry comes (Centrifugo's client.proxy.refresh): the connect reply announces no expiry, and a backend answering `expired` closes the connection with 3005.";
@@ -290,6 +291,8 @@ pub const WEBHOOK_EVENT_TYPES: &[&str] = &[
 pub struct WebhookConfig {
     /// Empty: webhooks off.
     pub endpoints: Vec<String>,
+    /// Extra CA certificates for https:// endpoints (`backend_ca_file`).
+    pub ca_file: Option<PathBuf>,
     pub secret: Option<Secret>,
     /// Event types to emit, each one of [`WEBHOOK_EVENT_TYPES`].
     pub events: std::collections::BTreeSet<String>,
@@ -500,7 +503,7 @@ pub struct ScyllaConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyConfig {
     pub name: String,
-    /// An `http://` URL.
+    /// An `http://` or `https://` URL.
     pub endpoint: String,
     /// The whole call, connect to last body byte.
     pub timeout: Duration,
@@ -526,6 +529,8 @@ pub struct NamespaceProxies {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProxiesConfig {
     pub proxies: Vec<ProxyConfig>,
+    /// Extra CA certificates for https:// endpoints (`backend_ca_file`).
+    pub ca_file: Option<PathBuf>,
     pub connect: Option<String>,
     pub refresh: Option<String>,
     pub rpc: Option<String>,
@@ -1002,8 +1007,10 @@ impl Config {
             publish_events: p.parse("channel_publish_events", parse_bool),
             push_unread_delay: p.parse("channel_push_unread_delay", parse_retention),
         };
+        let backend_ca_file = p.parse("backend_ca_file", parse_ca_file);
         let webhooks = WebhookConfig {
             endpoints: p.parse("webhook_endpoints", parse_endpoints),
+            ca_file: backend_ca_file.clone(),
             secret: p.optional_secret("webhook_secret"),
             events: p.parse("webhook_events", |s| {
                 s.split(',')
@@ -1070,6 +1077,7 @@ impl Config {
             p.parse(enabled, parse_bool).then(|| p.string(name))
         };
         let proxies = ProxiesConfig {
+            ca_file: backend_ca_file,
             connect: proxy_name(
                 &mut p,
                 "client_connect_proxy_enabled",
@@ -1577,16 +1585,10 @@ fn parse_proxies(s: &str) -> Result<Vec<ProxyConfig>, String> {
         }
         let endpoint = f.endpoint.trim().to_string();
         match endpoint.parse::<hyper::Uri>() {
-            Ok(u) if u.scheme_str() == Some("http") && u.host().is_some() => {}
-            Ok(u) if u.scheme_str() == Some("https") => {
-                return Err(at(
-                    "https endpoints are not supported yet: use http:// (e.g. a local sidecar)"
-                        .into(),
-                ));
-            }
+            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
             _ => {
                 return Err(at(format!(
-                    "endpoint {endpoint:?}: expected an http:// URL"
+                    "endpoint {endpoint:?}: expected an http:// or https:// URL"
                 )));
             }
         }
@@ -1751,16 +1753,27 @@ fn parse_replicas(s: &str) -> Result<usize, String> {
     }
 }
 
-/// Comma-separated http:// URLs (webhook receivers).
+/// Comma-separated http:// or https:// URLs (webhook receivers).
 fn parse_endpoints(s: &str) -> Result<Vec<String>, String> {
     s.split(',')
         .map(str::trim)
         .filter(|e| !e.is_empty())
         .map(|e| match e.parse::<axum::http::Uri>() {
-            Ok(u) if u.scheme_str() == Some("http") && u.host().is_some() => Ok(e.to_string()),
-            _ => Err(format!("{e:?} is not an http:// URL")),
+            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {
+                Ok(e.to_string())
+            }
+            _ => Err(format!("{e:?} is not an http:// or https:// URL")),
         })
         .collect()
+}
+
+/// A PEM CA file that exists and holds a certificate; empty = none.
+fn parse_ca_file(s: &str) -> Result<Option<PathBuf>, String> {
+    let Some(path) = parse_optional_path(s)? else {
+        return Ok(None);
+    };
+    crate::http_client::tls_config(Some(&path))?;
+    Ok(Some(path))
 }
 
 fn parse_positive(s: &str) -> Result<usize, String> {

@@ -17,6 +17,7 @@
 //! - [`push`]: offline push notifications: the device registry.
 //! - [`store`]: the `Store` trait, its contract suite, the embedded backend.
 //! - [`http_limit`]: per-IP and per-credential request rates of the HTTP APIs (429).
+//! - [`http_client`]: the connector of outbound HTTP(S) clients (proxies, webhooks, push).
 //! - [`http_server`]: serves a router with header-read/idle timeouts and a connection cap.
 //! - [`revocation`]: revoked tokens in a NATS KV bucket, watched by every edge.
 //! - [`roles`]: wires the roles of one process together.
@@ -36,6 +37,7 @@ pub mod config;
 pub mod edge;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod http_client;
 pub mod http_limit;
 pub mod http_server;
 pub mod jwks;

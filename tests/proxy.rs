@@ -222,6 +222,7 @@ fn proxies(backend: SocketAddr, down_port: u16) -> ProxiesConfig {
     });
     ProxiesConfig {
         proxies: all,
+        ca_file: None,
         connect: Some("connect".into()),
         refresh: Some("refresh".into()),
         rpc: Some("rpc".into()),

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Uri, header};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -132,7 +133,7 @@ struct Endpoint {
 
 /// Every configured proxy and the shared client. Built once per edge.
 pub struct Proxies {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     by_name: HashMap<String, Endpoint>,
     config: ProxiesConfig,
     /// Every header some proxy forwards.
@@ -143,12 +144,10 @@ impl Proxies {
     /// Proxies of a configuration `Config::load` accepted (names, URLs and
     /// headers valid); registers their metric series at 0.
     pub fn new(config: &ProxiesConfig) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
             .pool_idle_timeout(IDLE_TIMEOUT)
-            .build(connector);
+            .build(crate::http_client::connector(config.ca_file.as_deref()));
         let mut by_name = HashMap::new();
         let mut forwarded: Vec<HeaderName> = Vec::new();
         for p in &config.proxies {

@@ -7,7 +7,6 @@
 //! a body of at most [`MAX_RESPONSE_BYTES`]. Knows no provider.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -56,36 +55,7 @@ pub struct Http {
 }
 
 fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, SetupError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    if let Some(path) = ca_file {
-        let pem = std::fs::read(path)
-            .map_err(|e| SetupError(format!("reading {}: {e}", path.display())))?;
-        let mut added = 0;
-        for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
-            let cert: rustls::pki_types::CertificateDer<'static> =
-                cert.map_err(|e| SetupError(format!("{}: {e}", path.display())))?;
-            roots
-                .add(cert)
-                .map_err(|e| SetupError(format!("{}: {e}", path.display())))?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err(SetupError(format!(
-                "{}: no PEM certificate",
-                path.display()
-            )));
-        }
-    }
-    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| SetupError(e.to_string()))?
-    .with_root_certificates(roots)
-    .with_no_client_auth())
+    crate::http_client::tls_config(ca_file).map_err(SetupError)
 }
 
 impl Http {

@@ -31,6 +31,7 @@ use axum::http::{HeaderValue, Request, Uri, header};
 use bytes::Bytes;
 use futures::StreamExt;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -58,7 +59,7 @@ struct Ctx {
     cfg: WebhookConfig,
     endpoints: Vec<Uri>,
     secret: Vec<u8>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 /// An event in hand.
@@ -153,12 +154,10 @@ pub async fn run(nats: async_nats::Client, cfg: WebhookConfig, stop: Cancellatio
         .iter()
         .filter_map(|e| e.parse().ok())
         .collect();
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
     let client = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
         .pool_idle_timeout(IDLE_TIMEOUT)
-        .build(connector);
+        .build(crate::http_client::connector(cfg.ca_file.as_deref()));
     let ctx = Arc::new(Ctx {
         secret: cfg
             .secret
