@@ -7,10 +7,17 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+
 use herald::config::{Config, LogFormat, Sources, StoreBackend};
 use herald::roles::{self, Role};
 use herald::store::scylla::{self, ScyllaSettings};
 use herald::telemetry;
+
+/// mimalloc instead of the system allocator: under `scripts/callgrind-publish.sh`
+/// glibc's malloc and free were about a fifth of every durable publish's
+/// instructions (BENCHMARKS.md, "Instructions per publish").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Exit code for bad configuration (EX_CONFIG-like usage error, sysexits 64).
 const EXIT_CONFIG: u8 = 64;

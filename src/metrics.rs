@@ -50,6 +50,8 @@ pub const SLOW_DISCONNECTS_TOTAL: &str = "herald_edge_slow_disconnects_total";
 pub const GAPS_FILLED_TOTAL: &str = "herald_edge_gaps_filled_total";
 pub const PUBLISH_SECONDS: &str = "herald_edge_publish_seconds";
 pub const DELIVERY_SECONDS: &str = "herald_edge_delivery_seconds";
+pub const PUBLISH_INGEST_ACK_SECONDS: &str = "herald_edge_publish_ingest_ack_seconds";
+pub const FEED_LAG_SECONDS: &str = "herald_edge_feed_lag_seconds";
 pub const CONTROL_TOTAL: &str = "herald_edge_control_total";
 pub const PRESENCE_EDGES: &str = "herald_edge_presence_edges";
 pub const PRESENCE_EVENTS_DROPPED_TOTAL: &str = "herald_edge_presence_events_dropped_total";
@@ -65,6 +67,9 @@ pub const WRITER_REDELIVERIES_TOTAL: &str = "herald_writer_redeliveries_total";
 pub const WRITER_COMMIT_SECONDS: &str = "herald_writer_commit_seconds";
 pub const WRITER_ACK_SECONDS: &str = "herald_writer_ack_seconds";
 pub const WRITER_INGEST_LAG_SECONDS: &str = "herald_writer_ingest_lag_seconds";
+pub const WRITER_RECEIVE_LAG_SECONDS: &str = "herald_writer_receive_lag_seconds";
+pub const WRITER_LOOKUP_SECONDS: &str = "herald_writer_lookup_seconds";
+pub const WRITER_PUBLISH_SECONDS: &str = "herald_writer_publish_seconds";
 pub const WRITER_CONSUMER_PENDING: &str = "herald_writer_consumer_pending_messages";
 pub const WRITER_CONSUMER_ACK_PENDING: &str = "herald_writer_consumer_ack_pending_messages";
 pub const WRITER_ERRORS_TOTAL: &str = "herald_writer_errors_total";
@@ -190,6 +195,14 @@ pub const HELP: &[(&str, &str)] = &[
         "Time from the writer's store commit to the frame written to a client socket (oldest publication of each socket write; across hosts it includes clock skew).",
     ),
     (
+        PUBLISH_INGEST_ACK_SECONDS,
+        "Time from a history publish sent to the ingest stream to JetStream's ack (the publish is then queued for the writer).",
+    ),
+    (
+        FEED_LAG_SECONDS,
+        "Time from the writer's store commit to the edge's channel feed receiving the publication from NATS (across hosts it includes clock skew).",
+    ),
+    (
         CONTROL_TOTAL,
         "Per-user control messages (server API disconnect, subscribe, unsubscribe, refresh) received by this edge, by op and result (local: some local session matched; none; invalid).",
     ),
@@ -221,6 +234,18 @@ pub const HELP: &[(&str, &str)] = &[
     (
         WRITER_INGEST_LAG_SECONDS,
         "Time from a message stored in the ingest stream to its store commit (queueing before the writer).",
+    ),
+    (
+        WRITER_RECEIVE_LAG_SECONDS,
+        "Time from a message stored in the ingest stream (JetStream's clock) to the writer receiving it (ours).",
+    ),
+    (
+        WRITER_LOOKUP_SECONDS,
+        "Time a writer batch spends reading what the store knows: channel heads not cached and idempotency keys.",
+    ),
+    (
+        WRITER_PUBLISH_SECONDS,
+        "Time after a writer batch's commit to hand its channel publications, replies and acks to the NATS connection.",
     ),
     (
         WRITER_CONSUMER_PENDING,
@@ -622,6 +647,13 @@ fn build(role: &'static str) -> Metrics {
             b.set_buckets_for_metric(Matcher::Full(WRITER_INGEST_LAG_SECONDS.into()), LAG_BUCKETS)
         })
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(DELIVERY_SECONDS.into()), LAG_BUCKETS))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(FEED_LAG_SECONDS.into()), LAG_BUCKETS))
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(WRITER_RECEIVE_LAG_SECONDS.into()),
+                LAG_BUCKETS,
+            )
+        })
         .and_then(|b| {
             b.set_buckets_for_metric(Matcher::Full(WEBHOOK_DELIVERY_SECONDS.into()), LAG_BUCKETS)
         })
@@ -725,6 +757,8 @@ fn register(role: RoleParts) {
             let _ = metrics::histogram!(PUBLISH_SECONDS, "source" => *source);
         }
         let _ = metrics::histogram!(DELIVERY_SECONDS);
+        let _ = metrics::histogram!(PUBLISH_INGEST_ACK_SECONDS);
+        let _ = metrics::histogram!(FEED_LAG_SECONDS);
         for method in API_METHODS {
             for result in std::iter::once(&"ok").chain(PROTOCOL_ERRORS) {
                 metrics::counter!(API_REQUESTS_TOTAL, "method" => *method, "result" => *result)
@@ -760,6 +794,9 @@ fn register(role: RoleParts) {
             WRITER_COMMIT_SECONDS,
             WRITER_ACK_SECONDS,
             WRITER_INGEST_LAG_SECONDS,
+            WRITER_RECEIVE_LAG_SECONDS,
+            WRITER_LOOKUP_SECONDS,
+            WRITER_PUBLISH_SECONDS,
         ] {
             let _ = metrics::histogram!(name);
         }
@@ -819,6 +856,10 @@ pub struct EdgeIo {
     /// dropped), by every connection.
     pub queued_bytes: Gauge,
     pub delivery: Histogram,
+    /// Commit → a channel feed receiving the publication.
+    pub feed_lag: Histogram,
+    /// A history publish → JetStream's ack.
+    pub ingest_ack: Histogram,
 }
 
 /// The edge's per-frame handles. Resolved on first use, so the recorder
@@ -832,6 +873,8 @@ pub fn edge_io() -> &'static EdgeIo {
         bytes_out: metrics::counter!(BYTES_OUT_TOTAL),
         queued_bytes: metrics::gauge!(OUTBOUND_QUEUED_BYTES),
         delivery: metrics::histogram!(DELIVERY_SECONDS),
+        feed_lag: metrics::histogram!(FEED_LAG_SECONDS),
+        ingest_ack: metrics::histogram!(PUBLISH_INGEST_ACK_SECONDS),
     })
 }
 

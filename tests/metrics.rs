@@ -265,6 +265,16 @@ async fn a_scrape_under_load_is_valid_complete_and_follows_the_load() {
     assert!(v("herald_writer_commit_seconds_count", &[]) >= 1.0);
     assert!(v("herald_writer_ack_seconds_count", &[]) >= 1.0);
     assert!(v("herald_writer_ingest_lag_seconds_count", &[]) >= sequenced);
+    // The stages of the persisted path (issue 18): every history publish
+    // got JetStream's ack, every message was received and every batch looked
+    // up and published by the writer, and the subscribers' feed received
+    // what was committed.
+    assert!(v("herald_edge_publish_ingest_ack_seconds_count", &[]) >= 2.0 * PUBLISHES as f64);
+    assert!(v("herald_writer_receive_lag_seconds_count", &[]) >= sequenced);
+    let batches = v("herald_writer_batches_total", &[]);
+    assert!(v("herald_writer_lookup_seconds_count", &[]) >= batches);
+    assert!(v("herald_writer_publish_seconds_count", &[]) >= batches);
+    assert!(v("herald_edge_feed_lag_seconds_count", &[]) >= PUBLISHES as f64);
     assert_eq!(v("herald_writer_partitions_owned", &[]), 4.0);
     for partition in ["0", "1", "2", "3"] {
         assert!(

@@ -213,18 +213,19 @@ impl Publisher {
 
         let mut headers = HeaderMap::new();
         headers.insert(
-            "Nats-Msg-Id",
-            subjects::message_id(req.channel, &key).as_str(),
+            const { subjects::header_name(subjects::MSG_ID_HEADER) },
+            subjects::message_id(req.channel, &key),
         );
         headers.insert(
-            subjects::REPLY_HEADER,
-            format!("{}.{token}", self.reply_prefix).as_str(),
+            const { subjects::header_name(subjects::REPLY_HEADER) },
+            format!("{}.{token}", self.reply_prefix),
         );
         telemetry::inject_current_nats(&mut headers);
         let subject =
             subjects::ingest_subject(subjects::partition_of(req.channel, self.partitions));
 
         let outcome = tokio::time::timeout(self.timeout, async {
+            let sent = std::time::Instant::now();
             let ack = self
                 .js
                 .publish_with_headers(subject, headers, payload)
@@ -245,6 +246,9 @@ impl Publisher {
                         PublishError::new(PublishErrorKind::Unavailable, text)
                     }
                 })?;
+            crate::metrics::edge_io()
+                .ingest_ack
+                .record(sent.elapsed().as_secs_f64());
             if ack.duplicate {
                 drop(guard);
                 return self.lookup_duplicate(req.channel, &key).await;
@@ -314,8 +318,8 @@ impl Publisher {
         // No commit to wait for: deliverable from now.
         let mut headers = HeaderMap::new();
         headers.insert(
-            subjects::COMMITTED_HEADER,
-            crate::metrics::unix_micros().to_string().as_str(),
+            const { subjects::header_name(subjects::COMMITTED_HEADER) },
+            crate::metrics::unix_micros().to_string(),
         );
         telemetry::inject_current_nats(&mut headers);
         self.client

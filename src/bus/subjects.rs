@@ -2,6 +2,7 @@
 //! and nowhere else. A channel name may hold `.`, `*`, `>` and spaces, so it is encoded
 //! into one subject token (base64url, no padding).
 
+use async_nats::HeaderName;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
@@ -43,6 +44,19 @@ pub const EPOCH_HEADER: &str = "Herald-Epoch";
 /// commit, or the publish of a channel without history. Edges measure
 /// delivery latency from it.
 pub const COMMITTED_HEADER: &str = "Herald-Committed";
+
+/// A hot-path header name as a [`HeaderName`] (no allocation): a `&str`
+/// name is validated and classified again on every insert or lookup. For
+/// [`MSG_ID_HEADER`], [`REPLY_HEADER`], [`OFFSET_HEADER`], [`EPOCH_HEADER`]
+/// and [`COMMITTED_HEADER`]; call it in a `const { }` block so the name is
+/// built at compile time. (A function, not `const` items: a `HeaderName`
+/// holds `Bytes`, which has interior mutability.)
+pub const fn header_name(name: &'static str) -> HeaderName {
+    HeaderName::from_static(name)
+}
+
+/// JetStream's deduplication header.
+pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 
 /// Presence, presence stats and user status requests: every edge subscribes
 /// (no queue group) and each answers for its own connections.

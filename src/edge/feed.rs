@@ -268,6 +268,11 @@ async fn run(deps: FeedDeps, feed: FeedHandle) {
             None
         };
         let committed_us = header_u64(&msg, subjects::COMMITTED_HEADER);
+        if let Some(c) = committed_us {
+            crate::metrics::edge_io()
+                .feed_lag
+                .record(crate::metrics::seconds_since(c));
+        }
         let Some(offset) = offset else {
             deliver(&feed, None, None, committed_us, &msg);
             continue;

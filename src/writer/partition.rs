@@ -179,13 +179,18 @@ impl Task {
 
     async fn process_inner(&mut self, batch: Vec<jetstream::Message>, stop: &CancellationToken) {
         metrics::histogram!(m::WRITER_BATCH_SIZE).record(batch.len() as f64);
-        count_redeliveries(&batch);
+        // Each message's JetStream metadata (parsed from its ack subject) once.
+        let metas: Vec<Meta> = batch.iter().map(Meta::of).collect();
+        count_redeliveries(&metas);
+        record_lag(&metas, m::unix_micros(), m::WRITER_RECEIVE_LAG_SECONDS);
         let mut accepted = Vec::with_capacity(batch.len());
+        let mut accepted_metas = Vec::with_capacity(batch.len());
         let mut entries = Vec::with_capacity(batch.len());
-        for msg in batch {
+        for (msg, meta) in batch.into_iter().zip(metas) {
             match decode(&msg.payload) {
                 Ok(entry) => {
                     accepted.push(msg);
+                    accepted_metas.push(meta);
                     entries.push(entry);
                 }
                 Err(reason) => self.reject(msg, reason).await,
@@ -213,8 +218,9 @@ impl Task {
             return;
         };
         let committed_us = m::unix_micros();
-        record_ingest_lag(&accepted, committed_us);
+        record_lag(&accepted_metas, committed_us, m::WRITER_INGEST_LAG_SECONDS);
         let traced = Traced::new(&spans, &entries, &plan);
+        let publishing = Instant::now();
         self.publish(&plan, committed_us, &traced).await;
         if let Some(w) = &self.shared.webhooks {
             w.published(&plan.appends, committed_us / 1000).await;
@@ -230,6 +236,7 @@ impl Task {
             }
         }
         metrics::histogram!(m::WRITER_ACK_SECONDS).record(acking.elapsed().as_secs_f64());
+        metrics::histogram!(m::WRITER_PUBLISH_SECONDS).record(publishing.elapsed().as_secs_f64());
         if !plan.appends.is_empty() {
             metrics::counter!(m::WRITER_BATCHES_TOTAL).increment(1);
         }
@@ -327,7 +334,9 @@ impl Task {
     /// One sequencing and commit attempt; `None` (nothing written) when the
     /// fence is closed at the moment of the append.
     async fn try_commit(&mut self, entries: &[Entry]) -> StoreResult<Option<Plan>> {
+        let loading = Instant::now();
         let known = self.load(entries).await?;
+        metrics::histogram!(m::WRITER_LOOKUP_SECONDS).record(loading.elapsed().as_secs_f64());
         let plan = sequencer::sequence(entries, &known, now_ms(), &mut sequencer::new_epoch);
         if !plan.appends.is_empty() {
             if !self.fence.is_open() {
@@ -392,9 +401,18 @@ impl Task {
             let subject = Subject::from(subjects::channel_subject(&append.channel));
             for p in &append.publications {
                 let mut headers = HeaderMap::new();
-                headers.insert(subjects::OFFSET_HEADER, p.offset.to_string().as_str());
-                headers.insert(subjects::EPOCH_HEADER, append.epoch.as_str());
-                headers.insert(subjects::COMMITTED_HEADER, committed.as_str());
+                headers.insert(
+                    const { subjects::header_name(subjects::OFFSET_HEADER) },
+                    p.offset.to_string(),
+                );
+                headers.insert(
+                    const { subjects::header_name(subjects::EPOCH_HEADER) },
+                    append.epoch.as_str(),
+                );
+                headers.insert(
+                    const { subjects::header_name(subjects::COMMITTED_HEADER) },
+                    committed.as_str(),
+                );
                 traced.inject(&append.channel, p.offset, &mut headers);
                 let payload = crate::protocol::encode_publication(
                     &p.data,
@@ -512,7 +530,7 @@ impl<'a> Traced<'a> {
 fn reply_subject(msg: &jetstream::Message) -> Option<&str> {
     msg.headers
         .as_ref()
-        .and_then(|h| h.get(subjects::REPLY_HEADER))
+        .and_then(|h| h.get(const { subjects::header_name(subjects::REPLY_HEADER) }))
         .map(|v| v.as_str())
         .filter(|s| !s.is_empty())
 }
@@ -566,28 +584,41 @@ fn count_publish_error(kind: &'static str) {
     metrics::counter!(m::NATS_PUBLISH_ERRORS_TOTAL, "kind" => kind).increment(1);
 }
 
+/// What the writer reads of a message's JetStream metadata: how often it was
+/// delivered and when the stream stored it (µs since the Unix epoch, the
+/// server's clock). `None` when the metadata does not parse.
+#[derive(Debug, Clone, Copy)]
+struct Meta(Option<(i64, u64)>);
+
+impl Meta {
+    fn of(msg: &jetstream::Message) -> Self {
+        Self(msg.info().ok().map(|info| {
+            let stored_us =
+                u64::try_from(info.published.unix_timestamp_nanos() / 1000).unwrap_or(0);
+            (info.delivered, stored_us)
+        }))
+    }
+}
+
 /// Counts the messages JetStream delivered more than once (an ack that did
 /// not arrive in time, a writer that stopped without acking).
-fn count_redeliveries(batch: &[jetstream::Message]) {
-    let again = batch
+fn count_redeliveries(metas: &[Meta]) {
+    let again = metas
         .iter()
-        .filter(|msg| msg.info().is_ok_and(|i| i.delivered > 1))
+        .filter(|meta| meta.0.is_some_and(|(delivered, _)| delivered > 1))
         .count();
     if again > 0 {
         metrics::counter!(m::WRITER_REDELIVERIES_TOTAL).increment(again as u64);
     }
 }
 
-/// Records how long each message waited between the ingest stream storing
-/// it (the server's clock) and its commit (ours).
-fn record_ingest_lag(msgs: &[jetstream::Message], committed_us: u64) {
-    let lag = metrics::histogram!(m::WRITER_INGEST_LAG_SECONDS);
-    for msg in msgs {
-        if let Ok(info) = msg.info() {
-            let stored_us =
-                u64::try_from(info.published.unix_timestamp_nanos() / 1000).unwrap_or(0);
-            lag.record(committed_us.saturating_sub(stored_us) as f64 / 1e6);
-        }
+/// Records in `histogram` how long each message waited between the ingest
+/// stream storing it (the server's clock) and `now_us` (ours): its receipt,
+/// or its commit.
+fn record_lag(metas: &[Meta], now_us: u64, histogram: &'static str) {
+    let lag = metrics::histogram!(histogram);
+    for (_, stored_us) in metas.iter().filter_map(|meta| meta.0) {
+        lag.record(now_us.saturating_sub(stored_us) as f64 / 1e6);
     }
 }
 

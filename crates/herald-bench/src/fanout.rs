@@ -26,6 +26,7 @@ use super::nats_ws::NatsWs;
 use super::net::{Sources, open_all};
 use super::payload::now_us;
 use super::report::{Measured, Peer, Report, Row};
+use super::stages;
 use super::stats::{Count, Latencies, Order, Progress, note};
 use super::target::{Herald, HeraldOptions, Nats};
 use super::{BenchError, Common, PeerKind, Rate, encoding_name, encoding_note};
@@ -220,10 +221,19 @@ async fn herald_run(args: &FanoutArgs, sources: &Sources) -> Result<Measured, Be
     let tokens = (0..args.connections() + args.rooms)
         .map(|i| herald.token(&format!("u{i}")))
         .collect();
+    let before = stages::scrape(herald.addr)
+        .await
+        .map_err(BenchError::Server)?;
     let r = protocol_run("herald", args, sources, herald.addr, tokens).await;
     // A failure because Herald died says so, with its log.
     herald.check_alive()?;
-    r
+    let mut m = r?;
+    let after = stages::scrape(herald.addr)
+        .await
+        .map_err(BenchError::Server)?;
+    m.stages
+        .push(("run".into(), stages::between(&before, &after)));
+    Ok(m)
 }
 
 async fn centrifugo_run(args: &FanoutArgs, sources: &Sources) -> Result<Measured, BenchError> {

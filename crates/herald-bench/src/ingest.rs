@@ -31,6 +31,7 @@ use super::centrifugo::{Centrifugo, CentrifugoOptions};
 use super::net::{Sources, open_all};
 use super::payload::{self, now_us};
 use super::report::{Measured, Peer, Report, Row};
+use super::stages;
 use super::stats::{Count, Latencies, Progress, note};
 use super::target::{Api, Herald, HeraldOptions, Nats};
 use super::{BenchError, Common, PeerKind};
@@ -116,9 +117,17 @@ pub async fn run(args: IngestArgs) -> Result<Report, BenchError> {
         let tokens = (0..args.publishers)
             .map(|i| herald.token(&format!("pub{i}")))
             .collect();
+        let before = stages::scrape(herald.addr)
+            .await
+            .map_err(BenchError::Server)?;
         let r = client_path("herald", &args, herald.addr, tokens, true, &sources).await;
         herald.check_alive()?;
         add_path(&mut m, "client", r?, true);
+        let after = stages::scrape(herald.addr)
+            .await
+            .map_err(BenchError::Server)?;
+        m.stages
+            .push(("client".into(), stages::between(&before, &after)));
         rows.extend(path_rows("client", "client"));
     }
     if matches!(args.via, Via::Api | Via::Both) {
@@ -126,9 +135,17 @@ pub async fn run(args: IngestArgs) -> Result<Report, BenchError> {
         for i in 0..args.publishers {
             apis.push(herald.api(Some(sources.pick(i))).await?);
         }
+        let before = stages::scrape(herald.addr)
+            .await
+            .map_err(BenchError::Server)?;
         let r = api_path("herald", &args, apis).await;
         herald.check_alive()?;
         add_path(&mut m, "api", r?, true);
+        let after = stages::scrape(herald.addr)
+            .await
+            .map_err(BenchError::Server)?;
+        m.stages
+            .push(("api".into(), stages::between(&before, &after)));
         rows.extend(path_rows("API", "api"));
     }
     drop(herald);

@@ -40,6 +40,7 @@ mod plot;
 mod presence;
 mod recovery;
 mod report;
+mod stages;
 mod stats;
 mod sys;
 mod target;

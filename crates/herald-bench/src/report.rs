@@ -11,6 +11,7 @@ use std::path::Path;
 use hdrhistogram::Histogram;
 use serde_json::{Map, Value, json};
 
+use super::stages::Stage;
 use super::stats::ms;
 use super::sys::{Machine, utc_now};
 
@@ -22,6 +23,9 @@ pub struct Measured {
     /// Named latency distributions (µs), for the percentiles, `--hdr` and
     /// `--plot`.
     pub latencies: Vec<(String, Histogram<u64>)>,
+    /// Herald's per-stage timings (its `/metrics`) over each part of the
+    /// run, by part (`client`, `api`, `run`).
+    pub stages: Vec<(String, Vec<Stage>)>,
 }
 
 impl Measured {
@@ -62,6 +66,27 @@ impl Measured {
             .map(|(k, v)| (k.clone(), json!(v)))
             .collect();
         m.insert("checks".into(), Value::Object(checks));
+        if !self.stages.is_empty() {
+            let stages: Map<String, Value> = self
+                .stages
+                .iter()
+                .map(|(part, stages)| {
+                    let by_key: Map<String, Value> = stages
+                        .iter()
+                        .map(|s| {
+                            let v = json!({
+                                "count": s.count,
+                                "p50_ms": s.p50_ms.map(json_number),
+                                "p99_ms": s.p99_ms.map(json_number),
+                            });
+                            (s.key.to_string(), v)
+                        })
+                        .collect();
+                    (part.clone(), Value::Object(by_key))
+                })
+                .collect();
+            m.insert("stages".into(), Value::Object(stages));
+        }
         Value::Object(m)
     }
 }
@@ -214,6 +239,24 @@ impl Report {
                 let _ = write!(out, "  {:>col$}  {:>7}", fmt(v), ratio);
             }
             out.push('\n');
+        }
+        for (part, stages) in &self.herald.stages {
+            let _ = writeln!(
+                out,
+                "herald stages, {part} (its /metrics, interpolated within buckets):\n  {:<40}  {:>9}  {:>8}  {:>8}",
+                "", "count", "p50 ms", "p99 ms"
+            );
+            for s in stages.iter().filter(|s| s.count > 0) {
+                let q = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+                let _ = writeln!(
+                    out,
+                    "  {:<40}  {:>9}  {:>8}  {:>8}",
+                    s.label,
+                    s.count,
+                    q(s.p50_ms),
+                    q(s.p99_ms)
+                );
+            }
         }
         let checks = |m: &Measured| {
             m.checks
