@@ -1958,7 +1958,7 @@ history = false
 client_refresh_proxy_enabled = true
 [[proxies]]
 name = "a"
-endpoint = "https://secure/p"
+endpoint = "ftp://secure/p"
 [namespaces.chat]
 publish_proxy_enabled = true
 publish_proxy_name = "nope"
@@ -1969,7 +1969,7 @@ publish_proxy_name = "nope"
         )
         .expect_err("refused")
         .to_string();
-        assert!(e.contains("https endpoints are not supported"), "{e}");
+        assert!(e.contains("expected an http:// or https:// URL"), "{e}");
         assert!(
             e.contains("client_refresh_proxy_name: no proxy named \"default\""),
             "{e}"
@@ -2299,7 +2299,7 @@ publish_proxy_name = "nope"
                 "webhook_secret",
             ),
             (
-                &[("HERALD_WEBHOOK_ENDPOINTS", "https://a/h")][..],
+                &[("HERALD_WEBHOOK_ENDPOINTS", "ftp://a/h")][..],
                 "WEBHOOK_ENDPOINTS",
             ),
             (&[("HERALD_WEBHOOK_EVENTS", "connected,typo")][..], "typo"),
