@@ -87,15 +87,7 @@ pub(super) struct MembersResult {
 }
 
 fn failed(e: SyncClientError) -> Failure {
-    match &e {
-        SyncClientError::Remote { kind, .. } if kind == "bad_request" => {
-            ProtocolError::BadRequest.into()
-        }
-        _ => {
-            tracing::warn!(error = %e, "api conversation request failed");
-            ProtocolError::Internal.into()
-        }
-    }
+    super::sync_failed(e, "conversation")
 }
 
 /// A page limit: absent → `default`; 1..=`max`; over → 106; else 107.

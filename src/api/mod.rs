@@ -148,6 +148,20 @@ use crate::protocol::ProtocolError;
 use crate::sync::client::SyncClient;
 use crate::telemetry;
 
+/// A sync failure as the server API answers it: a request sync refused as
+/// bad is 107, anything else 100 (logged with `what`).
+fn sync_failed(e: crate::sync::client::SyncClientError, what: &str) -> Failure {
+    match &e {
+        crate::sync::client::SyncClientError::Remote { kind, .. } if kind == "bad_request" => {
+            ProtocolError::BadRequest.into()
+        }
+        _ => {
+            tracing::warn!(error = %e, request = what, "api request to sync failed");
+            ProtocolError::Internal.into()
+        }
+    }
+}
+
 /// Largest request body; a larger one is answered 413 without being read further.
 pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 

@@ -159,15 +159,7 @@ pub(super) struct ListResult {
 }
 
 fn failed(e: SyncClientError) -> Failure {
-    match &e {
-        SyncClientError::Remote { kind, .. } if kind == "bad_request" => {
-            ProtocolError::BadRequest.into()
-        }
-        _ => {
-            tracing::warn!(error = %e, "api device request failed");
-            ProtocolError::Internal.into()
-        }
-    }
+    super::sync_failed(e, "device")
 }
 
 /// The id a remove request names: `id`, or the id of `{provider, token}`.
