@@ -70,6 +70,7 @@ options! {
     "client_message_size_limit" = "65536" : "Largest client frame in bytes; a larger one closes the connection with WebSocket code 1009 (message too big), whatever its size.";
     "client_read_buffer_size" = "1024" : "Bytes each connection reads from its socket per read call, and the read buffer it keeps while idle; larger frames are read in several calls. Small keeps idle connections cheap.";
     "client_queue_max_bytes" = "1048576" : "Bound of each connection's outbound queue in bytes; a client past it is disconnected with 3008 (slow).";
+    "client_emulation_queue" = "64" : "Commands (`/emulation` requests) waiting for one HTTP-streaming or SSE session; past it a request is refused with 429 and its commands dropped.";
     "client_channel_limit" = "128" : "Subscriptions per connection; one more is error 106 (limit exceeded).";
     "client_max_connections" = "0" : "Most client connections on this node; one more upgrade is answered 503 before the WebSocket is accepted. 0 = no cap besides http_max_connections.";
     "client_max_connections_per_ip" = "0" : "Most client connections from one client IP on this node; one more upgrade is answered 429. 0 = no cap (set it on the open internet; behind a proxy set client_trusted_proxies and client_ip_header).";
@@ -407,6 +408,8 @@ pub struct ClientConfig {
     pub message_size_limit: usize,
     pub read_buffer_size: usize,
     pub queue_max_bytes: usize,
+    /// `/emulation` requests waiting per emulated session.
+    pub emulation_queue: usize,
     pub channel_limit: usize,
     pub ping_interval: Duration,
     pub pong_timeout: Duration,
@@ -1260,6 +1263,7 @@ impl Config {
                 message_size_limit: p.parse("client_message_size_limit", parse_positive),
                 read_buffer_size: p.parse("client_read_buffer_size", parse_positive),
                 queue_max_bytes: p.parse("client_queue_max_bytes", parse_positive),
+                emulation_queue: p.parse("client_emulation_queue", parse_positive),
                 channel_limit: p.parse("client_channel_limit", parse_positive),
                 ping_interval: p.parse("client_ping_interval", parse_duration_positive),
                 pong_timeout: p.parse("client_pong_timeout", parse_duration_positive),

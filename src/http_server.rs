@@ -96,9 +96,12 @@ where
                 _permit: permit,
             };
             let tower = TowerToHyperService::new(router.clone());
+            let abort = ConnAbort(CancellationToken::new());
+            let aborted = abort.clone();
             let service =
                 hyper::service::service_fn(move |mut req: axum::http::Request<Incoming>| {
                     req.extensions_mut().insert(ConnectInfo(peer));
+                    req.extensions_mut().insert(abort.clone());
                     hyper::service::Service::call(&tower, req)
                 });
             let conn = builder
@@ -110,6 +113,8 @@ where
                 let mut conn = std::pin::pin!(conn);
                 let ended = tokio::select! {
                     r = conn.as_mut() => r,
+                    // Dropping the connection closes its socket.
+                    _ = aborted.0.cancelled() => Ok(()),
                     _ = shutdown.cancelled() => {
                         conn.as_mut().graceful_shutdown();
                         conn.await
@@ -128,6 +133,18 @@ where
             tracing::debug!("http connections still open after the shutdown wait");
         }
     })
+}
+
+/// Ends the HTTP connection a request came on, whatever it is doing: a
+/// streaming response whose client stopped reading is cut this way (hyper
+/// has no write timeout). In every request's extensions.
+#[derive(Debug, Clone)]
+pub struct ConnAbort(CancellationToken);
+
+impl ConnAbort {
+    pub fn abort(&self) {
+        self.0.cancel();
+    }
 }
 
 async fn refuse<I: AsyncWrite + Unpin>(mut io: I) {

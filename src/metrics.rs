@@ -552,6 +552,7 @@ pub mod labels {
         "api_key",
         "sync_ip",
         "sync_key",
+        "emulation_queue",
     ];
     /// `method` of [`super::API_REQUESTS_TOTAL`]; `unknown` for any other name.
     pub const API_METHODS: &[&str] = &[

@@ -511,6 +511,10 @@ pub async fn start_with_shutdown(
             .serve_presence(shutdown.clone())
             .await
             .context("starting presence (queries, heartbeats, status bucket)")?;
+        let emulation = e
+            .serve_emulation(shutdown.clone())
+            .await
+            .context("subscribing to routed emulation requests")?;
         let webhooks = config
             .webhooks
             .enabled()
@@ -518,6 +522,7 @@ pub async fn start_with_shutdown(
         control_task = Some(tokio::spawn(async move {
             let _ = control.await;
             let _ = presence.await;
+            let _ = emulation.await;
             if let Some(w) = webhooks {
                 let _ = w.await;
             }

@@ -273,9 +273,20 @@ async fn run(sdk: Sdk, server: &Server) -> Value {
 
 /// [`run`], with the SDK speaking Protobuf when `protobuf`.
 async fn run_over(sdk: Sdk, server: &Server, protobuf: bool) -> Value {
+    run_transports(sdk, server, protobuf, "").await
+}
+
+/// [`run_over`], alice connecting over the bidirectional-emulation
+/// `transports` (e.g. `http_stream,sse`; the JS script only) when not empty.
+async fn run_transports(sdk: Sdk, server: &Server, protobuf: bool, transports: &str) -> Value {
     let what = sdk.name();
     let proxy = Proxy::start(server.addr).await;
     let mut cmd = sdk.command();
+    if !transports.is_empty() {
+        // Node's EventSource (undici's, the standard one) is behind a flag.
+        cmd.env("NODE_OPTIONS", "--experimental-eventsource")
+            .env("HERALD_TRANSPORTS", transports);
+    }
     cmd.envs(script_env(server, &proxy))
         .env("HERALD_PROTOBUF", if protobuf { "1" } else { "0" })
         .stdin(Stdio::piped())
@@ -388,6 +399,55 @@ async fn javascript_sdk_connects_publishes_reads_history_and_recovers() {
     let report = run(Sdk::JavaScript, &server).await;
     check(&server, &report).await;
     assert_eq!(report["recovery"]["has_recovered_publications"], true);
+}
+
+/// The JS SDK with `transports: [http_stream, sse]` (the fallback list of a
+/// browser whose WebSocket is blocked): it takes HTTP-streaming, the first;
+/// every command after the connect goes through `/emulation`, and the cut
+/// ends the stream.
+#[tokio::test]
+async fn javascript_sdk_over_http_stream() {
+    let (_nats, _dir, h) = node().await;
+    let server = Server::herald(&h);
+    let report = run_transports(Sdk::JavaScript, &server, false, "http_stream,sse").await;
+    assert_eq!(report["transport"], "http_stream", "{report}");
+    check(&server, &report).await;
+}
+
+#[tokio::test]
+async fn javascript_sdk_over_http_stream_protobuf() {
+    let (_nats, _dir, h) = node().await;
+    let server = Server::herald(&h);
+    let report = run_transports(Sdk::JavaScript, &server, true, "http_stream").await;
+    assert_eq!(report["transport"], "http_stream", "{report}");
+    check(&server, &report).await;
+}
+
+#[tokio::test]
+async fn javascript_sdk_over_sse() {
+    let (_nats, _dir, h) = node().await;
+    let server = Server::herald(&h);
+    let report = run_transports(Sdk::JavaScript, &server, false, "sse").await;
+    assert_eq!(report["transport"], "sse", "{report}");
+    check(&server, &report).await;
+}
+
+/// The same scripts over the same transports against Centrifugo: the
+/// scripts' own check, and what Herald's transports must match.
+#[tokio::test]
+async fn javascript_sdk_over_emulation_against_centrifugo() {
+    for (protobuf, transports) in [
+        (false, "http_stream,sse"),
+        (true, "http_stream"),
+        (false, "sse"),
+    ] {
+        let (_nats, _dir, c) = centrifugo().await;
+        let server = Server::centrifugo(&c);
+        let report = run_transports(Sdk::JavaScript, &server, protobuf, transports).await;
+        let first = transports.split(',').next().unwrap_or_default();
+        assert_eq!(report["transport"], first, "{transports}: {report}");
+        check(&server, &report).await;
+    }
 }
 
 #[tokio::test]

@@ -103,6 +103,12 @@ pub fn user_wildcard() -> &'static str {
     "herald.user.*"
 }
 
+/// Where `/emulation` requests for sessions held by edge `node` go (the
+/// node id is the edge's presence id, one token of hex).
+pub fn emulation_subject(node: &str) -> String {
+    format!("herald.emulation.{}", channel_token(node))
+}
+
 /// The ingest subject of one partition.
 pub fn ingest_subject(partition: u32) -> String {
     format!("herald.in.{partition}")

@@ -10,6 +10,9 @@
 //! pushes of IM conversations (marker sync, typing, receipts, member
 //! changes; [`im`]).
 //!
+//! HTTP-streaming and SSE run the same sessions over a streaming response,
+//! the client's commands arriving through `/emulation` ([`emulation`]).
+//!
 //! Thin (I6): it holds connection state only. Publishes go through the
 //! [`Publisher`]; every read (positions, recovery, history, gap fills) goes
 //! to sync over NATS. It never opens the store.
@@ -21,6 +24,7 @@
 mod admission;
 mod command;
 pub mod control;
+mod emulation;
 mod feed;
 pub mod im;
 mod origin;
@@ -110,6 +114,8 @@ pub struct Edge {
     im: im::Im,
     /// Event webhooks (`crate::webhooks`), set once at start when on.
     webhooks: std::sync::OnceLock<crate::webhooks::Emitter>,
+    /// Sessions over HTTP-streaming and SSE, by session id ([`emulation`]).
+    emulation: emulation::Sessions,
 }
 
 impl Edge {
@@ -158,6 +164,7 @@ impl Edge {
             next_session: AtomicU64::new(1),
             closing: AtomicBool::new(false),
             webhooks: std::sync::OnceLock::new(),
+            emulation: emulation::Sessions::default(),
         })
     }
 
@@ -187,10 +194,21 @@ impl Edge {
             .unwrap_or(&crate::webhooks::Emitter::OFF)
     }
 
-    /// `GET /connection/websocket`.
+    /// `GET /connection/websocket`; HTTP-streaming, SSE and their
+    /// `/emulation` endpoint ([`emulation`]).
     pub fn router(self: &Arc<Self>) -> Router {
+        use axum::routing::any;
         Router::new()
             .route("/connection/websocket", get(upgrade))
+            .route("/connection/http_stream", any(emulation::http_stream))
+            .route("/connection/sse", any(emulation::sse))
+            .route("/emulation", any(emulation::emulate))
+            .route("/connection/uni_websocket", get(uni_upgrade))
+            .route(
+                "/connection/uni_http_stream",
+                any(emulation::uni_http_stream),
+            )
+            .route("/connection/uni_sse", any(emulation::uni_sse))
             .with_state(self.clone())
     }
 
@@ -210,6 +228,16 @@ impl Edge {
         self.presence
             .serve(self.registry.clone(), events, shutdown)
             .await
+    }
+
+    /// Starts answering the `/emulation` requests other edges route to this
+    /// edge's HTTP-streaming and SSE sessions; runs until `shutdown`. Call
+    /// once, before accepting connections.
+    pub async fn serve_emulation(
+        self: &Arc<Self>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<tokio::task::JoinHandle<()>, async_nats::SubscribeError> {
+        emulation::serve_routed(self.clone(), shutdown).await
     }
 
     /// Presence across edges, for the server API.
@@ -300,6 +328,35 @@ async fn upgrade(
     RawQuery(query): RawQuery,
     ws: WebSocketUpgrade,
 ) -> Response {
+    upgrade_as(edge, peer, headers, query, ws, None)
+}
+
+/// `GET /connection/uni_websocket`: the unidirectional WebSocket, JSON only;
+/// its `ConnectRequest` in `cf_connect` or else the first message.
+async fn uni_upgrade(
+    State(edge): State<Arc<Edge>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
+    RawQuery(query): RawQuery,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let connect = query.as_deref().and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "cf_connect")
+            .map(|(_, v)| bytes::Bytes::from(v.into_owned()))
+    });
+    upgrade_as(edge, peer, headers, None, ws, Some(connect))
+}
+
+/// The upgrade of either WebSocket endpoint; `uni` as `session::run` takes it.
+fn upgrade_as(
+    edge: Arc<Edge>,
+    peer: std::net::SocketAddr,
+    headers: axum::http::HeaderMap,
+    query: Option<String>,
+    ws: WebSocketUpgrade,
+    uni: Option<Option<bytes::Bytes>>,
+) -> Response {
     if edge.closing.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
@@ -320,7 +377,12 @@ async fn upgrade(
     let read_buffer = edge.settings.client.read_buffer_size;
     // As Centrifugo: the `centrifuge-protobuf` subprotocol (or
     // `format=protobuf` in the query) selects the binary encoding.
-    let ws = ws.protocols(Encoding::SUBPROTOCOLS);
+    // The unidirectional WebSocket is JSON only.
+    let ws = if uni.is_none() {
+        ws.protocols(Encoding::SUBPROTOCOLS)
+    } else {
+        ws
+    };
     let encoding = Encoding::negotiate(
         ws.selected_protocol().and_then(|p| p.to_str().ok()),
         query.as_deref(),
@@ -340,7 +402,7 @@ async fn upgrade(
         .max_frame_size(limit.saturating_mul(2))
         .on_upgrade(move |socket| async move {
             let _admitted = admitted;
-            session::run(edge, socket, id, encoding, forwarded).await
+            session::run(edge, socket, id, encoding, forwarded, uni).await
         })
 }
 

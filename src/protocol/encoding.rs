@@ -145,7 +145,7 @@ enum Source {
         publication: Bytes,
     },
     /// Any other push (join, leave, unsubscribe…).
-    Push(Reply),
+    Push(Box<Reply>),
     /// An async message push of JSON `data`.
     Message(Bytes),
     /// The same bytes in every encoding (tests of the fan-out order).
@@ -181,7 +181,7 @@ impl SharedPush {
 
     /// Any other push (a [`Reply::push`]).
     pub fn push(reply: Reply) -> Arc<Self> {
-        Self::new(Source::Push(reply))
+        Self::new(Source::Push(Box::new(reply)))
     }
 
     /// An async message push of JSON `data`.

@@ -77,6 +77,34 @@ pub fn publication_push(channel: &str, publication: &[u8]) -> Bytes {
     b.freeze()
 }
 
+/// One JSON frame as the unidirectional transports write it: a push without
+/// its `{"push":…}` wrapper, the connect reply as a `{"connect":…}` push (its
+/// `id` dropped), a ping as it is; `None` for any other reply (the client of
+/// a unidirectional transport sends no commands to get replies to). Works on
+/// the bytes Herald writes (`encode_reply`, `publication_push`), whose first
+/// key is `push` for a push and `id` for a reply.
+pub fn uni_frame(frame: &[u8]) -> Option<Bytes> {
+    if frame == PING_FRAME {
+        return Some(Bytes::from_static(PING_FRAME));
+    }
+    if let Some(inner) = frame
+        .strip_prefix(br#"{"push":"#)
+        .and_then(|f| f.strip_suffix(b"}"))
+    {
+        return Some(Bytes::copy_from_slice(inner));
+    }
+    let rest = frame.strip_prefix(br#"{"id":"#)?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let rest = rest[digits..].strip_prefix(b",")?;
+    if !rest.starts_with(br#""connect":"#) {
+        return None;
+    }
+    let mut b = BytesMut::with_capacity(rest.len() + 1);
+    b.put_slice(b"{");
+    b.put_slice(rest);
+    Some(b.freeze())
+}
+
 /// An async message push, `{"push":{"message":{"data":<data>}}}` (the SDKs'
 /// client `message` event), built from raw JSON `data` without parsing it.
 pub fn message_push(data: &[u8]) -> Bytes {
@@ -183,6 +211,36 @@ mod tests {
             panic!("not a publish")
         };
         assert_eq!(p.data.unwrap().get(), r#"{"x": 1.50}"#);
+    }
+
+    #[test]
+    fn uni_frames_unwrap_pushes_and_the_connect_reply() {
+        let push = publication_push("ch", br#"{"data":{"a":"}"},"offset":7}"#);
+        assert_eq!(
+            &uni_frame(&push).unwrap()[..],
+            br#"{"channel":"ch","pub":{"data":{"a":"}"},"offset":7}}"#
+        );
+        let connect = encode_reply(&Reply::ok(
+            1,
+            ReplyResult::Connect(ConnectResult {
+                client: "c".into(),
+                ..ConnectResult::default()
+            }),
+        ));
+        let uni = uni_frame(&connect).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&uni).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"connect": {"client": "c", "version": ""}})
+        );
+        let d = encode_reply(&Reply::push(Push::disconnect(3001, "shutdown")));
+        assert_eq!(
+            &uni_frame(&d).unwrap()[..],
+            br#"{"disconnect":{"code":3001,"reason":"shutdown"}}"#
+        );
+        assert_eq!(&uni_frame(PING_FRAME).unwrap()[..], b"{}");
+        let error = encode_reply(&Reply::error(3, ProtocolError::PermissionDenied.into()));
+        assert_eq!(uni_frame(&error), None);
     }
 
     #[test]

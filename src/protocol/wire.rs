@@ -350,6 +350,13 @@ pub struct ConnectResult {
     pub ping: u32,
     #[serde(skip_serializing_if = "is_false")]
     pub pong: bool,
+    /// The session of a connection over bidirectional emulation
+    /// (HTTP-streaming, SSE): the SDK names it in its `/emulation` requests.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub session: String,
+    /// The edge holding that session, where `/emulation` requests go.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub node: String,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -431,9 +438,32 @@ pub struct Push {
     pub join: Option<JoinLeave>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub leave: Option<JoinLeave>,
+    /// The end of a connection said in-stream: transports without close
+    /// codes (HTTP-streaming, SSE, the unidirectional ones) carry it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disconnect: Option<DisconnectPush>,
+}
+
+/// A `disconnect` push: the code and reason a WebSocket would put in its
+/// Close frame.
+#[derive(Debug, Serialize)]
+pub struct DisconnectPush {
+    pub code: u32,
+    pub reason: String,
 }
 
 impl Push {
+    /// The in-stream end of a connection with `code` and `reason`.
+    pub fn disconnect(code: u16, reason: &str) -> Self {
+        Self {
+            disconnect: Some(DisconnectPush {
+                code: u32::from(code),
+                reason: reason.into(),
+            }),
+            ..Self::default()
+        }
+    }
+
     pub fn unsubscribe(channel: &str, u: Unsubscribe) -> Self {
         Self {
             channel: channel.into(),

@@ -183,6 +183,12 @@ pub fn config_for(herald: &Config, port: u16, presence: &[&str]) -> Value {
             },
         },
         "websocket": { "message_size_limit": c.message_size_limit },
+        // Herald always serves the emulation and unidirectional transports.
+        "http_stream": { "enabled": true },
+        "sse": { "enabled": true },
+        "uni_http_stream": { "enabled": true },
+        "uni_sse": { "enabled": true },
+        "uni_websocket": { "enabled": true },
         "http_api": {
             "key": herald.api_key.as_ref().map(|s| s.expose()).unwrap_or_default(),
         },

@@ -15,6 +15,11 @@
 //   HERALD_FORBIDDEN_CHANNEL a channel alice may not subscribe to (error 103)
 //   HERALD_MISSED          how many publications alice misses while offline
 //   HERALD_SDK_DEBUG=1     the SDK's debug log on stderr
+//   HERALD_TRANSPORTS      optional, e.g. `http_stream,sse`: alice connects over these
+//                          bidirectional-emulation transports (the SDK's `transports`
+//                          list, tried in order; commands go to `/emulation`) instead of
+//                          a WebSocket; the endpoints are HERALD_WS_CUTTABLE's host.
+//                          Needs node's `--experimental-eventsource` for `sse`.
 //   HERALD_PROTOBUF=1      use the SDK's Protobuf build (`centrifuge/build/protobuf`,
 //                          WebSocket subprotocol `centrifuge-protobuf`): payloads are
 //                          bytes, so the script sends JSON text as bytes and parses
@@ -107,10 +112,30 @@ function plainPub(ctx) {
   };
 }
 
+/** Alice's endpoint and transport options: a WebSocket, or the emulation
+ * transports of HERALD_TRANSPORTS on the same host. */
+function aliceTransport() {
+  const ws = env('HERALD_WS_CUTTABLE');
+  const names = (process.env.HERALD_TRANSPORTS || '').split(',').filter((t) => t !== '');
+  if (names.length === 0) {
+    return [ws, { websocket: WebSocket }];
+  }
+  const base = ws.replace(/^ws/, 'http').replace(/\/connection\/websocket$/, '');
+  const transports = names.map((t) => ({ transport: t, endpoint: `${base}/connection/${t}` }));
+  return [transports, {
+    emulationEndpoint: `${base}/emulation`,
+    fetch: globalThis.fetch,
+    readableStream: globalThis.ReadableStream,
+    eventsource: globalThis.EventSource,
+  }];
+}
+
 async function main() {
   let getTokenCalls = 0;
-  const alice = new Centrifuge(env('HERALD_WS_CUTTABLE'), {
-    websocket: WebSocket,
+  let aliceTransportName = null;
+  const [aliceEndpoint, aliceOptions] = aliceTransport();
+  const alice = new Centrifuge(aliceEndpoint, {
+    ...aliceOptions,
     token: env('HERALD_TOKEN_SHORT'),
     getToken: async () => {
       getTokenCalls += 1;
@@ -132,6 +157,7 @@ async function main() {
   const subscribed = [];
   const pubs = [];
   alice.on('connecting', (ctx) => connecting.push({ code: ctx.code, reason: ctx.reason }));
+  alice.on('connected', (ctx) => { aliceTransportName = ctx.transport; });
   alice.on('error', (ctx) => errors.push({ type: ctx.type, error: ctx.error }));
   alice.on('disconnected', (ctx) => errors.push({ type: 'disconnected', error: ctx }));
 
@@ -252,6 +278,7 @@ async function main() {
 
     return {
       ok: true,
+      transport: aliceTransportName,
       offsets: pubs.map((p) => p.offset),
       epoch,
       get_token_calls: getTokenCalls,

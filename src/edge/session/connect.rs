@@ -149,7 +149,9 @@ impl Session {
             data,
             subs,
             ping: self.edge.settings.client.ping_interval.as_secs().max(1) as u32,
-            pong: true,
+            pong: !self.uni,
+            session: self.transport_session.clone().unwrap_or_default(),
+            node: self.node.as_deref().map(str::to_string).unwrap_or_default(),
         };
         self.reply(&Reply::ok(id, ReplyResult::Connect(result)));
         // The token authorized these, private channels included.

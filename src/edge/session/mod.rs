@@ -26,7 +26,7 @@ mod push;
 mod refresh;
 mod server_side;
 mod subscribe;
-mod writer;
+pub(super) mod writer;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -52,7 +52,7 @@ use crate::protocol::{
 };
 
 /// Closing because the client closed (never sent to it).
-const CLIENT_CLOSED: Disconnect = Disconnect::new(3000, "connection closed");
+pub(super) const CLIENT_CLOSED: Disconnect = Disconnect::new(3000, "connection closed");
 /// WebSocket "message too big" for a frame over `client_message_size_limit`,
 /// with an empty reason as Centrifugo's, whatever the frame's size.
 pub const MESSAGE_TOO_BIG: Disconnect = Disconnect::new(1009, "");
@@ -97,6 +97,11 @@ struct Session {
     /// Forwarded headers, connection meta and server-side refreshes of the
     /// proxies (`proxied`).
     proxy: proxied::ProxyState,
+    /// The session id and node the connect reply carries (`Transport`).
+    transport_session: Option<String>,
+    node: Option<Arc<str>>,
+    /// A unidirectional transport: no pong expected.
+    uni: bool,
 }
 
 /// When a connection or subscription whose token expires at `exp` is closed
@@ -119,21 +124,120 @@ fn ttl(exp: u64) -> u32 {
     exp.saturating_sub(now_secs()).clamp(1, u64::from(u32::MAX)) as u32
 }
 
-/// `encoding`: what the upgrade negotiated. `headers`: the upgrade
-/// request's headers the proxies forward.
+/// What a transport hands the read loop.
+pub(super) enum Inbound {
+    /// Bytes of one or more commands in the connection's encoding.
+    Frame(Bytes),
+    /// The client side is gone (or sent what ends the connection).
+    Closed(Disconnect),
+}
+
+/// The transport a session runs over, as far as the session cares.
+pub(super) struct Transport {
+    /// `websocket`, `http_stream`, `sse` or a `uni_` one: for logs.
+    pub name: &'static str,
+    /// The session id the connect reply carries: over bidirectional
+    /// emulation the SDK names it in its `/emulation` requests.
+    pub session: Option<String>,
+    /// The node the connect reply names (where `/emulation` requests go).
+    pub node: Option<Arc<str>>,
+    /// Unidirectional: the client sends one connect and nothing else, so no
+    /// pong is expected of it.
+    pub uni: bool,
+}
+
+/// The connect command of a unidirectional connection: its `ConnectRequest`
+/// (empty: `{}`) as a command with id 1.
+pub(super) fn uni_connect(request: &[u8]) -> Bytes {
+    let request = if request.iter().all(u8::is_ascii_whitespace) {
+        &b"{}"[..]
+    } else {
+        request
+    };
+    let mut b = Vec::with_capacity(request.len() + 16);
+    b.extend_from_slice(br#"{"id":1,"connect":"#);
+    b.extend_from_slice(request);
+    b.extend_from_slice(b"}");
+    Bytes::from(b)
+}
+
+/// A WebSocket session. `encoding`: what the upgrade negotiated.
+/// `headers`: the upgrade request's headers the proxies forward. `uni`: the
+/// unidirectional WebSocket, whose connect request is `uni_connect` (from
+/// the query) or else the first message, later messages ignored.
 pub(super) async fn run(
     edge: Arc<Edge>,
     socket: WebSocket,
     id: SessionId,
     encoding: Encoding,
     headers: axum::http::HeaderMap,
+    uni: Option<Option<Bytes>>,
 ) {
-    let (sink, mut stream) = socket.split();
+    let (sink, stream) = socket.split();
     let outbox = Arc::new(Outbox::with_encoding(
         edge.settings.client.queue_max_bytes,
         encoding,
     ));
-    tokio::spawn(writer::write_loop(sink, outbox.clone()));
+    let is_uni = uni.is_some();
+    tokio::spawn(writer::write_loop(sink, outbox.clone(), is_uni));
+    // As Centrifugo, text or binary alike: the bytes are read in the
+    // connection's encoding. Ping/pong frames are tungstenite's business.
+    let inbound = stream
+        .filter_map(|msg| {
+            std::future::ready(match msg {
+                Ok(Message::Text(text)) => Some(Inbound::Frame(text.into())),
+                Ok(Message::Binary(bytes)) => Some(Inbound::Frame(bytes)),
+                Ok(Message::Close(_)) => Some(Inbound::Closed(CLIENT_CLOSED)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "read failed");
+                    Some(Inbound::Closed(read_error_close(e)))
+                }
+                Ok(_) => None,
+            })
+        })
+        .boxed();
+    let inbound = match uni {
+        None => inbound,
+        Some(connect) => {
+            // The connect from the query, or the first message; then only
+            // the end of the connection matters.
+            let from_query = connect.is_some();
+            let first = futures::stream::iter(connect.map(|c| Inbound::Frame(uni_connect(&c))));
+            let mut seen = from_query;
+            let rest = inbound.filter_map(move |i| {
+                std::future::ready(match i {
+                    Inbound::Frame(f) if !seen => {
+                        seen = true;
+                        Some(Inbound::Frame(uni_connect(&f)))
+                    }
+                    Inbound::Frame(_) => None,
+                    closed => Some(closed),
+                })
+            });
+            first.chain(rest).boxed()
+        }
+    };
+    let transport = Transport {
+        name: if is_uni { "uni_websocket" } else { "websocket" },
+        session: None,
+        node: None,
+        uni: is_uni,
+    };
+    serve(edge, outbox, inbound, id, transport, headers).await
+}
+
+/// The read loop of one connection over any transport: `inbound` are the
+/// client's frames, `outbox` is drained into the transport by a writer the
+/// caller started (and closing it is how the session ends the connection).
+pub(super) async fn serve(
+    edge: Arc<Edge>,
+    outbox: Arc<Outbox>,
+    mut inbound: futures::stream::BoxStream<'static, Inbound>,
+    id: SessionId,
+    transport: Transport,
+    headers: axum::http::HeaderMap,
+) {
+    let encoding = outbox.encoding();
     let client_id = uuid::Uuid::new_v4().to_string();
     let (control_tx, mut control) = mpsc::channel(SESSION_CONTROL_QUEUE);
     let conn = edge
@@ -159,12 +263,16 @@ pub(super) async fn run(
             headers,
             ..Default::default()
         },
+        transport_session: transport.session,
+        node: transport.node,
+        uni: transport.uni,
     };
     let mut revocations = edge.revocations().map(|r| r.changes());
     let span = tracing::debug_span!(
         "session",
         id,
         client = %s.client_id,
+        transport = transport.name,
         encoding = encoding.name(),
         user = tracing::field::Empty
     );
@@ -174,20 +282,21 @@ pub(super) async fn run(
             let authed = s.authed.is_some();
             let step = tokio::select! {
                 _ = outbox.closing() => break None,
-                msg = stream.next() => match msg {
-                    // As Centrifugo, text or binary alike: the bytes are
-                    // read in the connection's encoding.
-                    Some(Ok(Message::Text(text))) => Box::pin(s.handle_frame(text.into())).await,
+                msg = inbound.next() => match msg {
                     // Boxed: a command's future is large and lives only
                     // while the command runs; inline, every idle
                     // connection's task would carry its size.
-                    Some(Ok(Message::Binary(bytes))) => Box::pin(s.handle_frame(bytes)).await,
-                    Some(Ok(Message::Close(_))) | None => break Some(CLIENT_CLOSED),
-                    Some(Err(e)) => {
-                        tracing::debug!(error = %e, "read failed");
-                        break Some(read_error_close(e));
-                    }
-                    Some(Ok(_)) => Ok(()),
+                    Some(Inbound::Frame(frame)) => Box::pin(s.handle_frame(frame)).await.and_then(|()| {
+                        // A unidirectional client cannot retry a failed
+                        // connect on the same connection: it ends.
+                        if s.uni && s.authed.is_none() {
+                            Err(Disconnect::BAD_REQUEST)
+                        } else {
+                            Ok(())
+                        }
+                    }),
+                    Some(Inbound::Closed(d)) => break Some(d),
+                    None => break Some(CLIENT_CLOSED),
                 },
                 Some(cmd) = control.recv() => {
                     Box::pin(s.handle_control(*cmd)).await;
@@ -316,7 +425,7 @@ impl Session {
 
     fn send_ping(&mut self) {
         let _ = self.outbox.push(self.encoding().ping_frame());
-        if self.pong_deadline.is_none() {
+        if self.pong_deadline.is_none() && !self.uni {
             self.pong_deadline = Some(Instant::now() + self.edge.settings.client.pong_timeout);
         }
     }

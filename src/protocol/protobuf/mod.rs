@@ -418,7 +418,8 @@ fn connect_result(r: &ConnectResult) -> Result<pb::ConnectResult, EncodeError> {
             .collect::<Result<_, EncodeError>>()?,
         ping: r.ping,
         pong: r.pong,
-        ..pb::ConnectResult::default()
+        session: r.session.clone(),
+        node: r.node.clone(),
     })
 }
 
@@ -452,6 +453,11 @@ fn push(p: &Push) -> Result<pb::Push, EncodeError> {
             }),
             None => None,
         },
+        disconnect: p.disconnect.as_ref().map(|d| pb::Disconnect {
+            code: d.code,
+            reason: d.reason.clone(),
+            reconnect: false,
+        }),
         ..pb::Push::default()
     })
 }

@@ -406,6 +406,8 @@ fn every_reply_round_trips() {
                 ping: 25,
                 pong: true,
                 data: None,
+                session: "s1".into(),
+                node: "n1".into(),
             }),
         ),
         Reply::ok(2, ReplyResult::Subscribe(sub())),
