@@ -905,3 +905,62 @@ async fn emulation_requests_reach_the_session_on_another_edge() {
     c.node = saved;
     edge.stop().await;
 }
+
+/// A stream client that stops reading while its channel is busy: past
+/// `client_queue_max_bytes` it is closed as slow (3008) and its HTTP
+/// connection is cut, so the socket ends instead of staying open with
+/// hyper stuck on a write it cannot finish (EOF well before the keep-alive
+/// idle timeout, set far away here).
+#[tokio::test]
+async fn a_stream_client_that_stops_reading_is_cut() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_nats, _dir, h) = node(|c| {
+        c.client.queue_max_bytes = 64 * 1024;
+        c.http.header_read_timeout = Duration::from_secs(120);
+    })
+    .await;
+    let body = json!({"token": channels_token("slow", &["busy"])}).to_string();
+    let mut tcp = tokio::net::TcpStream::connect(h.addr).await.expect("tcp");
+    let request = format!(
+        "POST /connection/uni_http_stream HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(request.as_bytes()).await.expect("request");
+    let mut head = vec![0u8; 4096];
+    let n = tcp.read(&mut head).await.expect("response head");
+    assert!(
+        std::str::from_utf8(&head[..n]).is_ok_and(|t| t.starts_with("HTTP/1.1 200")),
+        "{:?}",
+        String::from_utf8_lossy(&head[..n])
+    );
+    // Stop reading; flood the channel with far more than the queue holds.
+    let big = "x".repeat(32 * 1024);
+    for _ in 0..200 {
+        h.api("publish", json!({"channel": "busy", "data": {"big": big}}))
+            .await;
+        let info = h.api("info", json!({})).await;
+        if info["result"]["nodes"][0]["num_clients"] == 0 {
+            break;
+        }
+    }
+    common::eventually("the slow client is closed", WAIT, || async {
+        let info = h.api("info", json!({})).await;
+        (info["result"]["nodes"][0]["num_clients"] == 0).then_some(())
+    })
+    .await;
+    // Now drain: the socket ends (cut), long before the idle timeout.
+    let mut sink = vec![0u8; 1 << 16];
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match tcp.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the connection of a slow stream client is cut"
+    );
+}

@@ -244,6 +244,12 @@ pub(in crate::edge) async fn stream_loop(
                 Close::Custom { .. } => "custom".to_string(),
             };
             metrics::counter!(m::DISCONNECTS_TOTAL, "code" => label).increment(1);
+            // A client too slow to read its queue will not read a last push:
+            // its connection is cut.
+            if d == Close::Named(Disconnect::SLOW) {
+                abandon(&abort);
+                return;
+            }
             if d != Close::Named(CLIENT_CLOSED) {
                 let push = Reply::push(Push::disconnect(d.code(), d.reason()));
                 if let Ok(frame) = encoding.encode_reply(&push) {
