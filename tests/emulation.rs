@@ -964,3 +964,39 @@ async fn a_stream_client_that_stops_reading_is_cut() {
         "the connection of a slow stream client is cut"
     );
 }
+
+/// A graceful stop closes stream sessions like WebSocket ones: 3001
+/// (shutdown, reconnect) said in-stream, then the end of the stream.
+#[tokio::test]
+async fn shutdown_is_said_in_stream() {
+    let (_nats, _dir, mut h) = node(|_| {}).await;
+    let (mut sse, _) = StreamClient::connect(Kind::Sse, h.addr, &h.token("a")).await;
+    let mut uni = UniClient::connect(Uni::HttpStream, h.addr, json!({"token": h.token("b")})).await;
+    assert!(uni.next_push().await.expect("connect")["connect"].is_object());
+    let stopping = tokio::spawn(async move {
+        h.stop().await;
+        h
+    });
+    let mut last = Value::Null;
+    while let Some(v) = sse.next().await {
+        last = v;
+    }
+    assert_eq!(
+        last,
+        json!({"push": {"disconnect": {"code": 3001, "reason": "shutdown"}}})
+    );
+    let mut last = Value::Null;
+    while let Some(v) = uni.next().await {
+        last = v;
+    }
+    assert_eq!(
+        last,
+        json!({"disconnect": {"code": 3001, "reason": "shutdown"}})
+    );
+    let started = std::time::Instant::now();
+    let _h = stopping.await.expect("stop");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "no wait on open streams"
+    );
+}
