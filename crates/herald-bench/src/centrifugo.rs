@@ -121,6 +121,9 @@ fn config(port: u16, secret: &str, api_key: &str, opts: &CentrifugoOptions) -> V
             "message_size_limit": c.message_size_limit,
             "write_timeout": WRITE_TIMEOUT,
         },
+        // For subscribers over `--transport http_stream|sse`.
+        "http_stream": { "enabled": true },
+        "sse": { "enabled": true },
         "http_api": { "key": api_key },
         "channel": {
             "without_namespace": channel_options(true),

@@ -19,6 +19,7 @@ use super::nats_ws::NatsWs;
 use super::net::{Sources, open_all};
 use super::report::{Measured, Peer, Report, Row};
 use super::stats::{Count, Progress, note};
+use super::stream::{StreamSub, Transport};
 use super::sys::{cpu_seconds, rss_kib};
 use super::target::{Herald, HeraldOptions, Nats};
 use super::{BenchError, Common, PeerKind, encoding_name, encoding_note};
@@ -37,6 +38,11 @@ pub struct ConnectionsArgs {
     /// are the same JSON text, carried as bytes).
     #[arg(long, default_value = "json")]
     pub encoding: Encoding,
+    /// How Herald's and Centrifugo's clients connect: `websocket`, or
+    /// `http_stream` / `sse` with bidirectional emulation (JSON; each client
+    /// then holds two HTTP connections, the stream and its `/emulation` one).
+    #[arg(long, value_enum, default_value = "websocket")]
+    pub transport: Transport,
     /// Idle connections to open.
     #[arg(long, default_value_t = 10_000)]
     pub connections: usize,
@@ -90,6 +96,7 @@ pub async fn run(args: ConnectionsArgs) -> Result<Report, BenchError> {
             "connections": args.connections,
             "room_size": args.room_size,
             "encoding": encoding_name(args.encoding),
+            "transport": args.transport.name(),
             "idle_s": args.idle.as_secs_f64(),
             "ping_interval_s": args.ping_interval.as_secs_f64(),
             "settle_s": args.settle.as_secs_f64(),
@@ -110,6 +117,12 @@ pub async fn run(args: ConnectionsArgs) -> Result<Report, BenchError> {
             "RSS per connection = (server RSS after connecting − before) / connections".into(),
         )
         .chain(encoding_note(args.encoding))
+        .chain((args.transport != Transport::Websocket).then(|| {
+            format!(
+                "clients over {} (bidirectional emulation: the stream plus a keep-alive /emulation connection each; pongs through /emulation)",
+                args.transport.name()
+            )
+        }))
         .collect(),
     })
 }
@@ -266,6 +279,7 @@ async fn protocol_run(
     let _stop_guard = stop.clone().drop_guard();
     let progress = progress(label, quiet, opened.clone(), n);
     let encoding = args.encoding;
+    let transport = args.transport;
     let connected = {
         let sources = sources.clone();
         let (shared, stop) = (shared.clone(), stop.clone());
@@ -279,13 +293,18 @@ async fn protocol_run(
             };
             let token = tokens[i].clone();
             async move {
+                let room = format!("idle-{}", i / room_size);
+                if transport != Transport::Websocket {
+                    let (sub, reply) =
+                        StreamSub::connect(addr, opts.source, transport, &token, &room, false)
+                            .await?;
+                    if reply.get("subscribe").is_none() {
+                        return Err(ClientError::BadFrame(format!("subscribe failed: {reply}")));
+                    }
+                    return Ok(read(i, sub, &shared, &stop));
+                }
                 let (mut client, _) = Client::connect_with(addr, &token, &opts).await?;
-                let reply = client
-                    .call(
-                        "subscribe",
-                        json!({ "channel": format!("idle-{}", i / room_size) }),
-                    )
-                    .await?;
+                let reply = client.call("subscribe", json!({ "channel": room })).await?;
                 if reply.get("subscribe").is_none() {
                     return Err(ClientError::BadFrame(format!("subscribe failed: {reply}")));
                 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::centrifugo::{Centrifugo, CentrifugoOptions};
@@ -28,6 +28,7 @@ use super::payload::now_us;
 use super::report::{Measured, Peer, Report, Row};
 use super::stages;
 use super::stats::{Count, Latencies, Order, Progress, note};
+use super::stream::{StreamSub, Transport};
 use super::target::{Herald, HeraldOptions, Nats};
 use super::{BenchError, Common, PeerKind, Rate, encoding_name, encoding_note};
 use herald_client::{Client, ClientError, ClientOptions, Encoding};
@@ -54,6 +55,11 @@ pub struct FanoutArgs {
     /// are the same JSON text, carried as bytes).
     #[arg(long, default_value = "json")]
     pub encoding: Encoding,
+    /// How Herald's and Centrifugo's subscribers connect: `websocket`, or
+    /// `http_stream` / `sse` with bidirectional emulation (JSON; the
+    /// publishers stay on WebSockets).
+    #[arg(long, value_enum, default_value = "websocket")]
+    pub transport: Transport,
     #[arg(long, value_enum, default_value = "ephemeral")]
     pub mode: Mode,
     /// Rooms (channels; subjects for the peer).
@@ -158,6 +164,12 @@ pub async fn run(args: FanoutArgs) -> Result<Report, BenchError> {
         }
     )];
     notes.extend(encoding_note(args.encoding));
+    if args.transport != Transport::Websocket {
+        notes.push(format!(
+            "subscribers over {} (bidirectional emulation: subscribe and pongs through /emulation); publishers over WebSockets",
+            args.transport.name()
+        ));
+    }
     if kinds.contains(&PeerKind::NatsWs) {
         notes.push(
             "nats-server ws publishes to NATS subjects (no history) and counts a PONG after each PUB as its confirmation"
@@ -184,6 +196,7 @@ pub async fn run(args: FanoutArgs) -> Result<Report, BenchError> {
         params: json!({
             "mode": format!("{:?}", args.mode).to_lowercase(),
             "encoding": encoding_name(args.encoding),
+            "transport": args.transport.name(),
             "rooms": args.rooms,
             "subscribers_per_room": args.subscribers,
             "connections": args.connections(),
@@ -266,6 +279,7 @@ async fn protocol_run(
 ) -> Result<Measured, BenchError> {
     let quiet = args.common.quiet;
     let (rooms, mode, encoding) = (args.rooms, args.mode, args.encoding);
+    let transport = args.transport;
     let tokens = Arc::new(tokens);
     let opened = Arc::new(Count::default());
     let n = args.connections();
@@ -287,6 +301,35 @@ async fn protocol_run(
                 let (shared, stop) = (shared.clone(), stop.clone());
                 async move {
                     let room = i % rooms;
+                    let by_offset = mode == Mode::History;
+                    let first = |sub: &Value| {
+                        if by_offset {
+                            sub["offset"].as_u64().unwrap_or(0) + 1
+                        } else {
+                            1
+                        }
+                    };
+                    if transport != Transport::Websocket {
+                        let (sub, reply) = StreamSub::connect(
+                            addr,
+                            opts.source,
+                            transport,
+                            &token,
+                            &channel(mode, room),
+                            by_offset,
+                        )
+                        .await?;
+                        let Some(result) = reply.get("subscribe") else {
+                            return Err(ClientError::BadFrame(format!(
+                                "subscribe failed: {reply}"
+                            )));
+                        };
+                        let first = first(result);
+                        return Ok((
+                            room,
+                            tokio::spawn(subscriber_loop(i, sub, first, shared, stop)),
+                        ));
+                    }
                     let (mut client, _) = Client::connect_with(addr, &token, &opts).await?;
                     let reply = client
                         .call("subscribe", json!({ "channel": channel(mode, room) }))
@@ -294,12 +337,7 @@ async fn protocol_run(
                     let Some(sub) = reply.get("subscribe") else {
                         return Err(ClientError::BadFrame(format!("subscribe failed: {reply}")));
                     };
-                    let by_offset = mode == Mode::History;
-                    let first = if by_offset {
-                        sub["offset"].as_u64().unwrap_or(0) + 1
-                    } else {
-                        1
-                    };
+                    let first = first(sub);
                     // Read at once: the client answers pings from now on.
                     let sub = HeraldSub { client, by_offset };
                     Ok((

@@ -42,6 +42,7 @@ mod recovery;
 mod report;
 mod stages;
 mod stats;
+mod stream;
 mod sys;
 mod target;
 
