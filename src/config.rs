@@ -133,6 +133,7 @@ options! {
     "push_retry_max_backoff" = "5m" : "Longest delay between two retries of a send.";
     "push_retry_max_age" = "1h" : "A notification not sent this long after send_push_notification queued it is dropped (counted as expired); also the push stream's max_age.";
     "push_queue_max_messages" = "1000000" : "Most jobs and per-device sends the push stream holds; when full, send_push_notification answers 106 (limit exceeded).";
+    "channel_allowed_delta_types" = "" : "Default namespace: comma-separated delta types a subscription may ask for (`fossil`, Centrifugo's allowed_delta_types); a subscription with `delta: \"fossil\"` then gets publications as fossil deltas against the previous one it received (README, Delta compression). Empty = no delta: such a request is ignored.";
     "channel_push_unread_delay" = "0s" : "Default namespace: unread-aware push. A member of a conversation (a channel with members) who has an unread message there and no connected device for this long gets one push (coalesced per conversation), badge = their total unread; reading on any device first cancels it. 0s = off. Per namespace: `push_unread_delay`.";
     "push_unread_max_pending" = "100000" : "Channels waiting for their unread-push delay per edge; past it a new one is not timed (counted in herald_push_unread_total{result=\"dropped\"}).";
     "push_max_devices_per_user" = "20" : "Push devices (device_register, herald.device_register) one user may have; registering one more replaces the user's least recently registered device.";
@@ -579,7 +580,12 @@ pub struct NamespaceOptions {
     /// Unread-aware push (`push::unread`): a member with an unread message
     /// and no connected device this long gets a push. `None` = off.
     pub push_unread_delay: Option<Duration>,
+    /// Delta types a subscription may ask for ([`DELTA_TYPES`]); empty: none.
+    pub allowed_delta_types: Vec<String>,
 }
+
+/// The delta types Herald knows (as Centrifugo: only `fossil`).
+pub const DELTA_TYPES: &[&str] = &["fossil"];
 
 #[derive(Debug, Clone)]
 pub struct ChannelsConfig {
@@ -865,6 +871,7 @@ struct NamespaceFile {
     track_publishers: Option<bool>,
     publish_events: Option<bool>,
     push_unread_delay: Option<String>,
+    allowed_delta_types: Option<Vec<String>>,
 }
 
 /// One `[[proxies]]` entry as written (TOML or JSON).
@@ -1006,6 +1013,9 @@ impl Config {
             track_publishers: p.parse("channel_track_publishers", parse_bool),
             publish_events: p.parse("channel_publish_events", parse_bool),
             push_unread_delay: p.parse("channel_push_unread_delay", parse_retention),
+            allowed_delta_types: p.parse("channel_allowed_delta_types", |s| {
+                parse_delta_types(s.split(',').map(str::trim).filter(|t| !t.is_empty()))
+            }),
         };
         let backend_ca_file = p.parse("backend_ca_file", parse_ca_file);
         let webhooks = WebhookConfig {
@@ -1414,6 +1424,7 @@ impl Config {
                 receipts: false,
                 track_publishers: false,
                 push_unread_delay: None,
+                allowed_delta_types: Vec::new(),
                 ..default_ns.clone()
             },
         );
@@ -1490,6 +1501,16 @@ impl Config {
                         errors.push(format!("namespaces.{name}.push_unread_delay: {e}"));
                         None
                     }
+                },
+                allowed_delta_types: match &f.allowed_delta_types {
+                    None => base.allowed_delta_types,
+                    Some(list) => match parse_delta_types(list.iter().map(String::as_str)) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            errors.push(format!("namespaces.{name}.allowed_delta_types: {e}"));
+                            Vec::new()
+                        }
+                    },
                 },
             };
             config.channels.namespaces.insert(name, o);
@@ -1852,6 +1873,19 @@ fn parse_duration_positive(s: &str) -> Result<Duration, String> {
 }
 
 /// 0 = no bound.
+/// A list of delta types, each one of [`DELTA_TYPES`].
+fn parse_delta_types<'a>(types: impl Iterator<Item = &'a str>) -> Result<Vec<String>, String> {
+    types
+        .map(|t| {
+            if DELTA_TYPES.contains(&t) {
+                Ok(t.to_string())
+            } else {
+                Err(format!("unknown delta type {t:?} (known: fossil)"))
+            }
+        })
+        .collect()
+}
+
 fn parse_history_size(s: &str) -> Result<Option<u64>, String> {
     let n: u64 = s
         .parse()
@@ -2121,6 +2155,45 @@ publish_proxy_name = "nope"
         let feed = &c.channels.namespaces["feed"];
         assert!(!feed.history);
         assert_eq!(feed.history_retention, Some(Duration::from_secs(7 * 86400)));
+    }
+
+    /// `allowed_delta_types`: a list per namespace, comma-separated for the
+    /// default one; an unknown type is a config error naming where.
+    #[test]
+    fn allowed_delta_types_per_namespace() {
+        let c = load(
+            Some("[namespaces.game]\nallowed_delta_types = [\"fossil\"]\n[namespaces.chat]\nprivate = true"),
+            &[],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.channels.namespaces["game"].allowed_delta_types,
+            ["fossil"]
+        );
+        assert!(c.channels.namespaces["chat"].allowed_delta_types.is_empty());
+        assert!(c.channels.default.allowed_delta_types.is_empty());
+        let c = load(
+            Some("[namespaces.chat]\nprivate = true"),
+            &[("HERALD_CHANNEL_ALLOWED_DELTA_TYPES", "fossil")],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.channels.default.allowed_delta_types, ["fossil"]);
+        assert_eq!(
+            c.channels.namespaces["chat"].allowed_delta_types,
+            ["fossil"],
+            "inherited"
+        );
+        let e = load(
+            Some("[namespaces.game]\nallowed_delta_types = [\"zstd\"]"),
+            &[("HERALD_CHANNEL_ALLOWED_DELTA_TYPES", "fossil,xdelta")],
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("namespaces.game.allowed_delta_types"), "{e}");
+        assert!(e.contains("HERALD_CHANNEL_ALLOWED_DELTA_TYPES"), "{e}");
     }
 
     /// A table for a built-in namespace changes only what it sets: a

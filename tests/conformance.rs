@@ -1122,6 +1122,65 @@ fn scripts() -> Vec<Script> {
             .recv(0, 1)
             .differs("protobuf-binary-data"),
     );
+    // -- delta compression: fossil deltas byte for byte, recovery, refusals
+    let state = |tick: u64| {
+        json!({"players": [{"id": 1, "name": "alpha-player-one", "x": tick * 3},
+                           {"id": 2, "name": "beta-player-two", "x": 7}],
+               "status": "running", "tick": tick})
+    };
+    let mut delta =
+        Script::new("delta: fossil deltas live and in recovery; not allowed is ignored")
+            .connect(0, &token("u-delta"))
+            .call(
+                0,
+                json!({"id": 2, "subscribe": {"channel": "delta:a", "delta": "fossil"}}),
+                1,
+            )
+            .capture("epoch", "/replies/0/subscribe/epoch")
+            .call(
+                0,
+                json!({"id": 3, "subscribe": {"channel": "delta-off", "delta": "fossil"}}),
+                1,
+            );
+    for tick in 1..=3 {
+        delta = delta
+            .api(
+                "publish",
+                json!({"channel": "delta:a", "data": state(tick)}),
+            )
+            .recv(0, 1);
+    }
+    delta = delta
+        .api(
+            "publish",
+            json!({"channel": "delta:a", "data": {"reset": true}}),
+        )
+        .recv(0, 1)
+        .api("publish", json!({"channel": "delta-off", "data": state(1)}))
+        .recv(0, 1);
+    for tick in 4..=6 {
+        delta = delta.api(
+            "publish",
+            json!({"channel": "delta:a", "data": state(tick)}),
+        );
+    }
+    delta = delta
+        .connect(1, &token("u-delta"))
+        .send_text(
+            1,
+            r#"{"id":2,"subscribe":{"channel":"delta:a","delta":"fossil","recover":true,"offset":4,"epoch":"${epoch}"}}"#,
+        )
+        .recv(1, 1);
+    s.push(delta);
+    s.push(
+        Script::new("delta: an unknown delta type closes with 3501")
+            .connect(0, &token("u-delta-unknown"))
+            .send(
+                0,
+                json!({"id": 2, "subscribe": {"channel": "delta:b", "delta": "zstd"}}),
+            )
+            .closed(0),
+    );
     s.push(
         Script::new("an unknown subprotocol")
             .open_protocol(0, "centrifuge-unknown")
@@ -1650,6 +1709,13 @@ fn conformance_config(nats: &common::TestNats, data_dir: std::path::PathBuf) -> 
         "public".into(),
         NamespaceOptions {
             anonymous: true,
+            ..base.clone()
+        },
+    );
+    ns.insert(
+        "delta".into(),
+        NamespaceOptions {
+            allowed_delta_types: vec!["fossil".into()],
             ..base.clone()
         },
     );
