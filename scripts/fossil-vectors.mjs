@@ -1,9 +1,12 @@
-// Writes tests/fixtures/fossil_vectors.json: deltas made by the reference
-// fossil-delta npm package (the algorithm centrifuge-js applies), which
-// src/protocol/fossil.rs must reproduce byte for byte.
+// Writes tests/fixtures/fossil_vectors.json: sources, targets and the deltas
+// the reference fossil-delta npm package (the algorithm centrifuge-js
+// applies) makes for them, which src/protocol/fossil.rs must apply; then
+// scripts/fossil-vectors/ adds Centrifugo's encoder's deltas, which it must
+// reproduce byte for byte.
 //
 //   npm install --prefix /tmp/fossilgen fossil-delta@2.0.0
-//   NODE_PATH=/tmp/fossilgen/node_modules node scripts/fossil-vectors.mjs > tests/fixtures/fossil_vectors.json
+//   NODE_PATH=/tmp/fossilgen/node_modules node scripts/fossil-vectors.mjs > /tmp/npm.json
+//   (cd scripts/fossil-vectors && go run . < /tmp/npm.json) > tests/fixtures/fossil_vectors.json
 import { createRequire } from "node:module";
 const require = createRequire(process.env.NODE_PATH + "/");
 const { createDelta, applyDelta } = await import(require.resolve("fossil-delta"));

@@ -1136,12 +1136,13 @@ fn scripts() -> Vec<Script> {
                 json!({"id": 2, "subscribe": {"channel": "delta:a", "delta": "fossil"}}),
                 1,
             )
-            .capture("epoch", "/replies/0/subscribe/epoch")
+            .differs("epoch-of-empty-history")
             .call(
                 0,
                 json!({"id": 3, "subscribe": {"channel": "delta-off", "delta": "fossil"}}),
                 1,
-            );
+            )
+            .differs("epoch-of-empty-history");
     for tick in 1..=3 {
         delta = delta
             .api(
@@ -1159,12 +1160,20 @@ fn scripts() -> Vec<Script> {
         .api("publish", json!({"channel": "delta-off", "data": state(1)}))
         .recv(0, 1);
     for tick in 4..=6 {
-        delta = delta.api(
-            "publish",
-            json!({"channel": "delta:a", "data": state(tick)}),
-        );
+        delta = delta
+            .api(
+                "publish",
+                json!({"channel": "delta:a", "data": state(tick)}),
+            )
+            .recv(0, 1);
     }
     delta = delta
+        .call(
+            0,
+            json!({"id": 4, "history": {"channel": "delta:a", "limit": 0}}),
+            1,
+        )
+        .capture("epoch", "/replies/0/history/epoch")
         .connect(1, &token("u-delta"))
         .send_text(
             1,

@@ -448,7 +448,7 @@ pub(super) mod tests {
         for (f, n) in frames(&o).iter().zip(5..) {
             let v: serde_json::Value = serde_json::from_str(f).unwrap();
             let publication = &v["push"]["pub"];
-            let delta = publication["delta"].as_bool().unwrap();
+            let delta = publication["delta"].as_bool().unwrap_or(false);
             let text = publication["data"].as_str().expect("data as a string");
             prev = if delta {
                 fossil::apply(&prev, text.as_bytes()).unwrap()

@@ -6,9 +6,10 @@
 //! the publication the subscription received just before). In JSON both
 //! carry `data` as a JSON string (the data's JSON text, or the patch), the
 //! delta one with `"delta":true`, as Centrifugo writes them and the SDKs
-//! expect; in Protobuf `data` is the bytes themselves. Herald builds the
-//! JSON form once and the Protobuf codec reads a publication object that has
-//! a `delta` field that way (`protobuf::publication_from_json`).
+//! expect; in Protobuf `data` is the bytes themselves, a full publication is
+//! as any other. Herald builds the JSON form of a delta once and the
+//! Protobuf codec reads a publication object that has a `delta` field that
+//! way (`protobuf::publication_from_json`).
 //!
 //! A delta is sent only when it is smaller than the data (as Centrifugo) and
 //! is text (UTF-8), so it fits a JSON string in either encoding; otherwise
@@ -36,8 +37,6 @@ struct Envelope<'a> {
     #[serde(default)]
     offset: u64,
     #[serde(borrow, default)]
-    epoch: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     tags: Option<&'a RawValue>,
 }
 
@@ -57,9 +56,11 @@ pub fn patch(base: &[u8], data: &[u8]) -> Option<Vec<u8>> {
     (p.len() < data.len() && std::str::from_utf8(&p).is_ok()).then_some(p)
 }
 
-/// `publication` (an object as `encode_publication` writes it) in the form a
-/// delta subscription receives: `data` as a JSON string of the data's text,
-/// or of `patch` with `"delta":true`. `None` if it is not a publication.
+/// `publication` (an object as `encode_publication` writes it) in the JSON
+/// form a delta subscription receives (without `epoch`, as Centrifugo's):
+/// `data` as a JSON string of the
+/// data's text, or of `patch` with `"delta":true` (the form the Protobuf
+/// codec reads too). `None` if it is not a publication.
 pub fn delta_form(publication: &[u8], patch: Option<&[u8]>) -> Option<Bytes> {
     let e: Envelope<'_> = serde_json::from_slice(publication).ok()?;
     let payload = match patch {
@@ -78,26 +79,22 @@ pub fn delta_form(publication: &[u8], patch: Option<&[u8]>) -> Option<Bytes> {
         b.put_slice(br#","offset":"#);
         b.put_slice(e.offset.to_string().as_bytes());
     }
-    if let Some(epoch) = e.epoch {
-        b.put_slice(br#","epoch":"#);
-        b.put_slice(epoch.get().as_bytes());
-    }
     if let Some(tags) = e.tags {
         b.put_slice(br#","tags":"#);
         b.put_slice(tags.get().as_bytes());
     }
-    b.put_slice(if patch.is_some() {
-        br#","delta":true}"#
-    } else {
-        br#","delta":false}"#
-    });
+    if patch.is_some() {
+        b.put_slice(br#","delta":true"#);
+    }
+    b.put_slice(b"}");
     Some(b.freeze())
 }
 
 /// Recovered publications for a delta subscription, as Centrifugo sends
 /// them: the first full, each next a delta against the one before when
-/// that is smaller. One that is not a publication object stays as it is.
-pub fn recovered(publications: Vec<Box<RawValue>>) -> Vec<Box<RawValue>> {
+/// that is smaller. A full one stays as it is for a Protobuf connection
+/// (`json` false). One that is not a publication object stays as it is.
+pub fn recovered(publications: Vec<Box<RawValue>>, json: bool) -> Vec<Box<RawValue>> {
     let mut base: Option<Vec<u8>> = None;
     publications
         .into_iter()
@@ -108,8 +105,11 @@ pub fn recovered(publications: Vec<Box<RawValue>>) -> Vec<Box<RawValue>> {
                 return p;
             };
             let patch = base.as_deref().and_then(|b| patch(b, data));
-            let form = delta_form(object, patch.as_deref());
             base = Some(data.to_vec());
+            if patch.is_none() && !json {
+                return p;
+            }
+            let form = delta_form(object, patch.as_deref());
             form.and_then(|f| String::from_utf8(f.to_vec()).ok())
                 .and_then(|s| RawValue::from_string(s).ok())
                 .unwrap_or(p)
@@ -176,7 +176,7 @@ mod tests {
                 RawValue::from_string(String::from_utf8(p.to_vec()).unwrap()).unwrap()
             })
             .collect();
-        let out = recovered(pubs);
+        let out = recovered(pubs.clone(), true);
         let forms: Vec<Form> = out
             .iter()
             .map(|p| serde_json::from_str(p.get()).unwrap())
@@ -189,5 +189,12 @@ mod tests {
             prev = fossil::apply(&prev, f.data.as_bytes()).unwrap();
             assert_eq!(prev, state(tick));
         }
+        // For Protobuf the full one stays an ordinary publication.
+        let out = recovered(pubs, false);
+        assert_eq!(
+            out[0].get().as_bytes(),
+            &encode_publication(&state(1), None, 1, "e")[..]
+        );
+        assert!(out[1].get().contains(r#""delta":true"#));
     }
 }

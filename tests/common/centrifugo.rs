@@ -81,6 +81,10 @@ fn namespace_options(o: &NamespaceOptions, presence: bool) -> Value {
     v["force_push_join_leave"] = json!(presence || o.force_push_join_leave);
     if !o.allowed_delta_types.is_empty() {
         v["allowed_delta_types"] = json!(o.allowed_delta_types);
+        // Herald makes every publication of such a namespace a delta
+        // candidate; Centrifugo only those published with `delta` (API) or
+        // in a namespace with `delta_publish`.
+        v["delta_publish"] = json!(true);
     }
     v
 }

@@ -168,7 +168,10 @@ impl Session {
                 position = last;
                 if delta && !page.publications.is_empty() {
                     holds = Some(last);
-                    result.publications = crate::protocol::delta::recovered(page.publications);
+                    result.publications = delta::recovered(
+                        page.publications,
+                        self.encoding() == crate::protocol::Encoding::Json,
+                    );
                 } else {
                     result.publications = page.publications;
                 }
