@@ -476,6 +476,36 @@ mod tests {
         bytes::Bytes::from(format!(r#"{{"client":"{client}","user":"u"}}"#))
     }
 
+    /// The chain gives each publication its key and, when the one before
+    /// it (offset - 1, or the previous sequence number) went through the
+    /// feed, that one as its delta base; a new epoch or an offset gap
+    /// breaks it, a publication without offset in a history channel too.
+    #[test]
+    fn the_chain_links_each_publication_to_the_one_before() {
+        let ch: Arc<str> = "c".into();
+        let obj = |n: u64| crate::protocol::encode_publication(b"{}", None, n, "e");
+        let mut chain = Chain::default();
+        let mut link = |chain: &mut Chain, offset: Option<u64>, history: bool| {
+            let (key, base, frame) = chain.link(&ch, history, offset, obj(offset.unwrap_or(0)));
+            assert_eq!(frame.has_base(), base.is_some());
+            (key, base)
+        };
+        assert_eq!(link(&mut chain, Some(1), true), (Some(1), None));
+        assert_eq!(link(&mut chain, Some(2), true), (Some(2), Some(1)));
+        assert_eq!(link(&mut chain, Some(4), true), (Some(4), None), "a gap");
+        chain.reset();
+        assert_eq!(
+            link(&mut chain, Some(5), true),
+            (Some(5), None),
+            "a new epoch"
+        );
+        assert_eq!(link(&mut chain, None, true), (None, None));
+        assert_eq!(link(&mut chain, Some(6), true), (Some(6), None));
+        let mut chain = Chain::default();
+        assert_eq!(link(&mut chain, None, false), (Some(1), None));
+        assert_eq!(link(&mut chain, None, false), (Some(2), Some(1)));
+    }
+
     /// What a feed remembers of joins: a leave forgets, a dead edge's
     /// members come out once, the live edges' stay.
     #[test]
