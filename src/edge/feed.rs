@@ -485,7 +485,7 @@ mod tests {
         let ch: Arc<str> = "c".into();
         let obj = |n: u64| crate::protocol::encode_publication(b"{}", None, n, "e");
         let mut chain = Chain::default();
-        let mut link = |chain: &mut Chain, offset: Option<u64>, history: bool| {
+        let link = |chain: &mut Chain, offset: Option<u64>, history: bool| {
             let (key, base, frame) = chain.link(&ch, history, offset, obj(offset.unwrap_or(0)));
             assert_eq!(frame.has_base(), base.is_some());
             (key, base)
