@@ -147,6 +147,8 @@ options! {
     "push_apns_endpoint" = "https://api.push.apple.com" : "APNs: base URL (HTTP/2); https://api.sandbox.push.apple.com for development builds.";
     "push_webpush_vapid_key_file" = "" : "Web Push: path of the VAPID private key (PEM, P-256; `openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt`). Empty = no Web Push sender.";
     "push_webpush_vapid_subject" = "" : "Web Push: the VAPID `sub` claim, a `mailto:` or `https:` URL where the push service can reach the operator.";
+    "push_webpush_allowed_hosts" = "fcm.googleapis.com,push.services.mozilla.com,notify.windows.com,push.apple.com" : "Web Push: comma-separated hosts a subscription's endpoint may name (the host itself or any subdomain of it; `*` = any host). Herald sends each notification to the endpoint the browser gave, so this keeps a registered device from making Herald request an internal address. A registration naming another host is refused (107); a stored device whose host is no longer allowed is removed at its next send.";
+    "push_webpush_allow_http" = "false" : "Web Push: also allow `http://` endpoints (a local push gateway, tests). Off: https only.";
     "push_ca_file" = "" : "Extra PEM CA certificates trusted for the push providers' endpoints, beside the system's roots (a private gateway, tests).";
     "push_timeout" = "10s" : "Longest one request to a push provider may take (token exchange included); a timed-out send is retried.";
     "user_status_for_clients" = "false" : "Clients may call the RPC method `herald.user_status` (other users' online status).";
@@ -331,6 +333,8 @@ pub struct PushConfig {
     pub apns_endpoint: String,
     pub webpush_vapid_key_file: Option<PathBuf>,
     pub webpush_vapid_subject: String,
+    /// Which Web Push endpoints a subscription may name.
+    pub webpush_endpoints: WebpushEndpoints,
     pub ca_file: Option<PathBuf>,
     pub timeout: Duration,
     pub rate_per_provider: Option<Rate>,
@@ -340,6 +344,18 @@ pub struct PushConfig {
     pub retry_max_age: Duration,
     pub queue_max_messages: i64,
     pub unread_max_pending: usize,
+}
+
+/// Web Push endpoints a subscription may name (`push_webpush_allowed_hosts`,
+/// `push_webpush_allow_http`); `push::registry` applies it. The default
+/// allows nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WebpushEndpoints {
+    /// Lower-case host names (without `*`).
+    pub allowed_hosts: Vec<String>,
+    /// `*` was among them.
+    pub any_host: bool,
+    pub allow_http: bool,
 }
 
 /// Presence, join/leave and user status across edges (`presence_ttl`,
@@ -1384,6 +1400,19 @@ impl Config {
                 webpush_vapid_key_file: p
                     .parse("push_webpush_vapid_key_file", parse_optional_path),
                 webpush_vapid_subject: p.string("push_webpush_vapid_subject"),
+                webpush_endpoints: {
+                    let hosts: Vec<String> = p.parse("push_webpush_allowed_hosts", |s| {
+                        Ok(s.split(',')
+                            .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+                            .filter(|h| !h.is_empty())
+                            .collect())
+                    });
+                    WebpushEndpoints {
+                        any_host: hosts.iter().any(|h| h == "*"),
+                        allowed_hosts: hosts.into_iter().filter(|h| h != "*").collect(),
+                        allow_http: p.parse("push_webpush_allow_http", parse_bool),
+                    }
+                },
                 ca_file: p.parse("push_ca_file", parse_optional_path),
                 timeout: p.parse("push_timeout", parse_duration_positive),
                 rate_per_provider: p.parse("push_rate_per_provider", parse_optional_rate),
