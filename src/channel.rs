@@ -201,6 +201,7 @@ mod tests {
             track_publishers: true,
             publish_events: false,
             push_unread_delay: None,
+            allowed_delta_types: Vec::new(),
         };
         let mut namespaces = BTreeMap::new();
         namespaces.insert("dm".to_string(), default.clone());

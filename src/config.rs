@@ -134,6 +134,7 @@ options! {
     "push_retry_max_backoff" = "5m" : "Longest delay between two retries of a send.";
     "push_retry_max_age" = "1h" : "A notification not sent this long after send_push_notification queued it is dropped (counted as expired); also the push stream's max_age.";
     "push_queue_max_messages" = "1000000" : "Most jobs and per-device sends the push stream holds; when full, send_push_notification answers 106 (limit exceeded).";
+    "channel_allowed_delta_types" = "" : "Default namespace: comma-separated delta types a subscription may ask for (`fossil`, Centrifugo's allowed_delta_types); a subscription with `delta: \"fossil\"` then gets publications as fossil deltas against the previous one it received (README, Delta compression). Empty = no delta: such a request is ignored.";
     "channel_push_unread_delay" = "0s" : "Default namespace: unread-aware push. A member of a conversation (a channel with members) who has an unread message there and no connected device for this long gets one push (coalesced per conversation), badge = their total unread; reading on any device first cancels it. 0s = off. Per namespace: `push_unread_delay`.";
     "push_unread_max_pending" = "100000" : "Channels waiting for their unread-push delay per edge; past it a new one is not timed (counted in herald_push_unread_total{result=\"dropped\"}).";
     "push_max_devices_per_user" = "20" : "Push devices (device_register, herald.device_register) one user may have; registering one more replaces the user's least recently registered device.";
@@ -147,6 +148,8 @@ options! {
     "push_apns_endpoint" = "https://api.push.apple.com" : "APNs: base URL (HTTP/2); https://api.sandbox.push.apple.com for development builds.";
     "push_webpush_vapid_key_file" = "" : "Web Push: path of the VAPID private key (PEM, P-256; `openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt`). Empty = no Web Push sender.";
     "push_webpush_vapid_subject" = "" : "Web Push: the VAPID `sub` claim, a `mailto:` or `https:` URL where the push service can reach the operator.";
+    "push_webpush_allowed_hosts" = "fcm.googleapis.com,push.services.mozilla.com,notify.windows.com,push.apple.com" : "Web Push: comma-separated hosts a subscription's endpoint may name (the host itself or any subdomain of it; `*` = any host). Herald sends each notification to the endpoint the browser gave, so this keeps a registered device from making Herald request an internal address. A registration naming another host is refused (107); a stored device whose host is no longer allowed is removed at its next send.";
+    "push_webpush_allow_http" = "false" : "Web Push: also allow `http://` endpoints (a local push gateway, tests). Off: https only.";
     "push_ca_file" = "" : "Extra PEM CA certificates trusted for the push providers' endpoints, beside the system's roots (a private gateway, tests).";
     "push_timeout" = "10s" : "Longest one request to a push provider may take (token exchange included); a timed-out send is retried.";
     "user_status_for_clients" = "false" : "Clients may call the RPC method `herald.user_status` (other users' online status).";
@@ -331,6 +334,8 @@ pub struct PushConfig {
     pub apns_endpoint: String,
     pub webpush_vapid_key_file: Option<PathBuf>,
     pub webpush_vapid_subject: String,
+    /// Which Web Push endpoints a subscription may name.
+    pub webpush_endpoints: WebpushEndpoints,
     pub ca_file: Option<PathBuf>,
     pub timeout: Duration,
     pub rate_per_provider: Option<Rate>,
@@ -340,6 +345,18 @@ pub struct PushConfig {
     pub retry_max_age: Duration,
     pub queue_max_messages: i64,
     pub unread_max_pending: usize,
+}
+
+/// Web Push endpoints a subscription may name (`push_webpush_allowed_hosts`,
+/// `push_webpush_allow_http`); `push::registry` applies it. The default
+/// allows nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WebpushEndpoints {
+    /// Lower-case host names (without `*`).
+    pub allowed_hosts: Vec<String>,
+    /// `*` was among them.
+    pub any_host: bool,
+    pub allow_http: bool,
 }
 
 /// Presence, join/leave and user status across edges (`presence_ttl`,
@@ -582,7 +599,12 @@ pub struct NamespaceOptions {
     /// Unread-aware push (`push::unread`): a member with an unread message
     /// and no connected device this long gets a push. `None` = off.
     pub push_unread_delay: Option<Duration>,
+    /// Delta types a subscription may ask for ([`DELTA_TYPES`]); empty: none.
+    pub allowed_delta_types: Vec<String>,
 }
+
+/// The delta types Herald knows (as Centrifugo: only `fossil`).
+pub const DELTA_TYPES: &[&str] = &["fossil"];
 
 #[derive(Debug, Clone)]
 pub struct ChannelsConfig {
@@ -868,6 +890,7 @@ struct NamespaceFile {
     track_publishers: Option<bool>,
     publish_events: Option<bool>,
     push_unread_delay: Option<String>,
+    allowed_delta_types: Option<Vec<String>>,
 }
 
 /// One `[[proxies]]` entry as written (TOML or JSON).
@@ -1009,6 +1032,9 @@ impl Config {
             track_publishers: p.parse("channel_track_publishers", parse_bool),
             publish_events: p.parse("channel_publish_events", parse_bool),
             push_unread_delay: p.parse("channel_push_unread_delay", parse_retention),
+            allowed_delta_types: p.parse("channel_allowed_delta_types", |s| {
+                parse_delta_types(s.split(',').map(str::trim).filter(|t| !t.is_empty()))
+            }),
         };
         let backend_ca_file = p.parse("backend_ca_file", parse_ca_file);
         let webhooks = WebhookConfig {
@@ -1378,6 +1404,19 @@ impl Config {
                 webpush_vapid_key_file: p
                     .parse("push_webpush_vapid_key_file", parse_optional_path),
                 webpush_vapid_subject: p.string("push_webpush_vapid_subject"),
+                webpush_endpoints: {
+                    let hosts: Vec<String> = p.parse("push_webpush_allowed_hosts", |s| {
+                        Ok(s.split(',')
+                            .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+                            .filter(|h| !h.is_empty())
+                            .collect())
+                    });
+                    WebpushEndpoints {
+                        any_host: hosts.iter().any(|h| h == "*"),
+                        allowed_hosts: hosts.into_iter().filter(|h| h != "*").collect(),
+                        allow_http: p.parse("push_webpush_allow_http", parse_bool),
+                    }
+                },
                 ca_file: p.parse("push_ca_file", parse_optional_path),
                 timeout: p.parse("push_timeout", parse_duration_positive),
                 rate_per_provider: p.parse("push_rate_per_provider", parse_optional_rate),
@@ -1418,6 +1457,7 @@ impl Config {
                 receipts: false,
                 track_publishers: false,
                 push_unread_delay: None,
+                allowed_delta_types: Vec::new(),
                 ..default_ns.clone()
             },
         );
@@ -1494,6 +1534,16 @@ impl Config {
                         errors.push(format!("namespaces.{name}.push_unread_delay: {e}"));
                         None
                     }
+                },
+                allowed_delta_types: match &f.allowed_delta_types {
+                    None => base.allowed_delta_types,
+                    Some(list) => match parse_delta_types(list.iter().map(String::as_str)) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            errors.push(format!("namespaces.{name}.allowed_delta_types: {e}"));
+                            Vec::new()
+                        }
+                    },
                 },
             };
             config.channels.namespaces.insert(name, o);
@@ -1856,6 +1906,19 @@ fn parse_duration_positive(s: &str) -> Result<Duration, String> {
 }
 
 /// 0 = no bound.
+/// A list of delta types, each one of [`DELTA_TYPES`].
+fn parse_delta_types<'a>(types: impl Iterator<Item = &'a str>) -> Result<Vec<String>, String> {
+    types
+        .map(|t| {
+            if DELTA_TYPES.contains(&t) {
+                Ok(t.to_string())
+            } else {
+                Err(format!("unknown delta type {t:?} (known: fossil)"))
+            }
+        })
+        .collect()
+}
+
 fn parse_history_size(s: &str) -> Result<Option<u64>, String> {
     let n: u64 = s
         .parse()
@@ -2125,6 +2188,45 @@ publish_proxy_name = "nope"
         let feed = &c.channels.namespaces["feed"];
         assert!(!feed.history);
         assert_eq!(feed.history_retention, Some(Duration::from_secs(7 * 86400)));
+    }
+
+    /// `allowed_delta_types`: a list per namespace, comma-separated for the
+    /// default one; an unknown type is a config error naming where.
+    #[test]
+    fn allowed_delta_types_per_namespace() {
+        let c = load(
+            Some("[namespaces.game]\nallowed_delta_types = [\"fossil\"]\n[namespaces.chat]\nprivate = true"),
+            &[],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.channels.namespaces["game"].allowed_delta_types,
+            ["fossil"]
+        );
+        assert!(c.channels.namespaces["chat"].allowed_delta_types.is_empty());
+        assert!(c.channels.default.allowed_delta_types.is_empty());
+        let c = load(
+            Some("[namespaces.chat]\nprivate = true"),
+            &[("HERALD_CHANNEL_ALLOWED_DELTA_TYPES", "fossil")],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.channels.default.allowed_delta_types, ["fossil"]);
+        assert_eq!(
+            c.channels.namespaces["chat"].allowed_delta_types,
+            ["fossil"],
+            "inherited"
+        );
+        let e = load(
+            Some("[namespaces.game]\nallowed_delta_types = [\"zstd\"]"),
+            &[("HERALD_CHANNEL_ALLOWED_DELTA_TYPES", "fossil,xdelta")],
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("namespaces.game.allowed_delta_types"), "{e}");
+        assert!(e.contains("HERALD_CHANNEL_ALLOWED_DELTA_TYPES"), "{e}");
     }
 
     /// A table for a built-in namespace changes only what it sets: a

@@ -82,6 +82,7 @@ fn fixture() -> &'static Fixture {
             track_publishers: true,
             publish_events: false,
             push_unread_delay: None,
+            allowed_delta_types: Vec::new(),
         };
         channels
             .namespaces

@@ -48,6 +48,7 @@ pub const CHANNELS: &str = "herald_edge_channels";
 pub const NATS_SUBSCRIPTIONS: &str = "herald_edge_nats_subscriptions";
 pub const SLOW_DISCONNECTS_TOTAL: &str = "herald_edge_slow_disconnects_total";
 pub const GAPS_FILLED_TOTAL: &str = "herald_edge_gaps_filled_total";
+pub const DELTA_PATCHES_TOTAL: &str = "herald_edge_delta_patches_total";
 pub const PUBLISH_SECONDS: &str = "herald_edge_publish_seconds";
 pub const DELIVERY_SECONDS: &str = "herald_edge_delivery_seconds";
 pub const PUBLISH_INGEST_ACK_SECONDS: &str = "herald_edge_publish_ingest_ack_seconds";
@@ -185,6 +186,10 @@ pub const HELP: &[(&str, &str)] = &[
     (
         GAPS_FILLED_TOTAL,
         "Offset gaps in a channel's live stream filled from sync, or failed.",
+    ),
+    (
+        DELTA_PATCHES_TOTAL,
+        "Fossil deltas computed for delta subscriptions: one per publication and edge, shared by every delta subscriber of the channel there.",
     ),
     (
         PUBLISH_SECONDS,

@@ -493,6 +493,7 @@ pub async fn start_with_shutdown(
                 connection_limits: config.connection_limits.clone(),
                 allowed_origins: config.allowed_origins.clone(),
                 proxies: config.proxies.clone(),
+                webpush_endpoints: config.push.webpush_endpoints.clone(),
             },
             nats.clone(),
             publisher.clone(),

@@ -340,7 +340,6 @@ fn scripts() -> Vec<Script> {
                 json!({"id": 5, "subscribe": {"channel": "public:anon"}}),
                 1,
             )
-            .differs("epoch-of-empty-history")
             .call(
                 0,
                 json!({"id": 6, "publish": {"channel": "public:anon", "data": {"a": 1}}}),
@@ -472,7 +471,6 @@ fn scripts() -> Vec<Script> {
         Script::new("publish into a history channel: reply with offset and epoch")
             .connect(0, &token("u-pub-h"))
             .call(0, json!({"id": 2, "subscribe": {"channel": "pub-h"}}), 1)
-            .differs("epoch-of-empty-history")
             .call(
                 0,
                 json!({"id": 3, "publish": {"channel": "pub-h", "data": {"n": 1}}}),
@@ -624,8 +622,7 @@ fn scripts() -> Vec<Script> {
                 0,
                 json!({"id": 2, "history": {"channel": "hist-empty", "limit": 10}}),
                 1,
-            )
-            .differs("epoch-of-empty-history"),
+            ),
     );
 
     // -- recovery
@@ -696,7 +693,6 @@ fn scripts() -> Vec<Script> {
                 json!({"id": 2, "subscribe": {"channel": "secret:a", "token": sub_token("u-priv", "secret:a")}}),
                 1,
             )
-            .differs("epoch-of-empty-history")
             .call(
                 0,
                 json!({"id": 3, "sub_refresh": {"channel": "secret:a", "token": sub_token("u-priv", "secret:a")}}),
@@ -707,7 +703,6 @@ fn scripts() -> Vec<Script> {
                 json!({"id": 4, "subscribe": {"channel": "$b", "token": sub_token("u-priv", "$b")}}),
                 1,
             )
-            .differs("epoch-of-empty-history")
             .call(
                 0,
                 json!({"id": 5, "publish": {"channel": "secret:a", "data": "p"}}),
@@ -732,7 +727,6 @@ fn scripts() -> Vec<Script> {
                 json!({"id": 2, "subscribe": {"channel": "secret:sre", "token": sub_token("u-priv-sre", "secret:sre")}}),
                 1,
             )
-            .differs("epoch-of-empty-history")
             .call(
                 0,
                 json!({"id": 3, "sub_refresh": {"channel": "secret:sre", "token": jwt(json!({"sub": "u-priv-sre", "channel": "secret:sre", "exp": expired}))}}),
@@ -769,7 +763,6 @@ fn scripts() -> Vec<Script> {
                 json!({"id": 2, "subscribe": {"channel": "dm:#u-dm-a,u-dm-b"}}),
                 1,
             )
-            .differs("epoch-of-empty-history")
             .call(
                 2,
                 json!({"id": 2, "subscribe": {"channel": "dm:#u-dm-a,u-dm-b"}}),
@@ -798,7 +791,6 @@ fn scripts() -> Vec<Script> {
             .connect(0, &token("u-me"))
             .connect(1, &token("u-notme"))
             .call(0, json!({"id": 2, "subscribe": {"channel": "#u-me"}}), 1)
-            .differs("epoch-of-empty-history")
             .call(1, json!({"id": 2, "subscribe": {"channel": "#u-me"}}), 1)
             .api("publish", json!({"channel": "#u-me", "data": {"to": "me"}}))
             .recv(0, 1)
@@ -818,8 +810,6 @@ fn scripts() -> Vec<Script> {
             // not specified), compared by shape.
             .call(0, json!({"id": 2, "subscribe": {"channel": "room:p"}}), 2)
             .shape()
-            // The channel has no epoch yet.
-            .differs("epoch-of-empty-history")
             .call(0, json!({"id": 3, "presence": {"channel": "room:p"}}), 1)
             .call(
                 0,
@@ -837,7 +827,6 @@ fn scripts() -> Vec<Script> {
                     json!({"sub": "u-ss", "exp": now() + 3600, "channels": ["ss-a", "feed:ss-b"]}),
                 ),
             )
-            .differs("epoch-of-empty-history")
             .api(
                 "publish",
                 json!({"channel": "feed:ss-b", "data": {"ss": 1}}),
@@ -852,7 +841,6 @@ fn scripts() -> Vec<Script> {
         Script::new("server API: publish, broadcast, history, errors")
             .connect(0, &token("u-api"))
             .call(0, json!({"id": 2, "subscribe": {"channel": "api-a"}}), 1)
-            .differs("epoch-of-empty-history")
             .api("publish", json!({"channel": "api-a", "data": {"n": 1}}))
             .recv(0, 1)
             .api(
@@ -866,7 +854,6 @@ fn scripts() -> Vec<Script> {
                 json!({"channel": "api-a", "limit": 1, "reverse": true}),
             )
             .api("history", json!({"channel": "api-empty", "limit": 1}))
-            .differs("epoch-of-empty-history")
             .api("publish", json!({"channel": "nope:x", "data": 1}))
             .api("publish", json!({"channel": "api-a"}))
             .api("history", json!({"channel": "feed:api-nohist", "limit": 1})),
@@ -1122,6 +1109,72 @@ fn scripts() -> Vec<Script> {
             .recv(0, 1)
             .differs("protobuf-binary-data"),
     );
+    // -- delta compression: fossil deltas byte for byte, recovery, refusals
+    let state = |tick: u64| {
+        json!({"players": [{"id": 1, "name": "alpha-player-one", "x": tick * 3},
+                           {"id": 2, "name": "beta-player-two", "x": 7}],
+               "status": "running", "tick": tick})
+    };
+    let mut delta =
+        Script::new("delta: fossil deltas live and in recovery; not allowed is ignored")
+            .connect(0, &token("u-delta"))
+            .call(
+                0,
+                json!({"id": 2, "subscribe": {"channel": "delta:a", "delta": "fossil"}}),
+                1,
+            )
+            .call(
+                0,
+                json!({"id": 3, "subscribe": {"channel": "delta-off", "delta": "fossil"}}),
+                1,
+            );
+    for tick in 1..=3 {
+        delta = delta
+            .api(
+                "publish",
+                json!({"channel": "delta:a", "data": state(tick)}),
+            )
+            .recv(0, 1);
+    }
+    delta = delta
+        .api(
+            "publish",
+            json!({"channel": "delta:a", "data": {"reset": true}}),
+        )
+        .recv(0, 1)
+        .api("publish", json!({"channel": "delta-off", "data": state(1)}))
+        .recv(0, 1);
+    for tick in 4..=6 {
+        delta = delta
+            .api(
+                "publish",
+                json!({"channel": "delta:a", "data": state(tick)}),
+            )
+            .recv(0, 1);
+    }
+    delta = delta
+        .call(
+            0,
+            json!({"id": 4, "history": {"channel": "delta:a", "limit": 0}}),
+            1,
+        )
+        .capture("epoch", "/replies/0/history/epoch")
+        .connect(1, &token("u-delta"))
+        .send_text(
+            1,
+            r#"{"id":2,"subscribe":{"channel":"delta:a","delta":"fossil","recover":true,"offset":4,"epoch":"${epoch}"}}"#,
+        )
+        .recv(1, 1);
+    s.push(delta);
+    s.push(
+        Script::new("delta: an unknown delta type closes with 3501")
+            .connect(0, &token("u-delta-unknown"))
+            .send(
+                0,
+                json!({"id": 2, "subscribe": {"channel": "delta:b", "delta": "zstd"}}),
+            )
+            .closed(0),
+    );
     s.push(
         Script::new("an unknown subprotocol")
             .open_protocol(0, "centrifuge-unknown")
@@ -1149,8 +1202,6 @@ fn ping_scripts() -> Vec<Script> {
 fn personal_scripts() -> Vec<Script> {
     vec![
         Script::new("every user subscribed to their personal channel on connect")
-            // A publication first, so the channel has an epoch (see
-            // `epoch-of-empty-history`).
             .api("publish", json!({"channel": "#u-auto", "data": {"n": 1}}))
             .connect(0, &token("u-auto"))
             .api("publish", json!({"channel": "#u-auto", "data": {"n": 2}}))
@@ -1159,7 +1210,6 @@ fn personal_scripts() -> Vec<Script> {
                 1,
                 &jwt(json!({"sub": "u-auto2", "exp": now() + 3600, "channels": ["#u-auto2", "feed:auto"]})),
             )
-            .differs("epoch-of-empty-history")
             .call(0, json!({"id": 2, "subscribe": {"channel": "#u-auto"}}), 1)
             .connect(2, &jwt(json!({"sub": "", "exp": now() + 3600}))),
     ]
@@ -1650,6 +1700,13 @@ fn conformance_config(nats: &common::TestNats, data_dir: std::path::PathBuf) -> 
         "public".into(),
         NamespaceOptions {
             anonymous: true,
+            ..base.clone()
+        },
+    );
+    ns.insert(
+        "delta".into(),
+        NamespaceOptions {
+            allowed_delta_types: vec!["fossil".into()],
             ..base.clone()
         },
     );

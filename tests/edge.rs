@@ -90,6 +90,50 @@ async fn two_users_chat_in_a_user_limited_channel() {
     assert_eq!(history["history"]["epoch"], epoch.as_str());
 }
 
+/// As in Centrifugo, a history channel with no publication yet answers with
+/// an epoch, and it is the epoch its first publication gets: a client that
+/// subscribed to it empty recovers from (0, that epoch) later.
+#[tokio::test]
+async fn an_empty_history_channel_has_the_epoch_its_first_publication_gets() {
+    let (_nats, _dir, h) = node().await;
+    let ch = "fresh-news";
+    let (mut alice, _) = WsClient::connect(h.addr, &h.token("alice")).await;
+    let r = alice.call("subscribe", json!({"channel": ch})).await;
+    let epoch = r["subscribe"]["epoch"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no epoch for an empty channel: {r}"))
+        .to_string();
+    assert_eq!(epoch.len(), 8, "{r}");
+    let history = alice
+        .call("history", json!({"channel": ch, "limit": 10}))
+        .await;
+    assert_eq!(history["history"]["epoch"], epoch.as_str(), "{history}");
+    let api = h.api("history", json!({"channel": ch, "limit": 10})).await;
+    assert_eq!(api["result"]["epoch"], epoch.as_str(), "{api}");
+
+    let published = h
+        .api("publish", json!({"channel": ch, "data": {"n": 1}}))
+        .await;
+    assert_eq!(published["result"]["epoch"], epoch.as_str(), "{published}");
+    let p = alice.publication(ch).await;
+    assert_eq!(p["offset"], 1, "{p}");
+
+    let (mut bob, _) = WsClient::connect(h.addr, &h.token("bob")).await;
+    let r = bob
+        .call(
+            "subscribe",
+            json!({"channel": ch, "recover": true, "offset": 0, "epoch": epoch}),
+        )
+        .await;
+    assert_eq!(r["subscribe"]["recovered"], true, "{r}");
+    assert_eq!(r["subscribe"]["epoch"], epoch.as_str(), "{r}");
+    let pubs = r["subscribe"]["publications"]
+        .as_array()
+        .expect("publications");
+    assert_eq!(pubs.len(), 1, "{r}");
+    assert_eq!(pubs[0]["data"], json!({"n": 1}), "{r}");
+}
+
 /// A client frame many times the connection's read buffer (and several
 /// commands in one frame) is read across several socket reads and arrives
 /// whole.

@@ -448,7 +448,7 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// The numbers behind the choice of mechanism (ARCHITECTURE.md,
+/// The numbers behind the choice of mechanism (docs/internals.md,
 /// "Presence"): on the real nats-server, the round trip of a core NATS
 /// request answered by one subscriber (what a scatter-gather costs per
 /// edge), a JetStream KV put and a KV read of one key (what a replicated

@@ -605,11 +605,6 @@ fn normalise(v: &mut Value) {
                 p.remove("offset");
                 p.remove("epoch");
             }
-            // A channel without publications has no epoch yet in Herald
-            // (docs/compatibility.md, epoch-of-empty-history).
-            if m.contains_key("recoverable") {
-                m.remove("epoch");
-            }
             // The publication at offset 1 in a history reply has no epoch
             // in Herald (history-first-publication-epoch).
             if m.contains_key("data") && m.get("offset") == Some(&json!(1)) {

@@ -424,6 +424,9 @@ fn serve_spec(nats: &TestNats, dir: &tempfile::TempDir, providers: &Providers) -
             fixture("ec256.key").display(),
         )
         .set("push_webpush_vapid_subject", "mailto:ops@example.com")
+        // The providers' stand-in listens on plain http on 127.0.0.1.
+        .set("push_webpush_allowed_hosts", "127.0.0.1")
+        .set("push_webpush_allow_http", true)
         .set("push_retry_backoff", "200ms")
         .set("push_retry_max_backoff", "1s")
         .set("push_timeout", "3s")
@@ -462,7 +465,20 @@ async fn registry_api_rpc_bounds_and_bad_input() {
 
     // Bad input: 107 (106 for too many topics), and nothing stored.
     let sub = providers.subscribe("a");
+    // A well-formed subscription whose endpoint names a host that
+    // push_webpush_allowed_hosts does not list (here: the same server by
+    // another name) is refused, and never requested.
+    let mut elsewhere = providers.subscribe("elsewhere");
+    let endpoint = elsewhere["endpoint"]
+        .as_str()
+        .unwrap()
+        .replace("127.0.0.1", "localhost");
+    elsewhere["endpoint"] = json!(endpoint);
     for (body, code) in [
+        (
+            json!({"user": "alice", "provider": "webpush", "token": elsewhere}),
+            107,
+        ),
         (
             json!({"user": "alice", "provider": "gcm", "token": "x"}),
             107,

@@ -601,3 +601,98 @@ fn prepend_path(dir: &Path) -> std::ffi::OsString {
     }
     std::env::join_paths(paths).expect("PYTHONPATH")
 }
+
+/// Publications streamed in the delta comparison.
+const DELTA_TICKS: u64 = 100;
+
+/// A config whose `state` namespace allows fossil deltas.
+fn delta_config(nats: &TestNats, dir: &Path) -> herald::config::Config {
+    let mut config = test_config(nats, dir.join("data"));
+    let state = herald::config::NamespaceOptions {
+        allowed_delta_types: vec!["fossil".into()],
+        ..config.channels.default.clone()
+    };
+    config.channels.namespaces.insert("state".into(), state);
+    config
+}
+
+/// Runs tests/sdk/delta_js.mjs against `server`; returns its report.
+async fn run_delta(server: &Server, protobuf: bool) -> Value {
+    let modules = installed(".tools/node/node_modules");
+    installed(".tools/node/node_modules/centrifuge/package.json");
+    let out = tokio::time::timeout(
+        SCRIPT_TIMEOUT * 2,
+        Command::new("node")
+            .arg(root().join("tests/sdk/delta_js.mjs"))
+            .env("HERALD_NODE_MODULES", modules)
+            .env(
+                "HERALD_WS",
+                format!("ws://{}/connection/websocket", server.addr),
+            )
+            .env(
+                "HERALD_TOKEN",
+                server.token("alice", Duration::from_secs(3600)),
+            )
+            .env("HERALD_API", &server.api)
+            .env("HERALD_API_KEY", &server.api_key)
+            .env("HERALD_CHANNEL", "state:sdk")
+            .env("HERALD_TICKS", DELTA_TICKS.to_string())
+            .env("HERALD_PROTOBUF", if protobuf { "1" } else { "0" })
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the delta script finishes")
+    .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or(Value::Null);
+    assert!(
+        out.status.success() && report["ok"] == true,
+        "delta script failed: {}\n--- stdout\n{stdout}\n--- stderr\n{}",
+        report["error"],
+        String::from_utf8_lossy(&out.stderr)
+    );
+    report
+}
+
+/// The unmodified JS SDK with `delta: 'fossil'`: what the application sees
+/// (every state, live and after a reconnect that recovers three missed
+/// ones) is the same against Herald and Centrifugo, in JSON and Protobuf,
+/// and deltas cut the bytes received on both. The byte counts are printed
+/// (BENCHMARKS.md, delta compression).
+#[tokio::test]
+async fn javascript_sdk_with_fossil_deltas_sees_what_it_sees_against_centrifugo() {
+    for protobuf in [false, true] {
+        let encoding = if protobuf { "protobuf" } else { "json" };
+        let nats = TestNats::start().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = delta_config(&nats, dir.path());
+        let h = TestHerald::start(config.clone()).await;
+        let herald = run_delta(&Server::herald(&h), protobuf).await;
+        let c = TestCentrifugo::start(&config, &[]).await;
+        let centrifugo = run_delta(&Server::centrifugo(&c), protobuf).await;
+        for (name, r) in [("herald", &herald), ("centrifugo", &centrifugo)] {
+            let (plain, delta) = (&r["plain"]["live_bytes"], &r["delta"]["live_bytes"]);
+            eprintln!(
+                "delta {encoding} {name}: {DELTA_TICKS} states of {} bytes: {plain} bytes received without delta, {delta} with",
+                r["state_bytes"]
+            );
+            assert!(
+                delta.as_u64().unwrap() * 3 < plain.as_u64().unwrap(),
+                "{name} {encoding}: deltas save bandwidth: {r}"
+            );
+        }
+        assert_eq!(
+            herald["delta"]["recovery"], centrifugo["delta"]["recovery"],
+            "{encoding}: the recovery the SDK reports"
+        );
+        assert_eq!(
+            herald["delta"]["recovery"]["offsets"],
+            json!((DELTA_TICKS + 1..=DELTA_TICKS + 5).collect::<Vec<_>>())
+        );
+    }
+}

@@ -195,7 +195,10 @@ pub(super) fn check_request(method: super::Method, body: &[u8]) -> Result<(), Fa
     match method {
         M::DeviceRegister => {
             let req: RegisterRequest = decode(body)?;
-            req.registration.device(&req.user, 0)?;
+            // The endpoint policy is the configuration's, checked when the
+            // method runs; here only the shape.
+            req.registration
+                .device(&req.user, 0, &registry::ANY_WEBPUSH_ENDPOINT)?;
         }
         M::DeviceRemove => {
             let req: RemoveRequest = decode(body)?;
@@ -219,7 +222,9 @@ impl Api {
         &self,
         req: RegisterRequest,
     ) -> Result<RegisterResult, Failure> {
-        let device = req.registration.device(&req.user, 0)?;
+        let device = req
+            .registration
+            .device(&req.user, 0, self.state.edge.webpush_endpoints())?;
         let (stored, evicted) = self
             .state
             .sync

@@ -29,6 +29,13 @@
 //! member changes) becomes an async `message` push for every subscriber
 //! but those of the user the header names.
 //!
+//! For delta subscriptions the feed chains its publications ([`Chain`]):
+//! each carries a key (its offset, or a sequence number without history)
+//! and, when the one before it in the same epoch went through this feed,
+//! that one's key and JSON object as its delta base. The chain holds one
+//! publication per feed (the last), so its memory is bounded by the number
+//! of channels with local subscribers times the largest publication.
+//!
 //! Knows nothing of subscribers or sessions.
 
 use std::collections::HashMap;
@@ -54,6 +61,48 @@ pub struct FeedDeps {
     /// Largest gap a feed fills from sync; past it, subscribers recover themselves.
     pub gap_fill_limit: usize,
     pub presence: Arc<Presence>,
+}
+
+/// The last publication a feed delivered: the base of the next one's delta.
+#[derive(Default)]
+struct Chain {
+    /// Sequence numbers of channels without history.
+    seq: u64,
+    /// The last publication's key and JSON object.
+    last: Option<(u64, bytes::Bytes)>,
+}
+
+impl Chain {
+    /// The publication that follows in the chain. `offset`: its offset in a
+    /// history channel (`None` there breaks the chain); `history`: whether
+    /// the channel keeps history.
+    fn link(
+        &mut self,
+        channel: &Arc<str>,
+        history: bool,
+        offset: Option<u64>,
+        object: bytes::Bytes,
+    ) -> (Option<u64>, Option<u64>, Arc<SharedPush>) {
+        let key = if history {
+            offset
+        } else {
+            self.seq += 1;
+            Some(self.seq)
+        };
+        let base = match (&self.last, key) {
+            (Some((k, b)), Some(key)) if k + 1 == key => Some((*k, b.clone())),
+            _ => None,
+        };
+        self.last = key.map(|k| (k, object.clone()));
+        let (base_key, base_object) = base.unzip();
+        let frame = SharedPush::publication_after(channel.clone(), object, base_object);
+        (key, base_key, frame)
+    }
+
+    /// A new epoch: the next publication has no base.
+    fn reset(&mut self) {
+        self.last = None;
+    }
 }
 
 /// Members a feed remembers (for leaves when their edge dies).
@@ -207,6 +256,7 @@ async fn run(deps: FeedDeps, feed: FeedHandle) {
     let mut deaths = deps.presence.deaths();
     let watched = presence::status_user(&channel).map(str::to_string);
     let mut joined = Joined::default();
+    let mut chain = Chain::default();
     loop {
         let msg = tokio::select! {
             _ = feed.stopped() => break,
@@ -219,7 +269,7 @@ async fn run(deps: FeedDeps, feed: FeedHandle) {
                         }
                     }
                     if let Some(user) = &watched {
-                        push_status(&feed, &deps, user).await;
+                        push_status(&feed, &deps, user, &mut chain).await;
                     }
                 }
                 continue;
@@ -258,7 +308,7 @@ async fn run(deps: FeedDeps, feed: FeedHandle) {
         }
         if header_string(&msg, subjects::STATUS_HINT_HEADER).is_some() {
             if let Some(user) = &watched {
-                push_status(&feed, &deps, user).await;
+                push_status(&feed, &deps, user, &mut chain).await;
             }
             continue;
         }
@@ -274,7 +324,7 @@ async fn run(deps: FeedDeps, feed: FeedHandle) {
                 .record(crate::metrics::seconds_since(c));
         }
         let Some(offset) = offset else {
-            deliver(&feed, None, None, committed_us, &msg);
+            deliver(&feed, &mut chain, None, None, committed_us, &msg);
             continue;
         };
         let msg_epoch = header_string(&msg, subjects::EPOCH_HEADER);
@@ -283,31 +333,44 @@ async fn run(deps: FeedDeps, feed: FeedHandle) {
             // compare the epoch with their own.
             epoch = msg_epoch.map(Arc::from);
             last = None;
+            chain.reset();
         }
         if let Some(l) = last {
             if offset <= l {
                 continue;
             }
-            if offset > l + 1 && !fill_gap(&feed, &deps, epoch.as_ref(), l, offset).await {
+            if offset > l + 1
+                && !fill_gap(&feed, &deps, &mut chain, epoch.as_ref(), l, offset).await
+            {
                 metrics::counter!(crate::metrics::GAPS_FILLED_TOTAL, "result" => "failed")
                     .increment(1);
                 feed.fail_all();
             }
         }
         last = Some(offset);
-        deliver(&feed, Some(offset), epoch.clone(), committed_us, &msg);
+        deliver(
+            &feed,
+            &mut chain,
+            Some(offset),
+            epoch.clone(),
+            committed_us,
+            &msg,
+        );
     }
     let _ = sub.unsubscribe().await;
 }
 
 /// Reads `user`'s status and pushes it to the channel's subscribers.
-async fn push_status(feed: &FeedHandle, deps: &FeedDeps, user: &str) {
+async fn push_status(feed: &FeedHandle, deps: &FeedDeps, user: &str, chain: &mut Chain) {
     if let Some(publication) = deps.presence.status_publication(user).await {
+        let (key, base, frame) = chain.link(feed.channel(), feed.history(), None, publication);
         feed.deliver(&Publication {
             offset: None,
             epoch: None,
-            frame: SharedPush::publication(feed.channel().clone(), publication),
+            frame,
             committed_us: None,
+            key,
+            base,
         });
     }
 }
@@ -319,6 +382,7 @@ async fn push_status(feed: &FeedHandle, deps: &FeedDeps, user: &str) {
 /// connection's writer task.
 fn deliver(
     feed: &FeedHandle,
+    chain: &mut Chain,
     offset: Option<u64>,
     epoch: Option<Arc<str>>,
     committed_us: Option<u64>,
@@ -335,12 +399,15 @@ fn deliver(
     });
     let _entered = span.enter();
     // Encoded lazily, once per encoding its subscribers speak.
-    let frame = SharedPush::publication(feed.channel().clone(), msg.payload.clone());
+    let (key, base, frame) =
+        chain.link(feed.channel(), feed.history(), offset, msg.payload.clone());
     let subscribers = feed.deliver(&Publication {
         offset,
         epoch,
         frame,
         committed_us,
+        key,
+        base,
     });
     span.record("subscribers", subscribers);
 }
@@ -351,6 +418,7 @@ fn deliver(
 async fn fill_gap(
     feed: &FeedHandle,
     deps: &FeedDeps,
+    chain: &mut Chain,
     epoch: Option<&Arc<str>>,
     after: u64,
     before: u64,
@@ -379,24 +447,21 @@ async fn fill_gap(
     for p in &page.publications {
         match serde_json::from_str::<OffsetOnly>(p.get()) {
             Ok(o) if o.offset == expected => {
-                frames.push((
-                    o.offset,
-                    SharedPush::publication(
-                        feed.channel().clone(),
-                        bytes::Bytes::copy_from_slice(p.get().as_bytes()),
-                    ),
-                ));
+                frames.push((o.offset, bytes::Bytes::copy_from_slice(p.get().as_bytes())));
                 expected += 1;
             }
             _ => return false,
         }
     }
-    for (offset, frame) in frames {
+    for (offset, object) in frames {
+        let (key, base, frame) = chain.link(feed.channel(), true, Some(offset), object);
         feed.deliver(&Publication {
             offset: Some(offset),
             epoch: epoch.cloned(),
             frame,
             committed_us: None,
+            key,
+            base,
         });
     }
     metrics::counter!(crate::metrics::GAPS_FILLED_TOTAL, "result" => "filled").increment(1);
@@ -409,6 +474,36 @@ mod tests {
 
     fn info(client: &str) -> bytes::Bytes {
         bytes::Bytes::from(format!(r#"{{"client":"{client}","user":"u"}}"#))
+    }
+
+    /// The chain gives each publication its key and, when the one before
+    /// it (offset - 1, or the previous sequence number) went through the
+    /// feed, that one as its delta base; a new epoch or an offset gap
+    /// breaks it, a publication without offset in a history channel too.
+    #[test]
+    fn the_chain_links_each_publication_to_the_one_before() {
+        let ch: Arc<str> = "c".into();
+        let obj = |n: u64| crate::protocol::encode_publication(b"{}", None, n, "e");
+        let mut chain = Chain::default();
+        let link = |chain: &mut Chain, offset: Option<u64>, history: bool| {
+            let (key, base, frame) = chain.link(&ch, history, offset, obj(offset.unwrap_or(0)));
+            assert_eq!(frame.has_base(), base.is_some());
+            (key, base)
+        };
+        assert_eq!(link(&mut chain, Some(1), true), (Some(1), None));
+        assert_eq!(link(&mut chain, Some(2), true), (Some(2), Some(1)));
+        assert_eq!(link(&mut chain, Some(4), true), (Some(4), None), "a gap");
+        chain.reset();
+        assert_eq!(
+            link(&mut chain, Some(5), true),
+            (Some(5), None),
+            "a new epoch"
+        );
+        assert_eq!(link(&mut chain, None, true), (None, None));
+        assert_eq!(link(&mut chain, Some(6), true), (Some(6), None));
+        let mut chain = Chain::default();
+        assert_eq!(link(&mut chain, None, false), (Some(1), None));
+        assert_eq!(link(&mut chain, None, false), (Some(2), Some(1)));
     }
 
     /// What a feed remembers of joins: a leave forgets, a dead edge's

@@ -73,6 +73,8 @@ pub struct EdgeSettings {
     pub allowed_origins: Vec<String>,
     /// Proxies to the application backend and where they are used.
     pub proxies: crate::config::ProxiesConfig,
+    /// Which Web Push endpoints a device registration may name.
+    pub webpush_endpoints: crate::config::WebpushEndpoints,
 }
 
 /// What `info` reports about this node.
@@ -243,6 +245,11 @@ impl Edge {
     /// Presence across edges, for the server API.
     pub fn presence(&self) -> &Presence {
         &self.presence
+    }
+
+    /// Which Web Push endpoints a device registration may name.
+    pub fn webpush_endpoints(&self) -> &crate::config::WebpushEndpoints {
+        &self.settings.webpush_endpoints
     }
 
     /// Enforces these revocations from now on (set once).

@@ -1,7 +1,7 @@
 //! Presence, join/leave and user online status across edges: the NATS side
 //! of what the registry keeps for this edge's own connections.
 //!
-//! The mechanism (ARCHITECTURE.md, "Presence") is scatter-gather over the
+//! The mechanism (docs/internals.md, "Presence and online status") is scatter-gather over the
 //! live edges, each authoritative for its own connections:
 //! - **membership**: every edge heartbeats on `subjects::EDGE_HEARTBEAT`
 //!   every third of `presence_ttl` and answers a newcomer's first heartbeat

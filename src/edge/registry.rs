@@ -68,6 +68,8 @@ pub struct SubscribeAs<'a> {
     pub history: bool,
     /// Receives join and leave pushes.
     pub join_leave: bool,
+    /// Negotiated delta compression.
+    pub delta: bool,
 }
 
 /// Presence events a registry emits, in the order they happened per
@@ -184,6 +186,8 @@ impl FeedHandle {
                 epoch: None,
                 frame,
                 committed_us: None,
+                key: None,
+                base: None,
             },
             true,
         )
@@ -375,6 +379,8 @@ impl Channels {
             epoch: None,
             frame,
             committed_us: None,
+            key: None,
+            base: None,
         };
         for sub in &subscribers {
             if !sub.deliver(&p) {
@@ -510,6 +516,7 @@ impl Registry {
             buffer_limit,
             history,
             join_leave,
+            delta,
         } = how;
         let subscriber = Subscriber::new(
             session,
@@ -517,6 +524,7 @@ impl Registry {
             outbox,
             buffer_limit,
             join_leave,
+            delta,
             user.into(),
         );
         let (status, feed) = self.channels.add(subscriber.clone(), history);
@@ -988,8 +996,8 @@ mod tests {
         let (wants, o1) = (outbox(), outbox());
         let (a, _) = r.subscribe(1, "c", wants.clone(), how(true));
         let (b, _) = r.subscribe(2, "c", o1.clone(), how(false));
-        assert!(a.subscriber.go_live([], 0, ""));
-        assert!(b.subscriber.go_live([], 0, ""));
+        assert!(a.subscriber.go_live([], 0, "", None));
+        assert!(b.subscriber.go_live([], 0, "", None));
         let n = feeds.with_last(|f| {
             f.deliver_join_leave(SharedPush::fixed(bytes::Bytes::from_static(b"J")))
         });
@@ -1042,6 +1050,7 @@ mod tests {
             buffer_limit: 1 << 20,
             history: true,
             join_leave,
+            delta: false,
         }
     }
 
@@ -1069,7 +1078,7 @@ mod tests {
         feeds.with_last(|f| f.deliver(&publication(3, "e")));
         assert!(
             s.subscriber
-                .go_live([bytes::Bytes::from_static(b"REPLY")], 2, "e")
+                .go_live([bytes::Bytes::from_static(b"REPLY")], 2, "e", None)
         );
         feeds.with_last(|f| f.deliver(&publication(4, "e")));
         assert_eq!(frames(&o), ["REPLY", "P3e", "P4e"]);
@@ -1086,7 +1095,7 @@ mod tests {
         feeds.with_last(|f| f.fail_all());
         assert!(
             !s.subscriber
-                .go_live([bytes::Bytes::from_static(b"REPLY")], 5, "e")
+                .go_live([bytes::Bytes::from_static(b"REPLY")], 5, "e", None)
         );
         assert!(s.is_ended());
         feeds.with_last(|f| f.deliver(&publication(6, "e")));
@@ -1102,7 +1111,7 @@ mod tests {
         let (r, _feeds) = registry();
         let o = outbox();
         let (s, _) = r.subscribe(1, "c", o.clone(), how(false));
-        assert!(s.subscriber.go_live([], 5, "e"));
+        assert!(s.subscriber.go_live([], 5, "e", None));
         let copied = s.subscriber.clone();
         drop(s);
         assert!(!copied.deliver(&publication(6, "e")));
@@ -1116,7 +1125,7 @@ mod tests {
         let (r, feeds) = registry();
         let o = outbox();
         let (a, _) = r.subscribe(1, "c", o.clone(), how(false));
-        assert!(a.subscriber.go_live([], 0, ""));
+        assert!(a.subscriber.go_live([], 0, "", None));
         let (b, mut waiting) = r.subscribe(2, "c", outbox(), how(false));
         feeds.with_last(|f| f.ended());
         assert!(a.is_ended() && b.is_ended());

@@ -10,6 +10,15 @@
 //! disconnect). Once ended it queues nothing more, whatever a broadcast that
 //! copied it earlier hands it.
 //!
+//! A subscription that negotiated delta compression (`delta: "fossil"`)
+//! remembers one key: that of the last publication it received (its offset,
+//! or its feed's sequence number in channels without history). A
+//! publication whose delta base is that key goes as a delta, any other in
+//! full (the first one, after a gap in what it received, after a
+//! subscribe without recovered publications). That key is all the state a
+//! delta subscription keeps; the base data lives once per channel in the
+//! feed and the patch once per publication in its [`SharedPush`].
+//!
 //! Knows nothing of the registry, feeds, NATS or the session: only its outbox
 //! (and the encoding it speaks) and the protocol's push encoding.
 
@@ -18,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 use super::outbox::Outbox;
-use crate::protocol::{Disconnect, Push, Reply, SharedPush, Unsubscribe};
+use crate::protocol::{Disconnect, Form, Push, Reply, SharedPush, Unsubscribe};
 
 /// A session's id on this node.
 pub type SessionId = u64;
@@ -35,6 +44,12 @@ pub struct Publication {
     pub frame: Arc<SharedPush>,
     /// When it became deliverable (unix microseconds), for the delivery latency.
     pub committed_us: Option<u64>,
+    /// Its place in its feed's chain of publications (the offset in history
+    /// channels, a sequence number otherwise); `None` outside the chain.
+    pub key: Option<u64>,
+    /// The key of the publication its frame's delta is made against; `None`
+    /// when it has no delta base.
+    pub base: Option<u64>,
 }
 
 enum State {
@@ -46,7 +61,13 @@ enum State {
     /// Delivering. `last`: the last offset the client has (history channels);
     /// `epoch`: the epoch that offset belongs to (`None`: the channel had no
     /// history at subscribe time, the first epoch seen is taken).
-    Live { last: u64, epoch: Option<Arc<str>> },
+    /// `holds`: the key of the last publication a delta subscription
+    /// received (its delta base), if any.
+    Live {
+        last: u64,
+        epoch: Option<Arc<str>>,
+        holds: Option<u64>,
+    },
     /// Nothing more is queued. `notice`: ended while buffering, so the client
     /// is told after the subscribe reply (see [`Subscriber::go_live`]).
     Ended { notice: Option<Unsubscribe> },
@@ -90,6 +111,8 @@ pub struct Subscriber {
     buffer_limit: usize,
     /// Receives join and leave pushes (asked, or forced by the namespace).
     pub join_leave: bool,
+    /// Negotiated delta compression: publications go as deltas.
+    pub delta: bool,
     /// The subscribing user: a channel message from this user skips it
     /// (typing is for the other members).
     pub user: Arc<str>,
@@ -103,6 +126,7 @@ impl Subscriber {
         outbox: Arc<Outbox>,
         buffer_limit: usize,
         join_leave: bool,
+        delta: bool,
         user: Arc<str>,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -111,6 +135,7 @@ impl Subscriber {
             outbox,
             buffer_limit,
             join_leave,
+            delta,
             user,
             state: Mutex::new(State::Buffering {
                 pending: Vec::new(),
@@ -137,6 +162,23 @@ impl Subscriber {
         p.frame.frame(self.outbox.encoding())
     }
 
+    /// `p` as this subscriber receives it: for a delta subscription, a
+    /// publication goes as a delta when its base is the one `holds` names,
+    /// full otherwise, and `holds` moves to it.
+    fn frame_for<'a>(&self, p: &'a Publication, holds: &mut Option<u64>) -> Option<&'a Bytes> {
+        if !self.delta || !p.frame.is_publication() {
+            return self.frame(p);
+        }
+        let form = if holds.is_some() && p.base == *holds {
+            Form::Delta
+        } else {
+            Form::Full
+        };
+        let frame = p.frame.frame_as(self.outbox.encoding(), form);
+        *holds = frame.and(p.key);
+        frame
+    }
+
     /// Queues `head` (the subscribe reply, or a server-side subscribe push and
     /// its recovered publications; nothing when the reply went out already,
     /// inside a connect reply), then what was buffered after `position` in
@@ -146,11 +188,14 @@ impl Subscriber {
     /// buffering (its feed failed) or a buffered publication does not follow
     /// the position. Either way the client, after `head`, gets `unsubscribe`
     /// 2500 and recovers; it never stays subscribed without a feed.
+    /// `holds`: the key of the last publication `head` gave a delta
+    /// subscription (the last recovered one), if any.
     pub fn go_live(
         &self,
         head: impl IntoIterator<Item = Bytes>,
         position: u64,
         epoch: &str,
+        mut holds: Option<u64>,
     ) -> bool {
         let mut state = self.state.lock().expect("sub lock");
         let pending = match &mut *state {
@@ -186,7 +231,7 @@ impl Subscriber {
                 }
                 Step::Deliver => {}
             }
-            let Some(frame) = self.frame(&p) else {
+            let Some(frame) = self.frame_for(&p, &mut holds) else {
                 continue;
             };
             if self
@@ -197,7 +242,7 @@ impl Subscriber {
                 return false;
             }
         }
-        *state = State::Live { last, epoch };
+        *state = State::Live { last, epoch, holds };
         true
     }
 
@@ -221,7 +266,7 @@ impl Subscriber {
                 pending.push(p.clone());
                 true
             }
-            State::Live { last, epoch } => match step(last, epoch, p) {
+            State::Live { last, epoch, holds } => match step(last, epoch, p) {
                 Step::Skip => true,
                 Step::Lost => {
                     *state = State::Ended { notice: None };
@@ -233,7 +278,7 @@ impl Subscriber {
                 // A full outbox closes the connection itself (3008); a closed
                 // one drops the frame. Either way the subscription has ended.
                 Step::Deliver => {
-                    let Some(frame) = self.frame(p) else {
+                    let Some(frame) = self.frame_for(p, holds) else {
                         return true;
                     };
                     let queued = self.outbox.push_stamped(frame.clone(), p.committed_us);
@@ -290,13 +335,15 @@ pub(super) mod tests {
             epoch: Some(epoch.into()),
             frame: SharedPush::fixed(Bytes::from(format!("P{offset}{epoch}"))),
             committed_us: None,
+            key: None,
+            base: None,
         }
     }
 
     fn subscriber() -> (Arc<Subscriber>, Arc<Outbox>) {
         let o = Arc::new(Outbox::new(1 << 20));
         (
-            Subscriber::new(1, "c".into(), o.clone(), 1 << 20, false, "u".into()),
+            Subscriber::new(1, "c".into(), o.clone(), 1 << 20, false, false, "u".into()),
             o,
         )
     }
@@ -307,7 +354,7 @@ pub(super) mod tests {
         for offset in [4, 5, 6] {
             assert!(s.deliver(&publication(offset, "e")));
         }
-        assert!(s.go_live([Bytes::from_static(b"REPLY")], 4, "e"));
+        assert!(s.go_live([Bytes::from_static(b"REPLY")], 4, "e", None));
         assert!(s.deliver(&publication(6, "e")), "a duplicate is skipped");
         assert!(s.deliver(&publication(7, "e")));
         assert_eq!(frames(&o), ["REPLY", "P5e", "P6e", "P7e"]);
@@ -316,7 +363,7 @@ pub(super) mod tests {
     #[test]
     fn a_gap_ends_with_insufficient_state() {
         let (s, o) = subscriber();
-        assert!(s.go_live([], 4, "e"));
+        assert!(s.go_live([], 4, "e", None));
         assert!(!s.deliver(&publication(6, "e")));
         assert!(s.is_ended());
         assert!(!s.deliver(&publication(5, "e")));
@@ -332,7 +379,7 @@ pub(super) mod tests {
     fn ended_while_subscribing_stays_ended_and_the_client_is_told() {
         let (s, o) = subscriber();
         s.end(Unsubscribe::INSUFFICIENT_STATE);
-        assert!(!s.go_live([Bytes::from_static(b"REPLY")], 5, "e"));
+        assert!(!s.go_live([Bytes::from_static(b"REPLY")], 5, "e", None));
         assert!(s.is_ended(), "an ended subscription stays ended");
         assert!(!s.deliver(&publication(6, "e")));
         let f = frames(&o);
@@ -346,7 +393,7 @@ pub(super) mod tests {
     #[test]
     fn a_new_epoch_ends_with_insufficient_state() {
         let (s, o) = subscriber();
-        assert!(s.go_live([], 100, "A"));
+        assert!(s.go_live([], 100, "A", None));
         assert!(!s.deliver(&publication(1, "B")));
         let f = frames(&o);
         assert_eq!(f.len(), 1, "{f:?}");
@@ -357,7 +404,7 @@ pub(super) mod tests {
     fn a_new_epoch_in_the_buffer_ends_at_go_live() {
         let (s, o) = subscriber();
         assert!(s.deliver(&publication(1, "B")));
-        assert!(!s.go_live([Bytes::from_static(b"REPLY")], 100, "A"));
+        assert!(!s.go_live([Bytes::from_static(b"REPLY")], 100, "A", None));
         let f = frames(&o);
         assert_eq!(f.len(), 2, "{f:?}");
         assert!(f[1].contains("\"code\":2500"), "{f:?}");
@@ -366,10 +413,132 @@ pub(super) mod tests {
     #[test]
     fn an_empty_channel_takes_the_first_epoch() {
         let (s, o) = subscriber();
-        assert!(s.go_live([], 0, ""));
+        assert!(s.go_live([], 0, "", None));
         assert!(s.deliver(&publication(1, "A")));
         assert!(!s.deliver(&publication(2, "B")));
         assert_eq!(frames(&o).len(), 2);
+    }
+
+    /// A delta subscription gets its first publication full, then deltas
+    /// against the one it received before; one whose base it does not hold
+    /// goes full. After recovered publications, the first live one is a
+    /// delta against the last recovered.
+    #[test]
+    fn a_delta_subscription_gets_deltas_against_what_it_received() {
+        use crate::protocol::{encode_publication, fossil};
+        let data = |n: u64| format!(r#"{{"state":"{}","n":{n}}}"#, "x".repeat(200));
+        let object = |n: u64| encode_publication(data(n).as_bytes(), None, n, "e");
+        let p = |n: u64, base: Option<u64>| Publication {
+            offset: Some(n),
+            epoch: Some("e".into()),
+            frame: SharedPush::publication_after("c".into(), object(n), base.map(object)),
+            committed_us: None,
+            key: Some(n),
+            base,
+        };
+        let o = Arc::new(Outbox::new(1 << 20));
+        let s = Subscriber::new(1, "c".into(), o.clone(), 1 << 20, false, true, "u".into());
+        assert!(s.go_live([], 4, "e", None));
+        assert!(s.deliver(&p(5, Some(4))), "full: it holds nothing yet");
+        assert!(s.deliver(&p(6, Some(5))));
+        assert!(s.deliver(&p(7, None)), "full: no base");
+        assert!(s.deliver(&p(8, Some(7))));
+        let mut prev = Vec::new();
+        let mut kinds = Vec::new();
+        for (f, n) in frames(&o).iter().zip(5..) {
+            let v: serde_json::Value = serde_json::from_str(f).unwrap();
+            let publication = &v["push"]["pub"];
+            let delta = publication["delta"].as_bool().unwrap_or(false);
+            let text = publication["data"].as_str().expect("data as a string");
+            prev = if delta {
+                fossil::apply(&prev, text.as_bytes()).unwrap()
+            } else {
+                text.as_bytes().to_vec()
+            };
+            assert_eq!(prev, data(n).into_bytes(), "offset {n}");
+            kinds.push(delta);
+        }
+        assert_eq!(kinds, [false, true, false, true]);
+
+        let o = Arc::new(Outbox::new(1 << 20));
+        let s = Subscriber::new(2, "c".into(), o.clone(), 1 << 20, false, true, "u".into());
+        assert!(s.go_live([], 4, "e", Some(4)));
+        assert!(s.deliver(&p(5, Some(4))));
+        assert!(frames(&o)[0].contains(r#""delta":true"#));
+
+        let (plain, o) = subscriber();
+        assert!(plain.go_live([], 4, "e", None));
+        assert!(plain.deliver(&p(5, Some(4))));
+        let v: serde_json::Value = serde_json::from_str(&frames(&o)[0]).unwrap();
+        assert_eq!(
+            v["push"]["pub"]["data"]["n"], 5,
+            "no delta negotiated: as it is"
+        );
+    }
+
+    /// The delta of a publication is made once however many delta
+    /// subscribers (of either encoding) the edge has: one patch per
+    /// (channel, previous publication), counted in the metric.
+    #[test]
+    fn one_patch_serves_every_delta_subscriber() {
+        use crate::protocol::{Encoding, encode_publication};
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let data = |n: u64| format!(r#"{{"state":"{}","n":{n}}}"#, "y".repeat(300));
+        let object = |n: u64| encode_publication(data(n).as_bytes(), None, n, "e");
+        let outboxes: Vec<_> = (0..1000)
+            .map(|i| {
+                let encoding = if i % 2 == 0 {
+                    Encoding::Json
+                } else {
+                    Encoding::Protobuf
+                };
+                Arc::new(Outbox::with_encoding(1 << 20, encoding))
+            })
+            .collect();
+        let subs: Vec<_> = outboxes
+            .iter()
+            .enumerate()
+            .map(|(i, o)| {
+                Subscriber::new(
+                    i as u64,
+                    "c".into(),
+                    o.clone(),
+                    1 << 20,
+                    false,
+                    true,
+                    "u".into(),
+                )
+            })
+            .collect();
+        metrics::with_local_recorder(&recorder, || {
+            for s in &subs {
+                assert!(s.go_live([], 4, "e", Some(4)));
+            }
+            for n in 5..=7 {
+                let p = Publication {
+                    offset: Some(n),
+                    epoch: Some("e".into()),
+                    frame: SharedPush::publication_after(
+                        "c".into(),
+                        object(n),
+                        Some(object(n - 1)),
+                    ),
+                    committed_us: None,
+                    key: Some(n),
+                    base: Some(n - 1),
+                };
+                for s in &subs {
+                    assert!(s.deliver(&p));
+                }
+            }
+        });
+        let text = handle.render();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(crate::metrics::DELTA_PATCHES_TOTAL))
+            .unwrap_or_else(|| panic!("no patch counter in\n{text}"));
+        assert_eq!(line.split_whitespace().last(), Some("3"), "{line}");
     }
 
     /// A Protobuf connection's subscriber queues the Protobuf frame of a
@@ -381,7 +550,15 @@ pub(super) mod tests {
         use crate::protocol::protobuf::pb;
         use prost::Message;
         let pb_outbox = Arc::new(Outbox::with_encoding(1 << 20, Encoding::Protobuf));
-        let pb_sub = Subscriber::new(1, "c".into(), pb_outbox.clone(), 1 << 20, false, "u".into());
+        let pb_sub = Subscriber::new(
+            1,
+            "c".into(),
+            pb_outbox.clone(),
+            1 << 20,
+            false,
+            false,
+            "u".into(),
+        );
         let (json_sub, json_outbox) = subscriber();
         let object = crate::protocol::encode_publication(b"{\"x\":1}", None, 5, "e");
         let p = Publication {
@@ -389,9 +566,11 @@ pub(super) mod tests {
             epoch: Some("e".into()),
             frame: SharedPush::publication("c".into(), object),
             committed_us: None,
+            key: None,
+            base: None,
         };
         for s in [&pb_sub, &json_sub] {
-            assert!(s.go_live([], 4, "e"));
+            assert!(s.go_live([], 4, "e", None));
             assert!(s.deliver(&p));
         }
         let pb_first = p.frame.frame(Encoding::Protobuf).unwrap().as_ptr();
@@ -421,7 +600,7 @@ pub(super) mod tests {
     #[test]
     fn retired_queues_nothing() {
         let (s, o) = subscriber();
-        assert!(s.go_live([], 5, "e"));
+        assert!(s.go_live([], 5, "e", None));
         s.retire();
         assert!(!s.deliver(&publication(6, "e")));
         assert_eq!(o.queued_bytes(), 0);

@@ -139,10 +139,12 @@ impl Encoding {
 /// What a [`SharedPush`] is made from.
 #[derive(Debug)]
 enum Source {
-    /// A publication's JSON object (as `encode_publication` writes it).
+    /// A publication's JSON object (as `encode_publication` writes it), and
+    /// the object of the one before it in its channel, the base of its delta.
     Publication {
         channel: Arc<str>,
         publication: Bytes,
+        base: Option<Bytes>,
     },
     /// Any other push (join, leave, unsubscribe…).
     Push(Box<Reply>),
@@ -153,13 +155,33 @@ enum Source {
     Fixed(Bytes),
 }
 
-/// A push many connections receive, encoded at most once per encoding, when
-/// the first connection of that encoding takes it, and shared as `Bytes`.
+/// How a subscription receives a publication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// As it is (no delta negotiated).
+    Plain,
+    /// Full, as a delta subscription receives it (JSON: `data` as a string).
+    Full,
+    /// As a delta against its base when one is worth sending, else [`Form::Full`].
+    Delta,
+}
+
+/// A push many connections receive, encoded at most once per encoding (and
+/// per [`Form`]), when the first connection of that encoding takes it, and
+/// shared as `Bytes`. The fossil patch of a publication against its base is
+/// computed at most once too: one per (channel, previous publication) on an
+/// edge, whatever the number of delta subscribers.
 #[derive(Debug)]
 pub struct SharedPush {
     source: Source,
     json: OnceLock<Option<Bytes>>,
     protobuf: OnceLock<Option<Bytes>>,
+    /// [`Form::Full`] in JSON (in Protobuf it is the plain frame).
+    json_full: OnceLock<Option<Bytes>>,
+    /// The patch of the data against the base's, when worth sending.
+    patch: OnceLock<Option<Vec<u8>>>,
+    json_delta: OnceLock<Option<Bytes>>,
+    protobuf_delta: OnceLock<Option<Bytes>>,
 }
 
 impl SharedPush {
@@ -168,15 +190,82 @@ impl SharedPush {
             source,
             json: OnceLock::new(),
             protobuf: OnceLock::new(),
+            json_full: OnceLock::new(),
+            patch: OnceLock::new(),
+            json_delta: OnceLock::new(),
+            protobuf_delta: OnceLock::new(),
         })
     }
 
     /// The push of a publication of `channel`, from its JSON object.
     pub fn publication(channel: Arc<str>, publication: Bytes) -> Arc<Self> {
+        Self::publication_after(channel, publication, None)
+    }
+
+    /// The push of a publication of `channel` that follows `base` (the JSON
+    /// object of the publication before it), for delta subscriptions.
+    pub fn publication_after(
+        channel: Arc<str>,
+        publication: Bytes,
+        base: Option<Bytes>,
+    ) -> Arc<Self> {
         Self::new(Source::Publication {
             channel,
             publication,
+            base,
         })
+    }
+
+    /// Whether this is a publication (not another push).
+    pub fn is_publication(&self) -> bool {
+        matches!(&self.source, Source::Publication { .. })
+    }
+
+    /// Whether this is a publication with a base to make a delta against.
+    pub fn has_base(&self) -> bool {
+        matches!(&self.source, Source::Publication { base: Some(_), .. })
+    }
+
+    /// The push in `encoding` and `form`; `Plain` is [`SharedPush::frame`].
+    /// Other forms apply to publications only (other pushes go plain).
+    pub fn frame_as(&self, encoding: Encoding, form: Form) -> Option<&Bytes> {
+        let Source::Publication {
+            channel,
+            publication,
+            base,
+        } = &self.source
+        else {
+            return self.frame(encoding);
+        };
+        let patch = match form {
+            Form::Plain => return self.frame(encoding),
+            Form::Full => None,
+            Form::Delta => self
+                .patch
+                .get_or_init(|| {
+                    let base = base.as_deref().and_then(super::delta::publication_data)?;
+                    let data = super::delta::publication_data(publication)?;
+                    metrics::counter!(crate::metrics::DELTA_PATCHES_TOTAL).increment(1);
+                    super::delta::patch(base, data)
+                })
+                .as_deref(),
+        };
+        let cell = match (encoding, patch.is_some()) {
+            (Encoding::Protobuf, false) => return self.frame(encoding),
+            (Encoding::Json, false) => &self.json_full,
+            (Encoding::Json, true) => &self.json_delta,
+            (Encoding::Protobuf, true) => &self.protobuf_delta,
+        };
+        cell.get_or_init(|| {
+            let object = super::delta::delta_form(publication, patch)?;
+            encoding
+                .publication_push(channel, &object)
+                .map_err(|e| {
+                    tracing::warn!(error = %e, encoding = encoding.name(), "push not encodable")
+                })
+                .ok()
+        })
+        .as_ref()
     }
 
     /// Any other push (a [`Reply::push`]).
@@ -208,6 +297,7 @@ impl SharedPush {
                 Source::Publication {
                     channel,
                     publication,
+                    ..
                 } => encoding.publication_push(channel, publication),
                 Source::Push(reply) => encoding.encode_reply(reply),
                 Source::Message(data) => Ok(encoding.message_push(data)),
@@ -314,6 +404,67 @@ mod tests {
         let publication = p.r#pub.unwrap();
         assert_eq!(&publication.data[..], br#"{"x":1}"#, "data byte for byte");
         assert_eq!(publication.offset, 4);
+    }
+
+    /// The forms of a publication for delta subscriptions: the patch is
+    /// made once whatever the number of subscribers and encodings; JSON
+    /// carries `data` as a string, Protobuf as bytes with `delta` set.
+    #[test]
+    fn delta_forms_are_built_once_and_decode_in_both_encodings() {
+        use crate::protocol::fossil;
+        let data = |n: u64| format!(r#"{{"board":"{}","turn":{n}}}"#, "abcdefgh".repeat(40));
+        let object = |n: u64| encode_publication(data(n).as_bytes(), None, n, "e");
+        let push = SharedPush::publication_after("ch".into(), object(8), Some(object(7)));
+        assert!(push.has_base());
+        let json = push.frame_as(Encoding::Json, Form::Delta).unwrap();
+        assert_eq!(
+            json.as_ptr(),
+            push.frame_as(Encoding::Json, Form::Delta).unwrap().as_ptr(),
+            "built once"
+        );
+        let v: serde_json::Value = serde_json::from_slice(json).unwrap();
+        assert_eq!(v["push"]["pub"]["delta"], true);
+        assert_eq!(v["push"]["pub"]["offset"], 8);
+        let patch = v["push"]["pub"]["data"].as_str().unwrap();
+        assert_eq!(
+            fossil::apply(data(7).as_bytes(), patch.as_bytes()).unwrap(),
+            data(8).into_bytes()
+        );
+        assert!(json.len() < push.frame(Encoding::Json).unwrap().len() / 2);
+
+        let pb_delta = push.frame_as(Encoding::Protobuf, Form::Delta).unwrap();
+        let p = pb::Reply::decode_length_delimited(pb_delta.clone())
+            .unwrap()
+            .push
+            .unwrap()
+            .r#pub
+            .unwrap();
+        assert!(p.delta);
+        assert_eq!(&p.data[..], patch.as_bytes(), "the same patch, as bytes");
+
+        let full = push.frame_as(Encoding::Json, Form::Full).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(full).unwrap();
+        assert_eq!(v["push"]["pub"]["data"].as_str().unwrap(), data(8));
+        assert!(
+            v["push"]["pub"].get("delta").is_none(),
+            "omitted, as Centrifugo"
+        );
+        assert_eq!(
+            push.frame_as(Encoding::Protobuf, Form::Full)
+                .unwrap()
+                .as_ptr(),
+            push.frame(Encoding::Protobuf).unwrap().as_ptr(),
+            "in Protobuf a full publication is the plain frame"
+        );
+
+        // Without a base, or with one too different, Delta is Full.
+        let first = SharedPush::publication("ch".into(), object(1));
+        let f = first.frame_as(Encoding::Json, Form::Delta).unwrap();
+        assert!(!std::str::from_utf8(f).unwrap().contains("delta"));
+        let other = encode_publication(br#"{"x":1}"#, None, 9, "e");
+        let far = SharedPush::publication_after("ch".into(), other, Some(object(8)));
+        let f = far.frame_as(Encoding::Json, Form::Delta).unwrap();
+        assert!(!std::str::from_utf8(f).unwrap().contains("delta"));
     }
 
     #[test]

@@ -12,12 +12,14 @@
 //! (`RawValue`) end to end so a payload is never re-parsed.
 
 pub mod codes;
+pub mod delta;
 mod encoding;
+pub mod fossil;
 pub mod protobuf;
 mod wire;
 
 pub use codes::{Disconnect, ProtocolError, Unsubscribe};
-pub use encoding::{BadFrame, Encoding, SharedPush};
+pub use encoding::{BadFrame, Encoding, Form, SharedPush};
 pub use wire::*;
 
 use bytes::{BufMut, Bytes, BytesMut};

@@ -158,6 +158,8 @@ pub struct SubscribeRequest {
     pub positioned: bool,
     pub recoverable: bool,
     pub join_leave: bool,
+    /// The delta type asked for (`fossil`), empty for none.
+    pub delta: String,
     /// Subscription type: 0 a plain subscription (the only kind Herald has;
     /// others are map subscriptions in Centrifugo).
     #[serde(rename = "type")]
@@ -383,6 +385,9 @@ pub struct SubscribeResult {
     pub data: Option<Box<RawValue>>,
     #[serde(skip_serializing_if = "is_false")]
     pub was_recovering: bool,
+    /// The delta type asked for is granted: publications come as deltas.
+    #[serde(skip_serializing_if = "is_false")]
+    pub delta: bool,
 }
 
 /// Publish reply. `offset` and `epoch` are Herald's extension for history

@@ -72,8 +72,13 @@ pub fn senders(config: &PushConfig) -> Result<Vec<Arc<dyn sender::Sender>>, Stri
         out.push(Arc::new(s));
     }
     if let Some(file) = &config.webpush_vapid_key_file {
-        let s = webpush::WebpushSender::new(client, file, &config.webpush_vapid_subject)
-            .map_err(|e| e.to_string())?;
+        let s = webpush::WebpushSender::new(
+            client,
+            file,
+            &config.webpush_vapid_subject,
+            config.webpush_endpoints.clone(),
+        )
+        .map_err(|e| e.to_string())?;
         out.push(Arc::new(s));
     }
     Ok(out)

@@ -6,7 +6,9 @@
 //!   (FCM: 1..=4096 printable ASCII bytes; APNs: hex, 16..=400 digits;
 //!   Web Push: the subscription `{endpoint, keys: {p256dh, auth}}`, as an
 //!   object or as its JSON text, with an http(s) endpoint, a P-256 public
-//!   key of 65 bytes and a 16-byte auth secret, base64url), an optional
+//!   key of 65 bytes and a 16-byte auth secret, base64url; the endpoint's
+//!   scheme and host must be allowed by `push_webpush_allowed_hosts` and
+//!   `push_webpush_allow_http`, [`endpoint_allowed`]), an optional
 //!   platform (at most 64 bytes) and optional topics (at most
 //!   [`MAX_TOPICS`], each 1..=128 bytes). Anything else is 107; too many
 //!   topics 106.
@@ -27,6 +29,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::config::WebpushEndpoints;
 use crate::protocol::ProtocolError;
 use crate::store::{Device, Provider, SharedStore, StoreResult};
 
@@ -80,6 +83,41 @@ impl Subscription {
         let auth = URL_SAFE_NO_PAD.decode(self.keys.auth.trim_end_matches('='));
         url_ok && key.is_ok_and(|k| k.len() == 65 && k[0] == 4) && auth.is_ok_and(|a| a.len() == 16)
     }
+}
+
+/// Any host, http or https: for checks of a registration's shape alone.
+pub const ANY_WEBPUSH_ENDPOINT: WebpushEndpoints = WebpushEndpoints {
+    allowed_hosts: Vec::new(),
+    any_host: true,
+    allow_http: true,
+};
+
+/// Whether Herald may send to this Web Push endpoint: `https` (or `http`
+/// with `allow_http`), and a host that is one of the allowed hosts or a
+/// subdomain of one (`*`: any host). Herald requests whatever endpoint a
+/// browser registered, so this is what keeps a registration from pointing
+/// Herald at an internal address.
+pub fn endpoint_allowed(policy: &WebpushEndpoints, endpoint: &str) -> bool {
+    let Ok(uri) = endpoint.parse::<hyper::Uri>() else {
+        return false;
+    };
+    let scheme_ok = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => policy.allow_http,
+        _ => false,
+    };
+    let Some(host) = uri.host().map(str::to_ascii_lowercase) else {
+        return false;
+    };
+    let host = host.trim_end_matches('.');
+    scheme_ok
+        && (policy.any_host
+            || policy.allowed_hosts.iter().any(|allowed| {
+                host == allowed
+                    || host
+                        .strip_suffix(allowed.as_str())
+                        .is_some_and(|rest| rest.ends_with('.'))
+            }))
 }
 
 /// The device id of a provider's token.
@@ -137,11 +175,22 @@ pub fn check_user(user: &str) -> Result<(), ProtocolError> {
 
 impl Registration {
     /// The device this registration stores for `user`, or the error that
-    /// refuses it (nothing is stored then).
-    pub fn device(&self, user: &str, now_ms: u64) -> Result<Device, ProtocolError> {
+    /// refuses it (nothing is stored then): 107 also for a Web Push endpoint
+    /// `webpush` does not allow.
+    pub fn device(
+        &self,
+        user: &str,
+        now_ms: u64,
+        webpush: &WebpushEndpoints,
+    ) -> Result<Device, ProtocolError> {
         check_user(user)?;
         let provider = Provider::parse(&self.provider).ok_or(ProtocolError::BadRequest)?;
         let token = canonical_token(provider, self.token.as_ref())?;
+        if provider == Provider::Webpush
+            && !Subscription::parse(&token).is_some_and(|s| endpoint_allowed(webpush, &s.endpoint))
+        {
+            return Err(ProtocolError::BadRequest);
+        }
         if self.platform.len() > MAX_PLATFORM_BYTES {
             return Err(ProtocolError::BadRequest);
         }
@@ -218,6 +267,58 @@ mod tests {
         URL_SAFE_NO_PAD.encode(k)
     }
 
+    fn any_host() -> WebpushEndpoints {
+        WebpushEndpoints {
+            allowed_hosts: Vec::new(),
+            any_host: true,
+            allow_http: false,
+        }
+    }
+
+    fn policy(hosts: &[&str], allow_http: bool) -> WebpushEndpoints {
+        WebpushEndpoints {
+            allowed_hosts: hosts.iter().map(|h| (*h).to_string()).collect(),
+            any_host: false,
+            allow_http,
+        }
+    }
+
+    #[test]
+    fn webpush_endpoints_must_name_an_allowed_host_over_https() {
+        let default = policy(&["fcm.googleapis.com", "push.services.mozilla.com"], false);
+        for ok in [
+            "https://fcm.googleapis.com/fcm/send/abc",
+            "https://updates.push.services.mozilla.com/wpush/v2/x",
+            "https://FCM.googleapis.com./x",
+        ] {
+            assert!(endpoint_allowed(&default, ok), "{ok}");
+        }
+        for refused in [
+            "http://fcm.googleapis.com/fcm/send/abc",
+            "https://evilfcm.googleapis.com.attacker.example/x",
+            "https://notfcm.googleapis.com.example/x",
+            "https://xpush.services.mozilla.com/x",
+            "https://169.254.169.254/latest/meta-data",
+            "https://localhost:8080/x",
+            "ftp://fcm.googleapis.com/x",
+            "not a url",
+        ] {
+            assert!(!endpoint_allowed(&default, refused), "{refused}");
+        }
+        let local = policy(&["127.0.0.1"], true);
+        assert!(endpoint_allowed(&local, "http://127.0.0.1:4000/wp/1"));
+        assert!(!endpoint_allowed(&local, "http://127.0.0.2:4000/wp/1"));
+        assert!(endpoint_allowed(&any_host(), "https://anything.example/x"));
+        assert!(!endpoint_allowed(&any_host(), "http://anything.example/x"));
+
+        let sub = json!({"endpoint": "https://169.254.169.254/x", "keys": {"p256dh": key(), "auth": URL_SAFE_NO_PAD.encode([1u8; 16])}});
+        assert_eq!(
+            reg("webpush", sub).device("u", 1, &default).err(),
+            Some(ProtocolError::BadRequest),
+            "a registration naming a host not allowed is refused"
+        );
+    }
+
     fn reg(provider: &str, token: serde_json::Value) -> Registration {
         Registration {
             provider: provider.into(),
@@ -230,7 +331,7 @@ mod tests {
     #[test]
     fn valid_registrations_become_devices() {
         let d = reg("apns", json!("AB12cd34AB12cd34"))
-            .device("alice", 5)
+            .device("alice", 5, &any_host())
             .expect("apns");
         assert_eq!(d.token, "ab12cd34ab12cd34");
         assert_eq!(d.topics, vec!["a", "b"]);
@@ -238,14 +339,16 @@ mod tests {
         assert_eq!(d.id, device_id(Provider::Apns, "ab12cd34ab12cd34"));
         assert_ne!(d.id, device_id(Provider::Fcm, "ab12cd34ab12cd34"));
         let sub = json!({"endpoint": "https://push.example/abc", "keys": {"p256dh": key(), "auth": URL_SAFE_NO_PAD.encode([1u8; 16])}});
-        let as_object = reg("webpush", sub.clone()).device("u", 1).expect("object");
+        let as_object = reg("webpush", sub.clone())
+            .device("u", 1, &any_host())
+            .expect("object");
         let as_text = reg("webpush", json!(sub.to_string()))
-            .device("u", 1)
+            .device("u", 1, &any_host())
             .expect("text");
         assert_eq!(as_object.id, as_text.id, "one subscription, one id");
         assert!(Subscription::parse(&as_object.token).is_some());
         reg("fcm", json!("fcm-token:abc"))
-            .device("u", 1)
+            .device("u", 1, &any_host())
             .expect("fcm");
     }
 
@@ -274,22 +377,25 @@ mod tests {
             reg("webpush", json!("{not json")),
         ];
         for r in cases {
-            assert_eq!(r.device("u", 1).err(), Some(bad), "{r:?}");
+            assert_eq!(r.device("u", 1, &any_host()).err(), Some(bad), "{r:?}");
         }
         let mut no_token = reg("fcm", json!("t"));
         no_token.token = None;
-        assert_eq!(no_token.device("u", 1).err(), Some(bad));
-        assert_eq!(reg("fcm", json!("t")).device("", 1).err(), Some(bad));
+        assert_eq!(no_token.device("u", 1, &any_host()).err(), Some(bad));
+        assert_eq!(
+            reg("fcm", json!("t")).device("", 1, &any_host()).err(),
+            Some(bad)
+        );
         let mut long_platform = reg("fcm", json!("t"));
         long_platform.platform = "p".repeat(65);
-        assert_eq!(long_platform.device("u", 1).err(), Some(bad));
+        assert_eq!(long_platform.device("u", 1, &any_host()).err(), Some(bad));
         let mut empty_topic = reg("fcm", json!("t"));
         empty_topic.topics = vec![String::new()];
-        assert_eq!(empty_topic.device("u", 1).err(), Some(bad));
+        assert_eq!(empty_topic.device("u", 1, &any_host()).err(), Some(bad));
         let mut many = reg("fcm", json!("t"));
         many.topics = (0..=MAX_TOPICS).map(|i| i.to_string()).collect();
         assert_eq!(
-            many.device("u", 1).err(),
+            many.device("u", 1, &any_host()).err(),
             Some(ProtocolError::LimitExceeded)
         );
     }

@@ -26,8 +26,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::http::{Http, retry_after};
-use super::registry::Subscription;
+use super::registry::{Subscription, endpoint_allowed};
 use super::sender::{Notification, Outcome, Sender, merge};
+use crate::config::WebpushEndpoints;
 use crate::store::{Device, Provider};
 
 /// The VAPID JWT's lifetime (RFC 8292: at most 24 hours).
@@ -59,6 +60,8 @@ pub struct WebpushSender {
     /// The VAPID public key, uncompressed point, base64url (`k`).
     public_key: String,
     subject: String,
+    /// The endpoints it may request (`push_webpush_allowed_hosts`).
+    endpoints: WebpushEndpoints,
 }
 
 fn now_s() -> u64 {
@@ -68,7 +71,12 @@ fn now_s() -> u64 {
 }
 
 impl WebpushSender {
-    pub fn new(http: Http, key_file: &Path, subject: &str) -> Result<Self, WebpushSetupError> {
+    pub fn new(
+        http: Http,
+        key_file: &Path,
+        subject: &str,
+        endpoints: WebpushEndpoints,
+    ) -> Result<Self, WebpushSetupError> {
         if !(subject.starts_with("mailto:") || subject.starts_with("https://")) {
             return Err(WebpushSetupError::Subject);
         }
@@ -88,6 +96,7 @@ impl WebpushSender {
             key,
             public_key: URL_SAFE_NO_PAD.encode(point.as_bytes()),
             subject: subject.to_string(),
+            endpoints,
         })
     }
 
@@ -154,6 +163,11 @@ impl Sender for WebpushSender {
         let Some(sub) = Subscription::parse(&device.token) else {
             return Outcome::InvalidToken;
         };
+        // Registered before the allowed hosts were narrowed: never requested.
+        if !endpoint_allowed(&self.endpoints, &sub.endpoint) {
+            tracing::warn!(device = %device.id, "Web Push endpoint not allowed by push_webpush_allowed_hosts; removing the device");
+            return Outcome::InvalidToken;
+        }
         let decoded = (
             URL_SAFE_NO_PAD.decode(sub.keys.p256dh.trim_end_matches('=')),
             URL_SAFE_NO_PAD.decode(sub.keys.auth.trim_end_matches('=')),

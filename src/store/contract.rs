@@ -125,10 +125,7 @@ where
         .append(&[append(&ch, "e", 1..=2)])
         .await
         .expect_err("injected");
-    assert_eq!(
-        store.position(&ch).await.expect("position"),
-        Position::default()
-    );
+    assert_eq!(store.position(&ch).await.expect("position").head, 0);
     store
         .append(&[with_key(append(&ch, "e", 1..=2), "k", 2)])
         .await
@@ -736,8 +733,8 @@ where
             );
         }
         assert_eq!(
-            store.position(&fresh).await.expect("position"),
-            Position::default(),
+            store.position(&fresh).await.expect("position").head,
+            0,
             "{name}"
         );
         assert!(
@@ -1014,7 +1011,9 @@ where
     );
 }
 
-/// An unknown channel reads empty, has position (0, ""), and no keys.
+/// An unknown channel reads empty and has no keys; its position is head 0
+/// with an epoch already (8 hex digits, the same on every read and after a
+/// reopen, another for another channel), which an append keeps.
 pub async fn unknown_channel<F, Fut>(open: &F)
 where
     F: Fn(StoreOptions) -> Fut,
@@ -1022,11 +1021,29 @@ where
 {
     let store = open(options(DAY)).await;
     let ch = channel("unknown");
+    let pos = store.position(&ch).await.expect("position");
+    assert_eq!((pos.head, pos.time_ms), (0, 0), "{pos:?}");
+    assert_eq!(pos.epoch.len(), 8, "{pos:?}");
+    assert!(pos.epoch.bytes().all(|b| b.is_ascii_hexdigit()), "{pos:?}");
+    let other = channel("unknown-other");
+    let both = store.positions(&[&ch, &other]).await.expect("positions");
+    assert_eq!(both[0], pos, "positions and position agree");
+    assert_eq!(both[1].head, 0);
+    assert_ne!(both[1].epoch, pos.epoch, "each channel has its own epoch");
+    drop(store);
+    let store = open(options(DAY)).await;
     assert_eq!(
-        store.position(&ch).await.expect("position"),
-        Position::default()
+        store.position(&ch).await.expect("position after a reopen"),
+        pos
     );
-    assert_eq!(Position::default(), position(0, ""));
+    store
+        .append(&[append(&other, &both[1].epoch, 1..=1)])
+        .await
+        .expect("the first append with the channel's epoch");
+    assert_eq!(
+        store.position(&other).await.expect("position").epoch,
+        both[1].epoch
+    );
     assert!(
         store
             .read(&ch, forward(0, None, 10))

@@ -97,6 +97,9 @@ const CONVERSATIONS: &str = "conversations";
 const DEVICES: &str = "push_devices";
 const USER_DEVICES: &str = "push_user_devices";
 const TOPIC_DEVICES: &str = "push_topic_devices";
+const META: &str = "meta";
+/// The key in `meta` of the store's identity ([`super::initial_epoch`]).
+const IDENTITY_KEY: &[u8] = b"identity";
 
 /// The fjall-backed `Store`. Cheap to share behind an `Arc`; dropping it
 /// stops the committer (after the commit in hand), closes the database and
@@ -152,6 +155,9 @@ struct Inner {
     /// Held by a device put or remove from its read to its commit; only
     /// inside `spawn_blocking`.
     device_lock: Mutex<()>,
+    /// Random, written once when the store is created (keyspace `meta`):
+    /// the epochs of empty channels follow from it.
+    identity: String,
     retention: Duration,
     /// Held by a group commit from reading the heads to the fsync, and by
     /// each purge chunk, so no write slips between a check and its commit.
@@ -181,7 +187,10 @@ impl EmbeddedStore {
             db.keyspace(name, KeyspaceCreateOptions::default)
                 .map_err(|e| map_err(&format!("opening keyspace {name} in {}", dir.display()), e))
         };
+        let identity = identity(&db, &open_keyspace(META)?)
+            .map_err(|e| map_err(&format!("the store identity in {}", dir.display()), e))?;
         let inner = Arc::new(Inner {
+            identity,
             messages: open_keyspace(MESSAGES)?,
             channels: open_keyspace(CHANNELS)?,
             keys: open_keyspace(KEYS)?,
@@ -355,7 +364,7 @@ impl Store for EmbeddedStore {
                 .map_err(|e| map_err("reading a channel head", e))?;
             match value {
                 Some(v) => decode_position(&v).ok_or_else(|| corrupt_position(&channel)),
-                None => Ok(Position::default()),
+                None => Ok(inner.empty_position(&channel)),
             }
         })
         .await
@@ -545,12 +554,34 @@ impl Store for EmbeddedStore {
                         .map_err(|e| map_err("reading a channel head", e))?;
                     match value {
                         Some(v) => decode_position(&v).ok_or_else(|| corrupt_position(channel)),
-                        None => Ok(Position::default()),
+                        None => Ok(inner.empty_position(channel)),
                     }
                 })
                 .collect()
         })
         .await
+    }
+}
+
+/// The store's identity: read from `meta`, or created (random, persisted
+/// before use) when the store is new.
+fn identity(db: &Database, meta: &Keyspace) -> Result<String, fjall::Error> {
+    if let Some(v) = db.snapshot().get(meta, IDENTITY_KEY)? {
+        return Ok(String::from_utf8_lossy(&v).into_owned());
+    }
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    meta.insert(IDENTITY_KEY, id.as_bytes())?;
+    db.persist(fjall::PersistMode::SyncAll)?;
+    Ok(id)
+}
+
+impl Inner {
+    /// The position of a channel never stored: head 0, its initial epoch.
+    fn empty_position(&self, channel: &str) -> Position {
+        Position {
+            epoch: super::initial_epoch(&self.identity, channel),
+            ..Position::default()
+        }
     }
 }
 
@@ -1429,6 +1460,26 @@ mod expiry_tests {
             direction: Direction::Forward,
         };
         store.inner.read(channel, all).expect("read").len()
+    }
+
+    #[test]
+    fn a_store_created_anew_gives_empty_channels_other_epochs() {
+        let (a, b) = (
+            tempfile::tempdir().expect("tempdir"),
+            tempfile::tempdir().expect("tempdir"),
+        );
+        let epoch = |dir: &Path| {
+            let store = store_with(dir, &[], 0);
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime")
+                .block_on(store.position("news"))
+                .expect("position")
+                .epoch
+        };
+        let first = epoch(a.path());
+        assert_eq!(epoch(a.path()), first, "the identity survives a reopen");
+        assert_ne!(epoch(b.path()), first, "another store, another identity");
     }
 
     #[test]

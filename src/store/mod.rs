@@ -51,6 +51,28 @@ pub struct Position {
     pub time_ms: u64,
 }
 
+/// The epoch of a channel that has no publication yet: 8 hex digits of
+/// SHA-256 over the store's identity and the channel name.
+///
+/// As Centrifugo, an empty history channel answers `subscribe` and `history`
+/// with an epoch, and the channel keeps it when its first publication is
+/// stored. Herald's readers never write, so the epoch is not created by the
+/// first read but follows from what the reader and the writer both know: the
+/// channel's name and the identity of the store (fixed when the store was
+/// created; a store created anew, e.g. after its data was lost, has another
+/// one, so clients positioned in the old one see a new epoch).
+pub fn initial_epoch(store_identity: &str, channel: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(store_identity.as_bytes());
+    hash.update([0]);
+    hash.update(channel.as_bytes());
+    hash.finalize()[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Everything one writer batch stores for one channel.
 #[derive(Debug, Clone)]
 pub struct ChannelAppend {
@@ -151,7 +173,10 @@ pub trait Store: Send + Sync + 'static {
     /// range and direction; an unknown channel reads empty.
     async fn read(&self, channel: &str, range: ReadRange) -> StoreResult<Vec<StoredPublication>>;
 
-    /// Head and epoch; `head == 0` and an empty epoch for an unknown channel.
+    /// Head and epoch; for an unknown channel `head == 0` and its
+    /// [`initial_epoch`] under this store's identity, so an empty channel
+    /// already has the epoch its first publication will be stored with (the
+    /// writer sequences with the epoch this returns).
     async fn position(&self, channel: &str) -> StoreResult<Position>;
 
     /// The offset stored under (channel, key), if the key is younger than the

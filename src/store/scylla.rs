@@ -349,6 +349,27 @@ async fn versions(session: &Session, select: &PreparedStatement) -> StoreResult<
         .collect()
 }
 
+/// The store's identity: the id of the keyspace's `channels` table in
+/// `system_schema.tables` (the same on every node; new when the table is
+/// created again).
+async fn identity(session: &Session, ks: &str) -> StoreResult<String> {
+    let result = session
+        .query_unpaged(
+            "SELECT id FROM system_schema.tables WHERE keyspace_name = ? AND table_name = ?",
+            (ks, "channels"),
+        )
+        .await
+        .map_err(|e| execution_error("reading the channels table's id", e))?;
+    let rows = rows_result(result)?;
+    match rows.maybe_first_row::<(uuid::Uuid,)>().map_err(corrupt)? {
+        Some((id,)) => Ok(id.simple().to_string()),
+        None => Err(StoreError::new(
+            StoreErrorKind::Unavailable,
+            format!("keyspace {ks} has no channels table: run `herald migrate`"),
+        )),
+    }
+}
+
 /// The statements of a schema file: `--` comment lines dropped, split at `;`,
 /// `{keyspace}` replaced.
 pub fn statements(cql: &str, keyspace: &str) -> Vec<String> {
@@ -448,6 +469,10 @@ pub struct ScyllaStore {
     im: im::Im,
     /// Push devices (`device`).
     devices: device::Statements,
+    /// The id the database gave the `channels` table when `herald migrate`
+    /// created it: the epochs of empty channels follow from it
+    /// ([`super::initial_epoch`]), and a keyspace created anew has another.
+    identity: String,
 }
 
 /// A fencing token held by this handle, with the head and epoch it committed.
@@ -562,6 +587,7 @@ impl ScyllaStore {
         // debug build's test thread overflowed its stack).
         let im = im::Im::new(Box::pin(im::Statements::prepare(&session, ks)).await?);
         let devices = Box::pin(device::Statements::prepare(&session, ks)).await?;
+        let identity = identity(&session, ks).await?;
         tracing::info!(keyspace = %ks, nodes = %settings.cluster.nodes.join(","), "scylla store connected");
         Ok(Self {
             session,
@@ -574,6 +600,7 @@ impl ScyllaStore {
             fences: std::sync::Mutex::new(HashMap::new()),
             im,
             devices,
+            identity,
         })
     }
 
@@ -1105,7 +1132,10 @@ impl Store for ScyllaStore {
                 epoch,
                 time_ms: row.time_ms,
             },
-            None => Position::default(),
+            None => Position {
+                epoch: super::initial_epoch(&self.identity, channel),
+                ..Position::default()
+            },
         })
     }
 

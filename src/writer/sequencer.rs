@@ -103,8 +103,10 @@ impl Plan {
 /// A channel missing from `known` is treated as never stored (head 0); the
 /// caller loads every channel first, and the store refuses an append that does
 /// not continue its head, so a mistake here cannot break dense offsets.
-/// `new_epoch` is called once for each channel whose first publication this
-/// batch stores.
+/// A channel's epoch is the one `known` gives: the store answers an empty
+/// channel's with its initial epoch ([`crate::store::initial_epoch`]), which
+/// sync has already told its subscribers. `new_epoch` is called only for a
+/// channel with no epoch in `known` (a caller that did not load it).
 pub fn sequence(
     entries: &[Entry],
     known: &Known,

@@ -8,7 +8,8 @@
 //! enough to hold every test's publications, `force_recovery` like Herald's
 //! recoverable history, publish/history/presence for clients as Herald
 //! allows them, anonymous users where the namespace allows them,
-//! user-limited channels, private namespaces needing a subscription token;
+//! user-limited channels, private namespaces needing a subscription token,
+//! the allowed delta types;
 //! Herald's `proxies` as Centrifugo's named `proxies`, the connect and
 //! refresh proxies inline under `client.proxy`, each namespace's
 //! `*_proxy_enabled`/`_name`, and the RPC proxy for methods without
@@ -78,6 +79,13 @@ fn namespace_options(o: &NamespaceOptions, presence: bool) -> Value {
     v["presence"] = json!(presence || o.presence);
     v["join_leave"] = json!(presence || o.join_leave);
     v["force_push_join_leave"] = json!(presence || o.force_push_join_leave);
+    if !o.allowed_delta_types.is_empty() {
+        v["allowed_delta_types"] = json!(o.allowed_delta_types);
+        // Herald makes every publication of such a namespace a delta
+        // candidate; Centrifugo only those published with `delta` (API) or
+        // in a namespace with `delta_publish`.
+        v["delta_publish"] = json!(true);
+    }
     v
 }
 

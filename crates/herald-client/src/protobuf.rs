@@ -185,10 +185,19 @@ fn info(i: &pb::ClientInfo) -> Value {
     Value::Object(o)
 }
 
-/// A publication as the JSON encoding carries it.
+/// A publication as the JSON encoding carries it; a delta's `data` (a
+/// fossil patch, not JSON) as a string, with `delta: true`.
 pub fn publication(p: &pb::Publication) -> Value {
     let mut o = Map::new();
-    o.insert("data".into(), bytes_json(&p.data));
+    if p.delta {
+        o.insert(
+            "data".into(),
+            Value::String(String::from_utf8_lossy(&p.data).into()),
+        );
+        o.insert("delta".into(), Value::Bool(true));
+    } else {
+        o.insert("data".into(), bytes_json(&p.data));
+    }
     if let Some(i) = &p.info {
         o.insert("info".into(), info(i));
     }
@@ -213,6 +222,7 @@ fn subscribe_result(r: &pb::SubscribeResult) -> Value {
     put(&mut o, "positioned", json!(r.positioned));
     put_data(&mut o, "data", &r.data);
     put(&mut o, "was_recovering", json!(r.was_recovering));
+    put(&mut o, "delta", json!(r.delta));
     Value::Object(o)
 }
 

@@ -124,7 +124,7 @@ impl Session {
                 .get(name)
                 .filter(|r| r.recover)
                 .map(|r| (r.offset, r.epoch.clone()));
-            match self.prepare(&channel, recover, false).await {
+            match self.prepare(&channel, recover, false, false).await {
                 Ok(p) => prepared.push((name.clone(), p, channel.private)),
                 // The ones prepared so far leave as they drop.
                 Err(e) => return Err(e),

@@ -57,7 +57,9 @@ impl Session {
 
     async fn device_register(&self, data: &str) -> Result<Option<ReplyResult>, Fail> {
         let reg: Registration = decode(data)?;
-        let device = reg.device(self.user(), 0).map_err(Fail::Error)?;
+        let device = reg
+            .device(self.user(), 0, self.edge.webpush_endpoints())
+            .map_err(Fail::Error)?;
         let (device, evicted) = self
             .edge
             .sync

@@ -56,7 +56,7 @@ impl Session {
             tracing::debug!("server subscribe over the channel limit");
             return;
         }
-        let mut p = match self.prepare(&channel, recover, false).await {
+        let mut p = match self.prepare(&channel, recover, false, false).await {
             Ok(p) => p,
             Err(_) => {
                 tracing::warn!("server subscribe failed");

@@ -16,6 +16,7 @@ use crate::edge::presence::status_user;
 use crate::edge::registry::{FeedStatus, Member, SubscribeAs, Subscription};
 use crate::protocol::{
     ClientInfo, Disconnect, ProtocolError, Reply, ReplyResult, SubscribeRequest, SubscribeResult,
+    delta,
 };
 
 /// What a new subscription records besides its registry entry.
@@ -49,18 +50,24 @@ pub(super) struct Prepared {
     pub(super) announce: bool,
     /// `status:<user>` channels: the user's status, pushed after the head.
     pub(super) status: Option<Bytes>,
+    /// A delta subscription's base after the head: the offset of the last
+    /// recovered publication, if any.
+    pub(super) holds: Option<u64>,
 }
 
 impl Session {
     /// Subscribes in the registry (buffering), waits for the channel feed,
     /// reads the position (and missed publications when recovering) from
     /// sync. On error the subscription drops, leaving the channel.
-    /// `join_leave`: the client asked for join/leave pushes.
+    /// `join_leave`: the client asked for join/leave pushes; `delta`: delta
+    /// compression was negotiated (recovered publications go full, then as
+    /// deltas, as Centrifugo sends them).
     pub(super) async fn prepare(
         &self,
         channel: &Channel<'_>,
         recover: Option<(u64, String)>,
         join_leave: bool,
+        delta: bool,
     ) -> Result<Prepared, Fail> {
         let client = &self.edge.settings.client;
         let history = channel.options.history;
@@ -76,6 +83,7 @@ impl Session {
                 buffer_limit: client.queue_max_bytes,
                 history,
                 join_leave: receives,
+                delta,
             },
         );
         let ready = tokio::time::timeout(self.edge.sync_timeout, async {
@@ -103,6 +111,7 @@ impl Session {
                 subscription,
                 result: SubscribeResult {
                     was_recovering: recover.is_some(),
+                    delta,
                     ..SubscribeResult::default()
                 },
                 position: 0,
@@ -110,6 +119,7 @@ impl Session {
                 presence,
                 announce,
                 status,
+                holds: None,
             });
         }
         let (after, limit) = match &recover {
@@ -136,9 +146,11 @@ impl Session {
             epoch: page.epoch.clone(),
             offset: page.head,
             was_recovering: recover.is_some(),
+            delta,
             ..SubscribeResult::default()
         };
         let mut position = page.head;
+        let mut holds = None;
         if let Some((offset, epoch)) = recover {
             let epoch_ok = epoch.is_empty() || epoch == page.epoch;
             let last = contiguous_last(&page.publications, offset);
@@ -154,7 +166,15 @@ impl Session {
                 // recovered publications carry their own.
                 result.offset = offset;
                 position = last;
-                result.publications = page.publications;
+                if delta && !page.publications.is_empty() {
+                    holds = Some(last);
+                    result.publications = delta::recovered(
+                        page.publications,
+                        self.encoding() == crate::protocol::Encoding::Json,
+                    );
+                } else {
+                    result.publications = page.publications;
+                }
             }
         }
         Ok(Prepared {
@@ -165,6 +185,7 @@ impl Session {
             presence,
             announce,
             status,
+            holds,
         })
     }
 
@@ -173,8 +194,9 @@ impl Session {
         id: u32,
         req: SubscribeRequest,
     ) -> Result<Option<ReplyResult>, Fail> {
-        // An empty channel is a malformed command (Centrifugo: 3501).
-        if req.channel.is_empty() {
+        // An empty channel is a malformed command (Centrifugo: 3501), and
+        // so is an unknown delta type.
+        if req.channel.is_empty() || !(req.delta.is_empty() || req.delta == delta::FOSSIL) {
             return Err(Fail::Close(Disconnect::BAD_REQUEST));
         }
         // Only plain subscriptions exist (no map subscriptions): any other
@@ -240,7 +262,13 @@ impl Session {
             return Err(Fail::Error(ProtocolError::PermissionDenied));
         }
         let recover = req.recover.then(|| (req.offset, req.epoch.clone()));
-        let mut p = self.prepare(&channel, recover, req.join_leave).await?;
+        // A known delta type the namespace does not allow is ignored, as
+        // Centrifugo does: the reply says `delta: false`.
+        let delta =
+            !req.delta.is_empty() && channel.options.allowed_delta_types.contains(&req.delta);
+        let mut p = self
+            .prepare(&channel, recover, req.join_leave, delta)
+            .await?;
         let exp = match &granted {
             Some(g) => g.expire_at,
             None => token_claims.as_ref().and_then(|c| c.exp),
@@ -305,7 +333,7 @@ impl Session {
         sub.chan_info = opts.chan_info;
         sub.private = opts.private;
         head.extend(p.status);
-        let live = sub.subscriber.go_live(head, p.position, &p.epoch);
+        let live = sub.subscriber.go_live(head, p.position, &p.epoch, p.holds);
         if p.presence && live {
             let authed = self.authed.as_ref();
             let info = ClientInfo {

@@ -153,6 +153,7 @@ fn subscribe_request(r: pb::SubscribeRequest, not_json: &mut bool) -> SubscribeR
         positioned: r.positioned,
         recoverable: r.recoverable,
         join_leave: r.join_leave,
+        delta: r.delta,
         kind: 0,
     }
 }
@@ -355,11 +356,15 @@ fn client_info(json: &str) -> Result<pb::ClientInfo, EncodeError> {
 }
 
 /// The envelope of a JSON `Publication`; `data` and the info's fields are
-/// borrowed, not parsed. `epoch` has no Protobuf field and is skipped.
+/// borrowed, not parsed. `epoch` has no Protobuf field and is skipped. With
+/// a `delta` field (the form a delta subscription receives, see
+/// `protocol::delta`), `data` is a JSON string holding the bytes to send.
 #[derive(Deserialize)]
 struct PublicationJson<'a> {
     #[serde(borrow)]
     data: &'a RawValue,
+    #[serde(default)]
+    delta: Option<bool>,
     #[serde(borrow, default)]
     info: Option<ClientInfoJson<'a>>,
     #[serde(default)]
@@ -373,12 +378,23 @@ fn publication_from_json(json: &str) -> Result<pb::Publication, EncodeError> {
         what: "publication",
         source,
     })?;
+    let (data, delta) = match p.delta {
+        None => (Bytes::copy_from_slice(p.data.get().as_bytes()), false),
+        Some(delta) => {
+            let bytes: String =
+                serde_json::from_str(p.data.get()).map_err(|source| EncodeError {
+                    what: "publication",
+                    source,
+                })?;
+            (Bytes::from(bytes), delta)
+        }
+    };
     Ok(pb::Publication {
-        data: Bytes::copy_from_slice(p.data.get().as_bytes()),
+        data,
         info: p.info.map(Into::into),
         offset: p.offset,
         tags: p.tags,
-        delta: false,
+        delta,
     })
 }
 
@@ -400,7 +416,7 @@ fn subscribe_result(r: &SubscribeResult) -> Result<pb::SubscribeResult, EncodeEr
         positioned: r.positioned,
         data: raw_bytes(r.data.as_deref()),
         was_recovering: r.was_recovering,
-        ..pb::SubscribeResult::default()
+        delta: r.delta,
     })
 }
 

@@ -156,7 +156,7 @@ fn every_command_round_trips() {
         positioned: true,
         recoverable: true,
         join_leave: true,
-        delta: String::new(),
+        delta: "fossil".into(),
     };
     let cmds = [
         pb::Command {
@@ -250,6 +250,7 @@ fn every_command_round_trips() {
     assert_eq!((s.channel.as_str(), s.token.as_str()), ("news", "st"));
     assert!(s.recover && s.positioned && s.recoverable && s.join_leave);
     assert_eq!((s.offset, s.epoch.as_str(), s.kind), (41, "ep", 0));
+    assert_eq!(s.delta, "fossil");
     assert_eq!(s.data.unwrap().get(), "[1]");
     assert!(matches!(methods.next(), Some(Method::Unsubscribe(r)) if r.channel == "u"));
     assert!(matches!(methods.next(), Some(Method::Presence(r)) if r.channel == "p"));
@@ -392,6 +393,7 @@ fn every_reply_round_trips() {
         positioned: true,
         was_recovering: true,
         data: None,
+        delta: true,
     };
     let info = r#"{"user":"u","client":"c1","chan_info":"ci"}"#;
     let list = [
@@ -482,7 +484,14 @@ fn every_reply_round_trips() {
     assert_eq!(ids, [1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 0, 0, 0, 0]);
 
     let check_sub = |s: &pb::SubscribeResult| {
-        assert!(s.expires && s.recoverable && s.recovered && s.positioned && s.was_recovering);
+        assert!(
+            s.expires
+                && s.recoverable
+                && s.recovered
+                && s.positioned
+                && s.was_recovering
+                && s.delta
+        );
         assert_eq!((s.ttl, s.epoch.as_str(), s.offset), (30, "ep", 2));
         let data: Vec<&[u8]> = s.publications.iter().map(|p| &p.data[..]).collect();
         assert_eq!(data, [&b"\"one\""[..], b"2"]);

@@ -616,11 +616,12 @@ where
         .positions(&[&b, &empty, &a, &b])
         .await
         .expect("positions");
+    let empty_epoch = store.position(&empty).await.expect("position").epoch;
     assert_eq!(
         got,
         [
             position(1, "eb"),
-            position(0, ""),
+            position(0, &empty_epoch),
             position(7, "ea"),
             position(1, "eb")
         ]
