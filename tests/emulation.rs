@@ -1000,3 +1000,71 @@ async fn shutdown_is_said_in_stream() {
         "no wait on open streams"
     );
 }
+
+/// A page on an allowed origin may use the HTTP transports from another
+/// origin: the preflight and the answers carry the CORS headers (as
+/// Centrifugo's), a page on another origin gets 403 and none.
+#[tokio::test]
+async fn allowed_origins_get_cors_headers() {
+    let (_nats, _dir, h) = node(|c| c.allowed_origins = vec!["https://app.example".into()]).await;
+    let http = reqwest::Client::new();
+    let preflight = http
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("http://{}/emulation", h.addr),
+        )
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await
+        .expect("preflight");
+    assert_eq!(preflight.status(), 200);
+    let headers = preflight.headers();
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(headers["access-control-allow-credentials"], "true");
+    assert_eq!(headers["access-control-allow-headers"], "content-type");
+
+    let first = json!({"id": 1, "connect": {"token": h.token("cors-user")}});
+    let mut stream = http
+        .post(format!("http://{}/connection/http_stream", h.addr))
+        .header("origin", "https://app.example")
+        .header("content-type", "application/json")
+        .body(first.to_string())
+        .send()
+        .await
+        .expect("http_stream");
+    assert_eq!(stream.status(), 200);
+    assert_eq!(
+        stream.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let chunk = tokio::time::timeout(WAIT, stream.chunk())
+        .await
+        .expect("connect reply in time")
+        .expect("stream")
+        .expect("a chunk");
+    assert!(
+        String::from_utf8_lossy(&chunk).contains("\"connect\""),
+        "{chunk:?}"
+    );
+
+    let refused = http
+        .post(format!("http://{}/connection/http_stream", h.addr))
+        .header("origin", "https://evil.example")
+        .header("content-type", "application/json")
+        .body(first.to_string())
+        .send()
+        .await
+        .expect("http_stream");
+    assert_eq!(refused.status(), 403);
+    assert!(
+        refused
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+}

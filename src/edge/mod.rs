@@ -200,17 +200,25 @@ impl Edge {
     /// `/emulation` endpoint ([`emulation`]).
     pub fn router(self: &Arc<Self>) -> Router {
         use axum::routing::any;
-        Router::new()
-            .route("/connection/websocket", get(upgrade))
+        // The plain-HTTP transports answer browsers on allowed origins with
+        // CORS headers (`origin::cors`); the WebSockets need none.
+        let http_transports = Router::new()
             .route("/connection/http_stream", any(emulation::http_stream))
             .route("/connection/sse", any(emulation::sse))
             .route("/emulation", any(emulation::emulate))
-            .route("/connection/uni_websocket", get(uni_upgrade))
             .route(
                 "/connection/uni_http_stream",
                 any(emulation::uni_http_stream),
             )
             .route("/connection/uni_sse", any(emulation::uni_sse))
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                with_cors,
+            ));
+        Router::new()
+            .route("/connection/websocket", get(upgrade))
+            .route("/connection/uni_websocket", get(uni_upgrade))
+            .merge(http_transports)
             .with_state(self.clone())
     }
 
@@ -316,6 +324,22 @@ impl Edge {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// The CORS headers of an HTTP transport's answer ([`origin::cors`]).
+async fn with_cors(
+    State(edge): State<Arc<Edge>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let asked = request.headers().clone();
+    let mut response = next.run(request).await;
+    origin::cors(
+        &edge.settings.allowed_origins,
+        &asked,
+        response.headers_mut(),
+    );
+    response
 }
 
 /// How many of `n` sessions closed evenly over `drain` are due `elapsed`

@@ -8,9 +8,15 @@
 //! An upgrade without `Origin` (servers, mobile SDKs) is allowed: it is no
 //! browser, so no ambient credentials ride along.
 //!
+//! The HTTP transports (HTTP-streaming, SSE, `/emulation`, the
+//! unidirectional streams) are plain requests a page on another origin
+//! makes with `fetch`/`EventSource`: an allowed `Origin` gets the CORS
+//! headers that let the browser read the answer ([`cors`]), as Centrifugo's
+//! CORS middleware gives them.
+//!
 //! Knows nothing of tokens or sessions: it compares strings.
 
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 
 /// Whether an upgrade with these headers may proceed.
 pub fn allowed(patterns: &[String], headers: &HeaderMap) -> bool {
@@ -33,6 +39,31 @@ pub fn allowed(patterns: &[String], headers: &HeaderMap) -> bool {
         return false;
     };
     authority(scheme, rest) == authority(scheme, &host.trim().to_ascii_lowercase())
+}
+
+/// Adds the CORS headers to `response` when `request` carries an `Origin`
+/// that [`allowed`]: `Access-Control-Allow-Origin` (that origin),
+/// `Access-Control-Allow-Credentials: true` and, for a preflight naming
+/// headers, `Access-Control-Allow-Headers` with them. Nothing otherwise.
+pub fn cors(patterns: &[String], request: &HeaderMap, response: &mut HeaderMap) {
+    let Some(origin) = request.get(header::ORIGIN) else {
+        return;
+    };
+    if !allowed(patterns, request) {
+        return;
+    }
+    response.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    response.insert(
+        header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+        HeaderValue::from_static("true"),
+    );
+    if let Some(asked) = request.get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        && !asked.is_empty()
+        && asked != "null"
+    {
+        response.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
+    }
+    response.append(header::VARY, HeaderValue::from_static("origin"));
 }
 
 /// `host[:port]` without the scheme's default port.
