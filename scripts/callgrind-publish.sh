@@ -14,10 +14,12 @@
 #   scripts/callgrind-publish.sh                 # builds the `profiling` profile first
 #   HERALD_BIN=path/to/herald scripts/callgrind-publish.sh
 #   COUNTS="0 2000 4000" KEEP=1 scripts/callgrind-publish.sh   # keep the callgrind files
+#   EXTRA_TOML='writer_failover_timeout = "3600s"' scripts/callgrind-publish.sh  # lines added to herald.toml
 #
-# Prints one line per run, the slope, and the top inclusive costs of the
-# largest run (`callgrind_annotate --inclusive=yes`). Needs valgrind and
-# python3; nats-server from .tools/ (scripts/install-tools.sh --nats).
+# Prints one line per run (with the messages nats-server carried), the slopes,
+# and the top inclusive costs of the largest run (`callgrind_annotate
+# --inclusive=yes`). Needs valgrind and python3; nats-server from .tools/
+# (scripts/install-tools.sh --nats).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -92,13 +94,14 @@ EOF
 run_once() { # n -> prints total instructions
   local n=$1 dir="$work/run-$1"
   mkdir -p "$dir"
-  local nport hport
+  local nport hport mport
   nport=$(free_port)
-  "$NATS" -js -a 127.0.0.1 -p "$nport" -sd "$dir/nats" >"$dir/nats.log" 2>&1 &
+  mport=$(free_port)
+  "$NATS" -js -a 127.0.0.1 -p "$nport" -m "$mport" -sd "$dir/nats" >"$dir/nats.log" 2>&1 &
   nats_pid=$!
   hport=$(free_port)
   local key=cgkey
-  printf '[rate_limits.tiers.bench]\n' >"$dir/herald.toml"
+  printf '%s\n[rate_limits.tiers.bench]\n' "${EXTRA_TOML:-}" >"$dir/herald.toml"
   (
     for v in $(env | grep -o '^HERALD_[A-Z_]*'); do unset "$v"; done
     export HERALD_LISTEN="127.0.0.1:$hport" HERALD_DATA_DIR="$dir/data" \
@@ -114,6 +117,13 @@ run_once() { # n -> prints total instructions
   kill -TERM "$herald_pid"
   wait "$herald_pid" || true
   herald_pid=""
+  # The messages nats-server carried for the run (into it + out of it, from
+  # its /varz): a count that, like the instructions, does not drift.
+  python3 - "http://127.0.0.1:$mport/varz" >"$work/nats-msgs-$n" <<'EOF'
+import json, sys, urllib.request
+v = json.load(urllib.request.urlopen(sys.argv[1], timeout=5))
+print(v["in_msgs"] + v["out_msgs"])
+EOF
   kill "$nats_pid"; wait "$nats_pid" 2>/dev/null || true
   nats_pid=""
   local total
@@ -122,12 +132,13 @@ run_once() { # n -> prints total instructions
   echo "$total"
 }
 
-declare -A totals
+declare -A totals msgs
 last=""
 for n in $COUNTS; do
   t=$(run_once "$n")
   totals[$n]=$t
-  printf 'publishes %6d  instructions %14d\n' "$n" "$t"
+  msgs[$n]=$(cat "$work/nats-msgs-$n")
+  printf 'publishes %6d  instructions %14d  nats messages %9d\n' "$n" "$t" "${msgs[$n]}"
   last=$n
 done
 
@@ -135,6 +146,7 @@ set -- $COUNTS
 if [ $# -ge 2 ]; then
   a=${@: -2:1}; b=${@: -1}
   python3 -c "a,b,ia,ib=$a,$b,${totals[$a]},${totals[$b]}; print(f'instructions per publish (slope {a}->{b}): {(ib-ia)/(b-a):,.0f}')"
+  python3 -c "a,b,ma,mb=$a,$b,${msgs[$a]},${msgs[$b]}; print(f'nats-server messages per publish (in + out, slope): {(mb-ma)/(b-a):.2f}')"
 fi
 
 echo

@@ -247,16 +247,18 @@ pub fn sync_http(data: &[u8]) {
     let _ = crate::sync::check_http_request(&f.verifier, &f.channels, 100, &req);
 }
 
-/// The JSON formats of the ingest path between roles: an ingest message as
-/// the writer decodes it, the writer's reply as a publisher decodes it, a
-/// sync request as the sync role decodes it (then its channel name), a sync
-/// reply as an edge or publisher decodes it (then each publication's offset).
+/// The formats of the ingest path between roles: an ingest message as the
+/// writer decodes it, the writer's reply and its binary batch of replies as
+/// a publisher decodes them, a sync request as the sync role decodes it (then
+/// its channel name), a sync reply as an edge or publisher decodes it (then
+/// each publication's offset).
 pub fn ingest_wire(data: &[u8]) {
-    use crate::bus::ingest::WriterReply;
+    use crate::bus::ingest::{StoredBatch, WriterReply};
     use crate::sync::wire::{SyncReply, SyncRequest};
     let f = fixture();
     let _ = crate::writer::check_ingest(data);
     let _ = serde_json::from_slice::<WriterReply>(data);
+    let _ = StoredBatch::decode(data);
     if let Ok(SyncRequest::Read { channel, .. } | SyncRequest::Idempotency { channel, .. }) =
         serde_json::from_slice::<SyncRequest>(data)
     {

@@ -536,6 +536,93 @@ async fn an_invalid_message_is_refused_without_blocking_the_partition() {
     writer.stop().await;
 }
 
+/// Publishers that read batched replies (inboxes under
+/// `subjects::reply_prefix`) get one NATS message per writer batch for all of
+/// their publications in it; a publisher that does not (one older than
+/// batched replies, during a rolling upgrade) still gets one reply per
+/// publication. Each answer names the offset its data was stored at, and a
+/// duplicate in a batch gets its original's offset.
+#[tokio::test]
+async fn batched_publishers_get_one_reply_message_per_batch() {
+    let nats = TestNats::start().await;
+    let client = nats.client().await;
+    let js = stream(&client, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let root = subjects::reply_prefix("");
+    let batched = Replies::listen(&client, root.trim_end_matches('.')).await;
+    let older = Replies::listen(&client, "rep").await;
+    let edges = [
+        subjects::reply_prefix("edge-a"),
+        subjects::reply_prefix("edge-b"),
+    ];
+
+    // All in the stream before the writer starts: its first pulls take them
+    // in a few batches.
+    let mut acks = Vec::new();
+    for i in 0..20u64 {
+        let inbox = &edges[(i % 2) as usize];
+        let reply = format!("{inbox}.{i}");
+        acks.push(publish(&js, 1, "bat", &format!("k{i}"), json!(i), &reply, None).await);
+    }
+    for i in 0..5u64 {
+        let reply = format!("rep.{i}");
+        acks.push(
+            publish(
+                &js,
+                1,
+                "bat",
+                &format!("o{i}"),
+                json!(100 + i),
+                &reply,
+                None,
+            )
+            .await,
+        );
+    }
+    // k0 again under another message id: the writer finds it a duplicate.
+    let again = format!("{}.99", edges[0]);
+    acks.push(publish(&js, 1, "bat", "k0", json!(0), &again, Some("again")).await);
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    let writer = Running::start(&client, &store, settings(1));
+    let answers = batched.wait_for(21).await;
+    let older_answers = older.wait_for(5).await;
+
+    let stored = history(&store, "bat").await;
+    assert_eq!(offsets(&stored), (1..=25).collect::<Vec<u64>>());
+    let offset_of = |data: Value| {
+        stored
+            .iter()
+            .find(|p| data_of(p) == data)
+            .map(|p| p.offset)
+            .unwrap()
+    };
+    for i in 0..20u64 {
+        let reply = format!("{}.{i}", edges[(i % 2) as usize]);
+        let WriterReply::Stored { offset, .. } = &answers[&reply] else {
+            panic!("{reply}: {:?}", answers[&reply]);
+        };
+        assert_eq!(*offset, offset_of(json!(i)), "{reply}");
+    }
+    assert_eq!(answers[&again], answers[&format!("{}.0", edges[0])]);
+    for i in 0..5u64 {
+        let WriterReply::Stored { offset, .. } = &older_answers[&format!("rep.{i}")] else {
+            panic!("rep.{i}");
+        };
+        assert_eq!(*offset, offset_of(json!(100 + i)));
+    }
+    assert!(
+        batched.messages() < 21,
+        "21 publications from two edges took {} reply messages",
+        batched.messages()
+    );
+    assert_eq!(older.messages(), 5);
+    assert!(batched.mismatches().is_empty() && older.mismatches().is_empty());
+    writer.stop().await;
+}
+
 /// A writer that committed a message and died before acking it: JetStream
 /// redelivers the message to the next writer, which must find its key stored
 /// and answer with the original offset instead of storing it again.

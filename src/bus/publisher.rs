@@ -4,7 +4,9 @@
 //! History channel: JetStream publish to the channel's ingest partition with
 //! `Nats-Msg-Id` = (channel, idempotency key) and a `Herald-Reply` header
 //! naming this process's reply inbox; then wait for the writer's
-//! [`WriterReply`], which is sent only after the store commit (I2). If
+//! [`WriterReply`], which is sent only after the store commit (I2) — for
+//! most publishes inside one [`StoredBatch`] message per writer batch, which
+//! the reply task splits among the waiting publishes. If
 //! JetStream says the message is a duplicate, the original is (or will soon
 //! be) stored: its offset is looked up through an [`OffsetLookup`] (sync, I3;
 //! this module knows it only through that trait).
@@ -30,7 +32,7 @@ use futures::future::BoxFuture;
 use serde_json::value::RawValue;
 use tokio::sync::{Semaphore, oneshot};
 
-use super::ingest::{IngestMessage, WriterReply};
+use super::ingest::{IngestMessage, StoredBatch, WriterReply};
 use super::subjects;
 use crate::telemetry;
 
@@ -148,22 +150,7 @@ impl Publisher {
         let routes = pending.clone();
         tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
-                let Some(token) = msg
-                    .subject
-                    .rsplit('.')
-                    .next()
-                    .and_then(|t| t.parse::<u64>().ok())
-                else {
-                    continue;
-                };
-                let Ok(reply) = serde_json::from_slice::<WriterReply>(&msg.payload) else {
-                    tracing::warn!("undecodable writer reply");
-                    continue;
-                };
-                let waiter = routes.lock().expect("pending lock").remove(&token);
-                if let Some(tx) = waiter {
-                    let _ = tx.send(reply);
-                }
+                route_reply(&routes, &msg.subject, &msg.payload);
             }
         });
         Ok(Self {
@@ -333,6 +320,50 @@ impl Publisher {
     }
 }
 
+/// Hands a writer's answer on `subject` to the publishes waiting for it: a
+/// batch (`<inbox>.b`, [`StoredBatch`]) to each of its tokens, or one
+/// [`WriterReply`] (`<inbox>.<token>`: a refusal, or a writer older than
+/// batched replies). An answer nobody waits for any more (timed out) is
+/// dropped.
+fn route_reply(pending: &Pending, subject: &str, payload: &[u8]) {
+    let Some((_, last)) = subject.rsplit_once('.') else {
+        return;
+    };
+    if last == subjects::BATCH_REPLY_TOKEN {
+        let Some(entries) = StoredBatch::decode(payload) else {
+            tracing::warn!("undecodable batch of writer replies");
+            return;
+        };
+        let waiters: Vec<_> = {
+            let mut pending = pending.lock().expect("pending lock");
+            entries
+                .into_iter()
+                .filter_map(|(token, offset, epoch)| {
+                    pending.remove(&token).map(|tx| (tx, offset, epoch))
+                })
+                .collect()
+        };
+        for (tx, offset, epoch) in waiters {
+            let _ = tx.send(WriterReply::Stored {
+                offset,
+                epoch: epoch.to_string(),
+            });
+        }
+        return;
+    }
+    let Ok(token) = last.parse::<u64>() else {
+        return;
+    };
+    let Ok(reply) = serde_json::from_slice::<WriterReply>(payload) else {
+        tracing::warn!("undecodable writer reply");
+        return;
+    };
+    let waiter = pending.lock().expect("pending lock").remove(&token);
+    if let Some(tx) = waiter {
+        let _ = tx.send(reply);
+    }
+}
+
 fn count_publish_error(kind: &'static str) {
     metrics::counter!(crate::metrics::NATS_PUBLISH_ERRORS_TOTAL, "kind" => kind).increment(1);
 }
@@ -349,5 +380,63 @@ impl Drop for PendingGuard<'_> {
         if let Ok(mut p) = self.pending.lock() {
             p.remove(&self.token);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting(pending: &Pending, token: u64) -> oneshot::Receiver<WriterReply> {
+        let (tx, rx) = oneshot::channel();
+        pending.lock().unwrap().insert(token, tx);
+        rx
+    }
+
+    #[test]
+    fn a_batch_reaches_each_waiting_publish() {
+        let pending = Pending::default();
+        let prefix = subjects::reply_prefix("p");
+        let (mut a, mut b) = (waiting(&pending, 1), waiting(&pending, 2));
+        let mut batch = StoredBatch::default();
+        batch.push(2, 8, "e2");
+        batch.push(1, 7, "e1");
+        // A token nobody waits for (timed out) is skipped.
+        batch.push(3, 9, "e3");
+        route_reply(
+            &pending,
+            &subjects::batch_reply_subject(&prefix),
+            &batch.into_bytes(),
+        );
+        let stored = |offset, epoch: &str| WriterReply::Stored {
+            offset,
+            epoch: epoch.into(),
+        };
+        assert_eq!(a.try_recv().unwrap(), stored(7, "e1"));
+        assert_eq!(b.try_recv().unwrap(), stored(8, "e2"));
+        assert!(pending.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn single_replies_still_route() {
+        // A refusal, or a writer older than batched replies.
+        let pending = Pending::default();
+        let prefix = subjects::reply_prefix("p");
+        let mut rx = waiting(&pending, 5);
+        let failed = WriterReply::Failed {
+            message: "bad".into(),
+        };
+        route_reply(
+            &pending,
+            &format!("{prefix}.5"),
+            &serde_json::to_vec(&failed).unwrap(),
+        );
+        assert_eq!(rx.try_recv().unwrap(), failed);
+        // Garbage is dropped without touching anyone waiting.
+        let mut other = waiting(&pending, 6);
+        route_reply(&pending, &format!("{prefix}.6"), b"not json");
+        route_reply(&pending, &subjects::batch_reply_subject(&prefix), b"\x01");
+        assert!(other.try_recv().is_err());
+        assert_eq!(pending.lock().unwrap().len(), 1);
     }
 }

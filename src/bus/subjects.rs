@@ -158,9 +158,36 @@ pub fn message_id(channel: &str, key: &str) -> String {
     format!("{}:{key}", channel_token(channel))
 }
 
-/// Prefix of this process's reply inbox for publish results.
+/// Root of the publishers' reply inboxes that read batched replies: a reply
+/// subject under it (`<root><process>.<token>`) tells the writer it may
+/// answer that publisher with one [`batch_reply_subject`] message per batch.
+/// Publishers older than batched replies used `_INBOX.herald.<process>`, and
+/// get one reply per publication as before (a rolling upgrade).
+const BATCHED_INBOX_ROOT: &str = "_INBOX.herald.batched.";
+/// The last token of a batched reply's subject; per-publication replies end
+/// in a number instead.
+pub const BATCH_REPLY_TOKEN: &str = "b";
+
+/// Prefix of this process's reply inbox for publish results: each publish
+/// waits on `<prefix>.<token>`; batched replies come on `<prefix>.b`.
 pub fn reply_prefix(process_id: &str) -> String {
-    format!("_INBOX.herald.{process_id}")
+    format!("{BATCHED_INBOX_ROOT}{process_id}")
+}
+
+/// The inbox prefix and token of a reply subject whose publisher reads
+/// batched replies; `None` for any other subject (an older publisher's, a
+/// test's), which gets one reply per publication.
+pub fn batched_reply(reply: &str) -> Option<(&str, u64)> {
+    if !reply.starts_with(BATCHED_INBOX_ROOT) {
+        return None;
+    }
+    let (inbox, token) = reply.rsplit_once('.')?;
+    Some((inbox, token.parse().ok()?))
+}
+
+/// Where the writer sends one batch's replies to the publisher of `inbox`.
+pub fn batch_reply_subject(inbox: &str) -> String {
+    format!("{inbox}.{BATCH_REPLY_TOKEN}")
 }
 
 /// The partition of a channel: FNV-1a 32 of its bytes, mod `partitions`.
@@ -214,6 +241,18 @@ mod tests {
         );
         for other in ["member.", "lease.x", "lease.-1", "other.1", ""] {
             assert_eq!(parse_writers_key(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn batched_replies_are_recognised_by_their_inbox() {
+        let prefix = reply_prefix("p1");
+        let reply = format!("{prefix}.42");
+        assert_eq!(batched_reply(&reply), Some((prefix.as_str(), 42)));
+        assert_eq!(batch_reply_subject(&prefix), format!("{prefix}.b"));
+        // An older publisher's inbox, a test's subject, a malformed token.
+        for other in ["_INBOX.herald.p1.42", "rep.1", &format!("{prefix}.x"), ""] {
+            assert_eq!(batched_reply(other), None, "{other}");
         }
     }
 

@@ -31,6 +31,12 @@ pub(super) enum OpenError {
 
 /// The durable consumer of `partition`: explicit ack, bounded unacked
 /// messages, filter on the partition's subject.
+///
+/// Explicit ack, one per message, because the ingest stream is a work queue
+/// and nats-server refuses `AckPolicy::All` there ("workqueue stream requires
+/// explicit ack", 10098); a stream's retention cannot change in place
+/// (10052), and interest retention would drop a publish that no consumer is
+/// there to see. BENCHMARKS.md ("Instructions per publish") has the figures.
 pub(super) fn config(partition: u32, settings: &WriterSettings) -> pull::Config {
     pull::Config {
         durable_name: Some(subjects::writer_consumer(partition)),

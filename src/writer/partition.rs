@@ -1,8 +1,9 @@
 //! One partition's loop: pull what is available (up to a batch), decode,
 //! sequence and commit in one store append (retrying until it succeeds), then
 //! publish the new publications on their channel subjects, reply to the
-//! publishers and ack JetStream — in exactly that order, so nothing is
-//! visible or acknowledged before it is durable (I2).
+//! publishers (one message per publishing process per batch) and ack
+//! JetStream — in exactly that order, so nothing is visible or acknowledged
+//! before it is durable (I2).
 //!
 //! When traces are exported, each ingest message carrying trace context gets
 //! a `writer_message` span (a child of the publisher's trace, covering its
@@ -29,7 +30,7 @@ use tracing::{Instrument, Span};
 use super::sequencer::{self, Entry, HeadCache, Known, Outcome, Plan};
 use super::{Fence, Shared};
 use super::{consumer, pending};
-use crate::bus::ingest::{IngestMessage, WriterReply};
+use crate::bus::ingest::{IngestMessage, StoredBatch, WriterReply};
 use crate::bus::subjects;
 use crate::channel::MAX_CHANNEL_BYTES;
 use crate::metrics as m;
@@ -435,16 +436,40 @@ impl Task {
     }
 
     /// Answers every publisher waiting on a reply subject; duplicates get the
-    /// offset and epoch first given.
+    /// offset and epoch first given. A publisher that reads batched replies
+    /// (its inbox says so: [`subjects::batched_reply`]) gets one message for
+    /// all of its publications in the batch; any other, one per publication.
     async fn reply(&self, msgs: &[jetstream::Message], plan: &Plan) {
+        // By publishing process; a batch comes from a few edges, so a list
+        // searched in order beats hashing.
+        let mut batches: Vec<(&str, StoredBatch)> = Vec::new();
         for (msg, outcome) in msgs.iter().zip(&plan.outcomes) {
-            if let Some(subject) = reply_subject(msg) {
-                let stored = WriterReply::Stored {
-                    offset: outcome.offset(),
-                    epoch: outcome.epoch().to_string(),
-                };
-                self.send_reply(subject, &stored).await;
+            let Some(subject) = reply_subject(msg) else {
+                continue;
+            };
+            match subjects::batched_reply(subject) {
+                Some((inbox, token)) => {
+                    let at = match batches.iter().position(|(i, _)| *i == inbox) {
+                        Some(at) => at,
+                        None => {
+                            batches.push((inbox, StoredBatch::default()));
+                            batches.len() - 1
+                        }
+                    };
+                    batches[at].1.push(token, outcome.offset(), outcome.epoch());
+                }
+                None => {
+                    let stored = WriterReply::Stored {
+                        offset: outcome.offset(),
+                        epoch: outcome.epoch().to_string(),
+                    };
+                    self.send_reply(subject, &stored).await;
+                }
             }
+        }
+        for (inbox, batch) in batches {
+            self.publish_reply(subjects::batch_reply_subject(inbox), batch.into_bytes())
+                .await;
         }
     }
 
@@ -457,12 +482,11 @@ impl Task {
                 return;
             }
         };
-        if let Err(e) = self
-            .shared
-            .client
-            .publish(subject.to_string(), payload)
-            .await
-        {
+        self.publish_reply(subject.to_string(), payload).await;
+    }
+
+    async fn publish_reply(&self, subject: String, payload: Bytes) {
+        if let Err(e) = self.shared.client.publish(subject, payload).await {
             tracing::warn!(partition = self.partition, error = %e, "replying to a publisher failed");
             count_error("reply");
             count_publish_error("reply");

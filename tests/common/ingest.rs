@@ -12,7 +12,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream;
 use bytes::Bytes;
 use futures::StreamExt;
-use herald::bus::ingest::{WriterReply, ensure_stream};
+use herald::bus::ingest::{StoredBatch, WriterReply, ensure_stream};
 use herald::bus::subjects;
 use herald::config::IngestConfig;
 use herald::store::embedded::EmbeddedStore;
@@ -94,12 +94,14 @@ pub async fn publish_raw(
         .expect("jetstream publish")
 }
 
-/// Collects writer replies by reply subject. A subject answered twice with
-/// different replies is recorded as a mismatch.
+/// Collects writer replies by reply subject (a batch's by the subject each
+/// publication waited on). A subject answered twice with different replies is
+/// recorded as a mismatch.
 #[derive(Clone, Default)]
 pub struct Replies {
     map: Arc<Mutex<HashMap<String, WriterReply>>>,
     mismatches: Arc<Mutex<Vec<(String, WriterReply, WriterReply)>>>,
+    messages: Arc<Mutex<usize>>,
 }
 
 impl Replies {
@@ -109,19 +111,47 @@ impl Replies {
             .subscribe(format!("{prefix}.>"))
             .await
             .expect("subscribe replies");
-        let (map, mismatches) = (replies.map.clone(), replies.mismatches.clone());
+        let (map, mismatches, messages) = (
+            replies.map.clone(),
+            replies.mismatches.clone(),
+            replies.messages.clone(),
+        );
         tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
-                let reply: WriterReply =
-                    serde_json::from_slice(&msg.payload).expect("writer reply JSON");
-                let subject = msg.subject.to_string();
-                let previous = map.lock().unwrap().insert(subject.clone(), reply.clone());
-                if let Some(previous) = previous.filter(|p| *p != reply) {
-                    mismatches.lock().unwrap().push((subject, previous, reply));
+                *messages.lock().unwrap() += 1;
+                // A batch (`<inbox>.b`) is recorded as the replies it holds,
+                // each under `<inbox>.<token>`.
+                let answers = match msg.subject.strip_suffix(".b") {
+                    Some(inbox) => StoredBatch::decode(&msg.payload)
+                        .expect("a batch of writer replies")
+                        .into_iter()
+                        .map(|(token, offset, epoch)| {
+                            let stored = WriterReply::Stored {
+                                offset,
+                                epoch: epoch.to_string(),
+                            };
+                            (format!("{inbox}.{token}"), stored)
+                        })
+                        .collect(),
+                    None => vec![(
+                        msg.subject.to_string(),
+                        serde_json::from_slice(&msg.payload).expect("writer reply JSON"),
+                    )],
+                };
+                for (subject, reply) in answers {
+                    let previous = map.lock().unwrap().insert(subject.clone(), reply.clone());
+                    if let Some(previous) = previous.filter(|p| *p != reply) {
+                        mismatches.lock().unwrap().push((subject, previous, reply));
+                    }
                 }
             }
         });
         replies
+    }
+
+    /// NATS messages received: one per reply, or one per batch of them.
+    pub fn messages(&self) -> usize {
+        *self.messages.lock().unwrap()
     }
 
     pub fn get(&self, subject: &str) -> Option<WriterReply> {
