@@ -33,8 +33,17 @@
 //! documented difference may not show (the Protobuf messages have no field
 //! for some of Herald's JSON extensions), so there it is not required to.
 //!
+//! And over HTTP-streaming with `/emulation` (JSON): a connection's first
+//! frame opens `POST /connection/http_stream`, every later frame is one
+//! `/emulation` request for the session the connect reply named, pings are
+//! answered through `/emulation`, and the in-stream `disconnect` push is
+//! observed as the close (code and reason) a WebSocket's Close frame gives.
+//! Scripts that send binary frames or offer a subprotocol are not run there
+//! ([`Script::runs_over`]); an oversized frame is an oversized request
+//! there, refused with 413 by both.
+//!
 //! Knows nothing of either server's internals: only what goes over the
-//! WebSocket and the HTTP API.
+//! WebSocket, the HTTP stream and the HTTP API.
 
 mod common;
 
@@ -152,12 +161,40 @@ struct Script {
     json_only: bool,
 }
 
+/// What a script's connections speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    Json,
+    Protobuf,
+    /// JSON over `POST /connection/http_stream` and `/emulation`.
+    HttpStream,
+}
+
 impl Script {
     fn new(name: &'static str) -> Self {
         Self {
             name,
             steps: Vec::new(),
             json_only: false,
+        }
+    }
+
+    /// Whether it runs over `wire`: binary frames and subprotocols exist on
+    /// WebSockets only.
+    fn runs_over(&self, wire: Wire) -> bool {
+        match wire {
+            Wire::Json => true,
+            Wire::Protobuf => !self.json_only,
+            Wire::HttpStream => !self.steps.iter().any(|s| {
+                matches!(
+                    s.action,
+                    Action::SendBinary { .. }
+                        | Action::Open {
+                            protocol: Some(_),
+                            ..
+                        }
+                )
+            }),
         }
     }
 
@@ -1219,8 +1256,45 @@ fn personal_scripts() -> Vec<Script> {
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// One script connection's transport.
+enum Io {
+    Ws(Ws),
+    Stream(Stream),
+}
+
+/// An HTTP-streaming connection: no request until its first frame, which
+/// opens the stream; later frames go to `/emulation` for the session and
+/// node the connect reply named.
+struct Stream {
+    http: reqwest::Client,
+    addr: SocketAddr,
+    response: Option<reqwest::Response>,
+    buf: Vec<u8>,
+    session: String,
+    node: String,
+}
+
+impl Stream {
+    /// Posts `data` (frames' text) to `/emulation` for this session.
+    async fn emulate(&self, data: &str) -> Value {
+        let body = json!({"session": self.session, "node": self.node, "data": data});
+        match self
+            .http
+            .post(format!("http://{}/emulation", self.addr))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+        {
+            Ok(r) if r.status() == 204 => json!("sent"),
+            Ok(r) => json!({"send failed": r.status().as_u16()}),
+            Err(e) => json!({"send failed": e.to_string()}),
+        }
+    }
+}
+
 struct Conn {
-    ws: Ws,
+    io: Io,
     /// Speaks Protobuf: commands are sent and replies read as Protobuf.
     protobuf: bool,
     pending: VecDeque<Value>,
@@ -1232,13 +1306,144 @@ struct Conn {
 }
 
 impl Conn {
-    /// Reads one frame into `pending`, answering pings; false once closed
-    /// or past `deadline`.
+    fn new(io: Io, protobuf: bool) -> Self {
+        Self {
+            io,
+            protobuf,
+            pending: VecDeque::new(),
+            closed: None,
+            pings: 0,
+            pong: true,
+        }
+    }
+
+    /// Sends one frame of text (as Protobuf commands on a Protobuf
+    /// WebSocket when it is such commands).
+    async fn send_text(&mut self, text: &str) -> Value {
+        match &mut self.io {
+            Io::Ws(ws) => {
+                let msg = match protobuf_frame(text).filter(|_| self.protobuf) {
+                    Some(bytes) => Message::binary(bytes),
+                    None => Message::text(text.to_string()),
+                };
+                match ws.send(msg).await {
+                    Ok(()) => json!("sent"),
+                    Err(e) => json!({"send failed": e.to_string()}),
+                }
+            }
+            Io::Stream(s) if s.response.is_none() => {
+                let opened = s
+                    .http
+                    .post(format!("http://{}/connection/http_stream", s.addr))
+                    .header("content-type", "application/json")
+                    .body(text.to_string())
+                    .send()
+                    .await;
+                match opened {
+                    Ok(r) if r.status() == 200 => {
+                        s.response = Some(r);
+                        json!("sent")
+                    }
+                    Ok(r) => json!({"send failed": r.status().as_u16()}),
+                    Err(e) => json!({"send failed": e.to_string()}),
+                }
+            }
+            Io::Stream(_) => {
+                // Frames sent before the connect reply was read wait for
+                // it: `/emulation` needs the session it names.
+                let deadline = tokio::time::Instant::now() + COLLECT;
+                while matches!(&self.io, Io::Stream(s) if s.session.is_empty())
+                    && self.read(deadline).await
+                {}
+                let Io::Stream(s) = &self.io else {
+                    unreachable!("a stream stays a stream")
+                };
+                s.emulate(text).await
+            }
+        }
+    }
+
+    async fn send_binary(&mut self, bytes: Vec<u8>) -> Value {
+        match &mut self.io {
+            Io::Ws(ws) => match ws.send(Message::binary(bytes)).await {
+                Ok(()) => json!("sent"),
+                Err(e) => json!({"send failed": e.to_string()}),
+            },
+            Io::Stream(_) => json!("no binary frames over HTTP-streaming"),
+        }
+    }
+
+    /// Reads what arrives next into `pending`, answering pings; false once
+    /// closed or past `deadline`.
     async fn read(&mut self, deadline: tokio::time::Instant) -> bool {
         if self.closed.is_some() {
             return false;
         }
-        let msg = match tokio::time::timeout_at(deadline, self.ws.next()).await {
+        match &mut self.io {
+            Io::Ws(_) => self.read_ws(deadline).await,
+            Io::Stream(_) => self.read_stream(deadline).await,
+        }
+    }
+
+    async fn read_stream(&mut self, deadline: tokio::time::Instant) -> bool {
+        let Io::Stream(s) = &mut self.io else {
+            return false;
+        };
+        let Some(response) = s.response.as_mut() else {
+            // Not opened yet: nothing can arrive.
+            tokio::time::sleep_until(deadline).await;
+            return false;
+        };
+        match tokio::time::timeout_at(deadline, response.chunk()).await {
+            Err(_) => return false,
+            Ok(Ok(Some(chunk))) => s.buf.extend_from_slice(&chunk),
+            Ok(Ok(None)) => {
+                self.closed = Some(json!({"code": 1006, "reason": "abnormal: end of stream"}));
+                return true;
+            }
+            Ok(Err(e)) => {
+                self.closed = Some(json!({"code": 1006, "reason": format!("abnormal: {e}")}));
+                return true;
+            }
+        }
+        while let Some(at) = s.buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = s.buf.drain(..=at).collect();
+            let line = String::from_utf8_lossy(&line).trim().to_string();
+            if line.is_empty() {
+                continue;
+            }
+            if line == "{}" {
+                self.pings += 1;
+                if self.pong {
+                    let _ = s.emulate("{}").await;
+                }
+                continue;
+            }
+            let mut v: Value =
+                serde_json::from_str(&line).unwrap_or_else(|_| json!({"unparsable text": line}));
+            if let Some(d) = v.pointer("/push/disconnect") {
+                // What a WebSocket says in its Close frame.
+                self.closed = Some(json!({"code": d["code"], "reason": d["reason"]}));
+                continue;
+            }
+            if let Some(connect) = v.get_mut("connect").and_then(Value::as_object_mut) {
+                for (key, kept) in [("session", &mut s.session), ("node", &mut s.node)] {
+                    if let Some(Value::String(id)) = connect.get(key) {
+                        *kept = id.clone();
+                        connect.insert(key.into(), json!(format!("<{key}>")));
+                    }
+                }
+            }
+            self.pending.push_back(v);
+        }
+        true
+    }
+
+    async fn read_ws(&mut self, deadline: tokio::time::Instant) -> bool {
+        let Io::Ws(ws) = &mut self.io else {
+            return false;
+        };
+        let msg = match tokio::time::timeout_at(deadline, ws.next()).await {
             Err(_) => return false,
             Ok(m) => m,
         };
@@ -1251,7 +1456,7 @@ impl Conn {
                     if line == "{}" {
                         self.pings += 1;
                         if self.pong {
-                            let _ = self.ws.send(Message::text("{}")).await;
+                            let _ = ws.send(Message::text("{}")).await;
                         }
                         continue;
                     }
@@ -1266,7 +1471,7 @@ impl Conn {
                         if pbc::is_ping(&r) {
                             self.pings += 1;
                             if self.pong {
-                                let _ = self.ws.send(Message::binary(pbc::PONG.to_vec())).await;
+                                let _ = ws.send(Message::binary(pbc::PONG.to_vec())).await;
                             }
                             continue;
                         }
@@ -1293,6 +1498,12 @@ impl Conn {
             }
         }
         true
+    }
+
+    async fn close(self) {
+        if let Io::Ws(mut ws) = self.io {
+            let _ = ws.close(None).await;
+        }
     }
 }
 
@@ -1332,15 +1543,28 @@ fn protobuf_frame(text: &str) -> Option<Vec<u8>> {
     (!out.is_empty()).then_some(out)
 }
 
-/// Runs `script` against the server at `addr`: one observation per step;
-/// over Protobuf when `protobuf` (see the module doc).
-async fn run(script: &Script, addr: SocketAddr, protobuf: bool) -> Vec<Value> {
+/// Runs `script` against the server at `addr` over `wire`: one
+/// observation per step (see the module doc).
+async fn run(script: &Script, addr: SocketAddr, wire: Wire) -> Vec<Value> {
+    let protobuf = wire == Wire::Protobuf;
     let http = reqwest::Client::new();
     let mut conns: HashMap<usize, Conn> = HashMap::new();
     let mut vars: HashMap<&'static str, String> = HashMap::new();
     let mut out = Vec::new();
     for step in &script.steps {
         let obs = match &step.action {
+            Action::Open { conn, .. } if wire == Wire::HttpStream => {
+                let stream = Stream {
+                    http: http.clone(),
+                    addr,
+                    response: None,
+                    buf: Vec::new(),
+                    session: String::new(),
+                    node: String::new(),
+                };
+                conns.insert(*conn, Conn::new(Io::Stream(stream), false));
+                json!({"opened": true, "protocol": null})
+            }
             Action::Open { conn, protocol } => {
                 let mut request = format!("ws://{addr}/connection/websocket")
                     .into_client_request()
@@ -1361,17 +1585,8 @@ async fn run(script: &Script, addr: SocketAddr, protobuf: bool) -> Vec<Value> {
                             .get("Sec-WebSocket-Protocol")
                             .and_then(|v| v.to_str().ok())
                             .map(str::to_string);
-                        conns.insert(
-                            *conn,
-                            Conn {
-                                ws,
-                                protobuf: protocol.as_deref() == Some(pbc::SUBPROTOCOL),
-                                pending: VecDeque::new(),
-                                closed: None,
-                                pings: 0,
-                                pong: true,
-                            },
-                        );
+                        let protobuf = protocol.as_deref() == Some(pbc::SUBPROTOCOL);
+                        conns.insert(*conn, Conn::new(Io::Ws(ws), protobuf));
                         json!({"opened": true, "protocol": protocol})
                     }
                     // tungstenite also refuses an upgrade that does not
@@ -1388,24 +1603,14 @@ async fn run(script: &Script, addr: SocketAddr, protobuf: bool) -> Vec<Value> {
                     out.push(json!("not open"));
                     continue;
                 };
-                let msg = match protobuf_frame(&text).filter(|_| c.protobuf) {
-                    Some(bytes) => Message::binary(bytes),
-                    None => Message::text(text),
-                };
-                match c.ws.send(msg).await {
-                    Ok(()) => json!("sent"),
-                    Err(e) => json!({"send failed": e.to_string()}),
-                }
+                c.send_text(&text).await
             }
             Action::SendBinary { conn, bytes } => {
                 let Some(c) = conns.get_mut(conn) else {
                     out.push(json!("not open"));
                     continue;
                 };
-                match c.ws.send(Message::binary(bytes.clone())).await {
-                    Ok(()) => json!("sent"),
-                    Err(e) => json!({"send failed": e.to_string()}),
-                }
+                c.send_binary(bytes.clone()).await
             }
             Action::Recv { conn, count } => {
                 let Some(c) = conns.get_mut(conn) else {
@@ -1473,8 +1678,8 @@ async fn run(script: &Script, addr: SocketAddr, protobuf: bool) -> Vec<Value> {
         }
         out.push(obs);
     }
-    for (_, mut c) in conns {
-        let _ = c.ws.close(None).await;
+    for (_, c) in conns {
+        c.close().await;
     }
     out
 }
@@ -1714,21 +1919,21 @@ fn conformance_config(nats: &common::TestNats, data_dir: std::path::PathBuf) -> 
 }
 
 /// Runs every script against both servers (at the same time), one script
-/// after another, over Protobuf when `protobuf`; panics listing every
-/// difference not documented at its step.
-async fn compare(scripts: Vec<Script>, centrifugo: SocketAddr, herald: SocketAddr, protobuf: bool) {
+/// after another, over `wire`; panics listing every difference not
+/// documented at its step.
+async fn compare(scripts: Vec<Script>, centrifugo: SocketAddr, herald: SocketAddr, wire: Wire) {
+    // Over Protobuf or HTTP-streaming a documented difference may not show
+    // (no field for an extension; no WebSocket frame).
+    let lenient = wire != Wire::Json;
     let documented = documented();
     let mut failures = Vec::new();
     let mut report = Vec::new();
     for script in scripts {
-        if protobuf && script.json_only {
+        if !script.runs_over(wire) {
             continue;
         }
         let started = std::time::Instant::now();
-        let (c, h) = tokio::join!(
-            run(&script, centrifugo, protobuf),
-            run(&script, herald, protobuf)
-        );
+        let (c, h) = tokio::join!(run(&script, centrifugo, wire), run(&script, herald, wire));
         println!("ran [{}] in {:?}", script.name, started.elapsed());
         let (c, h) = (prepare(c, &script), prepare(h, &script));
         for (i, ((step, c), h)) in script.steps.iter().zip(&c).zip(&h).enumerate() {
@@ -1748,7 +1953,7 @@ async fn compare(scripts: Vec<Script>, centrifugo: SocketAddr, herald: SocketAdd
                 (false, _) => failures.push(format!(
                     "{what}\n  undocumented difference\n  centrifugo: {c}\n  herald:     {h}"
                 )),
-                (true, Some(_)) if protobuf => {}
+                (true, Some(_)) if lenient => {}
                 (true, Some(id)) => failures.push(format!(
                     "{what}\n  `{id}` is documented here but both answered the same: {c}"
                 )),
@@ -1777,7 +1982,7 @@ async fn herald_answers_as_centrifugo() {
         TestCentrifugo::start(&config, PRESENCE_NAMESPACES),
         TestHerald::start(config.clone())
     );
-    compare(scripts(), centrifugo.addr, herald.addr, false).await;
+    compare(scripts(), centrifugo.addr, herald.addr, Wire::Json).await;
 }
 
 /// Every script over the Protobuf protocol.
@@ -1790,7 +1995,21 @@ async fn herald_answers_as_centrifugo_over_protobuf() {
         TestCentrifugo::start(&config, PRESENCE_NAMESPACES),
         TestHerald::start(config.clone())
     );
-    compare(scripts(), centrifugo.addr, herald.addr, true).await;
+    compare(scripts(), centrifugo.addr, herald.addr, Wire::Protobuf).await;
+}
+
+/// Every script that is not about WebSocket frames, over HTTP-streaming
+/// with `/emulation`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_answers_as_centrifugo_over_http_streaming() {
+    let nats = common::TestNats::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = conformance_config(&nats, dir.path().join("data"));
+    let (centrifugo, herald) = tokio::join!(
+        TestCentrifugo::start(&config, PRESENCE_NAMESPACES),
+        TestHerald::start(config.clone())
+    );
+    compare(scripts(), centrifugo.addr, herald.addr, Wire::HttpStream).await;
 }
 
 /// `client_subscribe_to_user_personal_channel` with its own pair of servers.
@@ -1804,7 +2023,7 @@ async fn personal_channel_subscription_as_centrifugo() {
         TestCentrifugo::start(&config, PRESENCE_NAMESPACES),
         TestHerald::start(config.clone())
     );
-    compare(personal_scripts(), centrifugo.addr, herald.addr, false).await;
+    compare(personal_scripts(), centrifugo.addr, herald.addr, Wire::Json).await;
 }
 
 /// Pings with their own pair of servers: a short ping interval for these
@@ -1821,6 +2040,13 @@ async fn pings_and_a_missing_pong_as_centrifugo() {
         TestCentrifugo::start(&config, PRESENCE_NAMESPACES),
         TestHerald::start(config.clone())
     );
-    compare(ping_scripts(), centrifugo.addr, herald.addr, false).await;
-    compare(ping_scripts(), centrifugo.addr, herald.addr, true).await;
+    compare(ping_scripts(), centrifugo.addr, herald.addr, Wire::Json).await;
+    compare(ping_scripts(), centrifugo.addr, herald.addr, Wire::Protobuf).await;
+    compare(
+        ping_scripts(),
+        centrifugo.addr,
+        herald.addr,
+        Wire::HttpStream,
+    )
+    .await;
 }

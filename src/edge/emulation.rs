@@ -428,8 +428,9 @@ pub(super) async fn emulate(
         metrics::counter!(crate::metrics::LIMIT_HITS_TOTAL, "limit" => "origin").increment(1);
         return json_error(StatusCode::FORBIDDEN, "origin not allowed");
     }
-    // The envelope may escape the commands (a JSON string): room for that.
-    let limit = edge.settings.client.message_size_limit.saturating_mul(2);
+    // The whole request, envelope included, as Centrifugo bounds it (its
+    // 64 KiB `max_request_body_size`, the default message size limit).
+    let limit = edge.settings.client.message_size_limit;
     let raw = match read_body(body, limit).await {
         Ok(b) => b,
         Err(r) => return r,
