@@ -33,8 +33,9 @@
 //! documented difference may not show (the Protobuf messages have no field
 //! for some of Herald's JSON extensions), so there it is not required to.
 //!
-//! And over HTTP-streaming with `/emulation` (JSON): a connection's first
-//! frame opens `POST /connection/http_stream`, every later frame is one
+//! And over HTTP-streaming and SSE with `/emulation` (JSON): a connection's first
+//! frame opens `POST /connection/http_stream` (SSE: `GET /connection/sse`
+//! with the frame in `cf_connect`), every later frame is one
 //! `/emulation` request for the session the connect reply named, pings are
 //! answered through `/emulation`, and the in-stream `disconnect` push is
 //! observed as the close (code and reason) a WebSocket's Close frame gives.
@@ -168,6 +169,8 @@ enum Wire {
     Protobuf,
     /// JSON over `POST /connection/http_stream` and `/emulation`.
     HttpStream,
+    /// JSON over `GET /connection/sse?cf_connect=…` and `/emulation`.
+    Sse,
 }
 
 impl Script {
@@ -185,7 +188,7 @@ impl Script {
         match wire {
             Wire::Json => true,
             Wire::Protobuf => !self.json_only,
-            Wire::HttpStream => !self.steps.iter().any(|s| {
+            Wire::HttpStream | Wire::Sse => !self.steps.iter().any(|s| {
                 matches!(
                     s.action,
                     Action::SendBinary { .. }
@@ -1266,6 +1269,8 @@ enum Io {
 /// opens the stream; later frames go to `/emulation` for the session and
 /// node the connect reply named.
 struct Stream {
+    /// Server-sent events (`data: …` lines) rather than HTTP-streaming.
+    sse: bool,
     http: reqwest::Client,
     addr: SocketAddr,
     response: Option<reqwest::Response>,
@@ -1332,13 +1337,20 @@ impl Conn {
                 }
             }
             Io::Stream(s) if s.response.is_none() => {
-                let opened = s
-                    .http
-                    .post(format!("http://{}/connection/http_stream", s.addr))
-                    .header("content-type", "application/json")
-                    .body(text.to_string())
-                    .send()
-                    .await;
+                let opened = if s.sse {
+                    s.http
+                        .get(format!("http://{}/connection/sse", s.addr))
+                        .query(&[("cf_connect", text)])
+                        .send()
+                        .await
+                } else {
+                    s.http
+                        .post(format!("http://{}/connection/http_stream", s.addr))
+                        .header("content-type", "application/json")
+                        .body(text.to_string())
+                        .send()
+                        .await
+                };
                 match opened {
                     Ok(r) if r.status() == 200 => {
                         s.response = Some(r);
@@ -1409,6 +1421,12 @@ impl Conn {
         while let Some(at) = s.buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = s.buf.drain(..=at).collect();
             let line = String::from_utf8_lossy(&line).trim().to_string();
+            // An event's payload is its `data:` line; blank lines end events.
+            let line = match line.strip_prefix("data:") {
+                Some(data) if s.sse => data.trim().to_string(),
+                _ if s.sse => continue,
+                _ => line,
+            };
             if line.is_empty() {
                 continue;
             }
@@ -1553,8 +1571,9 @@ async fn run(script: &Script, addr: SocketAddr, wire: Wire) -> Vec<Value> {
     let mut out = Vec::new();
     for step in &script.steps {
         let obs = match &step.action {
-            Action::Open { conn, .. } if wire == Wire::HttpStream => {
+            Action::Open { conn, .. } if matches!(wire, Wire::HttpStream | Wire::Sse) => {
                 let stream = Stream {
+                    sse: wire == Wire::Sse,
                     http: http.clone(),
                     addr,
                     response: None,
@@ -2010,6 +2029,19 @@ async fn herald_answers_as_centrifugo_over_http_streaming() {
         TestHerald::start(config.clone())
     );
     compare(scripts(), centrifugo.addr, herald.addr, Wire::HttpStream).await;
+}
+
+/// The same over SSE (the first frame in `cf_connect`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_answers_as_centrifugo_over_sse() {
+    let nats = common::TestNats::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = conformance_config(&nats, dir.path().join("data"));
+    let (centrifugo, herald) = tokio::join!(
+        TestCentrifugo::start(&config, PRESENCE_NAMESPACES),
+        TestHerald::start(config.clone())
+    );
+    compare(scripts(), centrifugo.addr, herald.addr, Wire::Sse).await;
 }
 
 /// `client_subscribe_to_user_personal_channel` with its own pair of servers.
