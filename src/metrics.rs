@@ -728,6 +728,7 @@ fn register(role: RoleParts) {
             BYTES_IN_TOTAL,
             BYTES_OUT_TOTAL,
             SLOW_DISCONNECTS_TOTAL,
+            DELTA_PATCHES_TOTAL,
             SYNC_RETRIES_TOTAL,
             PRESENCE_EVENTS_DROPPED_TOTAL,
             PRESENCE_GATHER_TIMEOUTS_TOTAL,

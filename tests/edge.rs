@@ -610,3 +610,48 @@ async fn graceful_stop_closes_clients_with_shutdown_3001() {
     assert_eq!(closed.reason, "shutdown");
     stopping.await.expect("stop finished");
 }
+
+/// A writer whose durable consumers are deleted under it opens them again:
+/// publishes are stored and answered rather than timing out for as long as
+/// the process lives.
+#[tokio::test]
+async fn a_writer_whose_consumers_are_deleted_opens_them_again() {
+    let (nats, _dir, h) = node().await;
+    let first = h
+        .api("publish", json!({"channel": "pull-a", "data": {"n": 0}}))
+        .await;
+    assert!(first.get("error").is_none(), "{first}");
+    let js = async_nats::jetstream::new(nats.client().await);
+    let stream = js
+        .get_stream(herald::bus::subjects::INGEST_STREAM)
+        .await
+        .expect("ingest stream");
+    for p in 0..4 {
+        let name = herald::bus::subjects::writer_consumer(p);
+        stream
+            .delete_consumer(&name)
+            .await
+            .expect("delete consumer");
+    }
+    // Every partition gets a publish: channels spread over all four.
+    for i in 0..12 {
+        let channel = format!("pull-{i}");
+        let key = format!("k-{i}");
+        let stored = eventually("the publish stored", Duration::from_secs(60), || {
+            let (h, channel, key) = (&h, channel.clone(), key.clone());
+            async move {
+                let r = h
+                    .api(
+                        "publish",
+                        json!({"channel": channel, "data": {"n": i}, "idempotency_key": key}),
+                    )
+                    .await;
+                r.get("result")
+                    .filter(|r| r.get("offset").is_some())
+                    .cloned()
+            }
+        })
+        .await;
+        assert_eq!(stored["offset"], 1, "{channel}: {stored}");
+    }
+}

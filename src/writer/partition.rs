@@ -95,10 +95,14 @@ pub(super) async fn run(
             };
             let batch = task.take_messages(chunk);
             if batch.is_empty() {
-                if !backoff.sleep(&stop).await {
-                    break 'open;
-                }
-                continue;
+                // Only errors: the pull may never recover by itself (in a
+                // cluster, a pull sent before the new consumer's leader was
+                // elected gets "no responders", and the stream then only
+                // reports missed heartbeats while publishes wait). Open the
+                // consumer again, after the backoff (what the server still
+                // sends to the dropped pull is redelivered after `ack_wait`).
+                tracing::warn!(partition, "pull failing; reopening the consumer");
+                break;
             }
             backoff.reset();
             task.process(batch, &stop).await;
