@@ -51,6 +51,5 @@ fi
 if [ ! -x /usr/bin/chromium ]; then
   echo "note: the browser tests (tests/browser.rs) are SKIPPED: /usr/bin/chromium is missing (scripts/install-tools.sh installs it as root: apt-get install chromium)"
 fi
-echo "note: the centrifuge-java SDK run against Herald is skipped (ignored in tests/sdk.rs): the SDK speaks only Protobuf, which Herald does not serve yet (issue 15)"
 echo "test: cargo test --workspace --all-targets --no-fail-fast"
 cargo test --workspace --all-targets --no-fail-fast
