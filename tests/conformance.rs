@@ -1992,70 +1992,81 @@ async fn compare(scripts: Vec<Script>, centrifugo: SocketAddr, herald: SocketAdd
     );
 }
 
+/// A Centrifugo and a Herald configured alike (`conformance_config`, then
+/// `configure`), with the nats-server and data dir they need.
+struct Pair {
+    _nats: common::TestNats,
+    _dir: tempfile::TempDir,
+    centrifugo: TestCentrifugo,
+    herald: TestHerald,
+}
+
+impl Pair {
+    async fn start(configure: impl FnOnce(&mut Config)) -> Self {
+        let nats = common::TestNats::start().await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = conformance_config(&nats, dir.path().join("data"));
+        configure(&mut config);
+        let (centrifugo, herald) = tokio::join!(
+            TestCentrifugo::start(&config, PRESENCE_NAMESPACES),
+            TestHerald::start(config.clone())
+        );
+        Self {
+            _nats: nats,
+            _dir: dir,
+            centrifugo,
+            herald,
+        }
+    }
+
+    async fn compare(&self, scripts: Vec<Script>, wire: Wire) {
+        compare(scripts, self.centrifugo.addr, self.herald.addr, wire).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn herald_answers_as_centrifugo() {
-    let nats = common::TestNats::start().await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = conformance_config(&nats, dir.path().join("data"));
-    let (centrifugo, herald) = tokio::join!(
-        TestCentrifugo::start(&config, PRESENCE_NAMESPACES),
-        TestHerald::start(config.clone())
-    );
-    compare(scripts(), centrifugo.addr, herald.addr, Wire::Json).await;
+    Pair::start(|_| {})
+        .await
+        .compare(scripts(), Wire::Json)
+        .await;
 }
 
 /// Every script over the Protobuf protocol.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn herald_answers_as_centrifugo_over_protobuf() {
-    let nats = common::TestNats::start().await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = conformance_config(&nats, dir.path().join("data"));
-    let (centrifugo, herald) = tokio::join!(
-        TestCentrifugo::start(&config, PRESENCE_NAMESPACES),
-        TestHerald::start(config.clone())
-    );
-    compare(scripts(), centrifugo.addr, herald.addr, Wire::Protobuf).await;
+    Pair::start(|_| {})
+        .await
+        .compare(scripts(), Wire::Protobuf)
+        .await;
 }
 
-/// Every script that is not about WebSocket frames, over HTTP-streaming
-/// with `/emulation`.
+/// Every script that sends no binary frame and offers no subprotocol, over
+/// HTTP-streaming with `/emulation`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn herald_answers_as_centrifugo_over_http_streaming() {
-    let nats = common::TestNats::start().await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = conformance_config(&nats, dir.path().join("data"));
-    let (centrifugo, herald) = tokio::join!(
-        TestCentrifugo::start(&config, PRESENCE_NAMESPACES),
-        TestHerald::start(config.clone())
-    );
-    compare(scripts(), centrifugo.addr, herald.addr, Wire::HttpStream).await;
+    Pair::start(|_| {})
+        .await
+        .compare(scripts(), Wire::HttpStream)
+        .await;
 }
 
 /// The same over SSE (the first frame in `cf_connect`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn herald_answers_as_centrifugo_over_sse() {
-    let nats = common::TestNats::start().await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = conformance_config(&nats, dir.path().join("data"));
-    let (centrifugo, herald) = tokio::join!(
-        TestCentrifugo::start(&config, PRESENCE_NAMESPACES),
-        TestHerald::start(config.clone())
-    );
-    compare(scripts(), centrifugo.addr, herald.addr, Wire::Sse).await;
+    Pair::start(|_| {})
+        .await
+        .compare(scripts(), Wire::Sse)
+        .await;
 }
 
 /// `client_subscribe_to_user_personal_channel` with its own pair of servers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn personal_channel_subscription_as_centrifugo() {
-    let nats = common::TestNats::start().await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut config = conformance_config(&nats, dir.path().join("data"));
-    config.client.subscribe_to_personal = true;
-    let (centrifugo, herald) = tokio::join!(
-        TestCentrifugo::start(&config, PRESENCE_NAMESPACES),
-        TestHerald::start(config.clone())
-    );
-    compare(personal_scripts(), centrifugo.addr, herald.addr, Wire::Json).await;
+    Pair::start(|c| c.client.subscribe_to_personal = true)
+        .await
+        .compare(personal_scripts(), Wire::Json)
+        .await;
 }
 
 /// Pings with their own pair of servers: a short ping interval for these
@@ -2063,22 +2074,12 @@ async fn personal_channel_subscription_as_centrifugo() {
 /// time or be closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pings_and_a_missing_pong_as_centrifugo() {
-    let nats = common::TestNats::start().await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut config = conformance_config(&nats, dir.path().join("data"));
-    config.client.ping_interval = PING_INTERVAL;
-    config.client.pong_timeout = PONG_TIMEOUT;
-    let (centrifugo, herald) = tokio::join!(
-        TestCentrifugo::start(&config, PRESENCE_NAMESPACES),
-        TestHerald::start(config.clone())
-    );
-    compare(ping_scripts(), centrifugo.addr, herald.addr, Wire::Json).await;
-    compare(ping_scripts(), centrifugo.addr, herald.addr, Wire::Protobuf).await;
-    compare(
-        ping_scripts(),
-        centrifugo.addr,
-        herald.addr,
-        Wire::HttpStream,
-    )
+    let pair = Pair::start(|c| {
+        c.client.ping_interval = PING_INTERVAL;
+        c.client.pong_timeout = PONG_TIMEOUT;
+    })
     .await;
+    for wire in [Wire::Json, Wire::Protobuf, Wire::HttpStream] {
+        pair.compare(ping_scripts(), wire).await;
+    }
 }

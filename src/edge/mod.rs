@@ -332,6 +332,10 @@ async fn with_cors(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    // Only browsers send `Origin`: other clients pass untouched.
+    if !request.headers().contains_key(axum::http::header::ORIGIN) {
+        return next.run(request).await;
+    }
     let asked = request.headers().clone();
     let mut response = next.run(request).await;
     origin::cors(

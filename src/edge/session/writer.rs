@@ -76,20 +76,10 @@ pub(in crate::edge) async fn write_loop(
                 outbox.close(Disconnect::WRITE_ERROR);
                 return;
             }
-            let io = m::edge_io();
-            io.messages_out.increment(batch.frames as u64);
-            io.bytes_out.increment(len);
-            if let Some(committed_us) = batch.committed_us {
-                io.delivery.record(m::seconds_since(committed_us));
-            }
+            record_write(batch.frames, len, batch.committed_us);
         }
         if let Some(d) = batch.close {
-            // Custom codes come from the backend: one label keeps the set closed.
-            let label = match &d {
-                Close::Named(n) => n.code.to_string(),
-                Close::Custom { .. } => "custom".to_string(),
-            };
-            metrics::counter!(m::DISCONNECTS_TOTAL, "code" => label).increment(1);
+            count_close(&d);
             if d != Close::Named(CLIENT_CLOSED) {
                 if uni {
                     let push = Reply::push(Push::disconnect(d.code(), d.reason()));
@@ -231,19 +221,10 @@ pub(in crate::edge) async fn stream_loop(
                 abandon(&abort);
                 return;
             }
-            let io = m::edge_io();
-            io.messages_out.increment(batch.frames as u64);
-            io.bytes_out.increment(len);
-            if let Some(committed_us) = batch.committed_us {
-                io.delivery.record(m::seconds_since(committed_us));
-            }
+            record_write(batch.frames, len, batch.committed_us);
         }
         if let Some(d) = batch.close {
-            let label = match &d {
-                Close::Named(n) => n.code.to_string(),
-                Close::Custom { .. } => "custom".to_string(),
-            };
-            metrics::counter!(m::DISCONNECTS_TOTAL, "code" => label).increment(1);
+            count_close(&d);
             // A client too slow to read its queue will not read a last push:
             // its connection is cut.
             if d == Close::Named(Disconnect::SLOW) {
@@ -266,4 +247,25 @@ pub(in crate::edge) async fn stream_loop(
             return;
         }
     }
+}
+
+/// Counts one socket write: its frames, bytes and the delivery latency of its
+/// oldest publication.
+fn record_write(frames: usize, len: u64, committed_us: Option<u64>) {
+    let io = m::edge_io();
+    io.messages_out.increment(frames as u64);
+    io.bytes_out.increment(len);
+    if let Some(committed_us) = committed_us {
+        io.delivery.record(m::seconds_since(committed_us));
+    }
+}
+
+/// Counts a close by its code; custom codes come from the backend, so one
+/// label keeps the set closed.
+fn count_close(d: &Close) {
+    let label = match d {
+        Close::Named(n) => n.code.to_string(),
+        Close::Custom { .. } => "custom".to_string(),
+    };
+    metrics::counter!(m::DISCONNECTS_TOTAL, "code" => label).increment(1);
 }
