@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::centrifugo::{Centrifugo, CentrifugoOptions};
+use super::disk;
 use super::drive::{
     Deliveries, HeraldPub, HeraldSub, NatsPub, NatsSub, Pace, Published, publisher_loop,
     subscriber_loop,
@@ -122,10 +123,22 @@ pub async fn run(args: FanoutArgs) -> Result<Report, BenchError> {
     let kinds = args
         .common
         .peers("fanout", &[PeerKind::NatsWs, PeerKind::Centrifugo])?;
-    let herald = herald_run(&args, &sources).await?;
+    // The disk's share of a persisted run: an fsync probe beside each target.
+    let probing = args.mode == Mode::History;
+    let probe = || {
+        probing
+            .then(|| disk::start_probe(args.common.quiet))
+            .flatten()
+    };
+    let running = probe();
+    let mut herald = herald_run(&args, &sources).await?;
+    if let Some(p) = running {
+        p.finish(&mut herald);
+    }
     let mut peers = Vec::new();
     for kind in kinds.iter().copied() {
-        let measured = match kind {
+        let running = probe();
+        let mut measured = match kind {
             PeerKind::NatsWs => nats_run(&args, &sources).await?,
             PeerKind::Centrifugo => centrifugo_run(&args, &sources).await?,
             other => {
@@ -134,6 +147,9 @@ pub async fn run(args: FanoutArgs) -> Result<Report, BenchError> {
                 )));
             }
         };
+        if let Some(p) = running {
+            p.finish(&mut measured);
+        }
         peers.push(Peer {
             name: kind.name().into(),
             measured,
@@ -186,10 +202,12 @@ pub async fn run(args: FanoutArgs) -> Result<Report, BenchError> {
             }
         });
     }
-    if args.mode == Mode::History {
+    if probing {
+        rows.extend(disk::rows());
         notes.push(
             "Herald stores (fsync) every publication before delivering it; the peers do not".into(),
         );
+        notes.push(disk::note());
     }
     Ok(Report {
         scenario: "fanout",

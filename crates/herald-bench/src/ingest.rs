@@ -28,6 +28,7 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 
 use super::centrifugo::{Centrifugo, CentrifugoOptions};
+use super::disk;
 use super::net::{Sources, open_all};
 use super::payload::{self, now_us};
 use super::report::{Measured, Peer, Report, Row};
@@ -113,6 +114,8 @@ pub async fn run(args: IngestArgs) -> Result<Report, BenchError> {
     let mut herald = Herald::start(&args.common.nats_bin(), &HeraldOptions::default()).await?;
     let mut m = Measured::default();
     let mut rows = Vec::new();
+    // The disk's share: an fsync probe beside each target (both of Herald's paths together).
+    let probe = disk::start_probe(quiet);
     if matches!(args.via, Via::Client | Via::Both) {
         let tokens = (0..args.publishers)
             .map(|i| herald.token(&format!("pub{i}")))
@@ -149,10 +152,18 @@ pub async fn run(args: IngestArgs) -> Result<Report, BenchError> {
         rows.extend(path_rows("API", "api"));
     }
     drop(herald);
+    if let Some(p) = probe {
+        p.finish(&mut m);
+    }
+    rows.extend(disk::rows());
     let mut peers = Vec::new();
-    let mut notes = vec!["Herald acknowledges after its store commit (fsync)".to_string()];
+    let mut notes = vec![
+        "Herald acknowledges after its store commit (fsync)".to_string(),
+        disk::note(),
+    ];
     for kind in kinds {
-        let (measured, note) = match kind {
+        let probe = disk::start_probe(quiet);
+        let (mut measured, note) = match kind {
             PeerKind::Jetstream => (
                 jetstream_run(&args, false).await?,
                 "jetstream acknowledges after its write, fsynced within sync_interval (default 2 minutes)",
@@ -171,6 +182,9 @@ pub async fn run(args: IngestArgs) -> Result<Report, BenchError> {
                 )));
             }
         };
+        if let Some(p) = probe {
+            p.finish(&mut measured);
+        }
         notes.push(note.into());
         peers.push(Peer {
             name: kind.name().into(),

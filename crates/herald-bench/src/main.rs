@@ -27,6 +27,7 @@
 mod centrifugo;
 mod connections;
 mod conversations;
+mod disk;
 mod drive;
 mod fanout;
 mod fill;
