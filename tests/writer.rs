@@ -30,6 +30,7 @@ fn settings(partitions: u32) -> WriterSettings {
     WriterSettings {
         partitions,
         batch_size: 64,
+        pipeline_depth: 2,
         max_ack_pending: 1024,
         ack_wait: Duration::from_secs(30),
         head_cache_capacity: 1000,
@@ -400,6 +401,7 @@ async fn two_writers_racing_on_a_partition_never_assign_an_offset_twice() {
     let replies = Replies::listen(&client, "rep").await;
     let small = WriterSettings {
         batch_size: 8,
+        pipeline_depth: 2,
         ..settings(1)
     };
     // Both behind fences that stay open: no lease decides between them.
