@@ -24,7 +24,10 @@ use common::{TestNats, eventually};
 use futures::StreamExt;
 use herald::bus::ingest::WriterReply;
 use herald::bus::subjects;
-use herald::store::{ChannelAppend, SharedStore, StoreErrorKind, StoredPublication};
+use herald::store::{
+    ChannelAppend, Conversation, Device, Markers, Position, ReadRange, SharedStore, Store,
+    StoreErrorKind, StoreResult, StoredPublication,
+};
 use herald::writer::{self, WriterError, WriterSettings};
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -409,5 +412,153 @@ async fn heads_moved_under_a_pipelined_writer_are_recovered_without_a_gap_or_a_d
     assert!(beside_total > 0, "the second writer got in");
     assert!(conflicts > 0.0, "the writer met conflicts");
     assert!(pipelined > 0.0, "batches were in flight together");
+    writer.stop().await;
+}
+
+/// The real embedded store, declaring that it does not apply appends in
+/// call order (as ScyllaDB does not): the writer then issues a batch's
+/// append only after the one before it succeeded.
+struct Unordered(SharedStore);
+
+#[async_trait::async_trait]
+impl Store for Unordered {
+    async fn append(&self, batch: &[ChannelAppend]) -> StoreResult<()> {
+        self.0.append(batch).await
+    }
+    fn ordered_appends(&self) -> bool {
+        false
+    }
+    async fn read(&self, channel: &str, range: ReadRange) -> StoreResult<Vec<StoredPublication>> {
+        self.0.read(channel, range).await
+    }
+    async fn position(&self, channel: &str) -> StoreResult<Position> {
+        self.0.position(channel).await
+    }
+    async fn idempotent_offset(&self, channel: &str, key: &str) -> StoreResult<Option<u64>> {
+        self.0.idempotent_offset(channel, key).await
+    }
+    async fn idempotent_offsets(&self, keys: &[(&str, &str)]) -> StoreResult<Vec<Option<u64>>> {
+        self.0.idempotent_offsets(keys).await
+    }
+    async fn purge_expired_keys(&self) -> StoreResult<u64> {
+        self.0.purge_expired_keys().await
+    }
+    async fn add_members(
+        &self,
+        channel: &str,
+        users: &[&str],
+        now_ms: u64,
+    ) -> StoreResult<Vec<String>> {
+        self.0.add_members(channel, users, now_ms).await
+    }
+    async fn remove_members(
+        &self,
+        channel: &str,
+        users: &[&str],
+        now_ms: u64,
+    ) -> StoreResult<Vec<String>> {
+        self.0.remove_members(channel, users, now_ms).await
+    }
+    async fn is_member(&self, channel: &str, user: &str) -> StoreResult<bool> {
+        self.0.is_member(channel, user).await
+    }
+    async fn members(
+        &self,
+        channel: &str,
+        after: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, Markers)>> {
+        self.0.members(channel, after, limit).await
+    }
+    async fn advance_markers(
+        &self,
+        user: &str,
+        channel: &str,
+        read: u64,
+        delivered: u64,
+        now_ms: u64,
+    ) -> StoreResult<(Markers, bool)> {
+        self.0
+            .advance_markers(user, channel, read, delivered, now_ms)
+            .await
+    }
+    async fn markers(&self, user: &str, channel: &str) -> StoreResult<Markers> {
+        self.0.markers(user, channel).await
+    }
+    async fn conversations(&self, user: &str) -> StoreResult<Vec<Conversation>> {
+        self.0.conversations(user).await
+    }
+    async fn put_device(&self, device: &Device) -> StoreResult<Option<Device>> {
+        self.0.put_device(device).await
+    }
+    async fn remove_device(&self, id: &str) -> StoreResult<Option<Device>> {
+        self.0.remove_device(id).await
+    }
+    async fn device(&self, id: &str) -> StoreResult<Option<Device>> {
+        self.0.device(id).await
+    }
+    async fn user_devices(
+        &self,
+        user: &str,
+        after: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<Device>> {
+        self.0.user_devices(user, after, limit).await
+    }
+    async fn topic_devices(
+        &self,
+        topic: &str,
+        after: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<Device>> {
+        self.0.topic_devices(topic, after, limit).await
+    }
+}
+
+/// On a store without ordered appends (ScyllaDB's case) the pipeline still
+/// overlaps a batch's append with the next one's sequencing and the previous
+/// one's completion, chaining the appends: nothing meets a conflict, and
+/// offsets stay dense and in each publisher's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_ordered_appends_the_pipeline_chains_them_without_conflicts() {
+    let _serial = SERIAL.lock().await;
+    let nats = TestNats::start().await;
+    let client = nats.client().await;
+    let js = stream(&client, PARTITIONS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store: SharedStore = Arc::new(Unordered(open_store(dir.path())));
+    assert!(!store.ordered_appends());
+    let replies = Replies::listen(&client, "rep").await;
+    let live = Live::watch(&client, &store).await;
+    burst(&js).await;
+    let conflicts_before = metric("herald_writer_errors_total", &[("kind", "store_conflict")]);
+    let pipelined_before = metric("herald_writer_pipelined_total", &[]);
+    let writer = Running::start(&client, &store, settings(4));
+    let all = replies.wait_for(PUBLISHERS * PER_PUBLISHER).await;
+    let pipelined = metric("herald_writer_pipelined_total", &[]) - pipelined_before;
+    let conflicts =
+        metric("herald_writer_errors_total", &[("kind", "store_conflict")]) - conflicts_before;
+
+    let per_channel = check_stored(&store, &all, &HashMap::new()).await;
+    for (channel, n) in &per_channel {
+        let n = *n as u64;
+        eventually(
+            &format!("{n} live publications of {channel}"),
+            LIMIT,
+            || async { (live.of(channel).len() as u64 >= n).then_some(()) },
+        )
+        .await;
+        assert_eq!(live.of(channel), (1..=n).collect::<Vec<_>>(), "{channel}");
+    }
+    assert_eq!(live.not_yet_stored.load(Ordering::SeqCst), 0, "I2");
+    println!(
+        "unordered store: {pipelined} batches appended while the one before was completing, \
+         {conflicts} conflicts"
+    );
+    assert_eq!(conflicts, 0.0, "chained appends never conflict");
+    assert!(
+        pipelined > 0.0,
+        "appends were issued behind batches in flight"
+    );
     writer.stop().await;
 }

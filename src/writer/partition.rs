@@ -451,6 +451,11 @@ impl Task {
     /// returned: stored, it is published, replied to and acked; failed, the
     /// pipeline is recovered.
     async fn complete_head(&mut self, stop: &CancellationToken) {
+        if let Some(Stage::Stored) = self.inflight.front().map(|b| &b.stage) {
+            // The next append may go now (a store without ordered appends),
+            // while this batch completes.
+            self.start_appends();
+        }
         let Some(head) = self.inflight.pop_front() else {
             return;
         };
@@ -464,8 +469,6 @@ impl Task {
         match (stage, plan) {
             (Stage::Stored, Some(plan)) => {
                 self.cache.apply(&plan);
-                // The next append may go now (a store without ordered appends).
-                self.start_appends();
                 self.complete(&accepted, &plan).instrument(span).await;
             }
             (Stage::Unsequenced(e) | Stage::Failed(Some(e)), _) => {
