@@ -74,7 +74,16 @@ async fn concurrent_publishers_get_dense_offsets_naming_their_data() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path());
     let replies = Replies::listen(&client, "rep").await;
-    let writer = Running::start(&client, &store, settings(1));
+    // One batch at a time (`writer_pipeline_depth = 1`); the other tests run
+    // the default pipeline, tests/pipeline.rs deeper ones.
+    let writer = Running::start(
+        &client,
+        &store,
+        WriterSettings {
+            pipeline_depth: 1,
+            ..settings(1)
+        },
+    );
 
     let mut publishers = Vec::new();
     for p in 0..4u32 {
