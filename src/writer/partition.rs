@@ -42,7 +42,6 @@ use bytes::Bytes;
 use futures::future::try_join_all;
 use futures::{FutureExt, StreamExt};
 use serde_json::value::RawValue;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
 
@@ -187,7 +186,7 @@ enum Stage {
     Waiting,
     /// Its append runs (a task of its own, so it progresses while the loop
     /// sequences or completes other batches).
-    Appending(JoinHandle<StoreResult<()>>),
+    Appending(tokio::task::JoinHandle<StoreResult<()>>),
     /// Stored, or nothing to store (only duplicates).
     Stored,
     /// Its append failed (`Some`) or met a closed fence (`None`).
