@@ -95,6 +95,7 @@ options! {
     "ingest_max_ack_pending" = "4096" : "Unacknowledged messages per partition consumer.";
     "ingest_replicas" = "1" : "Replicas of the HERALD_INGEST stream, 1..=5 (at most the NATS cluster's size); 3 on a 3-node NATS cluster so a node lost loses no accepted publish. An existing stream is updated to it at start.";
     "writer_batch_size" = "256" : "Most messages a writer commits in one store batch.";
+    "writer_pipeline_depth" = "2" : "Batches a writer partition holds between sequencing and acknowledging, 1..=16: while a batch's store append is in flight the next one is sequenced and its append queued (each published, replied to and acked only after its own commit and its predecessor's, in order). 1 = one batch at a time.";
     "writer_failover_timeout" = "10s" : "Bound on taking over a dead writer's partitions (at least 1s): leases last two thirds of it, so another writer owns them within it; messages the dead writer held are redelivered after it.";
     "store" = "embedded" : "History store: `embedded` (fjall in data_dir, one process) or `scylla` (a ScyllaDB cluster shared by any number of writer and sync processes).";
     "scylla_nodes" = "" : "`store = scylla`: contact points, a comma-separated list of host:port (e.g. `10.0.0.1:9042,10.0.0.2:9042`).";
@@ -454,6 +455,8 @@ pub struct IngestConfig {
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
     pub batch_size: usize,
+    /// Batches in flight per partition (`writer::WriterSettings::pipeline_depth`).
+    pub pipeline_depth: usize,
     pub failover_timeout: Duration,
 }
 
@@ -1326,6 +1329,10 @@ impl Config {
             },
             writer: WriterConfig {
                 batch_size: p.parse("writer_batch_size", parse_positive),
+                pipeline_depth: p.parse("writer_pipeline_depth", |s| match parse_positive(s)? {
+                    n @ 1..=16 => Ok(n),
+                    _ => Err("expected 1..=16".into()),
+                }),
                 failover_timeout: p.parse("writer_failover_timeout", |s| {
                     match parse_duration(s)? {
                         d if d < Duration::from_secs(1) => Err("must be at least 1s".into()),

@@ -71,6 +71,8 @@ pub const WRITER_INGEST_LAG_SECONDS: &str = "herald_writer_ingest_lag_seconds";
 pub const WRITER_RECEIVE_LAG_SECONDS: &str = "herald_writer_receive_lag_seconds";
 pub const WRITER_LOOKUP_SECONDS: &str = "herald_writer_lookup_seconds";
 pub const WRITER_PUBLISH_SECONDS: &str = "herald_writer_publish_seconds";
+pub const WRITER_PIPELINE_BATCHES: &str = "herald_writer_pipeline_batches";
+pub const WRITER_PIPELINED_TOTAL: &str = "herald_writer_pipelined_total";
 pub const WRITER_CONSUMER_PENDING: &str = "herald_writer_consumer_pending_messages";
 pub const WRITER_CONSUMER_ACK_PENDING: &str = "herald_writer_consumer_ack_pending_messages";
 pub const WRITER_ERRORS_TOTAL: &str = "herald_writer_errors_total";
@@ -251,6 +253,14 @@ pub const HELP: &[(&str, &str)] = &[
     (
         WRITER_PUBLISH_SECONDS,
         "Time after a writer batch's commit to hand its channel publications, replies and acks to the NATS connection.",
+    ),
+    (
+        WRITER_PIPELINE_BATCHES,
+        "Writer batches sequenced and not yet acknowledged, over this process's partitions (at most writer_pipeline_depth per partition).",
+    ),
+    (
+        WRITER_PIPELINED_TOTAL,
+        "Writer batches whose store append was issued while an earlier batch of the same partition was still in flight.",
     ),
     (
         WRITER_CONSUMER_PENDING,
@@ -785,9 +795,11 @@ fn register(role: RoleParts) {
             WRITER_DUPLICATES_TOTAL,
             WRITER_REDELIVERIES_TOTAL,
             WRITER_FAILOVERS_TOTAL,
+            WRITER_PIPELINED_TOTAL,
         ] {
             counter(name);
         }
+        gauge(WRITER_PIPELINE_BATCHES);
         gauge(WRITER_PARTITIONS_OWNED);
         gauge(WRITER_PARTITIONS);
         for kind in WRITER_ERROR_KINDS {

@@ -443,6 +443,7 @@ pub async fn start_with_shutdown(
         let settings = WriterSettings {
             partitions: config.ingest.partitions,
             batch_size: config.writer.batch_size,
+            pipeline_depth: config.writer.pipeline_depth,
             max_ack_pending: config.ingest.max_ack_pending,
             ack_wait: config.writer.failover_timeout,
             head_cache_capacity: writer::DEFAULT_HEAD_CACHE_CAPACITY,

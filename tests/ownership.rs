@@ -30,6 +30,7 @@ fn settings() -> WriterSettings {
     WriterSettings {
         partitions: PARTITIONS,
         batch_size: 32,
+        pipeline_depth: 2,
         max_ack_pending: 256,
         ack_wait: FAILOVER,
         head_cache_capacity: 1000,

@@ -30,6 +30,7 @@ fn settings(partitions: u32) -> WriterSettings {
     WriterSettings {
         partitions,
         batch_size: 64,
+        pipeline_depth: 2,
         max_ack_pending: 1024,
         ack_wait: Duration::from_secs(30),
         head_cache_capacity: 1000,
@@ -73,7 +74,16 @@ async fn concurrent_publishers_get_dense_offsets_naming_their_data() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path());
     let replies = Replies::listen(&client, "rep").await;
-    let writer = Running::start(&client, &store, settings(1));
+    // One batch at a time (`writer_pipeline_depth = 1`); the other tests run
+    // the default pipeline, tests/pipeline.rs deeper ones.
+    let writer = Running::start(
+        &client,
+        &store,
+        WriterSettings {
+            pipeline_depth: 1,
+            ..settings(1)
+        },
+    );
 
     let mut publishers = Vec::new();
     for p in 0..4u32 {
@@ -400,6 +410,7 @@ async fn two_writers_racing_on_a_partition_never_assign_an_offset_twice() {
     let replies = Replies::listen(&client, "rep").await;
     let small = WriterSettings {
         batch_size: 8,
+        pipeline_depth: 2,
         ..settings(1)
     };
     // Both behind fences that stay open: no lease decides between them.

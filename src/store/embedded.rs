@@ -107,7 +107,8 @@ const IDENTITY_KEY: &[u8] = b"identity";
 pub struct EmbeddedStore {
     inner: Arc<Inner>,
     /// Appends for the committer. The queue holds at most one job per
-    /// `append` call being awaited (the writer has one per partition).
+    /// `append` call being awaited (the writer has at most
+    /// `writer_pipeline_depth` per partition).
     commits: Option<mpsc::Sender<Job>>,
     committer: Option<JoinHandle<()>>,
     /// Membership and marker changes for the IM committer (`im`), and its
@@ -346,6 +347,12 @@ impl Store for EmbeddedStore {
             .send((prepared, done))
             .map_err(|_| stopped())?;
         result.await.map_err(|_| stopped())?
+    }
+
+    /// The batch is queued for the committer at the first poll, before any
+    /// await, and the committer checks queued batches in queue order.
+    fn ordered_appends(&self) -> bool {
+        true
     }
 
     async fn read(&self, channel: &str, range: ReadRange) -> StoreResult<Vec<StoredPublication>> {
@@ -1671,5 +1678,57 @@ mod group_commit_tests {
             let head = store.position(&channel).await.expect("position");
             assert_eq!(head.head, 60, "{channel}");
         }
+    }
+
+    /// `ordered_appends`: an append issued while the one it continues is
+    /// still queued or being committed is stored behind it; one continuing
+    /// an append that fails is refused with it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_are_applied_in_the_order_they_are_issued() {
+        use futures::FutureExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = EmbeddedStore::open(
+            dir.path(),
+            StoreOptions {
+                idempotency_retention: Duration::from_secs(3600),
+            },
+        )
+        .expect("open store");
+        assert!(store.ordered_appends());
+        for round in 0..50u64 {
+            let (a, b, c) = (
+                [append_of("x", round * 4 + 1, 2)],
+                [append_of("x", round * 4 + 3, 1)],
+                [append_of("x", round * 4 + 4, 1)],
+            );
+            // Issued (first polled) in order; awaited only afterwards.
+            let mut issued = Vec::new();
+            for batch in [&a[..], &b[..], &c[..]] {
+                let mut append = store.append(batch);
+                let early = (&mut append).now_or_never();
+                issued.push((append, early));
+            }
+            for (i, (append, early)) in issued.into_iter().enumerate() {
+                let result = match early {
+                    Some(r) => r,
+                    None => append.await,
+                };
+                result.unwrap_or_else(|e| panic!("append {i} of round {round}: {e}"));
+            }
+        }
+        assert_eq!(store.position("x").await.expect("position").head, 200);
+        // A gap first: what was sequenced on top of it is refused too.
+        let gap = [append_of("x", 202, 1)];
+        let on_top = [append_of("x", 203, 1)];
+        let mut first = store.append(&gap);
+        let early = (&mut first).now_or_never();
+        let on_top = store.append(&on_top).await;
+        let gap = match early {
+            Some(r) => r,
+            None => first.await,
+        };
+        assert_eq!(gap.expect_err("gap").kind, StoreErrorKind::Conflict);
+        assert_eq!(on_top.expect_err("on top").kind, StoreErrorKind::Conflict);
+        assert_eq!(store.position("x").await.expect("position").head, 200);
     }
 }

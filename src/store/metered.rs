@@ -160,6 +160,10 @@ impl Store for Metered {
         self.measure(Op::Append, self.inner.append(batch)).await
     }
 
+    fn ordered_appends(&self) -> bool {
+        self.inner.ordered_appends()
+    }
+
     async fn read(&self, channel: &str, range: ReadRange) -> StoreResult<Vec<StoredPublication>> {
         self.measure(Op::Read, self.inner.read(channel, range))
             .await

@@ -169,6 +169,17 @@ pub trait Store: Send + Sync + 'static {
     /// re-sequences; the idempotency keys make what was stored duplicates).
     async fn append(&self, batch: &[ChannelAppend]) -> StoreResult<()>;
 
+    /// Whether appends are applied in the order their futures are first
+    /// polled, each checked against the heads the earlier ones leave, so a
+    /// caller may issue an append that continues one still in flight (the
+    /// writer's pipeline): the embedded store's single committer queue does.
+    /// When `false` (the default; ScyllaDB, whose appends run concurrently)
+    /// a caller waits for an append to finish before issuing one that
+    /// continues it, or it would meet `Conflict`.
+    fn ordered_appends(&self) -> bool {
+        false
+    }
+
     /// Reads at most `range.limit` publications of a channel in the given
     /// range and direction; an unknown channel reads empty.
     async fn read(&self, channel: &str, range: ReadRange) -> StoreResult<Vec<StoredPublication>>;

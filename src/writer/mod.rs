@@ -5,6 +5,9 @@
 //! commits it to the store in one append, then — in this order, for I2 —
 //! publishes the new publications on their channel subjects (in offset order
 //! per channel), replies to the publishers and acks JetStream ([`partition`]).
+//! Up to `pipeline_depth` batches of a partition are in flight at once: the
+//! next is sequenced and its append issued while the one before is being
+//! committed; they complete strictly in order.
 //!
 //! While a partition runs, [`pending`] polls its consumer's backlog for the
 //! metrics.
@@ -58,6 +61,9 @@ pub struct WriterSettings {
     pub partitions: u32,
     /// Most messages committed in one store batch; also the pull request size.
     pub batch_size: usize,
+    /// Batches one partition task holds between sequencing and acking (the
+    /// pipeline, see [`partition`]); 1 = one batch at a time.
+    pub pipeline_depth: usize,
     /// Unacknowledged messages per partition consumer: bounds what a partition
     /// task holds (its batch in hand plus what the pull stream prefetched).
     pub max_ack_pending: i64,
@@ -131,6 +137,11 @@ impl Writer {
                 "batch_size must be at least 1",
             ));
         }
+        if settings.pipeline_depth == 0 {
+            return Err(WriterError::InvalidSettings(
+                "pipeline_depth must be at least 1",
+            ));
+        }
         if settings.max_ack_pending < 1 {
             return Err(WriterError::InvalidSettings(
                 "max_ack_pending must be at least 1",
@@ -154,7 +165,7 @@ impl Writer {
         })
     }
 
-    /// Consumes `partition` until `stop` fires, then finishes the batch in
+    /// Consumes `partition` until `stop` fires, then finishes the batches in
     /// hand (commit, publish, reply, ack) and returns. Commits only while
     /// `fence` is open; a batch meeting a closed fence is handed back (naked).
     /// Transient NATS and store errors are retried inside; the future does

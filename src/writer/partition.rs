@@ -5,6 +5,24 @@
 //! JetStream — in exactly that order, so nothing is visible or acknowledged
 //! before it is durable (I2).
 //!
+//! Pipelining (`pipeline_depth` > 1): while a batch's append is in flight the
+//! loop takes the next chunk, sequences it against the store as the batches in
+//! flight will leave it (their plans' heads and keys, [`Ahead`]) and issues
+//! its append — at once when the store applies appends in call order
+//! ([`crate::store::Store::ordered_appends`], the embedded store), else once
+//! the appends before it succeeded. Batches complete (cache, publish, reply,
+//! ack) strictly in order, each only after its own append and its
+//! predecessor's completion. A later batch's offsets continue its
+//! predecessor's, so if the predecessor stores nothing the store refuses the
+//! later one on every channel they share (`Conflict`, I1); on other channels
+//! it may be stored, and that is sound (its offsets continue what is stored).
+//! So when the oldest batch fails, [`Task::recover`] waits for every later
+//! append, publishes what those that succeeded stored (durable, and below any
+//! offset sequenced after it), clears the cache and commits the failed batch
+//! and every later one again in order through the retry path, where the
+//! idempotency keys turn what is stored already into duplicates (replied to
+//! with their stored offsets, not published twice).
+//!
 //! When traces are exported, each ingest message carrying trace context gets
 //! a `writer_message` span (a child of the publisher's trace, covering its
 //! commit, publish and ack), and its channel publication carries that span's
@@ -14,7 +32,7 @@
 //! it runs until its stop token fires, and commits only while its [`Fence`]
 //! is open.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -34,7 +52,7 @@ use crate::bus::ingest::{IngestMessage, StoredBatch, WriterReply};
 use crate::bus::subjects;
 use crate::channel::MAX_CHANNEL_BYTES;
 use crate::metrics as m;
-use crate::store::{StoreErrorKind, StoreResult};
+use crate::store::{Position, StoreError, StoreErrorKind, StoreResult};
 use crate::telemetry;
 
 /// Retry pacing when pulling fails (NATS down, consumer being recreated).
@@ -54,8 +72,10 @@ pub(super) async fn run(
         shared,
         partition,
         fence,
+        inflight: VecDeque::new(),
     };
     let batch_size = task.shared.settings.batch_size;
+    let pipelined = task.shared.settings.pipeline_depth > 1;
     let mut backoff = Backoff::new(PULL_BACKOFF);
     let _pending = pending::Poll::start(task.shared.js.clone(), partition);
     tracing::debug!(partition, "writer partition started");
@@ -84,13 +104,19 @@ pub(super) async fn run(
             let chunk = tokio::select! {
                 biased;
                 _ = stop.cancelled() => {
+                    task.drain(&stop).await;
                     task.finish(&mut chunks, &stop).await;
                     break 'open;
                 }
-                chunk = chunks.next() => chunk,
+                () = task.head_settled(), if !task.inflight.is_empty() => {
+                    task.complete_head(&stop).await;
+                    continue;
+                }
+                chunk = chunks.next(), if task.has_room() => chunk,
             };
             let Some(chunk) = chunk else {
                 tracing::warn!(partition, "pull stream ended; reopening the consumer");
+                task.drain(&stop).await;
                 break;
             };
             let batch = task.take_messages(chunk);
@@ -102,10 +128,15 @@ pub(super) async fn run(
                 // consumer again, after the backoff (what the server still
                 // sends to the dropped pull is redelivered after `ack_wait`).
                 tracing::warn!(partition, "pull failing; reopening the consumer");
+                task.drain(&stop).await;
                 break;
             }
             backoff.reset();
-            task.process(batch, &stop).await;
+            if pipelined {
+                task.admit(batch).await;
+            } else {
+                task.process(batch, &stop).await;
+            }
         }
         if !backoff.sleep(&stop).await {
             break 'open;
@@ -117,8 +148,49 @@ pub(super) async fn run(
 struct Task {
     shared: Arc<Shared>,
     partition: u32,
+    /// Heads as the completed batches left them (never a batch in flight's).
     cache: HeadCache,
     fence: Fence,
+    /// Batches sequenced and not yet completed, oldest first: at most
+    /// `pipeline_depth` (empty when it is 1).
+    inflight: VecDeque<InFlight>,
+}
+
+/// The valid messages of a pulled batch, decoded.
+struct Accepted {
+    msgs: Vec<jetstream::Message>,
+    metas: Vec<Meta>,
+    entries: Vec<Entry>,
+    /// One per message when traces are exported, else empty.
+    spans: Vec<Span>,
+}
+
+/// A batch in the pipeline.
+struct InFlight {
+    accepted: Accepted,
+    /// Sequenced against the store as the batches before it leave it;
+    /// `None` when its lookup failed.
+    plan: Option<Arc<Plan>>,
+    stage: Stage,
+    /// Its `writer_batch` span.
+    span: Span,
+}
+
+/// Where a batch in flight stands.
+enum Stage {
+    /// Its lookup failed with this error: committed by the retry path at its
+    /// turn; nothing is admitted behind it meanwhile.
+    Unsequenced(StoreError),
+    /// Its append waits for the appends before it (a store that does not
+    /// apply appends in call order).
+    Waiting,
+    /// Its append runs (a task of its own, so it progresses while the loop
+    /// sequences or completes other batches).
+    Appending(tokio::task::JoinHandle<StoreResult<()>>),
+    /// Stored, or nothing to store (only duplicates).
+    Stored,
+    /// Its append failed (`Some`) or met a closed fence (`None`).
+    Failed(Option<StoreError>),
 }
 
 type Pulled = Result<jetstream::Message, jetstream::consumer::pull::MessagesError>;
@@ -183,58 +255,87 @@ impl Task {
     }
 
     async fn process_inner(&mut self, batch: Vec<jetstream::Message>, stop: &CancellationToken) {
+        if let Some(accepted) = self.accept(batch).await {
+            self.settle(accepted, None, stop).await;
+        }
+    }
+
+    /// Decodes a pulled batch; invalid messages are refused here. `None`
+    /// when nothing valid is left.
+    async fn accept(&self, batch: Vec<jetstream::Message>) -> Option<Accepted> {
         metrics::histogram!(m::WRITER_BATCH_SIZE).record(batch.len() as f64);
         // Each message's JetStream metadata (parsed from its ack subject) once.
-        let metas: Vec<Meta> = batch.iter().map(Meta::of).collect();
-        count_redeliveries(&metas);
-        record_lag(&metas, m::unix_micros(), m::WRITER_RECEIVE_LAG_SECONDS);
-        let mut accepted = Vec::with_capacity(batch.len());
-        let mut accepted_metas = Vec::with_capacity(batch.len());
+        let all_metas: Vec<Meta> = batch.iter().map(Meta::of).collect();
+        count_redeliveries(&all_metas);
+        record_lag(&all_metas, m::unix_micros(), m::WRITER_RECEIVE_LAG_SECONDS);
+        let mut msgs = Vec::with_capacity(batch.len());
+        let mut metas = Vec::with_capacity(batch.len());
         let mut entries = Vec::with_capacity(batch.len());
-        for (msg, meta) in batch.into_iter().zip(metas) {
+        for (msg, meta) in batch.into_iter().zip(all_metas) {
             match decode(&msg.payload) {
                 Ok(entry) => {
-                    accepted.push(msg);
-                    accepted_metas.push(meta);
+                    msgs.push(msg);
+                    metas.push(meta);
                     entries.push(entry);
                 }
                 Err(reason) => self.reject(msg, reason).await,
             }
         }
         if entries.is_empty() {
-            return;
+            return None;
         }
         let spans = if telemetry::enabled() {
-            let size = accepted.len();
-            accepted
-                .iter()
+            let size = msgs.len();
+            msgs.iter()
                 .map(|m| message_span(self.partition, size, m))
                 .collect()
         } else {
             Vec::new()
         };
-        let Some(plan) = self.commit(&entries, &accepted, stop).await else {
-            for span in &spans {
-                span.record("outcome", "handed_back");
+        Some(Accepted {
+            msgs,
+            metas,
+            entries,
+            spans,
+        })
+    }
+
+    /// Commits a batch (retrying; `failed` is the error its first attempt
+    /// already met) and completes it, or hands it back.
+    async fn settle(
+        &mut self,
+        accepted: Accepted,
+        failed: Option<StoreError>,
+        stop: &CancellationToken,
+    ) {
+        match self
+            .commit(&accepted.entries, &accepted.msgs, stop, failed)
+            .await
+        {
+            Some(plan) => self.complete(&accepted, &plan).await,
+            None => {
+                for span in &accepted.spans {
+                    span.record("outcome", "handed_back");
+                }
+                for msg in &accepted.msgs {
+                    nak(msg).await;
+                }
             }
-            for msg in &accepted {
-                nak(msg).await;
-            }
-            return;
-        };
-        let committed_us = m::unix_micros();
-        record_lag(&accepted_metas, committed_us, m::WRITER_INGEST_LAG_SECONDS);
-        let traced = Traced::new(&spans, &entries, &plan);
-        let publishing = Instant::now();
-        self.publish(&plan, committed_us, &traced).await;
-        if let Some(w) = &self.shared.webhooks {
-            w.published(&plan.appends, committed_us / 1000).await;
         }
-        self.reply(&accepted, &plan).await;
+    }
+
+    /// After a batch's commit: publishes, replies and acks, in that order.
+    async fn complete(&self, accepted: &Accepted, plan: &Plan) {
+        let committed_us = m::unix_micros();
+        record_lag(&accepted.metas, committed_us, m::WRITER_INGEST_LAG_SECONDS);
+        let traced = Traced::new(&accepted.spans, &accepted.entries, plan);
+        let publishing = Instant::now();
+        self.announce(plan, committed_us, &traced).await;
+        self.reply(&accepted.msgs, plan).await;
         // `ack` only queues a publish on the connection (no round trip), so
         // these are pipelined behind the replies, in order.
         let acking = Instant::now();
-        for msg in &accepted {
+        for msg in &accepted.msgs {
             if let Err(e) = msg.ack().await {
                 tracing::warn!(partition = self.partition, error = %e, "ack failed; the message will be redelivered");
                 count_error("ack");
@@ -252,6 +353,201 @@ impl Task {
             duplicates = plan.duplicates(),
             "writer batch done"
         );
+    }
+
+    /// Publishes a stored plan's new publications and emits their webhook
+    /// events.
+    async fn announce(&self, plan: &Plan, committed_us: u64, traced: &Traced<'_>) {
+        self.publish(plan, committed_us, traced).await;
+        if let Some(w) = &self.shared.webhooks {
+            w.published(&plan.appends, committed_us / 1000).await;
+        }
+    }
+
+    /// Whether the pipeline takes another batch: it has room, and nothing in
+    /// it failed or went unsequenced (what follows such a batch would be
+    /// sequenced on a plan that is not stored).
+    fn has_room(&self) -> bool {
+        self.inflight.len() < self.shared.settings.pipeline_depth
+            && self
+                .inflight
+                .iter()
+                .all(|b| !matches!(b.stage, Stage::Unsequenced(_) | Stage::Failed(_)))
+    }
+
+    /// Pipelined: decodes and sequences a pulled batch behind the batches in
+    /// flight and issues its append when it may.
+    async fn admit(&mut self, batch: Vec<jetstream::Message>) {
+        let span = tracing::debug_span!(
+            "writer_batch",
+            partition = self.partition,
+            size = batch.len()
+        );
+        let Some(accepted) = self.accept(batch).instrument(span.clone()).await else {
+            return;
+        };
+        let (plan, stage) = match self
+            .sequence(&accepted.entries)
+            .instrument(span.clone())
+            .await
+        {
+            Ok(plan) => (Some(Arc::new(plan)), Stage::Waiting),
+            Err(e) => (None, Stage::Unsequenced(e)),
+        };
+        self.inflight.push_back(InFlight {
+            accepted,
+            plan,
+            stage,
+            span,
+        });
+        metrics::gauge!(m::WRITER_PIPELINE_BATCHES).increment(1.0);
+        self.start_appends();
+    }
+
+    /// Issues the appends of waiting batches that may go: all of them on a
+    /// store that applies appends in call order, else the oldest one once
+    /// every append before it succeeded. None behind a failed or unsequenced
+    /// batch.
+    fn start_appends(&mut self) {
+        let ordered = self.shared.store.ordered_appends();
+        // Every batch before this one is stored.
+        let mut clear = true;
+        for (at, b) in self.inflight.iter_mut().enumerate() {
+            match b.stage {
+                Stage::Unsequenced(_) | Stage::Failed(_) => return,
+                Stage::Waiting if ordered || clear => {
+                    let plan = b.plan.clone().expect("a waiting batch has a plan");
+                    b.stage = start_append(&self.shared, &self.fence, plan, at > 0);
+                }
+                Stage::Waiting | Stage::Appending(_) | Stage::Stored => {}
+            }
+            clear &= matches!(b.stage, Stage::Stored);
+        }
+    }
+
+    /// Waits until the oldest batch in flight has its outcome (pending
+    /// forever when none is in flight). Cancel-safe: an unfinished append
+    /// stays with its batch.
+    async fn head_settled(&mut self) {
+        let Some(head) = self.inflight.front_mut() else {
+            return std::future::pending().await;
+        };
+        if let Stage::Appending(task) = &mut head.stage {
+            let result = task.await.unwrap_or_else(|e| {
+                Err(StoreError::new(
+                    StoreErrorKind::Unavailable,
+                    format!("the append task failed: {e}"),
+                ))
+            });
+            head.stage = match result {
+                Ok(()) => Stage::Stored,
+                Err(e) => Stage::Failed(Some(e)),
+            };
+        }
+    }
+
+    /// Completes the oldest batch in flight once [`Task::head_settled`]
+    /// returned: stored, it is published, replied to and acked; failed, the
+    /// pipeline is recovered.
+    async fn complete_head(&mut self, stop: &CancellationToken) {
+        if let Some(Stage::Stored) = self.inflight.front().map(|b| &b.stage) {
+            // The next append may go now (a store without ordered appends),
+            // while this batch completes.
+            self.start_appends();
+        }
+        let Some(head) = self.inflight.pop_front() else {
+            return;
+        };
+        metrics::gauge!(m::WRITER_PIPELINE_BATCHES).decrement(1.0);
+        let InFlight {
+            accepted,
+            plan,
+            stage,
+            span,
+        } = head;
+        match (stage, plan) {
+            (Stage::Stored, Some(plan)) => {
+                self.cache.apply(&plan);
+                self.complete(&accepted, &plan).instrument(span).await;
+            }
+            (Stage::Unsequenced(e) | Stage::Failed(Some(e)), _) => {
+                self.recover(accepted, Some(e), span, stop).await;
+            }
+            (Stage::Failed(None), _) => self.recover(accepted, None, span, stop).await,
+            (stage, plan) => {
+                // Not settled yet (only `head_settled` settles it): put back.
+                metrics::gauge!(m::WRITER_PIPELINE_BATCHES).increment(1.0);
+                self.inflight.push_front(InFlight {
+                    accepted,
+                    plan,
+                    stage,
+                    span,
+                });
+                self.start_appends();
+            }
+        }
+    }
+
+    /// Completes every batch in flight, in order (on stop, and before the
+    /// consumer is reopened).
+    async fn drain(&mut self, stop: &CancellationToken) {
+        while !self.inflight.is_empty() {
+            self.head_settled().await;
+            self.complete_head(stop).await;
+        }
+    }
+
+    /// The oldest batch in flight failed (`failed`: its error, `None` for a
+    /// closed fence) or could not be sequenced. The later ones were
+    /// sequenced on top of it, so their plans cannot be trusted: waits for
+    /// every append still running, publishes what those that succeeded
+    /// stored (durable, so it may be seen, and in offset order: anything
+    /// sequenced from now on lies above it), then commits the failed batch
+    /// and each later one again, in order, through [`Task::commit`], where
+    /// what is stored already becomes duplicates with their stored offsets.
+    async fn recover(
+        &mut self,
+        head: Accepted,
+        failed: Option<StoreError>,
+        span: Span,
+        stop: &CancellationToken,
+    ) {
+        let mut later: Vec<InFlight> = self.inflight.drain(..).collect();
+        for b in &mut later {
+            if let Stage::Appending(task) = &mut b.stage {
+                b.stage = match task.await {
+                    Ok(Ok(())) => Stage::Stored,
+                    Ok(Err(e)) => Stage::Failed(Some(e)),
+                    Err(_) => Stage::Failed(None),
+                };
+            }
+        }
+        let committed_us = m::unix_micros();
+        let stored: usize = later
+            .iter()
+            .filter_map(|b| match (&b.stage, &b.plan) {
+                (Stage::Stored, Some(plan)) => Some(plan),
+                _ => None,
+            })
+            .map(|plan| plan.sequenced())
+            .sum();
+        for b in &later {
+            if let (Stage::Stored, Some(plan)) = (&b.stage, &b.plan) {
+                self.announce(plan, committed_us, &Traced::none()).await;
+            }
+        }
+        tracing::warn!(
+            partition = self.partition,
+            later = later.len(),
+            stored_later = stored,
+            "a pipelined batch failed; committing it and the batches behind it again"
+        );
+        self.cache.clear();
+        self.settle(head, failed, stop).instrument(span).await;
+        for b in later {
+            metrics::gauge!(m::WRITER_PIPELINE_BATCHES).decrement(1.0);
+            self.settle(b.accepted, None, stop).instrument(b.span).await;
+        }
     }
 
     /// An invalid message must not block the partition: it is terminated
@@ -277,7 +573,8 @@ impl Task {
         }
     }
 
-    /// Sequences and commits until the store accepts the batch. Returns
+    /// Sequences and commits until the store accepts the batch (`failed`: the
+    /// error a first, pipelined attempt met). Returns
     /// `None` when `stop` fires while the store keeps failing, or when the
     /// fence closed (the partition's lease expired or was lost); the messages
     /// are then not acked.
@@ -294,11 +591,16 @@ impl Task {
         entries: &[Entry],
         msgs: &[jetstream::Message],
         stop: &CancellationToken,
+        mut failed: Option<StoreError>,
     ) -> Option<Plan> {
         let mut backoff = Backoff::new(COMMIT_BACKOFF);
         let mut conflicts = 0u32;
         loop {
-            let e = match self.try_commit(entries).await {
+            let attempt = match failed.take() {
+                Some(e) => Err(e),
+                None => self.try_commit(entries).await,
+            };
+            let e = match attempt {
                 Ok(Some(plan)) => return Some(plan),
                 Ok(None) => {
                     tracing::warn!(
@@ -339,10 +641,7 @@ impl Task {
     /// One sequencing and commit attempt; `None` (nothing written) when the
     /// fence is closed at the moment of the append.
     async fn try_commit(&mut self, entries: &[Entry]) -> StoreResult<Option<Plan>> {
-        let loading = Instant::now();
-        let known = self.load(entries).await?;
-        metrics::histogram!(m::WRITER_LOOKUP_SECONDS).record(loading.elapsed().as_secs_f64());
-        let plan = sequencer::sequence(entries, &known, now_ms(), &mut sequencer::new_epoch);
+        let plan = self.sequence(entries).await?;
         if !plan.appends.is_empty() {
             if !self.fence.is_open() {
                 return Ok(None);
@@ -355,14 +654,34 @@ impl Task {
         Ok(Some(plan))
     }
 
+    /// Looks up what the store knows (or will, once the batches in flight
+    /// are stored) and sequences the batch on it.
+    async fn sequence(&mut self, entries: &[Entry]) -> StoreResult<Plan> {
+        let loading = Instant::now();
+        let known = self.load(entries).await?;
+        metrics::histogram!(m::WRITER_LOOKUP_SECONDS).record(loading.elapsed().as_secs_f64());
+        Ok(sequencer::sequence(
+            entries,
+            &known,
+            now_ms(),
+            &mut sequencer::new_epoch,
+        ))
+    }
+
     /// What the store knows about the batch: each channel's position (from
-    /// the cache, else one read) and which keys are already stored.
+    /// the batches in flight, else the cache, else one read) and which keys
+    /// are already stored (or will be, by a batch in flight).
     async fn load(&mut self, entries: &[Entry]) -> StoreResult<Known> {
         let store = self.shared.store.clone();
+        let ahead = Ahead::of(&self.inflight);
         let mut known = Known::default();
         let mut missing = HashSet::new();
         for e in entries {
             if known.has_position(&e.channel) {
+                continue;
+            }
+            if let Some(p) = ahead.heads.get(e.channel.as_str()) {
+                known.set_position(&e.channel, p.clone());
                 continue;
             }
             match self.cache.get(&e.channel) {
@@ -387,7 +706,13 @@ impl Task {
             .collect();
         let stored = store.idempotent_offsets(&keys).await?;
         for (e, offset) in entries.iter().zip(stored) {
-            if let Some(offset) = offset {
+            let pending = || {
+                ahead
+                    .keys
+                    .get(&(e.channel.as_str(), e.key.as_str()))
+                    .copied()
+            };
+            if let Some(offset) = offset.or_else(pending) {
                 known.set_stored_key(&e.channel, &e.key, offset);
             }
         }
@@ -498,6 +823,70 @@ impl Task {
     }
 }
 
+/// Issues the append of a sequenced batch (nothing to store: stored at once;
+/// fence closed: failed). The first poll happens here, so an ordered store
+/// queues it before any later batch's; the rest runs in a task of its own.
+/// `behind`: an earlier batch of the partition is still in flight.
+fn start_append(shared: &Shared, fence: &Fence, plan: Arc<Plan>, behind: bool) -> Stage {
+    if plan.appends.is_empty() {
+        return Stage::Stored;
+    }
+    if !fence.is_open() {
+        return Stage::Failed(None);
+    }
+    if behind {
+        metrics::counter!(m::WRITER_PIPELINED_TOTAL).increment(1);
+    }
+    let store = shared.store.clone();
+    let mut append = Box::pin(async move {
+        let started = Instant::now();
+        let result = store.append(&plan.appends).await;
+        if result.is_ok() {
+            metrics::histogram!(m::WRITER_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+        }
+        result
+    });
+    match (&mut append).now_or_never() {
+        Some(Ok(())) => Stage::Stored,
+        Some(Err(e)) => Stage::Failed(Some(e)),
+        None => Stage::Appending(tokio::spawn(append)),
+    }
+}
+
+/// What the batches in flight will have stored once their appends succeed:
+/// each channel's head after the newest of them, and their keys.
+#[derive(Default)]
+struct Ahead<'a> {
+    heads: HashMap<&'a str, Position>,
+    keys: HashMap<(&'a str, &'a str), u64>,
+}
+
+impl<'a> Ahead<'a> {
+    fn of(inflight: &'a VecDeque<InFlight>) -> Self {
+        let mut ahead = Self::default();
+        for plan in inflight.iter().filter_map(|b| b.plan.as_deref()) {
+            for a in &plan.appends {
+                if let Some(last) = a.publications.last() {
+                    ahead.heads.insert(
+                        a.channel.as_str(),
+                        Position {
+                            head: last.offset,
+                            epoch: a.epoch.clone(),
+                            time_ms: last.time_ms,
+                        },
+                    );
+                }
+                for (key, offset) in &a.idempotency_keys {
+                    ahead
+                        .keys
+                        .insert((a.channel.as_str(), key.as_str()), *offset);
+                }
+            }
+        }
+        ahead
+    }
+}
+
 /// The span of one ingest message, a child of the publisher's trace (an API
 /// request or a client publish); [`Span::none`] when traces are not exported
 /// or the message carries no trace context.
@@ -522,6 +911,13 @@ struct Traced<'a> {
 }
 
 impl<'a> Traced<'a> {
+    /// Injects nothing.
+    fn none() -> Self {
+        Self {
+            by_publication: HashMap::new(),
+        }
+    }
+
     /// Records each message's outcome on its span and indexes the spans of
     /// the newly sequenced ones.
     fn new(spans: &'a [Span], entries: &'a [Entry], plan: &Plan) -> Self {

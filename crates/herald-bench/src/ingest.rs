@@ -67,6 +67,9 @@ pub struct IngestArgs {
     /// Which Herald path to measure.
     #[arg(long, value_enum, default_value = "both")]
     pub via: Via,
+    /// Herald's `writer_pipeline_depth` (default: the server's default).
+    #[arg(long, value_name = "N")]
+    pub writer_pipeline_depth: Option<usize>,
 }
 
 /// What one publisher path produced.
@@ -111,7 +114,15 @@ pub async fn run(args: IngestArgs) -> Result<Report, BenchError> {
     )?;
     let quiet = args.common.quiet;
     note(quiet, "starting nats-server and herald serve…");
-    let mut herald = Herald::start(&args.common.nats_bin(), &HeraldOptions::default()).await?;
+    let opts = HeraldOptions {
+        options: args
+            .writer_pipeline_depth
+            .map(|n| ("writer_pipeline_depth", n.to_string()))
+            .into_iter()
+            .collect(),
+        ..HeraldOptions::default()
+    };
+    let mut herald = Herald::start(&args.common.nats_bin(), &opts).await?;
     let mut m = Measured::default();
     let mut rows = Vec::new();
     // The disk's share: an fsync probe beside each target (both of Herald's paths together).
