@@ -16,9 +16,9 @@
 #   COUNTS="0 2000 4000" KEEP=1 scripts/callgrind-publish.sh   # keep the callgrind files
 #   EXTRA_TOML='writer_failover_timeout = "3600s"' scripts/callgrind-publish.sh  # lines added to herald.toml
 #
-# Prints one line per run (with the messages nats-server carried), the slopes,
-# and the top inclusive costs of the largest run (`callgrind_annotate
-# --inclusive=yes`). Needs valgrind and python3; nats-server from .tools/
+# Prints one line per run (with the messages and bytes nats-server carried),
+# the slopes, and the top inclusive costs of the largest run
+# (`callgrind_annotate --inclusive=yes`). Needs valgrind and python3; nats-server from .tools/
 # (scripts/install-tools.sh --nats).
 set -euo pipefail
 
@@ -117,12 +117,13 @@ run_once() { # n -> prints total instructions
   kill -TERM "$herald_pid"
   wait "$herald_pid" || true
   herald_pid=""
-  # The messages nats-server carried for the run (into it + out of it, from
-  # its /varz): a count that, like the instructions, does not drift.
+  # The messages and bytes (headers and payloads) nats-server carried for
+  # the run (into it + out of it, from its /varz): counts that, like the
+  # instructions, do not drift.
   python3 - "http://127.0.0.1:$mport/varz" >"$work/nats-msgs-$n" <<'EOF'
 import json, sys, urllib.request
 v = json.load(urllib.request.urlopen(sys.argv[1], timeout=5))
-print(v["in_msgs"] + v["out_msgs"])
+print(v["in_msgs"] + v["out_msgs"], v["in_bytes"] + v["out_bytes"])
 EOF
   kill "$nats_pid"; wait "$nats_pid" 2>/dev/null || true
   nats_pid=""
@@ -132,13 +133,13 @@ EOF
   echo "$total"
 }
 
-declare -A totals msgs
+declare -A totals msgs bytes
 last=""
 for n in $COUNTS; do
   t=$(run_once "$n")
   totals[$n]=$t
-  msgs[$n]=$(cat "$work/nats-msgs-$n")
-  printf 'publishes %6d  instructions %14d  nats messages %9d\n' "$n" "$t" "${msgs[$n]}"
+  read -r msgs[$n] bytes[$n] <"$work/nats-msgs-$n"
+  printf 'publishes %6d  instructions %14d  nats messages %9d  bytes %11d\n' "$n" "$t" "${msgs[$n]}" "${bytes[$n]}"
   last=$n
 done
 
@@ -147,6 +148,7 @@ if [ $# -ge 2 ]; then
   a=${@: -2:1}; b=${@: -1}
   python3 -c "a,b,ia,ib=$a,$b,${totals[$a]},${totals[$b]}; print(f'instructions per publish (slope {a}->{b}): {(ib-ia)/(b-a):,.0f}')"
   python3 -c "a,b,ma,mb=$a,$b,${msgs[$a]},${msgs[$b]}; print(f'nats-server messages per publish (in + out, slope): {(mb-ma)/(b-a):.2f}')"
+  python3 -c "a,b,ma,mb=$a,$b,${bytes[$a]},${bytes[$b]}; print(f'nats-server bytes per publish (in + out, slope): {(mb-ma)/(b-a):,.0f}')"
 fi
 
 echo

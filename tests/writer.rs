@@ -14,7 +14,7 @@ use common::ingest::{
 };
 use common::{TestNats, eventually};
 use futures::StreamExt;
-use herald::bus::ingest::WriterReply;
+use herald::bus::ingest::{IngestMessage, WriterReply};
 use herald::bus::subjects;
 use herald::store::{ChannelAppend, Position, SharedStore, StoredPublication};
 use herald::writer::{self, Fence, Writer, WriterError, WriterSettings};
@@ -536,14 +536,79 @@ async fn an_invalid_message_is_refused_without_blocking_the_partition() {
     .await
     .await
     .unwrap();
+    let whole = IngestMessage::encode("x", "cut", b"[1,2,3]", None).unwrap();
+    publish_raw(
+        &js,
+        1,
+        "x",
+        whole.slice(..whole.len() - 1),
+        "rep.cut",
+        "cut".into(),
+    )
+    .await
+    .await
+    .unwrap();
     publish(&js, 1, "x", "k", json!(1), "rep.good", None)
         .await
         .await
         .unwrap();
     assert_eq!(replies.stored("rep.good").await.0, 1);
-    let all = replies.wait_for(2).await;
+    let all = replies.wait_for(3).await;
     assert!(matches!(all["rep.bad"], WriterReply::Failed { .. }));
+    assert!(matches!(all["rep.cut"], WriterReply::Failed { .. }));
     assert_eq!(offsets(&history(&store, "x").await), [1]);
+    writer.stop().await;
+}
+
+/// A rolling upgrade: an edge older than the binary ingest message still
+/// publishes the JSON form, and a new writer stores it as before, beside
+/// binary messages on the same channel, its `data` and `info` unchanged.
+#[tokio::test]
+async fn the_json_ingest_message_of_an_older_edge_is_still_stored() {
+    let nats = TestNats::start().await;
+    let client = nats.client().await;
+    let js = stream(&client, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let replies = Replies::listen(&client, "rep").await;
+    let writer = Running::start(&client, &store, settings(1));
+
+    publish(&js, 1, "up", "new1", json!({"n": 1}), "rep.1", None)
+        .await
+        .await
+        .unwrap();
+    let old = json!({"channel": "up", "data": {"n": 2}, "info": {"user": "u1"}, "key": "old"});
+    publish_raw(
+        &js,
+        1,
+        "up",
+        Bytes::from(old.to_string()),
+        "rep.2",
+        subjects::message_id("up", "old"),
+    )
+    .await
+    .await
+    .unwrap();
+    publish(&js, 1, "up", "new3", json!({"n": 3}), "rep.3", None)
+        .await
+        .await
+        .unwrap();
+    assert_eq!(replies.stored("rep.1").await.0, 1);
+    assert_eq!(replies.stored("rep.2").await.0, 2);
+    assert_eq!(replies.stored("rep.3").await.0, 3);
+    let stored = history(&store, "up").await;
+    assert_eq!(offsets(&stored), [1, 2, 3]);
+    assert_eq!(
+        stored.iter().map(data_of).collect::<Vec<_>>(),
+        [json!({"n": 1}), json!({"n": 2}), json!({"n": 3})]
+    );
+    assert_eq!(
+        stored[1]
+            .info
+            .as_deref()
+            .map(|i| serde_json::from_slice::<Value>(i).unwrap()),
+        Some(json!({"user": "u1"}))
+    );
     writer.stop().await;
 }
 
@@ -673,15 +738,15 @@ async fn a_message_committed_but_not_acked_is_not_stored_twice() {
         .await
         .unwrap();
     let msg = fetched.next().await.expect("a message").unwrap();
-    let body: Value = serde_json::from_slice(&msg.payload).unwrap();
-    assert_eq!(body["key"], "K");
+    let body = IngestMessage::decode(&msg.payload).unwrap();
+    assert_eq!(body.key, "K");
     store
         .append(&[ChannelAppend {
             channel: "crash".into(),
             epoch: "dead0001".into(),
             publications: vec![StoredPublication {
                 offset: 1,
-                data: Bytes::from(body["data"].to_string()),
+                data: body.data,
                 info: None,
                 time_ms: 1,
             }],

@@ -1,7 +1,9 @@
 //! The wire formats between publishers, the writer and edges, and the ingest
 //! stream's definition.
 //!
-//! - An [`IngestMessage`] is what a publisher puts on `herald.in.<partition>`.
+//! - An [`IngestMessage`] is what a publisher puts on `herald.in.<partition>`:
+//!   binary, the client's `data` carried as raw bytes; the writer still reads
+//!   the JSON form older publishers send.
 //! - A [`WriterReply`] is what the writer answers on the publisher's reply
 //!   subject after the store commit; a [`StoredBatch`] carries one batch's
 //!   answers to one publishing process in one message instead.
@@ -17,14 +19,163 @@ use serde_json::value::RawValue;
 use super::subjects;
 use crate::config::IngestConfig;
 
-#[derive(Debug, Serialize, Deserialize)]
+/// One publication on its way to the writer: what a publisher puts on
+/// `herald.in.<partition>`, as the writer reads it back.
+///
+/// `data` and `info` are JSON text the edge or the server API has already
+/// checked (a Protobuf client's `data` must be JSON too); they travel as
+/// bytes end to end and the writer neither parses nor re-validates them:
+/// whoever may publish on `herald.in.>` is trusted as a Herald role.
+///
+/// The wire form ([`IngestMessage::encode`]) is binary: the version byte
+/// [`INGEST_BINARY_V1`], the channel (u16 LE length, UTF-8), the
+/// idempotency key (u16 LE length, UTF-8), `data` (u32 LE length, bytes),
+/// then `info` as one presence byte (0 or 1) followed, when 1, by its u32 LE
+/// length and bytes; nothing after. A JSON text never starts with that byte,
+/// so [`IngestMessage::decode`] also reads the JSON form
+/// `{"channel", "data", "info"?, "key"}` that publishers before this format
+/// sent: during a rolling upgrade an old edge's publishes still reach a new
+/// writer. The other way round does not hold — a writer older than this
+/// format refuses a binary message ("undecodable ingest message", the
+/// publish fails and nothing is stored) — so writers are upgraded first.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IngestMessage {
     pub channel: String,
-    pub data: Box<RawValue>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub info: Option<Box<RawValue>>,
     /// Idempotency key: the API's `idempotency_key`, or generated.
     pub key: String,
+    /// The publication's JSON text.
+    pub data: Bytes,
+    /// `ClientInfo` JSON of the publishing client, if a client published.
+    pub info: Option<Bytes>,
+}
+
+/// The first byte of a binary [`IngestMessage`]: never the first byte of a
+/// JSON text (`{`, `[`, `"`, a digit, a letter or whitespace).
+pub const INGEST_BINARY_V1: u8 = 0x01;
+
+/// Why an ingest message could not be encoded: a field longer than its
+/// length prefix can say. Edges and the API bound channels and keys far
+/// below this, and NATS bounds `data`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("ingest message field too long: {0}")]
+pub struct TooLong(pub &'static str);
+
+/// The older JSON form, still decoded: `data` and `info` are borrowed from
+/// the payload and kept as slices of it.
+#[derive(Deserialize)]
+struct JsonIngestMessage<'a> {
+    channel: String,
+    #[serde(borrow)]
+    data: &'a RawValue,
+    #[serde(default, borrow)]
+    info: Option<&'a RawValue>,
+    key: String,
+}
+
+impl IngestMessage {
+    /// The binary wire form of one publication.
+    pub fn encode(
+        channel: &str,
+        key: &str,
+        data: &[u8],
+        info: Option<&[u8]>,
+    ) -> Result<Bytes, TooLong> {
+        let channel_len = u16::try_from(channel.len()).map_err(|_| TooLong("channel"))?;
+        let key_len = u16::try_from(key.len()).map_err(|_| TooLong("key"))?;
+        let data_len = u32::try_from(data.len()).map_err(|_| TooLong("data"))?;
+        let info_len = info
+            .map(|i| u32::try_from(i.len()).map_err(|_| TooLong("info")))
+            .transpose()?;
+        let mut buf = Vec::with_capacity(
+            1 + 2
+                + channel.len()
+                + 2
+                + key.len()
+                + 4
+                + data.len()
+                + 1
+                + info.map_or(0, |i| 4 + i.len()),
+        );
+        buf.push(INGEST_BINARY_V1);
+        buf.extend_from_slice(&channel_len.to_le_bytes());
+        buf.extend_from_slice(channel.as_bytes());
+        buf.extend_from_slice(&key_len.to_le_bytes());
+        buf.extend_from_slice(key.as_bytes());
+        buf.extend_from_slice(&data_len.to_le_bytes());
+        buf.extend_from_slice(data);
+        match (info, info_len) {
+            (Some(info), Some(len)) => {
+                buf.push(1);
+                buf.extend_from_slice(&len.to_le_bytes());
+                buf.extend_from_slice(info);
+            }
+            _ => buf.push(0),
+        }
+        Ok(Bytes::from(buf))
+    }
+
+    /// Reads a binary or JSON ingest message. `data` and `info` are slices
+    /// of `payload` (no copy); only the channel and the key are copied out.
+    /// Checks the framing, not the content (see [`IngestMessage`]).
+    pub fn decode(payload: &Bytes) -> Result<Self, &'static str> {
+        if payload.first() == Some(&INGEST_BINARY_V1) {
+            return Self::decode_binary(payload).ok_or("undecodable ingest message");
+        }
+        let msg: JsonIngestMessage<'_> =
+            serde_json::from_slice(payload).map_err(|_| "undecodable ingest message")?;
+        Ok(Self {
+            channel: msg.channel,
+            key: msg.key,
+            data: payload.slice_ref(msg.data.get().as_bytes()),
+            info: msg.info.map(|i| payload.slice_ref(i.get().as_bytes())),
+        })
+    }
+
+    fn decode_binary(payload: &Bytes) -> Option<Self> {
+        let mut r = Reader { payload, at: 1 };
+        let channel = r.text16()?;
+        let key = r.text16()?;
+        let data = r.bytes32()?;
+        let info = match r.take(1)?[0] {
+            0 => None,
+            1 => Some(r.bytes32()?),
+            _ => return None,
+        };
+        (r.at == payload.len()).then_some(Self {
+            channel,
+            key,
+            data,
+            info,
+        })
+    }
+}
+
+/// A cursor over a binary ingest message; every read checks the length left.
+struct Reader<'a> {
+    payload: &'a Bytes,
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        let end = self.at.checked_add(n)?;
+        let out = self.payload.get(self.at..end)?;
+        self.at = end;
+        Some(out)
+    }
+
+    fn text16(&mut self) -> Option<String> {
+        let len = u16::from_le_bytes(self.take(2)?.try_into().ok()?);
+        let text = std::str::from_utf8(self.take(usize::from(len))?).ok()?;
+        Some(text.to_owned())
+    }
+
+    fn bytes32(&mut self) -> Option<Bytes> {
+        let len = u32::from_le_bytes(self.take(4)?.try_into().ok()?);
+        let start = self.at;
+        self.take(usize::try_from(len).ok()?)?;
+        Some(self.payload.slice(start..self.at))
+    }
 }
 
 /// The writer's answer to one publish.
@@ -191,6 +342,107 @@ pub async fn ensure_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn binary(channel: &str, key: &str, data: &[u8], info: Option<&[u8]>) -> Bytes {
+        IngestMessage::encode(channel, key, data, info).unwrap()
+    }
+
+    /// Whether `part` lies inside `whole`'s memory: a slice, not a copy.
+    fn within(part: &Bytes, whole: &Bytes) -> bool {
+        let (p, w) = (part.as_ptr() as usize, whole.as_ptr() as usize);
+        p >= w && p + part.len() <= w + whole.len()
+    }
+
+    #[test]
+    fn a_binary_ingest_message_round_trips_as_slices_of_its_payload() {
+        let bytes = binary(
+            "chat:é",
+            "k-1",
+            br#"{"x": [1, 2]}"#,
+            Some(br#"{"user":"u"}"#),
+        );
+        assert_eq!(bytes[0], INGEST_BINARY_V1);
+        let msg = IngestMessage::decode(&bytes).unwrap();
+        assert_eq!((msg.channel.as_str(), msg.key.as_str()), ("chat:é", "k-1"));
+        assert_eq!(&msg.data[..], br#"{"x": [1, 2]}"#);
+        assert_eq!(msg.info.as_deref(), Some(&br#"{"user":"u"}"#[..]));
+        assert!(within(&msg.data, &bytes) && within(msg.info.as_ref().unwrap(), &bytes));
+
+        let bytes = binary("c", "k", b"1", None);
+        let msg = IngestMessage::decode(&bytes).unwrap();
+        assert_eq!((&msg.data[..], msg.info), (&b"1"[..], None));
+    }
+
+    #[test]
+    fn the_json_form_of_older_publishers_is_still_read() {
+        let bytes = Bytes::from_static(
+            br#"{"channel":"a.b","data":{"x": [1, 2]},"info":{"user":"u"},"key":"k"}"#,
+        );
+        let msg = IngestMessage::decode(&bytes).unwrap();
+        assert_eq!((msg.channel.as_str(), msg.key.as_str()), ("a.b", "k"));
+        assert_eq!(&msg.data[..], br#"{"x": [1, 2]}"#);
+        assert_eq!(msg.info.as_deref(), Some(&br#"{"user":"u"}"#[..]));
+        assert!(within(&msg.data, &bytes));
+        // Whitespace before the object, escapes in the names, no info.
+        let bytes =
+            Bytes::from_static(b" \n{\"key\":\"k\\u0031\",\"channel\":\"c\\\"d\",\"data\":\"s\"}");
+        let msg = IngestMessage::decode(&bytes).unwrap();
+        assert_eq!((msg.channel.as_str(), msg.key.as_str()), ("c\"d", "k1"));
+        assert_eq!((&msg.data[..], msg.info), (&br#""s""#[..], None));
+    }
+
+    #[test]
+    fn a_damaged_binary_ingest_message_is_refused() {
+        let bytes = binary("chat", "key", br#"{"a":1}"#, Some(br#"{"u":1}"#));
+        for cut in 0..bytes.len() {
+            assert!(
+                IngestMessage::decode(&bytes.slice(..cut)).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let bytes = binary("chat", "key", b"1", None);
+        for cut in 0..bytes.len() {
+            assert!(
+                IngestMessage::decode(&bytes.slice(..cut)).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let mut trailing = bytes.to_vec();
+        trailing.push(0);
+        assert!(IngestMessage::decode(&Bytes::from(trailing)).is_err());
+        let mut bad_presence = bytes.to_vec();
+        *bad_presence.last_mut().unwrap() = 2;
+        assert!(IngestMessage::decode(&Bytes::from(bad_presence)).is_err());
+        let mut bad_utf8 = bytes.to_vec();
+        bad_utf8[3] = 0xff; // the channel's first byte
+        assert!(IngestMessage::decode(&Bytes::from(bad_utf8)).is_err());
+        let mut too_long = bytes.to_vec();
+        too_long[1] = 0xff; // the channel's length, past the end
+        assert!(IngestMessage::decode(&Bytes::from(too_long)).is_err());
+        let mut other_version = bytes.to_vec();
+        other_version[0] = 2;
+        assert!(IngestMessage::decode(&Bytes::from(other_version)).is_err());
+    }
+
+    #[test]
+    fn a_field_longer_than_its_length_prefix_is_not_encoded() {
+        let long = "x".repeat(usize::from(u16::MAX) + 1);
+        assert_eq!(
+            IngestMessage::encode(&long, "k", b"1", None),
+            Err(TooLong("channel"))
+        );
+        assert_eq!(
+            IngestMessage::encode("c", &long, b"1", None),
+            Err(TooLong("key"))
+        );
+        let longest = &long[1..];
+        let bytes = IngestMessage::encode(longest, longest, b"1", None).unwrap();
+        let msg = IngestMessage::decode(&bytes).unwrap();
+        assert_eq!(
+            (msg.channel.len(), msg.key.len()),
+            (longest.len(), longest.len())
+        );
+    }
 
     #[test]
     fn a_stored_batch_round_trips() {

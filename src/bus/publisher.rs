@@ -26,7 +26,6 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream;
-use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use serde_json::value::RawValue;
@@ -180,16 +179,13 @@ impl Publisher {
             Some(k) => (k.to_string(), false),
             None => (uuid::Uuid::new_v4().simple().to_string(), true),
         };
-        let body = IngestMessage {
-            channel: req.channel.to_string(),
-            data: req.data.to_owned(),
-            info: req.info.map(|i| i.to_owned()),
-            key: key.clone(),
-        };
-        let payload = Bytes::from(
-            serde_json::to_vec(&body)
-                .map_err(|e| PublishError::new(PublishErrorKind::Rejected, e.to_string()))?,
-        );
+        let payload = IngestMessage::encode(
+            req.channel,
+            &key,
+            req.data.get().as_bytes(),
+            req.info.map(|i| i.get().as_bytes()),
+        )
+        .map_err(|e| PublishError::new(PublishErrorKind::Rejected, e.to_string()))?;
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending.lock().expect("pending lock").insert(token, tx);

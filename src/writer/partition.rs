@@ -41,7 +41,6 @@ use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
 use futures::future::try_join_all;
 use futures::{FutureExt, StreamExt};
-use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
 
@@ -962,14 +961,14 @@ fn reply_subject(msg: &jetstream::Message) -> Option<&str> {
 /// Decodes and checks one ingest message as the writer does; for
 /// [`crate::fuzzing`].
 pub fn check_ingest(payload: &[u8]) -> Result<(), &'static str> {
-    decode(payload).map(|_| ())
+    decode(&Bytes::copy_from_slice(payload)).map(|_| ())
 }
 
-/// Decodes and checks one ingest message. `data` and `info` stay raw JSON:
-/// the decoded strings become `Bytes` without another copy.
-fn decode(payload: &[u8]) -> Result<Entry, &'static str> {
-    let msg: IngestMessage =
-        serde_json::from_slice(payload).map_err(|_| "undecodable ingest message")?;
+/// Decodes and checks one ingest message (binary, or the JSON form of older
+/// publishers: [`IngestMessage`]). `data` and `info` stay the raw JSON the
+/// publisher checked, as slices of the payload: no copy, no parse.
+fn decode(payload: &Bytes) -> Result<Entry, &'static str> {
+    let msg = IngestMessage::decode(payload)?;
     if msg.channel.is_empty() || msg.channel.len() > MAX_CHANNEL_BYTES {
         return Err("channel name empty or too long");
     }
@@ -979,13 +978,9 @@ fn decode(payload: &[u8]) -> Result<Entry, &'static str> {
     Ok(Entry {
         channel: msg.channel,
         key: msg.key,
-        data: raw_bytes(msg.data),
-        info: msg.info.map(raw_bytes),
+        data: msg.data,
+        info: msg.info,
     })
-}
-
-fn raw_bytes(raw: Box<RawValue>) -> Bytes {
-    Bytes::from(String::from(Box::<str>::from(raw)))
 }
 
 async fn nak(msg: &jetstream::Message) {
@@ -1096,24 +1091,55 @@ impl Backoff {
 mod tests {
     use super::*;
 
+    fn json(text: &'static str) -> Bytes {
+        Bytes::from_static(text.as_bytes())
+    }
+
+    fn binary(channel: &str, key: &str) -> Bytes {
+        IngestMessage::encode(channel, key, br#"{"x":1}"#, None).unwrap()
+    }
+
     #[test]
     fn decodes_raw_json_without_reshaping_it() {
-        let e = decode(br#"{"channel":"a.b","data":{"x": [1, 2]},"info":{"user":"u"},"key":"k"}"#)
-            .unwrap();
+        let e = decode(&json(
+            r#"{"channel":"a.b","data":{"x": [1, 2]},"info":{"user":"u"},"key":"k"}"#,
+        ))
+        .unwrap();
         assert_eq!((e.channel.as_str(), e.key.as_str()), ("a.b", "k"));
         assert_eq!(&e.data[..], br#"{"x": [1, 2]}"#);
         assert_eq!(e.info.as_deref(), Some(&br#"{"user":"u"}"#[..]));
     }
 
     #[test]
+    fn decodes_the_binary_form_within_the_bounds() {
+        let bytes = IngestMessage::encode("a.b", "k", br#"{"x": [1, 2]}"#, Some(b"{}")).unwrap();
+        let e = decode(&bytes).unwrap();
+        assert_eq!((e.channel.as_str(), e.key.as_str()), ("a.b", "k"));
+        assert_eq!(&e.data[..], br#"{"x": [1, 2]}"#);
+        assert_eq!(e.info.as_deref(), Some(&b"{}"[..]));
+        let longest = "x".repeat(MAX_CHANNEL_BYTES);
+        assert_eq!(decode(&binary(&longest, "k")).unwrap().channel, longest);
+        assert!(decode(&binary(&format!("{longest}x"), "k")).is_err());
+        assert!(decode(&binary("", "k")).is_err());
+        assert!(decode(&binary("c", "")).is_err());
+    }
+
+    #[test]
     fn refuses_invalid_messages() {
-        assert!(decode(b"not json").is_err());
-        assert!(decode(br#"{"channel":"","data":1,"key":"k"}"#).is_err());
-        assert!(decode(br#"{"channel":"a","data":1,"key":""}"#).is_err());
+        assert!(decode(&json("not json")).is_err());
+        assert!(decode(&json(r#"{"channel":"","data":1,"key":"k"}"#)).is_err());
+        assert!(decode(&json(r#"{"channel":"a","data":1,"key":""}"#)).is_err());
         let long = "x".repeat(MAX_CHANNEL_BYTES + 1);
         assert!(
-            decode(format!(r#"{{"channel":"{long}","data":1,"key":"k"}}"#).as_bytes()).is_err()
+            decode(&Bytes::from(format!(
+                r#"{{"channel":"{long}","data":1,"key":"k"}}"#
+            )))
+            .is_err()
         );
+        let whole = binary("c", "k");
+        for cut in 0..whole.len() {
+            assert!(decode(&whole.slice(..cut)).is_err(), "cut at {cut}");
+        }
     }
 
     #[test]

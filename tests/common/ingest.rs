@@ -12,12 +12,12 @@ use async_nats::HeaderMap;
 use async_nats::jetstream;
 use bytes::Bytes;
 use futures::StreamExt;
-use herald::bus::ingest::{StoredBatch, WriterReply, ensure_stream};
+use herald::bus::ingest::{IngestMessage, StoredBatch, WriterReply, ensure_stream};
 use herald::bus::subjects;
 use herald::config::IngestConfig;
 use herald::store::embedded::EmbeddedStore;
 use herald::store::{Direction, ReadRange, SharedStore, StoreOptions, StoredPublication};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::eventually;
 
@@ -65,12 +65,13 @@ pub async fn publish(
     reply: &str,
     msg_id: Option<&str>,
 ) -> jetstream::context::PublishAckFuture {
-    let body = json!({"channel": channel, "data": data, "key": key});
+    let body = IngestMessage::encode(channel, key, data.to_string().as_bytes(), None)
+        .expect("an encodable ingest message");
     publish_raw(
         js,
         partitions,
         channel,
-        Bytes::from(body.to_string()),
+        body,
         reply,
         msg_id.map_or_else(|| subjects::message_id(channel, key), str::to_string),
     )

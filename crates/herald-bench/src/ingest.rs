@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_nats::HeaderMap;
-use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use serde_json::json;
@@ -349,13 +348,13 @@ impl PathPublisher for JetStreamPublisher {
     async fn publish(&mut self, c: usize, data: String) -> Result<Outcome, String> {
         let channel = format!("ingc-{c}");
         let key = uuid::Uuid::new_v4().simple().to_string();
-        let body = IngestMessage {
-            channel: channel.clone(),
-            data: serde_json::value::RawValue::from_string(data).map_err(|e| e.to_string())?,
-            info: Some(self.info.clone()),
-            key: key.clone(),
-        };
-        let bytes = Bytes::from(serde_json::to_vec(&body).map_err(|e| e.to_string())?);
+        let bytes = IngestMessage::encode(
+            &channel,
+            &key,
+            data.as_bytes(),
+            Some(self.info.get().as_bytes()),
+        )
+        .map_err(|e| e.to_string())?;
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", subjects::message_id(&channel, &key).as_str());
         let subject = subjects::ingest_subject(subjects::partition_of(&channel, self.partitions));
