@@ -93,6 +93,7 @@ options! {
     "ingest_duplicate_window" = "2m" : "JetStream duplicate window of the ingest stream (short-term idempotency).";
     "ingest_max_bytes" = "1073741824" : "Bound of the ingest stream; when full, publishes fail (backpressure) instead of dropping.";
     "ingest_max_ack_pending" = "4096" : "Unacknowledged messages per partition consumer.";
+    "ingest_format" = "binary" : "Wire form of the ingest messages this node's edge and API publish: `binary`, or `json` (what writers before the binary form read) while a rolling upgrade still has such writers; writers read both.";
     "ingest_replicas" = "1" : "Replicas of the HERALD_INGEST stream, 1..=5 (at most the NATS cluster's size); 3 on a 3-node NATS cluster so a node lost loses no accepted publish. An existing stream is updated to it at start.";
     "writer_batch_size" = "256" : "Most messages a writer commits in one store batch.";
     "writer_pipeline_depth" = "2" : "Batches a writer partition holds between sequencing and acknowledging, 1..=16: while a batch's store append is in flight the next one is sequenced and its append queued (each published, replied to and acked only after its own commit and its predecessor's, in order). 1 = one batch at a time.";
@@ -450,6 +451,8 @@ pub struct IngestConfig {
     pub max_ack_pending: i64,
     /// Replicas of the stream.
     pub replicas: usize,
+    /// The wire form publishers send.
+    pub format: crate::bus::ingest::IngestFormat,
 }
 
 #[derive(Debug, Clone)]
@@ -1326,6 +1329,11 @@ impl Config {
                     parse_positive(s).map(|n: usize| n as i64)
                 }),
                 replicas: p.parse("ingest_replicas", parse_replicas),
+                format: p.parse("ingest_format", |s| match s {
+                    "binary" => Ok(crate::bus::ingest::IngestFormat::Binary),
+                    "json" => Ok(crate::bus::ingest::IngestFormat::Json),
+                    _ => Err("expected `binary` or `json`".into()),
+                }),
             },
             writer: WriterConfig {
                 batch_size: p.parse("writer_batch_size", parse_positive),

@@ -482,6 +482,7 @@ pub async fn start_with_shutdown(
             config.ingest.partitions,
             config.ingest.max_ack_pending.max(1) as usize * config.ingest.partitions as usize,
             config.client.publish_timeout,
+            config.ingest.format,
         )
         .await?;
         let e = Edge::new(

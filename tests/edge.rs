@@ -655,3 +655,48 @@ async fn a_writer_whose_consumers_are_deleted_opens_them_again() {
         assert_eq!(stored["offset"], 1, "{channel}: {stored}");
     }
 }
+
+/// `ingest_format`: the default binary form, and the JSON form a node sends
+/// during a rolling upgrade whose writers predate the binary form; a
+/// writer stores either (the message on `herald.in.*` is tapped with a core
+/// NATS subscription).
+#[tokio::test]
+async fn both_ingest_formats_are_published_and_stored() {
+    use futures::StreamExt;
+    use herald::bus::ingest::{INGEST_BINARY_V1, IngestFormat};
+    for (format, first_byte) in [
+        (IngestFormat::Binary, INGEST_BINARY_V1),
+        (IngestFormat::Json, b'{'),
+    ] {
+        let nats = TestNats::start().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = test_config(&nats, dir.path().join("data"));
+        config.ingest.format = format;
+        let h = TestHerald::start(config).await;
+        let tap_client = nats.client().await;
+        let mut tap = tap_client
+            .subscribe(herald::bus::subjects::ingest_wildcard())
+            .await
+            .expect("tap");
+        tap_client.flush().await.expect("flush");
+        let r = h
+            .api("publish", json!({"channel": "room", "data": {"n": 1}}))
+            .await;
+        assert_eq!(r["result"]["offset"], 1, "{format:?}: {r}");
+        let msg = tokio::time::timeout(Duration::from_secs(5), tap.next())
+            .await
+            .expect("the ingest message within 5 s")
+            .expect("tap open");
+        assert_eq!(msg.payload[0], first_byte, "{format:?}");
+        let decoded = herald::bus::ingest::IngestMessage::decode(&msg.payload).expect("decodes");
+        assert_eq!(decoded.channel, "room");
+        let history = h
+            .api("history", json!({"channel": "room", "limit": 10}))
+            .await;
+        let pubs = history["result"]["publications"]
+            .as_array()
+            .expect("publications");
+        assert_eq!(pubs.len(), 1, "{format:?}: {history}");
+        assert_eq!(pubs[0]["data"], json!({"n": 1}), "{format:?}");
+    }
+}

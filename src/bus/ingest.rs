@@ -37,7 +37,9 @@ use crate::config::IngestConfig;
 /// sent: during a rolling upgrade an old edge's publishes still reach a new
 /// writer. The other way round does not hold — a writer older than this
 /// format refuses a binary message ("undecodable ingest message", the
-/// publish fails and nothing is stored) — so writers are upgraded first.
+/// publish fails and nothing is stored) — so writers are upgraded first, or
+/// publishers send the JSON form ([`IngestFormat::Json`], `ingest_format`)
+/// until no older writer is left.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IngestMessage {
     pub channel: String,
@@ -47,6 +49,15 @@ pub struct IngestMessage {
     pub data: Bytes,
     /// `ClientInfo` JSON of the publishing client, if a client published.
     pub info: Option<Bytes>,
+}
+
+/// The wire form a publisher sends (`ingest_format`): the binary form, or
+/// the JSON form for a rolling upgrade whose writers do not read binary yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IngestFormat {
+    #[default]
+    Binary,
+    Json,
 }
 
 /// The first byte of a binary [`IngestMessage`]: never the first byte of a
@@ -72,7 +83,48 @@ struct JsonIngestMessage<'a> {
     key: String,
 }
 
+/// The JSON form as [`IngestFormat::Json`] sends it.
+#[derive(Serialize)]
+struct JsonIngestOut<'a> {
+    channel: &'a str,
+    data: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    info: Option<&'a RawValue>,
+    key: &'a str,
+}
+
 impl IngestMessage {
+    /// One publication in the given wire form; `data` and `info` are JSON
+    /// text already checked by the caller.
+    pub fn encode_as(
+        format: IngestFormat,
+        channel: &str,
+        key: &str,
+        data: &RawValue,
+        info: Option<&RawValue>,
+    ) -> Result<Bytes, TooLong> {
+        match format {
+            IngestFormat::Binary => Self::encode(
+                channel,
+                key,
+                data.get().as_bytes(),
+                info.map(|i| i.get().as_bytes()),
+            ),
+            IngestFormat::Json => {
+                let out = JsonIngestOut {
+                    channel,
+                    data,
+                    info,
+                    key,
+                };
+                // Serializing borrowed strings and raw JSON cannot fail.
+                serde_json::to_vec(&out)
+                    .map(Bytes::from)
+                    .map_err(|_| TooLong("json"))
+            }
+        }
+    }
+
     /// The binary wire form of one publication.
     pub fn encode(
         channel: &str,
@@ -342,6 +394,22 @@ pub async fn ensure_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn both_wire_forms_decode_to_the_same_message() {
+        let data = RawValue::from_string(r#"{"text": "héllo \"x\""}"#.into()).unwrap();
+        let info = RawValue::from_string(r#"{"user":"u1"}"#.into()).unwrap();
+        for info in [None, Some(&*info)] {
+            let forms = [IngestFormat::Binary, IngestFormat::Json]
+                .map(|f| IngestMessage::encode_as(f, "chat:a", "k-1", &data, info).unwrap());
+            assert_eq!(forms[0][0], INGEST_BINARY_V1);
+            assert_eq!(forms[1][0], b'{');
+            let [binary, json] = forms.map(|b| IngestMessage::decode(&b).unwrap());
+            assert_eq!(binary, json);
+            assert_eq!(&binary.data[..], data.get().as_bytes());
+            assert_eq!(binary.info.as_deref(), info.map(|i| i.get().as_bytes()));
+        }
+    }
 
     fn binary(channel: &str, key: &str, data: &[u8], info: Option<&[u8]>) -> Bytes {
         IngestMessage::encode(channel, key, data, info).unwrap()

@@ -31,7 +31,7 @@ use futures::future::BoxFuture;
 use serde_json::value::RawValue;
 use tokio::sync::{Semaphore, oneshot};
 
-use super::ingest::{IngestMessage, StoredBatch, WriterReply};
+use super::ingest::{IngestFormat, IngestMessage, StoredBatch, WriterReply};
 use super::subjects;
 use crate::telemetry;
 
@@ -130,6 +130,8 @@ pub struct Publisher {
     /// permit at once fails with `Backpressure`.
     inflight: Arc<Semaphore>,
     timeout: Duration,
+    /// The ingest messages' wire form (`ingest_format`).
+    format: IngestFormat,
 }
 
 impl Publisher {
@@ -142,6 +144,7 @@ impl Publisher {
         partitions: u32,
         max_inflight: usize,
         timeout: Duration,
+        format: IngestFormat,
     ) -> Result<Self, async_nats::SubscribeError> {
         let reply_prefix = subjects::reply_prefix(&uuid::Uuid::new_v4().simple().to_string());
         let mut sub = client.subscribe(format!("{reply_prefix}.*")).await?;
@@ -162,6 +165,7 @@ impl Publisher {
             pending,
             inflight: Arc::new(Semaphore::new(max_inflight)),
             timeout,
+            format,
         })
     }
 
@@ -179,13 +183,8 @@ impl Publisher {
             Some(k) => (k.to_string(), false),
             None => (uuid::Uuid::new_v4().simple().to_string(), true),
         };
-        let payload = IngestMessage::encode(
-            req.channel,
-            &key,
-            req.data.get().as_bytes(),
-            req.info.map(|i| i.get().as_bytes()),
-        )
-        .map_err(|e| PublishError::new(PublishErrorKind::Rejected, e.to_string()))?;
+        let payload = IngestMessage::encode_as(self.format, req.channel, &key, req.data, req.info)
+            .map_err(|e| PublishError::new(PublishErrorKind::Rejected, e.to_string()))?;
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending.lock().expect("pending lock").insert(token, tx);

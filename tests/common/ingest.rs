@@ -35,6 +35,7 @@ pub async fn stream(client: &async_nats::Client, partitions: u32) -> jetstream::
             max_bytes: 64 << 20,
             max_ack_pending: 1024,
             replicas: 1,
+            format: Default::default(),
         },
     )
     .await
