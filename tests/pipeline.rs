@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use bytes::Bytes;
-use common::ingest::{Replies, data_of, history, offsets, open_store, publish, stream};
+use common::ingest::{Replies, Running, data_of, history, offsets, open_store, publish, stream};
 use common::process::metric_value;
 use common::{TestNats, eventually};
 use futures::StreamExt;
@@ -28,10 +28,9 @@ use herald::store::{
     ChannelAppend, Conversation, Device, Markers, Position, ReadRange, SharedStore, Store,
     StoreErrorKind, StoreResult, StoredPublication,
 };
-use herald::writer::{self, WriterError, WriterSettings};
+use herald::writer::WriterSettings;
 use serde_json::json;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -164,33 +163,6 @@ impl Drop for Live {
     }
 }
 
-struct Running {
-    stop: CancellationToken,
-    task: JoinHandle<Result<(), WriterError>>,
-}
-
-impl Running {
-    fn start(client: &async_nats::Client, store: &SharedStore, settings: WriterSettings) -> Self {
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(writer::run(
-            client.clone(),
-            store.clone(),
-            settings,
-            stop.clone(),
-        ));
-        Self { stop, task }
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        let result = tokio::time::timeout(LIMIT, self.task)
-            .await
-            .expect("writer stops in time")
-            .expect("writer task");
-        assert!(result.is_ok(), "writer returned {result:?}");
-    }
-}
-
 /// Every reply names the stored publication holding its data; each
 /// publisher's messages to one channel got increasing offsets; every
 /// channel's `n` writer publications (plus `extra` stored beside the writer)
@@ -247,14 +219,18 @@ async fn check_stored(
     per_channel
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pipelined_burst_to_hot_channels_keeps_offsets_dense_and_in_order() {
-    let _serial = SERIAL.lock().await;
+/// A burst to the hot channels, queued before a depth-4 pipelined writer
+/// starts on the store `open` makes in a fresh directory: every publication
+/// is stored once, densely and in each publisher's order, published live
+/// once each in offset order and never before it is stored (I2), and every
+/// reply names what was stored. Returns the batches appended behind another
+/// in flight and the store conflicts met, over the run.
+async fn pipelined_burst(open: impl FnOnce(&std::path::Path) -> SharedStore) -> (f64, f64) {
     let nats = TestNats::start().await;
     let client = nats.client().await;
     let js = stream(&client, PARTITIONS).await;
     let dir = tempfile::tempdir().unwrap();
-    let store = open_store(dir.path());
+    let store = open(dir.path());
     let replies = Replies::listen(&client, "rep").await;
     let live = Live::watch(&client, &store).await;
     // The backlog first: the writer then meets many ready batches at once.
@@ -288,6 +264,14 @@ async fn a_pipelined_burst_to_hot_channels_keeps_offsets_dense_and_in_order() {
         "{:?}",
         replies.mismatches()
     );
+    writer.stop().await;
+    (pipelined, conflicts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_burst_to_hot_channels_keeps_offsets_dense_and_in_order() {
+    let _serial = SERIAL.lock().await;
+    let (pipelined, conflicts) = pipelined_burst(open_store).await;
     println!(
         "pipelined burst: {} messages to {HOT} channels, {pipelined} batches appended behind \
          another in flight",
@@ -297,7 +281,6 @@ async fn a_pipelined_burst_to_hot_channels_keeps_offsets_dense_and_in_order() {
     // Each batch was sequenced on the plans in flight before it, never on a
     // head the store had already passed.
     assert_eq!(conflicts, 0.0, "a writer alone meets no conflict");
-    writer.stop().await;
 }
 
 /// Appends one publication to `channel` behind the writer's back, as a
@@ -522,35 +505,12 @@ impl Store for Unordered {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_ordered_appends_the_pipeline_chains_them_without_conflicts() {
     let _serial = SERIAL.lock().await;
-    let nats = TestNats::start().await;
-    let client = nats.client().await;
-    let js = stream(&client, PARTITIONS).await;
-    let dir = tempfile::tempdir().unwrap();
-    let store: SharedStore = Arc::new(Unordered(open_store(dir.path())));
-    assert!(!store.ordered_appends());
-    let replies = Replies::listen(&client, "rep").await;
-    let live = Live::watch(&client, &store).await;
-    burst(&js).await;
-    let conflicts_before = metric("herald_writer_errors_total", &[("kind", "store_conflict")]);
-    let pipelined_before = metric("herald_writer_pipelined_total", &[]);
-    let writer = Running::start(&client, &store, settings(4));
-    let all = replies.wait_for(PUBLISHERS * PER_PUBLISHER).await;
-    let pipelined = metric("herald_writer_pipelined_total", &[]) - pipelined_before;
-    let conflicts =
-        metric("herald_writer_errors_total", &[("kind", "store_conflict")]) - conflicts_before;
-
-    let per_channel = check_stored(&store, &all, &HashMap::new()).await;
-    for (channel, n) in &per_channel {
-        let n = *n as u64;
-        eventually(
-            &format!("{n} live publications of {channel}"),
-            LIMIT,
-            || async { (live.of(channel).len() as u64 >= n).then_some(()) },
-        )
-        .await;
-        assert_eq!(live.of(channel), (1..=n).collect::<Vec<_>>(), "{channel}");
-    }
-    assert_eq!(live.not_yet_stored.load(Ordering::SeqCst), 0, "I2");
+    let (pipelined, conflicts) = pipelined_burst(|dir| {
+        let store: SharedStore = Arc::new(Unordered(open_store(dir)));
+        assert!(!store.ordered_appends());
+        store
+    })
+    .await;
     println!(
         "unordered store: {pipelined} batches appended while the one before was completing, \
          {conflicts} conflicts"
@@ -560,5 +520,4 @@ async fn without_ordered_appends_the_pipeline_chains_them_without_conflicts() {
         pipelined > 0.0,
         "appends were issued behind batches in flight"
     );
-    writer.stop().await;
 }

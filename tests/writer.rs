@@ -10,17 +10,16 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::AckPolicy, consumer::pull};
 use bytes::Bytes;
 use common::ingest::{
-    Replies, data_of, history, offsets, open_store, publish, publish_raw, stream,
+    Replies, Running, data_of, history, offsets, open_store, publish, publish_raw, stream,
 };
 use common::{TestNats, eventually};
 use futures::StreamExt;
 use herald::bus::ingest::{IngestMessage, WriterReply};
 use herald::bus::subjects;
-use herald::store::{ChannelAppend, Position, SharedStore, StoredPublication};
-use herald::writer::{self, Fence, Writer, WriterError, WriterSettings};
+use herald::store::{ChannelAppend, Position, StoredPublication};
+use herald::writer::{Fence, Writer, WriterSettings};
 use serde_json::{Value, json};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -36,33 +35,6 @@ fn settings(partitions: u32) -> WriterSettings {
         head_cache_capacity: 1000,
         failover_timeout: Duration::from_secs(10),
         kv_replicas: 1,
-    }
-}
-
-struct Running {
-    stop: CancellationToken,
-    task: JoinHandle<Result<(), WriterError>>,
-}
-
-impl Running {
-    fn start(client: &async_nats::Client, store: &SharedStore, settings: WriterSettings) -> Self {
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(writer::run(
-            client.clone(),
-            store.clone(),
-            settings,
-            stop.clone(),
-        ));
-        Self { stop, task }
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        let result = tokio::time::timeout(LIMIT, self.task)
-            .await
-            .expect("writer stops in time")
-            .expect("writer task");
-        assert!(result.is_ok(), "writer returned {result:?}");
     }
 }
 

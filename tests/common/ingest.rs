@@ -216,3 +216,36 @@ pub fn data_of(p: &StoredPublication) -> Value {
 pub fn offsets(pubs: &[StoredPublication]) -> Vec<u64> {
     pubs.iter().map(|p| p.offset).collect()
 }
+
+/// A writer (`writer::run`) on a task of its own, stopped on demand.
+pub struct Running {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), herald::writer::WriterError>>,
+}
+
+impl Running {
+    pub fn start(
+        client: &async_nats::Client,
+        store: &SharedStore,
+        settings: herald::writer::WriterSettings,
+    ) -> Self {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(herald::writer::run(
+            client.clone(),
+            store.clone(),
+            settings,
+            stop.clone(),
+        ));
+        Self { stop, task }
+    }
+
+    /// Stops the writer and checks it returned `Ok` within [`REPLY_LIMIT`].
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let result = tokio::time::timeout(REPLY_LIMIT, self.task)
+            .await
+            .expect("writer stops in time")
+            .expect("writer task");
+        assert!(result.is_ok(), "writer returned {result:?}");
+    }
+}
