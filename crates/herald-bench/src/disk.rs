@@ -3,10 +3,11 @@
 //! on (the bench's `$TMPDIR`) while one target runs, so a report says
 //! whether a tail moved with the disk or with the server.
 //!
-//! The probe is independent of every server: it stalls only when the disk
-//! does (or when the two cores are saturated, which the report's other
-//! figures show). Its own load is one 64-byte write and one `fdatasync` per
-//! interval.
+//! The probe is independent of every server: it stalls when the disk does,
+//! and also when the cores are saturated (it times its write and fsync from
+//! a thread, so a wait for a core counts too; a peer that writes nothing can
+//! show probe stalls). Its own load is one 64-byte write and one `fdatasync`
+//! per interval.
 //!
 //! Knows files and fsync; nothing of what the targets do.
 
