@@ -678,14 +678,25 @@ async fn both_ingest_formats_are_published_and_stored() {
             .subscribe(herald::bus::subjects::ingest_wildcard())
             .await
             .expect("tap");
-        tap_client.flush().await.expect("flush");
+        // A round trip on the tap's connection: once its own message comes
+        // back, the server has processed the SUB before it (flush alone
+        // only writes it out).
+        let mut ready = tap_client.subscribe("tap.ready").await.expect("ready");
+        tap_client
+            .publish("tap.ready", "".into())
+            .await
+            .expect("ready publish");
+        tokio::time::timeout(Duration::from_secs(5), ready.next())
+            .await
+            .expect("the tap's round trip within 5 s")
+            .expect("ready open");
         let r = h
             .api("publish", json!({"channel": "room", "data": {"n": 1}}))
             .await;
         assert_eq!(r["result"]["offset"], 1, "{format:?}: {r}");
         let msg = tokio::time::timeout(Duration::from_secs(5), tap.next())
             .await
-            .expect("the ingest message within 5 s")
+            .unwrap_or_else(|_| panic!("{format:?}: no ingest message within 5 s"))
             .expect("tap open");
         assert_eq!(msg.payload[0], first_byte, "{format:?}");
         let decoded = herald::bus::ingest::IngestMessage::decode(&msg.payload).expect("decodes");
